@@ -1,0 +1,66 @@
+# trainstack: `make demo` and `make test` each set themselves up from nothing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+DEV_STAMP := $(VENV)/.dev-installed
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Demo knobs: `make demo DATASET=cifar10 CIFAR10_SOURCE=path/to/cifar-10-python.tar.gz`
+DATASET ?= digits
+MODEL ?= $(if $(filter digits,$(DATASET)),smallcnn,resnet18)
+EPOCHS ?= $(if $(filter digits,$(DATASET)),12,10)
+BATCH_SIZE ?= $(if $(filter digits,$(DATASET)),64,128)
+LR ?= 0.1
+DEMO_STORE ?= $(CURDIR)/demo-store
+PORT ?= 7860
+CIFAR10_SOURCE ?=
+
+.PHONY: demo test test-fast bench lint chromium clean help
+help:
+	@echo "make demo   train on $(DATASET) with 2 local DDP processes, then serve the app"
+	@echo "make test   set up .venv and run the whole test suite (browser tests included)"
+	@echo "make bench  print training and inference benchmark figures"
+
+$(RUNTIME_STAMP): trainer/requirements.txt inference/requirements.txt
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -r trainer/requirements.txt -r inference/requirements.txt
+	touch $@
+
+$(DEV_STAMP): $(RUNTIME_STAMP) requirements.txt requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+chromium:
+	@[ -x $(CHROMIUM) ] || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: $(DEV_STAMP) chromium
+	$(BIN)/python -m pytest
+
+test-fast: $(DEV_STAMP)
+	$(BIN)/python -m pytest -m "not browser"
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check trainer inference infra tests bench
+
+demo: $(RUNTIME_STAMP)
+	$(BIN)/python -m trainer buckets --store $(DEMO_STORE)
+	$(if $(filter cifar10,$(DATASET)),$(BIN)/python -m trainer ingest --store $(DEMO_STORE) \
+	  --dataset cifar10 $(if $(CIFAR10_SOURCE),--source $(CIFAR10_SOURCE)))
+	OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc_per_node 2 -m trainer train \
+	  --store $(DEMO_STORE) --dataset $(DATASET) --model $(MODEL) --epochs $(EPOCHS) \
+	  --batch-size $(BATCH_SIZE) --lr $(LR)
+	@if [ -f inference/__main__.py ]; then \
+	  exec $(BIN)/python -m inference serve --store $(DEMO_STORE) --port $(PORT) \
+	    --model-name $(MODEL)-$(DATASET); \
+	else echo "model published under $(DEMO_STORE)/models/$(MODEL)-$(DATASET)/"; fi
+
+bench: $(DEV_STAMP)
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/inference_latency.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_STORE) .pytest_cache
