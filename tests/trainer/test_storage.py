@@ -1,0 +1,106 @@
+"""One contract, two implementations: every test runs on a local dir and on S3 (moto)."""
+
+import threading
+
+import pytest
+
+from trainer.storage import (BUCKETS, BucketNotFound, LocalStore, ObjectNotFound, S3Store,
+                             StoreError, open_store)
+
+
+def test_ensure_buckets_is_idempotent(any_store):
+    assert sorted(any_store.ensure_buckets()) == sorted(BUCKETS)
+    assert any_store.ensure_buckets() == []
+
+
+def test_put_get_roundtrip_and_overwrite(any_store):
+    any_store.ensure_buckets()
+    any_store.put_bytes("models/m-d/latest.json", b'{"version": "1"}')
+    assert any_store.get_bytes("models/m-d/latest.json") == b'{"version": "1"}'
+    any_store.put_bytes("models/m-d/latest.json", b'{"version": "2"}')
+    assert any_store.get_bytes("models/m-d/latest.json") == b'{"version": "2"}'
+    assert any_store.exists("models/m-d/latest.json")
+    assert not any_store.exists("models/m-d/other.json")
+
+
+def test_list_is_recursive_sorted_and_prefix_scoped(any_store):
+    any_store.ensure_buckets()
+    for key in ["models/a/v/2/x", "models/a/v/1/y", "models/b/z", "datasets/a/v"]:
+        any_store.put_bytes(key, b"1")
+    assert any_store.list("models/a/") == ["models/a/v/1/y", "models/a/v/2/x"]
+    assert any_store.list("models/") == ["models/a/v/1/y", "models/a/v/2/x", "models/b/z"]
+    assert any_store.list("models/nothing/") == []
+
+
+def test_missing_object_is_a_clear_error(any_store):
+    any_store.ensure_buckets()
+    with pytest.raises(ObjectNotFound, match="models/none.json.*not found"):
+        any_store.get_bytes("models/none.json")
+
+
+def test_missing_bucket_is_a_clear_error(any_store):
+    with pytest.raises(BucketNotFound, match="trainer buckets"):
+        any_store.get_bytes("models/x.json")
+    with pytest.raises(BucketNotFound):
+        any_store.put_bytes("models/x.json", b"1")
+
+
+def test_files_roundtrip(any_store, tmp_path):
+    any_store.ensure_buckets()
+    src = tmp_path / "src.bin"
+    src.write_bytes(bytes(range(256)) * 1000)
+    any_store.put_file("datasets/d/file.bin", src)
+    out = any_store.get_file("datasets/d/file.bin", tmp_path / "deep" / "out.bin")
+    assert out.read_bytes() == src.read_bytes()
+
+
+def test_concurrent_reader_never_sees_partial_object(any_store):
+    any_store.ensure_buckets()
+    a, b = b"a" * 300_000, b"b" * 300_000
+    any_store.put_bytes("models/race", a)
+    stop, seen = threading.Event(), set()
+
+    def read():
+        while not stop.is_set():
+            seen.add(any_store.get_bytes("models/race"))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i in range(20):
+        any_store.put_bytes("models/race", b if i % 2 == 0 else a)
+    stop.set()
+    reader.join()
+    assert seen <= {a, b}
+
+
+def test_keys_must_name_a_bucket_and_stay_inside(local_store):
+    with pytest.raises(ValueError, match="<bucket>/<path>"):
+        local_store.get_bytes("nobucket")
+    local_store.ensure_buckets()
+    with pytest.raises(ValueError, match="escapes"):
+        local_store.put_bytes("models/../../etc/passwd", b"x")
+
+
+def test_open_store_parses_urls(tmp_path, s3_env, s3_endpoint, monkeypatch):
+    assert isinstance(open_store(str(tmp_path)), LocalStore)
+    assert isinstance(open_store(f"s3://{s3_endpoint}"), S3Store)
+    assert isinstance(open_store(), S3Store)  # from TRAINSTACK_STORE
+    with pytest.raises(StoreError, match="only s3://"):
+        open_store("gs://bucket")
+    with pytest.raises(StoreError, match="HOST:PORT"):
+        open_store("s3://host:9000/extra")
+    monkeypatch.delenv("TRAINSTACK_STORE")
+    with pytest.raises(StoreError, match="--store or set TRAINSTACK_STORE"):
+        open_store()
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(StoreError, match="AWS_SECRET_ACCESS_KEY"):
+        open_store(f"s3://{s3_endpoint}")
+
+
+def test_unreachable_s3_fails_with_a_clear_error_after_retries(s3_env, monkeypatch):
+    monkeypatch.setattr(S3Store, "RETRIES", 2)
+    monkeypatch.setattr("trainer.storage.time.sleep", lambda s: None)
+    store = S3Store("127.0.0.1:1")
+    store.client._http.connection_pool_kw["retries"] = 0
+    with pytest.raises(StoreError, match="unreachable"):
+        store.get_bytes("models/x.json")
