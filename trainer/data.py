@@ -190,7 +190,8 @@ def _load_imagefolder(store: Store, prefix: str, image_size: int, seed: int) -> 
     classes = sorted({cls for items in groups.values() for cls, _ in items})
     if len(classes) < 2:
         raise DatasetError(f"{prefix}: found classes {classes}, need at least 2 class folders")
-    items = [item for group in groups.values() for item in group]
+    order = ("all",) if "all" in groups else ("train", "test")
+    items = [item for group in order for item in groups[group]]
     # Fetching and decoding overlap well in threads: S3 waits on the network, PIL
     # releases the GIL while decoding.
     with ThreadPoolExecutor(max_workers=8) as pool:
