@@ -1,0 +1,161 @@
+"""Ingest: local path and http sources into both stores, idempotence, md5, HTTP errors."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from cifar_fixtures import archive_bytes, make_batches
+
+from trainer import ingest as ingest_mod
+from trainer.data import CIFAR10_KEY, DatasetError, load_dataset
+from trainer.ingest import IngestError, ingest
+
+
+class _Files(BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+    fail_first: dict[str, int] = {}  # path -> how many 503s before the file
+    hits: list[str] = []
+
+    def do_GET(self):
+        self.hits.append(self.path)
+        if self.fail_first.get(self.path, 0) > 0:
+            self.fail_first[self.path] -= 1
+            self.send_error(503, "busy")
+            return
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404, "Not Found")
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+
+@pytest.fixture(scope="module")
+def archive() -> bytes:
+    return archive_bytes(make_batches(per_class=1))
+
+
+@pytest.fixture
+def http_files():
+    """A file server on 127.0.0.1; returns (base URL, handler class to configure)."""
+    _Files.files, _Files.fail_first, _Files.hits = {}, {}, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Files
+    server.shutdown()
+    server.server_close()
+
+
+def _count_puts(store, monkeypatch) -> list[str]:
+    puts: list[str] = []
+    for method in ("put_bytes", "put_file"):
+        original = getattr(store, method)
+        monkeypatch.setattr(store, method,
+                            lambda key, data, _orig=original: (puts.append(key), _orig(key, data))[1])
+    return puts
+
+
+def test_ingest_local_path_then_rerun_does_nothing(any_store, archive, tmp_path, monkeypatch, caplog):
+    any_store.ensure_buckets()
+    source = tmp_path / "my-cifar.tar.gz"
+    source.write_bytes(archive)
+    assert ingest(any_store, "cifar10", str(source)) == CIFAR10_KEY
+    assert any_store.get_bytes(CIFAR10_KEY) == archive
+    sha = hashlib.sha256(archive).hexdigest()
+    assert any_store.get_bytes(CIFAR10_KEY + ".sha256").decode().split()[0] == sha
+    assert len(load_dataset("cifar10", any_store).train) == 50
+
+    puts = _count_puts(any_store, monkeypatch)
+    caplog.clear()
+    assert ingest(any_store, "cifar10", str(source)) == CIFAR10_KEY
+    assert puts == [] and "already ingested" in caplog.text
+
+
+def test_ingest_changed_content_replaces_object(local_store, tmp_path):
+    local_store.ensure_buckets()
+    first, second = (archive_bytes(make_batches(per_class=1, seed=s)) for s in (1, 2))
+    for content in (first, second):
+        (tmp_path / "c.tar.gz").write_bytes(content)
+        ingest(local_store, "cifar10", str(tmp_path / "c.tar.gz"))
+    assert local_store.get_bytes(CIFAR10_KEY) == second
+
+
+def test_ingest_from_http_url(any_store, archive, http_files):
+    base, files = http_files
+    files.files["/data/cifar.tar.gz"] = archive
+    any_store.ensure_buckets()
+    assert ingest(any_store, "cifar10", f"{base}/data/cifar.tar.gz") == CIFAR10_KEY
+    assert any_store.get_bytes(CIFAR10_KEY) == archive
+
+
+def test_transient_503_is_retried(local_store, archive, http_files):
+    base, files = http_files
+    files.files["/c.tar.gz"] = archive
+    files.fail_first["/c.tar.gz"] = 1
+    local_store.ensure_buckets()
+    ingest(local_store, "cifar10", f"{base}/c.tar.gz")
+    assert files.hits == ["/c.tar.gz", "/c.tar.gz"]
+    assert local_store.get_bytes(CIFAR10_KEY) == archive
+
+
+def test_http_404_is_a_clear_error(local_store, http_files):
+    base, _ = http_files
+    local_store.ensure_buckets()
+    with pytest.raises(IngestError, match=r"HTTP 404 Not Found"):
+        ingest(local_store, "cifar10", f"{base}/missing.tar.gz")
+    assert not local_store.exists(CIFAR10_KEY)
+
+
+def test_wrong_format_source_is_rejected_before_upload(local_store, tmp_path):
+    local_store.ensure_buckets()
+    bad = tmp_path / "page.html"
+    bad.write_bytes(b"<html>moved</html>")
+    with pytest.raises(DatasetError, match="page.html: not a complete gzip-compressed tar"):
+        ingest(local_store, "cifar10", str(bad))
+    assert not local_store.exists(CIFAR10_KEY)
+
+
+def test_md5_mismatch_says_expected_and_got(local_store, archive, http_files):
+    base, files = http_files
+    files.files["/c.tar.gz"] = archive
+    local_store.ensure_buckets()
+    got = hashlib.md5(archive).hexdigest()
+    with pytest.raises(IngestError, match=f"expected {'0' * 32}, got {got}"):
+        ingest(local_store, "cifar10", f"{base}/c.tar.gz", expected_md5="0" * 32)
+    assert not local_store.exists(CIFAR10_KEY)
+
+
+def test_default_source_is_md5_checked(local_store, archive, http_files, monkeypatch):
+    """The official URL's path, offline: the default URL points at the test server."""
+    base, files = http_files
+    files.files["/cifar-10-python.tar.gz"] = archive
+    monkeypatch.setattr(ingest_mod, "DEFAULT_CIFAR10_URL", f"{base}/cifar-10-python.tar.gz")
+    local_store.ensure_buckets()
+    with pytest.raises(IngestError, match=f"expected {ingest_mod.CIFAR10_MD5}"):
+        ingest(local_store, "cifar10")
+
+    monkeypatch.setattr(ingest_mod, "CIFAR10_MD5", hashlib.md5(archive).hexdigest())
+    assert ingest(local_store, "cifar10") == CIFAR10_KEY
+    files.hits.clear()
+    ingest(local_store, "cifar10")  # known md5 already stored: not even downloaded
+    assert files.hits == []
+
+
+def test_other_datasets(local_store, caplog):
+    assert ingest(local_store, "digits") == "" and "nothing to ingest" in caplog.text
+    assert ingest(local_store, "synthetic") == ""
+    with pytest.raises(IngestError, match="unknown dataset 'mnist'"):
+        ingest(local_store, "mnist")
+    with pytest.raises(IngestError, match="only http://, https:// or a local path"):
+        ingest(local_store, "cifar10", "ftp://example.org/c.tar.gz")
+    with pytest.raises(IngestError, match="no such file"):
+        ingest(local_store, "cifar10", "/nonexistent/c.tar.gz")
