@@ -1,0 +1,98 @@
+"""`python -m trainer {buckets,ingest,train}`: argument parsing and dispatch only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from trainer.config import AUGMENTATIONS, DATASETS, MODELS, ConfigError, TrainConfig
+from trainer.storage import STORE_ENV, open_store
+
+log = logging.getLogger(__name__)
+
+# train flags that map onto TrainConfig keys (flag --batch-size -> key batch_size)
+TRAIN_FLAGS = ("dataset", "model", "epochs", "batch_size", "lr", "seed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description="trainstack trainer: set up buckets, ingest datasets, train and publish.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    store_help = f"s3://HOST:PORT (s3s:// for TLS) or a local directory; default ${STORE_ENV}"
+
+    buckets = sub.add_parser("buckets", help="create the store's buckets if missing",
+                             description="Create the buckets datasets, models, metrics "
+                                         "(idempotent).")
+    buckets.add_argument("--store", help=store_help)
+
+    ingest = sub.add_parser("ingest", help="put a dataset into the store (once)",
+                            description="Download or copy a dataset into the store; "
+                                        "re-running with the same content does nothing.")
+    ingest.add_argument("--dataset", default="cifar10", choices=("cifar10",),
+                        help="dataset to ingest (default: cifar10)")
+    ingest.add_argument("--source", help="URL or local path of the archive "
+                                         "(default: the official CIFAR-10 URL)")
+    ingest.add_argument("--store", help=store_help)
+
+    train = sub.add_parser(
+        "train", help="train (resuming the run if it has checkpoints) and publish",
+        description="Train on a dataset from the store, one checkpoint per epoch, then "
+                    "publish a new model version. Flags override the --config file.")
+    train.add_argument("--config", metavar="FILE",
+                       help="JSON file of TrainConfig keys (dataset, model, epochs, batch_size, "
+                            f"lr, seed, augment {'|'.join(AUGMENTATIONS)}, ...)")
+    train.add_argument("--store", help=store_help)
+    train.add_argument("--dataset", choices=DATASETS)
+    train.add_argument("--model", choices=MODELS)
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int, help="images per step per worker")
+    train.add_argument("--lr", type=float, help="peak learning rate")
+    train.add_argument("--seed", type=int)
+    return parser
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The --config file's keys, overridden by any flag given on the command line."""
+    values = TrainConfig.from_json_file(args.config) if args.config else {}
+    for key in TRAIN_FLAGS:
+        flag_value = getattr(args, key)
+        if flag_value is not None:
+            values[key] = flag_value
+    return TrainConfig.from_dict(values)
+
+
+def cmd_buckets(args: argparse.Namespace) -> None:
+    store = open_store(args.store)
+    created = store.ensure_buckets()
+    log.info("buckets ready in %s (created: %s)", store.url, ", ".join(created) or "none")
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from trainer.ingest import ingest
+
+    store = open_store(args.store)
+    key = ingest(store, args.dataset, args.source)
+    log.info("dataset %s is in the store at %s", args.dataset, key)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from trainer.train import run_training
+
+    cfg = train_config_from_args(args)
+    store = open_store(args.store)
+    version = run_training(cfg, store)
+    if version:
+        log.info(json.dumps({"event": "done", "run_id": cfg.run_id, "version": version}))
+
+
+COMMANDS = {"buckets": cmd_buckets, "ingest": cmd_ingest, "train": cmd_train}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    COMMANDS[args.command](args)
+
+
+__all__ = ["ConfigError", "build_parser", "main", "train_config_from_args"]

@@ -1,0 +1,138 @@
+"""Distributed setup from the environment only (env://), plus the few collectives we use.
+
+The Training Operator sets MASTER_ADDR, MASTER_PORT, WORLD_SIZE and RANK in PyTorchJob
+pods (Master = rank 0); torchrun sets the same plus LOCAL_RANK. Without WORLD_SIZE and
+RANK the trainer runs as a single process and every helper here is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 or dist.is_initialized()
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} must be an integer") from None
+
+
+def init_distributed() -> DistEnv:
+    """Join the process group when the operator or torchrun asked for one."""
+    use_cuda = torch.cuda.is_available()
+    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if not os.environ.get(name):
+                raise ValueError(f"{name} must be set when WORLD_SIZE and RANK are "
+                                 "(distributed init uses env://)")
+        rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+        local_rank = _env_int("LOCAL_RANK", 0)
+        local_world = _env_int("LOCAL_WORLD_SIZE", 1)
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        backend = "nccl" if use_cuda else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://",
+                                rank=rank, world_size=world)
+        log.info("joined process group: rank %d of %d (%s, master %s:%s)", rank, world,
+                 backend, os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
+    else:
+        rank, world, local_rank, local_world = 0, 1, 0, 1
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    return DistEnv(rank, world, local_rank, local_world, device)
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (e.g. which checkpoint to resume from)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def average_buffers(model: torch.nn.Module) -> None:
+    """Average BatchNorm running stats across ranks so every rank holds the same model."""
+    if not dist.is_initialized():
+        return
+    world = dist.get_world_size()
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(world)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (pods)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    v2 = Path("/sys/fs/cgroup/cpu.max")
+    try:
+        if v2.exists():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        v1 = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+        if v1.exists():
+            quota = int(v1.read_text())
+            period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+            return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        log.debug("could not read the cgroup CPU quota", exc_info=True)
+    return None
+
+
+def configure_cpu_threads(env: DistEnv) -> int:
+    """Give each local process its share of the usable CPUs (unless OMP_NUM_THREADS says)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        threads = max(1, _env_int("OMP_NUM_THREADS", 1))
+    else:
+        threads = max(1, usable_cpus() // max(1, env.local_world_size))
+    torch.set_num_threads(threads)
+    return threads

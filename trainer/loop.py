@@ -1,0 +1,161 @@
+"""One epoch of training and one evaluation pass, on tensors already in memory.
+
+Each rank trains on its own shard of a per-epoch permutation that every rank derives
+from (seed, epoch), so shards are disjoint without any communication, and the same
+run can resume with a different world size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from trainer.augment import BatchAugmenter, Normalizer
+from trainer.config import TrainConfig
+from trainer.distributed import DistEnv, all_reduce_sum
+
+log = logging.getLogger(__name__)
+
+
+def lr_at(cfg: TrainConfig, progress: float) -> float:
+    """LR at ``progress`` in [0, 1] of the whole run (independent of steps per epoch)."""
+    if cfg.schedule == "onecycle":
+        warmup = 0.15
+        if progress < warmup:
+            return cfg.lr * (0.04 + 0.96 * progress / warmup)
+        progress = (progress - warmup) / (1 - warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def shard_indices(n: int, *, seed: int, epoch: int, rank: int, world: int) -> torch.Tensor:
+    """This rank's equal-sized share of epoch ``epoch``'s permutation of ``range(n)``."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    per_rank = n // world
+    return torch.randperm(n, generator=generator)[rank * per_rank:(rank + 1) * per_rank]
+
+
+def batches_of(indices: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Full batches only (a trailing partial batch would skew BatchNorm); at least one."""
+    if len(indices) <= batch_size:
+        return [indices]
+    full = len(indices) // batch_size * batch_size
+    return list(indices[:full].split(batch_size))
+
+
+def autocast_for(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class EpochRunner:
+    """Trains and evaluates ``model`` (DDP-wrapped or not) on a loaded dataset bundle."""
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv, model: nn.Module,
+                 optimizer: torch.optim.Optimizer, bundle):
+        self.cfg, self.env, self.model, self.optimizer = cfg, env, model, optimizer
+        device = env.device
+        self.train_images = bundle.train.images.to(device)
+        self.train_labels = bundle.train.labels.to(device)
+        self.test_images = bundle.test.images.to(device)
+        self.test_labels = bundle.test.labels.to(device)
+        self.num_classes = len(bundle.classes)
+        size = bundle.train.images.shape[-1]
+        self.augment = BatchAugmenter(cfg.resolved_augment, bundle.mean, bundle.std, size, device)
+        self.normalize = Normalizer(bundle.mean, bundle.std, device)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def train_epoch(self, epoch: int, max_steps: int | None = None) -> dict[str, float]:
+        """Train epoch ``epoch`` (1-based); metrics are summed over every rank."""
+        cfg, env = self.cfg, self.env
+        self.model.train()
+        shard = shard_indices(len(self.train_labels), seed=cfg.seed, epoch=epoch,
+                              rank=env.rank, world=env.world_size)
+        batches = batches_of(shard.to(env.device), cfg.batch_size)[:max_steps]
+        generator = torch.Generator(device=env.device)
+        generator.manual_seed((cfg.seed * 1_000_003 + epoch) * 4096 + env.rank)
+        totals = torch.zeros(3, dtype=torch.float64, device=env.device)  # loss sum, correct, n
+        totals[2] = sum(len(index) for index in batches)
+        progress = Progress(cfg, env, epoch, len(batches))
+        start = time.perf_counter()
+        for step, index in enumerate(batches):
+            lr = lr_at(cfg, (epoch - 1 + step / len(batches)) / cfg.epochs)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            images = self.augment(self.train_images[index], generator)
+            labels = self.train_labels[index]
+            with autocast_for(env.device):
+                logits = self.model(images)
+                loss = self.criterion(logits, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                totals[0] += loss.detach().double() * len(labels)
+                totals[1] += (logits.argmax(1) == labels).sum()
+            progress.update(step + 1, loss, lr)
+        progress.close()
+        all_reduce_sum(totals)
+        seconds = time.perf_counter() - start
+        loss_sum, correct, count = totals.tolist()
+        return {"train_loss": loss_sum / count, "train_acc": correct / count,
+                "img_per_s": count / seconds, "train_seconds": seconds}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batch_size: int = 512) -> tuple[dict, list[list[int]]]:
+        """Test loss/accuracy and confusion matrix (rows = true class), over all ranks."""
+        model.eval()
+        env, classes = self.env, self.num_classes
+        shard = torch.arange(env.rank, len(self.test_labels), env.world_size, device=env.device)
+        totals = torch.zeros(2, dtype=torch.float64, device=env.device)  # loss sum, correct
+        confusion = torch.zeros(classes * classes, dtype=torch.float64, device=env.device)
+        for index in shard.split(batch_size):
+            images = self.normalize(self.test_images[index])
+            labels = self.test_labels[index]
+            with autocast_for(env.device):
+                logits = model(images.contiguous(memory_format=torch.channels_last)).float()
+            predicted = logits.argmax(1)
+            totals[0] += nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+            totals[1] += (predicted == labels).sum()
+            confusion += torch.bincount(labels * classes + predicted, minlength=classes ** 2)
+        all_reduce_sum(totals)
+        all_reduce_sum(confusion)
+        count = len(self.test_labels)
+        matrix = confusion.long().view(classes, classes).tolist()
+        return {"test_loss": totals[0].item() / count, "test_acc": totals[1].item() / count}, matrix
+
+
+class Progress:
+    """A tqdm bar on a terminal (rank 0), else one JSON line every ``log_every`` steps."""
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv, epoch: int, steps: int):
+        self.cfg, self.epoch, self.steps = cfg, epoch, steps
+        self.enabled = env.is_main
+        self.bar = None
+        if self.enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", leave=False)
+
+    def update(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            if step % 10 == 0:
+                self.bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4f}")
+        elif step % self.cfg.log_every == 0:
+            log.info(json.dumps({"event": "progress", "epoch": self.epoch, "step": step,
+                                 "steps": self.steps, "loss": round(loss.item(), 4),
+                                 "lr": round(lr, 6)}))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

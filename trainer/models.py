@@ -1,0 +1,64 @@
+"""The model zoo: a CIFAR-stem ResNet-18, the stock ResNet-18 and a small fast CNN.
+
+No pretrained weights anywhere: the pods have no internet and results must be
+reproducible from the config alone.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models import resnet18 as tv_resnet18
+
+MODELS = ("resnet18", "resnet18-imagenet", "smallcnn")
+
+
+def build_model(name: str, *, in_channels: int, num_classes: int) -> nn.Module:
+    builders = {
+        "resnet18": resnet18_cifar,
+        "resnet18-imagenet": resnet18_imagenet,
+        "smallcnn": SmallCNN,
+    }
+    if name not in builders:
+        raise ValueError(f"model {name!r} is not known; choose one of {', '.join(MODELS)}")
+    return builders[name](in_channels=in_channels, num_classes=num_classes)
+
+
+def resnet18_imagenet(*, in_channels: int, num_classes: int) -> nn.Module:
+    """Stock torchvision ResNet-18 (7x7/2 stem + max-pool), what older pipelines used."""
+    model = tv_resnet18(weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+def resnet18_cifar(*, in_channels: int, num_classes: int) -> nn.Module:
+    """ResNet-18 with the CIFAR stem: small images keep their resolution (3x3/1, no pool)."""
+    model = tv_resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def _conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks; pooling adapts to the input so 1x8x8 and 3x32x32 both work."""
+
+    def __init__(self, *, in_channels: int, num_classes: int, width: int = 32):
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_bn(in_channels, width),
+            _conv_bn(width, 2 * width),
+            nn.MaxPool2d(2, ceil_mode=True),
+            _conv_bn(2 * width, 4 * width),
+            nn.MaxPool2d(2, ceil_mode=True),
+            _conv_bn(4 * width, 4 * width),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.classifier = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
