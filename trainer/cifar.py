@@ -13,7 +13,7 @@ import io
 import pickle
 import tarfile
 import zlib
-from typing import IO
+from typing import IO, ClassVar
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class _ArraysOnly(pickle.Unpickler):
     (plus ``_codecs.encode``, which protocol 2 uses for bytes) are resolved.
     """
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[dict[tuple[str, str], object]] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
         ("numpy.core.multiarray", "_reconstruct"): np.empty(0).__reduce__()[0],
@@ -68,7 +68,7 @@ def _unpickle(raw: bytes, where: str) -> dict[str, object]:
     try:
         obj = _ArraysOnly(io.BytesIO(raw), encoding="bytes").load()
     except Exception as e:  # any unpickling failure means "not a CIFAR batch"
-        raise DatasetError(f"{where}: not a pickled CIFAR batch ({e})") from None
+        raise DatasetError(f"{where}: not a pickled CIFAR batch ({e})") from e
     if not isinstance(obj, dict):
         raise DatasetError(f"{where}: expected a pickled dict, found {type(obj).__name__}")
     return {_text(k): v for k, v in obj.items()}

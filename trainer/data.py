@@ -101,7 +101,7 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     train, test = [], []
     for cls in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == cls))
-        n_test = int(round(len(idx) * test_fraction)) if len(idx) > 1 else 0
+        n_test = round(len(idx) * test_fraction) if len(idx) > 1 else 0
         n_test = min(max(n_test, 1 if len(idx) > 1 else 0), len(idx) - 1)
         test.append(idx[:n_test])
         train.append(idx[n_test:])
@@ -152,7 +152,7 @@ def _synthetic(size: int, image_size: int, seed: int) -> DatasetBundle:
                          [f"class{i}" for i in range(10)], (mean,) * 3, (std,) * 3)
 
 
-def _imagefolder_layout(keys: list[str], prefix: str) -> dict[str, list[tuple[str, str]]]:
+def imagefolder_layout(keys: list[str], prefix: str) -> dict[str, list[tuple[str, str]]]:
     """Group keys into ``{"all"|"train"|"test": [(class, key), ...]}``."""
     rel = [(k, PurePosixPath(k[len(prefix) + 1:])) for k in keys]
     rel = [(k, p) for k, p in rel if not any(part.startswith(".") for part in p.parts)]
@@ -186,7 +186,7 @@ def _decode_image(store: Store, key: str, image_size: int) -> np.ndarray:
 
 
 def _load_imagefolder(store: Store, prefix: str, image_size: int, seed: int) -> DatasetBundle:
-    groups = _imagefolder_layout(store.list(prefix + "/"), prefix)
+    groups = imagefolder_layout(store.list(prefix + "/"), prefix)
     classes = sorted({cls for items in groups.values() for cls, _ in items})
     if len(classes) < 2:
         raise DatasetError(f"{prefix}: found classes {classes}, need at least 2 class folders")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 from cifar_fixtures import archive_bytes, make_batches
@@ -15,9 +16,10 @@ from trainer.ingest import IngestError, ingest
 
 
 class _Files(BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-    fail_first: dict[str, int] = {}  # path -> how many 503s before the file
-    hits: list[str] = []
+    # Class attributes: the server builds a new handler per request; the fixture resets them.
+    files: ClassVar[dict[str, bytes]] = {}
+    fail_first: ClassVar[dict[str, int]] = {}  # path -> how many 503s before the file
+    hits: ClassVar[list[str]] = []
 
     def do_GET(self):
         self.hits.append(self.path)
@@ -159,3 +161,42 @@ def test_other_datasets(local_store, caplog):
         ingest(local_store, "cifar10", "ftp://example.org/c.tar.gz")
     with pytest.raises(IngestError, match="no such file"):
         ingest(local_store, "cifar10", "/nonexistent/c.tar.gz")
+
+
+def _image_tree(root, bad: bool = False):
+    from PIL import Image
+
+    for cls, color in (("cat", (200, 10, 10)), ("dog", (10, 10, 200))):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (10, 10), color).save(root / cls / f"{i}.png")
+    if bad:
+        (root / "dog" / "readme.txt").write_text("not an image")
+    return root
+
+
+def test_imagefolder_from_directory_and_tarball(any_store, tmp_path, monkeypatch, caplog):
+    import tarfile
+
+    any_store.ensure_buckets()
+    tree = _image_tree(tmp_path / "pets")
+    with tarfile.open(tmp_path / "pets.tar.gz", "w:gz") as tar:
+        tar.add(tree, arcname="pets")  # a single top folder, as archives usually have
+    assert ingest(any_store, "imagefolder", str(tmp_path / "pets.tar.gz")) == "datasets/imagefolder"
+    bundle = load_dataset("imagefolder", any_store, image_size=8)
+    assert bundle.classes == ["cat", "dog"] and len(bundle.train) + len(bundle.test) == 8
+
+    puts = _count_puts(any_store, monkeypatch)
+    caplog.clear()
+    ingest(any_store, "imagefolder", str(tree))  # same content from the directory
+    assert puts == [] and "already ingested" in caplog.text
+
+
+def test_imagefolder_non_image_is_rejected_before_upload(local_store, tmp_path):
+    local_store.ensure_buckets()
+    tree = _image_tree(tmp_path / "pets", bad=True)
+    with pytest.raises(DatasetError, match="dog/readme.txt: not an image"):
+        ingest(local_store, "imagefolder", str(tree))
+    assert local_store.list("datasets/imagefolder/") == []
+    with pytest.raises(IngestError, match="needs --source"):
+        ingest(local_store, "imagefolder")
