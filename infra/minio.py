@@ -1,0 +1,192 @@
+"""MinIO: the in-cluster S3 store (Secret, PVC, Deployment, Service) + the bucket Job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+
+from infra import pod
+
+# Pinned: a MinIO server release by tag (the last community image with the console).
+MINIO_IMAGE = "quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z"
+MINIO_UID = 1000
+API_PORT = 9000
+CONSOLE_PORT = 9001
+SERVICE_NAME = "minio"
+SECRET_NAME = "minio-credentials"
+ROOT_USER = "trainstack-admin"
+
+
+@dataclass
+class MinIOArgs:
+    namespace: pulumi.Input[str]
+    storage_size: str
+    image: pulumi.Input[str]  # the trainer image, for the bucket Job
+    image_pull_policy: str = "IfNotPresent"
+    storage_class: str | None = None
+    root_password: pulumi.Input[str] | None = None  # secret; generated when None
+
+
+class MinIO(pulumi.ComponentResource):
+    """MinIO with generated (or configured) credentials; `store` is what workloads need."""
+
+    store: pod.StoreRef
+    endpoint: pulumi.Output[str]
+    bucket_job: k8s.batch.v1.Job
+
+    def __init__(self, name: str, args: MinIOArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("trainstack:index:MinIO", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        secret = self._secret(args, child)
+        pvc = self._pvc(args, child)
+        deployment = self._deployment(args, secret, pvc, child)
+        service = self._service(args, child)
+        host = pulumi.Output.concat(SERVICE_NAME, ".", args.namespace, ".svc")
+        self.endpoint = pulumi.Output.concat(host, f":{API_PORT}")
+        self.store = pod.StoreRef(
+            url=pulumi.Output.concat("s3://", self.endpoint), secret_name=secret.metadata.name
+        )
+        self.bucket_job = pod.job(
+            "trainstack-buckets",
+            args.namespace,
+            self._bucket_container(args),
+            # The Job only succeeds once MinIO answers: wait for the Deployment's readiness.
+            pulumi.ResourceOptions(parent=self, depends_on=[deployment, service]),
+        )
+        self.register_outputs({"endpoint": self.endpoint, "secret_name": secret.metadata.name})
+
+    def _bucket_container(self, args: MinIOArgs) -> pod.ContainerSpec:
+        return pod.ContainerSpec(
+            name="buckets",
+            image=args.image,
+            image_pull_policy=args.image_pull_policy,
+            command=["python", "-m", "trainer", "buckets"],
+            store=self.store,
+            cpu="100m",
+            memory="256Mi",
+            cpu_limit="500m",
+            memory_limit="512Mi",
+        )
+
+    def _secret(self, args: MinIOArgs, opts: pulumi.ResourceOptions) -> k8s.core.v1.Secret:
+        password = args.root_password
+        if password is None:
+            password = random.RandomPassword(
+                "minio-root-password", length=32, special=False, opts=opts
+            ).result
+        return k8s.core.v1.Secret(
+            "minio-credentials",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=SECRET_NAME, namespace=args.namespace, labels=pod.labels("minio")
+            ),
+            type="Opaque",
+            string_data={"rootUser": ROOT_USER, "rootPassword": pulumi.Output.secret(password)},
+            opts=opts,
+        )
+
+    def _pvc(self, args: MinIOArgs, opts: pulumi.ResourceOptions):
+        return k8s.core.v1.PersistentVolumeClaim(
+            "minio-data",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name="minio-data",
+                namespace=args.namespace,
+                labels=pod.labels("minio"),
+                # The PVC may stay Pending until a consumer exists (WaitForFirstConsumer).
+                annotations={"pulumi.com/skipAwait": "true"},
+            ),
+            spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
+                access_modes=["ReadWriteOnce"],
+                storage_class_name=args.storage_class,
+                resources=k8s.core.v1.VolumeResourceRequirementsArgs(
+                    requests={"storage": args.storage_size}
+                ),
+            ),
+            opts=opts,
+        )
+
+    def _deployment(self, args, secret, pvc, opts) -> k8s.apps.v1.Deployment:
+        def cred(name: str, key: str) -> k8s.core.v1.EnvVarArgs:
+            return k8s.core.v1.EnvVarArgs(
+                name=name,
+                value_from=k8s.core.v1.EnvVarSourceArgs(
+                    secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
+                        name=secret.metadata.name, key=key
+                    )
+                ),
+            )
+
+        def probe(path: str, delay: int) -> k8s.core.v1.ProbeArgs:
+            return k8s.core.v1.ProbeArgs(
+                http_get=k8s.core.v1.HTTPGetActionArgs(path=path, port=API_PORT),
+                initial_delay_seconds=delay,
+                period_seconds=10,
+            )
+
+        server = k8s.core.v1.ContainerArgs(
+            name="minio",
+            image=MINIO_IMAGE,
+            # --certs-dir: the default (~/.minio/certs) is not writable for a random uid.
+            args=["server", "/data", "--console-address", f":{CONSOLE_PORT}",
+                  "--certs-dir", "/tmp/minio-certs"],
+            env=[cred("MINIO_ROOT_USER", "rootUser"), cred("MINIO_ROOT_PASSWORD", "rootPassword")],
+            ports=[
+                k8s.core.v1.ContainerPortArgs(name="api", container_port=API_PORT),
+                k8s.core.v1.ContainerPortArgs(name="console", container_port=CONSOLE_PORT),
+            ],
+            readiness_probe=probe("/minio/health/ready", 5),
+            liveness_probe=probe("/minio/health/live", 15),
+            resources=k8s.core.v1.ResourceRequirementsArgs(
+                requests={"cpu": "250m", "memory": "512Mi"},
+                limits={"cpu": "1", "memory": "1Gi"},
+            ),
+            security_context=pod.container_security(MINIO_UID),
+            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="data", mount_path="/data")],
+        )
+        labels = pod.labels("minio")
+        return k8s.apps.v1.Deployment(
+            "minio",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="minio", namespace=args.namespace,
+                                                labels=labels),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=1,
+                # One RWO volume: the old pod must release it before the new one starts.
+                strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        security_context=pod.pod_security(MINIO_UID),
+                        containers=[server],
+                        volumes=[k8s.core.v1.VolumeArgs(
+                            name="data",
+                            persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
+                                claim_name=pvc.metadata.name
+                            ),
+                        )],
+                    ),
+                ),
+            ),
+            opts=opts,
+        )
+
+    def _service(self, args: MinIOArgs, opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
+        return k8s.core.v1.Service(
+            "minio",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=SERVICE_NAME, namespace=args.namespace, labels=pod.labels("minio")
+            ),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                type="ClusterIP",
+                selector=pod.labels("minio"),
+                ports=[
+                    k8s.core.v1.ServicePortArgs(name="api", port=API_PORT, target_port="api"),
+                    k8s.core.v1.ServicePortArgs(
+                        name="console", port=CONSOLE_PORT, target_port="console"
+                    ),
+                ],
+            ),
+            opts=opts,
+        )

@@ -1,0 +1,182 @@
+"""Typed pod-template pieces every workload shares (env, security, resources, shm).
+
+All containers run the one trainer image as the non-root user baked into it, reach the
+object store through TRAINSTACK_STORE and get S3 credentials only by secretKeyRef.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+# The uid/gid created in trainer/Dockerfile; runAsUser makes runAsNonRoot checkable
+# even when an image's USER is a name.
+APP_UID = 10001
+GPU_RESOURCE = "nvidia.com/gpu"
+SHM_VOLUME = "dshm"
+
+
+@dataclass
+class StoreRef:
+    """Where workloads find the object store and the Secret holding its credentials."""
+
+    url: pulumi.Input[str]  # s3://HOST:PORT
+    secret_name: pulumi.Input[str]
+    access_key: str = "rootUser"
+    secret_key: str = "rootPassword"
+
+
+@dataclass
+class ContainerSpec:
+    """What differs between workloads: the rest of the pod is built the same way."""
+
+    name: str
+    image: pulumi.Input[str]
+    command: Sequence[str]
+    store: StoreRef
+    cpu: str
+    memory: str
+    cpu_limit: str | None = None  # default: requests == limits (Guaranteed QoS)
+    memory_limit: str | None = None
+    gpus: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    ports: Sequence[k8s.core.v1.ContainerPortArgs] = ()
+    volume_mounts: Sequence[k8s.core.v1.VolumeMountArgs] = ()
+    readiness_probe: k8s.core.v1.ProbeArgs | None = None
+    liveness_probe: k8s.core.v1.ProbeArgs | None = None
+    image_pull_policy: str = "IfNotPresent"
+
+
+def store_env(store: StoreRef) -> list[k8s.core.v1.EnvVarArgs]:
+    """TRAINSTACK_STORE + AWS credentials by reference: no secret value in the spec."""
+
+    def from_secret(name: str, key: str) -> k8s.core.v1.EnvVarArgs:
+        return k8s.core.v1.EnvVarArgs(
+            name=name,
+            value_from=k8s.core.v1.EnvVarSourceArgs(
+                secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=store.secret_name, key=key)
+            ),
+        )
+
+    return [
+        k8s.core.v1.EnvVarArgs(name="TRAINSTACK_STORE", value=store.url),
+        from_secret("AWS_ACCESS_KEY_ID", store.access_key),
+        from_secret("AWS_SECRET_ACCESS_KEY", store.secret_key),
+    ]
+
+
+def container_security(uid: int = APP_UID) -> k8s.core.v1.SecurityContextArgs:
+    return k8s.core.v1.SecurityContextArgs(
+        run_as_non_root=True,
+        run_as_user=uid,
+        run_as_group=uid,
+        allow_privilege_escalation=False,
+        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+    )
+
+
+def pod_security(uid: int = APP_UID) -> k8s.core.v1.PodSecurityContextArgs:
+    # fsGroup makes mounted volumes (MinIO's PVC) writable by the non-root user.
+    return k8s.core.v1.PodSecurityContextArgs(
+        run_as_non_root=True, run_as_user=uid, run_as_group=uid, fs_group=uid
+    )
+
+
+def resources(spec: ContainerSpec) -> k8s.core.v1.ResourceRequirementsArgs:
+    requests: dict[str, Any] = {"cpu": spec.cpu, "memory": spec.memory}
+    limits: dict[str, Any] = {
+        "cpu": spec.cpu_limit or spec.cpu,
+        "memory": spec.memory_limit or spec.memory,
+    }
+    if spec.gpus > 0:
+        # Extended resources: the scheduler needs the limit; a request must equal it.
+        requests[GPU_RESOURCE] = str(spec.gpus)
+        limits[GPU_RESOURCE] = str(spec.gpus)
+    return k8s.core.v1.ResourceRequirementsArgs(requests=requests, limits=limits)
+
+
+def container(spec: ContainerSpec) -> k8s.core.v1.ContainerArgs:
+    extra = [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in spec.env.items()]
+    return k8s.core.v1.ContainerArgs(
+        name=spec.name,
+        image=spec.image,
+        image_pull_policy=spec.image_pull_policy,
+        command=list(spec.command),
+        env=store_env(spec.store) + extra,
+        ports=list(spec.ports) or None,
+        resources=resources(spec),
+        security_context=container_security(),
+        volume_mounts=list(spec.volume_mounts) or None,
+        readiness_probe=spec.readiness_probe,
+        liveness_probe=spec.liveness_probe,
+    )
+
+
+def scheduling(
+    gpus: int, node_selector: dict[str, str], tolerations: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """nodeSelector/tolerations kwargs for PodSpecArgs: user's, plus the GPU taint toleration."""
+    tols = [
+        k8s.core.v1.TolerationArgs(
+            key=t.get("key"),
+            operator=t.get("operator"),
+            value=t.get("value"),
+            effect=t.get("effect"),
+            toleration_seconds=t.get("tolerationSeconds"),
+        )
+        for t in tolerations
+    ]
+    if gpus > 0 and not any(t.get("key") == GPU_RESOURCE for t in tolerations):
+        # GPU node pools are commonly tainted nvidia.com/gpu:NoSchedule (GKE, AKS, EKS).
+        tols.append(
+            k8s.core.v1.TolerationArgs(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+        )
+    return {"node_selector": node_selector or None, "tolerations": tols or None}
+
+
+def shm_volume(size: str) -> tuple[k8s.core.v1.VolumeArgs, k8s.core.v1.VolumeMountArgs]:
+    """A RAM-backed /dev/shm: the container default (64Mi) starves DataLoader workers/NCCL."""
+    volume = k8s.core.v1.VolumeArgs(
+        name=SHM_VOLUME,
+        empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(medium="Memory", size_limit=size),
+    )
+    return volume, k8s.core.v1.VolumeMountArgs(name=SHM_VOLUME, mount_path="/dev/shm")
+
+
+def labels(component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": component,
+        "app.kubernetes.io/part-of": "trainstack",
+        "app.kubernetes.io/managed-by": "pulumi",
+    }
+
+
+def job(
+    name: str,
+    namespace: pulumi.Input[str],
+    spec: ContainerSpec,
+    opts: pulumi.ResourceOptions,
+    backoff_limit: int = 4,
+) -> k8s.batch.v1.Job:
+    """A one-shot Job (buckets, ingest): pulumi-kubernetes waits for it to complete."""
+    return k8s.batch.v1.Job(
+        name,
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=labels(name)),
+        spec=k8s.batch.v1.JobSpecArgs(
+            backoff_limit=backoff_limit,
+            template=k8s.core.v1.PodTemplateSpecArgs(
+                metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels(name)),
+                spec=k8s.core.v1.PodSpecArgs(
+                    restart_policy="OnFailure",
+                    security_context=pod_security(),
+                    containers=[container(spec)],
+                ),
+            ),
+        ),
+        opts=opts,
+    )

@@ -1,0 +1,195 @@
+"""Training: train.json ConfigMap, the dataset ingest Job and the PyTorchJob.
+
+The PyTorchJob is replaced, never patched: the operator does not reconcile a running
+job's replica counts or resources, so its name carries a hash of everything that shapes
+the run (workers, resources, hyperparameters) and any spec change deletes and recreates
+it. The trainer resumes from its newest checkpoint (run_id ignores workers/resources).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra import pod
+
+CONFIG_DIR = "/etc/trainstack"
+CONFIG_FILE = f"{CONFIG_DIR}/train.json"
+CONFIG_MAP = "trainstack-train"
+MASTER_PORT = 23456  # the operator's default; named so it finds it
+
+
+@dataclass
+class TrainingArgs:
+    namespace: pulumi.Input[str]
+    image: pulumi.Input[str]
+    store: pod.StoreRef
+    train_config: dict[str, Any]  # the train.json content (hyperparameters only)
+    workers: int
+    gpus_per_worker: int
+    cpu: str
+    memory: str
+    dataset: str
+    ingest_source: str | None = None  # None: nothing to ingest (digits, synthetic)
+    image_pull_policy: str = "IfNotPresent"
+    backoff_limit: int = 3
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    # Ready before the ingest Job and the PyTorchJob (bucket Job, image).
+    depends_on: Sequence[pulumi.Resource] = ()
+    # Ready before the PyTorchJob only: the operator (its admission webhook).
+    operator: pulumi.Resource | None = None
+
+
+def job_name(args: TrainingArgs) -> str:
+    """`train-<model>-<dataset>-<hash>`: a new name whenever the run's shape changes."""
+    shape = {
+        "workers": args.workers,
+        "gpus": args.gpus_per_worker,
+        "cpu": args.cpu,
+        "memory": args.memory,
+        "train": args.train_config,
+    }
+    digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:8]
+    cfg = args.train_config
+    return f"train-{cfg['model']}-{cfg['dataset']}-{digest}"
+
+
+def train_command(gpus: int) -> list[str]:
+    base = ["-m", "trainer", "train", "--config", CONFIG_FILE]
+    if gpus <= 1:
+        return ["python", *base]
+    # One process per GPU. torchrun must join the operator's rendezvous: the operator
+    # injects WORLD_SIZE (= pods, nprocPerNode left unset), RANK, MASTER_ADDR/PORT;
+    # Kubernetes expands $(VAR) from the container env.
+    return [
+        "torchrun",
+        f"--nproc_per_node={gpus}",
+        "--nnodes=$(WORLD_SIZE)",
+        "--node_rank=$(RANK)",
+        "--master_addr=$(MASTER_ADDR)",
+        "--master_port=$(MASTER_PORT)",
+        *base,
+    ]
+
+
+def train_env(args: TrainingArgs) -> dict[str, str]:
+    # Torch would otherwise start one thread per *node* core and thrash a CPU-limited pod.
+    threads = max(1, int(float(args.cpu[:-1]) / 1000 if args.cpu.endswith("m") else float(args.cpu)))
+    env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
+    if args.gpus_per_worker > 0:
+        env["NCCL_DEBUG"] = "WARN"  # NCCL is the backend on GPUs: surface its errors
+    return env
+
+
+def pod_template(args: TrainingArgs, config_map: pulumi.Input[str]) -> k8s.core.v1.PodTemplateSpecArgs:
+    """The one pod template used by Master and Worker replicas."""
+    shm, shm_mount = pod.shm_volume(args.memory)
+    config_mount = k8s.core.v1.VolumeMountArgs(name="config", mount_path=CONFIG_DIR, read_only=True)
+    spec = pod.ContainerSpec(
+        name="pytorch",  # the operator finds the training container by this name
+        image=args.image,
+        image_pull_policy=args.image_pull_policy,
+        command=train_command(args.gpus_per_worker),
+        store=args.store,
+        cpu=args.cpu,
+        memory=args.memory,
+        gpus=args.gpus_per_worker,
+        env=train_env(args),
+        ports=[k8s.core.v1.ContainerPortArgs(name="pytorchjob-port", container_port=MASTER_PORT)],
+        volume_mounts=[config_mount, shm_mount],
+    )
+    config_volume = k8s.core.v1.VolumeArgs(
+        name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map)
+    )
+    return k8s.core.v1.PodTemplateSpecArgs(
+        metadata=k8s.meta.v1.ObjectMetaArgs(labels=pod.labels("trainer")),
+        spec=k8s.core.v1.PodSpecArgs(
+            security_context=pod.pod_security(),
+            containers=[pod.container(spec)],
+            volumes=[config_volume, shm],
+            **pod.scheduling(args.gpus_per_worker, args.node_selector, args.tolerations),
+        ),
+    )
+
+
+def pytorchjob_spec(args: TrainingArgs, config_map: pulumi.Input[str]) -> dict[str, Any]:
+    template = pod_template(args, config_map)
+    replicas = {"Master": 1, "Worker": args.workers - 1}
+    return {
+        "pytorchReplicaSpecs": {
+            kind: {"replicas": count, "restartPolicy": "OnFailure", "template": template}
+            for kind, count in replicas.items()
+            if count > 0  # workers == 1: a Master alone, no Worker key at all
+        },
+        "runPolicy": {"backoffLimit": args.backoff_limit, "cleanPodPolicy": "None"},
+    }
+
+
+class Training(pulumi.ComponentResource):
+    job_name: str
+
+    def __init__(self, name: str, args: TrainingArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("trainstack:index:Training", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        config_map = k8s.core.v1.ConfigMap(
+            "train-config",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=CONFIG_MAP, namespace=args.namespace, labels=pod.labels("trainer")
+            ),
+            data={"train.json": json.dumps(args.train_config, indent=2, sort_keys=True)},
+            opts=child,
+        )
+        deps: list[pulumi.Resource] = list(args.depends_on)
+        if args.operator is not None:
+            deps.append(args.operator)
+        if args.ingest_source is not None:
+            deps.append(self._ingest(args))
+        self.job_name = job_name(args)
+        self.job = k8s.apiextensions.CustomResource(
+            "pytorchjob",
+            api_version="kubeflow.org/v1",
+            kind="PyTorchJob",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=self.job_name, namespace=args.namespace, labels=pod.labels("trainer")
+            ),
+            spec=pytorchjob_spec(args, config_map.metadata.name),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=deps,
+                # Any spec change replaces the job (delete first: two runs must never
+                # write the same checkpoints at once).
+                replace_on_changes=["spec"],
+                delete_before_replace=True,
+            ),
+        )
+        self.register_outputs({"job_name": self.job_name, "config_map": config_map.metadata.name})
+
+    def _ingest(self, args: TrainingArgs) -> k8s.batch.v1.Job:
+        command = ["python", "-m", "trainer", "ingest", "--dataset", args.dataset]
+        if args.ingest_source:
+            command += ["--source", args.ingest_source]
+        spec = pod.ContainerSpec(
+            name="ingest",
+            image=args.image,
+            image_pull_policy=args.image_pull_policy,
+            command=command,
+            store=args.store,
+            cpu="500m",
+            memory="1Gi",
+            cpu_limit="1",
+            memory_limit="2Gi",
+            env={"PYTHONUNBUFFERED": "1"},
+        )
+        return pod.job(
+            f"trainstack-ingest-{args.dataset}",
+            args.namespace,
+            spec,
+            pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
+        )

@@ -1,0 +1,24 @@
+"""Fixtures for the Pulumi program's tests: renderings under Pulumi's mocks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from render import Rendering, render  # noqa: E402
+
+PASSWORD = "cfg-secret-password-4b9d2e"  # as `pulumi config set --secret minioRootPassword`
+
+
+@pytest.fixture(scope="module")
+def default_stack() -> Rendering:
+    return render({})
+
+
+@pytest.fixture(scope="module")
+def gpu_stack() -> Rendering:
+    return render({"workers": "3", "gpusPerWorker": "2", "minioRootPassword": PASSWORD})

@@ -1,0 +1,181 @@
+"""Render the Pulumi stack under Pulumi's mocks: no cluster, Docker, CLI or network.
+
+    rendering = render(config)           # config as `pulumi config set` stores it
+    objects = render_stack(config)       # just the Kubernetes objects, keyed "Kind/name"
+
+`config` maps keys without the `trainstack:` prefix to strings ({"workers": "3"}); values
+listed in `secrets` (default: minioRootPassword) are passed as secret config, as
+`pulumi config set --secret` would. Objects are plain dicts in Kubernetes' own camelCase
+shape (apiVersion, kind, metadata, spec/data/stringData), exactly the inputs the program
+gave pulumi-kubernetes, secret values unwrapped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+from pulumi.runtime import settings as pulumi_settings
+from pulumi.runtime.config import set_all_config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from infra.config import NAMESPACE, load
+from infra.stack import build_stack
+
+PROJECT, STACK = "trainstack", "dev"
+MOCK_RANDOM_PASSWORD = "mock-random-password-7d1f0c2b9e8a4f5d"
+
+
+@dataclass
+class Registration:
+    """One registered resource, as the engine would see it."""
+
+    urn: str
+    type: str
+    name: str
+    parent: str
+    custom: bool
+    remote: bool
+    inputs: dict[str, Any]
+    dependencies: list[str]
+    replace_on_changes: list[str]
+    delete_before_replace: bool
+    secret_props: list[str]  # top-level inputs that carried a secret
+
+
+@dataclass
+class Rendering:
+    objects: dict[str, dict[str, Any]]  # "Kind/name" -> manifest
+    resources: dict[str, Registration]  # urn -> registration
+    exports: dict[str, Any]
+    secret_values: list[str] = field(default_factory=list)  # every secret string seen
+
+    def by_type(self, type_token: str) -> list[Registration]:
+        return [r for r in self.resources.values() if r.type == type_token]
+
+    def urn_of(self, kind: str, name: str) -> str:
+        return next(r.urn for r in self.resources.values() if _key(r.inputs) == f"{kind}/{name}")
+
+
+def _key(inputs: dict[str, Any]) -> str | None:
+    kind, meta = inputs.get("kind"), inputs.get("metadata") or {}
+    return f"{kind}/{meta.get('name')}" if kind and meta.get("name") else None
+
+
+def _unwrap(value: Any, found: list[str]) -> Any:
+    """Strip Pulumi's secret markers (recording the raw strings) from deserialized inputs."""
+    if rpc.is_rpc_secret(value):
+        raw = _unwrap(rpc.unwrap_rpc_secret(value), [])
+        found.extend(_strings(raw))
+        return raw
+    if isinstance(value, dict):
+        return {k: _unwrap(v, found) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v, found) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # protobuf Structs carry every number as a double
+    return value
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+class _Mocks(pulumi.runtime.Mocks):
+    """Outputs a real deployment would fill in (digests, generated passwords)."""
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        state = dict(args.inputs)
+        if args.typ == "docker:index/image:Image":
+            repo = state["imageName"].rsplit(":", 1)[0]
+            digest = hashlib.sha256(state["imageName"].encode()).hexdigest()
+            state.update(repoDigest=f"{repo}@sha256:{digest}", baseImageName=state["imageName"])
+        elif args.typ == "random:index/randomPassword:RandomPassword":
+            state["result"] = MOCK_RANDOM_PASSWORD
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        return {}
+
+
+class _RecordingMonitor(pulumi_mocks.MockMonitor):
+    """The mock monitor, plus what it drops: parents, dependencies, replacement options."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks):
+        super().__init__(mocks)
+        self.registrations: dict[str, Registration] = {}
+        self.secret_values: list[str] = []
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        raw = rpc.deserialize_properties(request.object)
+        secret_props = [k for k, v in raw.items() if rpc.is_rpc_secret(v)]
+        self.registrations[response.urn] = Registration(
+            urn=response.urn,
+            type=request.type,
+            name=request.name,
+            parent=request.parent,
+            custom=request.custom,
+            remote=request.remote,
+            inputs=_unwrap(raw, self.secret_values),
+            dependencies=list(request.dependencies),
+            replace_on_changes=list(request.replaceOnChanges),
+            delete_before_replace=request.deleteBeforeReplace,
+            secret_props=secret_props,
+        )
+        return response
+
+
+def render(config: dict[str, str], secrets: tuple[str, ...] = ("minioRootPassword",)) -> Rendering:
+    """Run the program (infra/__main__.py's load + build_stack) under mocks."""
+    mocks = _Mocks()
+    monitor = _RecordingMonitor(mocks)
+    pulumi_settings.ROOT.set(None)  # a fresh root stack per rendering
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=STACK, preview=False, monitor=monitor)
+    set_all_config(
+        {f"{NAMESPACE}:{k}": v for k, v in config.items()},
+        secret_keys=[f"{NAMESPACE}:{k}" for k in secrets if k in config],
+    )
+    exports: dict[str, Any] = {}
+
+    @pulumi.runtime.test
+    def program():
+        settings, password = load()
+        outputs = build_stack(settings, password)
+        return pulumi.Output.all(**outputs).apply(exports.update)
+
+    program()
+    registrations = monitor.registrations
+    objects = {
+        _key(r.inputs): r.inputs
+        for r in registrations.values()
+        if r.custom and r.type.startswith("kubernetes:") and _key(r.inputs)
+    }
+    secret_values = monitor.secret_values + [config[k] for k in secrets if k in config]
+    return Rendering(objects, registrations, exports, sorted(set(secret_values)))
+
+
+def render_stack(config: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The rendered Kubernetes objects only, keyed "Kind/name" (e.g. "Job/trainstack-buckets")."""
+    return render(config).objects
+
+
+if __name__ == "__main__":  # handy: python tests/infra/render.py '{"workers": "3"}'
+    cfg = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    print(json.dumps(render_stack(cfg), indent=2, sort_keys=True))
