@@ -1,0 +1,255 @@
+"""Find, download, verify and hot-swap published model versions.
+
+The store layout is fixed by docs/architecture.md: ``models/<name>/latest.json`` points
+at ``models/<name>/versions/<version>/``, and moves only after the version is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from trainer.storage import ObjectNotFound, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+REQUIRED_META = ("classes", "input_size", "mean", "std")
+
+
+class BrokenVersion(RuntimeError):
+    """A published version that can never be served (bad files, model does not run)."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """Everything about one loaded version; immutable, so readers never see it change."""
+
+    name: str
+    version: str
+    meta: dict[str, Any]
+    metrics: dict[str, Any]
+    model: Any
+    directory: Path
+    examples: list[Path] = field(default_factory=list)
+
+    @property
+    def test_acc(self) -> float | None:
+        return (self.meta.get("metrics") or {}).get("test_acc")
+
+    def file(self, name: str) -> Path | None:
+        path = self.directory / name
+        return path if path.is_file() else None
+
+
+def version_prefix(name: str, version: str) -> str:
+    return f"models/{name}/versions/{version}/"
+
+
+def read_json(store: Store, key: str) -> dict[str, Any]:
+    try:
+        return json.loads(store.get_bytes(key))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BrokenVersion(f"{key} is not valid JSON: {e}") from None
+
+
+def latest_versions(store: Store) -> dict[str, str]:
+    """``{model name: latest version}`` for every model with a ``latest.json``."""
+    found = {}
+    for key in store.list("models/"):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] == "latest.json":
+            try:
+                found[parts[1]] = str(read_json(store, key)["version"])
+            except (BrokenVersion, KeyError, ObjectNotFound) as e:
+                log.warning("ignoring unreadable %s: %s", key, e)
+    return found
+
+
+def verify_model(model: Any, meta: dict[str, Any]) -> None:
+    """Run a test input of ``input_size``: the output must be ``1 x len(classes)``."""
+    x = torch.zeros(1, *meta["input_size"])
+    with torch.inference_mode():
+        out = model(x)
+    expected = (1, len(meta["classes"]))
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BrokenVersion(f"model output is {shape}, expected {expected}")
+    if not torch.isfinite(out).all():
+        raise BrokenVersion("model output on a test input is not finite")
+
+
+def check_meta(meta: dict[str, Any]) -> None:
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise BrokenVersion(f"meta.json lacks {missing}")
+    c = meta["input_size"]
+    if len(c) != 3 or c[0] not in (1, 3) or len(meta["mean"]) != c[0] or len(meta["std"]) != c[0]:
+        raise BrokenVersion(f"meta.json input_size/mean/std do not fit: {c}, "
+                            f"{meta['mean']}, {meta['std']}")
+    if not meta["classes"]:
+        raise BrokenVersion("meta.json lists no classes")
+
+
+def download_version(store: Store, name: str, version: str, cache_dir: Path) -> ModelVersion:
+    """Download to a temp dir, verify, then rename into place: never half a version."""
+    prefix = version_prefix(name, version)
+    final = cache_dir / name / version
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{version}."))
+    try:
+        meta = read_json(store, prefix + "meta.json")
+        check_meta(meta)
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        wanted = list(dict.fromkeys(["model.pt2", *meta.get("files", []), *meta.get("examples", [])]))
+        for rel in wanted:
+            if rel.startswith("/") or ".." in rel.split("/"):
+                raise BrokenVersion(f"meta.json lists an unsafe path {rel!r}")
+            try:
+                store.get_file(prefix + rel, tmp / rel)
+            except ObjectNotFound:
+                raise BrokenVersion(f"{prefix}{rel} is listed in meta.json but missing") from None
+        model = load_model(tmp / "model.pt2", meta)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    metrics = _load_optional_json(final / "metrics.json")
+    examples = [final / rel for rel in meta.get("examples", [])]
+    return ModelVersion(name, version, meta, metrics, model, final, examples)
+
+
+def load_model(path: Path, meta: dict[str, Any]) -> Any:
+    try:
+        model = torch.export.load(str(path)).module()
+        verify_model(model, meta)
+    except BrokenVersion:
+        raise
+    except Exception as e:  # a torch.export archive can fail in many ways; all mean "broken"
+        raise BrokenVersion(f"model.pt2 does not load or run: {type(e).__name__}: {e}") from e
+    return model
+
+
+def _load_optional_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class Registry:
+    """Holds the served version; a background poller swaps in newer ones atomically."""
+
+    def __init__(self, store: Store, cache_dir: Path, model_name: str | None = None,
+                 poll_seconds: float = 15.0, max_backoff: float = 300.0):
+        self.store = store
+        self.cache_dir = Path(cache_dir)
+        self.model_name = model_name
+        self.poll_seconds = poll_seconds
+        self.max_backoff = max_backoff
+        self.current: ModelVersion | None = None  # replaced by one assignment, never mutated
+        self.rejected: dict[tuple[str, str], str] = {}  # broken versions: never retried
+        self.last_error: str | None = None
+        self.on_swap: list[Callable[[ModelVersion], None]] = []
+        self._meta_cache: dict[str, dict[str, Any]] = {}  # published versions are immutable
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def resolve(self) -> tuple[str, str] | None:
+        """The (model name, version) that should be served now, if any."""
+        if self.model_name:
+            try:
+                latest = read_json(self.store, f"models/{self.model_name}/latest.json")
+                return self.model_name, str(latest["version"])
+            except ObjectNotFound:
+                return None
+            except (BrokenVersion, KeyError) as e:
+                log.warning("latest.json of %s is unreadable: %s", self.model_name, e)
+                return None
+        versions = latest_versions(self.store)
+        if not versions:
+            return None
+        # Versions are sortable UTC timestamps: the newest model across all names wins.
+        name = max(versions, key=lambda n: (versions[n], n))
+        return name, versions[name]
+
+    def check_once(self) -> bool:
+        """Poll once; return True when a new version was swapped in. Raises StoreError."""
+        with self._lock:  # one check at a time (poller thread vs. an explicit call)
+            target = self.resolve()
+            current = self.current
+            if target is None or target in self.rejected:
+                return False
+            if current and (current.name, current.version) == target:
+                return False
+            log.info("loading model %s version %s", *target)
+            try:
+                loaded = download_version(self.store, *target, self.cache_dir)
+            except BrokenVersion as e:
+                self.rejected[target] = str(e)
+                log.error("skipping broken version %s/%s (keeping %s): %s", *target,
+                          current.version if current else "no model", e)
+                return False
+            self.current = loaded  # the atomic swap: one reference assignment
+            self._prune(loaded)
+        log.info("now serving %s version %s", loaded.name, loaded.version)
+        for callback in self.on_swap:
+            callback(loaded)
+        return True
+
+    def _prune(self, keep: ModelVersion) -> None:
+        """Keep the served version and the one before (a page may still show its files)."""
+        model_dir = self.cache_dir / keep.name
+        versions = sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for old in versions[:-2]:
+            if old != keep.directory:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="model-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self.check_once()
+                failures, self.last_error = 0, None
+            except StoreError as e:
+                failures += 1
+                self.last_error = str(e)
+                log.warning("store %s unreachable (%d in a row), still serving %s: %s",
+                            self.store.url, failures,
+                            self.current.version if self.current else "no model", e)
+            except Exception:  # the poller must never die: log and keep serving
+                failures += 1
+                log.exception("unexpected error while checking for a new model")
+            delay = min(self.max_backoff, self.poll_seconds * 2 ** min(failures, 8))
+            self._stop.wait(delay)
+
+    def list_versions(self, name: str) -> list[dict[str, Any]]:
+        """Published versions of ``name``, newest first, from their meta.json files."""
+        rows = []
+        for key in self.store.list(f"models/{name}/versions/"):
+            if key.endswith("/meta.json") and key.count("/") == 4:
+                if key not in self._meta_cache:
+                    try:
+                        self._meta_cache[key] = read_json(self.store, key)
+                    except (BrokenVersion, ObjectNotFound):
+                        continue
+                rows.append(self._meta_cache[key])
+        return sorted(rows, key=lambda m: str(m.get("version", "")), reverse=True)

@@ -1,0 +1,192 @@
+"""The Gradio UI: Predict, Training and Models tabs, and a friendly page before any model.
+
+Each browser tab remembers which version it shows (a gr.State); a gr.Timer compares it
+with the served one and redraws everything when the model was hot-swapped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from .metrics import Metrics
+from .predict import DEFAULT_MAX_PIXELS, BadImage, decode_image, predict
+from .registry import ModelVersion, Registry
+
+REFRESH_SECONDS = 3
+# System fonts only: the app must render on clusters without internet access.
+THEME = gr.themes.Soft(
+    primary_hue="indigo", secondary_hue="sky", neutral_hue="slate",
+    font=["Inter", "ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
+    font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"],
+)
+CSS = """
+#header h1 { margin-bottom: 0.2em; }
+#model-status { padding: 0.6em 1em; border-radius: 12px;
+  background: var(--color-accent-soft); }
+#no-model { text-align: center; padding: 3em 1em; }
+#no-model h2 { font-size: 1.8em; }
+"""
+
+HEADER = """# 🧠 trainstack image classifier
+Upload, drop or paste an image and the newest model trained by the cluster tells you
+what it sees. New models appear here by themselves as soon as training publishes them."""
+
+NO_MODEL = """## ⏳ No model published yet
+Nothing has been trained into this store so far. Start a training run:
+
+`make demo` on this machine, or `pulumi up` on a Kubernetes cluster.
+
+This page refreshes itself and switches to the classifier as soon as the first model
+is published. No need to reload."""
+
+EPOCH_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds",
+                 "img_per_s"]
+VERSION_COLUMNS = ["version", "created", "test accuracy", "epochs", "run id", "serving"]
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "n/a"
+
+
+def status_markdown(current: ModelVersion | None, store_url: str = "") -> str:
+    if current is None:
+        return f"No model loaded yet (store: `{store_url}`)."
+    return (f"**Model** `{current.name}` · **version** `{current.version}` · "
+            f"**test accuracy** {_pct(current.test_acc)} · "
+            f"{len(current.meta['classes'])} classes")
+
+
+def epoch_rows(metrics: dict[str, Any]) -> list[list[Any]]:
+    def fmt(value: Any) -> Any:
+        return round(value, 4) if isinstance(value, float) else value
+
+    return [[fmt(e.get(c)) for c in EPOCH_COLUMNS] for e in metrics.get("epochs", [])]
+
+
+def run_details(current: ModelVersion) -> dict[str, Any]:
+    meta, metrics = current.meta, current.metrics
+    return {
+        "model": meta.get("model"), "dataset": meta.get("dataset"),
+        "version": current.version, "run_id": meta.get("run_id"),
+        "created_at": meta.get("created_at"), "world_size": metrics.get("world_size"),
+        "summary": meta.get("metrics", {}), "train_config": meta.get("train_config", {}),
+    }
+
+
+def version_rows(registry: Registry, current: ModelVersion | None) -> list[list[Any]]:
+    if current is None:
+        return []
+    rows = []
+    for meta in registry.list_versions(current.name):
+        summary = meta.get("metrics") or {}
+        rows.append([meta.get("version"), meta.get("created_at", ""),
+                     _pct(summary.get("test_acc")), summary.get("epochs", ""),
+                     meta.get("run_id", ""), "●" if meta.get("version") == current.version else ""])
+    return rows
+
+
+def build_demo(registry: Registry, metrics: Metrics | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> gr.Blocks:
+    """The Blocks app bound to one registry (tests build several in one process)."""
+
+    def classify(path: str | None) -> tuple[Any, str]:
+        current = registry.current  # one read: the whole call uses one version
+        if current is None:
+            raise gr.Error("No model published yet: run `make demo` or `pulumi up` first.")
+        if not path:
+            return None, ""
+        try:
+            image = decode_image(Path(path).read_bytes(), max_pixels)
+        except BadImage as e:
+            raise gr.Error(str(e)) from None
+        result = predict(current.model, current.meta, image)
+        if metrics:
+            metrics.observe_prediction(current.version, result["prediction"], "ui")
+        return result["probabilities"], f"Answered by version `{current.version}`"
+
+    def refresh(shown: str) -> tuple[Any, ...]:
+        current = registry.current
+        key = current.version if current else ""
+        if shown == key and shown != "?":
+            return (gr.skip(),) * 11
+        if current is None:
+            return ("", status_markdown(None, registry.store.url), gr.Column(visible=True),
+                    gr.Column(visible=False)) + (gr.skip(),) * 7
+        samples = [[str(p)] for p in current.examples if p.is_file()]
+        return (key, status_markdown(current), gr.Column(visible=False),
+                gr.Column(visible=True), gr.Dataset(samples=samples, visible=bool(samples)),
+                current.file("curves.png"), current.file("confusion_matrix.png"),
+                epoch_rows(current.metrics), run_details(current),
+                version_rows(registry, current), gr.skip())
+
+    def pick_example(index: int) -> str | None:
+        current = registry.current
+        if current is None or not 0 <= index < len(current.examples):
+            return None
+        return str(current.examples[index])
+
+    with gr.Blocks(title="trainstack · image classifier") as demo:
+        shown = gr.State("?")  # "?" forces the first redraw on page load
+        gr.Markdown(HEADER, elem_id="header")
+        with gr.Column(visible=True, elem_id="no-model") as empty:
+            gr.Markdown(NO_MODEL)
+        with gr.Column(visible=False) as main:
+            status = gr.Markdown(elem_id="model-status")
+            with gr.Tabs():
+                with gr.Tab("Predict", id="predict"):
+                    with gr.Row(equal_height=True):
+                        with gr.Column():
+                            image = gr.Image(type="filepath", image_mode=None, height=320,
+                                             sources=["upload", "clipboard"], label="Your image")
+                            button = gr.Button("Classify", variant="primary")
+                        with gr.Column():
+                            label = gr.Label(num_top_classes=5, label="Prediction",
+                                             elem_id="prediction")
+                            answered = gr.Markdown(elem_id="answered-by")
+                    examples = gr.Dataset(components=[image], samples=[], type="index",
+                                          label="Examples from the test set (click one)",
+                                          samples_per_page=30)
+                with gr.Tab("Training", id="training"):
+                    with gr.Row():
+                        curves = gr.Image(label="Loss and accuracy per epoch", interactive=False,
+                                          elem_id="curves")
+                        confusion = gr.Image(label="Confusion matrix (test set)",
+                                             interactive=False)
+                    epochs = gr.Dataframe(headers=EPOCH_COLUMNS, label="Per-epoch metrics",
+                                          interactive=False)
+                    details = gr.JSON(label="Run configuration and timings")
+                with gr.Tab("Models", id="models"):
+                    versions = gr.Dataframe(headers=VERSION_COLUMNS, interactive=False,
+                                            label="Published versions (newest first)")
+                    reload_versions = gr.Button("Refresh list", size="sm")
+
+        outputs = [shown, status, empty, main, examples, curves, confusion, epochs, details,
+                   versions, answered]
+        gr.Timer(REFRESH_SECONDS).tick(refresh, shown, outputs, show_progress="hidden",
+                                       api_name=False, queue=False)
+        demo.load(refresh, shown, outputs, api_name=False, queue=False)
+        gr.on([image.change, button.click], classify, image, [label, answered],
+              api_name="predict")
+        examples.click(pick_example, examples, image, api_name=False)
+        reload_versions.click(lambda: version_rows(registry, registry.current), None, versions,
+                              api_name=False)
+        gr.Button(visible=False).click(lambda: status_markdown(registry.current,
+                                                               registry.store.url),
+                                       None, status, api_name="status")
+    return demo
+
+
+def __getattr__(name: str) -> Any:
+    """``inference.ui.demo`` (Gradio's demo style), built from the environment on first use:
+    the store comes from $TRAINSTACK_STORE, so importing this module touches no store."""
+    if name == "demo":
+        from .app import Settings, create_registry
+
+        registry = create_registry(Settings())
+        registry.start()
+        globals()["demo"] = build_demo(registry)
+        return globals()["demo"]
+    raise AttributeError(name)

@@ -1,0 +1,121 @@
+"""The REST API against a real store (local and S3 via moto) holding the colour model."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import httpx
+import pytest
+from PIL import Image
+from inference_helpers import V1, serve_app, wait_for_version
+from modelkit import CLASSES, png, solid
+
+
+def post(base: str, data: bytes, name: str = "image.png", field: str = "file",
+         mime: str = "image/png") -> httpx.Response:
+    return httpx.post(f"{base}/predict", files={field: (name, data, mime)}, timeout=60)
+
+
+def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A valid PNG header claiming 10 gigapixels, with a tiny body: a decompression bomb."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("colour", CLASSES)
+def test_predict_recognizes_solid_colours(app_v1, colour):
+    base, _ = app_v1
+    r = post(base, png(solid(colour)))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["prediction"] == colour
+    assert body["model_version"] == V1
+    assert body["confidence"] > 0.9
+    assert set(body["probabilities"]) == set(CLASSES)
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_any_mode_and_size_is_converted(app_v1):
+    base, _ = app_v1
+    rgba = solid("blue", (1200, 900), "RGBA")
+    palette = solid("green", (300, 200)).convert("P")
+    jpeg = io.BytesIO()
+    solid("red", (2000, 1500)).save(jpeg, format="JPEG", quality=90)
+    cases = [("blue", png(rgba), "image/png"), ("green", png(palette), "image/png"),
+             ("red", jpeg.getvalue(), "image/jpeg")]
+    for expected, data, mime in cases:
+        r = post(base, data, mime=mime)
+        assert r.status_code == 200, r.text
+        assert r.json()["prediction"] == expected
+    # Grayscale decodes fine too; the model (3 channels) sees equal channels.
+    gray = post(base, png(Image.new("L", (50, 50), 128)))
+    assert gray.status_code == 200 and gray.json()["model_version"] == V1
+
+
+def test_bad_inputs_get_4xx_with_json(app_v1):
+    base, _ = app_v1
+    good = png(solid("red"))
+    cases = {
+        "text file": (post(base, b"hello, I am not an image\n", "notes.txt", mime="text/plain"),
+                      400, "not an image"),
+        "truncated png": (post(base, good[: len(good) // 2]), 400, "truncated"),
+        "zero bytes": (post(base, b""), 400, "empty"),
+        "decompression bomb": (post(base, bomb_png()), 413, "pixels"),
+        "wrong field": (post(base, good, field="image"), 422, "'file'"),
+        "no multipart": (httpx.post(f"{base}/predict", json={"file": "x"}), 415, "multipart"),
+    }
+    for what, (r, status, words) in cases.items():
+        assert r.status_code == status, (what, r.status_code, r.text)
+        body = r.json()
+        assert words in body["detail"], (what, body)
+        assert body["error"], what
+
+
+def test_upload_over_the_limit_is_413(published_store, tmp_path):
+    with serve_app(published_store.url, tmp_path / "cache", max_upload_mb=0.05) as (base, _):
+        wait_for_version(base, V1)
+        big = io.BytesIO()
+        Image.effect_noise((400, 400), 64).convert("RGB").save(big, format="PNG")
+        assert len(big.getvalue()) > 50_000
+        r = post(base, big.getvalue())
+        assert r.status_code == 413, r.text
+        assert "limit" in r.json()["detail"]
+        assert post(base, png(solid("green"))).json()["prediction"] == "green"
+
+
+def test_health_ready_and_metrics(app_v1):
+    base, _ = app_v1
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{base}/readyz").json()["version"] == V1
+    for colour in ("red", "red", "blue"):
+        assert post(base, png(solid(colour))).status_code == 200
+    assert post(base, b"").status_code == 400
+    text = httpx.get(f"{base}/metrics").text
+    assert f'trainstack_predictions_total{{model_version="{V1}",predicted_class="red",' \
+           f'source="api"}} 2.0' in text
+    assert 'trainstack_http_requests_total{endpoint="/predict",status="200"} 3.0' in text
+    assert 'trainstack_http_requests_total{endpoint="/predict",status="400"} 1.0' in text
+    assert 'trainstack_http_request_duration_seconds_count{endpoint="/predict"} 4.0' in text
+    assert f'trainstack_model_info{{model="colournet-colours",version="{V1}"}} 1.0' in text
+    assert "trainstack_model_loaded 1.0" in text
+
+
+def test_no_model_yet_is_503_everywhere(any_store, tmp_path):
+    any_store.ensure_buckets()
+    with serve_app(any_store.url, tmp_path / "cache") as (base, app):
+        r = post(base, png(solid("red")))
+        assert r.status_code == 503
+        assert "No model is published yet" in r.json()["detail"]
+        assert "make demo" in r.json()["detail"]
+        assert httpx.get(f"{base}/readyz").status_code == 503
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        assert httpx.get(f"{base}/").status_code == 200  # the UI page itself
+        from gradio_client import Client
+        status = Client(base + "/", verbose=False).predict(api_name="/status")
+        assert "No model loaded yet" in status
