@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="put a dataset into the store (once)",
                             description="Download or copy a dataset into the store; "
                                         "re-running with the same content does nothing.")
-    ingest.add_argument("--dataset", default="cifar10", choices=("cifar10",),
-                        help="dataset to ingest (default: cifar10)")
+    ingest.add_argument("--dataset", default="cifar10", choices=DATASETS,
+                        help="dataset to ingest (default: cifar10; digits and synthetic "
+                             "are generated locally and need none)")
     ingest.add_argument("--source", help="URL or local path of the archive "
                                          "(default: the official CIFAR-10 URL)")
     ingest.add_argument("--store", help=store_help)

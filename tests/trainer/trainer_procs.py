@@ -1,0 +1,49 @@
+"""Run `python -m trainer` as real processes, the way pods and torchrun run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK",
+             "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID")
+
+
+def trainer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env.update({"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
+                "PYTHONUNBUFFERED": "1"})
+    env.update(extra or {})
+    return env
+
+
+def operator_env(rank: int, world: int, port: int, extra=None) -> dict[str, str]:
+    """What the Training Operator injects into a PyTorchJob replica (Master = rank 0)."""
+    return trainer_env({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                        "WORLD_SIZE": str(world), "RANK": str(rank), **(extra or {})})
+
+
+def start_trainer(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_trainer(args: list[str], env: dict[str, str], timeout: float = 300):
+    return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def events(output: str, kind: str | None = None) -> list[dict]:
+    """The structured (JSON) log lines of a trainer's output, optionally of one kind."""
+    found = []
+    for line in output.splitlines():
+        start = line.find(': {"event"')
+        if start >= 0:
+            event = json.loads(line[start + 2:])
+            if kind is None or event["event"] == kind:
+                found.append(event)
+    return found
