@@ -1,0 +1,283 @@
+"""The rendered stack: resources, dependencies, scaling, GPUs, replacement, exports."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from conftest import PASSWORD
+from infra_helpers import env_of, one, pod_specs, pytorchjob
+from render import MOCK_RANDOM_PASSWORD, render
+
+from infra.config import CIFAR10_URL
+
+DIRECTORY = "kubernetes:kustomize/v2:Directory"
+IMAGE = "docker:index/image:Image"
+STORE = "s3://minio.trainstack.svc:9000"
+
+
+def deps(rendering, kind, name) -> set[str]:
+    return set(rendering.resources[rendering.urn_of(kind, name)].dependencies)
+
+
+def test_defaults_render_every_resource(default_stack):
+    kinds = sorted(default_stack.objects)
+    job = pytorchjob(default_stack)["metadata"]["name"]
+    assert kinds == sorted([
+        "Namespace/trainstack", "Secret/minio-credentials", "PersistentVolumeClaim/minio-data",
+        "Deployment/minio", "Service/minio", "Job/trainstack-buckets",
+        "ConfigMap/trainstack-train", "Job/trainstack-ingest-cifar10", f"PyTorchJob/{job}",
+        "Deployment/inference", "Service/inference",
+    ])
+    assert len(default_stack.by_type(IMAGE)) == 1
+    assert len(default_stack.by_type("random:index/randomPassword:RandomPassword")) == 1
+    (operator,) = default_stack.by_type(DIRECTORY)
+    assert operator.remote  # provider-side component: nothing fetched by this program
+    assert operator.inputs["directory"] == (
+        "https://github.com/kubeflow/training-operator//manifests/overlays/standalone"
+        "?ref=v1.8.1")
+
+
+def test_every_resource_is_parented_to_a_typed_component(default_stack):
+    components = {r.urn: r.type for r in default_stack.resources.values()
+                  if r.type.startswith("trainstack:index:")}
+    assert set(components.values()) == {
+        "trainstack:index:TrainingOperator", "trainstack:index:MinIO",
+        "trainstack:index:TrainerImage", "trainstack:index:Training",
+        "trainstack:index:Inference"}
+    for r in default_stack.resources.values():
+        if r.custom and r.type != "kubernetes:core/v1:Namespace":
+            assert r.parent in components, f"{r.type} {r.name} is not parented"
+
+
+def test_job_waits_for_operator_buckets_ingest_and_image(default_stack):
+    job = pytorchjob(default_stack)["metadata"]["name"]
+    job_deps = deps(default_stack, "PyTorchJob", job)
+    operator = default_stack.by_type(DIRECTORY)[0].urn
+    image = default_stack.by_type(IMAGE)[0].urn
+    assert operator in job_deps and image in job_deps
+    assert default_stack.urn_of("Job", "trainstack-buckets") in job_deps
+    assert default_stack.urn_of("Job", "trainstack-ingest-cifar10") in job_deps
+    assert default_stack.urn_of("ConfigMap", "trainstack-train") in job_deps
+
+
+def test_ingest_after_buckets_and_image_buckets_after_minio(default_stack):
+    ingest = deps(default_stack, "Job", "trainstack-ingest-cifar10")
+    assert default_stack.urn_of("Job", "trainstack-buckets") in ingest
+    assert default_stack.by_type(IMAGE)[0].urn in ingest
+    assert default_stack.by_type(DIRECTORY)[0].urn not in ingest  # no need to wait for it
+    buckets = deps(default_stack, "Job", "trainstack-buckets")
+    assert default_stack.urn_of("Deployment", "minio") in buckets
+    assert default_stack.urn_of("Service", "minio") in buckets
+
+
+def test_app_after_minio(default_stack):
+    app = deps(default_stack, "Deployment", "inference")
+    assert default_stack.urn_of("Deployment", "minio") in app
+    assert default_stack.urn_of("Service", "minio") in app
+    assert default_stack.urn_of("Secret", "minio-credentials") in app
+
+
+def test_operator_can_be_skipped():
+    rendering = render({"installTrainingOperator": "false"})
+    assert rendering.by_type(DIRECTORY) == []
+    assert pytorchjob(rendering)  # the job is still created
+
+
+@pytest.mark.parametrize(("workers", "expected"), [
+    ("1", {"Master": 1}), ("2", {"Master": 1, "Worker": 1}), ("3", {"Master": 1, "Worker": 2}),
+])
+def test_workers_shape_the_replicas(workers, expected):
+    spec = pytorchjob(render({"workers": workers}))["spec"]
+    replicas = spec["pytorchReplicaSpecs"]
+    assert {k: v["replicas"] for k, v in replicas.items()} == expected  # no Worker key for 1
+    templates = [json.dumps(r["template"], sort_keys=True) for r in replicas.values()]
+    assert len(set(templates)) == 1  # one pod template for every replica
+    for replica in replicas.values():
+        assert replica["restartPolicy"] == "OnFailure"
+        assert replica["template"]["spec"]["containers"][0]["name"] == "pytorch"
+    assert spec["runPolicy"]["backoffLimit"] >= 1
+
+
+def test_cpu_pods(default_stack):
+    image = default_stack.by_type(IMAGE)[0].inputs
+    assert image["build"]["args"] == {"TORCH_VARIANT": "cpu"}
+    for replica in pytorchjob(default_stack)["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["command"] == [
+            "python", "-m", "trainer", "train", "--config", "/etc/trainstack/train.json"]
+        assert container["resources"]["requests"] == container["resources"]["limits"] == {
+            "cpu": "1", "memory": "2Gi"}
+        assert "tolerations" not in pod and "nodeSelector" not in pod
+
+
+def test_gpus_on_every_replica_cuda_build_and_torchrun(gpu_stack):
+    image = gpu_stack.by_type(IMAGE)[0].inputs
+    assert image["build"]["args"] == {"TORCH_VARIANT": "cu130"}
+    assert image["imageName"].split(":")[-1].startswith("cu130-")
+    replicas = pytorchjob(gpu_stack)["spec"]["pytorchReplicaSpecs"]
+    assert {k: v["replicas"] for k, v in replicas.items()} == {"Master": 1, "Worker": 2}
+    for replica in replicas.values():
+        pod = replica["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+        assert container["resources"]["requests"]["nvidia.com/gpu"] == "2"
+        assert {"key": "nvidia.com/gpu", "operator": "Exists",
+                "effect": "NoSchedule"} in pod["tolerations"]
+        assert container["command"][:6] == [
+            "torchrun", "--nproc_per_node=2", "--nnodes=$(WORLD_SIZE)", "--node_rank=$(RANK)",
+            "--master_addr=$(MASTER_ADDR)", "--master_port=$(MASTER_PORT)"]
+        assert container["command"][6:] == [
+            "-m", "trainer", "train", "--config", "/etc/trainstack/train.json"]
+        # CUDA in the image => the trainer picks NCCL; surface NCCL's own errors.
+        assert env_of(container)["NCCL_DEBUG"] == "WARN"
+
+
+def test_user_scheduling_reaches_training_pods():
+    rendering = render({
+        "gpusPerWorker": "1", "nodeSelector": '{"cloud.google.com/gke-accelerator": "nvidia-l4"}',
+        "tolerations": '[{"key": "dedicated", "operator": "Equal", "value": "ml", '
+                       '"effect": "NoSchedule"}]'})
+    for replica in pytorchjob(rendering)["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+        assert {t["key"] for t in pod["tolerations"]} == {"dedicated", "nvidia.com/gpu"}
+        assert pod["containers"][0]["command"][0] == "python"  # 1 GPU: no torchrun
+
+
+def test_change_of_workers_or_resources_replaces_the_job(default_stack):
+    base = pytorchjob(default_stack)["metadata"]["name"]
+    assert pytorchjob(render({}))["metadata"]["name"] == base  # stable for the same config
+    for change in ({"workers": "3"}, {"cpuPerWorker": "2"}, {"memoryPerWorker": "4Gi"},
+                   {"gpusPerWorker": "1"}, {"epochs": "20"}):
+        # metadata.name is immutable in Kubernetes: a new name is a replacement.
+        assert pytorchjob(render(change))["metadata"]["name"] != base, change
+    (job,) = default_stack.by_type("kubernetes:kubeflow.org/v1:PyTorchJob")
+    assert job.replace_on_changes == ["spec"]  # any other spec change: replace too
+    assert job.delete_before_replace  # never two runs writing one checkpoint
+    assert base.startswith("train-resnet18-cifar10-") and len(base) <= 40
+
+
+def test_train_json_is_hyperparameters_only_and_mounted(default_stack):
+    config_map = one(default_stack, "ConfigMap")
+    assert set(config_map["data"]) == {"train.json"}
+    assert json.loads(config_map["data"]["train.json"]) == {
+        "dataset": "cifar10", "model": "resnet18", "epochs": 10, "batch_size": 128,
+        "lr": 0.1, "seed": 0}
+    pod = next(iter(pytorchjob(default_stack)["spec"]["pytorchReplicaSpecs"].values()))
+    spec = pod["template"]["spec"]
+    assert {"name": "config", "configMap": {"name": "trainstack-train"}} in spec["volumes"]
+    mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["/etc/trainstack"]["name"] == "config"
+    shm = next(v for v in spec["volumes"] if v["name"] == mounts["/dev/shm"]["name"])
+    assert shm["emptyDir"]["medium"] == "Memory"
+
+
+def test_every_workload_reaches_the_store_with_secret_refs(default_stack):
+    specs = pod_specs(default_stack)
+    for key, spec in specs.items():
+        if key == "Deployment/minio":
+            continue
+        env = env_of(spec["containers"][0])
+        assert env["TRAINSTACK_STORE"] == STORE, key
+        assert env["AWS_ACCESS_KEY_ID"] == {
+            "secretKeyRef": {"name": "minio-credentials", "key": "rootUser"}}
+        assert env["AWS_SECRET_ACCESS_KEY"] == {
+            "secretKeyRef": {"name": "minio-credentials", "key": "rootPassword"}}
+    assert specs["Job/trainstack-buckets"]["containers"][0]["command"] == [
+        "python", "-m", "trainer", "buckets"]
+    assert specs["Job/trainstack-ingest-cifar10"]["containers"][0]["command"] == [
+        "python", "-m", "trainer", "ingest", "--dataset", "cifar10", "--source", CIFAR10_URL]
+
+
+def test_datasets_without_download_have_no_ingest_job():
+    rendering = render({"dataset": "digits", "model": "smallcnn"})
+    assert not [k for k in rendering.objects if k.startswith("Job/trainstack-ingest")]
+    env = env_of(one(rendering, "Deployment/inference".split("/")[0]) if False else
+                 rendering.objects["Deployment/inference"]["spec"]["template"]["spec"]
+                 ["containers"][0])
+    assert env["TRAINSTACK_MODEL_NAME"] == "smallcnn-digits"
+    custom = render({"dataset": "imagefolder", "datasetSource": "https://example.com/x.zip"})
+    ingest = custom.objects["Job/trainstack-ingest-imagefolder"]["spec"]["template"]["spec"]
+    assert ingest["containers"][0]["command"][-2:] == ["--source", "https://example.com/x.zip"]
+
+
+def test_inference_deployment_and_service(default_stack):
+    deployment = default_stack.objects["Deployment/inference"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == [
+        "python", "-m", "inference", "serve", "--host", "0.0.0.0", "--port", "7860"]
+    assert env_of(container)["TRAINSTACK_MODEL_NAME"] == "resnet18-cifar10"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["ports"] == [{"name": "http", "containerPort": 7860}]
+    service = default_stack.objects["Service/inference"]
+    assert service["spec"]["type"] == "NodePort"
+    assert "sessionAffinity" not in service["spec"]
+    scaled = render({"inferenceReplicas": "3", "inferenceServiceType": "LoadBalancer"})
+    assert scaled.objects["Deployment/inference"]["spec"]["replicas"] == 3
+    assert scaled.objects["Service/inference"]["spec"]["sessionAffinity"] == "ClientIP"
+    assert scaled.objects["Service/inference"]["spec"]["type"] == "LoadBalancer"
+
+
+def test_minio(default_stack, gpu_stack):
+    deployment = default_stack.objects["Deployment/minio"]
+    pod = deployment["spec"]["template"]["spec"]
+    image = pod["containers"][0]["image"]
+    assert image.startswith("quay.io/minio/minio:RELEASE.") and not image.endswith(":latest")
+    assert pod["securityContext"]["fsGroup"] == 1000
+    assert {p["containerPort"] for p in pod["containers"][0]["ports"]} == {9000, 9001}
+    assert {p["port"] for p in default_stack.objects["Service/minio"]["spec"]["ports"]} == {
+        9000, 9001}
+    pvc = default_stack.objects["PersistentVolumeClaim/minio-data"]
+    assert pvc["spec"]["resources"]["requests"] == {"storage": "10Gi"}
+    secret = default_stack.objects["Secret/minio-credentials"]["stringData"]
+    assert secret["rootPassword"] == MOCK_RANDOM_PASSWORD  # generated when not configured
+    assert gpu_stack.objects["Secret/minio-credentials"]["stringData"]["rootPassword"] == PASSWORD
+    assert gpu_stack.by_type("random:index/randomPassword:RandomPassword") == []
+    for rendering in (default_stack, gpu_stack):
+        assert "minioadmin" not in json.dumps(rendering.objects)
+
+
+def test_unpushed_image_is_used_by_tag_and_never_pulled():
+    rendering = render({"pushImage": "false", "image": "trainstack-trainer"})
+    image = rendering.by_type(IMAGE)[0].inputs
+    assert image["skipPush"] is True
+    for key, spec in pod_specs(rendering).items():
+        if key == "Deployment/minio":
+            continue
+        container = spec["containers"][0]
+        assert container["image"] == image["imageName"] and "@" not in container["image"]
+        assert container["imagePullPolicy"] == "Never"
+
+
+def test_pushed_image_is_used_by_digest(default_stack):
+    for key, spec in pod_specs(default_stack).items():
+        if key != "Deployment/minio":
+            assert "@sha256:" in spec["containers"][0]["image"], key
+
+
+def test_exports(default_stack):
+    exports = default_stack.exports
+    job = pytorchjob(default_stack)["metadata"]["name"]
+    assert exports["namespace"] == "trainstack"
+    assert exports["pytorchJobName"] == job
+    assert exports["minioEndpoint"] == "minio.trainstack.svc:9000"
+    assert exports["inferenceUrl"] == "http://inference.trainstack.svc:7860"
+    assert "minikube service inference -n trainstack --url" in exports["inferenceAccess"]
+    assert exports["followLogs"].startswith(
+        f"kubectl -n trainstack logs -f -l training.kubeflow.org/job-name={job}")
+    assert f"get pytorchjob {job}" in exports["jobStatus"]
+
+
+def test_rendering_is_offline(monkeypatch):
+    """Mocks never fetch the operator manifests or talk to Docker: block all sockets."""
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("network access during rendering")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    assert pytorchjob(render({"workers": "2"}))
