@@ -1,0 +1,90 @@
+"""TrainConfig validation, run_id, and how the CLI merges a config file with flags."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from trainer_procs import run_trainer, trainer_env
+
+from trainer.cli import build_parser, train_config_from_args
+from trainer.config import ConfigError, TrainConfig
+
+STACK_KEYS = {"dataset": "digits", "model": "smallcnn", "epochs": 3, "batch_size": 64,
+              "lr": 0.1, "seed": 7}
+
+
+def test_the_stacks_train_json_keys_are_accepted():
+    cfg = TrainConfig.from_dict(STACK_KEYS)
+    assert (cfg.dataset, cfg.model, cfg.epochs, cfg.batch_size, cfg.lr, cfg.seed) == (
+        "digits", "smallcnn", 3, 64, 0.1, 7)
+
+
+def test_unknown_key_is_named_with_the_allowed_ones():
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) 'batchsize'.*batch_size"):
+        TrainConfig.from_dict({**STACK_KEYS, "batchsize": 3})
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("dataset", "mnist", r"dataset: 'mnist' is not allowed; choose one of cifar10, imagefolder"),
+    ("model", "vgg", r"model: 'vgg' is not allowed; choose one of resnet18"),
+    ("epochs", 0, r"epochs: must be an integer >= 1, got 0"),
+    ("epochs", 2.5, r"epochs: must be an integer >= 1, got 2.5"),
+    ("batch_size", True, r"batch_size: must be an integer >= 1, got True"),
+    ("lr", 0, r"lr: must be a number > 0.0, got 0"),
+    ("lr", "fast", r"lr: must be a number > 0.0, got 'fast'"),
+    ("seed", -1, r"seed: must be an integer >= 0"),
+    ("momentum", 1.0, r"momentum: must be a number >= 0.0 and < 1.0"),
+    ("augment", "mixup", r"augment: 'mixup' is not allowed; choose one of auto, none"),
+])
+def test_bad_values_name_the_key_and_what_is_allowed(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict({**STACK_KEYS, key: value})
+
+
+def test_run_id_covers_what_defines_the_result_only():
+    base = TrainConfig.from_dict(STACK_KEYS)
+    assert base.run_id == TrainConfig.from_dict(dict(STACK_KEYS)).run_id
+    assert base.run_id == TrainConfig.from_dict({**STACK_KEYS, "log_every": 5}).run_id
+    assert base.run_id == TrainConfig.from_dict({**STACK_KEYS, "augment": "crop"}).run_id
+    for key, value in [("seed", 8), ("lr", 0.05), ("epochs", 4), ("batch_size", 32),
+                       ("model", "resnet18"), ("augment", "none")]:
+        assert TrainConfig.from_dict({**STACK_KEYS, key: value}).run_id != base.run_id, key
+
+
+def test_digits_are_not_flipped_by_default():
+    assert TrainConfig(dataset="digits").resolved_augment == "crop"
+    assert TrainConfig(dataset="cifar10").resolved_augment == "crop+flip"
+
+
+def test_flags_override_the_config_file(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(STACK_KEYS))
+    args = build_parser().parse_args(["train", "--config", str(path), "--epochs", "9",
+                                      "--batch-size", "16", "--lr", "0.01"])
+    cfg = train_config_from_args(args)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr) == (9, 16, 0.01)
+    assert (cfg.dataset, cfg.model, cfg.seed) == ("digits", "smallcnn", 7)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "is not valid JSON"),
+    ("[1, 2]", "must hold a JSON object, got list"),
+])
+def test_unreadable_config_file_is_a_clear_error(tmp_path, content, message):
+    path = tmp_path / "train.json"
+    path.write_text(content)
+    args = build_parser().parse_args(["train", "--config", str(path)])
+    with pytest.raises(ConfigError, match=message):
+        train_config_from_args(args)
+
+
+def test_cli_reports_a_config_error_in_one_line_and_fails(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({**STACK_KEYS, "epochz": 3}))
+    result = run_trainer(["train", "--config", str(path), "--store", str(tmp_path / "s")],
+                         trainer_env(), timeout=120)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "unknown config key(s) 'epochz'" in errors[0]
+    assert "Traceback" not in result.stderr

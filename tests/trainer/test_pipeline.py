@@ -1,0 +1,92 @@
+"""Batch augmentation, sharding and the LR schedule: the pieces of the input pipeline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.augment import BatchAugmenter, Normalizer, random_crop, random_flip
+from trainer.config import TrainConfig
+from trainer.loop import batches_of, lr_at, shard_indices
+from trainer.models import build_model
+
+
+def test_random_crop_cuts_windows_of_the_zero_padded_image():
+    images = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    cropped = random_crop(images, 2, generator)
+    assert cropped.shape == images.shape and cropped.dtype == torch.uint8
+    padded = F.pad(images, (2, 2, 2, 2))
+    offsets_seen = set()
+    for image, crop in zip(padded, cropped):
+        windows = [(dy, dx) for dy in range(5) for dx in range(5)
+                   if torch.equal(image[:, dy:dy + 8, dx:dx + 8], crop)]
+        assert windows, "every crop is a window of its own padded image"
+        offsets_seen.add(windows[0])
+    assert len(offsets_seen) > 5, "offsets vary across the batch"
+
+
+def test_random_flip_mirrors_about_half_the_batch():
+    images = torch.randint(0, 256, (400, 1, 4, 4), dtype=torch.uint8)
+    flipped = random_flip(images, torch.Generator().manual_seed(0))
+    mirrored = [torch.equal(f, i.flip(2)) and not torch.equal(f, i)
+                for f, i in zip(flipped, images)]
+    unchanged = [torch.equal(f, i) for f, i in zip(flipped, images)]
+    assert all(m or u for m, u in zip(mirrored, unchanged))
+    assert 150 < sum(mirrored) < 250
+
+
+def test_normalizer_scales_then_standardizes():
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3)
+    out = Normalizer((0.2,), (0.5,))(images)
+    torch.testing.assert_close(out.flatten(), torch.tensor([-0.4, 0.0, 1.6]))
+
+
+def test_augmenter_returns_normalized_channels_last_floats():
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    out = BatchAugmenter("crop+flip", (0.5,) * 3, (0.25,) * 3, 32)(
+        images, torch.Generator().manual_seed(1))
+    assert out.dtype == torch.float32 and out.shape == (8, 3, 32, 32)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_shards_are_disjoint_equal_and_change_every_epoch(world):
+    shards = [shard_indices(100, seed=0, epoch=1, rank=r, world=world) for r in range(world)]
+    together = torch.cat(shards)
+    assert len(set(together.tolist())) == len(together) == 100 // world * world
+    assert {len(s) for s in shards} == {100 // world}
+    assert not torch.equal(shard_indices(100, seed=0, epoch=2, rank=0, world=world), shards[0])
+
+
+def test_batches_drop_only_a_trailing_partial_batch():
+    assert [len(b) for b in batches_of(torch.arange(70), 32)] == [32, 32]
+    assert [len(b) for b in batches_of(torch.arange(20), 32)] == [20]
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_lr_schedule_peaks_at_lr_and_anneals_to_zero(schedule):
+    cfg = TrainConfig(lr=0.2, schedule=schedule)
+    values = [lr_at(cfg, p / 100) for p in range(101)]
+    assert max(values) == pytest.approx(0.2, rel=1e-3)
+    assert values[-1] == pytest.approx(0.0, abs=1e-9)
+    if schedule == "onecycle":
+        assert values[0] < 0.05 * 0.2 + 1e-9
+
+
+@pytest.mark.parametrize("name, shape", [("smallcnn", (1, 8, 8)), ("smallcnn", (3, 32, 32)),
+                                         ("resnet18", (3, 32, 32)),
+                                         ("resnet18-imagenet", (3, 32, 32))])
+def test_models_take_channels_and_classes(name, shape):
+    model = build_model(name, in_channels=shape[0], num_classes=7).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, *shape)).shape == (2, 7)
+
+
+def test_cifar_stem_keeps_resolution_and_imagenet_stem_does_not():
+    cifar = build_model("resnet18", in_channels=3, num_classes=10)
+    imagenet = build_model("resnet18-imagenet", in_channels=3, num_classes=10)
+    assert cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1)
+    assert isinstance(cifar.maxpool, torch.nn.Identity)
+    assert imagenet.conv1.kernel_size == (7, 7) and imagenet.conv1.stride == (2, 2)
