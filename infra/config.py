@@ -38,8 +38,9 @@ _TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 class ConfigError(ValueError):
     """An invalid `trainstack:` setting; the message names the key and what is allowed."""
 
-    def __init__(self, key: str, allowed: str, got: Any):
-        super().__init__(f"invalid config trainstack:{key} = {got!r}: allowed: {allowed}")
+    def __init__(self, key: str, allowed: str, got: Any, secret: bool = False):
+        shown = "(secret value not shown)" if secret else f"= {got!r}"
+        super().__init__(f"invalid config trainstack:{key} {shown}: allowed: {allowed}")
         self.key = key
 
 
@@ -265,19 +266,23 @@ def raw_stack_config() -> dict[str, Any]:
 
 def load() -> tuple[StackConfig, pulumi.Output[str] | None]:
     """Read and validate the stack config once; returns it and the optional MinIO password."""
+    from pulumi.runtime import config as runtime_config
+
     settings = parse_config(raw_stack_config())
-    password = pulumi.Config(NAMESPACE).get_secret("minioRootPassword")
-    if password is not None:
-        password = password.apply(_check_password)
-    return settings, password
+    # Check the plaintext now (fail before any resource is registered), then use it only
+    # as a secret Output so it is encrypted in the state and masked in logs.
+    plain = runtime_config.get_config(f"{NAMESPACE}:minioRootPassword")
+    if plain is not None:
+        _check_password(plain)
+    return settings, pulumi.Config(NAMESPACE).get_secret("minioRootPassword")
 
 
 def _check_password(value: str) -> str:
     # MinIO refuses to start with a root password under 8 characters; fail at `pulumi up`
     # instead, and never echo the value.
     if len(value) < 8 or value == "minioadmin":
-        raise ValueError(
-            "invalid config trainstack:minioRootPassword: allowed: a secret of at least "
-            "8 characters other than the well-known default (value not shown)"
+        raise ConfigError(
+            "minioRootPassword", "at least 8 characters, not the well-known default",
+            value, secret=True,
         )
     return value

@@ -92,9 +92,10 @@ def test_invalid_values_stop_the_program(key, value, allowed):
 
 
 def test_short_minio_password_fails_without_echoing_it():
-    with pytest.raises(Exception, match="trainstack:minioRootPassword") as err:
-        render({"minioRootPassword": "short"})
-    assert "short'" not in str(err.value)
+    for bad in ("short", "minioadmin"):
+        with pytest.raises(ConfigError, match="trainstack:minioRootPassword.*8 characters") as err:
+            render({"minioRootPassword": bad})
+        assert bad not in str(err.value)
 
 
 def test_dev_stack_file_is_valid():

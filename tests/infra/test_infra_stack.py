@@ -195,9 +195,8 @@ def test_every_workload_reaches_the_store_with_secret_refs(default_stack):
 def test_datasets_without_download_have_no_ingest_job():
     rendering = render({"dataset": "digits", "model": "smallcnn"})
     assert not [k for k in rendering.objects if k.startswith("Job/trainstack-ingest")]
-    env = env_of(one(rendering, "Deployment/inference".split("/")[0]) if False else
-                 rendering.objects["Deployment/inference"]["spec"]["template"]["spec"]
-                 ["containers"][0])
+    app = rendering.objects["Deployment/inference"]["spec"]["template"]["spec"]
+    env = env_of(app["containers"][0])
     assert env["TRAINSTACK_MODEL_NAME"] == "smallcnn-digits"
     custom = render({"dataset": "imagefolder", "datasetSource": "https://example.com/x.zip"})
     ingest = custom.objects["Job/trainstack-ingest-imagefolder"]["spec"]["template"]["spec"]

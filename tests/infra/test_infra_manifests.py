@@ -1,0 +1,125 @@
+"""Rendered objects against the Kubernetes schemas, the Training Operator SDK, and policy."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import kubernetes_validate
+import pytest
+from conftest import PASSWORD
+from infra_helpers import pod_specs, pytorchjob
+from kubeflow.training import ApiClient
+from kubeflow.training.models import KubeflowOrgV1PyTorchJob
+from render import MOCK_RANDOM_PASSWORD, render
+
+K8S_VERSION = "1.34.0"  # kubernetes-validate 1.37.0 ships schemas up to 1.37
+
+CONFIGS = {
+    "defaults": {},
+    "gpu": {"workers": "3", "gpusPerWorker": "2", "minioRootPassword": PASSWORD,
+            "nodeSelector": '{"nvidia.com/gpu.present": "true"}',
+            "tolerations": '[{"key": "dedicated", "operator": "Equal", "value": "ml", '
+                           '"effect": "NoSchedule", "tolerationSeconds": 60}]'},
+    "single": {"workers": "1", "inferenceReplicas": "2", "inferenceServiceType": "ClusterIP",
+               "pushImage": "false", "minioStorageClass": "standard", "dataset": "digits",
+               "model": "smallcnn", "cpuPerWorker": "500m", "memoryPerWorker": "1536Mi"},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def rendering(request):
+    return render(CONFIGS[request.param])
+
+
+def test_every_kubernetes_object_passes_strict_schema_validation(rendering):
+    for key, obj in rendering.objects.items():
+        if obj["kind"] == "PyTorchJob":
+            # A CRD: no upstream schema; its pod templates are checked as PodTemplates.
+            for rtype, replica in obj["spec"]["pytorchReplicaSpecs"].items():
+                kubernetes_validate.validate(
+                    {"apiVersion": "v1", "kind": "PodTemplate",
+                     "metadata": {"name": f"{obj['metadata']['name']}-{rtype.lower()}"},
+                     "template": replica["template"]},
+                    K8S_VERSION, strict=True)
+            continue
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True), key
+
+
+def test_strict_validation_catches_a_typo():
+    obj = render({}).objects["Deployment/inference"]
+    obj["spec"]["replicaz"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def _prune(value):
+    """Drop None/empty values the SDK adds for absent optional fields."""
+    if isinstance(value, dict):
+        return {k: _prune(v) for k, v in value.items() if v not in (None, [], {})}
+    if isinstance(value, list):
+        return [_prune(v) for v in value]
+    return value
+
+
+def test_pytorchjob_round_trips_through_the_training_sdk(rendering):
+    job = pytorchjob(rendering)
+    client = ApiClient()
+    response = SimpleNamespace(data=json.dumps(job))
+    model = client.deserialize(response, "KubeflowOrgV1PyTorchJob")
+    assert isinstance(model, KubeflowOrgV1PyTorchJob)
+    assert _prune(client.sanitize_for_serialization(model)) == _prune(job)
+    assert set(model.spec.pytorch_replica_specs) <= {"Master", "Worker"}
+    assert model.spec.pytorch_replica_specs["Master"].replicas == 1
+
+
+def _all_strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _all_strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _all_strings(v)
+
+
+def test_no_secret_value_in_plain_text(rendering):
+    secrets = {PASSWORD, MOCK_RANDOM_PASSWORD}
+    for key, obj in rendering.objects.items():
+        if obj["kind"] == "Secret":
+            continue
+        text = json.dumps(obj)
+        assert not any(s in text for s in secrets), f"secret value in {key}"
+        for container in pod_specs(rendering).get(key, {}).get("containers", []):
+            for env in container.get("env", []):
+                if env["name"] in ("AWS_SECRET_ACCESS_KEY", "MINIO_ROOT_PASSWORD"):
+                    assert "value" not in env and "secretKeyRef" in env["valueFrom"]
+    assert not any(s in v for v in _all_strings(rendering.exports) for s in secrets)
+    # Every non-Secret input of every resource (annotations, component inputs too).
+    for registration in rendering.resources.values():
+        if registration.inputs.get("kind") != "Secret":
+            assert not any(s in json.dumps(registration.inputs) for s in secrets)
+    (secret,) = rendering.by_type("kubernetes:core/v1:Secret")
+    assert secret.secret_props == ["stringData"]  # stored encrypted in the Pulumi state
+
+
+def test_every_container_is_bounded_and_unprivileged(rendering):
+    for key, spec in pod_specs(rendering).items():
+        pod_ctx = spec.get("securityContext", {})
+        assert pod_ctx.get("runAsNonRoot") is True, key
+        for container in spec["containers"] + spec.get("initContainers", []):
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= set(resources["requests"]), key
+            assert {"cpu", "memory"} <= set(resources["limits"]), key
+            ctx = container["securityContext"]
+            assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] > 0, key
+            assert ctx["allowPrivilegeEscalation"] is False, key
+            assert ctx["capabilities"]["drop"] == ["ALL"], key
+            assert not ctx.get("privileged"), key
+
+
+def test_training_pods_have_guaranteed_resources(rendering):
+    for replica in pytorchjob(rendering)["spec"]["pytorchReplicaSpecs"].values():
+        resources = replica["template"]["spec"]["containers"][0]["resources"]
+        assert resources["requests"] == resources["limits"]
