@@ -108,48 +108,18 @@ class MinIO(pulumi.ComponentResource):
         )
 
     def _deployment(self, args, secret, pvc, opts) -> k8s.apps.v1.Deployment:
-        def cred(name: str, key: str) -> k8s.core.v1.EnvVarArgs:
-            return k8s.core.v1.EnvVarArgs(
-                name=name,
-                value_from=k8s.core.v1.EnvVarSourceArgs(
-                    secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
-                        name=secret.metadata.name, key=key
-                    )
-                ),
-            )
-
-        def probe(path: str, delay: int) -> k8s.core.v1.ProbeArgs:
-            return k8s.core.v1.ProbeArgs(
-                http_get=k8s.core.v1.HTTPGetActionArgs(path=path, port=API_PORT),
-                initial_delay_seconds=delay,
-                period_seconds=10,
-            )
-
-        server = k8s.core.v1.ContainerArgs(
-            name="minio",
-            image=MINIO_IMAGE,
-            # --certs-dir: the default (~/.minio/certs) is not writable for a random uid.
-            args=["server", "/data", "--console-address", f":{CONSOLE_PORT}",
-                  "--certs-dir", "/tmp/minio-certs"],
-            env=[cred("MINIO_ROOT_USER", "rootUser"), cred("MINIO_ROOT_PASSWORD", "rootPassword")],
-            ports=[
-                k8s.core.v1.ContainerPortArgs(name="api", container_port=API_PORT),
-                k8s.core.v1.ContainerPortArgs(name="console", container_port=CONSOLE_PORT),
-            ],
-            readiness_probe=probe("/minio/health/ready", 5),
-            liveness_probe=probe("/minio/health/live", 15),
-            resources=k8s.core.v1.ResourceRequirementsArgs(
-                requests={"cpu": "250m", "memory": "512Mi"},
-                limits={"cpu": "1", "memory": "1Gi"},
-            ),
-            security_context=pod.container_security(MINIO_UID),
-            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="data", mount_path="/data")],
-        )
         labels = pod.labels("minio")
+        data = k8s.core.v1.VolumeArgs(
+            name="data",
+            persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
+                claim_name=pvc.metadata.name
+            ),
+        )
         return k8s.apps.v1.Deployment(
             "minio",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="minio", namespace=args.namespace,
-                                                labels=labels),
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name="minio", namespace=args.namespace, labels=labels
+            ),
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 replicas=1,
                 # One RWO volume: the old pod must release it before the new one starts.
@@ -159,13 +129,8 @@ class MinIO(pulumi.ComponentResource):
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
                     spec=k8s.core.v1.PodSpecArgs(
                         security_context=pod.pod_security(MINIO_UID),
-                        containers=[server],
-                        volumes=[k8s.core.v1.VolumeArgs(
-                            name="data",
-                            persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
-                                claim_name=pvc.metadata.name
-                            ),
-                        )],
+                        containers=[_server_container(secret.metadata.name)],
+                        volumes=[data],
                     ),
                 ),
             ),
@@ -190,3 +155,40 @@ class MinIO(pulumi.ComponentResource):
             ),
             opts=opts,
         )
+
+
+def _server_container(secret_name: pulumi.Input[str]) -> k8s.core.v1.ContainerArgs:
+    def cred(name: str, key: str) -> k8s.core.v1.EnvVarArgs:
+        return k8s.core.v1.EnvVarArgs(
+            name=name,
+            value_from=k8s.core.v1.EnvVarSourceArgs(
+                secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret_name, key=key)
+            ),
+        )
+
+    def probe(path: str, delay: int) -> k8s.core.v1.ProbeArgs:
+        return k8s.core.v1.ProbeArgs(
+            http_get=k8s.core.v1.HTTPGetActionArgs(path=path, port=API_PORT),
+            initial_delay_seconds=delay,
+            period_seconds=10,
+        )
+
+    return k8s.core.v1.ContainerArgs(
+        name="minio",
+        image=MINIO_IMAGE,
+        # --certs-dir: the default (~/.minio/certs) is not writable for a non-root uid.
+        args=["server", "/data", "--console-address", f":{CONSOLE_PORT}",
+              "--certs-dir", "/tmp/minio-certs"],
+        env=[cred("MINIO_ROOT_USER", "rootUser"), cred("MINIO_ROOT_PASSWORD", "rootPassword")],
+        ports=[
+            k8s.core.v1.ContainerPortArgs(name="api", container_port=API_PORT),
+            k8s.core.v1.ContainerPortArgs(name="console", container_port=CONSOLE_PORT),
+        ],
+        readiness_probe=probe("/minio/health/ready", 5),
+        liveness_probe=probe("/minio/health/live", 15),
+        resources=k8s.core.v1.ResourceRequirementsArgs(
+            requests={"cpu": "250m", "memory": "512Mi"}, limits={"cpu": "1", "memory": "1Gi"}
+        ),
+        security_context=pod.container_security(MINIO_UID),
+        volume_mounts=[k8s.core.v1.VolumeMountArgs(name="data", mount_path="/data")],
+    )

@@ -44,7 +44,26 @@ def build_stack(cfg: StackConfig, minio_password: pulumi.Input[str] | None) -> d
         operator = TrainingOperator(
             "training-operator", TrainingOperatorArgs(version=cfg.training_operator_version)
         )
-    training = Training(
+    training = _training(cfg, namespace, image, minio, operator)
+    inference = Inference(
+        "inference",
+        InferenceArgs(
+            namespace=namespace,
+            image=image.ref,
+            image_pull_policy=image.pull_policy,
+            store=minio.store,
+            model_name=cfg.model_name,
+            replicas=cfg.inference_replicas,
+            service_type=cfg.inference_service_type,
+            depends_on=[minio],
+        ),
+    )
+    return _exports(cfg, training.job_name, minio.endpoint, inference)
+
+
+def _training(cfg: StackConfig, namespace, image: TrainerImage, minio: MinIO,
+              operator: TrainingOperator | None) -> Training:
+    return Training(
         "training",
         TrainingArgs(
             namespace=namespace,
@@ -64,20 +83,6 @@ def build_stack(cfg: StackConfig, minio_password: pulumi.Input[str] | None) -> d
             operator=operator,
         ),
     )
-    inference = Inference(
-        "inference",
-        InferenceArgs(
-            namespace=namespace,
-            image=image.ref,
-            image_pull_policy=image.pull_policy,
-            store=minio.store,
-            model_name=cfg.model_name,
-            replicas=cfg.inference_replicas,
-            service_type=cfg.inference_service_type,
-            depends_on=[minio],
-        ),
-    )
-    return _exports(cfg, training.job_name, minio.endpoint, inference)
 
 
 def _exports(cfg: StackConfig, job: str, minio_endpoint, inference: Inference) -> dict[str, Any]:

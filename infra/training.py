@@ -81,17 +81,22 @@ def train_command(gpus: int) -> list[str]:
 
 def train_env(args: TrainingArgs) -> dict[str, str]:
     # Torch would otherwise start one thread per *node* core and thrash a CPU-limited pod.
-    threads = max(1, int(float(args.cpu[:-1]) / 1000 if args.cpu.endswith("m") else float(args.cpu)))
+    cores = float(args.cpu[:-1]) / 1000 if args.cpu.endswith("m") else float(args.cpu)
+    threads = max(1, int(cores))
     env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
     if args.gpus_per_worker > 0:
         env["NCCL_DEBUG"] = "WARN"  # NCCL is the backend on GPUs: surface its errors
     return env
 
 
-def pod_template(args: TrainingArgs, config_map: pulumi.Input[str]) -> k8s.core.v1.PodTemplateSpecArgs:
+def pod_template(
+    args: TrainingArgs, config_map: pulumi.Input[str]
+) -> k8s.core.v1.PodTemplateSpecArgs:
     """The one pod template used by Master and Worker replicas."""
     shm, shm_mount = pod.shm_volume(args.memory)
-    config_mount = k8s.core.v1.VolumeMountArgs(name="config", mount_path=CONFIG_DIR, read_only=True)
+    config_mount = k8s.core.v1.VolumeMountArgs(
+        name="config", mount_path=CONFIG_DIR, read_only=True
+    )
     spec = pod.ContainerSpec(
         name="pytorch",  # the operator finds the training container by this name
         image=args.image,
