@@ -1,0 +1,107 @@
+"""Hot reload: new versions swap in under load, broken ones are skipped, outages survived."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import httpx
+from inference_helpers import V1, V2, serve_app, wait_for_version, wait_until
+from modelkit import MODEL_NAME, ColourNet, png, publish_version, solid
+
+RED = png(solid("red"))
+
+
+def hammer(base: str, stop: threading.Event, results: list, seen_new: threading.Event):
+    with httpx.Client(timeout=60) as client:
+        while not stop.is_set():
+            try:
+                r = client.post(f"{base}/predict", files={"file": ("red.png", RED, "image/png")})
+                body = r.json()
+                results.append((r.status_code, body.get("model_version"), body.get("prediction")))
+                if body.get("model_version") == V2:
+                    seen_new.set()
+            except Exception as e:  # recorded, so the assertion below shows it
+                results.append(("exception", repr(e), None))
+
+
+def test_new_version_swaps_in_while_requests_run(app_v1, published_store):
+    base, _ = app_v1
+    stop, seen = threading.Event(), [threading.Event() for _ in range(4)]
+    per_client = [[] for _ in seen]
+    threads = [threading.Thread(target=hammer, args=(base, stop, out, s))
+               for out, s in zip(per_client, seen)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: all(len(out) >= 2 for out in per_client), "requests on V1")
+        publish_version(published_store, V2, model=ColourNet(scale=3.0), test_acc=0.99)
+        wait_for_version(base, V2)
+        # Every client must get answers from the new version too, not just /readyz.
+        wait_until(lambda: all(s.is_set() for s in seen), "every client to reach V2")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    results = [r for out in per_client for r in out]
+    failures = [r for r in results if r[0] != 200]
+    assert not failures, failures[:5]
+    assert {r[1] for r in results} == {V1, V2}
+    assert {r[2] for r in results} == {"red"}
+    for out in per_client:  # once a client saw V2, it never got V1 again
+        versions = [r[1] for r in out]
+        assert V1 not in versions[versions.index(V2):]
+    last = httpx.post(f"{base}/predict", files={"file": ("red.png", RED, "image/png")}).json()
+    assert last["model_version"] == V2
+
+
+def test_broken_versions_are_skipped_once_and_the_old_stays(app_v1, published_store, caplog):
+    base, app = app_v1
+    registry = app.state.registry
+    caplog.set_level(logging.INFO, logger="inference.registry")
+    broken = {"20261124T000001Z": {"model_bytes": b"this is not a torch.export archive"},
+              "20261124T000002Z": {"skip_files": ("curves.png",)}}
+    for version in broken:
+        publish_version(published_store, version, **broken[version])
+        wait_until(lambda v=version: (MODEL_NAME, v) in registry.rejected, f"{version} rejected")
+        r = httpx.post(f"{base}/predict", files={"file": ("red.png", RED, "image/png")})
+        assert r.status_code == 200 and r.json()["model_version"] == V1
+        assert httpx.get(f"{base}/readyz").json()["version"] == V1
+    assert "does not load or run" in registry.rejected[(MODEL_NAME, "20261124T000001Z")]
+    assert "curves.png" in registry.rejected[(MODEL_NAME, "20261124T000002Z")]
+    # The poller keeps polling, but a rejected version is not downloaded again.
+    polls = len([r for r in caplog.records if "loading model" in r.getMessage()])
+    wait_until(lambda: registry.check_once() is False, "another poll")
+    assert len([r for r in caplog.records if "loading model" in r.getMessage()]) == polls
+    skipped = [r for r in caplog.records if "skipping broken version" in r.getMessage()]
+    assert len(skipped) == 2
+    # A good version after broken ones is picked up.
+    publish_version(published_store, V2)
+    wait_for_version(base, V2)
+
+
+def test_store_outage_is_survived(tmp_path, monkeypatch):
+    """An S3 server that goes away: the app keeps serving the loaded version."""
+    from moto.server import ThreadedMotoServer
+
+    from inference_helpers import free_port
+    from trainer.storage import S3Store
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "outage-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "outage-test-secret")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    store = S3Store(f"127.0.0.1:{port}")
+    store.RETRIES = 2  # keep the outage short for the test; production keeps 5
+    publish_version(store, V1)
+    with serve_app(store.url, tmp_path / "cache") as (base, app):
+        wait_for_version(base, V1)
+        app.state.registry.store.RETRIES = 2
+        server.stop()
+        wait_until(lambda: app.state.registry.last_error, "the poller to notice the outage")
+        assert "unreachable" in app.state.registry.last_error
+        r = httpx.post(f"{base}/predict", files={"file": ("red.png", RED, "image/png")})
+        assert r.status_code == 200 and r.json()["model_version"] == V1
+        assert httpx.get(f"{base}/readyz").status_code == 200
+        assert httpx.get(f"{base}/healthz").status_code == 200
