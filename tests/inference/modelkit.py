@@ -77,16 +77,19 @@ def fake_history(epochs: int = 4, final_acc: float = 1.0) -> list[dict]:
 def publish_version(store, version: str, *, model: nn.Module | None = None,
                     name: str = MODEL_NAME, test_acc: float = 1.0,
                     model_bytes: bytes | None = None, skip_files: tuple[str, ...] = (),
-                    move_latest: bool = True) -> str:
+                    move_latest: bool = True, classes: list[str] = CLASSES,
+                    input_size: list[int] = INPUT_SIZE, mean: list[float] = MEAN,
+                    std: list[float] = STD) -> str:
     """Upload every file of a version, then (last) move ``latest.json``.
 
-    ``model_bytes`` / ``skip_files`` build deliberately broken versions for tests.
+    ``model_bytes`` / ``skip_files`` build deliberately broken versions for tests;
+    ``classes``/``input_size``/``mean``/``std`` describe another model (the benchmark's).
     """
     store.ensure_buckets()
     prefix = f"models/{name}/versions/{version}/"
     history = fake_history(final_acc=test_acc)
-    confusion = [[10 if i == j else 0 for j in range(3)] for i in range(3)]
-    metrics = {"epochs": history, "confusion_matrix": confusion, "classes": CLASSES,
+    confusion = [[10 if i == j else 0 for j in range(len(classes))] for i in range(len(classes))]
+    metrics = {"epochs": history, "confusion_matrix": confusion, "classes": classes,
                "world_size": 2}
     files = {
         "model.pt2": model_bytes if model_bytes is not None else export_model(model or ColourNet()),
@@ -102,8 +105,8 @@ def publish_version(store, version: str, *, model: nn.Module | None = None,
             store.put_bytes(prefix + rel, data)
     meta = {
         "model": name.split("-")[0], "dataset": name.split("-")[-1], "version": version,
-        "run_id": "c0ffee42", "classes": CLASSES, "input_size": INPUT_SIZE,
-        "mean": MEAN, "std": STD,
+        "run_id": "c0ffee42", "classes": classes, "input_size": input_size,
+        "mean": mean, "std": std,
         "train_config": {"model": "colournet", "dataset": "colours", "epochs": len(history),
                          "batch_size": 64, "lr": 0.1, "seed": 0},
         "metrics": {"test_acc": test_acc, "test_loss": history[-1]["test_loss"],

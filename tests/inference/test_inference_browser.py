@@ -1,0 +1,79 @@
+"""The UI in a real browser: Playwright driving Debian's Chromium (never `playwright install`)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from inference_helpers import V1, serve_app
+from modelkit import publish_version
+from PIL import Image, ImageDraw
+
+CHROMIUM = Path("/usr/bin/chromium")
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+TIMEOUT_MS = 60_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason="Debian's Chromium is missing at /usr/bin/chromium "
+                              "(`make chromium` installs it)"),
+]
+
+
+def red_picture(path: Path) -> Path:
+    """A mostly red picture with some detail, so the screenshot shows a real upload."""
+    image = Image.new("RGB", (320, 240), (215, 38, 45))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((90, 50, 230, 190), fill=(250, 90, 80))
+    draw.rectangle((20, 200, 300, 225), fill=(160, 20, 30))
+    image.save(path)
+    return path
+
+
+@pytest.fixture
+def browser_page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        yield page
+        browser.close()
+
+
+def test_ui_from_empty_store_to_prediction(local_store, tmp_path, browser_page):
+    page = browser_page
+    local_store.ensure_buckets()
+    with serve_app(local_store.url, tmp_path / "cache") as (base, _):
+        page.goto(base + "/")
+        page.get_by_text("No model published yet").wait_for()
+        page.screenshot(path=str(tmp_path / "no-model.png"))
+
+        # The page switches to the classifier by itself once a model is published.
+        publish_version(local_store, V1)
+        page.locator("#model-status").get_by_text(V1).wait_for()
+
+        page.locator("input[type=file]").first.set_input_files(str(red_picture(tmp_path / "r.png")))
+        page.locator("#prediction").get_by_text("red").first.wait_for()
+        page.locator("#answered-by").get_by_text(V1).wait_for()
+        shot = tmp_path / "screenshot.png"
+        page.screenshot(path=str(shot), full_page=True)
+        shutil.copy(shot, DOCS / "screenshot.png")
+
+        page.get_by_role("tab", name="Training").click()
+        curves = page.locator("#curves img")
+        curves.wait_for(state="visible")
+        assert curves.evaluate("img => img.naturalWidth") > 0
+        page.screenshot(path=str(tmp_path / "training.png"), full_page=True)
+        shutil.copy(tmp_path / "training.png", DOCS / "screenshot-training.png")
+
+        page.get_by_role("tab", name="Models").click()
+        page.get_by_role("tab", name="Models").wait_for()
+        page.get_by_text(V1).last.wait_for()
+        page.screenshot(path=str(tmp_path / "models.png"), full_page=True)
