@@ -28,13 +28,14 @@ CSS = """
   background: var(--color-accent-soft); }
 #no-model { text-align: center; padding: 3em 1em; }
 #no-model h2 { font-size: 1.8em; }
+#run-summary { padding: 0.4em 0; }
 """
 
-HEADER = """# 🧠 trainstack image classifier
+HEADER = """# trainstack image classifier
 Upload, drop or paste an image and the newest model trained by the cluster tells you
 what it sees. New models appear here by themselves as soon as training publishes them."""
 
-NO_MODEL = """## ⏳ No model published yet
+NO_MODEL = """## No model published yet
 Nothing has been trained into this store so far. Start a training run:
 
 `make demo` on this machine, or `pulumi up` on a Kubernetes cluster.
@@ -64,6 +65,23 @@ def epoch_rows(metrics: dict[str, Any]) -> list[list[Any]]:
         return round(value, 4) if isinstance(value, float) else value
 
     return [[fmt(e.get(c)) for c in EPOCH_COLUMNS] for e in metrics.get("epochs", [])]
+
+
+def run_summary(current: ModelVersion) -> str:
+    """One line a person reads first: how good, how long, on how many workers."""
+    summary, metrics = current.meta.get("metrics") or {}, current.metrics
+    epochs = metrics.get("epochs") or []
+    speed = [e["img_per_s"] for e in epochs if isinstance(e.get("img_per_s"), (int, float))]
+    parts = [f"**test accuracy** {_pct(summary.get('test_acc'))}",
+             f"**epochs** {summary.get('epochs', len(epochs))}"]
+    if isinstance(summary.get("train_seconds"), (int, float)):
+        parts.append(f"**training time** {summary['train_seconds']:.0f} s")
+    if metrics.get("world_size"):
+        parts.append(f"**workers** {metrics['world_size']}")
+    if speed:
+        parts.append(f"**throughput** {sum(speed) / len(speed):,.0f} img/s")
+    parts.append(f"**run** `{current.meta.get('run_id', '?')}`")
+    return " · ".join(parts)
 
 
 def run_details(current: ModelVersion) -> dict[str, Any]:
@@ -111,16 +129,16 @@ def build_demo(registry: Registry, metrics: Metrics | None = None,
         current = registry.current
         key = current.version if current else ""
         if shown == key and shown != "?":
-            return (gr.skip(),) * 11
+            return (gr.skip(),) * 12
         if current is None:
             return ("", status_markdown(None, registry.store.url), gr.Column(visible=True),
-                    gr.Column(visible=False)) + (gr.skip(),) * 7
+                    gr.Column(visible=False)) + (gr.skip(),) * 8
         samples = [[str(p)] for p in current.examples if p.is_file()]
         return (key, status_markdown(current), gr.Column(visible=False),
                 gr.Column(visible=True), gr.Dataset(samples=samples, visible=bool(samples)),
                 current.file("curves.png"), current.file("confusion_matrix.png"),
                 epoch_rows(current.metrics), run_details(current),
-                version_rows(registry, current), gr.skip())
+                version_rows(registry, current), gr.skip(), run_summary(current))
 
     def pick_example(index: int) -> str | None:
         current = registry.current
@@ -150,6 +168,7 @@ def build_demo(registry: Registry, metrics: Metrics | None = None,
                                           label="Examples from the test set (click one)",
                                           samples_per_page=30)
                 with gr.Tab("Training", id="training"):
+                    summary = gr.Markdown(elem_id="run-summary")
                     with gr.Row():
                         curves = gr.Image(label="Loss and accuracy per epoch", interactive=False,
                                           elem_id="curves")
@@ -157,14 +176,15 @@ def build_demo(registry: Registry, metrics: Metrics | None = None,
                                              interactive=False)
                     epochs = gr.Dataframe(headers=EPOCH_COLUMNS, label="Per-epoch metrics",
                                           interactive=False)
-                    details = gr.JSON(label="Run configuration and timings")
+                    with gr.Accordion("Run configuration", open=False):
+                        details = gr.JSON(label="meta.json: train config and summary")
                 with gr.Tab("Models", id="models"):
                     versions = gr.Dataframe(headers=VERSION_COLUMNS, interactive=False,
                                             label="Published versions (newest first)")
                     reload_versions = gr.Button("Refresh list", size="sm")
 
         outputs = [shown, status, empty, main, examples, curves, confusion, epochs, details,
-                   versions, answered]
+                   versions, answered, summary]
         gr.Timer(REFRESH_SECONDS).tick(refresh, shown, outputs, show_progress="hidden",
                                        api_name=False, queue=False)
         demo.load(refresh, shown, outputs, api_name=False, queue=False)
