@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 from pathlib import Path
@@ -13,6 +14,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from trainer.storage import LocalStore, S3Store, Store  # noqa: E402
+
+# moto's server logs every request at INFO: it buries the test's own output.
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 S3_ACCESS_KEY = "trainstack-test-access"
 S3_SECRET_KEY = "trainstack-test-secret-0123456789"

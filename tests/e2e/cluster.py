@@ -1,0 +1,250 @@
+"""What a cluster adds around the rendered objects, done on one machine.
+
+The stack's rendered objects are the only source of every command line, env var and
+mount: this module plays the parts Kubernetes and the Training Operator would play,
+and nothing else.
+
+- kubelet: builds a container's environment (``value``, ``secretKeyRef``,
+  ``configMapKeyRef``, ``fieldRef``, ``envFrom``; ``$(VAR)`` expansion in env values,
+  command and args) and materializes ``configMap``/``secret``/``emptyDir`` volumes in a
+  scratch directory. A process can't see ``/etc/trainstack`` there, so each mount path
+  is mapped to its scratch directory wherever it appears in the argv or env.
+- cluster DNS: ``<svc>``, ``<svc>.<ns>``, ``<svc>.<ns>.svc[.cluster.local]`` with the
+  Service's port become ``127.0.0.1:<local port>`` of the process standing in for it.
+- Training Operator: injects ``MASTER_ADDR`` (``<job>-master-0``), ``MASTER_PORT`` (the
+  Master's ``pytorchjob-port``), ``WORLD_SIZE``, ``RANK`` and ``PYTHONUNBUFFERED`` into the
+  container named ``pytorch``, as training-operator v1.8 does.
+- container ports: a process can't have 7860 to itself here, so a declared
+  ``containerPort`` that appears in the argv (``--port 7860``) is mapped to a free port.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OPERATOR_CONTAINER = "pytorch"  # the only container the operator injects into
+OPERATOR_PORT_NAME = "pytorchjob-port"
+OPERATOR_DEFAULT_PORT = 23456
+_VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+class ClusterError(AssertionError):
+    """The rendered objects don't fit together (what a real cluster would refuse)."""
+
+
+@dataclass
+class Process:
+    """A container, ready to start as a local process."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    ports: dict[int, int] = field(default_factory=dict)  # containerPort -> local port
+
+    def start(self, log_dir: Path) -> subprocess.Popen:
+        log = open(log_dir / f"{self.name}.log", "wb")
+        return subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=log_dir, start_new_session=True)
+
+
+@dataclass
+class LocalCluster:
+    objects: dict[str, dict[str, Any]]  # rendered, keyed "Kind/name"
+    workdir: Path
+    service_ports: dict[tuple[str, int], int]  # (service name, service port) -> local port
+
+    # --- lookups -----------------------------------------------------------------
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        try:
+            return self.objects[f"{kind}/{name}"]
+        except KeyError:
+            raise ClusterError(f"{kind} {name!r} is referenced but the stack renders none; "
+                               f"it has {sorted(self.objects)}") from None
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [o for key, o in sorted(self.objects.items()) if key.startswith(f"{kind}/")]
+
+    def _secret_value(self, name: str, key: str) -> str:
+        secret = self.get("Secret", name)
+        if key in (secret.get("stringData") or {}):
+            return secret["stringData"][key]
+        if key in (secret.get("data") or {}):
+            return base64.b64decode(secret["data"][key]).decode()
+        raise ClusterError(f"Secret {name!r} has no key {key!r}")
+
+    def _config_map_value(self, name: str, key: str) -> str:
+        data = self.get("ConfigMap", name).get("data") or {}
+        if key not in data:
+            raise ClusterError(f"ConfigMap {name!r} has no key {key!r}")
+        return data[key]
+
+    # --- kubelet -----------------------------------------------------------------
+    def _env(self, container: dict, pod_name: str, namespace: str,
+             injected: dict[str, str]) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for source in container.get("envFrom") or []:
+            if "secretRef" in source:
+                secret = self.get("Secret", source["secretRef"]["name"])
+                env.update({k: self._secret_value(secret["metadata"]["name"], k)
+                            for k in {**secret.get("data", {}), **secret.get("stringData", {})}})
+            if "configMapRef" in source:
+                env.update(self.get("ConfigMap", source["configMapRef"]["name"]).get("data", {}))
+        env.update(injected)  # the operator's vars come before the container's own
+        for var in container.get("env") or []:
+            env[var["name"]] = self._env_value(var, env, pod_name, namespace)
+        return env
+
+    def _env_value(self, var: dict, env: dict[str, str], pod_name: str, namespace: str) -> str:
+        if "value" in var:
+            return _expand(var["value"], env)
+        ref = var.get("valueFrom") or {}
+        if "secretKeyRef" in ref:
+            return self._secret_value(ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"])
+        if "configMapKeyRef" in ref:
+            r = ref["configMapKeyRef"]
+            return self._config_map_value(r["name"], r["key"])
+        if "fieldRef" in ref:
+            fields = {"metadata.name": pod_name, "metadata.namespace": namespace}
+            return fields.get(ref["fieldRef"]["fieldPath"], "")
+        raise ClusterError(f"env var {var.get('name')!r} has no value the kubelet understands")
+
+    def _mounts(self, pod_spec: dict, container: dict, pod_dir: Path) -> dict[str, str]:
+        """Materialize the container's volumes; returns mountPath -> local directory."""
+        volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
+        mounts = {}
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes.get(mount["name"])
+            if volume is None:
+                raise ClusterError(f"volumeMount {mount['name']!r} names no volume of the pod")
+            local = pod_dir / "volumes" / mount["name"]
+            local.mkdir(parents=True, exist_ok=True)
+            if "configMap" in volume:
+                data = self.get("ConfigMap", volume["configMap"]["name"]).get("data") or {}
+                _write_items(local, data, volume["configMap"].get("items"))
+            elif "secret" in volume:
+                name = volume["secret"]["secretName"]
+                keys = {**self.get("Secret", name).get("data", {}),
+                        **self.get("Secret", name).get("stringData", {})}
+                data = {k: self._secret_value(name, k) for k in keys}
+                _write_items(local, data, volume["secret"].get("items"))
+            mounts[mount["mountPath"].rstrip("/")] = str(local)
+        return mounts
+
+    def process(self, pod_spec: dict, *, pod_name: str, namespace: str,
+                injected: dict[str, str] | None = None, container_name: str | None = None
+                ) -> Process:
+        """What the kubelet would start for one container of a pod (the first by default)."""
+        containers = pod_spec["containers"]
+        container = next((c for c in containers if c["name"] == container_name), containers[0])
+        injected = injected or {}
+        if container["name"] != OPERATOR_CONTAINER:
+            injected = {}  # the operator only touches the container named "pytorch"
+        pod_dir = self.workdir / pod_name
+        env = self._env(container, pod_name, namespace, injected)
+        mounts = self._mounts(pod_spec, container, pod_dir)
+        ports = {p["containerPort"]: free_port() for p in container.get("ports") or []}
+        argv = [_expand(a, env) for a in (container.get("command") or []) + (container.get("args") or [])]
+        if not argv:
+            raise ClusterError(f"container {container['name']!r} of {pod_name} has no command: "
+                               "the image's entrypoint would run, which does nothing useful")
+        argv = [self._localize(a, mounts, ports) for a in argv]
+        env = {k: self._localize(v, mounts, {}) for k, v in env.items()}
+        argv[0] = _executable(argv[0])
+        env.update(PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin",
+                   PYTHONPATH=str(REPO_ROOT), HOME=str(pod_dir))
+        return Process(pod_name, argv, env, ports)
+
+    def _localize(self, text: str, mounts: dict[str, str], ports: dict[int, int]) -> str:
+        for mount_path, local in mounts.items():
+            if text == mount_path or text.startswith(mount_path + "/"):
+                text = local + text[len(mount_path):]
+        for (service, port), local_port in self.service_ports.items():
+            namespace = self.get("Service", service)["metadata"].get("namespace", "default")
+            for host in (f"{service}.{namespace}.svc.cluster.local", f"{service}.{namespace}.svc",
+                         f"{service}.{namespace}", service):
+                text = re.sub(rf"(?<![\w.-]){re.escape(host)}:{port}\b",
+                              f"127.0.0.1:{local_port}", text)
+        if text.isdigit() and int(text) in ports:
+            text = str(ports[int(text)])
+        return text
+
+    # --- the Training Operator -----------------------------------------------------
+    def pytorchjob_processes(self, job: dict) -> list[Process]:
+        """Every replica of a PyTorchJob with the env the operator injects."""
+        name, namespace = job["metadata"]["name"], job["metadata"].get("namespace", "default")
+        specs = job["spec"]["pytorchReplicaSpecs"]
+        if "Master" not in specs:
+            raise ClusterError("a PyTorchJob without a Master gets no RANK/WORLD_SIZE")
+        replicas = [("master", i, specs["Master"]) for i in range(specs["Master"].get("replicas", 1))]
+        if "Worker" in specs:
+            replicas += [("worker", i, specs["Worker"]) for i in range(specs["Worker"]["replicas"])]
+        master_port, local_port = self._master_port(specs["Master"]), free_port()
+        processes = []
+        for rank, (role, index, spec) in enumerate(replicas):
+            injected = {
+                "MASTER_ADDR": "127.0.0.1",  # cluster DNS for f"{name}-master-0"
+                "MASTER_PORT": str(local_port),  # stands in for master_port
+                "WORLD_SIZE": str(len(replicas)),
+                "RANK": str(rank),
+                "PYTHONUNBUFFERED": "1",
+            }
+            processes.append(self.process(spec["template"]["spec"], pod_name=f"{name}-{role}-{index}",
+                                          namespace=namespace, injected=injected))
+        assert master_port > 0
+        return processes
+
+    @staticmethod
+    def _master_port(master_spec: dict) -> int:
+        container = next((c for c in master_spec["template"]["spec"]["containers"]
+                          if c["name"] == OPERATOR_CONTAINER), None)
+        for port in (container or {}).get("ports") or []:
+            if port.get("name") == OPERATOR_PORT_NAME:
+                return port["containerPort"]
+        return OPERATOR_DEFAULT_PORT
+
+
+def container_port(container: dict, port: int | str) -> int:
+    """A probe's port: a number, or the name of one of the container's ports."""
+    if isinstance(port, int):
+        return port
+    for declared in container.get("ports") or []:
+        if declared.get("name") == port:
+            return declared["containerPort"]
+    raise ClusterError(f"container {container['name']!r} declares no port named {port!r}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion: defined vars are substituted, others left as written."""
+    return _VAR_REF.sub(lambda m: env.get(m.group(1), m.group(0)), text)
+
+
+def _write_items(directory: Path, data: dict[str, str], items: list[dict] | None) -> None:
+    paths = {i["key"]: i["path"] for i in items} if items else {k: k for k in data}
+    for key, rel in paths.items():
+        if key not in data:
+            raise ClusterError(f"volume item {key!r} is not in the object's data")
+        (directory / rel).parent.mkdir(parents=True, exist_ok=True)
+        (directory / rel).write_text(data[key])
+
+
+def _executable(name: str) -> str:
+    """The image's `python`/`torchrun` are this venv's."""
+    if name in ("python", "python3"):
+        return sys.executable
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
