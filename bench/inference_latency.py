@@ -139,7 +139,7 @@ def main() -> int:
         proc.terminate()
         proc.wait(timeout=30)
         tmp.cleanup()
-    ms = lambda s: f"{1000 * s:.1f}"  # noqa: E731
+    ms = lambda s: f"{1000 * s:.1f}"
     log.info("model %s version %s, %d CPU(s), torch threads %d, image 640x480 JPEG",
              model["model"], model["version"], os.cpu_count(), args.torch_threads)
     log.info("1 client:   %d requests, p50 %s ms, p99 %s ms, %.1f req/s", len(lat1),

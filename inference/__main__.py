@@ -21,7 +21,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     serve.add_argument("--store", default=os.environ.get("TRAINSTACK_STORE"),
                        help="s3://HOST:PORT or a local directory [$TRAINSTACK_STORE]")
     serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", 7860)))
+    serve.add_argument("--port", type=int, default=7860)
     serve.add_argument("--model-name", default=os.environ.get("TRAINSTACK_MODEL_NAME") or None,
                        help="<model>-<dataset> to serve [$TRAINSTACK_MODEL_NAME; "
                             "default: the newest model under models/*/latest.json]")

@@ -71,7 +71,7 @@ async def parse_upload(request: Request, max_bytes: int) -> bytes | JSONResponse
                      f"(e.g. curl -F file=@cat.png); got content-type {content_type or 'none'!r}")
     try:
         form = await Request(request.scope, replay).form(max_files=4, max_fields=16)
-    except Exception as e:  # python-multipart raises several types for malformed bodies
+    except Exception as e:  # noqa: BLE001  (python-multipart raises many types)
         return error(400, "malformed_multipart", f"the multipart body could not be parsed: {e}")
     upload = form.get("file")
     if upload is None:

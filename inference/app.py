@@ -80,7 +80,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     """The whole service. The poller starts with the app's lifespan (uvicorn/TestClient)."""
     import gradio as gr
 
-    from .ui import THEME, CSS, build_demo
+    from .ui import CSS, THEME, build_demo
 
     torch.set_num_threads(settings.torch_threads)
     registry = registry or create_registry(settings)

@@ -3,8 +3,14 @@ benchmarks) can live in one process without "duplicated timeseries" errors."""
 
 from __future__ import annotations
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
-                               Histogram, generate_latest)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 # Paths we label by name; everything else (Gradio's UI, assets, queue) is "ui", so label
 # cardinality stays bounded whatever URLs clients invent.

@@ -9,8 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # modelkit and inference_helpers
 
-from inference_helpers import V1, serve_app, wait_for_version  # noqa: E402
-from modelkit import publish_version  # noqa: E402
+from inference_helpers import V1, serve_app, wait_for_version
+from modelkit import publish_version
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import zlib
 
 import httpx
 import pytest
-from PIL import Image
 from inference_helpers import V1, serve_app, wait_for_version
 from modelkit import CLASSES, png, solid
+from PIL import Image
 
 
 def post(base: str, data: bytes, name: str = "image.png", field: str = "file",
@@ -108,7 +108,7 @@ def test_health_ready_and_metrics(app_v1):
 
 def test_no_model_yet_is_503_everywhere(any_store, tmp_path):
     any_store.ensure_buckets()
-    with serve_app(any_store.url, tmp_path / "cache") as (base, app):
+    with serve_app(any_store.url, tmp_path / "cache") as (base, _app):
         r = post(base, png(solid("red")))
         assert r.status_code == 503
         assert "No model is published yet" in r.json()["detail"]

@@ -21,7 +21,7 @@ def hammer(base: str, stop: threading.Event, results: list, seen_new: threading.
                 results.append((r.status_code, body.get("model_version"), body.get("prediction")))
                 if body.get("model_version") == V2:
                     seen_new.set()
-            except Exception as e:  # recorded, so the assertion below shows it
+            except Exception as e:  # noqa: BLE001  recorded, so the assertion below shows it
                 results.append(("exception", repr(e), None))
 
 
@@ -61,8 +61,8 @@ def test_broken_versions_are_skipped_once_and_the_old_stays(app_v1, published_st
     caplog.set_level(logging.INFO, logger="inference.registry")
     broken = {"20261124T000001Z": {"model_bytes": b"this is not a torch.export archive"},
               "20261124T000002Z": {"skip_files": ("curves.png",)}}
-    for version in broken:
-        publish_version(published_store, version, **broken[version])
+    for version, how in broken.items():
+        publish_version(published_store, version, **how)
         wait_until(lambda v=version: (MODEL_NAME, v) in registry.rejected, f"{version} rejected")
         r = httpx.post(f"{base}/predict", files={"file": ("red.png", RED, "image/png")})
         assert r.status_code == 200 and r.json()["model_version"] == V1
@@ -82,9 +82,9 @@ def test_broken_versions_are_skipped_once_and_the_old_stays(app_v1, published_st
 
 def test_store_outage_is_survived(tmp_path, monkeypatch):
     """An S3 server that goes away: the app keeps serving the loaded version."""
+    from inference_helpers import free_port
     from moto.server import ThreadedMotoServer
 
-    from inference_helpers import free_port
     from trainer.storage import S3Store
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "outage-test")
