@@ -1,6 +1,8 @@
 """Batch augmentation on uint8 tensors: random crop with zero padding, flip, normalize.
 
-Works on whole batches with a few tensor ops (no per-image PIL work), on CPU or GPU.
+The training split is zero-padded once; each batch is then cut out of it with a single
+gather whose row/column indices encode the images picked, the random crop offsets and
+the horizontal flips. No per-image work (PIL or Python loops) on CPU or GPU.
 """
 
 from __future__ import annotations
@@ -12,30 +14,6 @@ import torch.nn.functional as F
 def crop_padding_for(image_size: int) -> int:
     """4 pixels for 32-px images (the classic CIFAR recipe), scaled for other sizes."""
     return max(1, round(4 * image_size / 32))
-
-
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Pad each image with zeros and cut a random HxW window out of it.
-
-    The result is channels_last-strided for free: the gather yields B x H x W x C and
-    is permuted back, not copied.
-    """
-    b, _, h, w = images.shape
-    padded = F.pad(images, (padding, padding, padding, padding))
-    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator,
-                            device=generator.device).to(images.device)
-    rows = offsets[0, :, None] + torch.arange(h, device=images.device)  # B x H
-    cols = offsets[1, :, None] + torch.arange(w, device=images.device)  # B x W
-    batch = torch.arange(b, device=images.device)[:, None, None]
-    # Advanced indices split by a slice put the indexed dims first: B x H x W x C.
-    cropped = padded[batch, :, rows[:, :, None], cols[:, None, :]]
-    return cropped.permute(0, 3, 1, 2)
-
-
-def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(images.shape[0], generator=generator,
-                      device=generator.device).to(images.device) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
 class Normalizer:
@@ -51,19 +29,40 @@ class Normalizer:
         return torch.addcmul(self.shift, images.float(), self.scale)
 
 
+def window_indices(batch: int, height: int, width: int, *, padding: int, flip: bool,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (B x H) and columns (B x W) of each image's random window in the padded image."""
+    device = generator.device
+    offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator, device=device)
+    rows = offsets[0, :, None] + torch.arange(height, device=device)
+    cols = offsets[1, :, None] + torch.arange(width, device=device)
+    if flip:
+        mirrored = torch.rand(batch, generator=generator, device=device) < 0.5
+        cols = torch.where(mirrored[:, None], cols.flip(1), cols)
+    return rows, cols
+
+
 class BatchAugmenter:
-    """The training-time transform: which augmentations, then normalization."""
+    """The training-time transform of a whole in-memory split, one batch at a time."""
 
-    def __init__(self, augment: str, mean, std, image_size: int,
-                 device: torch.device | str = "cpu"):
-        self.crop = "crop" in augment
+    def __init__(self, images: torch.Tensor, augment: str, mean, std):
+        """``images``: the uint8 N x C x H x W split, already on its device."""
         self.flip = "flip" in augment
-        self.padding = crop_padding_for(image_size)
-        self.normalize = Normalizer(mean, std, device)
+        self.padding = crop_padding_for(images.shape[-1]) if "crop" in augment else 0
+        p = self.padding
+        self.source = F.pad(images, (p, p, p, p)) if p else images
+        self.height, self.width = images.shape[-2:]
+        self.normalize = Normalizer(mean, std, images.device)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.crop:
-            images = random_crop(images, self.padding, generator)
-        if self.flip:
-            images = random_flip(images, generator)
-        return self.normalize(images).contiguous(memory_format=torch.channels_last)
+    def pixels(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The augmented uint8 batch of images ``index``, channels_last-strided."""
+        rows, cols = window_indices(len(index), self.height, self.width, padding=self.padding,
+                                    flip=self.flip, generator=generator)
+        # Advanced indices split by a slice put the indexed dims first: B x H x W x C,
+        # which permuted back is a channels_last tensor without another copy.
+        batch = self.source[index[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+        return batch.permute(0, 3, 1, 2)
+
+    def __call__(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        images = self.normalize(self.pixels(index, generator))
+        return images.contiguous(memory_format=torch.channels_last)

@@ -17,7 +17,9 @@ MODELS = ("resnet18", "resnet18-imagenet", "smallcnn")
 AUGMENTATIONS = ("auto", "none", "crop", "flip", "crop+flip")
 SCHEDULES = ("onecycle", "cosine")
 # Fields that only change how a run is carried out, not its result: left out of run_id.
-OPERATIONAL_FIELDS = ("log_every",)
+# precision follows the hardware (like the world size), so a run can move between node kinds.
+OPERATIONAL_FIELDS = ("log_every", "precision")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -57,12 +59,15 @@ class TrainConfig:
     """Number of training images of the synthetic dataset."""
     log_every: int = 50
     """Steps between progress lines when stderr is not a terminal."""
+    precision: str = "auto"
+    """Autocast: 'auto' (bf16 on GPUs and CPUs with native bf16, else fp32), 'fp32', 'bf16'."""
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("model", self.model, MODELS)
         _check_choice("augment", self.augment, AUGMENTATIONS)
         _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("precision", self.precision, PRECISIONS)
         for key in ("epochs", "batch_size", "image_size", "synthetic_size", "log_every"):
             _check_int(key, getattr(self, key), minimum=1)
         _check_int("seed", self.seed, minimum=0)

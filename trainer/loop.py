@@ -49,9 +49,19 @@ def batches_of(indices: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return list(indices[:full].split(batch_size))
 
 
-def autocast_for(device: torch.device):
+def precision_for(device: torch.device, precision: str = "auto") -> str:
+    """'auto' = bf16 on CUDA and on CPUs with native bf16 kernels (AVX512-BF16/AMX), else fp32."""
+    if precision != "auto":
+        return precision
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return "bf16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def autocast_for(device: torch.device, precision: str = "auto"):
+    """bf16 autocast (weights, optimizer state and the exported model stay fp32)."""
+    if precision_for(device, precision) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -67,8 +77,8 @@ class EpochRunner:
         self.test_images = bundle.test.images.to(device)
         self.test_labels = bundle.test.labels.to(device)
         self.num_classes = len(bundle.classes)
-        size = bundle.train.images.shape[-1]
-        self.augment = BatchAugmenter(cfg.resolved_augment, bundle.mean, bundle.std, size, device)
+        self.augment = BatchAugmenter(self.train_images, cfg.resolved_augment,
+                                      bundle.mean, bundle.std)
         self.normalize = Normalizer(bundle.mean, bundle.std, device)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
@@ -89,9 +99,9 @@ class EpochRunner:
             lr = lr_at(cfg, (epoch - 1 + step / len(batches)) / cfg.epochs)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            images = self.augment(self.train_images[index], generator)
+            images = self.augment(index, generator)
             labels = self.train_labels[index]
-            with autocast_for(env.device):
+            with autocast_for(env.device, cfg.precision):
                 logits = self.model(images)
                 loss = self.criterion(logits, labels)
             self.optimizer.zero_grad(set_to_none=True)
@@ -111,6 +121,7 @@ class EpochRunner:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batch_size: int = 512) -> tuple[dict, list[list[int]]]:
         """Test loss/accuracy and confusion matrix (rows = true class), over all ranks."""
+        # fp32, like the published model: the metrics describe what gets served
         model.eval()
         env, classes = self.env, self.num_classes
         shard = torch.arange(env.rank, len(self.test_labels), env.world_size, device=env.device)
@@ -119,8 +130,7 @@ class EpochRunner:
         for index in shard.split(batch_size):
             images = self.normalize(self.test_images[index])
             labels = self.test_labels[index]
-            with autocast_for(env.device):
-                logits = model(images.contiguous(memory_format=torch.channels_last)).float()
+            logits = model(images.contiguous(memory_format=torch.channels_last))
             predicted = logits.argmax(1)
             totals[0] += nn.functional.cross_entropy(logits, labels, reduction="sum").double()
             totals[1] += (predicted == labels).sum()

@@ -6,35 +6,47 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.augment import BatchAugmenter, Normalizer, random_crop, random_flip
+from trainer.augment import BatchAugmenter, Normalizer
 from trainer.config import TrainConfig
 from trainer.loop import batches_of, lr_at, shard_indices
 from trainer.models import build_model
 
 
-def test_random_crop_cuts_windows_of_the_zero_padded_image():
+def test_random_crop_cuts_windows_of_the_zero_padded_images_picked():
     images = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8)
-    generator = torch.Generator().manual_seed(0)
-    cropped = random_crop(images, 2, generator)
-    assert cropped.shape == images.shape and cropped.dtype == torch.uint8
-    padded = F.pad(images, (2, 2, 2, 2))
+    augmenter = BatchAugmenter(images, "crop", (0.5,) * 3, (0.25,) * 3)
+    assert augmenter.padding == 1
+    index = torch.randperm(64, generator=torch.Generator().manual_seed(1))[:48]
+    cropped = augmenter.pixels(index, torch.Generator().manual_seed(0))
+    assert cropped.shape == (48, 3, 8, 8) and cropped.dtype == torch.uint8
+    padded = F.pad(images, (1, 1, 1, 1))
     offsets_seen = set()
-    for image, crop in zip(padded, cropped):
-        windows = [(dy, dx) for dy in range(5) for dx in range(5)
-                   if torch.equal(image[:, dy:dy + 8, dx:dx + 8], crop)]
+    for i, crop in zip(index, cropped):
+        windows = [(dy, dx) for dy in range(3) for dx in range(3)
+                   if torch.equal(padded[i, :, dy:dy + 8, dx:dx + 8], crop)]
         assert windows, "every crop is a window of its own padded image"
         offsets_seen.add(windows[0])
     assert len(offsets_seen) > 5, "offsets vary across the batch"
 
 
-def test_random_flip_mirrors_about_half_the_batch():
+def test_random_flip_mirrors_about_half_the_batch_and_nothing_else():
     images = torch.randint(0, 256, (400, 1, 4, 4), dtype=torch.uint8)
-    flipped = random_flip(images, torch.Generator().manual_seed(0))
+    augmenter = BatchAugmenter(images, "flip", (0.5,), (0.25,))
+    assert augmenter.padding == 0
+    index = torch.arange(400)
+    flipped = augmenter.pixels(index, torch.Generator().manual_seed(0))
     mirrored = [torch.equal(f, i.flip(2)) and not torch.equal(f, i)
                 for f, i in zip(flipped, images)]
     unchanged = [torch.equal(f, i) for f, i in zip(flipped, images)]
     assert all(m or u for m, u in zip(mirrored, unchanged))
     assert 150 < sum(mirrored) < 250
+
+
+def test_no_augmentation_returns_the_images_picked():
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    augmenter = BatchAugmenter(images, "none", (0.5,) * 3, (0.25,) * 3)
+    index = torch.tensor([3, 1, 4])
+    assert torch.equal(augmenter.pixels(index, torch.Generator()), images[index])
 
 
 def test_normalizer_scales_then_standardizes():
@@ -45,8 +57,8 @@ def test_normalizer_scales_then_standardizes():
 
 def test_augmenter_returns_normalized_channels_last_floats():
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    out = BatchAugmenter("crop+flip", (0.5,) * 3, (0.25,) * 3, 32)(
-        images, torch.Generator().manual_seed(1))
+    out = BatchAugmenter(images, "crop+flip", (0.5,) * 3, (0.25,) * 3)(
+        torch.arange(8), torch.Generator().manual_seed(1))
     assert out.dtype == torch.float32 and out.shape == (8, 3, 32, 32)
     assert out.is_contiguous(memory_format=torch.channels_last)
 
