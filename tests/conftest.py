@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+TESTS = Path(__file__).resolve().parent
+for path in (REPO_ROOT, TESTS):  # the project's packages; shared helpers like testkit
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from testkit import free_port  # noqa: E402
 
 from trainer.storage import LocalStore, S3Store, Store  # noqa: E402
 
@@ -20,12 +23,6 @@ logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 S3_ACCESS_KEY = "trainstack-test-access"
 S3_SECRET_KEY = "trainstack-test-secret-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

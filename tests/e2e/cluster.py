@@ -23,12 +23,13 @@ from __future__ import annotations
 import base64
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from testkit import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_CONTAINER = "pytorch"  # the only container the operator injects into
@@ -220,12 +221,6 @@ def container_port(container: dict, port: int | str) -> int:
         if declared.get("name") == port:
             return declared["containerPort"]
     raise ClusterError(f"container {container['name']!r} declares no port named {port!r}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _expand(text: str, env: dict[str, str]) -> str:

@@ -9,9 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from render import Rendering, render
-
-PASSWORD = "cfg-secret-password-4b9d2e"  # as `pulumi config set --secret minioRootPassword`
+from infra_helpers import PASSWORD  # noqa: E402
+from render import Rendering, render  # noqa: E402
 
 
 @pytest.fixture(scope="module")

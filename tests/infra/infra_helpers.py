@@ -6,6 +6,8 @@ from typing import Any
 
 from render import Rendering
 
+PASSWORD = "cfg-secret-password-4b9d2e"  # as `pulumi config set --secret minioRootPassword`
+
 
 def one(rendering: Rendering, kind: str) -> dict[str, Any]:
     found = [v for k, v in rendering.objects.items() if k.startswith(f"{kind}/")]

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import kubernetes_validate
 import pytest
-from conftest import PASSWORD
+from infra_helpers import PASSWORD
 from infra_helpers import pod_specs, pytorchjob
 from kubeflow.training import ApiClient
 from kubeflow.training.models import KubeflowOrgV1PyTorchJob

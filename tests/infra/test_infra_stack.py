@@ -6,7 +6,7 @@ import json
 import socket
 
 import pytest
-from conftest import PASSWORD
+from infra_helpers import PASSWORD
 from infra_helpers import env_of, one, pod_specs, pytorchjob
 from render import MOCK_RANDOM_PASSWORD, render
 

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import free_port
+from testkit import free_port
 from trainer_procs import events, operator_env, start_trainer
 
 from trainer.augment import Normalizer

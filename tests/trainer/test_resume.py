@@ -6,7 +6,7 @@ import json
 import signal
 
 import pytest
-from conftest import free_port
+from testkit import free_port
 from trainer_procs import events, operator_env, run_trainer, start_trainer, trainer_env
 
 from trainer.checkpoint import checkpoint_epochs, load_checkpoint

@@ -1,0 +1,12 @@
+"""Small helpers every test package shares (imported as `testkit`: tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import socket
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
