@@ -115,9 +115,16 @@ def build_router(registry: Registry, metrics: Metrics, max_upload_bytes: int,
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz", summary="Readiness: a model is loaded")
+    @router.get("/readyz", summary="Readiness: serving what the store holds")
     def readyz() -> Response:
+        # Ready = serving what the store holds. Before the first model is published the
+        # pod serves its "no model yet" page, so it must be Ready or the Service would
+        # hide that page for the whole first training run. Not ready while a published
+        # version is still loading or the store can't be reached.
         current = registry.current
+        if current is None and registry.nothing_published:
+            return JSONResponse({"status": "waiting", "model": None, "version": None,
+                                 "detail": no_model_message(registry)})
         if current is None:
             return error(503, "no_model", no_model_message(registry),
                          store_error=registry.last_error)

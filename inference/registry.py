@@ -159,6 +159,9 @@ class Registry:
         self.current: ModelVersion | None = None  # replaced by one assignment, never mutated
         self.rejected: dict[tuple[str, str], str] = {}  # broken versions: never retried
         self.last_error: str | None = None
+        # True after a successful poll that found nothing published: the pod can serve
+        # its "no model yet" page, so it counts as ready (see api.readyz).
+        self.nothing_published = False
         self.on_swap: list[Callable[[ModelVersion], None]] = []
         self._meta_cache: dict[str, dict[str, Any]] = {}  # published versions are immutable
         self._lock = threading.Lock()
@@ -187,6 +190,7 @@ class Registry:
         """Poll once; return True when a new version was swapped in. Raises StoreError."""
         with self._lock:  # one check at a time (poller thread vs. an explicit call)
             target = self.resolve()
+            self.nothing_published = target is None
             current = self.current
             if target is None or target in self.rejected:
                 return False
@@ -232,7 +236,7 @@ class Registry:
                 failures, self.last_error = 0, None
             except StoreError as e:
                 failures += 1
-                self.last_error = str(e)
+                self.last_error, self.nothing_published = str(e), False
                 log.warning("store %s unreachable (%d in a row), still serving %s: %s",
                             self.store.url, failures,
                             self.current.version if self.current else "no model", e)

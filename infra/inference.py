@@ -12,10 +12,6 @@ from infra import pod
 
 PORT = 7860
 NAME = "inference"
-# /readyz answers 503 until the first model is published, which happens long after
-# `pulumi up` returns (training runs asynchronously in the PyTorchJob). Awaiting
-# readiness here would time the update out, so Pulumi creates these without waiting.
-NO_AWAIT = {"pulumi.com/skipAwait": "true"}
 
 
 @dataclass
@@ -66,7 +62,7 @@ class Inference(pulumi.ComponentResource):
         self.deployment = k8s.apps.v1.Deployment(
             NAME,
             metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=NAME, namespace=args.namespace, labels=labels, annotations=NO_AWAIT
+                name=NAME, namespace=args.namespace, labels=labels
             ),
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 replicas=args.replicas,
@@ -83,7 +79,7 @@ class Inference(pulumi.ComponentResource):
         self.service = k8s.core.v1.Service(
             NAME,
             metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=NAME, namespace=args.namespace, labels=labels, annotations=NO_AWAIT
+                name=NAME, namespace=args.namespace, labels=labels
             ),
             spec=k8s.core.v1.ServiceSpecArgs(
                 type=args.service_type,

@@ -106,14 +106,16 @@ def test_health_ready_and_metrics(app_v1):
     assert "trainstack_model_loaded 1.0" in text
 
 
-def test_no_model_yet_is_503_everywhere(any_store, tmp_path):
+def test_no_model_yet_predict_is_503_and_the_waiting_page_is_ready(any_store, tmp_path):
     any_store.ensure_buckets()
     with serve_app(any_store.url, tmp_path / "cache") as (base, _app):
         r = post(base, png(solid("red")))
         assert r.status_code == 503
         assert "No model is published yet" in r.json()["detail"]
         assert "make demo" in r.json()["detail"]
-        assert httpx.get(f"{base}/readyz").status_code == 503
+        ready = httpx.get(f"{base}/readyz")  # ready: it serves the "no model yet" page
+        assert ready.status_code == 200 and ready.json()["status"] == "waiting"
+        assert ready.json()["version"] is None
         assert httpx.get(f"{base}/healthz").status_code == 200
         assert httpx.get(f"{base}/").status_code == 200  # the UI page itself
         from gradio_client import Client
