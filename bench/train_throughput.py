@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.multiprocessing as mp
 from PIL import Image
@@ -28,13 +27,13 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer import distributed  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.data import load_dataset  # noqa: E402
-from trainer.loop import EpochRunner, autocast_for, precision_for  # noqa: E402
-from trainer.models import build_model  # noqa: E402
-from trainer.storage import LocalStore  # noqa: E402
-from trainer.train import build_training  # noqa: E402
+from trainer import distributed
+from trainer.config import TrainConfig
+from trainer.data import load_dataset
+from trainer.loop import EpochRunner, autocast_for, precision_for
+from trainer.models import build_model
+from trainer.storage import LocalStore
+from trainer.train import build_training
 
 
 def parse_args() -> argparse.Namespace:

@@ -20,7 +20,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     try:
-        import trainer.ingest as ingest
+        from trainer import ingest
 
         errors += [v for k, v in vars(ingest).items()
                    if k.endswith("Error") and isinstance(v, type) and issubclass(v, Exception)]

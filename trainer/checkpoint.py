@@ -87,6 +87,6 @@ def newest_loadable(store: Store, model_name: str, run_id: str) -> tuple[str, di
     for epoch, key in checkpoint_epochs(store, model_name, run_id):
         try:
             return key, load_checkpoint(store, key)
-        except Exception as e:  # a damaged file must not block resuming from an older one
+        except Exception as e:  # noqa: BLE001 (a damaged file must not block an older one)
             log.warning("skipping checkpoint %s: %s", key, e)
     return None

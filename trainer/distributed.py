@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from trainer.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -42,7 +44,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value) if value else default
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} must be an integer") from None
+        raise ConfigError(f"environment variable {name}={value!r} must be an integer") from None
 
 
 def init_distributed() -> DistEnv:
@@ -51,7 +53,7 @@ def init_distributed() -> DistEnv:
     if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
         for name in ("MASTER_ADDR", "MASTER_PORT"):
             if not os.environ.get(name):
-                raise ValueError(f"{name} must be set when WORLD_SIZE and RANK are "
+                raise ConfigError(f"{name} must be set when WORLD_SIZE and RANK are "
                                  "(distributed init uses env://)")
         rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
         local_rank = _env_int("LOCAL_RANK", 0)
@@ -100,39 +102,43 @@ def average_buffers(model: torch.nn.Module) -> None:
             buf.div_(world)
 
 
-def usable_cpus() -> int:
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def usable_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (pods)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    quota = _cgroup_cpu_quota()
+    quota = cgroup_cpu_quota(cgroup_root)
     if quota is not None:
         cpus = min(cpus, max(1, math.ceil(quota)))
     return max(1, cpus)
 
 
-def _cgroup_cpu_quota() -> float | None:
-    v2 = Path("/sys/fs/cgroup/cpu.max")
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs' worth of time the cgroup may use (limits.cpu of a pod), None if unlimited."""
+    v2 = root / "cpu.max"
     try:
         if v2.exists():
             quota, period = v2.read_text().split()[:2]
             return None if quota == "max" else int(quota) / int(period)
-        v1 = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+        v1 = root / "cpu" / "cpu.cfs_quota_us"
         if v1.exists():
             quota = int(v1.read_text())
-            period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+            period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
             return None if quota <= 0 else quota / period
     except (OSError, ValueError):
         log.debug("could not read the cgroup CPU quota", exc_info=True)
     return None
 
 
-def configure_cpu_threads(env: DistEnv) -> int:
+def configure_cpu_threads(env: DistEnv, cgroup_root: Path = CGROUP_ROOT) -> int:
     """Give each local process its share of the usable CPUs (unless OMP_NUM_THREADS says)."""
     if os.environ.get("OMP_NUM_THREADS"):
         threads = max(1, _env_int("OMP_NUM_THREADS", 1))
     else:
-        threads = max(1, usable_cpus() // max(1, env.local_world_size))
+        threads = max(1, usable_cpus(cgroup_root) // max(1, env.local_world_size))
     torch.set_num_threads(threads)
     return threads

@@ -7,9 +7,9 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")  # no display in pods or tests
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
 
 
 def _png(fig) -> bytes:

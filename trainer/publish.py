@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import torch
 from torch import nn
@@ -56,7 +56,7 @@ def export_program(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
 def new_version(store: Store, name: str) -> str:
     """A sortable UTC timestamp not used yet by this model."""
     while True:
-        version = datetime.now(timezone.utc).strftime(VERSION_FORMAT)
+        version = datetime.now(UTC).strftime(VERSION_FORMAT)
         if not store.list(f"models/{name}/versions/{version}/"):
             return version
         time.sleep(1.0)

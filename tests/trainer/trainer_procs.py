@@ -34,7 +34,7 @@ def start_trainer(args: list[str], env: dict[str, str]) -> subprocess.Popen:
 
 def run_trainer(args: list[str], env: dict[str, str], timeout: float = 300):
     return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def events(output: str, kind: str | None = None) -> list[dict]:
