@@ -42,7 +42,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10, help="measured steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps first")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; best counts")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; best counts")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                         help="the trainer's autocast (the baseline stays fp32)")
     parser.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers")

@@ -75,7 +75,8 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
     store = open_store(args.store)
     key = ingest(store, args.dataset, args.source)
-    log.info("dataset %s is in the store at %s", args.dataset, key)
+    if key:
+        log.info("dataset %s is in the store at %s", args.dataset, key)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
