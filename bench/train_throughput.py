@@ -206,6 +206,16 @@ def processes_img_s(args, bundle, world: int) -> float:
     return results.get()
 
 
+def best_of_rounds(benches: dict, args) -> dict[str, float]:
+    best = dict.fromkeys(benches, 0.0)
+    for round_number in range(1, args.rounds + 1):
+        for name, bench in benches.items():
+            img_s = bench.measure(args.steps)
+            best[name] = max(best[name], img_s)
+            print(f"round {round_number}: {name:8s} {img_s:9.1f} img/s", flush=True)
+    return best
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(distributed.usable_cpus())
@@ -213,23 +223,19 @@ def main() -> None:
     env = single_env()
     print(f"device={env.device} threads={torch.get_num_threads()} model={args.model} "
           f"batch={args.batch_size} steps={args.steps} rounds={args.rounds} "
-          f"images={len(bundle.train)} precision={precision_for(env.device, args.precision)}", flush=True)
-    benches = {"compute": ComputeBench(args, bundle), "trainer": TrainerBench(args, bundle, env),
-               "baseline": BaselineBench(args, bundle)}
-    # Interleaved rounds, best of each: other processes on a shared machine slow some
-    # rounds down, never speed one up.
-    best = dict.fromkeys(benches, 0.0)
-    for round_number in range(1, args.rounds + 1):
-        for name, bench in benches.items():
-            img_s = bench.measure(args.steps)
-            best[name] = max(best[name], img_s)
-            print(f"round {round_number}: {name:8s} {img_s:9.1f} img/s", flush=True)
+          f"images={len(bundle.train)} precision={precision_for(env.device, args.precision)}",
+          flush=True)
+    # Best of interleaved rounds: other processes on a shared machine slow some rounds
+    # down, never speed one up. The baseline runs in a phase of its own, so its DataLoader
+    # worker processes cannot take CPU from the other two.
+    best = best_of_rounds({"compute": ComputeBench(args, bundle),
+                           "trainer": TrainerBench(args, bundle, env)}, args)
+    best.update(best_of_rounds({"baseline": BaselineBench(args, bundle)}, args))
     compute, trainer, baseline = best["compute"], best["trainer"], best["baseline"]
     print(f"(1) compute  {compute:9.1f} img/s (forward+backward+step on ready tensors)")
     print(f"(2) trainer  {trainer:9.1f} img/s (trainer loop, batch augmentation on tensors)")
     print(f"(3) baseline {baseline:9.1f} img/s (PIL transforms + DataLoader, "
           f"{args.workers} workers, fp32 NCHW)", flush=True)
-    del benches
     if env.device.type == "cpu":
         one, two = processes_img_s(args, bundle, 1), processes_img_s(args, bundle, 2)
         print(f"trainer, 1 process {one:9.1f} img/s; 2 DDP processes {two:9.1f} img/s", flush=True)

@@ -1,0 +1,30 @@
+"""The throughput benchmark runs end to end and ends with its machine-readable line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from trainer_procs import REPO_ROOT, trainer_env
+
+pytestmark = pytest.mark.slow
+
+LAST_LINE = re.compile(
+    r"compute_img_s=[\d.]+ trainer_img_s=[\d.]+ baseline_img_s=[\d.]+ "
+    r"trainer_vs_compute=[\d.]+ trainer_vs_baseline=[\d.]+ ddp2_vs_1=[\d.]+")
+
+
+def test_bench_prints_every_figure_and_the_summary_line_last():
+    env = trainer_env()
+    env.pop("OMP_NUM_THREADS")
+    result = subprocess.run(
+        [sys.executable, "bench/train_throughput.py", "--model", "smallcnn", "--batch-size", "16",
+         "--steps", "2", "--warmup", "1", "--rounds", "1", "--workers", "0"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert LAST_LINE.fullmatch(lines[-1]), lines[-1]
+    for figure in ("(1) compute", "(2) trainer", "(3) baseline", "2 DDP processes"):
+        assert any(figure in line for line in lines), figure
