@@ -29,6 +29,9 @@ CSS = """
 #no-model { text-align: center; padding: 3em 1em; }
 #no-model h2 { font-size: 1.8em; }
 #run-summary { padding: 0.4em 0; }
+/* CIFAR-sized uploads (32x32) would show as a speck: scale them up, keeping pixels crisp. */
+#input-image img { min-width: 60%; min-height: 60%; object-fit: contain;
+  image-rendering: pixelated; }
 """
 
 HEADER = """# trainstack image classifier
@@ -158,7 +161,8 @@ def build_demo(registry: Registry, metrics: Metrics | None = None,
                     with gr.Row(equal_height=True):
                         with gr.Column():
                             image = gr.Image(type="filepath", image_mode=None, height=320,
-                                             sources=["upload", "clipboard"], label="Your image")
+                                             sources=["upload", "clipboard"], label="Your image",
+                                             elem_id="input-image")
                             button = gr.Button("Classify", variant="primary")
                         with gr.Column():
                             label = gr.Label(num_top_classes=5, label="Prediction",
@@ -170,10 +174,14 @@ def build_demo(registry: Registry, metrics: Metrics | None = None,
                 with gr.Tab("Training", id="training"):
                     summary = gr.Markdown(elem_id="run-summary")
                     with gr.Row():
-                        curves = gr.Image(label="Loss and accuracy per epoch", interactive=False,
-                                          elem_id="curves")
-                        confusion = gr.Image(label="Confusion matrix (test set)",
-                                             interactive=False)
+                        # Headings above the plots: a floating image label hides their titles.
+                        with gr.Column():
+                            gr.Markdown("**Loss and accuracy per epoch**")
+                            curves = gr.Image(show_label=False, interactive=False,
+                                              elem_id="curves")
+                        with gr.Column():
+                            gr.Markdown("**Confusion matrix (test set)**")
+                            confusion = gr.Image(show_label=False, interactive=False)
                     epochs = gr.Dataframe(headers=EPOCH_COLUMNS, label="Per-epoch metrics",
                                           interactive=False)
                     with gr.Accordion("Run configuration", open=False):

@@ -11,7 +11,9 @@ from modelkit import publish_version
 from PIL import Image, ImageDraw
 
 CHROMIUM = Path("/usr/bin/chromium")
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+# Fresh copies for a look after each run (git-ignored); the README's screenshots come from
+# docs/screenshots.py, which trains on real CIFAR-10 images.
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 TIMEOUT_MS = 60_000
 
 pytestmark = [
@@ -64,14 +66,15 @@ def test_ui_from_empty_store_to_prediction(local_store, tmp_path, browser_page):
         page.locator("#answered-by").get_by_text(V1).wait_for()
         shot = tmp_path / "screenshot.png"
         page.screenshot(path=str(shot), full_page=True)
-        shutil.copy(shot, DOCS / "screenshot.png")
+        SHOTS.mkdir(exist_ok=True)
+        shutil.copy(shot, SHOTS / "test-predict.png")
 
         page.get_by_role("tab", name="Training").click()
         curves = page.locator("#curves img")
         curves.wait_for(state="visible")
         assert curves.evaluate("img => img.naturalWidth") > 0
         page.screenshot(path=str(tmp_path / "training.png"), full_page=True)
-        shutil.copy(tmp_path / "training.png", DOCS / "screenshot-training.png")
+        shutil.copy(tmp_path / "training.png", SHOTS / "test-training.png")
 
         page.get_by_role("tab", name="Models").click()
         page.get_by_role("tab", name="Models").wait_for()
