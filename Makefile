@@ -8,7 +8,8 @@ DEV_STAMP := $(VENV)/.dev-installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# Demo knobs: `make demo DATASET=cifar10 CIFAR10_SOURCE=path/to/cifar-10-python.tar.gz`
+# Demo knobs: `make demo DATASET=cifar10 CIFAR10_SOURCE=path/to/cifar-10-python.tar.gz`,
+# `make demo DATASET=imagefolder SOURCE=path/to/folder-or-archive` (one subfolder per class)
 DATASET ?= digits
 MODEL ?= $(if $(filter digits,$(DATASET)),smallcnn,resnet18)
 EPOCHS ?= $(if $(filter digits,$(DATASET)),12,10)
@@ -17,6 +18,7 @@ LR ?= 0.1
 DEMO_STORE ?= $(CURDIR)/demo-store
 PORT ?= 7860
 CIFAR10_SOURCE ?=
+SOURCE ?= $(CIFAR10_SOURCE)
 
 .PHONY: demo test test-fast bench lint chromium clean help
 help:
@@ -44,19 +46,19 @@ test-fast: $(DEV_STAMP)
 	$(BIN)/python -m pytest -m "not browser"
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check trainer inference infra tests bench
+	$(BIN)/ruff check trainer inference infra tests bench docs
 
 demo: $(RUNTIME_STAMP)
 	$(BIN)/python -m trainer buckets --store $(DEMO_STORE)
-	$(if $(filter cifar10,$(DATASET)),$(BIN)/python -m trainer ingest --store $(DEMO_STORE) \
-	  --dataset cifar10 $(if $(CIFAR10_SOURCE),--source $(CIFAR10_SOURCE)))
+	$(if $(filter imagefolder,$(DATASET)),$(if $(SOURCE),,$(error DATASET=imagefolder needs SOURCE=path/to/folder-or-archive)))
+	$(if $(filter cifar10 imagefolder,$(DATASET)),$(BIN)/python -m trainer ingest --store $(DEMO_STORE) \
+	  --dataset $(DATASET) $(if $(SOURCE),--source $(SOURCE)))
+	@# One thread per process: two DDP processes share the 2 cores of a small machine.
 	OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc_per_node 2 -m trainer train \
 	  --store $(DEMO_STORE) --dataset $(DATASET) --model $(MODEL) --epochs $(EPOCHS) \
 	  --batch-size $(BATCH_SIZE) --lr $(LR)
-	@if [ -f inference/__main__.py ]; then \
-	  exec $(BIN)/python -m inference serve --store $(DEMO_STORE) --port $(PORT) \
-	    --model-name $(MODEL)-$(DATASET); \
-	else echo "model published under $(DEMO_STORE)/models/$(MODEL)-$(DATASET)/"; fi
+	exec $(BIN)/python -m inference serve --store $(DEMO_STORE) --port $(PORT) \
+	  --model-name $(MODEL)-$(DATASET)
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/train_throughput.py
