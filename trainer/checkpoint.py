@@ -33,23 +33,53 @@ def checkpoint_key(model_name: str, run_id: str, epoch: int) -> str:
     return f"{checkpoint_prefix(model_name, run_id)}epoch-{epoch:04d}.pt"
 
 
-def rng_state() -> dict[str, Any]:
+def _cuda_device(device: torch.device | None) -> torch.device | None:
+    """The CUDA device whose generator a checkpoint holds; None when CUDA is not in use."""
+    if not torch.cuda.is_available():
+        return None
+    if device is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device if device.type == "cuda" else None
+
+
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every generator's state; for CUDA only ``device``'s (this rank's) generator.
+
+    Saving all visible GPUs' states would tie the checkpoint to the GPU count per pod,
+    and restoring it after a rescale to fewer GPUs would fail.
+    """
     np_state = np.random.get_state()
+    cuda = _cuda_device(device)
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(cuda) if cuda is not None else None,
         "python": random.getstate(),
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
     }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    _set_cuda_rng_state(state.get("cuda"), device)
     random.setstate(_as_tuple(state["python"]))
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+
+
+def _set_cuda_rng_state(saved: Any, device: torch.device | None) -> None:
+    """Restore ``device``'s CUDA generator; skip it when there is nothing that fits."""
+    cuda = _cuda_device(device)
+    if cuda is None or saved is None or (isinstance(saved, (list, tuple)) and not saved):
+        return  # CPU run, or the checkpoint was written without CUDA
+    if isinstance(saved, (list, tuple)):
+        # Old format: one state per visible GPU. This rank's generator is its own device's.
+        index = cuda.index if cuda.index is not None else torch.cuda.current_device()
+        if index >= len(saved):
+            log.info("checkpoint holds CUDA RNG states for %d GPU(s), none for cuda:%d: "
+                     "keeping its fresh state", len(saved), index)
+            return
+        saved = saved[index]
+    torch.cuda.set_rng_state(saved, cuda)
 
 
 def _as_tuple(value):

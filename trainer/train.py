@@ -57,7 +57,7 @@ def resume(store: Store, cfg: TrainConfig, env, model, optimizer) -> dict | None
     state = found[1] if env.is_main else checkpoint.load_checkpoint(store, key)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    checkpoint.set_rng_state(state["rng"])
+    checkpoint.set_rng_state(state["rng"], env.device)
     log.info(json.dumps({"event": "resume", "run_id": cfg.run_id, "checkpoint": key,
                          "epoch": state["epoch"], "saved_world_size": state["world_size"],
                          "world_size": env.world_size}))
@@ -93,10 +93,10 @@ def run_training(cfg: TrainConfig, store: Store) -> str | None:
                 store, checkpoint.checkpoint_key(cfg.model_name, cfg.run_id, epoch),
                 {"epoch": epoch, "run_id": cfg.run_id, "config": cfg.to_dict(),
                  "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": {"schedule": cfg.schedule, "peak_lr": cfg.lr,
-                               "progress": epoch / cfg.epochs},
-                 "rng": checkpoint.rng_state(), "history": history, "confusion": confusion,
-                 "world_size": env.world_size})
+                 # No scheduler state: the LR is lr_at(cfg, progress), computed from
+                 # the epoch, so resuming at any world size needs nothing more.
+                 "rng": checkpoint.rng_state(env.device), "history": history,
+                 "confusion": confusion, "world_size": env.world_size})
     log.info(json.dumps({"event": "trained", "run_id": cfg.run_id, "rank": env.rank,
                          "epochs": len(history), "weights_sha256": weights_digest(model)}))
     if not env.is_main:
