@@ -11,6 +11,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,11 @@ import torch.distributed as dist
 from trainer.config import ConfigError
 
 log = logging.getLogger(__name__)
+
+TIMEOUT_ENV = "TRAINSTACK_DIST_TIMEOUT_S"
+# How long a collective waits for a peer before failing. Shorter than torch's 30-minute
+# default so that a dead rank 0 ends the pods soon and the operator restarts them.
+DEFAULT_TIMEOUT_S = 600
 
 
 @dataclass(frozen=True)
@@ -34,10 +40,6 @@ class DistEnv:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1 or dist.is_initialized()
-
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name, "")
@@ -45,6 +47,21 @@ def _env_int(name: str, default: int) -> int:
         return int(value) if value else default
     except ValueError:
         raise ConfigError(f"environment variable {name}={value!r} must be an integer") from None
+
+
+def dist_timeout() -> timedelta:
+    """The collective timeout from TRAINSTACK_DIST_TIMEOUT_S (whole seconds, > 0)."""
+    value = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not value:
+        return timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise ConfigError(f"environment variable {TIMEOUT_ENV}={value!r} must be a positive "
+                          f"integer (seconds; default {DEFAULT_TIMEOUT_S})")
+    return timedelta(seconds=seconds)
 
 
 def init_distributed() -> DistEnv:
@@ -58,13 +75,15 @@ def init_distributed() -> DistEnv:
         rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
         local_rank = _env_int("LOCAL_RANK", 0)
         local_world = _env_int("LOCAL_WORLD_SIZE", 1)
+        timeout = dist_timeout()  # validated before anything blocks
         if use_cuda:
             torch.cuda.set_device(local_rank)
         backend = "nccl" if use_cuda else "gloo"
         dist.init_process_group(backend=backend, init_method="env://",
-                                rank=rank, world_size=world)
-        log.info("joined process group: rank %d of %d (%s, master %s:%s)", rank, world,
-                 backend, os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
+                                rank=rank, world_size=world, timeout=timeout)
+        log.info("joined process group: rank %d of %d (%s, master %s:%s, timeout %ds)", rank,
+                 world, backend, os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"],
+                 timeout.total_seconds())
     else:
         rank, world, local_rank, local_world = 0, 1, 0, 1
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import pytest
 import torch
@@ -61,3 +62,34 @@ def test_ranks_without_a_master_address_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     with pytest.raises(ConfigError, match="MASTER_ADDR must be set when WORLD_SIZE and RANK"):
         distributed.init_distributed()
+
+
+@pytest.mark.parametrize("value, seconds", [(None, 600), ("", 600), ("30", 30), (" 45 ", 45)])
+def test_collective_timeout_from_the_environment(monkeypatch, value, seconds):
+    if value is None:
+        monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, value)
+    assert distributed.dist_timeout() == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "ten", "10s"])
+def test_bad_collective_timeout_is_a_clear_error(monkeypatch, value):
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, value)
+    with pytest.raises(ConfigError, match=f"TRAINSTACK_DIST_TIMEOUT_S={value!r} must be a "
+                                          "positive integer"):
+        distributed.dist_timeout()
+
+
+def test_init_passes_the_timeout_to_the_process_group(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda **kwargs: calls.append(kwargs))
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29500", distributed.TIMEOUT_ENV: "42"}.items():
+        monkeypatch.setenv(name, value)
+    env = distributed.init_distributed()
+    assert (env.rank, env.world_size) == (1, 2)
+    assert calls == [{"backend": "gloo", "init_method": "env://", "rank": 1, "world_size": 2,
+                      "timeout": timedelta(seconds=42)}]
