@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from trainer.config import AUGMENTATIONS, DATASETS, MODELS, ConfigError, TrainConfig
+from trainer.config import AUGMENTATIONS, DATASETS, MODELS, ConfigError, TrainConfig, read_json_file
 from trainer.storage import STORE_ENV, open_store
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The --config file's keys, overridden by any flag given on the command line."""
-    values = TrainConfig.from_json_file(args.config) if args.config else {}
+    values = read_json_file(args.config) if args.config else {}
     for key in TRAIN_FLAGS:
         flag_value = getattr(args, key)
         if flag_value is not None:

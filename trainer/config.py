@@ -2,6 +2,9 @@
 
 ``train.json`` (the stack's ConfigMap) holds ``dataset``, ``model``, ``epochs``,
 ``batch_size``, ``lr`` and ``seed``; every other field has a sensible default.
+
+Stdlib only: the Pulumi program imports ``DATASETS``, ``MODELS`` and ``CIFAR10_URL``
+from here, and its environment has no torch.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+# The single source of these names: trainer.data, trainer.models and infra import them.
 DATASETS = ("cifar10", "imagefolder", "digits", "synthetic")
 MODELS = ("resnet18", "resnet18-imagenet", "smallcnn")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 AUGMENTATIONS = ("auto", "none", "crop", "flip", "crop+flip")
 SCHEDULES = ("onecycle", "cosine")
 # Fields that only change how a run is carried out, not its result: left out of run_id.
@@ -87,21 +92,6 @@ class TrainConfig:
                               f"allowed keys: {', '.join(sorted(known))}")
         return cls(**values)
 
-    @classmethod
-    def from_json_file(cls, path: str) -> dict[str, Any]:
-        """The raw dict of a JSON config file (validated later, after flags are merged)."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                values = json.load(f)
-        except OSError as e:
-            raise ConfigError(f"config file {path}: {e.strerror}") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {path} must hold a JSON object, "
-                              f"got {type(values).__name__}")
-        return values
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -123,6 +113,21 @@ class TrainConfig:
     def model_name(self) -> str:
         """``<model>-<dataset>``: the store folder of this model's runs and versions."""
         return f"{self.model}-{self.dataset}"
+
+
+def read_json_file(path: str) -> dict[str, Any]:
+    """The raw dict of a JSON config file (validated later, after flags are merged)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object, "
+                          f"got {type(values).__name__}")
+    return values
 
 
 def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:

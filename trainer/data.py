@@ -6,6 +6,7 @@ per-image work (PIL, pickling, file reads) happens while training.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -17,17 +18,20 @@ import torch
 
 from trainer import cifar
 from trainer.cifar import DatasetError
+from trainer.config import DATASETS
 from trainer.storage import ObjectNotFound, Store
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("cifar10", "imagefolder", "digits", "synthetic")
 CIFAR10_KEY = "datasets/cifar10/cifar-10-python.tar.gz"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Written last by `trainer ingest --dataset imagefolder`: "<sha256>  <path under prefix>" lines.
+MANIFEST_NAME = ".manifest.sha256"
 # Share of each class held out for testing when a dataset has no split of its own.
 DIGITS_TEST_FRACTION = 0.2
 IMAGEFOLDER_TEST_FRACTION = 0.15
-__all__ = ["DATASETS", "DatasetBundle", "DatasetError", "Split", "load_dataset"]
+__all__ = ["DATASETS", "DatasetBundle", "DatasetError", "Split", "check_image_name",
+           "load_dataset"]
 
 
 @dataclass
@@ -172,13 +176,71 @@ def imagefolder_layout(keys: list[str], prefix: str) -> dict[str, list[tuple[str
     return groups
 
 
-def _decode_image(store: Store, key: str, image_size: int) -> np.ndarray:
+def check_image_name(name: str) -> None:
+    """Reject a file whose suffix is not an image format (shared by ingest and the reader)."""
+    if not name.lower().endswith(IMAGE_SUFFIXES):
+        raise DatasetError(f"{name}: not an image file; allowed: {', '.join(IMAGE_SUFFIXES)}")
+
+
+def parse_manifest(raw: bytes, prefix: str) -> dict[str, str]:
+    """``{key: sha256}`` of an imagefolder manifest (``sha256sum`` format, paths under prefix)."""
+    where = f"{prefix}/{MANIFEST_NAME}"
+    digests: dict[str, str] = {}
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DatasetError(f"{where}: not a UTF-8 text manifest; re-run the ingest") from None
+    for number, line in enumerate(lines, 1):
+        digest, sep, rel = line.partition("  ")
+        parts = PurePosixPath(rel).parts
+        if (not sep or len(digest) != 64 or not parts or rel.startswith("/")
+                or ".." in parts):
+            raise DatasetError(f"{where}, line {number}: expected '<sha256>  <class>/<image>', "
+                               f"got {line!r}; re-run the ingest")
+        digests[f"{prefix}/{rel}"] = digest
+    return digests
+
+
+def imagefolder_keys(store: Store, prefix: str) -> tuple[list[str], dict[str, str] | None]:
+    """The keys to read, and their digests when an ingest manifest lists them.
+
+    With a manifest only its keys count: a re-ingest never deletes old objects, so
+    removed files or classes stay under the prefix. Without one (a prefix filled by
+    hand) every key under the prefix is read.
+    """
+    try:
+        raw = store.get_bytes(f"{prefix}/{MANIFEST_NAME}")
+    except ObjectNotFound:
+        return store.list(prefix + "/"), None
+    digests = parse_manifest(raw, prefix)
+    log.info("%s: reading the %d files its manifest lists", prefix, len(digests))
+    return sorted(digests), digests
+
+
+def _image_bytes(store: Store, key: str, digest: str | None) -> bytes:
+    try:
+        data = store.get_bytes(key)
+    except ObjectNotFound:
+        if digest is None:
+            raise
+        raise DatasetError(f"{key}: listed in {MANIFEST_NAME} but missing from the store; "
+                           "re-run the ingest") from None
+    # A mismatch means an ingest is uploading over this folder right now, or it was
+    # edited by hand: training on a mix of old and new files would be silently wrong.
+    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+        raise DatasetError(f"{key}: content differs from its {MANIFEST_NAME} entry (an "
+                           "ingest is in progress or was interrupted); re-run the ingest")
+    return data
+
+
+def _decode_image(store: Store, key: str, image_size: int,
+                  digest: str | None = None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    if not key.lower().endswith(IMAGE_SUFFIXES):
-        raise DatasetError(f"{key}: not an image file; allowed: {', '.join(IMAGE_SUFFIXES)}")
+    check_image_name(key)
+    data = _image_bytes(store, key, digest)
     try:
-        with Image.open(io.BytesIO(store.get_bytes(key))) as img:
+        with Image.open(io.BytesIO(data)) as img:
             img = img.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
     except (UnidentifiedImageError, OSError, ValueError) as e:
@@ -186,7 +248,8 @@ def _decode_image(store: Store, key: str, image_size: int) -> np.ndarray:
 
 
 def _load_imagefolder(store: Store, prefix: str, image_size: int, seed: int) -> DatasetBundle:
-    groups = imagefolder_layout(store.list(prefix + "/"), prefix)
+    keys, digests = imagefolder_keys(store, prefix)
+    groups = imagefolder_layout(keys, prefix)
     classes = sorted({cls for items in groups.values() for cls, _ in items})
     if len(classes) < 2:
         raise DatasetError(f"{prefix}: found classes {classes}, need at least 2 class folders")
@@ -195,7 +258,8 @@ def _load_imagefolder(store: Store, prefix: str, image_size: int, seed: int) -> 
     # Fetching and decoding overlap well in threads: S3 waits on the network, PIL
     # releases the GIL while decoding.
     with ThreadPoolExecutor(max_workers=8) as pool:
-        decoded = list(pool.map(lambda it: _decode_image(store, it[1], image_size), items))
+        decoded = list(pool.map(
+            lambda it: _decode_image(store, it[1], image_size, (digests or {}).get(it[1])), items))
     images = np.stack(decoded)
     labels = np.array([classes.index(cls) for cls, _ in items], dtype=np.int64)
     if "all" in groups:

@@ -21,12 +21,15 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from trainer import cifar
+from trainer.config import CIFAR10_URL
 from trainer.data import CIFAR10_KEY, DatasetError
 from trainer.storage import ObjectNotFound, Store
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+# Alias of the one definition in trainer.config; ingest() reads this module global, so
+# tests can point it at a local server.
+DEFAULT_CIFAR10_URL = CIFAR10_URL
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 NO_INGEST = ("digits", "synthetic")
 TIMEOUT = (10, 60)  # seconds: connect, and between two bytes of the body

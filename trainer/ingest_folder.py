@@ -3,7 +3,9 @@
 The source is a local directory, or a ``.zip`` / ``.tar.gz`` (local path or http(s)
 URL) holding one; ``train/`` and ``test/`` folders of classes are kept as they are.
 Every image is checked before anything is uploaded. A manifest of per-file sha256
-digests (a dot-file, which readers skip) goes last and makes re-runs a no-op.
+digests (a dot-file) goes last and makes re-runs a no-op. Objects are never deleted;
+the reader trains on exactly the files the manifest lists, so files removed from the
+source since an earlier ingest are ignored.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from trainer.data import IMAGE_SUFFIXES, DatasetError, imagefolder_layout
+from trainer.data import MANIFEST_NAME, DatasetError, check_image_name, imagefolder_layout
 from trainer.ingest import IngestError, fetch
 from trainer.storage import ObjectNotFound, Store
 
@@ -36,7 +38,7 @@ def ingest_folder(store: Store, source: str, prefix: str = PREFIX) -> str:
         for path, name in zip(files, rel):
             _check_image(path, name)
         manifest = "".join(f"{_sha256(p)}  {r}\n" for p, r in zip(files, rel)).encode()
-        manifest_key = f"{prefix}/.manifest.sha256"
+        manifest_key = f"{prefix}/{MANIFEST_NAME}"
         try:
             if store.get_bytes(manifest_key) == manifest:
                 log.info("%s already ingested in %s: nothing to do", prefix, store.url)
@@ -80,8 +82,7 @@ def _unpack(source: str, tmp: Path) -> Path:
 def _check_image(path: Path, name: str) -> None:
     from PIL import Image
 
-    if not name.lower().endswith(IMAGE_SUFFIXES):
-        raise DatasetError(f"{name}: not an image file; allowed: {', '.join(IMAGE_SUFFIXES)}")
+    check_image_name(name)
     try:
         with Image.open(path) as img:
             img.verify()

@@ -9,7 +9,9 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models import resnet18 as tv_resnet18
 
-MODELS = ("resnet18", "resnet18-imagenet", "smallcnn")
+from trainer.config import MODELS
+
+__all__ = ["MODELS", "SmallCNN", "build_model", "resnet18_cifar", "resnet18_imagenet"]
 
 
 def build_model(name: str, *, in_channels: int, num_classes: int) -> nn.Module:

@@ -14,8 +14,9 @@ import random
 import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class S3Store(Store):
     """Any S3-compatible server (MinIO in the cluster, moto in tests) via the minio client."""
 
     RETRIES = 5
-    TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"}
+    TRANSIENT_CODES = frozenset({"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"})
 
     def __init__(self, endpoint: str, *, secure: bool = False):
         from minio import Minio  # imported here so local-only users need no minio

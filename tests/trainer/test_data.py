@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +16,10 @@ from cifar_fixtures import BATCHES, CLASSES, archive_bytes, expected_images, mak
 from PIL import Image
 
 from trainer import cifar
-from trainer.data import CIFAR10_KEY, DATASETS, DatasetError, load_dataset
+from trainer.data import CIFAR10_KEY, DATASETS, MANIFEST_NAME, DatasetError, load_dataset
 from trainer.storage import ObjectNotFound
 
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = Path("/work/shared/data/cifar10-sample/cifar-10-python.tar.gz")
 
 
@@ -197,3 +201,40 @@ def test_unknown_dataset_lists_choices():
         load_dataset("mnist", None)
     with pytest.raises(DatasetError, match="no store"):
         load_dataset("cifar10", None)
+
+
+def _write_manifest(store, prefix: str, keys: list[str]) -> None:
+    lines = [f"{hashlib.sha256(store.get_bytes(k)).hexdigest()}  {k[len(prefix) + 1:]}\n"
+             for k in keys]
+    store.put_bytes(f"{prefix}/{MANIFEST_NAME}", "".join(lines).encode())
+
+
+def test_imagefolder_with_a_manifest_reads_only_the_listed_files(local_store):
+    _fill_folder(local_store, "datasets/pets", per_class=3)
+    _write_manifest(local_store, "datasets/pets",
+                    [f"datasets/pets/{c}/{i}.png" for c in ("cat", "dog") for i in (0, 1)])
+    local_store.put_bytes("datasets/pets/cow/0.png", _png((0, 255, 0)))  # not listed
+    bundle = load_dataset("imagefolder", local_store, prefix="datasets/pets", image_size=8)
+    assert bundle.classes == ["cat", "dog"] and len(bundle.train) + len(bundle.test) == 4
+
+
+def test_imagefolder_half_uploaded_over_its_manifest_is_a_clear_error(local_store):
+    """An ingest overwriting files before it writes the new manifest: never train on a mix."""
+    _fill_folder(local_store, "datasets/pets", per_class=2)
+    _write_manifest(local_store, "datasets/pets", local_store.list("datasets/pets/"))
+    local_store.put_bytes("datasets/pets/dog/1.png", _png((9, 9, 9)))
+    with pytest.raises(DatasetError, match="dog/1.png: content differs from its .manifest"):
+        load_dataset("imagefolder", local_store, prefix="datasets/pets")
+    local_store.put_bytes("datasets/pets/.manifest.sha256", b"not a manifest\n")
+    with pytest.raises(DatasetError, match="line 1: expected"):
+        load_dataset("imagefolder", local_store, prefix="datasets/pets")
+
+
+def test_config_module_imports_without_torch():
+    """The Pulumi program imports DATASETS/MODELS/CIFAR10_URL from it and has no torch."""
+    code = ("import sys, trainer.config as c, trainer.models as m, trainer.data as d; "
+            "assert m.MODELS is c.MODELS and d.DATASETS is c.DATASETS")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    code = ("import sys, trainer.config; "
+            "assert not [n for n in sys.modules if n.split('.')[0] in ('torch', 'numpy')]")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

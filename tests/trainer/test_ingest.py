@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
+import torch
 from cifar_fixtures import archive_bytes, make_batches
 
 from trainer import ingest as ingest_mod
@@ -200,3 +201,32 @@ def test_imagefolder_non_image_is_rejected_before_upload(local_store, tmp_path):
     assert local_store.list("datasets/imagefolder/") == []
     with pytest.raises(IngestError, match="needs --source"):
         ingest(local_store, "imagefolder")
+
+
+def test_imagefolder_reingest_trains_only_on_the_current_files(any_store, tmp_path):
+    """Re-ingest never deletes objects; the reader must follow the new manifest only."""
+    from PIL import Image
+
+    any_store.ensure_buckets()
+    tree = _image_tree(tmp_path / "v1")
+    (tree / "bird").mkdir()
+    for i in range(4):
+        Image.new("RGB", (10, 10), (10, 200, 10)).save(tree / "bird" / f"{i}.png")
+    ingest(any_store, "imagefolder", str(tree))
+    assert load_dataset("imagefolder", any_store, image_size=8).classes == ["bird", "cat", "dog"]
+
+    # v2: the bird class and dog/3.png are gone, cat/0.png has new pixels.
+    (tree / "dog" / "3.png").unlink()
+    for i in range(4):
+        (tree / "bird" / f"{i}.png").unlink()
+    (tree / "bird").rmdir()
+    Image.new("RGB", (10, 10), (255, 255, 255)).save(tree / "cat" / "0.png")
+    ingest(any_store, "imagefolder", str(tree))
+    assert any_store.exists("datasets/imagefolder/bird/0.png")  # stale objects remain...
+
+    bundle = load_dataset("imagefolder", any_store, image_size=8)  # ...and are not read
+    assert bundle.classes == ["cat", "dog"]
+    labels = torch.cat([bundle.train.labels, bundle.test.labels])
+    images = torch.cat([bundle.train.images, bundle.test.images])
+    assert (labels == 0).sum() == 4 and (labels == 1).sum() == 3
+    assert (images[labels == 0] == 255).all(dim=(1, 2, 3)).sum() == 1  # the changed cat/0.png

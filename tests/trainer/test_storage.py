@@ -4,8 +4,15 @@ import threading
 
 import pytest
 
-from trainer.storage import (BUCKETS, BucketNotFound, LocalStore, ObjectNotFound, S3Store,
-                             StoreError, open_store)
+from trainer.storage import (
+    BUCKETS,
+    BucketNotFound,
+    LocalStore,
+    ObjectNotFound,
+    S3Store,
+    StoreError,
+    open_store,
+)
 
 
 def test_ensure_buckets_is_idempotent(any_store):
