@@ -16,9 +16,16 @@ from urllib.parse import urlparse
 
 import pulumi
 
+# The trainer's own lists (trainer/config.py is stdlib-only: no torch in the Pulumi program),
+# so a model or dataset added there cannot be forgotten here.
+from trainer.config import DATASETS as TRAINER_DATASETS
+from trainer.config import MODELS
+
 NAMESPACE = "trainstack"
-MODELS = ("resnet18", "resnet18-imagenet", "smallcnn")
-DATASETS = ("cifar10", "imagefolder", "digits", "synthetic")
+# `synthetic` is random data for benchmarks: a cluster run on it would publish a model
+# that the app serves as if it had learned something.
+BENCHMARK_DATASETS = ("synthetic",)
+DATASETS = tuple(d for d in TRAINER_DATASETS if d not in BENCHMARK_DATASETS)
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 SECRET_KEYS = ("minioRootPassword",)
@@ -121,10 +128,10 @@ def _bool(key: str, raw: Any) -> bool:
     return text == "true"
 
 
-def _choice(options: tuple[str, ...]) -> Callable[[str, Any], str]:
+def _choice(options: tuple[str, ...], allowed: str | None = None) -> Callable[[str, Any], str]:
     def parse(key: str, raw: Any) -> str:
         if raw not in options:
-            raise ConfigError(key, ", ".join(options), raw)
+            raise ConfigError(key, allowed or ", ".join(options), raw)
         return raw
 
     return parse
@@ -197,6 +204,10 @@ def _tolerations(key: str, raw: Any) -> list[dict[str, Any]]:
     return value
 
 
+_DATASETS_ALLOWED = (
+    f"{', '.join(DATASETS)} ({', '.join(BENCHMARK_DATASETS)} is for benchmarks only: "
+    "python -m trainer train --dataset synthetic, or bench/)"
+)
 _QTY_CPU = "a CPU quantity > 0 such as 1, 0.5 or 500m"
 _QTY_MEM = "a memory quantity > 0 such as 2Gi, 512Mi or 1G"
 
@@ -210,7 +221,7 @@ FIELDS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "batchSize": ("batch_size", _int(1)),
     "learningRate": ("learning_rate", _float_positive),
     "model": ("model", _choice(MODELS)),
-    "dataset": ("dataset", _choice(DATASETS)),
+    "dataset": ("dataset", _choice(DATASETS, _DATASETS_ALLOWED)),
     "datasetSource": ("dataset_source", _url),
     "namespace": ("namespace", _pattern(_DNS_LABEL, "a DNS-1123 label (a-z, 0-9, '-')")),
     "image": ("image", _pattern(_REPOSITORY, "an image repository name without tag")),
@@ -243,7 +254,20 @@ def parse_config(raw: Mapping[str, Any]) -> StackConfig:
         for key, (name, parser) in FIELDS.items()
         if raw.get(key) not in (None, "")
     }
-    return StackConfig(**values)
+    return _check_image(StackConfig(**values))
+
+
+def _check_image(cfg: StackConfig) -> StackConfig:
+    # A bare name would be pushed to docker.io/library/<name>, which fails half-way through
+    # `pulumi up` (after MinIO is up); refuse it before any resource is registered.
+    if cfg.push_image and "/" not in cfg.image:
+        raise ConfigError(
+            "image",
+            "a registry path such as registry.example.com/you/trainstack-trainer when "
+            "pushImage is true (or pushImage false for minikube)",
+            cfg.image,
+        )
+    return cfg
 
 
 def raw_stack_config() -> dict[str, Any]:

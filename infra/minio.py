@@ -158,14 +158,6 @@ class MinIO(pulumi.ComponentResource):
 
 
 def _server_container(secret_name: pulumi.Input[str]) -> k8s.core.v1.ContainerArgs:
-    def cred(name: str, key: str) -> k8s.core.v1.EnvVarArgs:
-        return k8s.core.v1.EnvVarArgs(
-            name=name,
-            value_from=k8s.core.v1.EnvVarSourceArgs(
-                secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret_name, key=key)
-            ),
-        )
-
     def probe(path: str, delay: int) -> k8s.core.v1.ProbeArgs:
         return k8s.core.v1.ProbeArgs(
             http_get=k8s.core.v1.HTTPGetActionArgs(path=path, port=API_PORT),
@@ -179,7 +171,10 @@ def _server_container(secret_name: pulumi.Input[str]) -> k8s.core.v1.ContainerAr
         # --certs-dir: the default (~/.minio/certs) is not writable for a non-root uid.
         args=["server", "/data", "--console-address", f":{CONSOLE_PORT}",
               "--certs-dir", "/tmp/minio-certs"],
-        env=[cred("MINIO_ROOT_USER", "rootUser"), cred("MINIO_ROOT_PASSWORD", "rootPassword")],
+        env=[
+            pod.secret_env("MINIO_ROOT_USER", secret_name, "rootUser"),
+            pod.secret_env("MINIO_ROOT_PASSWORD", secret_name, "rootPassword"),
+        ],
         ports=[
             k8s.core.v1.ContainerPortArgs(name="api", container_port=API_PORT),
             k8s.core.v1.ContainerPortArgs(name="console", container_port=CONSOLE_PORT),

@@ -51,21 +51,22 @@ class ContainerSpec:
     image_pull_policy: str = "IfNotPresent"
 
 
+def secret_env(name: str, secret: pulumi.Input[str], key: str) -> k8s.core.v1.EnvVarArgs:
+    """An env var read from a Secret's key by the kubelet: the value never enters the spec."""
+    return k8s.core.v1.EnvVarArgs(
+        name=name,
+        value_from=k8s.core.v1.EnvVarSourceArgs(
+            secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret, key=key)
+        ),
+    )
+
+
 def store_env(store: StoreRef) -> list[k8s.core.v1.EnvVarArgs]:
     """TRAINSTACK_STORE + AWS credentials by reference: no secret value in the spec."""
-
-    def from_secret(name: str, key: str) -> k8s.core.v1.EnvVarArgs:
-        return k8s.core.v1.EnvVarArgs(
-            name=name,
-            value_from=k8s.core.v1.EnvVarSourceArgs(
-                secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=store.secret_name, key=key)
-            ),
-        )
-
     return [
         k8s.core.v1.EnvVarArgs(name="TRAINSTACK_STORE", value=store.url),
-        from_secret("AWS_ACCESS_KEY_ID", store.access_key),
-        from_secret("AWS_SECRET_ACCESS_KEY", store.secret_key),
+        secret_env("AWS_ACCESS_KEY_ID", store.secret_name, store.access_key),
+        secret_env("AWS_SECRET_ACCESS_KEY", store.secret_name, store.secret_key),
     ]
 
 

@@ -88,17 +88,11 @@ def _training(cfg: StackConfig, namespace, image: TrainerImage, minio: MinIO,
 def _exports(cfg: StackConfig, job: str, minio_endpoint, inference: Inference) -> dict[str, Any]:
     ns = cfg.namespace
     selector = f"training.kubeflow.org/job-name={job}"
-    if cfg.inference_service_type == "NodePort":
-        access = f"minikube service inference -n {ns} --url   # or http://<node-ip>:<nodePort>"
-    elif cfg.inference_service_type == "LoadBalancer":
-        access = f"kubectl -n {ns} get svc inference   # EXTERNAL-IP, port 7860"
-    else:
-        access = f"kubectl -n {ns} port-forward svc/inference 7860:7860   # http://localhost:7860"
     return {
         "namespace": ns,
         "minioEndpoint": minio_endpoint,
         "inferenceUrl": inference.url,
-        "inferenceAccess": access,
+        "inferenceAccess": inference.access,
         "pytorchJobName": job,
         "followLogs": f"kubectl -n {ns} logs -f -l {selector} --prefix --max-log-requests 64",
         "masterLogs": f"kubectl -n {ns} logs -f {job}-master-0",

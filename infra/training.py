@@ -36,7 +36,7 @@ class TrainingArgs:
     cpu: str
     memory: str
     dataset: str
-    ingest_source: str | None = None  # None: nothing to ingest (digits, synthetic)
+    ingest_source: str | None = None  # None: nothing to ingest (digits)
     image_pull_policy: str = "IfNotPresent"
     backoff_limit: int = 3
     node_selector: dict[str, str] = field(default_factory=dict)
@@ -80,10 +80,10 @@ def train_command(gpus: int) -> list[str]:
 
 
 def train_env(args: TrainingArgs) -> dict[str, str]:
-    # Torch would otherwise start one thread per *node* core and thrash a CPU-limited pod.
-    cores = float(args.cpu[:-1]) / 1000 if args.cpu.endswith("m") else float(args.cpu)
-    threads = max(1, int(cores))
-    env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
+    # No OMP_NUM_THREADS: the trainer sizes its thread pool from the pod's cgroup CPU quota
+    # divided by its local processes (torchrun); a fixed value here would give every torchrun
+    # process all the pod's cores and truncate fractional CPUs ("1500m") to 1.
+    env = {"PYTHONUNBUFFERED": "1"}
     if args.gpus_per_worker > 0:
         env["NCCL_DEBUG"] = "WARN"  # NCCL is the backend on GPUs: surface its errors
     return env

@@ -14,6 +14,9 @@ and nothing else.
 - Training Operator: injects ``MASTER_ADDR`` (``<job>-master-0``), ``MASTER_PORT`` (the
   Master's ``pytorchjob-port``), ``WORLD_SIZE``, ``RANK`` and ``PYTHONUNBUFFERED`` into the
   container named ``pytorch``, as training-operator v1.8 does.
+- CPU limits: the kubelet enforces ``limits.cpu`` with a cgroup quota, which a local
+  process can't get; each process is pinned to ``ceil(limits.cpu)`` CPUs instead (taken in
+  turn from this machine's), which the trainer reads the same way (usable CPUs).
 - container ports: a process can't have 7860 to itself here, so a declared
   ``containerPort`` that appears in the argv (``--port 7860``) is mapped to a free port.
 """
@@ -21,6 +24,8 @@ and nothing else.
 from __future__ import annotations
 
 import base64
+import math
+import os
 import re
 import shutil
 import subprocess
@@ -50,11 +55,21 @@ class Process:
     argv: list[str]
     env: dict[str, str]
     ports: dict[int, int] = field(default_factory=dict)  # containerPort -> local port
+    cpus: set[int] | None = None  # the CPUs standing in for limits.cpu (None: unlimited)
 
     def start(self, log_dir: Path) -> subprocess.Popen:
-        log = open(log_dir / f"{self.name}.log", "wb")
-        return subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                cwd=log_dir, start_new_session=True)
+        # The child holds its own copy of the descriptor: close ours once it is started.
+        with open(log_dir / f"{self.name}.log", "wb") as log:
+            proc = subprocess.Popen(self.argv, env=self.env, stdout=log,
+                                    stderr=subprocess.STDOUT, cwd=log_dir,
+                                    start_new_session=True)
+        if self.cpus:
+            # Set before the interpreter has started any thread; later threads inherit it.
+            try:
+                os.sched_setaffinity(proc.pid, self.cpus)
+            except ProcessLookupError:
+                pass  # already gone: its exit status tells the test why
+        return proc
 
 
 @dataclass
@@ -62,6 +77,7 @@ class LocalCluster:
     objects: dict[str, dict[str, Any]]  # rendered, keyed "Kind/name"
     workdir: Path
     service_ports: dict[tuple[str, int], int]  # (service name, service port) -> local port
+    _next_cpu: int = 0  # round-robin over this machine's CPUs for pinned processes
 
     # --- lookups -----------------------------------------------------------------
     def get(self, kind: str, name: str) -> dict[str, Any]:
@@ -162,7 +178,20 @@ class LocalCluster:
         argv[0] = _executable(argv[0])
         env.update(PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin",
                    PYTHONPATH=str(REPO_ROOT), HOME=str(pod_dir))
-        return Process(pod_name, argv, env, ports)
+        return Process(pod_name, argv, env, ports, self._pin(container))
+
+    def _pin(self, container: dict) -> set[int] | None:
+        """CPUs for a container's ``limits.cpu`` (cgroup quota stand-in), in turn."""
+        limit = ((container.get("resources") or {}).get("limits") or {}).get("cpu")
+        if limit is None or not hasattr(os, "sched_setaffinity"):
+            return None
+        text = str(limit)
+        cores = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+        available = sorted(os.sched_getaffinity(0))
+        count = min(len(available), max(1, math.ceil(cores)))
+        chosen = {available[(self._next_cpu + i) % len(available)] for i in range(count)}
+        self._next_cpu = (self._next_cpu + count) % len(available)
+        return chosen
 
     def _localize(self, text: str, mounts: dict[str, str], ports: dict[int, int]) -> str:
         for mount_path, local in mounts.items():

@@ -28,16 +28,15 @@ HERE = Path(__file__).resolve().parent
 for helper_dir in (HERE, HERE.parent / "infra", HERE.parent / "trainer"):
     sys.path.insert(0, str(helper_dir))
 
-from cifar_fixtures import make_batches, write_archive  # noqa: E402
-from cluster import LocalCluster, Process, container_port  # noqa: E402
-from render import render  # noqa: E402
-from trainer_procs import events  # noqa: E402
-
-from trainer.storage import S3Store  # noqa: E402
+from cifar_fixtures import make_batches, write_archive
+from cluster import LocalCluster, Process, container_port
+from render import render
+from trainer_procs import events
 
 EPOCHS = 4
 # A user's stack config, exactly as `pulumi config set` stores it.
-USER_CONFIG = {"model": "smallcnn", "epochs": str(EPOCHS), "batchSize": "32",
+# pushImage false: the image is built where the nodes find it (minikube), no registry.
+USER_CONFIG = {"pushImage": "false", "model": "smallcnn", "epochs": str(EPOCHS), "batchSize": "32",
                "learningRate": "0.05", "cpuPerWorker": "1", "memoryPerWorker": "2Gi",
                "minioRootPassword": "e2e-Secret-Passw0rd-4f1c"}
 WAIT_S = 240  # generous upper bound for any one step on a loaded 2-core machine
@@ -48,7 +47,7 @@ def dataset_url(tmp_path_factory):
     """A CIFAR-format archive served over HTTP on 127.0.0.1, as the ingest source."""
     root = tmp_path_factory.mktemp("http")
     write_archive(root / "cifar-10-python.tar.gz", make_batches(per_class=12, seed=3))
-    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(root))  # noqa: E731
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz"

@@ -9,15 +9,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from infra_helpers import PASSWORD  # noqa: E402
-from render import Rendering, render  # noqa: E402
+from infra_helpers import PASSWORD, PUSHED
+from render import Rendering, render
 
 
 @pytest.fixture(scope="module")
 def default_stack() -> Rendering:
-    return render({})
+    return render(PUSHED)
 
 
 @pytest.fixture(scope="module")
 def gpu_stack() -> Rendering:
-    return render({"workers": "3", "gpusPerWorker": "2", "minioRootPassword": PASSWORD})
+    return render({**PUSHED, "workers": "3", "gpusPerWorker": "2", "minioRootPassword": PASSWORD})

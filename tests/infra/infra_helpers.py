@@ -7,6 +7,10 @@ from typing import Any
 from render import Rendering
 
 PASSWORD = "cfg-secret-password-4b9d2e"  # as `pulumi config set --secret minioRootPassword`
+# pushImage defaults to true, which needs a registry path: a user of a real cluster sets
+# `image` and keeps the other defaults. Renderings of "the defaults" start from this.
+IMAGE = "registry.example.com/team/trainstack-trainer"
+PUSHED = {"image": IMAGE}
 
 
 def one(rendering: Rendering, kind: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from infra_helpers import IMAGE, PUSHED
 from render import render
 
 from infra.config import CIFAR10_URL, ConfigError, StackConfig, parse_config
@@ -14,8 +15,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_match_the_design_contract():
-    cfg = parse_config({})
-    assert cfg == StackConfig()
+    assert (StackConfig().image, StackConfig().push_image) == ("trainstack-trainer", True)
+    cfg = parse_config(PUSHED)  # a pushed image needs a registry path (see below)
+    assert cfg == StackConfig(image=IMAGE)
     assert (cfg.workers, cfg.gpus_per_worker, cfg.cpu_per_worker, cfg.memory_per_worker) == (
         2, 0, "1", "2Gi")
     assert (cfg.epochs, cfg.batch_size, cfg.learning_rate) == (10, 128, 0.1)
@@ -54,7 +56,7 @@ INVALID = [
     ("learningRate", "fast", "a number > 0"),
     ("learningRate", "0", "a number > 0"),
     ("model", "vgg16", "resnet18, resnet18-imagenet, smallcnn"),
-    ("dataset", "mnist", "cifar10, imagefolder, digits, synthetic"),
+    ("dataset", "mnist", "cifar10, imagefolder, digits (synthetic is for benchmarks only"),
     ("cpuPerWorker", "two", "a CPU quantity"),
     ("cpuPerWorker", "0", "a CPU quantity"),
     ("memoryPerWorker", "2GB", "a memory quantity"),
@@ -73,6 +75,9 @@ INVALID = [
     ("nodeSelector", "{not json", "a JSON object"),
     ("tolerations", '[{"effect": "Sometimes"}]', "a JSON list of tolerations"),
     ("worker", "3", "one of workers, gpusPerWorker"),  # typo of a known key
+    ("dataset", "synthetic", "cifar10, imagefolder, digits (synthetic is for benchmarks only"),
+    # pushImage defaults to true: a bare name would go to docker.io/library and fail late.
+    ("image", "trainstack-trainer", "a registry path such as registry.example.com/you/"),
 ]
 
 
@@ -94,8 +99,25 @@ def test_invalid_values_stop_the_program(key, value, allowed):
 def test_short_minio_password_fails_without_echoing_it():
     for bad in ("short", "minioadmin"):
         with pytest.raises(ConfigError, match="trainstack:minioRootPassword.*8 characters") as err:
-            render({"minioRootPassword": bad})
+            render({**PUSHED, "minioRootPassword": bad})
         assert bad not in str(err.value)
+
+
+def test_image_needs_a_registry_path_only_when_pushed():
+    assert parse_config({"pushImage": "false"}).image == "trainstack-trainer"  # minikube
+    for image in ("you/trainstack-trainer", "registry.example.com:5000/trainstack-trainer"):
+        assert parse_config({"image": image}).image == image
+    with pytest.raises(ConfigError, match="pushImage false for minikube"):
+        parse_config({"pushImage": "true", "image": "trainer"})
+
+
+def test_stack_datasets_are_the_trainers_without_benchmark_ones():
+    from infra import config as infra_config
+    from trainer import config as trainer_config
+
+    assert infra_config.MODELS == trainer_config.MODELS
+    assert set(infra_config.DATASETS) == set(trainer_config.DATASETS) - {"synthetic"}
+    assert {"cifar10", "imagefolder", "digits"} <= set(infra_config.DATASETS)
 
 
 def test_dev_stack_file_is_valid():
@@ -104,6 +126,9 @@ def test_dev_stack_file_is_valid():
     cfg = parse_config(ours)
     assert cfg.workers == 2 and cfg.gpus_per_worker == 0 and cfg.push_image is False
     assert stack["kubernetes:context"] == "minikube"
+    # Its bare image name is fine unpushed: the whole stack renders, nothing is pulled.
+    app = render(ours).objects["Deployment/inference"]["spec"]["template"]["spec"]
+    assert app["containers"][0]["imagePullPolicy"] == "Never"
 
 
 def test_project_file():

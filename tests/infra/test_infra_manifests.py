@@ -7,8 +7,7 @@ from types import SimpleNamespace
 
 import kubernetes_validate
 import pytest
-from infra_helpers import PASSWORD
-from infra_helpers import pod_specs, pytorchjob
+from infra_helpers import PASSWORD, PUSHED, pod_specs, pytorchjob
 from kubeflow.training import ApiClient
 from kubeflow.training.models import KubeflowOrgV1PyTorchJob
 from render import MOCK_RANDOM_PASSWORD, render
@@ -16,8 +15,8 @@ from render import MOCK_RANDOM_PASSWORD, render
 K8S_VERSION = "1.34.0"  # kubernetes-validate 1.37.0 ships schemas up to 1.37
 
 CONFIGS = {
-    "defaults": {},
-    "gpu": {"workers": "3", "gpusPerWorker": "2", "minioRootPassword": PASSWORD,
+    "defaults": PUSHED,
+    "gpu": {**PUSHED, "workers": "3", "gpusPerWorker": "2", "minioRootPassword": PASSWORD,
             "nodeSelector": '{"nvidia.com/gpu.present": "true"}',
             "tolerations": '[{"key": "dedicated", "operator": "Equal", "value": "ml", '
                            '"effect": "NoSchedule", "tolerationSeconds": 60}]'},
@@ -47,7 +46,7 @@ def test_every_kubernetes_object_passes_strict_schema_validation(rendering):
 
 
 def test_strict_validation_catches_a_typo():
-    obj = render({}).objects["Deployment/inference"]
+    obj = render(PUSHED).objects["Deployment/inference"]
     obj["spec"]["replicaz"] = 1
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)

@@ -6,11 +6,11 @@ import json
 import socket
 
 import pytest
-from infra_helpers import PASSWORD
-from infra_helpers import env_of, one, pod_specs, pytorchjob
+from infra_helpers import IMAGE as REGISTRY_IMAGE
+from infra_helpers import PASSWORD, PUSHED, env_of, one, pod_specs, pytorchjob
 from render import MOCK_RANDOM_PASSWORD, render
 
-from infra.config import CIFAR10_URL
+from infra.config import CIFAR10_URL, ConfigError
 
 DIRECTORY = "kubernetes:kustomize/v2:Directory"
 IMAGE = "docker:index/image:Image"
@@ -80,7 +80,7 @@ def test_app_after_minio(default_stack):
 
 
 def test_operator_can_be_skipped():
-    rendering = render({"installTrainingOperator": "false"})
+    rendering = render({**PUSHED, "installTrainingOperator": "false"})
     assert rendering.by_type(DIRECTORY) == []
     assert pytorchjob(rendering)  # the job is still created
 
@@ -89,7 +89,7 @@ def test_operator_can_be_skipped():
     ("1", {"Master": 1}), ("2", {"Master": 1, "Worker": 1}), ("3", {"Master": 1, "Worker": 2}),
 ])
 def test_workers_shape_the_replicas(workers, expected):
-    spec = pytorchjob(render({"workers": workers}))["spec"]
+    spec = pytorchjob(render({**PUSHED, "workers": workers}))["spec"]
     replicas = spec["pytorchReplicaSpecs"]
     assert {k: v["replicas"] for k, v in replicas.items()} == expected  # no Worker key for 1
     templates = [json.dumps(r["template"], sort_keys=True) for r in replicas.values()]
@@ -137,7 +137,8 @@ def test_gpus_on_every_replica_cuda_build_and_torchrun(gpu_stack):
 
 def test_user_scheduling_reaches_training_pods():
     rendering = render({
-        "gpusPerWorker": "1", "nodeSelector": '{"cloud.google.com/gke-accelerator": "nvidia-l4"}',
+        **PUSHED, "gpusPerWorker": "1",
+        "nodeSelector": '{"cloud.google.com/gke-accelerator": "nvidia-l4"}',
         "tolerations": '[{"key": "dedicated", "operator": "Equal", "value": "ml", '
                        '"effect": "NoSchedule"}]'})
     for replica in pytorchjob(rendering)["spec"]["pytorchReplicaSpecs"].values():
@@ -149,11 +150,11 @@ def test_user_scheduling_reaches_training_pods():
 
 def test_change_of_workers_or_resources_replaces_the_job(default_stack):
     base = pytorchjob(default_stack)["metadata"]["name"]
-    assert pytorchjob(render({}))["metadata"]["name"] == base  # stable for the same config
+    assert pytorchjob(render(PUSHED))["metadata"]["name"] == base  # stable for the same config
     for change in ({"workers": "3"}, {"cpuPerWorker": "2"}, {"memoryPerWorker": "4Gi"},
                    {"gpusPerWorker": "1"}, {"epochs": "20"}):
         # metadata.name is immutable in Kubernetes: a new name is a replacement.
-        assert pytorchjob(render(change))["metadata"]["name"] != base, change
+        assert pytorchjob(render({**PUSHED, **change}))["metadata"]["name"] != base, change
     (job,) = default_stack.by_type("kubernetes:kubeflow.org/v1:PyTorchJob")
     assert job.replace_on_changes == ["spec"]  # any other spec change: replace too
     assert job.delete_before_replace  # never two runs writing one checkpoint
@@ -193,12 +194,13 @@ def test_every_workload_reaches_the_store_with_secret_refs(default_stack):
 
 
 def test_datasets_without_download_have_no_ingest_job():
-    rendering = render({"dataset": "digits", "model": "smallcnn"})
+    rendering = render({**PUSHED, "dataset": "digits", "model": "smallcnn"})
     assert not [k for k in rendering.objects if k.startswith("Job/trainstack-ingest")]
     app = rendering.objects["Deployment/inference"]["spec"]["template"]["spec"]
     env = env_of(app["containers"][0])
     assert env["TRAINSTACK_MODEL_NAME"] == "smallcnn-digits"
-    custom = render({"dataset": "imagefolder", "datasetSource": "https://example.com/x.zip"})
+    custom = render(
+        {**PUSHED, "dataset": "imagefolder", "datasetSource": "https://example.com/x.zip"})
     ingest = custom.objects["Job/trainstack-ingest-imagefolder"]["spec"]["template"]["spec"]
     assert ingest["containers"][0]["command"][-2:] == ["--source", "https://example.com/x.zip"]
 
@@ -215,7 +217,8 @@ def test_inference_deployment_and_service(default_stack):
     service = default_stack.objects["Service/inference"]
     assert service["spec"]["type"] == "NodePort"
     assert "sessionAffinity" not in service["spec"]
-    scaled = render({"inferenceReplicas": "3", "inferenceServiceType": "LoadBalancer"})
+    scaled = render(
+        {**PUSHED, "inferenceReplicas": "3", "inferenceServiceType": "LoadBalancer"})
     assert scaled.objects["Deployment/inference"]["spec"]["replicas"] == 3
     assert scaled.objects["Service/inference"]["spec"]["sessionAffinity"] == "ClientIP"
     assert scaled.objects["Service/inference"]["spec"]["type"] == "LoadBalancer"
@@ -253,9 +256,18 @@ def test_unpushed_image_is_used_by_tag_and_never_pulled():
 
 
 def test_pushed_image_is_used_by_digest(default_stack):
+    assert default_stack.by_type(IMAGE)[0].inputs["imageName"].startswith(REGISTRY_IMAGE + ":")
     for key, spec in pod_specs(default_stack).items():
         if key != "Deployment/minio":
-            assert "@sha256:" in spec["containers"][0]["image"], key
+            image = spec["containers"][0]["image"]
+            assert image.startswith(REGISTRY_IMAGE + "@sha256:"), key
+
+
+def test_pushing_a_bare_image_name_stops_before_any_resource():
+    """`trainstack-trainer` would be pushed to docker.io/library and fail mid-`pulumi up`."""
+    with pytest.raises(ConfigError, match="trainstack:image.*registry path.*pushImage") as err:
+        render({})  # the defaults: pushImage true, image trainstack-trainer
+    assert "minikube" in str(err.value)
 
 
 def test_exports(default_stack):
@@ -265,10 +277,23 @@ def test_exports(default_stack):
     assert exports["pytorchJobName"] == job
     assert exports["minioEndpoint"] == "minio.trainstack.svc:9000"
     assert exports["inferenceUrl"] == "http://inference.trainstack.svc:7860"
-    assert "minikube service inference -n trainstack --url" in exports["inferenceAccess"]
+    # Honest for any cluster: kubectl first, the minikube shortcut only as an aside.
+    assert exports["inferenceAccess"].startswith("kubectl -n trainstack get svc inference")
+    assert "(minikube: minikube service inference -n trainstack --url)" in exports[
+        "inferenceAccess"]
     assert exports["followLogs"].startswith(
         f"kubectl -n trainstack logs -f -l training.kubeflow.org/job-name={job}")
     assert f"get pytorchjob {job}" in exports["jobStatus"]
+
+
+@pytest.mark.parametrize(("service_type", "hint"), [
+    ("LoadBalancer", "kubectl -n ml get svc inference   # http://<EXTERNAL-IP>:7860"),
+    ("ClusterIP", "kubectl -n ml port-forward svc/inference 7860:7860"),
+])
+def test_access_hint_follows_the_service_type(service_type, hint):
+    exports = render({**PUSHED, "namespace": "ml", "inferenceServiceType": service_type}).exports
+    assert exports["inferenceAccess"].startswith(hint)
+    assert "minikube" not in exports["inferenceAccess"]
 
 
 def test_rendering_is_offline(monkeypatch):
@@ -279,4 +304,4 @@ def test_rendering_is_offline(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    assert pytorchjob(render({"workers": "2"}))
+    assert pytorchjob(render({**PUSHED, "workers": "2"}))
