@@ -113,12 +113,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> int:
+    # The server's own default, so the figures describe the app as deployed.
+    from inference.app import default_torch_threads
+    from trainer.distributed import usable_cpus
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", help="an already published store (default: a temp one)")
     parser.add_argument("--model-name", help="with --store: which <model>-<dataset>")
     parser.add_argument("--requests-1", type=int, default=100)
     parser.add_argument("--requests-16", type=int, default=320)
-    parser.add_argument("--torch-threads", type=int, default=max(1, min(4, (os.cpu_count() or 1) // 2)))
+    parser.add_argument("--torch-threads", type=int, default=default_torch_threads())
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
@@ -140,8 +144,8 @@ def main() -> int:
         proc.wait(timeout=30)
         tmp.cleanup()
     ms = lambda s: f"{1000 * s:.1f}"
-    log.info("model %s version %s, %d CPU(s), torch threads %d, image 640x480 JPEG",
-             model["model"], model["version"], os.cpu_count(), args.torch_threads)
+    log.info("model %s version %s, %d usable CPU(s), torch threads %d, image 640x480 JPEG",
+             model["model"], model["version"], usable_cpus(), args.torch_threads)
     log.info("1 client:   %d requests, p50 %s ms, p99 %s ms, %.1f req/s", len(lat1),
              ms(percentile(lat1, 50)), ms(percentile(lat1, 99)), len(lat1) / wall1)
     log.info("16 clients: %d requests, p50 %s ms, p99 %s ms, %.1f req/s", len(lat16),

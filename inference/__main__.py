@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .app import Settings, _default_threads
+from .app import Settings, default_torch_threads
 
 log = logging.getLogger("inference")
 
@@ -31,10 +31,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                        help="largest accepted upload; bigger gets 413 [10]")
     serve.add_argument("--cache-dir", type=Path, default=None,
                        help="where downloaded versions are kept [a temp dir]")
-    serve.add_argument("--torch-threads", type=int, default=_default_threads())
+    serve.add_argument("--torch-threads", type=int, default=default_torch_threads(),
+                       help="intra-op threads per prediction [half the usable CPUs, 1-4]")
     serve.add_argument("--concurrency", type=int, default=16,
                        help="UI predictions running at once (Gradio's default is 1) [16]")
-    serve.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    serve.add_argument("--log-level", default=os.environ.get("TRAINSTACK_LOG_LEVEL", "INFO"),
+                       help="logging level, as for the trainer [$TRAINSTACK_LOG_LEVEL or INFO]")
     return parser.parse_args(argv)
 
 

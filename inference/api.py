@@ -73,6 +73,14 @@ async def parse_upload(request: Request, max_bytes: int) -> bytes | JSONResponse
         form = await Request(request.scope, replay).form(max_files=4, max_fields=16)
     except Exception as e:  # noqa: BLE001  (python-multipart raises many types)
         return error(400, "malformed_multipart", f"the multipart body could not be parsed: {e}")
+    try:
+        return await read_file_field(form, max_bytes, too_large)
+    finally:
+        await form.close()  # every return path: the spooled temp files are freed at once
+
+
+async def read_file_field(form: Any, max_bytes: int, too_large: JSONResponse) -> bytes | JSONResponse:
+    """The bytes of the form's ``file`` upload, or the 4xx response explaining why not."""
     upload = form.get("file")
     if upload is None:
         return error(422, "missing_file_field",
@@ -82,7 +90,6 @@ async def parse_upload(request: Request, max_bytes: int) -> bytes | JSONResponse
         return error(422, "file_field_not_a_file",
                      "the field 'file' must be a file upload, not a text value")
     data = await upload.read()
-    await form.close()
     return too_large if len(data) > max_bytes else data
 
 

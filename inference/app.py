@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from fastapi import FastAPI
 
+from trainer.distributed import usable_cpus
 from trainer.storage import open_store
 
 from .api import build_router
@@ -28,9 +29,13 @@ from .registry import ModelVersion, Registry
 log = logging.getLogger(__name__)
 
 
-def _default_threads() -> int:
-    # Requests already run in parallel; a few intra-op threads each avoids oversubscription.
-    return max(1, min(4, (os.cpu_count() or 1) // 2))
+def default_torch_threads() -> int:
+    """Half the CPUs this process may use (cgroup quota, not the node's cores), 1 to 4.
+
+    Requests already run in parallel; a few intra-op threads each avoids oversubscription.
+    os.cpu_count() would count a 64-core node's cores in a pod limited to 2 CPUs.
+    """
+    return max(1, min(4, usable_cpus() // 2))
 
 
 @dataclass
@@ -43,7 +48,7 @@ class Settings:
     max_upload_mb: float = 10.0
     max_pixels: int = DEFAULT_MAX_PIXELS
     cache_dir: Path | None = None  # downloaded versions; None: a fresh temp dir
-    torch_threads: int = field(default_factory=_default_threads)
+    torch_threads: int = field(default_factory=default_torch_threads)
     concurrency: int = 16  # Gradio's default of 1 would serialize every UI prediction
 
 
@@ -83,6 +88,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     from .ui import CSS, THEME, build_demo
 
     torch.set_num_threads(settings.torch_threads)
+    # A temp cache dir this app made is this app's to delete at shutdown (not a given one).
+    owned_cache = registry is None and settings.cache_dir is None
     registry = registry or create_registry(settings)
     metrics = Metrics()
 
@@ -98,8 +105,13 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         log.info("serving models from %s (model: %s, polling every %gs)", registry.store.url,
                  registry.model_name or "newest published", registry.poll_seconds)
         registry.start()  # its first check runs at once, in the background
-        yield
-        registry.stop()
+        try:
+            yield
+        finally:
+            registry.stop()
+            if owned_cache:
+                shutil.rmtree(registry.cache_dir, ignore_errors=True)
+                log.debug("removed the model cache %s", registry.cache_dir)
 
     app = FastAPI(title="trainstack inference", lifespan=lifespan,
                   description="Classify images with the newest published model.")
@@ -114,5 +126,3 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
                         footer_links=["api"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
-
-

@@ -11,6 +11,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,9 @@ from trainer.storage import ObjectNotFound, Store, StoreError
 log = logging.getLogger(__name__)
 
 REQUIRED_META = ("classes", "input_size", "mean", "std")
+# Finding model names lists all of models/ (every run's checkpoints too): do it at most
+# this often; each known model's small latest.json is still read on every poll.
+DISCOVERY_SECONDS = 60.0
 
 
 class BrokenVersion(RuntimeError):
@@ -61,17 +65,36 @@ def read_json(store: Store, key: str) -> dict[str, Any]:
         raise BrokenVersion(f"{key} is not valid JSON: {e}") from None
 
 
-def latest_versions(store: Store) -> dict[str, str]:
-    """``{model name: latest version}`` for every model with a ``latest.json``."""
-    found = {}
+def model_names(store: Store) -> set[str]:
+    """Every ``<name>`` with a ``models/<name>/latest.json`` (one recursive listing)."""
+    names = set()
     for key in store.list("models/"):
         parts = key.split("/")
         if len(parts) == 3 and parts[2] == "latest.json":
-            try:
-                found[parts[1]] = str(read_json(store, key)["version"])
-            except (BrokenVersion, KeyError, ObjectNotFound) as e:
-                log.warning("ignoring unreadable %s: %s", key, e)
-    return found
+            names.add(parts[1])
+    return names
+
+
+def read_latest(store: Store, name: str) -> str:
+    """The version ``models/<name>/latest.json`` points at; BrokenVersion if malformed."""
+    key = f"models/{name}/latest.json"
+    latest = read_json(store, key)
+    if not isinstance(latest, dict) or not isinstance(latest.get("version"), (str, int)):
+        raise BrokenVersion(f'{key} is not {{"version": ...}}: {latest!r:.200}')
+    return str(latest["version"])
+
+
+def latest_versions(store: Store, names: set[str]) -> tuple[dict[str, str], set[str]]:
+    """``({model name: latest version}, names whose latest.json is gone)``."""
+    found, gone = {}, set()
+    for name in sorted(names):
+        try:
+            found[name] = read_latest(store, name)
+        except ObjectNotFound:
+            gone.add(name)
+        except BrokenVersion as e:
+            log.warning("ignoring unreadable models/%s/latest.json: %s", name, e)
+    return found, gone
 
 
 def verify_model(model: Any, meta: dict[str, Any]) -> None:
@@ -87,16 +110,33 @@ def verify_model(model: Any, meta: dict[str, Any]) -> None:
         raise BrokenVersion("model output on a test input is not finite")
 
 
-def check_meta(meta: dict[str, Any]) -> None:
+def _is_number_list(value: Any, length: int) -> bool:
+    return (isinstance(value, list) and len(value) == length
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+
+def check_meta(meta: Any) -> None:
+    """Everything the app relies on in meta.json, each problem as a BrokenVersion."""
+    if not isinstance(meta, dict):
+        raise BrokenVersion(f"meta.json is not a JSON object: {type(meta).__name__}")
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise BrokenVersion(f"meta.json lacks {missing}")
-    c = meta["input_size"]
-    if len(c) != 3 or c[0] not in (1, 3) or len(meta["mean"]) != c[0] or len(meta["std"]) != c[0]:
-        raise BrokenVersion(f"meta.json input_size/mean/std do not fit: {c}, "
-                            f"{meta['mean']}, {meta['std']}")
-    if not meta["classes"]:
-        raise BrokenVersion("meta.json lists no classes")
+    size = meta["input_size"]
+    if not (isinstance(size, list) and len(size) == 3
+            and all(type(v) is int and v > 0 for v in size) and size[0] in (1, 3)):
+        raise BrokenVersion(f"meta.json input_size must be [C, H, W] (C 1 or 3, positive "
+                            f"integers), got {size!r}")
+    if not (_is_number_list(meta["mean"], size[0]) and _is_number_list(meta["std"], size[0])
+            and all(v > 0 for v in meta["std"])):
+        raise BrokenVersion(f"meta.json mean/std must be {size[0]} numbers each (std > 0), "
+                            f"got {meta['mean']!r}, {meta['std']!r}")
+    if not isinstance(meta["classes"], list) or not meta["classes"]:
+        raise BrokenVersion(f"meta.json classes must be a non-empty list, got {meta['classes']!r:.200}")
+    for key in ("files", "examples"):
+        listed = meta.get(key, [])
+        if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+            raise BrokenVersion(f"meta.json {key} must be a list of paths, got {listed!r:.200}")
 
 
 def download_version(store: Store, name: str, version: str, cache_dir: Path) -> ModelVersion:
@@ -164,6 +204,9 @@ class Registry:
         self.nothing_published = False
         self.on_swap: list[Callable[[ModelVersion], None]] = []
         self._meta_cache: dict[str, dict[str, Any]] = {}  # published versions are immutable
+        self.discovery_seconds = DISCOVERY_SECONDS
+        self._names: set[str] = set()  # model names found by the last discovery
+        self._discovered_at: float | None = None  # time.monotonic() of that discovery
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -172,19 +215,30 @@ class Registry:
         """The (model name, version) that should be served now, if any."""
         if self.model_name:
             try:
-                latest = read_json(self.store, f"models/{self.model_name}/latest.json")
-                return self.model_name, str(latest["version"])
+                return self.model_name, read_latest(self.store, self.model_name)
             except ObjectNotFound:
                 return None
-            except (BrokenVersion, KeyError) as e:
+            except BrokenVersion as e:
                 log.warning("latest.json of %s is unreadable: %s", self.model_name, e)
                 return None
-        versions = latest_versions(self.store)
+        versions, gone = latest_versions(self.store, self.known_names())
+        if gone:
+            self._discovered_at = None  # a model was deleted: look again next poll
         if not versions:
             return None
         # Versions are sortable UTC timestamps: the newest model across all names wins.
         name = max(versions, key=lambda n: (versions[n], n))
         return name, versions[name]
+
+    def known_names(self) -> set[str]:
+        """Model names, re-discovered when none is known yet or the last look is stale."""
+        now = time.monotonic()
+        stale = (self._discovered_at is None
+                 or now - self._discovered_at >= self.discovery_seconds)
+        if stale or not self._names:
+            self._names = model_names(self.store)
+            self._discovered_at = now
+        return self._names
 
     def check_once(self) -> bool:
         """Poll once; return True when a new version was swapped in. Raises StoreError."""
@@ -237,8 +291,9 @@ class Registry:
             except StoreError as e:
                 failures += 1
                 self.last_error, self.nothing_published = str(e), False
-                log.warning("store %s unreachable (%d in a row), still serving %s: %s",
-                            self.store.url, failures,
+                # Not only outages: AccessDenied or a missing bucket land here too.
+                log.warning("store error (%s) at %s, %d in a row, still serving %s: %s",
+                            type(e).__name__, self.store.url, failures,
                             self.current.version if self.current else "no model", e)
             except Exception:  # the poller must never die: log and keep serving
                 failures += 1

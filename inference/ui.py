@@ -6,6 +6,8 @@ with the served one and redraws everything when the model was hot-swapped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,24 +111,28 @@ def version_rows(registry: Registry, current: ModelVersion | None) -> list[list[
     return rows
 
 
-def build_demo(registry: Registry, metrics: Metrics | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> gr.Blocks:
-    """The Blocks app bound to one registry (tests build several in one process)."""
-
+def make_classify(registry: Registry, metrics: Metrics | None,
+                  max_pixels: int) -> Callable[[str | None], tuple[Any, str]]:
     def classify(path: str | None) -> tuple[Any, str]:
         current = registry.current  # one read: the whole call uses one version
         if current is None:
             raise gr.Error("No model published yet: run `make demo` or `pulumi up` first.")
         if not path:
             return None, ""
-        try:
+        try:  # predict too: an image mode it cannot convert is a BadImage as well
             image = decode_image(Path(path).read_bytes(), max_pixels)
+            result = predict(current.model, current.meta, image)
         except BadImage as e:
             raise gr.Error(str(e)) from None
-        result = predict(current.model, current.meta, image)
         if metrics:
             metrics.observe_prediction(current.version, result["prediction"], "ui")
         return result["probabilities"], f"Answered by version `{current.version}`"
+
+    return classify
+
+
+def make_refresh(registry: Registry) -> Callable[[str], tuple[Any, ...]]:
+    """Redraw every output of ``Layout.outputs`` when the served version changed."""
 
     def refresh(shown: str) -> tuple[Any, ...]:
         current = registry.current
@@ -143,67 +149,126 @@ def build_demo(registry: Registry, metrics: Metrics | None = None,
                 epoch_rows(current.metrics), run_details(current),
                 version_rows(registry, current), gr.skip(), run_summary(current))
 
+    return refresh
+
+
+def make_pick_example(registry: Registry) -> Callable[[int], str | None]:
     def pick_example(index: int) -> str | None:
         current = registry.current
         if current is None or not 0 <= index < len(current.examples):
             return None
         return str(current.examples[index])
 
-    with gr.Blocks(title="trainstack · image classifier") as demo:
-        shown = gr.State("?")  # "?" forces the first redraw on page load
-        gr.Markdown(HEADER, elem_id="header")
-        with gr.Column(visible=True, elem_id="no-model") as empty:
-            gr.Markdown(NO_MODEL)
-        with gr.Column(visible=False) as main:
-            status = gr.Markdown(elem_id="model-status")
-            with gr.Tabs():
-                with gr.Tab("Predict", id="predict"):
-                    with gr.Row(equal_height=True):
-                        with gr.Column():
-                            image = gr.Image(type="filepath", image_mode=None, height=320,
-                                             sources=["upload", "clipboard"], label="Your image",
-                                             elem_id="input-image")
-                            button = gr.Button("Classify", variant="primary")
-                        with gr.Column():
-                            label = gr.Label(num_top_classes=5, label="Prediction",
-                                             elem_id="prediction")
-                            answered = gr.Markdown(elem_id="answered-by")
-                    examples = gr.Dataset(components=[image], samples=[], type="index",
-                                          label="Examples from the test set (click one)",
-                                          samples_per_page=30)
-                with gr.Tab("Training", id="training"):
-                    summary = gr.Markdown(elem_id="run-summary")
-                    with gr.Row():
-                        # Headings above the plots: a floating image label hides their titles.
-                        with gr.Column():
-                            gr.Markdown("**Loss and accuracy per epoch**")
-                            curves = gr.Image(show_label=False, interactive=False,
-                                              elem_id="curves")
-                        with gr.Column():
-                            gr.Markdown("**Confusion matrix (test set)**")
-                            confusion = gr.Image(show_label=False, interactive=False)
-                    epochs = gr.Dataframe(headers=EPOCH_COLUMNS, label="Per-epoch metrics",
-                                          interactive=False)
-                    with gr.Accordion("Run configuration", open=False):
-                        details = gr.JSON(label="meta.json: train config and summary")
-                with gr.Tab("Models", id="models"):
-                    versions = gr.Dataframe(headers=VERSION_COLUMNS, interactive=False,
-                                            label="Published versions (newest first)")
-                    reload_versions = gr.Button("Refresh list", size="sm")
+    return pick_example
 
-        outputs = [shown, status, empty, main, examples, curves, confusion, epochs, details,
-                   versions, answered, summary]
-        gr.Timer(REFRESH_SECONDS).tick(refresh, shown, outputs, show_progress="hidden",
-                                       api_name=False, queue=False)
-        demo.load(refresh, shown, outputs, api_name=False, queue=False)
-        gr.on([image.change, button.click], classify, image, [label, answered],
-              api_name="predict")
-        examples.click(pick_example, examples, image, api_name=False)
-        reload_versions.click(lambda: version_rows(registry, registry.current), None, versions,
-                              api_name=False)
-        gr.Button(visible=False).click(lambda: status_markdown(registry.current,
-                                                               registry.store.url),
-                                       None, status, api_name="status")
+
+@dataclass
+class Layout:
+    """The components the event handlers read or write (filled by the tab builders)."""
+
+    shown: Any = None
+    status: Any = None
+    empty: Any = None
+    main: Any = None
+    image: Any = None
+    button: Any = None
+    label: Any = None
+    answered: Any = None
+    examples: Any = None
+    summary: Any = None
+    curves: Any = None
+    confusion: Any = None
+    epochs: Any = None
+    details: Any = None
+    versions: Any = None
+    reload_versions: Any = None
+
+    @property
+    def outputs(self) -> list[Any]:
+        """What ``make_refresh`` returns values for, in its order."""
+        return [self.shown, self.status, self.empty, self.main, self.examples, self.curves,
+                self.confusion, self.epochs, self.details, self.versions, self.answered,
+                self.summary]
+
+
+def predict_tab(ui: Layout) -> None:
+    with gr.Tab("Predict", id="predict"):
+        with gr.Row(equal_height=True):
+            with gr.Column():
+                ui.image = gr.Image(type="filepath", image_mode=None, height=320,
+                                    sources=["upload", "clipboard"], label="Your image",
+                                    elem_id="input-image")
+                ui.button = gr.Button("Classify", variant="primary")
+            with gr.Column():
+                ui.label = gr.Label(num_top_classes=5, label="Prediction", elem_id="prediction")
+                ui.answered = gr.Markdown(elem_id="answered-by")
+        ui.examples = gr.Dataset(components=[ui.image], samples=[], type="index",
+                                 label="Examples from the test set (click one)",
+                                 samples_per_page=30)
+
+
+def training_tab(ui: Layout) -> None:
+    with gr.Tab("Training", id="training"):
+        ui.summary = gr.Markdown(elem_id="run-summary")
+        with gr.Row():
+            # Headings above the plots: a floating image label hides their titles.
+            with gr.Column():
+                gr.Markdown("**Loss and accuracy per epoch**")
+                ui.curves = gr.Image(show_label=False, interactive=False, elem_id="curves")
+            with gr.Column():
+                gr.Markdown("**Confusion matrix (test set)**")
+                ui.confusion = gr.Image(show_label=False, interactive=False)
+        ui.epochs = gr.Dataframe(headers=EPOCH_COLUMNS, label="Per-epoch metrics",
+                                 interactive=False)
+        with gr.Accordion("Run configuration", open=False):
+            ui.details = gr.JSON(label="meta.json: train config and summary")
+
+
+def models_tab(ui: Layout) -> None:
+    with gr.Tab("Models", id="models"):
+        ui.versions = gr.Dataframe(headers=VERSION_COLUMNS, interactive=False,
+                                   label="Published versions (newest first)")
+        ui.reload_versions = gr.Button("Refresh list", size="sm")
+
+
+def build_layout() -> Layout:
+    """All components, inside the current gr.Blocks context."""
+    ui = Layout(shown=gr.State("?"))  # "?" forces the first redraw on page load
+    gr.Markdown(HEADER, elem_id="header")
+    with gr.Column(visible=True, elem_id="no-model") as ui.empty:
+        gr.Markdown(NO_MODEL)
+    with gr.Column(visible=False) as ui.main:
+        ui.status = gr.Markdown(elem_id="model-status")
+        with gr.Tabs():
+            predict_tab(ui)
+            training_tab(ui)
+            models_tab(ui)
+    return ui
+
+
+def wire_events(demo: gr.Blocks, ui: Layout, registry: Registry, metrics: Metrics | None,
+                max_pixels: int) -> None:
+    refresh = make_refresh(registry)
+    gr.Timer(REFRESH_SECONDS).tick(refresh, ui.shown, ui.outputs, show_progress="hidden",
+                                   api_name=False, queue=False)
+    demo.load(refresh, ui.shown, ui.outputs, api_name=False, queue=False)
+    gr.on([ui.image.change, ui.button.click], make_classify(registry, metrics, max_pixels),
+          ui.image, [ui.label, ui.answered], api_name="predict")
+    ui.examples.click(make_pick_example(registry), ui.examples, ui.image, api_name=False)
+    ui.reload_versions.click(lambda: version_rows(registry, registry.current), None,
+                             ui.versions, api_name=False)
+    # A hidden button, only for its API endpoint /status (gradio_client, tests).
+    gr.Button(visible=False).click(
+        lambda: status_markdown(registry.current, registry.store.url), None, ui.status,
+        api_name="status")
+
+
+def build_demo(registry: Registry, metrics: Metrics | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> gr.Blocks:
+    """The Blocks app bound to one registry (tests build several in one process)."""
+    with gr.Blocks(title="trainstack · image classifier") as demo:
+        ui = build_layout()
+        wire_events(demo, ui, registry, metrics, max_pixels)
     return demo
 
 
@@ -211,9 +276,14 @@ def __getattr__(name: str) -> Any:
     """``inference.ui.demo`` (Gradio's demo style), built from the environment on first use:
     the store comes from $TRAINSTACK_STORE, so importing this module touches no store."""
     if name == "demo":
+        import atexit
+        import shutil
+
         from .app import Settings, create_registry
 
         registry = create_registry(Settings())
+        # No app lifespan here: remove the temp model cache when the process exits.
+        atexit.register(shutil.rmtree, registry.cache_dir, True)
         registry.start()
         globals()["demo"] = build_demo(registry)
         return globals()["demo"]

@@ -7,6 +7,7 @@ import struct
 import zlib
 
 import httpx
+import numpy as np
 import pytest
 from inference_helpers import V1, serve_app, wait_for_version
 from modelkit import CLASSES, png, solid
@@ -121,3 +122,51 @@ def test_no_model_yet_predict_is_503_and_the_waiting_page_is_ready(any_store, tm
         from gradio_client import Client
         status = Client(base + "/", verbose=False).predict(api_name="/status")
         assert "No model loaded yet" in status
+
+
+def tiff(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+def test_unusual_image_modes_are_predicted_or_refused_with_4xx(app_v1, monkeypatch):
+    base, _ = app_v1
+    # LAB TIFF: PIL has no direct LAB -> L, only LAB -> RGB; a grey must stay grey-ish.
+    lab = post(base, tiff(Image.new("LAB", (40, 40), (60, 128, 128))), "lab.tif", mime="image/tiff")
+    assert lab.status_code == 200, lab.text
+    # 16-bit grayscale PNG (mode I;16): decoded, rescaled and classified.
+    r = post(base, png(Image.fromarray(np.full((30, 30), 40000, dtype=np.uint16))))
+    assert r.status_code == 200, r.text
+    # A decoder crashing on hostile bytes with an unexpected exception type: still 400.
+    import inference.predict as predict_module
+
+    def crashing_open(*_args, **_kwargs):
+        raise IndexError("list index out of range in some decoder")
+
+    monkeypatch.setattr(predict_module.Image, "open", crashing_open)
+    crash = post(base, png(solid("red")))
+    assert crash.status_code == 400, crash.text
+    assert "could not be decoded" in crash.json()["detail"]
+    assert "IndexError" in crash.json()["detail"]
+
+
+def test_422_answers_close_the_parsed_form(app_v1, monkeypatch):
+    """Spooled uploads of a rejected form are freed at once, not left to the GC."""
+    from starlette.datastructures import FormData
+
+    base, _ = app_v1
+    closed = []
+    original = FormData.close
+
+    async def recording_close(self):
+        closed.append(sorted(self.keys()))
+        await original(self)
+
+    monkeypatch.setattr(FormData, "close", recording_close)
+    r = post(base, png(solid("red")), field="image")
+    assert r.status_code == 422
+    r = httpx.post(f"{base}/predict", data={"file": "text, not a file"},
+                   files={"other": ("a.png", png(solid("red")), "image/png")})
+    assert r.status_code == 422 and r.json()["error"] == "file_field_not_a_file"
+    assert closed == [["image"], ["file", "other"]]

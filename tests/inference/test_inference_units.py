@@ -1,0 +1,187 @@
+"""Units of the app without a server: image modes, meta.json checks, model discovery,
+thread defaults and the temp cache's lifetime."""
+
+from __future__ import annotations
+
+import io
+import json
+from functools import partial
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from modelkit import MODEL_NAME, publish_version
+from PIL import Image
+
+from inference import app as app_module
+from inference.predict import BadImage, decode_image, preprocess
+from inference.registry import BrokenVersion, Registry, check_meta
+from trainer import distributed
+from trainer.storage import LocalStore
+
+GREY_META = {"input_size": [1, 8, 8], "mean": [0.0], "std": [1.0]}  # tensor = pixels / 255
+
+
+def encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_16_bit_gradient_is_rescaled_not_saturated():
+    ramp = np.tile(np.linspace(0, 65535, 64), (64, 1)).astype(np.uint16)
+    image = decode_image(encoded(Image.fromarray(ramp), "PNG"))
+    assert image.mode == "I;16"
+    x = preprocess(image, GREY_META)[0, 0]
+    assert x.min() < 0.1 and x.max() > 0.9  # PIL's own convert("L") gives all 1.0 here
+    assert bool((x[:, 1:] >= x[:, :-1]).all())  # still a left-to-right ramp
+    assert abs(x.mean().item() - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("values, mode, expected", [
+    (np.full((8, 8), 0.25, np.float32), "F", 0.25),  # 0..1 floats: the type's range
+    (np.full((8, 8), 32896, np.int32), "I", 0.5),  # 16-bit values held as 32-bit
+    (np.tile(np.arange(-1000, 1000, 250), (8, 1)).astype(np.int32), "I", None),  # own range
+])
+def test_wide_modes_map_to_the_pixel_range(values, mode, expected):
+    image = Image.fromarray(values)
+    assert image.mode == mode
+    x = preprocess(image, GREY_META)[0, 0]
+    if expected is None:
+        assert x.min().item() == 0.0 and x.max().item() == 1.0
+    else:
+        assert x.mean().item() == pytest.approx(expected, abs=0.01)
+
+
+def test_lab_tiff_converts_to_grey_via_rgb():
+    image = decode_image(encoded(Image.new("LAB", (16, 16), (128, 128, 128)), "TIFF"))
+    with pytest.raises(ValueError):  # the real failure the app used to answer with a 500
+        image.convert("L")
+    x = preprocess(image, GREY_META)
+    assert x.mean().item() * 255 == pytest.approx(119, abs=2)  # L* 50 is sRGB grey 119
+
+
+def test_unconvertible_modes_and_non_finite_floats_are_bad_images():
+    with pytest.raises(BadImage, match="unsupported image mode La"):
+        preprocess(Image.new("La", (4, 4)), GREY_META)
+    with pytest.raises(BadImage, match="non-finite"):
+        preprocess(Image.fromarray(np.full((4, 4), np.nan, np.float32)), GREY_META)
+
+
+def good_meta(**changes):
+    meta = {"classes": ["a", "b"], "input_size": [3, 8, 8], "mean": [0.5] * 3,
+            "std": [0.25] * 3, "files": ["model.pt2"], "examples": []}
+    return {**meta, **changes}
+
+
+@pytest.mark.parametrize("meta", [
+    [1, 2], good_meta(input_size=32), good_meta(input_size="3x8x8"), good_meta(input_size=None),
+    good_meta(input_size=[3, 8]), good_meta(input_size=[2, 8, 8]),
+    good_meta(input_size=[3, 8.0, 8]), good_meta(mean=0.5), good_meta(std=[0.25, 0.25]),
+    good_meta(std=[0.25, 0, 0.25]), good_meta(mean=["x", "y", "z"]), good_meta(classes=[]),
+    good_meta(classes="ab"), good_meta(files="model.pt2"), good_meta(examples=[3]),
+])
+def test_every_meta_problem_is_a_broken_version(meta):
+    with pytest.raises(BrokenVersion):
+        check_meta(meta)
+
+
+def test_good_meta_passes():
+    check_meta(good_meta())
+
+
+class CountingStore(LocalStore):
+    lists = 0
+
+    def list(self, prefix):
+        self.lists += 1
+        return super().list(prefix)
+
+
+def test_model_names_are_rediscovered_rarely_but_versions_read_every_poll(tmp_path):
+    store = CountingStore(tmp_path / "store")
+    publish_version(store, "20260101T000000Z")
+    registry = Registry(store, tmp_path / "cache", poll_seconds=0.1)
+    registry.discovery_seconds = 3600
+    assert registry.check_once() and registry.current.version == "20260101T000000Z"
+    publish_version(store, "20260102T000000Z")  # same model: found without listing
+    publish_version(store, "20260103T000000Z", name="colournet-other")
+    assert registry.check_once() and registry.current.version == "20260102T000000Z"
+    assert not registry.check_once()
+    assert store.lists == 1
+    registry.discovery_seconds = 0  # discovery due: the new model name is found
+    assert registry.check_once() and registry.current.name == "colournet-other"
+    assert store.lists == 2
+
+
+def test_latest_json_without_a_version_is_ignored(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    publish_version(store, "20260101T000000Z")
+    store.put_bytes(f"models/{MODEL_NAME}/latest.json", json.dumps(["oops"]).encode())
+    registry = Registry(store, tmp_path / "cache")
+    assert registry.resolve() is None
+    assert Registry(store, tmp_path / "c2", model_name=MODEL_NAME).resolve() is None
+
+
+def test_default_threads_follow_the_cgroup_quota(tmp_path, monkeypatch):
+    (tmp_path / "cpu.max").write_text("200000 100000\n")  # a pod limited to 2 CPUs
+    monkeypatch.setattr(app_module, "usable_cpus",
+                        partial(distributed.usable_cpus, cgroup_root=tmp_path))
+    assert app_module.default_torch_threads() == 1
+    assert app_module.Settings().torch_threads == 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    expected = max(1, min(4, distributed.usable_cpus(cgroup_root=tmp_path) // 2))
+    assert app_module.default_torch_threads() == expected
+
+
+def test_temp_cache_is_removed_at_shutdown_but_a_given_one_is_kept(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    publish_version(store, "20260101T000000Z")
+    made = app_module.create_app(app_module.Settings(store=str(tmp_path / "store"),
+                                                     torch_threads=1))
+    given_dir = tmp_path / "given"
+    given = app_module.create_app(app_module.Settings(store=str(tmp_path / "store"),
+                                                      cache_dir=given_dir, torch_threads=1))
+    temp_dir = made.state.registry.cache_dir
+    for app in (made, given):
+        with TestClient(app) as client:
+            assert client.get("/healthz").status_code == 200
+            app.state.registry.check_once()
+    assert given_dir.is_dir() and any(given_dir.iterdir())
+    assert not temp_dir.exists()
+
+
+def test_store_errors_are_logged_by_kind_and_retried(tmp_path, caplog):
+    from inference_helpers import wait_until
+
+    from trainer.storage import BucketNotFound
+
+    class MissingBucket(LocalStore):
+        calls = 0
+
+        def list(self, prefix):
+            self.calls += 1
+            raise BucketNotFound("bucket 'models' does not exist")
+
+    store = MissingBucket(tmp_path / "store")
+    registry = Registry(store, tmp_path / "cache", poll_seconds=0.01, max_backoff=0.05)
+    caplog.set_level("WARNING", logger="inference.registry")
+    registry.start()
+    try:
+        wait_until(lambda: store.calls >= 3, "the poller to retry")
+    finally:
+        registry.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("store error (BucketNotFound)" in m and "does not exist" in m for m in messages)
+    assert not any("unreachable" in m for m in messages)
+    assert "does not exist" in registry.last_error
+
+
+def test_log_level_comes_from_trainstack_log_level(monkeypatch):
+    from inference.__main__ import parse_args
+
+    monkeypatch.setenv("TRAINSTACK_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("LOG_LEVEL", "ERROR")  # no longer read
+    assert parse_args(["serve"]).log_level == "DEBUG"
+    monkeypatch.delenv("TRAINSTACK_LOG_LEVEL")
+    assert parse_args(["serve"]).log_level == "INFO"
