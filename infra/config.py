@@ -18,8 +18,8 @@ import pulumi
 
 # The trainer's own lists (trainer/config.py is stdlib-only: no torch in the Pulumi program),
 # so a model or dataset added there cannot be forgotten here.
+from trainer.config import CIFAR10_URL, MODELS
 from trainer.config import DATASETS as TRAINER_DATASETS
-from trainer.config import MODELS
 
 NAMESPACE = "trainstack"
 # `synthetic` is random data for benchmarks: a cluster run on it would publish a model
@@ -27,7 +27,6 @@ NAMESPACE = "trainstack"
 BENCHMARK_DATASETS = ("synthetic",)
 DATASETS = tuple(d for d in TRAINER_DATASETS if d not in BENCHMARK_DATASETS)
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 SECRET_KEYS = ("minioRootPassword",)
 
 _CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
