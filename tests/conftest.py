@@ -14,9 +14,9 @@ for path in (REPO_ROOT, TESTS):  # the project's packages; shared helpers like t
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from testkit import free_port  # noqa: E402
+from testkit import free_port
 
-from trainer.storage import LocalStore, S3Store, Store  # noqa: E402
+from trainer.storage import LocalStore, S3Store, Store
 
 # moto's server logs every request at INFO: it buries the test's own output.
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
