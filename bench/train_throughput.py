@@ -95,7 +95,7 @@ class ComputeBench:
         sync(self.device)
         start = time.perf_counter()
         for _ in range(steps):
-            with autocast_for(self.device, self.runner.cfg.precision):
+            with autocast_for(self.device, self.runner.precision):
                 loss = self.runner.criterion(self.model(self.images), self.labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -81,6 +81,8 @@ class EpochRunner:
                                       bundle.mean, bundle.std)
         self.normalize = Normalizer(bundle.mean, bundle.std, device)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        # Resolved once: "auto" probes oneDNN, which the training step need not repeat.
+        self.precision = precision_for(device, cfg.precision)
 
     def train_epoch(self, epoch: int, max_steps: int | None = None) -> dict[str, float]:
         """Train epoch ``epoch`` (1-based); metrics are summed over every rank."""
@@ -101,7 +103,7 @@ class EpochRunner:
                 group["lr"] = lr
             images = self.augment(index, generator)
             labels = self.train_labels[index]
-            with autocast_for(env.device, cfg.precision):
+            with autocast_for(env.device, self.precision):
                 logits = self.model(images)
                 loss = self.criterion(logits, labels)
             self.optimizer.zero_grad(set_to_none=True)
