@@ -42,7 +42,10 @@ def test_every_kubernetes_object_passes_strict_schema_validation(rendering):
                      "template": replica["template"]},
                     K8S_VERSION, strict=True)
             continue
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True), key
+        try:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{key} fails the Kubernetes {K8S_VERSION} schema: {e}")
 
 
 def test_strict_validation_catches_a_typo():
