@@ -70,16 +70,27 @@ def latest_version(store: Store, name: str) -> str | None:
 
 
 def published_version_of(store: Store, name: str, run_id: str) -> str | None:
-    """The version holding run ``run_id`` that ``latest.json`` has reached, if any."""
-    latest = latest_version(store, name)
-    if latest is None:
-        return None
+    """Run ``run_id``'s newest complete version: one whose meta.json (written after its
+    files) exists, whether or not ``latest.json`` was moved before a crash."""
     metas = [k for k in store.list(f"models/{name}/versions/") if k.endswith("/meta.json")]
     for key in sorted(metas, reverse=True):
-        version = key.split("/")[-2]
-        if version <= latest and json.loads(store.get_bytes(key)).get("run_id") == run_id:
-            return version
+        if json.loads(store.get_bytes(key)).get("run_id") == run_id:
+            return key.split("/")[-2]
     return None
+
+
+def finish_publication(store: Store, name: str, version: str) -> None:
+    """The steps after meta.json, safe to repeat: the metrics copy, then ``latest.json``,
+    which never moves back to an older version than the one it names."""
+    metrics_key = f"metrics/{name}/{version}.json"
+    if not store.exists(metrics_key):
+        store.put_bytes(metrics_key,
+                        store.get_bytes(f"models/{name}/versions/{version}/metrics.json"))
+    latest = latest_version(store, name)
+    if latest is not None and latest >= version:
+        return
+    # Last: readers follow latest.json, and everything it points to now exists.
+    store.put_bytes(f"models/{name}/latest.json", json.dumps({"version": version}).encode())
 
 
 def publish(store: Store, result: TrainingResult) -> str:
@@ -105,8 +116,7 @@ def publish(store: Store, result: TrainingResult) -> str:
     meta = build_meta(result, version, input_shape, examples)
     store.put_bytes(prefix + "meta.json", json.dumps(meta, indent=1).encode())
     store.put_bytes(f"metrics/{name}/{version}.json", metrics_json)
-    # Last: readers follow latest.json, and everything it points to now exists.
-    store.put_bytes(f"models/{name}/latest.json", json.dumps({"version": version}).encode())
+    finish_publication(store, name, version)
     log.info(json.dumps({"event": "published", "model": name, "version": version,
                          "run_id": cfg.run_id, "prefix": prefix}))
     return version

@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
 import torch
 
 from trainer.config import TrainConfig
 from trainer.data import load_dataset
 from trainer.models import build_model
-from trainer.publish import TrainingResult, publish, published_version_of
+from trainer.publish import (
+    TrainingResult,
+    finish_publication,
+    latest_version,
+    publish,
+    published_version_of,
+)
 from trainer.storage import LocalStore
 
 CFG = TrainConfig(dataset="digits", model="smallcnn", epochs=1, batch_size=32, seed=0)
@@ -89,3 +96,47 @@ def test_published_version_of_finds_only_this_runs_reached_versions(tmp_path):
     assert published_version_of(store, CFG.model_name, CFG.run_id) == version
     other = TrainConfig(dataset="digits", model="smallcnn", epochs=1, batch_size=32, seed=1)
     assert published_version_of(store, CFG.model_name, other.run_id) is None
+
+
+class CrashAfterMetaStore(LocalStore):
+    """A real LocalStore whose process "dies" right after a version's meta.json is written."""
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        super().put_bytes(key, data)
+        if key.endswith("/meta.json"):
+            raise KeyboardInterrupt("killed after meta.json")
+
+
+def crashed_publication(root, cfg: TrainConfig = CFG) -> str:
+    store = LocalStore(root)
+    store.ensure_buckets()
+    with pytest.raises(KeyboardInterrupt):
+        publish(CrashAfterMetaStore(root), a_result(cfg))
+    version = published_version_of(store, cfg.model_name, cfg.run_id)
+    assert version is not None, "a version with meta.json counts as this run's"
+    assert latest_version(store, cfg.model_name) is None
+    return version
+
+
+def test_a_restart_finishes_a_publication_cut_short_after_meta_json(tmp_path):
+    version = crashed_publication(tmp_path / "store")
+    store = LocalStore(tmp_path / "store")
+    finish_publication(store, CFG.model_name, version)
+    assert latest_version(store, CFG.model_name) == version
+    metrics = json.loads(store.get_bytes(f"metrics/{CFG.model_name}/{version}.json"))
+    assert metrics["epochs"][0]["test_acc"] == 0.6
+    finish_publication(store, CFG.model_name, version)  # repeating it changes nothing
+    assert latest_version(store, CFG.model_name) == version
+
+
+def test_finishing_an_old_publication_never_moves_latest_back(tmp_path):
+    root = tmp_path / "store"
+    old = crashed_publication(root)
+    store = LocalStore(root)
+    other = TrainConfig(dataset="digits", model="smallcnn", epochs=1, batch_size=32, seed=1)
+    newer = publish(store, a_result(other))
+    assert newer > old
+    finish_publication(store, CFG.model_name, old)
+    assert latest_version(store, CFG.model_name) == newer
+    assert store.exists(f"metrics/{CFG.model_name}/{old}.json")
+    assert published_version_of(store, CFG.model_name, CFG.run_id) == old

@@ -52,10 +52,12 @@ def test_digits_reach_95_percent_and_publish_a_complete_version(local_store, cap
     assert run_training(CFG, local_store) == version
     assert '"event": "epoch"' not in caplog.text
 
-    # A finished run whose publication never moved latest.json publishes, without training.
+    # A finished run whose publication stopped before latest.json finishes that same
+    # version, without training.
     (local_store.root / "models" / name / "latest.json").unlink()
+    (local_store.root / "metrics" / name / f"{version}.json").unlink()
     caplog.clear()
-    republished = run_training(CFG, local_store)
-    assert republished > version
+    assert run_training(CFG, local_store) == version
     assert '"event": "epoch"' not in caplog.text
-    assert read_json(local_store, f"models/{name}/latest.json") == {"version": republished}
+    assert read_json(local_store, f"models/{name}/latest.json") == {"version": version}
+    assert read_json(local_store, f"metrics/{name}/{version}.json") == metrics
