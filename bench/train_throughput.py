@@ -152,31 +152,36 @@ class BaselineBench:
         dataset = CifarStyleDataset(bundle.train.images, bundle.train.labels, transform)
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-            drop_last=True, persistent_workers=args.workers > 0)
-        self.batches = iter(())
+            drop_last=True)
         self.model = build_model(args.model, in_channels=3, num_classes=len(bundle.classes))
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9,
                                          nesterov=True)
         self.criterion = nn.CrossEntropyLoss()
+        self.warmup = args.warmup
         self.measure(args.warmup)
 
-    def next_batch(self):
-        try:
-            return next(self.batches)
-        except StopIteration:
-            self.batches = iter(self.loader)
-            return next(self.batches)
+    def step(self, images, labels) -> None:
+        loss = self.criterion(self.model(images), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
 
     def measure(self, steps: int) -> float:
-        start, count = time.perf_counter(), 0
-        for _ in range(steps):
-            images, labels = self.next_batch()
-            loss = self.criterion(self.model(images), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            count += len(labels)
-        return count / (time.perf_counter() - start)
+        """Steady-state img/s of ``steps`` steps. The workers start (and their queue fills,
+        as it would in steady state) during untimed warm-up steps, and they stop when the
+        round ends, so they never take CPU from the other benchmarks' rounds."""
+        batches = iter(self.loader)
+        try:
+            for _ in range(min(self.warmup, 2)):
+                self.step(*next(batches))
+            start, count = time.perf_counter(), 0
+            for _ in range(steps):
+                images, labels = next(batches)
+                self.step(images, labels)
+                count += len(labels)
+            return count / (time.perf_counter() - start)
+        finally:
+            del batches  # shuts the worker processes down
 
 
 def _ddp_worker(rank: int, world: int, port: int, args, bundle, results) -> None:
@@ -226,11 +231,10 @@ def main() -> None:
           f"images={len(bundle.train)} precision={precision_for(env.device, args.precision)}",
           flush=True)
     # Best of interleaved rounds: other processes on a shared machine slow some rounds
-    # down, never speed one up. The baseline runs in a phase of its own, so its DataLoader
-    # worker processes cannot take CPU from the other two.
+    # down, never speed one up, and interleaving spreads slow spells over all three.
     best = best_of_rounds({"compute": ComputeBench(args, bundle),
-                           "trainer": TrainerBench(args, bundle, env)}, args)
-    best.update(best_of_rounds({"baseline": BaselineBench(args, bundle)}, args))
+                           "trainer": TrainerBench(args, bundle, env),
+                           "baseline": BaselineBench(args, bundle)}, args)
     compute, trainer, baseline = best["compute"], best["trainer"], best["baseline"]
     print(f"(1) compute  {compute:9.1f} img/s (forward+backward+step on ready tensors)")
     print(f"(2) trainer  {trainer:9.1f} img/s (trainer loop, batch augmentation on tensors)")
