@@ -20,6 +20,7 @@ from trainer import checkpoint, distributed
 from trainer.config import TrainConfig
 from trainer.loop import EpochRunner
 from trainer.models import build_model
+from trainer.onepixel import use_one_pixel_convs
 from trainer.publish import TrainingResult, finish_publication, publish, published_version_of
 from trainer.storage import Store
 
@@ -41,6 +42,8 @@ def build_training(cfg: TrainConfig, env: distributed.DistEnv, bundle):
     in_channels = bundle.train.images.shape[1]
     model = build_model(cfg.model, in_channels=in_channels, num_classes=len(bundle.classes))
     model = model.to(env.device, memory_format=torch.channels_last)
+    if env.device.type == "cpu":  # measured on CPU only; cuDNN has its own kernels
+        use_one_pixel_convs(model)
     # fused: one kernel for all parameters; PyTorch's CPU default is a Python loop per
     # parameter, which costs a few percent of a ResNet-18 step (bench/train_throughput.py).
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
