@@ -26,12 +26,17 @@ help:
 	@echo "make test   set up .venv and run the whole test suite (browser tests included)"
 	@echo "make bench  print training and inference benchmark figures"
 
-$(RUNTIME_STAMP): trainer/requirements.txt inference/requirements.txt
+# One venv for everything, so any documented order works (`make demo` then `pulumi up`,
+# `make test` then `pulumi up`): the trainer's and app's requirements, the Pulumi program's
+# (requirements.txt, which also installs this project editable: `import trainer, inference,
+# infra` from any directory).
+$(RUNTIME_STAMP): trainer/requirements.txt inference/requirements.txt requirements.txt pyproject.toml
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -r trainer/requirements.txt -r inference/requirements.txt
+	$(BIN)/pip install --quiet -r requirements.txt -r trainer/requirements.txt \
+	  -r inference/requirements.txt
 	touch $@
 
-$(DEV_STAMP): $(RUNTIME_STAMP) requirements.txt requirements-dev.txt
+$(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
@@ -57,8 +62,8 @@ demo: $(RUNTIME_STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc_per_node 2 -m trainer train \
 	  --store $(DEMO_STORE) --dataset $(DATASET) --model $(MODEL) --epochs $(EPOCHS) \
 	  --batch-size $(BATCH_SIZE) --lr $(LR)
-	exec $(BIN)/python -m inference serve --store $(DEMO_STORE) --port $(PORT) \
-	  --model-name $(MODEL)-$(DATASET)
+	@# The app serves the newest published model of the store: the one just trained.
+	exec $(BIN)/python -m inference serve --store $(DEMO_STORE) --port $(PORT)
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/train_throughput.py

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import os
 import socket
 import statistics
 import subprocess
@@ -26,34 +25,34 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests" / "inference")]
 log = logging.getLogger("bench.inference_latency")
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck"]
+VERSION = "20260101T000000Z"
 
 
 def publish_default_model(store_dir: Path) -> str:
-    """The trainer's resnet18 (CIFAR stem) if the trainer is there, else the test model."""
-    from modelkit import publish_version
-
+    """The trainer's resnet18 (CIFAR stem, random weights), published as the trainer does."""
+    from trainer.cifar import MEAN, STD
+    from trainer.layout import METRICS_FILE, MODEL_FILE, model_name
+    from trainer.models import build_model
+    from trainer.publish import created_at, export_program, write_version
+    from trainer.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
     from trainer.storage import LocalStore
 
     store = LocalStore(store_dir)
-    try:
-        from trainer.models import build_model
-        from trainer.publish import export_program
-    except ImportError:
-        log.warning("trainer.models not found: benchmarking the tiny colour test model")
-        publish_version(store, "20260101T000000Z")
-        return "colournet-colours"
-    model = build_model("resnet18", in_channels=3, num_classes=10)
-    publish_version(store, "20260101T000000Z", name="resnet18-cifar10",
-                    model_bytes=export_program(model, (3, 32, 32)), classes=CIFAR10,
-                    input_size=[3, 32, 32], mean=[0.4914, 0.4822, 0.4465],
-                    std=[0.2470, 0.2435, 0.2616], test_acc=0.93)
-    return "resnet18-cifar10"
+    store.ensure_buckets()
+    history = [EpochRecord(1, 1.0, 0.5, 1.0, 0.5, 100.0, 1.0)]
+    metrics = VersionMetrics(epochs=history, confusion_matrix=[], classes=CIFAR10, world_size=1)
+    meta = VersionMeta(model="resnet18", dataset="cifar10", version=VERSION, run_id="bench",
+                       classes=CIFAR10, input_size=[3, 32, 32], mean=list(MEAN), std=list(STD),
+                       train_config={}, metrics=MetricsSummary.of(history),
+                       created_at=created_at(VERSION), files=[MODEL_FILE, METRICS_FILE])
+    model = build_model("resnet18", in_channels=3, num_classes=len(CIFAR10))
+    write_version(store, meta, {MODEL_FILE: export_program(model, (3, 32, 32)),
+                                METRICS_FILE: metrics.to_json()})
+    return model_name("resnet18", "cifar10")
 
 
 def photo_jpeg() -> bytes:
@@ -71,8 +70,7 @@ def start_server(store: str, model_name: str | None, threads: int) -> tuple[subp
            "--port", str(port), "--torch-threads", str(threads), "--log-level", "WARNING"]
     if model_name:
         cmd += ["--model-name", model_name]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO)
+    proc = subprocess.Popen(cmd)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -115,7 +113,7 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> int:
     # The server's own default, so the figures describe the app as deployed.
     from inference.app import default_torch_threads
-    from trainer.distributed import usable_cpus
+    from trainer.cpus import usable_cpus
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", help="an already published store (default: a temp one)")

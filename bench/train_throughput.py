@@ -14,18 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 from PIL import Image
 from torch import nn
 from torchvision import transforms
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trainer import distributed
 from trainer.config import TrainConfig

@@ -54,13 +54,13 @@ def main(argv: list[str] | None = None) -> int:
                         torch_threads=args.torch_threads, concurrency=args.concurrency)
     import uvicorn
 
-    from trainer.storage import StoreError
+    from trainer.errors import TrainstackError
 
     from .app import create_app
 
     try:
         app = create_app(settings)
-    except StoreError as e:  # misconfiguration (bad URL, missing credentials): say so
+    except TrainstackError as e:  # misconfiguration (bad URL, missing credentials): say so
         log.error("%s", e)
         return 2
     log.info("web app on http://%s:%d/ (REST: POST /predict, GET /healthz /readyz /metrics)",

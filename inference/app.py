@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from fastapi import FastAPI
 
-from trainer.distributed import usable_cpus
+from trainer.cpus import usable_cpus
 from trainer.storage import open_store
 
 from .api import build_router

@@ -1,7 +1,7 @@
 """Image decoding, preprocessing and the pure ``predict(model, meta, image)``.
 
-Preprocessing follows the published ``meta.json`` exactly as the trainer defines the
-input: ``C x H x W`` pixels scaled to [0, 1], then normalized with ``mean``/``std``.
+Preprocessing follows the published ``meta.json`` (trainer.schema.VersionMeta) exactly
+as the trainer defines the input: ``C x H x W`` pixels scaled to [0, 1], then normalized with ``mean``/``std``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from trainer.schema import VersionMeta
 
 # ~50 megapixels: bigger than any phone photo, far below what would exhaust memory.
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -112,26 +114,26 @@ def convert_mode(image: Image.Image, channels: int) -> Image.Image:
                        "send an RGB or grayscale PNG/JPEG") from None
 
 
-def preprocess(image: Image.Image, meta: dict[str, Any]) -> torch.Tensor:
+def preprocess(image: Image.Image, meta: VersionMeta) -> torch.Tensor:
     """Any mode/size -> a float32 ``1 x C x H x W`` tensor, normalized like training."""
-    channels, height, width = meta["input_size"]
+    channels, height, width = meta.input_size
     image = convert_mode(image, channels)
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
     pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
     x = pixels.view(height, width, channels).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(meta["mean"], dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(meta["std"], dtype=torch.float32).view(-1, 1, 1)
+    mean = torch.tensor(meta.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(meta.std, dtype=torch.float32).view(-1, 1, 1)
     return ((x - mean) / std).unsqueeze(0)
 
 
-def predict(model: Any, meta: dict[str, Any], image: Image.Image) -> dict[str, Any]:
+def predict(model: Any, meta: VersionMeta, image: Image.Image) -> dict[str, Any]:
     """Classify one image: ``{prediction, confidence, probabilities}`` (pure: no I/O)."""
     x = preprocess(image, meta)
     with torch.inference_mode():
         logits = model(x)
     probs = torch.softmax(logits.float(), dim=1)[0].tolist()
-    classes = list(meta["classes"])
+    classes = list(meta.classes)
     best = max(range(len(classes)), key=probs.__getitem__)
     return {
         "prediction": classes[best],

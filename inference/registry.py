@@ -1,7 +1,8 @@
 """Find, download, verify and hot-swap published model versions.
 
-The store layout is fixed by docs/architecture.md: ``models/<name>/latest.json`` points
-at ``models/<name>/versions/<version>/``, and moves only after the version is complete.
+The store layout (trainer.layout): ``models/<name>/latest.json`` points at
+``models/<name>/versions/<version>/``, and moves only after the version is complete;
+meta.json is read with the one schema the trainer writes with (trainer.schema).
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from typing import Any
 
 import torch
 
-from trainer.storage import ObjectNotFound, Store, StoreError
+from trainer.errors import MetaError, ObjectNotFound, StoreError
+from trainer.layout import META_FILE, METRICS_FILE, MODEL_FILE, ModelKeys, name_of_latest_key
+from trainer.schema import VersionMeta, VersionMetrics
+from trainer.storage import Store
 
 log = logging.getLogger(__name__)
 
-REQUIRED_META = ("classes", "input_size", "mean", "std")
 # Finding model names lists all of models/ (every run's checkpoints too): do it at most
 # this often; each known model's small latest.json is still read on every poll.
 DISCOVERY_SECONDS = 60.0
@@ -39,45 +42,44 @@ class ModelVersion:
 
     name: str
     version: str
-    meta: dict[str, Any]
-    metrics: dict[str, Any]
+    meta: VersionMeta
+    metrics: VersionMetrics | None
     model: Any
     directory: Path
     examples: list[Path] = field(default_factory=list)
 
     @property
-    def test_acc(self) -> float | None:
-        return (self.meta.get("metrics") or {}).get("test_acc")
+    def test_acc(self) -> float:
+        return self.meta.metrics.test_acc
 
     def file(self, name: str) -> Path | None:
         path = self.directory / name
         return path if path.is_file() else None
 
 
-def version_prefix(name: str, version: str) -> str:
-    return f"models/{name}/versions/{version}/"
-
-
-def read_json(store: Store, key: str) -> dict[str, Any]:
+def read_json(store: Store, key: str) -> Any:
     try:
         return json.loads(store.get_bytes(key))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BrokenVersion(f"{key} is not valid JSON: {e}") from None
 
 
+def read_meta(store: Store, key: str) -> VersionMeta:
+    """A version's meta.json, validated by the one schema; BrokenVersion if it does not fit."""
+    try:
+        return VersionMeta.from_json(store.get_bytes(key))
+    except MetaError as e:
+        raise BrokenVersion(f"{key}: {e}") from None
+
+
 def model_names(store: Store) -> set[str]:
     """Every ``<name>`` with a ``models/<name>/latest.json`` (one recursive listing)."""
-    names = set()
-    for key in store.list("models/"):
-        parts = key.split("/")
-        if len(parts) == 3 and parts[2] == "latest.json":
-            names.add(parts[1])
-    return names
+    return {name for key in store.list("models/") if (name := name_of_latest_key(key))}
 
 
 def read_latest(store: Store, name: str) -> str:
     """The version ``models/<name>/latest.json`` points at; BrokenVersion if malformed."""
-    key = f"models/{name}/latest.json"
+    key = ModelKeys(name).latest
     latest = read_json(store, key)
     if not isinstance(latest, dict) or not isinstance(latest.get("version"), (str, int)):
         raise BrokenVersion(f'{key} is not {{"version": ...}}: {latest!r:.200}')
@@ -97,12 +99,12 @@ def latest_versions(store: Store, names: set[str]) -> tuple[dict[str, str], set[
     return found, gone
 
 
-def verify_model(model: Any, meta: dict[str, Any]) -> None:
+def verify_model(model: Any, meta: VersionMeta) -> None:
     """Run a test input of ``input_size``: the output must be ``1 x len(classes)``."""
-    x = torch.zeros(1, *meta["input_size"])
+    x = torch.zeros(1, *meta.input_size)
     with torch.inference_mode():
         out = model(x)
-    expected = (1, len(meta["classes"]))
+    expected = (1, len(meta.classes))
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise BrokenVersion(f"model output is {shape}, expected {expected}")
@@ -110,80 +112,50 @@ def verify_model(model: Any, meta: dict[str, Any]) -> None:
         raise BrokenVersion("model output on a test input is not finite")
 
 
-def _is_number_list(value: Any, length: int) -> bool:
-    return (isinstance(value, list) and len(value) == length
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
-
-
-def check_meta(meta: Any) -> None:
-    """Everything the app relies on in meta.json, each problem as a BrokenVersion."""
-    if not isinstance(meta, dict):
-        raise BrokenVersion(f"meta.json is not a JSON object: {type(meta).__name__}")
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise BrokenVersion(f"meta.json lacks {missing}")
-    size = meta["input_size"]
-    if not (isinstance(size, list) and len(size) == 3
-            and all(type(v) is int and v > 0 for v in size) and size[0] in (1, 3)):
-        raise BrokenVersion(f"meta.json input_size must be [C, H, W] (C 1 or 3, positive "
-                            f"integers), got {size!r}")
-    if not (_is_number_list(meta["mean"], size[0]) and _is_number_list(meta["std"], size[0])
-            and all(v > 0 for v in meta["std"])):
-        raise BrokenVersion(f"meta.json mean/std must be {size[0]} numbers each (std > 0), "
-                            f"got {meta['mean']!r}, {meta['std']!r}")
-    if not isinstance(meta["classes"], list) or not meta["classes"]:
-        raise BrokenVersion(f"meta.json classes must be a non-empty list, got {meta['classes']!r:.200}")
-    for key in ("files", "examples"):
-        listed = meta.get(key, [])
-        if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
-            raise BrokenVersion(f"meta.json {key} must be a list of paths, got {listed!r:.200}")
-
-
 def download_version(store: Store, name: str, version: str, cache_dir: Path) -> ModelVersion:
     """Download to a temp dir, verify, then rename into place: never half a version."""
-    prefix = version_prefix(name, version)
+    keys = ModelKeys(name)
     final = cache_dir / name / version
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{version}."))
     try:
-        meta = read_json(store, prefix + "meta.json")
-        check_meta(meta)
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        wanted = list(dict.fromkeys(["model.pt2", *meta.get("files", []), *meta.get("examples", [])]))
-        for rel in wanted:
-            if rel.startswith("/") or ".." in rel.split("/"):
-                raise BrokenVersion(f"meta.json lists an unsafe path {rel!r}")
+        meta = read_meta(store, keys.meta(version))
+        (tmp / META_FILE).write_bytes(meta.to_json())
+        for rel in meta.downloads:
             try:
-                store.get_file(prefix + rel, tmp / rel)
+                store.get_file(keys.version_file(version, rel), tmp / rel)
             except ObjectNotFound:
-                raise BrokenVersion(f"{prefix}{rel} is listed in meta.json but missing") from None
-        model = load_model(tmp / "model.pt2", meta)
+                raise BrokenVersion(f"{keys.version_file(version, rel)} is listed in "
+                                    f"{META_FILE} but missing") from None
+        model = load_model(tmp / MODEL_FILE, meta)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    metrics = _load_optional_json(final / "metrics.json")
-    examples = [final / rel for rel in meta.get("examples", [])]
-    return ModelVersion(name, version, meta, metrics, model, final, examples)
+    examples = [final / rel for rel in meta.examples]
+    return ModelVersion(name, version, meta, _load_metrics(final / METRICS_FILE), model, final,
+                        examples)
 
 
-def load_model(path: Path, meta: dict[str, Any]) -> Any:
+def load_model(path: Path, meta: VersionMeta) -> Any:
     try:
         model = torch.export.load(str(path)).module()
         verify_model(model, meta)
     except BrokenVersion:
         raise
     except Exception as e:  # a torch.export archive can fail in many ways; all mean "broken"
-        raise BrokenVersion(f"model.pt2 does not load or run: {type(e).__name__}: {e}") from e
+        raise BrokenVersion(f"{MODEL_FILE} does not load or run: {type(e).__name__}: {e}") from e
     return model
 
 
-def _load_optional_json(path: Path) -> dict[str, Any]:
+def _load_metrics(path: Path) -> VersionMetrics | None:
+    """metrics.json is for display: a missing or malformed one hides the Training tab's details."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+        return VersionMetrics.from_json(path.read_bytes())
+    except (OSError, MetaError) as e:
+        log.warning("%s not shown: %s", path, e)
+        return None
 
 
 class Registry:
@@ -203,7 +175,7 @@ class Registry:
         # its "no model yet" page, so it counts as ready (see api.readyz).
         self.nothing_published = False
         self.on_swap: list[Callable[[ModelVersion], None]] = []
-        self._meta_cache: dict[str, dict[str, Any]] = {}  # published versions are immutable
+        self._meta_cache: dict[str, VersionMeta] = {}  # published versions are immutable
         self.discovery_seconds = DISCOVERY_SECONDS
         self._names: set[str] = set()  # model names found by the last discovery
         self._discovered_at: float | None = None  # time.monotonic() of that discovery
@@ -301,15 +273,17 @@ class Registry:
             delay = min(self.max_backoff, self.poll_seconds * 2 ** min(failures, 8))
             self._stop.wait(delay)
 
-    def list_versions(self, name: str) -> list[dict[str, Any]]:
+    def list_versions(self, name: str) -> list[VersionMeta]:
         """Published versions of ``name``, newest first, from their meta.json files."""
+        keys = ModelKeys(name)
         rows = []
-        for key in self.store.list(f"models/{name}/versions/"):
-            if key.endswith("/meta.json") and key.count("/") == 4:
-                if key not in self._meta_cache:
-                    try:
-                        self._meta_cache[key] = read_json(self.store, key)
-                    except (BrokenVersion, ObjectNotFound):
-                        continue
-                rows.append(self._meta_cache[key])
-        return sorted(rows, key=lambda m: str(m.get("version", "")), reverse=True)
+        for key in self.store.list(keys.versions):
+            if keys.version_of_meta_key(key) is None:
+                continue
+            if key not in self._meta_cache:
+                try:
+                    self._meta_cache[key] = read_meta(self.store, key)
+                except (BrokenVersion, ObjectNotFound):
+                    continue
+            rows.append(self._meta_cache[key])
+        return sorted(rows, key=lambda m: m.version, reverse=True)

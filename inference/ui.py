@@ -6,12 +6,15 @@ with the served one and redraws everything when the model was hot-swapped.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+
+from trainer.schema import VersionMetrics
 
 from .metrics import Metrics
 from .predict import DEFAULT_MAX_PIXELS, BadImage, decode_image, predict
@@ -62,63 +65,58 @@ def status_markdown(current: ModelVersion | None, store_url: str = "") -> str:
         return f"No model loaded yet (store: `{store_url}`)."
     return (f"**Model** `{current.name}` · **version** `{current.version}` · "
             f"**test accuracy** {_pct(current.test_acc)} · "
-            f"{len(current.meta['classes'])} classes")
+            f"{len(current.meta.classes)} classes")
 
 
-def epoch_rows(metrics: dict[str, Any]) -> list[list[Any]]:
+def epoch_rows(metrics: VersionMetrics | None) -> list[list[Any]]:
     def fmt(value: Any) -> Any:
         return round(value, 4) if isinstance(value, float) else value
 
-    return [[fmt(e.get(c)) for c in EPOCH_COLUMNS] for e in metrics.get("epochs", [])]
+    epochs = metrics.epochs if metrics else []
+    return [[fmt(getattr(e, c)) for c in EPOCH_COLUMNS] for e in epochs]
 
 
 def run_summary(current: ModelVersion) -> str:
     """One line a person reads first: how good, how long, on how many workers."""
-    summary, metrics = current.meta.get("metrics") or {}, current.metrics
-    epochs = metrics.get("epochs") or []
-    speed = [e["img_per_s"] for e in epochs if isinstance(e.get("img_per_s"), (int, float))]
-    parts = [f"**test accuracy** {_pct(summary.get('test_acc'))}",
-             f"**epochs** {summary.get('epochs', len(epochs))}"]
-    if isinstance(summary.get("train_seconds"), (int, float)):
-        parts.append(f"**training time** {summary['train_seconds']:.0f} s")
-    if metrics.get("world_size"):
-        parts.append(f"**workers** {metrics['world_size']}")
-    if speed:
-        parts.append(f"**throughput** {sum(speed) / len(speed):,.0f} img/s")
-    parts.append(f"**run** `{current.meta.get('run_id', '?')}`")
+    summary = current.meta.metrics
+    epochs = current.metrics.epochs if current.metrics else []
+    parts = [f"**test accuracy** {_pct(summary.test_acc)}", f"**epochs** {summary.epochs}",
+             f"**training time** {summary.train_seconds:.0f} s"]
+    if current.metrics:
+        parts.append(f"**workers** {current.metrics.world_size}")
+    if epochs:
+        speed = sum(e.img_per_s for e in epochs) / len(epochs)
+        parts.append(f"**throughput** {speed:,.0f} img/s")
+    parts.append(f"**run** `{current.meta.run_id}`")
     return " · ".join(parts)
 
 
 def run_details(current: ModelVersion) -> dict[str, Any]:
-    meta, metrics = current.meta, current.metrics
+    meta = current.meta
     return {
-        "model": meta.get("model"), "dataset": meta.get("dataset"),
-        "version": current.version, "run_id": meta.get("run_id"),
-        "created_at": meta.get("created_at"), "world_size": metrics.get("world_size"),
-        "summary": meta.get("metrics", {}), "train_config": meta.get("train_config", {}),
+        "model": meta.model, "dataset": meta.dataset, "version": current.version,
+        "run_id": meta.run_id, "created_at": meta.created_at,
+        "world_size": current.metrics.world_size if current.metrics else None,
+        "summary": dataclasses.asdict(meta.metrics), "train_config": meta.train_config,
     }
 
 
 def version_rows(registry: Registry, current: ModelVersion | None) -> list[list[Any]]:
     if current is None:
         return []
-    rows = []
-    for meta in registry.list_versions(current.name):
-        summary = meta.get("metrics") or {}
-        rows.append([meta.get("version"), meta.get("created_at", ""),
-                     _pct(summary.get("test_acc")), summary.get("epochs", ""),
-                     meta.get("run_id", ""), "●" if meta.get("version") == current.version else ""])
-    return rows
+    return [[meta.version, meta.created_at, _pct(meta.metrics.test_acc), meta.metrics.epochs,
+             meta.run_id, "●" if meta.version == current.version else ""]
+            for meta in registry.list_versions(current.name)]
 
 
-def make_classify(registry: Registry, metrics: Metrics | None,
-                  max_pixels: int) -> Callable[[str | None], tuple[Any, str]]:
-    def classify(path: str | None) -> tuple[Any, str]:
+def make_classify(registry: Registry, metrics: Metrics | None, max_pixels: int,
+                  ui: Layout) -> Callable[[str | None], dict[Any, Any]]:
+    def classify(path: str | None) -> dict[Any, Any]:
         current = registry.current  # one read: the whole call uses one version
         if current is None:
             raise gr.Error("No model published yet: run `make demo` or `pulumi up` first.")
         if not path:
-            return None, ""
+            return {ui.label: None, ui.answered: ""}
         try:  # predict too: an image mode it cannot convert is a BadImage as well
             image = decode_image(Path(path).read_bytes(), max_pixels)
             result = predict(current.model, current.meta, image)
@@ -126,28 +124,33 @@ def make_classify(registry: Registry, metrics: Metrics | None,
             raise gr.Error(str(e)) from None
         if metrics:
             metrics.observe_prediction(current.version, result["prediction"], "ui")
-        return result["probabilities"], f"Answered by version `{current.version}`"
+        return {ui.label: result["probabilities"],
+                ui.answered: f"Answered by version `{current.version}`"}
 
     return classify
 
 
-def make_refresh(registry: Registry) -> Callable[[str], tuple[Any, ...]]:
-    """Redraw every output of ``Layout.outputs`` when the served version changed."""
+def make_refresh(registry: Registry, ui: Layout) -> Callable[[str], dict[Any, Any]]:
+    """Redraw every component that shows the served version, when that version changed."""
 
-    def refresh(shown: str) -> tuple[Any, ...]:
+    def refresh(shown: str) -> dict[Any, Any]:
         current = registry.current
         key = current.version if current else ""
         if shown == key and shown != "?":
-            return (gr.skip(),) * 12
+            return gr.skip()
         if current is None:
-            return ("", status_markdown(None, registry.store.url), gr.Column(visible=True),
-                    gr.Column(visible=False)) + (gr.skip(),) * 8
+            return {ui.shown: "", ui.status: status_markdown(None, registry.store.url),
+                    ui.empty: gr.Column(visible=True), ui.main: gr.Column(visible=False)}
         samples = [[str(p)] for p in current.examples if p.is_file()]
-        return (key, status_markdown(current), gr.Column(visible=False),
-                gr.Column(visible=True), gr.Dataset(samples=samples, visible=bool(samples)),
-                current.file("curves.png"), current.file("confusion_matrix.png"),
-                epoch_rows(current.metrics), run_details(current),
-                version_rows(registry, current), gr.skip(), run_summary(current))
+        return {
+            ui.shown: key, ui.status: status_markdown(current),
+            ui.empty: gr.Column(visible=False), ui.main: gr.Column(visible=True),
+            ui.examples: gr.Dataset(samples=samples, visible=bool(samples)),
+            ui.curves: current.file("curves.png"),
+            ui.confusion: current.file("confusion_matrix.png"),
+            ui.epochs: epoch_rows(current.metrics), ui.details: run_details(current),
+            ui.versions: version_rows(registry, current), ui.summary: run_summary(current),
+        }
 
     return refresh
 
@@ -185,10 +188,9 @@ class Layout:
 
     @property
     def outputs(self) -> list[Any]:
-        """What ``make_refresh`` returns values for, in its order."""
+        """Every component ``make_refresh`` may redraw."""
         return [self.shown, self.status, self.empty, self.main, self.examples, self.curves,
-                self.confusion, self.epochs, self.details, self.versions, self.answered,
-                self.summary]
+                self.confusion, self.epochs, self.details, self.versions, self.summary]
 
 
 def predict_tab(ui: Layout) -> None:
@@ -248,11 +250,11 @@ def build_layout() -> Layout:
 
 def wire_events(demo: gr.Blocks, ui: Layout, registry: Registry, metrics: Metrics | None,
                 max_pixels: int) -> None:
-    refresh = make_refresh(registry)
+    refresh = make_refresh(registry, ui)
     gr.Timer(REFRESH_SECONDS).tick(refresh, ui.shown, ui.outputs, show_progress="hidden",
                                    api_name=False, queue=False)
     demo.load(refresh, ui.shown, ui.outputs, api_name=False, queue=False)
-    gr.on([ui.image.change, ui.button.click], make_classify(registry, metrics, max_pixels),
+    gr.on([ui.image.change, ui.button.click], make_classify(registry, metrics, max_pixels, ui),
           ui.image, [ui.label, ui.answered], api_name="predict")
     ui.examples.click(make_pick_example(registry), ui.examples, ui.image, api_name=False)
     ui.reload_versions.click(lambda: version_rows(registry, registry.current), None,
@@ -270,21 +272,3 @@ def build_demo(registry: Registry, metrics: Metrics | None = None,
         ui = build_layout()
         wire_events(demo, ui, registry, metrics, max_pixels)
     return demo
-
-
-def __getattr__(name: str) -> Any:
-    """``inference.ui.demo`` (Gradio's demo style), built from the environment on first use:
-    the store comes from $TRAINSTACK_STORE, so importing this module touches no store."""
-    if name == "demo":
-        import atexit
-        import shutil
-
-        from .app import Settings, create_registry
-
-        registry = create_registry(Settings())
-        # No app lifespan here: remove the temp model cache when the process exits.
-        atexit.register(shutil.rmtree, registry.cache_dir, True)
-        registry.start()
-        globals()["demo"] = build_demo(registry)
-        return globals()["demo"]
-    raise AttributeError(name)

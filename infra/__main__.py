@@ -1,13 +1,9 @@
-"""trainstack: read the stack config once, wire the components, export what users need."""
+"""trainstack: read the stack config once, wire the components, export what users need.
 
-import sys
-from pathlib import Path
-
-# Pulumi runs this file with infra/ first on sys.path; import the components as the
-# `infra` package from the project root instead, so no module here shadows another.
-_ROOT = Path(__file__).resolve().parent.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT / "infra"]
-sys.path.insert(0, str(_ROOT))
+Pulumi runs this file with infra/ first on the import path; the components come from the
+installed `infra` package (`pip install -e .`, done by requirements.txt), and no module
+in infra/ is named like a package it could shadow.
+"""
 
 import pulumi
 

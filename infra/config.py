@@ -16,10 +16,12 @@ from urllib.parse import urlparse
 
 import pulumi
 
-# The trainer's own lists (trainer/config.py is stdlib-only: no torch in the Pulumi program),
-# so a model or dataset added there cannot be forgotten here.
+# The trainer's own lists and contracts (stdlib-only modules: no torch in the Pulumi
+# program), so a model or dataset added there cannot be forgotten here.
 from trainer.config import CIFAR10_URL, MODELS
 from trainer.config import DATASETS as TRAINER_DATASETS
+from trainer.errors import ConfigError
+from trainer.layout import model_name
 
 NAMESPACE = "trainstack"
 # `synthetic` is random data for benchmarks: a cluster run on it would publish a model
@@ -41,13 +43,10 @@ _TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 _TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
-class ConfigError(ValueError):
-    """An invalid `trainstack:` setting; the message names the key and what is allowed."""
-
-    def __init__(self, key: str, allowed: str, got: Any, secret: bool = False):
-        shown = "(secret value not shown)" if secret else f"= {got!r}"
-        super().__init__(f"invalid config trainstack:{key} {shown}: allowed: {allowed}")
-        self.key = key
+def invalid(key: str, allowed: str, got: Any, secret: bool = False) -> ConfigError:
+    """The error for an invalid `trainstack:` setting: names the key and what is allowed."""
+    shown = "(secret value not shown)" if secret else f"= {got!r}"
+    return ConfigError(f"invalid config trainstack:{key} {shown}: allowed: {allowed}", key=key)
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ class StackConfig:
     @property
     def model_name(self) -> str:
         """`<model>-<dataset>`: the store prefix the trainer publishes and the app serves."""
-        return f"{self.model}-{self.dataset}"
+        return model_name(self.model, self.dataset)
 
     @property
     def ingest_source(self) -> str | None:
@@ -104,7 +103,7 @@ def _int(minimum: int) -> Callable[[str, Any], int]:
     def parse(key: str, raw: Any) -> int:
         text = str(raw).strip()
         if isinstance(raw, bool) or not re.fullmatch(r"[+-]?\d+", text) or int(text) < minimum:
-            raise ConfigError(key, f"an integer >= {minimum}", raw)
+            raise invalid(key, f"an integer >= {minimum}", raw)
         return int(text)
 
     return parse
@@ -116,21 +115,21 @@ def _float_positive(key: str, raw: Any) -> float:
     except ValueError:
         value = float("nan")
     if not value > 0 or value == float("inf"):
-        raise ConfigError(key, "a number > 0 (e.g. 0.1)", raw)
+        raise invalid(key, "a number > 0 (e.g. 0.1)", raw)
     return value
 
 
 def _bool(key: str, raw: Any) -> bool:
     text = str(raw).strip().lower()
     if text not in ("true", "false"):
-        raise ConfigError(key, "true or false", raw)
+        raise invalid(key, "true or false", raw)
     return text == "true"
 
 
 def _choice(options: tuple[str, ...], allowed: str | None = None) -> Callable[[str, Any], str]:
     def parse(key: str, raw: Any) -> str:
         if raw not in options:
-            raise ConfigError(key, allowed or ", ".join(options), raw)
+            raise invalid(key, allowed or ", ".join(options), raw)
         return raw
 
     return parse
@@ -140,7 +139,7 @@ def _pattern(regex: re.Pattern, allowed: str) -> Callable[[str, Any], str]:
     def parse(key: str, raw: Any) -> str:
         text = str(raw)
         if not regex.fullmatch(text):
-            raise ConfigError(key, allowed, raw)
+            raise invalid(key, allowed, raw)
         return text
 
     return parse
@@ -152,7 +151,7 @@ def _nonzero_quantity(regex: re.Pattern, allowed: str) -> Callable[[str, Any], s
     def parse(key: str, raw: Any) -> str:
         text = base(key, raw)
         if float(re.match(r"[\d.]+", text).group()) <= 0:
-            raise ConfigError(key, allowed, raw)
+            raise invalid(key, allowed, raw)
         return text
 
     return parse
@@ -161,7 +160,7 @@ def _nonzero_quantity(regex: re.Pattern, allowed: str) -> Callable[[str, Any], s
 def _url(key: str, raw: Any) -> str:
     parsed = urlparse(str(raw))
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(key, "an http(s) URL of a file in the dataset's format", raw)
+        raise invalid(key, "an http(s) URL of a file in the dataset's format", raw)
     return str(raw)
 
 
@@ -171,7 +170,7 @@ def _json(key: str, raw: Any, allowed: str) -> Any:
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
-        raise ConfigError(key, allowed, raw) from None
+        raise invalid(key, allowed, raw) from None
 
 
 def _node_selector(key: str, raw: Any) -> dict[str, str]:
@@ -180,7 +179,7 @@ def _node_selector(key: str, raw: Any) -> dict[str, str]:
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
-        raise ConfigError(key, allowed, raw)
+        raise invalid(key, allowed, raw)
     return value
 
 
@@ -191,7 +190,7 @@ def _tolerations(key: str, raw: Any) -> list[dict[str, Any]]:
     )
     value = _json(key, raw, allowed)
     if not isinstance(value, list):
-        raise ConfigError(key, allowed, raw)
+        raise invalid(key, allowed, raw)
     for item in value:
         if (
             not isinstance(item, dict)
@@ -199,7 +198,7 @@ def _tolerations(key: str, raw: Any) -> list[dict[str, Any]]:
             or item.get("operator", "Equal") not in ("Exists", "Equal")
             or item.get("effect", "NoSchedule") not in _TOLERATION_EFFECTS
         ):
-            raise ConfigError(key, allowed, raw)
+            raise invalid(key, allowed, raw)
     return value
 
 
@@ -247,7 +246,7 @@ def parse_config(raw: Mapping[str, Any]) -> StackConfig:
     """
     unknown = sorted(set(raw) - set(KNOWN_KEYS))
     if unknown:
-        raise ConfigError(unknown[0], "one of " + ", ".join(KNOWN_KEYS), raw[unknown[0]])
+        raise invalid(unknown[0], "one of " + ", ".join(KNOWN_KEYS), raw[unknown[0]])
     values = {
         name: parser(key, raw[key])
         for key, (name, parser) in FIELDS.items()
@@ -260,7 +259,7 @@ def _check_image(cfg: StackConfig) -> StackConfig:
     # A bare name would be pushed to docker.io/library/<name>, which fails half-way through
     # `pulumi up` (after MinIO is up); refuse it before any resource is registered.
     if cfg.push_image and "/" not in cfg.image:
-        raise ConfigError(
+        raise invalid(
             "image",
             "a registry path such as registry.example.com/you/trainstack-trainer when "
             "pushImage is true (or pushImage false for minikube)",
@@ -304,7 +303,7 @@ def _check_password(value: str) -> str:
     # MinIO refuses to start with a root password under 8 characters; fail at `pulumi up`
     # instead, and never echo the value.
     if len(value) < 8 or value == "minioadmin":
-        raise ConfigError(
+        raise invalid(
             "minioRootPassword", "at least 8 characters, not the well-known default",
             value, secret=True,
         )

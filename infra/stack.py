@@ -9,10 +9,10 @@ import pulumi_kubernetes as k8s
 
 from infra.config import StackConfig
 from infra.image import TrainerImage, TrainerImageArgs
-from infra.inference import Inference, InferenceArgs
-from infra.minio import MinIO, MinIOArgs
+from infra.minio_server import MinIO, MinIOArgs
 from infra.training import Training, TrainingArgs
 from infra.training_operator import TrainingOperator, TrainingOperatorArgs
+from infra.webapp import Inference, InferenceArgs
 
 
 def build_stack(cfg: StackConfig, minio_password: pulumi.Input[str] | None) -> dict[str, Any]:

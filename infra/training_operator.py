@@ -1,7 +1,7 @@
 """TrainingOperator: the Kubeflow Training Operator's standalone overlay, pinned.
 
 Module name avoids `operator`, which would shadow the standard library when Pulumi puts
-infra/ on sys.path.
+infra/ first on the import path.
 """
 
 from __future__ import annotations

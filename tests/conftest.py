@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TESTS = Path(__file__).resolve().parent
-for path in (REPO_ROOT, TESTS):  # the project's packages; shared helpers like testkit
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from testkit import free_port
-
+from tests.testkit import free_port
 from trainer.storage import LocalStore, S3Store, Store
 
 # moto's server logs every request at INFO: it buries the test's own output.

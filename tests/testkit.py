@@ -1,4 +1,4 @@
-"""Small helpers every test package shares (imported as `testkit`: tests/ is on sys.path)."""
+"""Small helpers every test package shares."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-"""Self-describing checkpoints of the full training state, and resuming from them.
+"""The training state of a run and its self-describing checkpoints.
 
-Key layout: ``models/<model>-<dataset>/runs/<run_id>/checkpoints/epoch-0007.pt`` holds the
-state after epoch 7 (epochs count from 1). The store's put is atomic, so a checkpoint
-key exists only once its content is complete; a checkpoint that still fails to load is
-skipped in favour of the one before it.
+:class:`TrainingState` is the one owner of everything a run carries from epoch to epoch;
+a checkpoint is its ``torch.save`` at ``models/<name>/runs/<run_id>/checkpoints/
+epoch-0007.pt`` (the state after epoch 7; epochs count from 1, trainer.layout spells the
+key). The store's put is atomic, so a checkpoint key exists only once its content is
+complete; a checkpoint that still fails to load is skipped in favour of the one before it.
 """
 
 from __future__ import annotations
@@ -11,26 +12,80 @@ from __future__ import annotations
 import io
 import logging
 import random
-import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from trainer.storage import Store, StoreError
+from trainer.errors import StoreError
+from trainer.layout import ModelKeys, checkpoint_epoch
+from trainer.schema import EpochRecord
+from trainer.storage import Store
 
 log = logging.getLogger(__name__)
 
 FORMAT = "trainstack-checkpoint/1"
-_NAME = re.compile(r"epoch-(\d{4,})\.pt$")
 
 
-def checkpoint_prefix(model_name: str, run_id: str) -> str:
-    return f"models/{model_name}/runs/{run_id}/checkpoints/"
+@dataclass
+class TrainingState:
+    """A run after ``epoch`` epochs: what resuming needs, and what publication reads."""
 
+    run_id: str
+    config: dict[str, Any]
+    """The TrainConfig as a dict (for humans reading a checkpoint)."""
+    epoch: int = 0
+    history: list[EpochRecord] = field(default_factory=list)
+    confusion: list[list[int]] = field(default_factory=list)
+    """Test-split confusion matrix of the last epoch (rows = true class)."""
+    world_size: int = 1
+    model: dict[str, torch.Tensor] = field(default_factory=dict)
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    rng: dict[str, Any] = field(default_factory=dict)
+    """This rank's generators (rank 0's, in a checkpoint)."""
 
-def checkpoint_key(model_name: str, run_id: str, epoch: int) -> str:
-    return f"{checkpoint_prefix(model_name, run_id)}epoch-{epoch:04d}.pt"
+    def record_epoch(self, record: EpochRecord, confusion: list[list[int]],
+                     world_size: int) -> None:
+        """Every rank: the epoch just trained and evaluated."""
+        if record.epoch != self.epoch + 1:
+            raise ValueError(f"epoch {record.epoch} recorded after epoch {self.epoch}")
+        self.epoch, self.confusion, self.world_size = record.epoch, confusion, world_size
+        self.history.append(record)
+
+    def capture(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                device: torch.device | None = None) -> None:
+        """Take the weights, optimizer and RNG states to checkpoint (no copies: saved at once)."""
+        self.model, self.optimizer = model.state_dict(), optimizer.state_dict()
+        self.rng = rng_state(device)
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                device: torch.device | None = None) -> None:
+        model.load_state_dict(self.model)
+        optimizer.load_state_dict(self.optimizer)
+        set_rng_state(self.rng, device)
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """Plain containers and tensors only: loadable with ``weights_only=True``."""
+        # No scheduler state: the LR is lr_at(cfg, progress), computed from the epoch,
+        # so resuming at any world size needs nothing more.
+        return {"format": FORMAT, "epoch": self.epoch, "run_id": self.run_id,
+                "config": self.config, "model": self.model, "optimizer": self.optimizer,
+                "rng": self.rng, "history": [e.to_dict() for e in self.history],
+                "confusion": self.confusion, "world_size": self.world_size}
+
+    @classmethod
+    def from_checkpoint(cls, raw: Any, where: str) -> TrainingState:
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise StoreError(f"{where} is not a {FORMAT} checkpoint")
+        try:
+            history = [EpochRecord.from_dict(e) for e in raw["history"]]
+            return cls(run_id=raw["run_id"], config=raw["config"], epoch=raw["epoch"],
+                       history=history, confusion=raw["confusion"],
+                       world_size=raw["world_size"], model=raw["model"],
+                       optimizer=raw["optimizer"], rng=raw["rng"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreError(f"{where}: incomplete {FORMAT} checkpoint ({e})") from None
 
 
 def _cuda_device(device: torch.device | None) -> torch.device | None:
@@ -86,35 +141,33 @@ def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def save_checkpoint(store: Store, key: str, state: dict[str, Any]) -> None:
+def save_checkpoint(store: Store, key: str, state: TrainingState) -> None:
     """Serialize in memory, then one atomic put: readers never see half a checkpoint."""
     buffer = io.BytesIO()
-    torch.save({"format": FORMAT, **state}, buffer)
+    torch.save(state.to_checkpoint(), buffer)
     store.put_bytes(key, buffer.getvalue())
     log.info("checkpoint written: %s (%.1f MB)", key, buffer.tell() / 1e6)
 
 
-def load_checkpoint(store: Store, key: str) -> dict[str, Any]:
+def load_checkpoint(store: Store, key: str) -> TrainingState:
     data = store.get_bytes(key)
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise StoreError(f"{key} is not a {FORMAT} checkpoint")
-    return state
+    raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return TrainingState.from_checkpoint(raw, key)
 
 
 def checkpoint_epochs(store: Store, model_name: str, run_id: str) -> list[tuple[int, str]]:
     """(epoch, key) of every checkpoint of the run, newest first."""
     found = []
-    for key in store.list(checkpoint_prefix(model_name, run_id)):
-        match = _NAME.search(key)
-        if match:
-            found.append((int(match.group(1)), key))
+    for key in store.list(ModelKeys(model_name).checkpoints(run_id)):
+        epoch = checkpoint_epoch(key)
+        if epoch is not None:
+            found.append((epoch, key))
     return sorted(found, reverse=True)
 
 
-def newest_loadable(store: Store, model_name: str, run_id: str) -> tuple[str, dict] | None:
+def newest_loadable(store: Store, model_name: str, run_id: str) -> tuple[str, TrainingState] | None:
     """The newest checkpoint that loads; unreadable ones are reported and skipped."""
-    for epoch, key in checkpoint_epochs(store, model_name, run_id):
+    for _, key in checkpoint_epochs(store, model_name, run_id):
         try:
             return key, load_checkpoint(store, key)
         except Exception as e:  # noqa: BLE001 (a damaged file must not block an older one)

@@ -17,6 +17,8 @@ from typing import IO, ClassVar
 
 import numpy as np
 
+from trainer.errors import DatasetError
+
 ARCHIVE_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 MEMBERS = (*TRAIN_BATCHES, "test_batch", "batches.meta")
@@ -27,10 +29,6 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 # A batch is 10,000 rows of 3,072 bytes; anything far bigger is not a CIFAR member.
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
-
-
-class DatasetError(ValueError):
-    """A dataset is missing, malformed or not what was asked for; the message says which."""
 
 
 class _ArraysOnly(pickle.Unpickler):

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from trainer.config import AUGMENTATIONS, DATASETS, MODELS, ConfigError, TrainConfig, read_json_file
+from trainer.config import AUGMENTATIONS, DATASETS, MODELS, TrainConfig, read_json_file
 from trainer.storage import STORE_ENV, open_store
 
 log = logging.getLogger(__name__)
@@ -97,4 +97,4 @@ def main(argv: list[str] | None = None) -> None:
     COMMANDS[args.command](args)
 
 
-__all__ = ["ConfigError", "build_parser", "main", "train_config_from_args"]
+__all__ = ["build_parser", "main", "train_config_from_args"]

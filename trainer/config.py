@@ -15,6 +15,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from trainer.errors import ConfigError
+from trainer.layout import model_name
+
 # The single source of these names: trainer.data, trainer.models and infra import them.
 DATASETS = ("cifar10", "imagefolder", "digits", "synthetic")
 MODELS = ("resnet18", "resnet18-imagenet", "smallcnn")
@@ -25,10 +28,6 @@ SCHEDULES = ("onecycle", "cosine")
 # precision follows the hardware (like the world size), so a run can move between node kinds.
 OPERATIONAL_FIELDS = ("log_every", "precision")
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the key and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,7 @@ class TrainConfig:
     @property
     def model_name(self) -> str:
         """``<model>-<dataset>``: the store folder of this model's runs and versions."""
-        return f"{self.model}-{self.dataset}"
+        return model_name(self.model, self.dataset)
 
 
 def read_json_file(path: str) -> dict[str, Any]:

@@ -17,21 +17,24 @@ import numpy as np
 import torch
 
 from trainer import cifar
-from trainer.cifar import DatasetError
 from trainer.config import DATASETS
-from trainer.storage import ObjectNotFound, Store
+from trainer.errors import DatasetError, ObjectNotFound
+from trainer.layout import (
+    IMAGE_SUFFIXES,
+    MANIFEST_NAME,
+    cifar10_key,
+    dataset_prefix,
+    is_image_name,
+    manifest_key,
+)
+from trainer.storage import Store
 
 log = logging.getLogger(__name__)
 
-CIFAR10_KEY = "datasets/cifar10/cifar-10-python.tar.gz"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-# Written last by `trainer ingest --dataset imagefolder`: "<sha256>  <path under prefix>" lines.
-MANIFEST_NAME = ".manifest.sha256"
 # Share of each class held out for testing when a dataset has no split of its own.
 DIGITS_TEST_FRACTION = 0.2
 IMAGEFOLDER_TEST_FRACTION = 0.15
-__all__ = ["DATASETS", "DatasetBundle", "DatasetError", "Split", "check_image_name",
-           "load_dataset"]
+__all__ = ["DATASETS", "DatasetBundle", "Split", "check_image_name", "load_dataset"]
 
 
 @dataclass
@@ -67,9 +70,9 @@ def load_dataset(name: str, store: Store | None, *, prefix: str | None = None,
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if name in ("cifar10", "imagefolder") and store is None:
         raise DatasetError(f"dataset {name!r} is read from the object store, but no store was given")
-    prefix = (prefix or f"datasets/{name}").rstrip("/")
+    prefix = dataset_prefix(name, prefix)
     if name == "cifar10":
-        bundle = _load_cifar10(store, f"{prefix}/{PurePosixPath(CIFAR10_KEY).name}")
+        bundle = _load_cifar10(store, cifar10_key(prefix))
     elif name == "imagefolder":
         bundle = _load_imagefolder(store, prefix, image_size, seed)
     elif name == "digits":
@@ -178,13 +181,13 @@ def imagefolder_layout(keys: list[str], prefix: str) -> dict[str, list[tuple[str
 
 def check_image_name(name: str) -> None:
     """Reject a file whose suffix is not an image format (shared by ingest and the reader)."""
-    if not name.lower().endswith(IMAGE_SUFFIXES):
+    if not is_image_name(name):
         raise DatasetError(f"{name}: not an image file; allowed: {', '.join(IMAGE_SUFFIXES)}")
 
 
 def parse_manifest(raw: bytes, prefix: str) -> dict[str, str]:
     """``{key: sha256}`` of an imagefolder manifest (``sha256sum`` format, paths under prefix)."""
-    where = f"{prefix}/{MANIFEST_NAME}"
+    where = manifest_key(prefix)
     digests: dict[str, str] = {}
     try:
         lines = raw.decode("utf-8").splitlines()
@@ -209,7 +212,7 @@ def imagefolder_keys(store: Store, prefix: str) -> tuple[list[str], dict[str, st
     hand) every key under the prefix is read.
     """
     try:
-        raw = store.get_bytes(f"{prefix}/{MANIFEST_NAME}")
+        raw = store.get_bytes(manifest_key(prefix))
     except ObjectNotFound:
         return store.list(prefix + "/"), None
     digests = parse_manifest(raw, prefix)

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
+from trainer.schema import EpochRecord
+
 
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
@@ -19,12 +21,14 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def curves_png(history: list[dict], title: str) -> bytes:
-    epochs = [e["epoch"] for e in history]
+def curves_png(history: list[EpochRecord], title: str) -> bytes:
+    epochs = [e.epoch for e in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "test"):
-        loss_ax.plot(epochs, [e[f"{split}_loss"] for e in history], marker="o", label=split)
-        acc_ax.plot(epochs, [e[f"{split}_acc"] for e in history], marker="o", label=split)
+        loss_ax.plot(epochs, [getattr(e, f"{split}_loss") for e in history], marker="o",
+                     label=split)
+        acc_ax.plot(epochs, [getattr(e, f"{split}_acc") for e in history], marker="o",
+                    label=split)
     loss_ax.set(title=f"{title}: loss", xlabel="epoch", ylabel="cross-entropy")
     acc_ax.set(title=f"{title}: accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
     for ax in (loss_ax, acc_ax):

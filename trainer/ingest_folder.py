@@ -17,9 +17,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from trainer.data import MANIFEST_NAME, DatasetError, check_image_name, imagefolder_layout
-from trainer.ingest import IngestError, fetch
-from trainer.storage import ObjectNotFound, Store
+from trainer.data import check_image_name, imagefolder_layout
+from trainer.download import fetch
+from trainer.errors import DatasetError, IngestError, ObjectNotFound
+from trainer.layout import manifest_key
+from trainer.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +40,9 @@ def ingest_folder(store: Store, source: str, prefix: str = PREFIX) -> str:
         for path, name in zip(files, rel):
             _check_image(path, name)
         manifest = "".join(f"{_sha256(p)}  {r}\n" for p, r in zip(files, rel)).encode()
-        manifest_key = f"{prefix}/{MANIFEST_NAME}"
+        manifest_at = manifest_key(prefix)
         try:
-            if store.get_bytes(manifest_key) == manifest:
+            if store.get_bytes(manifest_at) == manifest:
                 log.info("%s already ingested in %s: nothing to do", prefix, store.url)
                 return prefix
         except ObjectNotFound:
@@ -48,7 +50,7 @@ def ingest_folder(store: Store, source: str, prefix: str = PREFIX) -> str:
         log.info("uploading %d images from %s to %s/%s", len(files), source, store.url, prefix)
         for path, name in zip(files, rel):
             store.put_file(f"{prefix}/{name}", path)
-        store.put_bytes(manifest_key, manifest)  # last: its presence means "complete"
+        store.put_bytes(manifest_at, manifest)  # last: its presence means "complete"
     return prefix
 
 

@@ -1,8 +1,9 @@
 """The storage seam: one small interface, a local directory and an S3 implementation.
 
-Keys look like ``models/resnet18-cifar10/latest.json``. Their first segment is the
-bucket (``datasets``, ``models``, ``metrics``); the local store keeps the same layout
-as directories, so a local store can be uploaded to S3 as it is and vice versa.
+Keys look like ``models/resnet18-cifar10/latest.json`` (trainer.layout spells them).
+Their first segment is the bucket (``datasets``, ``models``, ``metrics``); the local
+store keeps the same layout as directories, so a local store can be uploaded to S3 as
+it is and vice versa.
 """
 
 from __future__ import annotations
@@ -18,31 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from trainer.errors import BucketNotFound, ObjectNotFound, StoreError
+from trainer.layout import BUCKETS, split_key
+
 log = logging.getLogger(__name__)
 
-BUCKETS = ("datasets", "models", "metrics")
 STORE_ENV = "TRAINSTACK_STORE"
 T = TypeVar("T")
-
-
-class StoreError(RuntimeError):
-    """A store operation failed in a way the caller should report, not retry."""
-
-
-class ObjectNotFound(StoreError, KeyError):
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
-
-
-class BucketNotFound(StoreError):
-    pass
-
-
-def _split_key(key: str) -> tuple[str, str]:
-    bucket, _, name = key.strip("/").partition("/")
-    if not bucket or not name:
-        raise ValueError(f"store key {key!r} must look like '<bucket>/<path>'")
-    return bucket, name
 
 
 class Store(ABC):
@@ -103,14 +86,14 @@ class LocalStore(Store):
         self.url = str(self.root)
 
     def _path(self, key: str) -> Path:
-        bucket, name = _split_key(key)
+        bucket, name = split_key(key)
         path = (self.root / bucket / name).resolve()
         if self.root not in path.parents:
             raise ValueError(f"store key {key!r} escapes the store root")
         return path
 
     def _bucket_dir(self, key: str) -> Path:
-        bucket_dir = self.root / _split_key(key)[0]
+        bucket_dir = self.root / split_key(key)[0]
         if not bucket_dir.is_dir():
             raise BucketNotFound(
                 f"bucket {bucket_dir.name!r} does not exist in {self.url}; "
@@ -185,7 +168,7 @@ class S3Store(Store):
                     raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
                 if e.code == "NoSuchBucket":
                     raise BucketNotFound(
-                        f"bucket {_split_key(key)[0]!r} does not exist in {self.url}; "
+                        f"bucket {split_key(key)[0]!r} does not exist in {self.url}; "
                         "run `python -m trainer buckets` first"
                     ) from None
                 if e.code not in self.TRANSIENT_CODES or attempt == self.RETRIES:
@@ -200,7 +183,7 @@ class S3Store(Store):
         raise AssertionError("unreachable")
 
     def get_bytes(self, key: str) -> bytes:
-        bucket, name = _split_key(key)
+        bucket, name = split_key(key)
 
         def get() -> bytes:
             resp = self.client.get_object(bucket, name)
@@ -213,13 +196,13 @@ class S3Store(Store):
         return self._call("get", key, get)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        bucket, name = _split_key(key)
+        bucket, name = split_key(key)
         self._call("put", key, lambda: self.client.put_object(
             bucket, name, io.BytesIO(data), len(data)))
 
     def exists(self, key: str) -> bool:
         try:
-            bucket, name = _split_key(key)
+            bucket, name = split_key(key)
             self._call("stat", key, lambda: self.client.stat_object(bucket, name))
             return True
         except ObjectNotFound:

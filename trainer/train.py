@@ -17,11 +17,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer import checkpoint, distributed
+from trainer.checkpoint import TrainingState
 from trainer.config import TrainConfig
+from trainer.layout import ModelKeys
 from trainer.loop import EpochRunner
 from trainer.models import build_model
 from trainer.onepixel import use_one_pixel_convs
 from trainer.publish import TrainingResult, finish_publication, publish, published_version_of
+from trainer.schema import EpochRecord
 from trainer.storage import Store
 
 log = logging.getLogger(__name__)
@@ -51,20 +54,18 @@ def build_training(cfg: TrainConfig, env: distributed.DistEnv, bundle):
     return model, optimizer
 
 
-def resume(store: Store, cfg: TrainConfig, env, model, optimizer) -> dict | None:
-    """Load the newest complete checkpoint (chosen by rank 0) into every rank."""
+def resume(store: Store, cfg: TrainConfig, env, model, optimizer) -> TrainingState:
+    """The newest complete checkpoint (chosen by rank 0) loaded into every rank, or a fresh state."""
     found = None
     if env.is_main:
         found = checkpoint.newest_loadable(store, cfg.model_name, cfg.run_id)
     key = distributed.broadcast_object(found[0] if found else None)
     if key is None:
-        return None
+        return TrainingState(run_id=cfg.run_id, config=cfg.to_dict())
     state = found[1] if env.is_main else checkpoint.load_checkpoint(store, key)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    checkpoint.set_rng_state(state["rng"], env.device)
+    state.restore(model, optimizer, env.device)
     log.info(json.dumps({"event": "resume", "run_id": cfg.run_id, "checkpoint": key,
-                         "epoch": state["epoch"], "saved_world_size": state["world_size"],
+                         "epoch": state.epoch, "saved_world_size": state.world_size,
                          "world_size": env.world_size}))
     return state
 
@@ -83,27 +84,20 @@ def run_training(cfg: TrainConfig, store: Store) -> str | None:
                           synthetic_size=cfg.synthetic_size, seed=cfg.seed)
     model, optimizer = build_training(cfg, env, bundle)
     state = resume(store, cfg, env, model, optimizer)
-    history = state["history"] if state else []
-    confusion = state["confusion"] if state else []
     train_model = model
     if env.world_size > 1:
         device_ids = [env.device.index] if env.device.type == "cuda" else None
         train_model = DistributedDataParallel(model, device_ids=device_ids)
     runner = EpochRunner(cfg, env, train_model, optimizer, bundle)
-    for epoch in range((state["epoch"] if state else 0) + 1, cfg.epochs + 1):
+    keys = ModelKeys(cfg.model_name)
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
         record, confusion = run_epoch(runner, model, epoch)
-        history.append(record)
+        state.record_epoch(record, confusion, env.world_size)
         if env.is_main:
-            checkpoint.save_checkpoint(
-                store, checkpoint.checkpoint_key(cfg.model_name, cfg.run_id, epoch),
-                {"epoch": epoch, "run_id": cfg.run_id, "config": cfg.to_dict(),
-                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 # No scheduler state: the LR is lr_at(cfg, progress), computed from
-                 # the epoch, so resuming at any world size needs nothing more.
-                 "rng": checkpoint.rng_state(env.device), "history": history,
-                 "confusion": confusion, "world_size": env.world_size})
+            state.capture(model, optimizer, env.device)
+            checkpoint.save_checkpoint(store, keys.checkpoint(cfg.run_id, epoch), state)
     log.info(json.dumps({"event": "trained", "run_id": cfg.run_id, "rank": env.rank,
-                         "epochs": len(history), "weights_sha256": weights_digest(model)}))
+                         "epochs": len(state.history), "weights_sha256": weights_digest(model)}))
     if not env.is_main:
         return None
     version = published_version_of(store, cfg.model_name, cfg.run_id)
@@ -112,21 +106,20 @@ def run_training(cfg: TrainConfig, store: Store) -> str | None:
         finish_publication(store, cfg.model_name, version)
         log.info("run %s is already published as version %s", cfg.run_id, version)
         return version
-    return publish(store, TrainingResult(cfg, model, bundle, history, confusion,
-                                         env.world_size))
+    return publish(store, TrainingResult(cfg, model, bundle, state))
 
 
-def run_epoch(runner: EpochRunner, model: nn.Module, epoch: int) -> tuple[dict, list]:
+def run_epoch(runner: EpochRunner, model: nn.Module, epoch: int) -> tuple[EpochRecord, list]:
     """Train + evaluate one epoch and log its structured line."""
     start = time.perf_counter()
     train = runner.train_epoch(epoch)
     # DDP keeps gradients in sync but each rank updates BatchNorm stats on its own shard.
     distributed.average_buffers(model)
     test, confusion = runner.evaluate(model)
-    record = {"epoch": epoch, "train_loss": train["train_loss"], "train_acc": train["train_acc"],
+    values = {"train_loss": train["train_loss"], "train_acc": train["train_acc"],
               "test_loss": test["test_loss"], "test_acc": test["test_acc"],
               "img_per_s": train["img_per_s"], "seconds": time.perf_counter() - start}
-    record = {k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()}
+    record = EpochRecord(epoch=epoch, **{k: round(v, 5) for k, v in values.items()})
     if runner.env.is_main:
-        log.info(json.dumps({"event": "epoch", "epochs": runner.cfg.epochs, **record}))
+        log.info(json.dumps({"event": "epoch", "epochs": runner.cfg.epochs, **record.to_dict()}))
     return record, confusion

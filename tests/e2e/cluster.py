@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testkit import free_port
+from tests.testkit import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_CONTAINER = "pytorch"  # the only container the operator injects into
@@ -177,7 +177,7 @@ class LocalCluster:
         env = {k: self._localize(v, mounts, {}) for k, v in env.items()}
         argv[0] = _executable(argv[0])
         env.update(PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin",
-                   PYTHONPATH=str(REPO_ROOT), HOME=str(pod_dir))
+                   HOME=str(pod_dir))
         return Process(pod_name, argv, env, ports, self._pin(container))
 
     def _pin(self, container: dict) -> set[int] | None:

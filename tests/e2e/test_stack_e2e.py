@@ -15,7 +15,6 @@ import io
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,14 +23,10 @@ import pytest
 import requests
 from PIL import Image
 
-HERE = Path(__file__).resolve().parent
-for helper_dir in (HERE, HERE.parent / "infra", HERE.parent / "trainer"):
-    sys.path.insert(0, str(helper_dir))
-
-from cifar_fixtures import make_batches, write_archive
-from cluster import LocalCluster, Process, container_port
-from render import render
-from trainer_procs import events
+from tests.e2e.cluster import LocalCluster, Process, container_port
+from tests.infra.render import render
+from tests.trainer.cifar_fixtures import make_batches, write_archive
+from tests.trainer.trainer_procs import events
 
 EPOCHS = 4
 # A user's stack config, exactly as `pulumi config set` stores it.

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # modelkit and inference_helpers
-
-from inference_helpers import V1, serve_app, wait_for_version
-from modelkit import publish_version
+from tests.inference.inference_helpers import V1, serve_app, wait_for_version
+from tests.inference.modelkit import publish_version
 
 
 @pytest.fixture

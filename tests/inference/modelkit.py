@@ -1,5 +1,5 @@
-"""Build and publish a tiny model in exactly the published-version format of
-docs/architecture.md ("A published version"), so the app is tested without the trainer.
+"""Build and publish a tiny model through the trainer's own publication code and schema
+(trainer.publish.write_version, trainer.schema), so the app is tested without training.
 
 The model recognizes solid colours (red / green / blue): its logits are the mean of each
 normalized channel, so a red image is "red" with high confidence - a real assertion.
@@ -9,11 +9,14 @@ Shaped like ``trainer.publish.publish`` so it can be swapped for it.
 from __future__ import annotations
 
 import io
-import json
 
 import torch
 from PIL import Image
 from torch import nn
+
+from trainer.layout import METRICS_FILE, MODEL_FILE, ModelKeys
+from trainer.publish import created_at, finish_publication, write_version
+from trainer.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
 
 CLASSES = ["red", "green", "blue"]
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 40), "blue": (20, 40, 230)}
@@ -68,13 +71,15 @@ def figure_png(draw) -> bytes:
     return buffer.getvalue()
 
 
-def curves_png(history: list[dict]) -> bytes:
+def curves_png(history: list[EpochRecord]) -> bytes:
     def draw(fig):
         loss, acc = fig.subplots(1, 2)
-        epochs = [h["epoch"] for h in history]
+        epochs = [h.epoch for h in history]
         for split in ("train", "test"):
-            loss.plot(epochs, [h[f"{split}_loss"] for h in history], marker="o", label=split)
-            acc.plot(epochs, [h[f"{split}_acc"] for h in history], marker="o", label=split)
+            loss.plot(epochs, [getattr(h, f"{split}_loss") for h in history], marker="o",
+                      label=split)
+            acc.plot(epochs, [getattr(h, f"{split}_acc") for h in history], marker="o",
+                     label=split)
         loss.set_title("loss"), acc.set_title("accuracy"), acc.legend()
     return figure_png(draw)
 
@@ -89,10 +94,11 @@ def confusion_png(confusion: list[list[int]], classes: list[str]) -> bytes:
     return figure_png(draw)
 
 
-def fake_history(epochs: int = 4, final_acc: float = 1.0) -> list[dict]:
-    return [{"epoch": e + 1, "train_loss": 1.1 / (e + 1), "train_acc": final_acc * (1 - 0.5 ** (e + 1)),
-             "test_loss": 1.2 / (e + 1), "test_acc": final_acc * (1 - 0.45 ** (e + 1)),
-             "seconds": 1.5, "img_per_s": 800.0} for e in range(epochs)]
+def fake_history(epochs: int = 4, final_acc: float = 1.0) -> list[EpochRecord]:
+    return [EpochRecord(epoch=e + 1, train_loss=1.1 / (e + 1),
+                        train_acc=final_acc * (1 - 0.5 ** (e + 1)), test_loss=1.2 / (e + 1),
+                        test_acc=final_acc * (1 - 0.45 ** (e + 1)), seconds=1.5, img_per_s=800.0)
+            for e in range(epochs)]
 
 
 def publish_version(store, version: str, *, model: nn.Module | None = None,
@@ -101,42 +107,41 @@ def publish_version(store, version: str, *, model: nn.Module | None = None,
                     move_latest: bool = True, classes: list[str] = CLASSES,
                     input_size: list[int] = INPUT_SIZE, mean: list[float] = MEAN,
                     std: list[float] = STD) -> str:
-    """Upload every file of a version, then (last) move ``latest.json``.
+    """Upload every file of a version, then (last) move ``latest.json``, as the trainer does.
 
-    ``model_bytes`` / ``skip_files`` build deliberately broken versions for tests;
-    ``classes``/``input_size``/``mean``/``std`` describe another model (the benchmark's).
+    ``model_bytes`` / ``skip_files`` / ``move_latest=False`` build deliberately broken or
+    unfinished versions for tests; ``classes``/``input_size``/``mean``/``std`` describe
+    another model (the benchmark's).
     """
     store.ensure_buckets()
-    prefix = f"models/{name}/versions/{version}/"
     history = fake_history(final_acc=test_acc)
     confusion = [[10 if i == j else 0 for j in range(len(classes))] for i in range(len(classes))]
-    metrics = {"epochs": history, "confusion_matrix": confusion, "classes": classes,
-               "world_size": 2}
+    metrics = VersionMetrics(epochs=history, confusion_matrix=confusion, classes=classes,
+                             world_size=2)
     files = {
-        "model.pt2": model_bytes if model_bytes is not None else export_model(model or ColourNet()),
-        "metrics.json": json.dumps(metrics).encode(),
+        MODEL_FILE: model_bytes if model_bytes is not None else export_model(model or ColourNet()),
+        METRICS_FILE: metrics.to_json(),
         "curves.png": curves_png(history),
         "confusion_matrix.png": confusion_png(confusion, classes),
     }
     examples = {f"examples/{i}-{c}.png": png(solid(c, (32, 32))) for i, c in enumerate(CLASSES)
                 if classes == CLASSES}
+    model_arch, _, dataset = name.partition("-")
+    meta = VersionMeta(
+        model=model_arch, dataset=dataset, version=version, run_id="c0ffee42", classes=classes,
+        input_size=input_size, mean=mean, std=std,
+        train_config={"model": "colournet", "dataset": "colours", "epochs": len(history),
+                      "batch_size": 64, "lr": 0.1, "seed": 0},
+        metrics=MetricsSummary.of(history), created_at=created_at(version), files=list(files),
+        examples=list(examples))
+    if not skip_files and move_latest:
+        write_version(store, meta, {**files, **examples})
+        return version
+    keys = ModelKeys(name)
     for rel, data in {**files, **examples}.items():
         if rel not in skip_files:
-            store.put_bytes(prefix + rel, data)
-    meta = {
-        "model": name.split("-")[0], "dataset": name.split("-")[-1], "version": version,
-        "run_id": "c0ffee42", "classes": classes, "input_size": input_size,
-        "mean": mean, "std": std,
-        "train_config": {"model": "colournet", "dataset": "colours", "epochs": len(history),
-                         "batch_size": 64, "lr": 0.1, "seed": 0},
-        "metrics": {"test_acc": history[-1]["test_acc"], "test_loss": history[-1]["test_loss"],
-                    "epochs": len(history), "train_seconds": 6.0},
-        "created_at": f"{version[:4]}-{version[4:6]}-{version[6:8]}T{version[9:11]}:"
-                      f"{version[11:13]}:{version[13:15]}Z",
-        "files": list(files), "examples": list(examples),
-    }
-    store.put_bytes(prefix + "meta.json", json.dumps(meta).encode())
-    store.put_bytes(f"metrics/{name}/{version}.json", files["metrics.json"])
+            store.put_bytes(keys.version_file(version, rel), data)
+    store.put_bytes(keys.meta(version), meta.to_json())
     if move_latest:
-        store.put_bytes(f"models/{name}/latest.json", json.dumps({"version": version}).encode())
+        finish_publication(store, name, version)
     return version

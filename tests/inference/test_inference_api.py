@@ -9,9 +9,10 @@ import zlib
 import httpx
 import numpy as np
 import pytest
-from inference_helpers import V1, serve_app, wait_for_version
-from modelkit import CLASSES, png, solid
 from PIL import Image
+
+from tests.inference.inference_helpers import V1, serve_app, wait_for_version
+from tests.inference.modelkit import CLASSES, png, solid
 
 
 def post(base: str, data: bytes, name: str = "image.png", field: str = "file",

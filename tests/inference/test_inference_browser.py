@@ -6,9 +6,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from inference_helpers import V1, serve_app
-from modelkit import publish_version
 from PIL import Image, ImageDraw
+
+from tests.inference.inference_helpers import V1, serve_app
+from tests.inference.modelkit import publish_version
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Fresh copies for a look after each run (git-ignored); the README's screenshots come from

@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
-from inference_helpers import V1, free_port, wait_until
-from modelkit import MODEL_NAME, png, publish_version, solid
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.inference.inference_helpers import V1, free_port, wait_until
+from tests.inference.modelkit import MODEL_NAME, png, publish_version, solid
 
 
 def test_gradio_client_calls_predict(app_v1, tmp_path):
@@ -36,7 +34,7 @@ def test_python_m_inference_serve(local_store, tmp_path, how):
     publish_version(local_store, V1)
     publish_version(local_store, "20200101T000000Z", name="older-model")
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "inference", "serve", "--host", "127.0.0.1",
            "--port", str(port), "--poll-seconds", "1", "--torch-threads", "1"]
     if how == "flags":
@@ -68,7 +66,6 @@ def test_python_m_inference_serve(local_store, tmp_path, how):
 
 def test_serve_without_store_says_how_to_fix(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRAINSTACK_STORE"}
-    env["PYTHONPATH"] = str(REPO)
     r = subprocess.run([sys.executable, "-m", "inference", "serve"], env=env, cwd=tmp_path,
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 2

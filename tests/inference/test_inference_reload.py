@@ -6,8 +6,9 @@ import logging
 import threading
 
 import httpx
-from inference_helpers import V1, V2, serve_app, wait_for_version, wait_until
-from modelkit import MODEL_NAME, ColourNet, png, publish_version, solid
+
+from tests.inference.inference_helpers import V1, V2, serve_app, wait_for_version, wait_until
+from tests.inference.modelkit import MODEL_NAME, ColourNet, png, publish_version, solid
 
 RED = png(solid("red"))
 
@@ -82,9 +83,9 @@ def test_broken_versions_are_skipped_once_and_the_old_stays(app_v1, published_st
 
 def test_store_outage_is_survived(tmp_path, monkeypatch):
     """An S3 server that goes away: the app keeps serving the loaded version."""
-    from inference_helpers import free_port
     from moto.server import ThreadedMotoServer
 
+    from tests.inference.inference_helpers import free_port
     from trainer.storage import S3Store
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "outage-test")

@@ -10,16 +10,30 @@ from functools import partial
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from modelkit import MODEL_NAME, publish_version
 from PIL import Image
 
 from inference import app as app_module
 from inference.predict import BadImage, decode_image, preprocess
-from inference.registry import BrokenVersion, Registry, check_meta
-from trainer import distributed
+from inference.registry import Registry
+from tests.inference.modelkit import MODEL_NAME, publish_version
+from trainer import cpus
+from trainer.errors import MetaError
+from trainer.schema import VersionMeta
 from trainer.storage import LocalStore
 
-GREY_META = {"input_size": [1, 8, 8], "mean": [0.0], "std": [1.0]}  # tensor = pixels / 255
+
+def good_meta(**changes):
+    meta = {"model": "m", "dataset": "d", "version": "20260101T000000Z", "run_id": "r",
+            "classes": ["a", "b"], "input_size": [3, 8, 8], "mean": [0.5] * 3,
+            "std": [0.25] * 3, "train_config": {}, "created_at": "2026-01-01T00:00:00Z",
+            "metrics": {"test_acc": 0.5, "test_loss": 1.0, "epochs": 1, "train_seconds": 1.0},
+            "files": ["model.pt2"], "examples": []}
+    return {**meta, **changes}
+
+
+# tensor = pixels / 255
+GREY_META = VersionMeta.from_json(json.dumps(good_meta(input_size=[1, 8, 8], mean=[0.0],
+                                                       std=[1.0])))
 
 
 def encoded(image: Image.Image, fmt: str) -> bytes:
@@ -68,26 +82,24 @@ def test_unconvertible_modes_and_non_finite_floats_are_bad_images():
         preprocess(Image.fromarray(np.full((4, 4), np.nan, np.float32)), GREY_META)
 
 
-def good_meta(**changes):
-    meta = {"classes": ["a", "b"], "input_size": [3, 8, 8], "mean": [0.5] * 3,
-            "std": [0.25] * 3, "files": ["model.pt2"], "examples": []}
-    return {**meta, **changes}
-
-
 @pytest.mark.parametrize("meta", [
     [1, 2], good_meta(input_size=32), good_meta(input_size="3x8x8"), good_meta(input_size=None),
     good_meta(input_size=[3, 8]), good_meta(input_size=[2, 8, 8]),
     good_meta(input_size=[3, 8.0, 8]), good_meta(mean=0.5), good_meta(std=[0.25, 0.25]),
     good_meta(std=[0.25, 0, 0.25]), good_meta(mean=["x", "y", "z"]), good_meta(classes=[]),
     good_meta(classes="ab"), good_meta(files="model.pt2"), good_meta(examples=[3]),
+    good_meta(files=["../../etc/passwd"]), good_meta(examples=["/abs.png"]),
+    good_meta(metrics={"test_acc": "high"}), good_meta(version="a/b"),
+    {k: v for k, v in good_meta().items() if k != "classes"},
 ])
-def test_every_meta_problem_is_a_broken_version(meta):
-    with pytest.raises(BrokenVersion):
-        check_meta(meta)
+def test_every_meta_problem_is_a_meta_error(meta):
+    with pytest.raises(MetaError):
+        VersionMeta.from_json(json.dumps(meta))
 
 
-def test_good_meta_passes():
-    check_meta(good_meta())
+def test_good_meta_passes_and_round_trips():
+    meta = VersionMeta.from_json(json.dumps(good_meta(future_field="ignored")))
+    assert VersionMeta.from_json(meta.to_json()) == meta
 
 
 class CountingStore(LocalStore):
@@ -126,11 +138,11 @@ def test_latest_json_without_a_version_is_ignored(tmp_path):
 def test_default_threads_follow_the_cgroup_quota(tmp_path, monkeypatch):
     (tmp_path / "cpu.max").write_text("200000 100000\n")  # a pod limited to 2 CPUs
     monkeypatch.setattr(app_module, "usable_cpus",
-                        partial(distributed.usable_cpus, cgroup_root=tmp_path))
+                        partial(cpus.usable_cpus, cgroup_root=tmp_path))
     assert app_module.default_torch_threads() == 1
     assert app_module.Settings().torch_threads == 1
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    expected = max(1, min(4, distributed.usable_cpus(cgroup_root=tmp_path) // 2))
+    expected = max(1, min(4, cpus.usable_cpus(cgroup_root=tmp_path) // 2))
     assert app_module.default_torch_threads() == expected
 
 
@@ -152,8 +164,7 @@ def test_temp_cache_is_removed_at_shutdown_but_a_given_one_is_kept(tmp_path):
 
 
 def test_store_errors_are_logged_by_kind_and_retried(tmp_path, caplog):
-    from inference_helpers import wait_until
-
+    from tests.inference.inference_helpers import wait_until
     from trainer.storage import BucketNotFound
 
     class MissingBucket(LocalStore):

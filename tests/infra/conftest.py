@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from infra_helpers import PASSWORD, PUSHED
-from render import Rendering, render
+from tests.infra.infra_helpers import PASSWORD, PUSHED
+from tests.infra.render import Rendering, render
 
 
 @pytest.fixture(scope="module")

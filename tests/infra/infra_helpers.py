@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from render import Rendering
+from tests.infra.render import Rendering
 
 PASSWORD = "cfg-secret-password-4b9d2e"  # as `pulumi config set --secret minioRootPassword`
 # pushImage defaults to true, which needs a registry path: a user of a real cluster sets

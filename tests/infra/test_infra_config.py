@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from infra_helpers import IMAGE, PUSHED
-from render import render
 
 from infra.config import CIFAR10_URL, ConfigError, StackConfig, parse_config
+from tests.infra.infra_helpers import IMAGE, PUSHED
+from tests.infra.render import render
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,10 +7,11 @@ from types import SimpleNamespace
 
 import kubernetes_validate
 import pytest
-from infra_helpers import PASSWORD, PUSHED, pod_specs, pytorchjob
 from kubeflow.training import ApiClient
 from kubeflow.training.models import KubeflowOrgV1PyTorchJob
-from render import MOCK_RANDOM_PASSWORD, render
+
+from tests.infra.infra_helpers import PASSWORD, PUSHED, pod_specs, pytorchjob
+from tests.infra.render import MOCK_RANDOM_PASSWORD, render
 
 K8S_VERSION = "1.34.0"  # kubernetes-validate 1.37.0 ships schemas up to 1.37
 

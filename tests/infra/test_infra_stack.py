@@ -6,11 +6,11 @@ import json
 import socket
 
 import pytest
-from infra_helpers import IMAGE as REGISTRY_IMAGE
-from infra_helpers import PASSWORD, PUSHED, env_of, one, pod_specs, pytorchjob
-from render import MOCK_RANDOM_PASSWORD, render
 
 from infra.config import CIFAR10_URL, ConfigError
+from tests.infra.infra_helpers import IMAGE as REGISTRY_IMAGE
+from tests.infra.infra_helpers import PASSWORD, PUSHED, env_of, one, pod_specs, pytorchjob
+from tests.infra.render import MOCK_RANDOM_PASSWORD, render
 
 DIRECTORY = "kubernetes:kustomize/v2:Directory"
 IMAGE = "docker:index/image:Image"

@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from trainer_procs import REPO_ROOT, trainer_env
+
+from tests.trainer.trainer_procs import REPO_ROOT, trainer_env
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from trainer_procs import run_trainer, trainer_env
 
+from tests.trainer.trainer_procs import run_trainer, trainer_env
 from trainer.cli import build_parser, train_config_from_args
 from trainer.config import ConfigError, TrainConfig
 

@@ -12,11 +12,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cifar_fixtures import BATCHES, CLASSES, archive_bytes, expected_images, make_batches
 from PIL import Image
 
+from tests.trainer.cifar_fixtures import (
+    BATCHES,
+    CLASSES,
+    archive_bytes,
+    expected_images,
+    make_batches,
+)
 from trainer import cifar
-from trainer.data import CIFAR10_KEY, DATASETS, MANIFEST_NAME, DatasetError, load_dataset
+from trainer.data import DATASETS, load_dataset
+from trainer.errors import DatasetError
+from trainer.layout import MANIFEST_NAME, cifar10_key
+
+CIFAR10_KEY = cifar10_key()
 from trainer.storage import ObjectNotFound
 
 REPO = Path(__file__).resolve().parents[2]

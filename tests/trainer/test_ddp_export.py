@@ -9,13 +9,14 @@ import textwrap
 
 import pytest
 import torch
-from testkit import free_port
-from trainer_procs import events, operator_env, start_trainer
 
+from tests.testkit import free_port
+from tests.trainer.trainer_procs import events, operator_env, start_trainer
 from trainer.augment import Normalizer
-from trainer.checkpoint import checkpoint_key, load_checkpoint
+from trainer.checkpoint import load_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import load_dataset
+from trainer.layout import ModelKeys
 from trainer.models import build_model
 from trainer.train import weights_digest
 
@@ -71,10 +72,10 @@ def test_two_ranks_train_identical_replicas_and_export_stands_alone(
 
     cfg = TrainConfig(dataset="digits", model="smallcnn", epochs=1, batch_size=32, lr=0.05,
                       seed=3)
-    state = load_checkpoint(store, checkpoint_key(cfg.model_name, cfg.run_id, 1))
-    assert state["world_size"] == 2 and state["epoch"] == 1
+    state = load_checkpoint(store, ModelKeys(cfg.model_name).checkpoint(cfg.run_id, 1))
+    assert state.world_size == 2 and state.epoch == 1
     model = build_model("smallcnn", in_channels=1, num_classes=10)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state.model)
     assert weights_digest(model) == trained[0]["weights_sha256"]
 
     name = cfg.model_name

@@ -10,7 +10,8 @@ import torch
 
 from trainer import distributed
 from trainer.config import ConfigError
-from trainer.distributed import DistEnv, cgroup_cpu_quota, configure_cpu_threads, usable_cpus
+from trainer.cpus import cgroup_cpu_quota, usable_cpus
+from trainer.distributed import DistEnv, configure_cpu_threads
 
 
 def write(path, text):

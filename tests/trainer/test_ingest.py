@@ -9,11 +9,16 @@ from typing import ClassVar
 
 import pytest
 import torch
-from cifar_fixtures import archive_bytes, make_batches
 
+from tests.trainer.cifar_fixtures import archive_bytes, make_batches
 from trainer import ingest as ingest_mod
-from trainer.data import CIFAR10_KEY, DatasetError, load_dataset
-from trainer.ingest import IngestError, ingest
+from trainer.data import load_dataset
+from trainer.errors import DatasetError
+from trainer.layout import cifar10_key
+
+CIFAR10_KEY = cifar10_key()
+from trainer.errors import IngestError
+from trainer.ingest import ingest
 
 
 class _Files(BaseHTTPRequestHandler):

@@ -8,6 +8,7 @@ import threading
 import pytest
 import torch
 
+from trainer.checkpoint import TrainingState
 from trainer.config import TrainConfig
 from trainer.data import load_dataset
 from trainer.models import build_model
@@ -18,6 +19,7 @@ from trainer.publish import (
     publish,
     published_version_of,
 )
+from trainer.schema import EpochRecord
 from trainer.storage import LocalStore
 
 CFG = TrainConfig(dataset="digits", model="smallcnn", epochs=1, batch_size=32, seed=0)
@@ -39,10 +41,12 @@ def a_result(cfg: TrainConfig = CFG) -> TrainingResult:
     torch.manual_seed(0)
     bundle = load_dataset("digits", None, seed=0)
     model = build_model("smallcnn", in_channels=1, num_classes=10)
-    history = [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "test_loss": 0.9,
-                "test_acc": 0.6, "seconds": 1.0, "img_per_s": 100.0}]
+    history = [EpochRecord(epoch=1, train_loss=1.0, train_acc=0.5, test_loss=0.9,
+                           test_acc=0.6, seconds=1.0, img_per_s=100.0)]
     confusion = [[1 if i == j else 0 for j in range(10)] for i in range(10)]
-    return TrainingResult(cfg, model, bundle, history, confusion, world_size=1)
+    state = TrainingState(run_id=cfg.run_id, config=cfg.to_dict(), epoch=1, history=history,
+                          confusion=confusion, world_size=1)
+    return TrainingResult(cfg, model, bundle, state)
 
 
 def incomplete_versions_seen(store: LocalStore, name: str, stop: threading.Event,

@@ -6,9 +6,15 @@ import json
 import signal
 
 import pytest
-from testkit import free_port
-from trainer_procs import events, operator_env, run_trainer, start_trainer, trainer_env
 
+from tests.testkit import free_port
+from tests.trainer.trainer_procs import (
+    events,
+    operator_env,
+    run_trainer,
+    start_trainer,
+    trainer_env,
+)
 from trainer.checkpoint import checkpoint_epochs, load_checkpoint
 from trainer.config import TrainConfig
 
@@ -67,6 +73,6 @@ def test_killed_run_resumes_at_next_epoch_with_one_process(store_kind, request, 
     assert trained_epochs == list(range(newest + 1, CONFIG["epochs"] + 1))
 
     final = load_checkpoint(store, checkpoint_epochs(store, cfg.model_name, cfg.run_id)[0][1])
-    assert final["epoch"] == CONFIG["epochs"]
-    assert [h["epoch"] for h in final["history"]] == list(range(1, CONFIG["epochs"] + 1))
+    assert final.epoch == CONFIG["epochs"]
+    assert [h.epoch for h in final.history] == list(range(1, CONFIG["epochs"] + 1))
     assert events(log, "done")[0]["run_id"] == cfg.run_id

@@ -15,8 +15,7 @@ DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK",
 
 def trainer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
-    env.update({"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
-                "PYTHONUNBUFFERED": "1"})
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     env.update(extra or {})
     return env
 

@@ -1,0 +1,99 @@
+"""The contract layer (trainer.layout, trainer.schema, trainer.errors): one definition each,
+used by the trainer to write and by the app to read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trainer.errors import (
+    BucketNotFound,
+    ConfigError,
+    DatasetError,
+    IngestError,
+    MetaError,
+    ObjectNotFound,
+    StoreError,
+    TrainstackError,
+)
+from trainer.layout import (
+    ModelKeys,
+    checkpoint_epoch,
+    cifar10_key,
+    is_safe_relative,
+    model_name,
+    name_of_latest_key,
+)
+from trainer.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
+
+
+def test_model_keys_spell_the_documented_layout():
+    keys = ModelKeys(model_name("resnet18", "cifar10"))
+    assert keys.name == "resnet18-cifar10"
+    assert keys.latest == "models/resnet18-cifar10/latest.json"
+    assert keys.checkpoint("ab12", 7) == "models/resnet18-cifar10/runs/ab12/checkpoints/epoch-0007.pt"
+    assert keys.meta("v1") == "models/resnet18-cifar10/versions/v1/meta.json"
+    assert keys.metrics_copy("v1") == "metrics/resnet18-cifar10/v1.json"
+    assert cifar10_key() == "datasets/cifar10/cifar-10-python.tar.gz"
+    assert checkpoint_epoch(keys.checkpoint("ab12", 123)) == 123
+    assert checkpoint_epoch("models/x/runs/r/checkpoints/epoch-7.pt.tmp") is None
+    assert name_of_latest_key(keys.latest) == "resnet18-cifar10"
+    assert name_of_latest_key("models/x/versions/latest.json") is None
+    assert keys.version_of_meta_key(keys.meta("v1")) == "v1"
+    assert keys.version_of_meta_key("models/resnet18-cifar10/versions/v1/examples/meta.json") is None
+
+
+@pytest.mark.parametrize("path", ["../x", "/etc/passwd", "a/../../b", "", "a\\..\\b"])
+def test_unsafe_version_paths_are_refused(path):
+    assert not is_safe_relative(path)
+    with pytest.raises(ValueError):
+        ModelKeys("m-d").version_file("v", path)
+
+
+def test_every_user_error_is_one_base_class():
+    for error in (ConfigError, StoreError, ObjectNotFound, BucketNotFound, DatasetError,
+                  IngestError, MetaError):
+        assert issubclass(error, TrainstackError)
+    assert ConfigError("bad", key="workers").key == "workers"
+    assert str(ObjectNotFound("object 'x' not found")) == "object 'x' not found"
+
+
+def a_meta(**changes) -> VersionMeta:
+    history = [EpochRecord(1, 1.0, 0.5, 0.9, 0.6, 100.0, 2.0),
+               EpochRecord(2, 0.8, 0.6, 0.7, 0.7, 110.0, 2.5)]
+    values = {"model": "smallcnn", "dataset": "digits", "version": "20261123T152400Z",
+              "run_id": "r1", "classes": ["0", "1"], "input_size": [1, 8, 8], "mean": [0.5],
+              "std": [0.25], "train_config": {"epochs": 2},
+              "metrics": MetricsSummary.of(history), "created_at": "2026-11-23T15:24:00Z",
+              "files": ["model.pt2"], "examples": []}
+    return VersionMeta(**{**values, **changes})
+
+
+def test_meta_written_by_the_trainer_is_read_back_identically():
+    meta = a_meta()
+    assert meta.metrics == MetricsSummary(test_acc=0.7, test_loss=0.7, epochs=2,
+                                          train_seconds=4.5)
+    assert VersionMeta.from_json(meta.to_json()) == meta
+    assert meta.name == "smallcnn-digits"
+    assert meta.downloads == ["model.pt2"]
+
+
+def test_meta_is_validated_when_written_too():
+    with pytest.raises(MetaError, match="input_size"):
+        a_meta(input_size=[2, 8, 8])
+    with pytest.raises(MetaError, match="files"):
+        a_meta(files=["../model.pt2"])
+
+
+def test_metrics_round_trip_and_checks():
+    history = [EpochRecord(1, 1.0, 0.5, 0.9, 0.6, 100.0, 2.0)]
+    metrics = VersionMetrics(epochs=history, confusion_matrix=[[1, 0], [0, 1]],
+                             classes=["a", "b"], world_size=2)
+    assert VersionMetrics.from_json(metrics.to_json()) == metrics
+    with pytest.raises(MetaError, match="confusion_matrix"):
+        VersionMetrics(epochs=history, confusion_matrix=[[1]], classes=["a", "b"], world_size=1)
+    broken = json.loads(metrics.to_json())
+    del broken["epochs"][0]["test_acc"]
+    with pytest.raises(MetaError, match="test_acc"):
+        VersionMetrics.from_json(json.dumps(broken))

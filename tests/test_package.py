@@ -1,0 +1,115 @@
+"""The project as an installed package: the contract layer is light, every part imports from
+anywhere, and the Pulumi program runs the way the Pulumi CLI runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONTRACT_MODULES = ("trainer.errors", "trainer.layout", "trainer.schema", "trainer.cpus",
+                    "trainer.config")
+HEAVY = ("torch", "numpy", "PIL", "gradio", "pulumi", "minio", "matplotlib")
+
+
+def run_python(code: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_contract_layer_imports_nothing_heavy(tmp_path):
+    result = run_python(f"""
+        import json, sys
+        for name in {CONTRACT_MODULES!r}:
+            __import__(name)
+        print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))
+        """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+def test_a_heavy_import_would_be_caught(tmp_path):
+    """The check above can fail: trainer.publish (torch) is seen."""
+    result = run_python(f"""
+        import json, sys
+        import trainer.publish
+        print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))
+        """, tmp_path)
+    assert "torch" in json.loads(result.stdout)
+
+
+def test_every_part_imports_from_any_directory(tmp_path):
+    result = run_python("import trainer, inference, infra; print(trainer.__file__)", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).parent == REPO_ROOT / "trainer"
+
+
+def test_no_module_in_infra_shadows_a_package(tmp_path):
+    """Pulumi puts infra/ first on sys.path: a module there named like a package would
+    replace that package for the whole program (infra/minio.py once did)."""
+    names = sorted(p.stem for p in (REPO_ROOT / "infra").glob("*.py")
+                   if p.stem not in ("__init__", "__main__"))
+    result = run_python(f"""
+        import importlib.util, json
+        print(json.dumps({{n: bool(importlib.util.find_spec(n)) for n in {names!r}}}))
+        """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [n for n, found in json.loads(result.stdout).items() if found] == []
+
+
+def test_no_part_rewrites_sys_path():
+    offenders = [str(p.relative_to(REPO_ROOT))
+                 for part in ("trainer", "inference", "infra", "bench", "tests")
+                 for p in (REPO_ROOT / part).rglob("*.py")
+                 if "sys.path" in p.read_text() and p != Path(__file__)]
+    assert offenders == []
+
+
+# What `pulumi up` does: run infra/ as a directory program (runpy) with infra/ itself first
+# on sys.path, in the project's venv, from the project root; here under Pulumi's mocks.
+PULUMI_RUN = """
+    import runpy, sys
+    import pulumi
+    from pulumi.runtime.config import set_all_config
+
+    class Mocks(pulumi.runtime.Mocks):
+        def new_resource(self, args):
+            state = dict(args.inputs)
+            if args.typ == "docker:index/image:Image":
+                state["repoDigest"] = state["imageName"].rsplit(":", 1)[0] + "@sha256:" + "0" * 64
+            if args.typ == "random:index/randomPassword:RandomPassword":
+                state["result"] = "mock-password-0123456789"
+            return args.name + "-id", state
+
+        def call(self, args):
+            return {}
+
+    registered = []
+
+    class Recording(Mocks):
+        def new_resource(self, args):
+            registered.append(args.typ)
+            return super().new_resource(args)
+
+    pulumi.runtime.set_mocks(Recording(), project="trainstack", stack="dev", preview=False)
+    set_all_config({"trainstack:image": "registry.example.com/t/trainstack-trainer"})
+    sys.path.insert(0, "infra")
+
+    @pulumi.runtime.test
+    def program():
+        runpy.run_path("infra", run_name="__main__")
+
+    program()
+    print(json.dumps(registered))
+"""
+
+
+def test_pulumi_program_runs_as_the_cli_runs_it():
+    result = run_python("import json\n" + textwrap.dedent(PULUMI_RUN), REPO_ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    registered = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "kubernetes:apps/v1:Deployment" in registered
+    assert "kubernetes:kubeflow.org/v1:PyTorchJob" in registered

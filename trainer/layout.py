@@ -1,0 +1,138 @@
+"""The object store's key layout: the one place that spells a key.
+
+The trainer writes with these functions, the app reads with them, tests and benchmarks
+build fixtures with them. A key's first segment is a *logical* bucket (``datasets``,
+``models``, ``metrics``); an S3 store may map it to a prefixed bucket name, a local
+store keeps it as a directory. Stdlib only.
+
+```
+datasets/<dataset>/...                                   ingested data
+models/<name>/runs/<run_id>/checkpoints/epoch-0007.pt    full training state
+models/<name>/versions/<version>/{model.pt2, meta.json, metrics.json, *.png, examples/}
+models/<name>/latest.json                                {"version": ...}, moved last
+metrics/<name>/<version>.json                            copy of metrics.json
+```
+``<name>`` is :func:`model_name` (``<model>-<dataset>``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+BUCKETS = ("datasets", "models", "metrics")
+
+# Datasets
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+# Written last by `trainer ingest --dataset imagefolder`: "<sha256>  <path under prefix>".
+MANIFEST_NAME = ".manifest.sha256"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+# Published versions
+META_FILE = "meta.json"
+METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.pt2"
+LATEST_FILE = "latest.json"
+VERSION_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
+
+_CHECKPOINT = re.compile(r"/epoch-(\d{4,})\.pt$")
+
+
+def model_name(model: str, dataset: str) -> str:
+    """``<model>-<dataset>``: the folder of a model's runs and versions, and what the app serves."""
+    return f"{model}-{dataset}"
+
+
+def dataset_prefix(dataset: str, prefix: str | None = None) -> str:
+    """Where a dataset lives: ``prefix`` if given, else ``datasets/<dataset>`` (no slash)."""
+    return (prefix or f"datasets/{dataset}").rstrip("/")
+
+
+def cifar10_key(prefix: str | None = None) -> str:
+    return f"{dataset_prefix('cifar10', prefix)}/{CIFAR10_ARCHIVE}"
+
+
+def manifest_key(prefix: str) -> str:
+    return f"{prefix.rstrip('/')}/{MANIFEST_NAME}"
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``(bucket, path)`` of ``<bucket>/<path>``; ValueError if either part is empty."""
+    bucket, _, name = key.strip("/").partition("/")
+    if not bucket or not name:
+        raise ValueError(f"store key {key!r} must look like '<bucket>/<path>'")
+    return bucket, name
+
+
+def is_safe_relative(path: str) -> bool:
+    """A file path inside a version folder: relative, no '..', no empty parts."""
+    parts = PurePosixPath(path).parts
+    return bool(parts) and not path.startswith("/") and ".." not in parts and "\\" not in path
+
+
+@dataclass(frozen=True)
+class ModelKeys:
+    """Every key of one ``<model>-<dataset>`` name."""
+
+    name: str
+
+    @property
+    def root(self) -> str:
+        return f"models/{self.name}/"
+
+    @property
+    def latest(self) -> str:
+        return f"models/{self.name}/{LATEST_FILE}"
+
+    @property
+    def versions(self) -> str:
+        return f"models/{self.name}/versions/"
+
+    def run(self, run_id: str) -> str:
+        return f"models/{self.name}/runs/{run_id}/"
+
+    def checkpoints(self, run_id: str) -> str:
+        return f"{self.run(run_id)}checkpoints/"
+
+    def checkpoint(self, run_id: str, epoch: int) -> str:
+        return f"{self.checkpoints(run_id)}epoch-{epoch:04d}.pt"
+
+    def version(self, version: str) -> str:
+        return f"{self.versions}{version}/"
+
+    def version_file(self, version: str, rel: str) -> str:
+        if not is_safe_relative(rel):
+            raise ValueError(f"{rel!r} is not a safe path inside a version folder")
+        return f"{self.version(version)}{rel}"
+
+    def meta(self, version: str) -> str:
+        return self.version_file(version, META_FILE)
+
+    def metrics_copy(self, version: str) -> str:
+        return f"metrics/{self.name}/{version}.json"
+
+    def version_of_meta_key(self, key: str) -> str | None:
+        """``<version>`` of ``models/<name>/versions/<version>/meta.json``, else None."""
+        if not key.startswith(self.versions) or not key.endswith("/" + META_FILE):
+            return None
+        version = key[len(self.versions):-len(META_FILE) - 1]
+        return version if version and "/" not in version else None
+
+
+def checkpoint_epoch(key: str) -> int | None:
+    """The epoch of a checkpoint key (``.../epoch-0007.pt`` -> 7), else None."""
+    match = _CHECKPOINT.search(key)
+    return int(match.group(1)) if match else None
+
+
+def name_of_latest_key(key: str) -> str | None:
+    """``<name>`` of ``models/<name>/latest.json``, else None (for discovering models)."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] == "models" and parts[2] == LATEST_FILE and parts[1]:
+        return parts[1]
+    return None
