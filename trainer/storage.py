@@ -8,18 +8,22 @@ it is and vice versa.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import io
 import logging
 import os
 import random
+import re
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
-from trainer.errors import BucketNotFound, ObjectNotFound, StoreError
+from trainer.errors import BucketNotFound, ObjectNotFound, PreconditionFailed, StoreError
 from trainer.layout import BUCKETS, split_key
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,32 @@ class Store(ABC):
     def ensure_buckets(self, buckets: tuple[str, ...] = BUCKETS) -> list[str]:
         """Create missing buckets; return the ones that were created."""
 
+    # Conditional writes: what moves latest.json forward and claims version folders. A tag
+    # (S3's ETag) changes whenever the object is written. Keys written conditionally are
+    # never written unconditionally by the trainer.
+    @abstractmethod
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        """The object and its tag; ObjectNotFound if there is none."""
+
+    @abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> str:
+        """Create the object only if the key is free (exclusive create); return its tag.
+        PreconditionFailed if an object exists: readers never see half of either."""
+
+    @abstractmethod
+    def put_if_match(self, key: str, data: bytes, tag: str) -> str:
+        """Replace the object only if its tag is still ``tag``; return the new tag.
+        PreconditionFailed if it was written since (or is gone)."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove an object; a missing one is not an error."""
+
+    @abstractmethod
+    def open_read(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        """The object as a stream, for large objects that need not be in memory at once.
+        Read failures raise StoreError; ObjectNotFound if there is none."""
+
     def put_file(self, key: str, path: str | os.PathLike) -> None:
         self.put_bytes(key, Path(path).read_bytes())
 
@@ -65,17 +95,56 @@ class Store(ABC):
         return f"{type(self).__name__}({self.url})"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _file_mode() -> int:
+    """What ``open()`` would give a new file: 0o666 less the umask (mkstemp gives 0o600,
+    which locks out an app that reads the store as another user)."""
+    try:
+        match = re.search(r"^Umask:\s+([0-7]+)$", Path("/proc/self/status").read_text(),
+                          re.MULTILINE)
+        umask = int(match.group(1), 8) if match else 0o022
+    except OSError:
+        umask = 0o022
+    return 0o666 & ~umask
+
+
+def _write_temp(path: Path, data: bytes) -> str:
+    """A complete, fsynced copy of ``data`` under a hidden temp name next to ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = _write_temp(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _content_tag(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock of ``path`` among processes (flock on a hidden lock file next to
+    it; the kernel releases it if the holder dies, so no stale lock outlives a crash)."""
+    with open(path.parent / f".{path.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class LocalStore(Store):
@@ -134,6 +203,51 @@ class LocalStore(Store):
         for bucket in buckets:
             (self.root / bucket).mkdir(parents=True, exist_ok=True)
         return created
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        data = self.get_bytes(key)
+        return data, _content_tag(data)
+
+    def put_if_absent(self, key: str, data: bytes) -> str:
+        self._bucket_dir(key)
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _write_temp(path, data)
+        try:
+            os.link(tmp, path)  # atomic, and fails if the name exists: an exclusive create
+        except FileExistsError:
+            raise PreconditionFailed(f"object {key!r} already exists in {self.url}") from None
+        finally:
+            os.unlink(tmp)
+        return _content_tag(data)
+
+    def put_if_match(self, key: str, data: bytes, tag: str) -> str:
+        self._bucket_dir(key)
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(path):
+            try:
+                current = _content_tag(path.read_bytes())
+            except FileNotFoundError:
+                raise PreconditionFailed(f"object {key!r} is gone from {self.url}") from None
+            if current != tag:
+                raise PreconditionFailed(f"object {key!r} in {self.url} changed since it was read")
+            _atomic_write(path, data)
+        return _content_tag(data)
+
+    def delete(self, key: str) -> None:
+        self._bucket_dir(key)
+        self._path(key).unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def open_read(self, key: str) -> Iterator[BinaryIO]:
+        self._bucket_dir(key)
+        try:
+            f = self._path(key).open("rb")
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
+        with f:
+            yield f
 
 
 class S3Store(Store):
@@ -227,6 +341,82 @@ class S3Store(Store):
                            lambda b=bucket: self.client.make_bucket(b))
                 created.append(bucket)
         return created
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        bucket, name = split_key(key)
+
+        def get() -> tuple[bytes, str]:
+            resp = self.client.get_object(bucket, name)
+            try:
+                return resp.read(), resp.headers.get("ETag", "").strip('"')
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._call("get", key, get)
+
+    def put_if_absent(self, key: str, data: bytes) -> str:
+        return self._put_conditional(key, data, {"If-None-Match": "*"})
+
+    def put_if_match(self, key: str, data: bytes, tag: str) -> str:
+        return self._put_conditional(key, data, {"If-Match": f'"{tag}"'})
+
+    def _put_conditional(self, key: str, data: bytes, condition: dict[str, str]) -> str:
+        """The one place that sends S3's conditional-write headers. minio's put_object takes
+        no headers; its _put_object (one PUT, which put_object also ends in) passes them."""
+        from minio.error import S3Error
+
+        bucket, name = split_key(key)
+
+        def put() -> str:
+            try:
+                return self.client._put_object(bucket, name, data, headers=condition).etag
+            except S3Error as e:
+                # 412: the condition failed; 409: a concurrent conditional write won;
+                # 404 on If-Match: the object it names is gone.
+                if e.code in ("PreconditionFailed", "ConditionalRequestConflict") or (
+                        "If-Match" in condition and e.code in ("NoSuchKey", "NoSuchObject")):
+                    raise PreconditionFailed(f"conditional put {key!r} on {self.url}: "
+                                             f"{e.code}") from None
+                raise
+
+        return self._call("put", key, put).strip('"')
+
+    def delete(self, key: str) -> None:
+        bucket, name = split_key(key)
+        self._call("delete", key, lambda: self.client.remove_object(bucket, name))
+
+    @contextlib.contextmanager
+    def open_read(self, key: str) -> Iterator[BinaryIO]:
+        bucket, name = split_key(key)
+        resp = self._call("get", key, lambda: self.client.get_object(bucket, name))
+        try:
+            yield _StreamErrors(resp, f"get {key!r} from {self.url}")
+        finally:
+            resp.close()
+            resp.release_conn()
+
+
+class _StreamErrors(io.RawIOBase):
+    """A streamed S3 response whose read failures are StoreErrors (a broken-off download
+    cannot be retried transparently in the middle of a stream)."""
+
+    def __init__(self, resp, what: str):
+        super().__init__()
+        self.resp, self.what = resp, what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        from urllib3.exceptions import HTTPError
+
+        try:
+            data = self.resp.read(len(buffer))
+        except (HTTPError, OSError) as e:
+            raise StoreError(f"{self.what} broke off: {e}") from e
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def open_store(url: str | None = None) -> Store:

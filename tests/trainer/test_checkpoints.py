@@ -13,7 +13,8 @@ from trainer.train import run_training
 
 pytestmark = pytest.mark.slow
 
-CFG = dict(dataset="digits", model="smallcnn", epochs=4, batch_size=128, lr=0.05, seed=2)
+CFG = {"dataset": "digits", "model": "smallcnn", "epochs": 4, "batch_size": 128, "lr": 0.05,
+       "seed": 2}
 
 
 class StopAtCheckpoint(LocalStore):

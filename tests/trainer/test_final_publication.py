@@ -44,7 +44,7 @@ def test_a_restarted_master_publishes_alone_after_a_failed_publication(local_sto
     block(versions_dir)
 
     first = run_group(local_store.url)
-    (rc0, out0), (rc1, out1) = first[0], first[1]
+    (rc0, _), (rc1, out1) = first[0], first[1]
     assert rc0 != 0, "publication cannot succeed while the versions folder is blocked"
     assert rc1 == 0, out1[-3000:]
     assert not local_store.exists(f"models/{CFG.model_name}/latest.json")

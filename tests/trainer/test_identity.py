@@ -73,9 +73,9 @@ def test_another_cifar_source_is_another_run(local_store, tmp_path, caplog):
 
 def test_a_checkpoint_that_does_not_fit_the_model_is_never_resumed(local_store, caplog):
     from trainer.checkpoint import TrainingState, save_checkpoint
+    from trainer.config import RunIdentity
     from trainer.data import load_dataset
     from trainer.models import build_model, model_revision
-    from trainer.config import RunIdentity
 
     cfg = TrainConfig(dataset="digits", model="smallcnn", epochs=2, batch_size=64, seed=0)
     local_store.ensure_buckets()
@@ -88,8 +88,8 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_never_resumed(local_store, 
 
     caplog.clear()
     version = run_training(cfg, local_store)
-    epochs = [json.loads(line.split(": ", 1)[1])["epoch"] for line in caplog.text.splitlines()
-              if ': {"event": "epoch"' in line]
+    epochs = [json.loads(r.message)["epoch"] for r in caplog.records
+              if r.message.startswith('{"event": "epoch"')]
     assert epochs == [1, 2], "the run started over instead of resuming a foreign checkpoint"
     assert "does not fit" in caplog.text
     assert published_meta(local_store, cfg, version)["run_id"] == identity.run_id

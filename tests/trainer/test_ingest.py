@@ -324,9 +324,9 @@ def test_an_archive_that_unpacks_beyond_the_limit_is_refused_before_it_fills_the
     local_store.ensure_buckets()
     bomb = make(tmp_path / ("bomb.zip" if make is _zip_bomb else "bomb.tar.gz"), 200)
     archive_size = bomb.stat().st_size
-    with DiskSampler(small_unpack_limits) as disk:
-        with pytest.raises(IngestError, match="unpacks to more than 20,971,520 bytes"):
-            ingest(local_store, "imagefolder", str(bomb))
+    with DiskSampler(small_unpack_limits) as disk, \
+            pytest.raises(IngestError, match="unpacks to more than 20,971,520 bytes"):
+        ingest(local_store, "imagefolder", str(bomb))
     assert disk.peak <= 20 * 1024 * 1024 + archive_size, f"{disk.peak:,} bytes were unpacked"
     assert local_store.list("datasets/") == []
 
@@ -337,9 +337,9 @@ def test_an_archive_of_too_many_files_is_refused_from_its_index(local_store, tmp
     with zipfile.ZipFile(tmp_path / "many.zip", "w") as zf:
         for i in range(1001):
             zf.writestr(f"c{i % 2}/{i}.png", b"")
-    with DiskSampler(small_unpack_limits) as disk:
-        with pytest.raises(IngestError, match="1,001 files, more than 1,000"):
-            ingest(local_store, "imagefolder", str(tmp_path / "many.zip"))
+    with DiskSampler(small_unpack_limits) as disk, \
+            pytest.raises(IngestError, match="1,001 files, more than 1,000"):
+        ingest(local_store, "imagefolder", str(tmp_path / "many.zip"))
     assert disk.peak <= (tmp_path / "many.zip").stat().st_size
 
 

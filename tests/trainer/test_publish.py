@@ -14,10 +14,10 @@ import torch
 
 import trainer.publish
 from trainer.checkpoint import TrainingState
-from trainer.config import TrainConfig
+from trainer.config import RunIdentity, TrainConfig
 from trainer.data import load_dataset
 from trainer.layout import ModelKeys
-from trainer.models import build_model
+from trainer.models import build_model, model_revision
 from trainer.publish import (
     TrainingResult,
     finish_publication,
@@ -42,17 +42,32 @@ class RecordingStore(LocalStore):
         super().put_bytes(key, data)
         self.written.append(key)
 
+    def put_if_absent(self, key: str, data: bytes) -> str:
+        tag = super().put_if_absent(key, data)
+        self.written.append(key)
+        return tag
+
+    def put_if_match(self, key: str, data: bytes, tag: str) -> str:
+        tag = super().put_if_match(key, data, tag)
+        self.written.append(key)
+        return tag
+
 
 def a_result(cfg: TrainConfig = CFG) -> TrainingResult:
     torch.manual_seed(0)
     bundle = load_dataset("digits", None, seed=0)
+    identity = RunIdentity(cfg, bundle.fingerprint, model_revision(cfg.model))
     model = build_model("smallcnn", in_channels=1, num_classes=10)
     history = [EpochRecord(epoch=1, train_loss=1.0, train_acc=0.5, test_loss=0.9,
                            test_acc=0.6, seconds=1.0, img_per_s=100.0)]
     confusion = [[1 if i == j else 0 for j in range(10)] for i in range(10)]
-    state = TrainingState(run_id=cfg.run_id, config=cfg.to_dict(), epoch=1, history=history,
-                          confusion=confusion, world_size=1)
-    return TrainingResult(cfg, model, bundle, state)
+    state = TrainingState(identity=identity.to_dict(), config=cfg.to_dict(), epoch=1,
+                          history=history, confusion=confusion, world_size=1)
+    return TrainingResult(identity, model, bundle, state)
+
+
+def run_id(cfg: TrainConfig = CFG) -> str:
+    return a_result(cfg).identity.run_id
 
 
 def incomplete_versions_seen(store: LocalStore, name: str, stop: threading.Event,
@@ -101,11 +116,11 @@ def test_a_polling_reader_never_sees_a_half_published_version(tmp_path):
 def test_published_version_of_finds_only_this_runs_reached_versions(tmp_path):
     store = LocalStore(tmp_path / "store")
     store.ensure_buckets()
-    assert published_version_of(store, CFG.model_name, CFG.run_id) is None
+    assert published_version_of(store, CFG.model_name, run_id()) is None
     version = publish(store, a_result())
-    assert published_version_of(store, CFG.model_name, CFG.run_id) == version
+    assert published_version_of(store, CFG.model_name, run_id()) == version
     other = TrainConfig(dataset="digits", model="smallcnn", epochs=1, batch_size=32, seed=1)
-    assert published_version_of(store, CFG.model_name, other.run_id) is None
+    assert published_version_of(store, CFG.model_name, run_id(other)) is None
 
 
 class CrashAfterMetaStore(LocalStore):
@@ -122,7 +137,7 @@ def crashed_publication(root, cfg: TrainConfig = CFG) -> str:
     store.ensure_buckets()
     with pytest.raises(KeyboardInterrupt):
         publish(CrashAfterMetaStore(root), a_result(cfg))
-    version = published_version_of(store, cfg.model_name, cfg.run_id)
+    version = published_version_of(store, cfg.model_name, run_id(cfg))
     assert version is not None, "a version with meta.json counts as this run's"
     assert latest_version(store, cfg.model_name) is None
     return version
@@ -144,12 +159,11 @@ def test_finishing_an_old_publication_never_moves_latest_back(tmp_path):
     old = crashed_publication(root)
     store = LocalStore(root)
     other = TrainConfig(dataset="digits", model="smallcnn", epochs=1, batch_size=32, seed=1)
-    newer = publish(store, a_result(other))
-    assert newer > old
+    newer = publish(store, a_result(other))  # completed after the old one's meta.json
     finish_publication(store, CFG.model_name, old)
     assert latest_version(store, CFG.model_name) == newer
     assert store.exists(f"metrics/{CFG.model_name}/{old}.json")
-    assert published_version_of(store, CFG.model_name, CFG.run_id) == old
+    assert published_version_of(store, CFG.model_name, run_id()) == old
 
 
 def a_run(seed: int, test_acc: float) -> TrainingResult:
