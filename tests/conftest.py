@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from tests.testkit import free_port
+from tests.testkit import empty_s3, free_port
 from trainer.storage import LocalStore, S3Store, Store
 
 # moto's server logs every request at INFO: it buries the test's own output.
@@ -43,13 +43,8 @@ def s3_env(s3_endpoint, monkeypatch) -> dict[str, str]:
 
 @pytest.fixture
 def s3_store(s3_env, s3_endpoint) -> S3Store:
-    """A fresh S3 store: moto keeps state per server, so buckets are emptied first."""
-    store = S3Store(s3_endpoint)
-    for bucket in store.client.list_buckets():
-        for obj in store.client.list_objects(bucket.name, recursive=True):
-            store.client.remove_object(bucket.name, obj.object_name)
-        store.client.remove_bucket(bucket.name)
-    return store
+    """A fresh S3 store (emptied first: earlier tests' objects would still be there)."""
+    return empty_s3(S3Store(s3_endpoint))
 
 
 @pytest.fixture

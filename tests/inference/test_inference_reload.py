@@ -86,6 +86,7 @@ def test_store_outage_is_survived(tmp_path, monkeypatch):
     from moto.server import ThreadedMotoServer
 
     from tests.inference.inference_helpers import free_port
+    from tests.testkit import empty_s3
     from trainer.storage import S3Store
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "outage-test")
@@ -93,7 +94,8 @@ def test_store_outage_is_survived(tmp_path, monkeypatch):
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    store = S3Store(f"127.0.0.1:{port}")
+    # A second server in this process sees the same moto state as the session's: start empty.
+    store = empty_s3(S3Store(f"127.0.0.1:{port}"))
     store.RETRIES = 2  # keep the outage short for the test; production keeps 5
     publish_version(store, V1)
     with serve_app(store.url, tmp_path / "cache") as (base, app):
