@@ -22,7 +22,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 

@@ -24,9 +24,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from trainer.data import check_image_name, decode_image, imagefolder_layout
 from trainer.download import fetch
 from trainer.errors import IngestError, ObjectNotFound
+from trainer.imagefolder import check_image_name, decode_image, imagefolder_layout
 from trainer.layout import manifest_key
 from trainer.storage import Store
 

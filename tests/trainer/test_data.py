@@ -279,3 +279,29 @@ def test_channel_stats_are_exact_for_uint8_images():
     assert std == tuple(round(v, 6) for v in x.std(1, correction=0).tolist())
     flat = torch.full((4, 1, 2, 2), 9, dtype=torch.uint8)
     assert channel_stats(flat) == ((round(9 / 255, 6),), (1.0,))  # constant: left unscaled
+
+
+def test_cifar10_replaced_behind_the_ingests_back_is_a_clear_error(local_store, batches):
+    """The digest the ingest wrote next to the archive must be the archive's: an ingest
+    uploading a new archive (digest not yet written) never trains as the old run."""
+    old = archive_bytes(batches)
+    _put_cifar(local_store, old)
+    local_store.put_bytes(CIFAR10_KEY + ".sha256",
+                          f"{hashlib.sha256(old).hexdigest()}  x\n".encode())
+    assert load_dataset("cifar10", local_store).fingerprint == \
+        f"sha256:{hashlib.sha256(old).hexdigest()}"
+    local_store.put_bytes(CIFAR10_KEY, archive_bytes(make_batches(per_class=2, seed=9)))
+    with pytest.raises(DatasetError, match="not what the ingest recorded"):
+        load_dataset("cifar10", local_store)
+
+
+def test_imagefolder_fingerprint_is_the_manifests_and_follows_the_content(local_store):
+    _fill_folder(local_store, "datasets/pets", per_class=3)
+    by_hand = load_dataset("imagefolder", local_store, prefix="datasets/pets").fingerprint
+    _write_manifest(local_store, "datasets/pets", local_store.list("datasets/pets/"))
+    manifest = local_store.get_bytes(f"datasets/pets/{MANIFEST_NAME}")
+    listed = load_dataset("imagefolder", local_store, prefix="datasets/pets").fingerprint
+    assert listed == by_hand == f"sha256:{hashlib.sha256(manifest).hexdigest()}"
+    local_store.put_bytes("datasets/pets/cat/0.png", _png((1, 2, 3)))
+    (local_store.root / "datasets/pets" / MANIFEST_NAME).unlink()
+    assert load_dataset("imagefolder", local_store, prefix="datasets/pets").fingerprint != listed
