@@ -48,6 +48,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--world", type=int, default=2, help="local DDP processes (gloo)")
     parser.add_argument("--data", help="a CIFAR-10 python-version tar.gz (default: one of "
                                        "the same size with random pixels)")
+    parser.add_argument("--batch-images", type=int, default=10_000,
+                        help="images per batch of the random archive (CIFAR-10: 10,000)")
     return parser.parse_args()
 
 
@@ -69,7 +71,7 @@ class AnonPeak:
             self.stop.wait(0.005)
 
 
-def write_random_cifar(path: Path) -> None:
+def write_random_cifar(path: Path, per_batch: int = 10_000) -> None:
     """The python-version archive's layout and sizes (5 x 10,000 + 10,000), random pixels."""
     rng = np.random.default_rng(0)
     with tarfile.open(path, "w:gz", compresslevel=1) as tar:
@@ -80,8 +82,8 @@ def write_random_cifar(path: Path) -> None:
             tar.addfile(info, io.BytesIO(raw))
 
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-            add(name, {b"data": rng.integers(0, 256, (10_000, 3072), dtype=np.uint8),
-                       b"labels": [int(v) for v in rng.integers(0, 10, 10_000)]})
+            add(name, {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                       b"labels": [int(v) for v in rng.integers(0, 10, per_batch)]})
         add("batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
 
 
@@ -139,7 +141,7 @@ def main() -> None:
         store.ensure_buckets()
         archive = Path(args.data) if args.data else Path(root) / "cifar.tar.gz"
         if not args.data:
-            write_random_cifar(archive)
+            write_random_cifar(archive, args.batch_images)
         store.put_file(cifar10_key(), archive)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

@@ -194,7 +194,9 @@ def _folder_fingerprint(prefix: str, listing: FolderListing, items: list,
     exactly these files would write."""
     if listing.manifest is not None:
         return f"sha256:{hashlib.sha256(listing.manifest).hexdigest()}"
-    rows = sorted((key[len(prefix) + 1:], digest) for (_, key), digest in zip(items, seen))
+    # Ordered as the ingest orders its files: by path components.
+    rows = sorted(((key[len(prefix) + 1:], digest) for (_, key), digest in zip(items, seen)),
+                  key=lambda row: PurePosixPath(row[0]).parts)
     manifest = "".join(f"{digest}  {rel}\n" for rel, digest in rows)
     return f"sha256:{hashlib.sha256(manifest.encode()).hexdigest()}"
 
