@@ -10,6 +10,8 @@ from trainer.models import MODEL_REVISIONS, architecture_signature, model_revisi
 # (model, revision) -> architecture_signature(model) of that revision's code. When a model's
 # code changes, bump its MODEL_REVISIONS entry (trainer/models.py) and add the new line: the
 # old runs' checkpoints then belong to other run_ids and are never resumed with the new code.
+# (A torch/torchvision upgrade that only changes how layers print: record the new signature
+# under the same revision.)
 RECORDED = {
     ("resnet18", 1): "940fbe55a2134c67cef335d2ba7af9552031b9e28bfe2eea5bb8e516fb12e9a0",
     ("resnet18-imagenet", 1): "9e0edb01847be4ae153a2d8834be4f0e6311e250444bd9e252f8248c2a1c6a39",

@@ -218,8 +218,8 @@ class LaggingClock(datetime):
         return datetime.now(tz) - timedelta(hours=1)
 
 
-def test_a_pod_with_a_slow_clock_still_becomes_latest(tmp_path, monkeypatch, caplog):
-    store = LocalStore(tmp_path / "store")
+def test_a_pod_with_a_slow_clock_still_becomes_latest(any_store, monkeypatch, caplog):
+    store = any_store
     store.ensure_buckets()
     first = publish(store, a_run(12, 0.5))
     monkeypatch.setattr("trainer.publish.datetime", LaggingClock)
