@@ -98,6 +98,9 @@ class TrainingState:
             found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
             raise UnusableCheckpoint(f"{where} is not a {FORMAT} checkpoint ({found!r})")
         try:
+            if not all(isinstance(raw[k], dict) for k in ("identity", "config", "model",
+                                                          "optimizer", "rng")):
+                raise TypeError("identity, config, model, optimizer and rng must be dicts")
             history = [EpochRecord.from_dict(e) for e in raw["history"]]
             return cls(identity=dict(raw["identity"]), config=raw["config"], epoch=raw["epoch"],
                        history=history, confusion=raw["confusion"],

@@ -3,6 +3,8 @@ while one is read is an outage to report, not a damaged checkpoint to skip."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from trainer.config import TrainConfig
@@ -78,3 +80,17 @@ def test_a_store_failure_while_reading_a_checkpoint_is_raised_not_skipped(tmp_pa
     killed_at(tmp_path / "store", cfg, epoch=3)
     with pytest.raises(StoreError, match="unreachable"):
         run_training(cfg, FailingReads(tmp_path / "store", epoch=2))
+
+
+def test_a_damaged_checkpoint_is_skipped_for_the_one_before_it(tmp_path, caplog):
+    cfg = TrainConfig(**CFG)
+    store = killed_at(tmp_path / "store", cfg, epoch=3)
+    (newest,) = [k for k in store.list(f"models/{cfg.model_name}/runs/")
+                 if checkpoint_epoch(k) == 2]
+    store.put_bytes(newest, b"PK\x03\x04 not a checkpoint")
+    caplog.clear()
+    run_training(cfg, store)
+    assert f"skipping checkpoint: {newest} cannot be loaded" in caplog.text
+    resumed = [json.loads(r.message) for r in caplog.records
+               if r.message.startswith('{"event": "resume"')]
+    assert [r["epoch"] for r in resumed] == [1]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
 import tarfile
 import tempfile
 import threading
@@ -253,11 +255,10 @@ class DiskSampler:
     def _run(self):
         while not self.stop.is_set():
             total = 0
-            for path in list(self.root.rglob("*")):
-                try:
-                    total += path.stat().st_size if path.is_file() else 0
-                except OSError:
-                    pass
+            for folder, _, names in os.walk(self.root):  # skips folders deleted meanwhile
+                for name in names:
+                    with contextlib.suppress(OSError):  # deleted meanwhile
+                        total += os.stat(os.path.join(folder, name)).st_size
             self.peak = max(self.peak, total)
             time.sleep(0.005)
 
