@@ -16,6 +16,7 @@ import pulumi
 
 from infra import rules
 from infra import values as v
+
 # The trainer's own lists and contracts (stdlib-only modules: no torch in the Pulumi
 # program), so a model or dataset added there cannot be forgotten here.
 from trainer.config import CIFAR10_URL, MODELS
@@ -159,7 +160,8 @@ FIELDS: dict[str, tuple[str, v.Parser]] = {
     "storeCredentialsSecret": (
         "store_credentials_secret", v.pattern(v.DNS_SUBDOMAIN, "a Secret name (DNS-1123)")),
     "storeAccessKey": (
-        "store_access_key", v.pattern(v.ACCESS_KEY, "an access key id (1-128 characters, no spaces)")),
+        "store_access_key",
+        v.pattern(v.ACCESS_KEY, "an access key id (1-128 characters, no spaces)")),
     "bucketPrefix": ("bucket_prefix", v.bucket_prefix),
     "minioStorageSize": (
         "minio_storage_size", v.nonzero_quantity(v.BYTES, "a size such as 10Gi")),

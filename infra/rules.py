@@ -33,9 +33,9 @@ def check(cfg: StackConfig) -> None:
 def warnings(cfg: StackConfig) -> list[str]:
     ref = parse_image_reference(cfg.image) if not cfg.build_image and cfg.image else None
     if ref and not ref.digest:
-        return [f"trainstack:image {cfg.image!r} is a tag, not a digest: a tag can move, so "
+        return [(f"trainstack:image {cfg.image!r} is a tag, not a digest: a tag can move, so "
                 "pods started at different times may run different code; pods pull it on "
-                "every start (imagePullPolicy Always). Prefer <image>@sha256:<digest>."]
+                "every start (imagePullPolicy Always). Prefer <image>@sha256:<digest>.")]
     return []
 
 

@@ -201,7 +201,8 @@ class Training(pulumi.ComponentResource):
         # emptyDir capped at ingest_storage, and the container may use no more (a bomb
         # that gets past the trainer's own limits is evicted, not the node's disk filled).
         tmp = k8s.core.v1.VolumeArgs(
-            name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=args.ingest_storage))
+            name="tmp",
+            empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=args.ingest_storage))
         spec = pod.ContainerSpec(
             name="ingest",
             image=args.image,
