@@ -11,8 +11,9 @@ the source since an earlier ingest are ignored.
 An archive is a hostile input until proven otherwise: before anything is unpacked, a zip's
 index, and a tar's headers as they stream by, are held to MAX_FILES files, MAX_UNPACKED_BYTES
 in all, and (above RATIO_FLOOR_BYTES) MAX_RATIO times the archive's own size; a download
-stops at MAX_UNPACKED_BYTES. The ingest Job's ephemeral storage must hold the archive plus
-what it unpacks to.
+stops at MAX_ARCHIVE_BYTES. Together (3.5 GiB) they fit the stack's default ingest Job
+ephemeral storage (`ingestStorage`, 4Gi), which must hold the archive plus what it unpacks
+to. A local directory is read where it lies: nothing is unpacked.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 
 PREFIX = "datasets/imagefolder"
 ARCHIVES = (".zip", ".tar.gz", ".tgz")
-MAX_UNPACKED_BYTES = 8 * 1024**3
+MAX_ARCHIVE_BYTES = 1536 * 1024**2
+MAX_UNPACKED_BYTES = 2 * 1024**3
 MAX_FILES = 500_000
 # Image files are compressed already: a zip or tar.gz of them is close to 1:1.
 MAX_RATIO = 100
@@ -75,7 +77,7 @@ def _unpack(source: str, tmp: Path) -> Path:
     if not source.lower().endswith(ARCHIVES):
         raise IngestError(f"imagefolder source {source!r}: expected a directory or one of "
                           f"{', '.join(ARCHIVES)}")
-    archive = fetch(source, tmp / Path(source).name, max_bytes=MAX_UNPACKED_BYTES)
+    archive = fetch(source, tmp / Path(source).name, max_bytes=MAX_ARCHIVE_BYTES)
     out = tmp / "unpacked"
     out.mkdir()
     limits = _Limits(source, archive.stat().st_size)

@@ -189,3 +189,29 @@ def test_local_store_files_follow_the_umask_so_other_users_can_read_them(local_s
     for path in (local_store.root / "models/m-d/latest.json",
                  local_store.root / "models/m-d/versions/v/claim.json", tmp_path / "copy.json"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_open_read_streams_the_object(any_store):
+    any_store.ensure_buckets()
+    data = bytes(range(256)) * 5000
+    any_store.put_bytes("datasets/d/big.bin", data)
+    with any_store.open_read("datasets/d/big.bin") as stream:
+        assert stream.read(1000) == data[:1000]
+        assert stream.read() == data[1000:]
+    with pytest.raises(ObjectNotFound):
+        any_store.open_read("datasets/d/none.bin").__enter__()
+
+
+def test_conditional_writes_delete_and_streams_use_the_prefixed_buckets(s3_store, s3_endpoint):
+    store = S3Store(s3_endpoint, bucket_prefix="acme-")
+    store.ensure_buckets()
+    tag = store.put_if_absent("models/m-d/latest.json", b"1")
+    store.put_if_match("models/m-d/latest.json", b"2", tag)
+    raw = store.client._client.get_object("acme-models", "m-d/latest.json")
+    assert raw.read() == b"2"
+    raw.close()
+    raw.release_conn()
+    with store.open_read("models/m-d/latest.json") as stream:
+        assert stream.read() == b"2"
+    store.delete("models/m-d/latest.json")
+    assert not store.exists("models/m-d/latest.json")
