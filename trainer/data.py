@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from trainer import cifar
 from trainer.config import DATASETS
+from trainer.dataset import DatasetBundle, Split, channel_stats, split_of, stratified_split
 from trainer.errors import DatasetError, ObjectNotFound
 from trainer.layout import cifar10_key, dataset_prefix
 from trainer.storage import Store
@@ -36,29 +36,6 @@ DIGITS_TEST_FRACTION = 0.2
 SYNTHETIC_FINGERPRINT = "generated:synthetic/1"
 __all__ = ["DATASETS", "DatasetBundle", "Split", "channel_stats", "load_dataset",
            "stratified_split"]
-
-
-@dataclass
-class Split:
-    """A whole split, decoded once."""
-
-    images: torch.Tensor  # uint8, N x C x H x W, contiguous
-    labels: torch.Tensor  # int64, N
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass
-class DatasetBundle:
-    name: str
-    train: Split
-    test: Split
-    classes: list[str]
-    mean: tuple[float, ...]  # per channel, for pixels scaled to [0, 1]
-    std: tuple[float, ...]
-    fingerprint: str
-    """``sha256:<hex>`` of the content decoded (or a generator's revision)."""
 
 
 def load_dataset(name: str, store: Store | None, *, prefix: str | None = None,
@@ -91,55 +68,6 @@ def load_dataset(name: str, store: Store | None, *, prefix: str | None = None,
              len(bundle.train), len(bundle.test), tuple(bundle.train.images.shape[1:]),
              len(bundle.classes), bundle.fingerprint)
     return bundle
-
-
-def _split(images: np.ndarray, labels: np.ndarray) -> Split:
-    return Split(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
-                 torch.from_numpy(np.asarray(labels, dtype=np.int64)))
-
-
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 ``N x C x H x W`` images scaled to [0, 1].
-
-    Exact, from a 256-bin histogram per channel summed in integers, over chunks of about a
-    million pixels: no float copy of the images (which would be 8x their size).
-    """
-    array = images.numpy()
-    channels, pixels = array.shape[1], array.shape[2] * array.shape[3]
-    counts = np.zeros((channels, 256), dtype=np.int64)
-    chunk = max(1, (1 << 20) // pixels)
-    for start in range(0, len(array), chunk):
-        for c in range(channels):
-            counts[c] += np.bincount(array[start:start + chunk, c].reshape(-1), minlength=256)
-    values = range(256)
-    mean, std = [], []
-    for c in range(channels):
-        hist = [int(v) for v in counts[c]]
-        n = sum(hist)
-        s1 = sum(v * h for v, h in zip(values, hist))
-        s2 = sum(v * v * h for v, h in zip(values, hist))
-        m = s1 / n / 255.0
-        sd = ((n * s2 - s1 * s1) / (n * n)) ** 0.5 / 255.0  # integers until here: exact
-        mean.append(round(m, 6))
-        # A constant channel would divide by zero when normalizing; leave it unscaled.
-        std.append(round(sd, 6) if sd > 1e-6 else 1.0)
-    return tuple(mean), tuple(std)
-
-
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(train, test)``: the same share of every class held out, fixed by ``seed``.
-
-    Classes with a single example stay in train (there is nothing to hold out).
-    """
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for cls in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        n_test = round(len(idx) * test_fraction) if len(idx) > 1 else 0
-        n_test = min(max(n_test, 1 if len(idx) > 1 else 0), len(idx) - 1)
-        test.append(idx[:n_test])
-        train.append(idx[n_test:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
 class _Hashing(io.RawIOBase):
@@ -187,7 +115,7 @@ def _load_cifar10(store: Store, key: str) -> DatasetBundle:
         raise DatasetError(f"{key}: its content (sha256 {digest}) is not what the ingest "
                            f"recorded ({ingested}): an ingest is replacing it; retry when it "
                            "has finished")
-    return DatasetBundle("cifar10", _split(train_x, train_y), _split(test_x, test_y),
+    return DatasetBundle("cifar10", split_of(train_x, train_y), split_of(test_x, test_y),
                          classes, cifar.MEAN, cifar.STD, f"sha256:{digest}")
 
 
@@ -201,9 +129,9 @@ def _load_digits(seed: int) -> DatasetBundle:
     content = hashlib.sha256(np.ascontiguousarray(images).tobytes())
     content.update(labels.tobytes())
     train_idx, test_idx = stratified_split(labels, DIGITS_TEST_FRACTION, seed)
-    train = _split(images[train_idx], labels[train_idx])
+    train = split_of(images[train_idx], labels[train_idx])
     mean, std = channel_stats(train.images)
-    return DatasetBundle("digits", train, _split(images[test_idx], labels[test_idx]),
+    return DatasetBundle("digits", train, split_of(images[test_idx], labels[test_idx]),
                          [str(d) for d in range(10)], mean, std, f"sha256:{content.hexdigest()}")
 
 

@@ -24,7 +24,7 @@ from pathlib import PurePosixPath
 import numpy as np
 import torch
 
-from trainer.data import DatasetBundle, Split, channel_stats, stratified_split
+from trainer.dataset import DatasetBundle, Split, channel_stats, stratified_split
 from trainer.errors import DatasetError, ObjectNotFound
 from trainer.layout import IMAGE_SUFFIXES, MANIFEST_NAME, is_image_name, manifest_key
 from trainer.memlimit import memory_limit_bytes
