@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -53,9 +54,10 @@ IMPORT_SECONDS = time.perf_counter() - IMPORT_START
 RECIPES = ("seed", "resnet18", "fast")
 LABELS = {"seed": "(a) seed recipe: stock ResNet-18, PIL + DataLoader",
           "resnet18": "(b) trainstack resnet18", "fast": "(c) trainstack fastcifar"}
-# The trainer's settings of (b) and (c); epochs come from the command line.
+# The trainer's settings of (b) and (c) as `make demo` and the dev stack run them (2 workers,
+# batch size per worker); epochs come from the command line.
 TRAINER_CONFIGS = {"resnet18": {"model": "resnet18", "batch_size": 128, "lr": 0.1},
-                   "fast": {"model": "fastcifar", "batch_size": 64, "lr": 0.2}}
+                   "fast": {"model": "fastcifar", "batch_size": 32, "lr": 0.2}}
 RESULT_PREFIX = "RESULT "
 
 
@@ -68,14 +70,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed-epochs", type=int, default=10)
     parser.add_argument("--resnet18-epochs", type=int, default=10)
     parser.add_argument("--fast-epochs", type=int, default=8)
-    parser.add_argument("--fast-world", type=int, default=1,
-                        help="trainer processes of (b) and (c) (1: one process using every "
-                             "core; 2: two DDP processes of one thread each)")
+    parser.add_argument("--trainer-processes", type=int, default=2,
+                        help="DDP processes of (b) and (c), one thread each, as `make demo` "
+                             "runs them (1: one process using every core)")
+    parser.add_argument("--fast-batch-size", type=int, default=TRAINER_CONFIGS["fast"]["batch_size"],
+                        help="(c)'s batch size per process")
+    parser.add_argument("--fast-lr", type=float, default=TRAINER_CONFIGS["fast"]["lr"])
+    parser.add_argument("--seed", type=int, default=0, help="seeds every recipe")
     parser.add_argument("--only", choices=RECIPES, action="append",
                         help="run only these recipes (tuning; no summary line)")
     parser.add_argument("--run", choices=RECIPES, help=argparse.SUPPRESS)  # one child process
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.run and not args.quick and not args.data:
         parser.error("give --data PATH (a CIFAR-10 python-version tar.gz) or --quick")
@@ -125,9 +132,9 @@ def seed_loaders(archive: str) -> tuple:
     return train, test
 
 
-def run_seed(archive: str, epochs: int) -> None:
+def run_seed(archive: str, epochs: int, seed: int) -> None:
     """(a): the recipe as users run it today."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     clock = Clock()
     train, test = seed_loaders(archive)
     model = models.resnet18(weights=None, num_classes=10)
@@ -165,10 +172,9 @@ class EpochReporter(logging.Handler):
             self.clock.report(self.recipe, epoch["epoch"], epoch["test_acc"])
 
 
-def run_trainer_recipe(recipe: str, store_dir: str, epochs: int) -> None:
+def run_trainer_recipe(recipe: str, store_dir: str, values: dict) -> None:
     """(b) and (c): the trainer's own `train` command, in this process."""
-    cfg = TrainConfig(dataset="cifar10", epochs=epochs, log_every=10**6,
-                      **TRAINER_CONFIGS[recipe])
+    cfg = TrainConfig.from_dict(values)
     store = LocalStore(store_dir)
     logging.getLogger("trainer").addHandler(EpochReporter(recipe, Clock()))
     run_training(cfg, store)
@@ -183,9 +189,9 @@ def run_child(args: argparse.Namespace) -> None:
         print(f"imports {IMPORT_SECONDS:.2f} s (not counted)", file=sys.stderr, flush=True)
     if args.run == "seed":
         torch.set_num_threads(usable_cpus())
-        run_seed(args.data, args.epochs)
+        run_seed(args.data, args.epochs, args.seed)
     else:
-        run_trainer_recipe(args.run, args.store, args.epochs)
+        run_trainer_recipe(args.run, args.store, json.loads(args.config))
 
 
 def free_port() -> int:
@@ -194,15 +200,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def trainer_config(recipe: str, args, epochs: int) -> dict:
+    """The TrainConfig of (b) or (c) (unused by the seed recipe)."""
+    values = {"dataset": "cifar10", "epochs": epochs, "seed": args.seed, "log_every": 10**6,
+              **TRAINER_CONFIGS.get(recipe, {})}
+    if recipe == "fast":
+        values.update(batch_size=args.fast_batch_size, lr=args.fast_lr)
+    return values
+
+
 def child_commands(recipe: str, args, store_dir: str, epochs: int) -> list[tuple[list, dict]]:
     """The process(es) of one recipe: the seed alone; the trainer as 1 or `--fast-world`
     ranks with the environment torchrun gives them (one thread each when several)."""
     command = [sys.executable, __file__, "--run", recipe, "--epochs", str(epochs),
-               "--data", args.data, "--store", store_dir]
+               "--seed", str(args.seed),
+               "--data", args.data, "--store", store_dir,
+               "--config", json.dumps(trainer_config(recipe, args, epochs))]
     # One process: it sizes its threads from the usable CPUs, as in a pod.
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "OMP_NUM_THREADS")}
-    world = 1 if recipe == "seed" else args.fast_world
+    world = 1 if recipe == "seed" else args.trainer_processes
     if world == 1:
         return [(command, env)]
     port = str(free_port())
@@ -217,15 +234,21 @@ def run_recipe(recipe: str, args, store_dir: str, epochs: int) -> list[dict]:
     procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
              for command, env in child_commands(recipe, args, store_dir, epochs)]
     points = []
-    for line in procs[0].stdout:
-        if line.startswith(RESULT_PREFIX):
-            point = json.loads(line[len(RESULT_PREFIX):])
-            points.append(point)
-            print(f"{recipe:8s} epoch {point['epoch']:2d}  test_acc {point['acc']:.4f}  "
-                  f"{point['s']:7.2f} s  (cpu {point['cpu_s']:.1f} s)", flush=True)
-    for proc in procs:
-        if proc.wait() != 0:
-            raise SystemExit(f"{recipe}: a process failed with exit code {proc.returncode}")
+    try:
+        for line in procs[0].stdout:
+            if line.startswith(RESULT_PREFIX):
+                point = json.loads(line[len(RESULT_PREFIX):])
+                points.append(point)
+                print(f"{recipe:8s} epoch {point['epoch']:2d}  test_acc {point['acc']:.4f}  "
+                      f"{point['s']:7.2f} s  (cpu {point['cpu_s']:.1f} s)", flush=True)
+        codes = [proc.wait() for proc in procs]
+    finally:  # interrupted: no recipe keeps running behind the next one's back
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if any(codes):
+        raise SystemExit(f"{recipe}: a process failed (exit codes {codes})")
     if not points:
         raise SystemExit(f"{recipe}: no epoch was reported")
     return points
@@ -283,6 +306,8 @@ def main() -> None:
     if args.run:
         run_child(args)
         return
+    # SIGTERM unwinds like Ctrl-C, so run_recipe stops the recipe's processes too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     epochs = {"seed": args.seed_epochs, "resnet18": args.resnet18_epochs,
               "fast": args.fast_epochs}
     with tempfile.TemporaryDirectory() as tmp:
@@ -296,7 +321,7 @@ def main() -> None:
         store.ensure_buckets()
         store.put_file(cifar10_key(dataset_prefix("cifar10", None)), args.data)
         print(f"data={args.data} cpus={usable_cpus()} "
-              f"trainer_processes={args.fast_world} epochs={epochs} "
+              f"trainer_processes={args.trainer_processes} epochs={epochs} "
               f"imports={IMPORT_SECONDS:.2f}s (not counted)", flush=True)
         curves = {recipe: run_recipe(recipe, args, str(Path(tmp) / "store"), epochs[recipe])
                   for recipe in args.only or RECIPES}

@@ -52,7 +52,7 @@ DEFAULT_RECIPE = Recipe(label_smoothing=0.0, schedule="onecycle", warmup=0.15,
 # Per-model values, from the published fast CIFAR-10 training records and tuned on the 10%
 # sample on 2 CPU cores (README, "Models"). test_flip applies only with flip augmentation.
 MODEL_RECIPES = {
-    "fastcifar": Recipe(label_smoothing=0.2, schedule="linear", warmup=0.1,
+    "fastcifar": Recipe(label_smoothing=0.2, schedule="linear", warmup=0.0,
                         crop_padding=0.0625, test_flip=True),
 }
 # Recipe fields added after the first release: left out of a run's identity at their
@@ -63,7 +63,7 @@ LATER_RECIPE_FIELDS = ("warmup", "crop_padding", "test_flip")
 MIN_IMAGE_SIZE = {"fastcifar": 2}
 # Fields that only change how a run is carried out, not its result: left out of run_id.
 # precision follows the hardware (like the world size), so a run can move between node kinds.
-OPERATIONAL_FIELDS = ("log_every", "precision", "keep_checkpoints")
+OPERATIONAL_FIELDS = ("log_every", "precision", "keep_checkpoints", "compile")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -115,6 +115,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """Newest checkpoints of a run kept while it trains (older ones are deleted once a newer
     one is written); a published run keeps none. Not part of the run's identity."""
+    compile: bool = False
+    """torch.compile the training step's model (GPUs: fewer, fused kernels); evaluation,
+    checkpoints and the export use the module itself. Not part of the run's identity."""
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
@@ -126,6 +129,8 @@ class TrainConfig:
                     "keep_checkpoints"):
             _check_int(key, getattr(self, key), minimum=1)
         _check_int("seed", self.seed, minimum=0)
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile: must be true or false, got {self.compile!r}")
         _check_float("lr", self.lr, low=0.0, low_open=True)
         _check_float("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         _check_float("weight_decay", self.weight_decay, low=0.0)

@@ -6,7 +6,8 @@ from the training images, three blocks of conv3x3 -> max-pool -> BatchNorm -> GE
 conv3x3 -> BatchNorm -> GELU (widths 32, 64, 128), a global max-pool and a bias-free
 linear head whose logits are scaled down. About 0.3 M parameters and 1/24 of the CIFAR-stem
 ResNet-18's multiply-adds per image; its recipe (trainer.config.MODEL_RECIPES) adds label
-smoothing, a linear warm-up/decay schedule, lighter translation and test-time flip averaging.
+smoothing, a learning rate falling linearly from its peak, lighter translation and test-time
+flip averaging.
 
 The whitening stem is data-dependent: :meth:`FastCIFAR.init_from_data` sets it once, at
 the start of a fresh run, from rank 0's images (trainer.train broadcasts the result), and a

@@ -91,7 +91,10 @@ class EpochRunner:
 
     def __init__(self, cfg: TrainConfig, env: DistEnv, model: nn.Module,
                  optimizer: torch.optim.Optimizer, bundle):
-        self.cfg, self.env, self.model, self.optimizer = cfg, env, model, optimizer
+        self.cfg, self.env, self.optimizer = cfg, env, optimizer
+        # Compiled for training steps only: evaluation, checkpoints and the export take the
+        # module itself (a compiled wrapper's state_dict names differ).
+        self.model = torch.compile(model) if cfg.compile else model
         device = env.device
         self.train_images = bundle.train.images.to(device)
         self.train_labels = bundle.train.labels.to(device)
