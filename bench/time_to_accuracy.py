@@ -289,8 +289,8 @@ def plot(curves: dict[str, list[dict]], seed_acc: float | None, path: str) -> No
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for recipe, points in curves.items():
-        ax.plot([0.0] + [p["s"] for p in points], [0.1] + [p["acc"] for p in points],
-                marker="o", label=LABELS[recipe])
+        ax.plot([p["s"] for p in points], [p["acc"] for p in points], marker="o",
+                label=LABELS[recipe])
     if seed_acc is not None:
         ax.axhline(seed_acc, color="grey", linestyle=":", label=f"seed's final {seed_acc:.1%}")
     ax.set(xlabel="seconds (data preparation + training + evaluation)",
