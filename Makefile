@@ -5,6 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
+# The tests' MLflow tracking server lives in its own venv: the full `mlflow` package is a
+# server with pandas, pyarrow, SQLAlchemy...; the image and .venv get only mlflow-skinny.
+MLFLOW_VENV := .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -40,14 +44,19 @@ $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
+$(MLFLOW_STAMP): requirements-mlflow-server.txt
+	[ -x $(MLFLOW_VENV)/bin/python ] || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install --quiet -r requirements-mlflow-server.txt
+	touch $@
+
 chromium:
 	@[ -x $(CHROMIUM) ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-test: $(DEV_STAMP) chromium
+test: $(DEV_STAMP) $(MLFLOW_STAMP) chromium
 	$(BIN)/python -m pytest
 
-test-fast: $(DEV_STAMP)
+test-fast: $(DEV_STAMP) $(MLFLOW_STAMP)
 	$(BIN)/python -m pytest -m "not browser"
 
 lint: $(DEV_STAMP)
@@ -70,4 +79,4 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/inference_latency.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_STORE) .pytest_cache
+	rm -rf $(VENV) $(MLFLOW_VENV) $(DEMO_STORE) .pytest_cache

@@ -44,6 +44,9 @@ class TrainingState:
     optimizer: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
     """This rank's generators (rank 0's, in a checkpoint)."""
+    mlflow_run_id: str | None = None
+    """The run's MLflow run once MLflow answered (trainer.tracking): a resumed run goes on
+    logging into it. Optional: older checkpoints lack it."""
 
     def record_epoch(self, record: EpochRecord, confusion: list[list[int]],
                      world_size: int) -> None:
@@ -72,7 +75,8 @@ class TrainingState:
         return {"format": FORMAT, "epoch": self.epoch, "run_id": self.run_id,
                 "config": self.config, "model": self.model, "optimizer": self.optimizer,
                 "rng": self.rng, "history": [e.to_dict() for e in self.history],
-                "confusion": self.confusion, "world_size": self.world_size}
+                "confusion": self.confusion, "world_size": self.world_size,
+                "mlflow_run_id": self.mlflow_run_id}
 
     @classmethod
     def from_checkpoint(cls, raw: Any, where: str) -> TrainingState:
@@ -83,7 +87,8 @@ class TrainingState:
             return cls(run_id=raw["run_id"], config=raw["config"], epoch=raw["epoch"],
                        history=history, confusion=raw["confusion"],
                        world_size=raw["world_size"], model=raw["model"],
-                       optimizer=raw["optimizer"], rng=raw["rng"])
+                       optimizer=raw["optimizer"], rng=raw["rng"],
+                       mlflow_run_id=raw.get("mlflow_run_id"))
         except (KeyError, TypeError, ValueError) as e:
             raise StoreError(f"{where}: incomplete {FORMAT} checkpoint ({e})") from None
 

@@ -8,6 +8,7 @@ store keeps it as a directory. Stdlib only.
 ```
 datasets/<dataset>/...                                   ingested data
 models/<name>/runs/<run_id>/checkpoints/epoch-0007.pt    full training state
+models/<name>/runs/<run_id>/progress.json                the run's progress, rewritten each epoch
 models/<name>/versions/<version>/{model.pt2, meta.json, metrics.json, *.png, examples/}
 models/<name>/latest.json                                {"version": ...}, moved last
 metrics/<name>/<version>.json                            copy of metrics.json
@@ -34,6 +35,8 @@ META_FILE = "meta.json"
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt2"
 LATEST_FILE = "latest.json"
+# Runs
+PROGRESS_FILE = "progress.json"
 VERSION_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
 _CHECKPOINT = re.compile(r"/epoch-(\d{4,})\.pt$")
@@ -95,6 +98,18 @@ class ModelKeys:
 
     def run(self, run_id: str) -> str:
         return f"models/{self.name}/runs/{run_id}/"
+
+    def progress(self, run_id: str) -> str:
+        """The run's progress record (trainer.schema.RunProgress), rewritten by rank 0."""
+        return f"{self.run(run_id)}{PROGRESS_FILE}"
+
+    def run_of_progress_key(self, key: str) -> str | None:
+        """``<run_id>`` of ``models/<name>/runs/<run_id>/progress.json``, else None."""
+        prefix = f"models/{self.name}/runs/"
+        if not key.startswith(prefix) or not key.endswith("/" + PROGRESS_FILE):
+            return None
+        run_id = key[len(prefix):-len(PROGRESS_FILE) - 1]
+        return run_id if run_id and "/" not in run_id else None
 
     def checkpoints(self, run_id: str) -> str:
         return f"{self.run(run_id)}checkpoints/"

@@ -206,3 +206,82 @@ class VersionMeta:
     def downloads(self) -> list[str]:
         """Every file a reader fetches: the model first, then listed files and examples."""
         return list(dict.fromkeys([MODEL_FILE, *self.files, *self.examples]))
+
+
+RUN_STATES = ("training", "publishing", "published")
+
+
+def _optional_str(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and bool(value))
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """``models/<name>/runs/<run_id>/progress.json``: a run while it trains (the app's
+    Training tab), before anything is published. Rank 0 rewrites the whole record at the
+    start, after each epoch and once published; the store's put is atomic, so a reader sees
+    the previous record or the next, never half of one."""
+
+    run_id: str
+    model: str
+    dataset: str
+    state: str
+    """'training', 'publishing' (every epoch done, the version being written), 'published'."""
+    epoch: int
+    """Epochs done (0 before the first one ends)."""
+    epochs: int
+    """Epochs of the run (N: "epoch k of N")."""
+    world_size: int
+    """Processes training now (a resumed run may have another one than before)."""
+    started_at: str
+    """UTC, ISO 8601: when the run first started (kept across restarts)."""
+    updated_at: str
+    """UTC, ISO 8601: when rank 0 wrote this record (its clock)."""
+    history: list[EpochRecord] = field(default_factory=list)
+    """Every epoch done so far, in order (the curves so far)."""
+    version: str | None = None
+    """The published version, once ``state`` is 'published'."""
+    mlflow_run_id: str | None = None
+    """The run's MLflow run, once MLflow answered (tracking on)."""
+    mlflow_experiment_id: str | None = None
+    mlflow_url: str | None = None
+    """The MLflow UI page of the run, built from MLFLOW_TRACKING_URI (as the trainer sees
+    the server: a reader outside the cluster may need its own base URL)."""
+
+    def __post_init__(self) -> None:
+        for name in ("run_id", "model", "dataset", "started_at", "updated_at"):
+            _require(isinstance(getattr(self, name), str) and bool(getattr(self, name)),
+                     f"progress {name}", "a non-empty string", getattr(self, name))
+        _require(self.state in RUN_STATES, "progress state", f"one of {', '.join(RUN_STATES)}",
+                 self.state)
+        _require(type(self.epochs) is int and self.epochs >= 1, "progress epochs",
+                 "an integer >= 1", self.epochs)
+        _require(type(self.epoch) is int and 0 <= self.epoch <= self.epochs, "progress epoch",
+                 f"an integer from 0 to {self.epochs}", self.epoch)
+        _require(type(self.world_size) is int and self.world_size >= 1, "progress world_size",
+                 "an integer >= 1", self.world_size)
+        _require(isinstance(self.history, list) and all(isinstance(e, EpochRecord)
+                                                        for e in self.history),
+                 "progress history", "a list of epoch records", self.history)
+        epochs = [e.epoch for e in self.history]
+        _require(epochs == sorted(set(epochs)) and all(e <= self.epoch for e in epochs),
+                 "progress history", f"increasing epochs up to {self.epoch}", epochs)
+        for name in ("version", "mlflow_run_id", "mlflow_experiment_id", "mlflow_url"):
+            _require(_optional_str(getattr(self, name)), f"progress {name}",
+                     "null or a non-empty string", getattr(self, name))
+        _require((self.state == "published") == (self.version is not None), "progress version",
+                 "set exactly when the state is 'published'", self.version)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> RunProgress:
+        values = _known(cls, _loads(data, "progress.json"), "progress.json")
+        history = values.get("history", [])
+        _require(isinstance(history, list), "progress history", "a list", history)
+        values["history"] = [EpochRecord.from_dict(e) for e in history]
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise MetaError(f"progress.json: {e}") from None
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), indent=1).encode()
