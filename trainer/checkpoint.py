@@ -88,9 +88,14 @@ class TrainingState:
                        history=history, confusion=raw["confusion"],
                        world_size=raw["world_size"], model=raw["model"],
                        optimizer=raw["optimizer"], rng=raw["rng"],
-                       mlflow_run_id=raw.get("mlflow_run_id"))
+                       mlflow_run_id=_optional_id(raw.get("mlflow_run_id")))
         except (KeyError, TypeError, ValueError) as e:
             raise StoreError(f"{where}: incomplete {FORMAT} checkpoint ({e})") from None
+
+
+def _optional_id(value: Any) -> str | None:
+    """A checkpoint's MLflow run id; anything but a non-empty string counts as none."""
+    return value if isinstance(value, str) and value else None
 
 
 def _cuda_device(device: torch.device | None) -> torch.device | None:

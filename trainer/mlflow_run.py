@@ -171,7 +171,8 @@ class MlflowRuns:
             return found[0].version
         created = self.client.create_model_version(
             name, f"{run.info.artifact_uri}/{ARTIFACT_DIR}", run_id=run.info.run_id,
-            tags={VERSION_TAG: version, RUN_ID_TAG: info.run_id})
+            tags={VERSION_TAG: version, RUN_ID_TAG: info.run_id},
+            await_creation_for=0)  # a tracking server's versions are READY at once
         return created.version
 
     def follow_latest(self, name: str, latest: Callable[[], str | None]) -> None:

@@ -74,11 +74,14 @@ class RunReporter:
 
     # The loop's call points ---------------------------------------------------------
     def started(self, state: TrainingState) -> None:
-        """After resuming (``state.epoch`` epochs done): the MLflow run, the progress record."""
+        """After resuming (``state.epoch`` epochs done): the progress record, the MLflow run
+        (the record again once MLflow named it)."""
+        self._write_progress(state.history)
         if self.tracker is not None:
             self.tracker.start(state.mlflow_run_id, list(state.history))
             state.mlflow_run_id = self.tracker.run_id or state.mlflow_run_id
-        self._write_progress(state.history)
+            if self.tracker.run_id is not None:
+                self._write_progress(state.history)
 
     def epoch_ended(self, state: TrainingState) -> None:
         """After the epoch's checkpoint: a run id MLflow handed out meanwhile goes into

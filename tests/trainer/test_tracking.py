@@ -253,3 +253,30 @@ def test_the_alias_follows_latest_json(mlflow_env, s3_store, monkeypatch):
     assert aliased() == versions[1]
     runs.follow_latest(name, lambda: "20990101T000000Z-unregistered")
     assert aliased() == versions[1]
+
+
+def test_the_checkpoint_carries_the_mlflow_run_id(local_store):
+    """The id survives a checkpoint; a checkpoint written before it existed still loads."""
+    import io
+
+    import torch
+
+    from trainer.checkpoint import load_checkpoint, save_checkpoint
+
+    local_store.ensure_buckets()
+    cfg = config()
+    state = fresh_state(cfg)
+    state.mlflow_run_id = "0123abcd"
+    save_checkpoint(local_store, "models/x/a.pt", state)
+    assert load_checkpoint(local_store, "models/x/a.pt").mlflow_run_id == "0123abcd"
+    for old in (None, 42):
+        raw = state.to_checkpoint()
+        if old is None:
+            del raw["mlflow_run_id"]
+        else:
+            raw["mlflow_run_id"] = old
+        buffer = io.BytesIO()
+        torch.save(raw, buffer)
+        local_store.put_bytes("models/x/old.pt", buffer.getvalue())
+        loaded = load_checkpoint(local_store, "models/x/old.pt")
+        assert loaded.mlflow_run_id is None and loaded.run_id == cfg.run_id
