@@ -60,7 +60,7 @@ test-fast: $(DEV_STAMP) $(MLFLOW_STAMP)
 	$(BIN)/python -m pytest -m "not browser"
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check trainer inference infra tests bench docs
+	$(BIN)/ruff check trainer inference infra tests bench docs __main__.py
 
 demo: $(RUNTIME_STAMP)
 	$(BIN)/python -m trainer buckets --store $(DEMO_STORE)

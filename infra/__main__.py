@@ -1,8 +1,8 @@
 """trainstack: read the stack config once, wire the components, export what users need.
 
-Pulumi runs this file with infra/ first on the import path; the components come from the
-installed `infra` package (`pip install -e .`, done by requirements.txt), and no module
-in infra/ is named like a package it could shadow.
+`pulumi up` runs the project root's __main__.py (Pulumi.yaml has no `main`, so Pulumi
+installs requirements.txt from the root, which installs this project editable), and that
+runs this module.
 """
 
 import pulumi
@@ -10,6 +10,6 @@ import pulumi
 from infra.config import load
 from infra.stack import build_stack
 
-settings, minio_password = load()
-for key, value in build_stack(settings, minio_password).items():
+settings, secrets = load()
+for key, value in build_stack(settings, secrets).items():
     pulumi.export(key, value)

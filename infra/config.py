@@ -1,27 +1,28 @@
 """Stack configuration: every `trainstack:` key, parsed once into a validated dataclass.
 
-`pulumi config set workers 3` stores the *string* "3", structured values (nodeSelector,
-tolerations) arrive as JSON strings, so every parser accepts strings first. Components
-never read config themselves: they get typed Args built from a StackConfig.
+Components never read config themselves: they get typed Args built from a StackConfig.
+Single values are parsed by infra/values.py, combinations checked by infra/rules.py on
+construction; secret values never enter the dataclass (StackSecrets carries them as
+secret Outputs).
 """
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
 import pulumi
+
+from infra import rules
+from infra import values as v
 
 # The trainer's own lists and contracts (stdlib-only modules: no torch in the Pulumi
 # program), so a model or dataset added there cannot be forgotten here.
 from trainer.config import CIFAR10_URL, MODELS
 from trainer.config import DATASETS as TRAINER_DATASETS
 from trainer.errors import ConfigError
-from trainer.layout import model_name
+from trainer.layout import bucket_names, model_name
 
 NAMESPACE = "trainstack"
 # `synthetic` is random data for benchmarks: a cluster run on it would publish a model
@@ -29,34 +30,24 @@ NAMESPACE = "trainstack"
 BENCHMARK_DATASETS = ("synthetic",)
 DATASETS = tuple(d for d in TRAINER_DATASETS if d not in BENCHMARK_DATASETS)
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
-SECRET_KEYS = ("minioRootPassword",)
-
-_CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
-_BYTES = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-# A repository name: optional registry host[:port], then lowercase path components.
-_REPOSITORY = re.compile(
-    r"^([a-zA-Z0-9.-]+(:\d+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$"
-)
-_VERSION = re.compile(r"^v\d+\.\d+\.\d+$")
-_TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
-_TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-
-
-def invalid(key: str, allowed: str, got: Any, secret: bool = False) -> ConfigError:
-    """The error for an invalid `trainstack:` setting: names the key and what is allowed."""
-    shown = "(secret value not shown)" if secret else f"= {got!r}"
-    return ConfigError(f"invalid config trainstack:{key} {shown}: allowed: {allowed}", key=key)
+SECRET_KEYS = ("minioRootPassword", "storeSecretKey")
+DEFAULT_REPOSITORY = "trainstack-trainer"
+DEFAULT_MINIO_SIZE = "10Gi"
+invalid = v.invalid  # re-exported: the error every check raises
 
 
 @dataclass(frozen=True)
 class StackConfig:
-    """The validated stack settings (defaults = DESIGN.md's Pulumi stack contract)."""
+    """The validated stack settings (defaults = DESIGN.md's Pulumi stack contract).
 
-    workers: int = 2
+    None means "not set": several keys only apply in one mode (MinIO's, the image's), and
+    setting one where it does not apply is an error rather than silently ignored.
+    """
+
+    workers: int = 2  # training pods: Master + workers-1 Workers
     gpus_per_worker: int = 0
-    cpu_per_worker: str = "1"
-    memory_per_worker: str = "2Gi"
+    cpu_per_worker: str = "1"  # request = limit
+    memory_per_worker: str = "2Gi"  # request = limit; also the /dev/shm size
     epochs: int = 10
     batch_size: int = 128
     learning_rate: float = 0.1
@@ -64,16 +55,30 @@ class StackConfig:
     dataset: str = "cifar10"
     dataset_source: str | None = None  # None: the dataset's own default (CIFAR-10 URL)
     namespace: str = "trainstack"
-    image: str = "trainstack-trainer"
-    push_image: bool = True
+    build_image: bool = True  # False: `image` is a prebuilt reference, run as given
+    image: str | None = None  # build: repository (default trainstack-trainer); else reference
+    push_image: bool | None = None  # build only; None: true
     install_training_operator: bool = True
     training_operator_version: str = "v1.8.1"
-    minio_storage_size: str = "10Gi"
-    minio_storage_class: str | None = None
+    store_endpoint: str | None = None  # None: the in-cluster MinIO
+    store_region: str | None = None
+    store_credentials_secret: str | None = None  # an existing Secret the workloads read
+    store_access_key: str | None = None  # with the secret storeSecretKey: the stack's Secret
+    bucket_prefix: str = ""
+    minio_storage_size: str | None = None  # None: 10Gi (in-cluster MinIO only)
+    minio_storage_class: str | None = None  # None: the cluster's default StorageClass
+    render_yaml_to: str | None = None  # a directory: write YAML instead of applying
+    buckets_timeout: str = "15m"  # how long `pulumi up` waits for the bucket Job
+    ingest_timeout: str = "30m"  # ... and for the ingest Job (170 MB download + image pull)
+    ingest_storage: str = "4Gi"  # ephemeral storage of the ingest Job: download + unpacked
     inference_replicas: int = 1
     inference_service_type: str = "NodePort"
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
+    secrets: frozenset[str] = frozenset()  # which SECRET_KEYS were given (never their values)
+
+    def __post_init__(self):
+        rules.check(self)
 
     @property
     def model_name(self) -> str:
@@ -87,6 +92,24 @@ class StackConfig:
             return self.dataset_source
         return CIFAR10_URL if self.dataset == "cifar10" else None
 
+    @property
+    def image_repository(self) -> str:
+        """What buildImage true builds and tags."""
+        return self.image or DEFAULT_REPOSITORY
+
+    @property
+    def pushes(self) -> bool:
+        return self.build_image and self.push_image is not False
+
+    @property
+    def minio_volume_size(self) -> str:
+        return self.minio_storage_size or DEFAULT_MINIO_SIZE
+
+    @property
+    def buckets(self) -> list[str]:
+        """The store's bucket names (`<prefix>datasets`, ...)."""
+        return list(bucket_names(self.bucket_prefix).values())
+
     def train_json(self) -> dict[str, Any]:
         """train.json: hyperparameters only (the trainer's TrainConfig keys); seed is fixed."""
         return {
@@ -99,107 +122,12 @@ class StackConfig:
         }
 
 
-def _int(minimum: int) -> Callable[[str, Any], int]:
-    def parse(key: str, raw: Any) -> int:
-        text = str(raw).strip()
-        if isinstance(raw, bool) or not re.fullmatch(r"[+-]?\d+", text) or int(text) < minimum:
-            raise invalid(key, f"an integer >= {minimum}", raw)
-        return int(text)
+@dataclass(frozen=True)
+class StackSecrets:
+    """Secret config values, only as secret Outputs (encrypted in state, masked in logs)."""
 
-    return parse
-
-
-def _float_positive(key: str, raw: Any) -> float:
-    try:
-        value = float(str(raw))
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise invalid(key, "a number > 0 (e.g. 0.1)", raw)
-    return value
-
-
-def _bool(key: str, raw: Any) -> bool:
-    text = str(raw).strip().lower()
-    if text not in ("true", "false"):
-        raise invalid(key, "true or false", raw)
-    return text == "true"
-
-
-def _choice(options: tuple[str, ...], allowed: str | None = None) -> Callable[[str, Any], str]:
-    def parse(key: str, raw: Any) -> str:
-        if raw not in options:
-            raise invalid(key, allowed or ", ".join(options), raw)
-        return raw
-
-    return parse
-
-
-def _pattern(regex: re.Pattern, allowed: str) -> Callable[[str, Any], str]:
-    def parse(key: str, raw: Any) -> str:
-        text = str(raw)
-        if not regex.fullmatch(text):
-            raise invalid(key, allowed, raw)
-        return text
-
-    return parse
-
-
-def _nonzero_quantity(regex: re.Pattern, allowed: str) -> Callable[[str, Any], str]:
-    base = _pattern(regex, allowed)
-
-    def parse(key: str, raw: Any) -> str:
-        text = base(key, raw)
-        if float(re.match(r"[\d.]+", text).group()) <= 0:
-            raise invalid(key, allowed, raw)
-        return text
-
-    return parse
-
-
-def _url(key: str, raw: Any) -> str:
-    parsed = urlparse(str(raw))
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise invalid(key, "an http(s) URL of a file in the dataset's format", raw)
-    return str(raw)
-
-
-def _json(key: str, raw: Any, allowed: str) -> Any:
-    if not isinstance(raw, str):
-        return raw
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        raise invalid(key, allowed, raw) from None
-
-
-def _node_selector(key: str, raw: Any) -> dict[str, str]:
-    allowed = 'a JSON object of label strings, e.g. {"nvidia.com/gpu.present": "true"}'
-    value = _json(key, raw, allowed)
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise invalid(key, allowed, raw)
-    return value
-
-
-def _tolerations(key: str, raw: Any) -> list[dict[str, Any]]:
-    allowed = (
-        'a JSON list of tolerations with keys key/operator/value/effect/tolerationSeconds, '
-        f'operator Exists|Equal, effect {"|".join(_TOLERATION_EFFECTS)}'
-    )
-    value = _json(key, raw, allowed)
-    if not isinstance(value, list):
-        raise invalid(key, allowed, raw)
-    for item in value:
-        if (
-            not isinstance(item, dict)
-            or not set(item) <= _TOLERATION_KEYS
-            or item.get("operator", "Equal") not in ("Exists", "Equal")
-            or item.get("effect", "NoSchedule") not in _TOLERATION_EFFECTS
-        ):
-            raise invalid(key, allowed, raw)
-    return value
+    minio_root_password: pulumi.Output[str] | None = None
+    store_secret_key: pulumi.Output[str] | None = None
 
 
 _DATASETS_ALLOWED = (
@@ -210,62 +138,61 @@ _QTY_CPU = "a CPU quantity > 0 such as 1, 0.5 or 500m"
 _QTY_MEM = "a memory quantity > 0 such as 2Gi, 512Mi or 1G"
 
 # config key -> (dataclass field, parser)
-FIELDS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
-    "workers": ("workers", _int(1)),
-    "gpusPerWorker": ("gpus_per_worker", _int(0)),
-    "cpuPerWorker": ("cpu_per_worker", _nonzero_quantity(_CPU, _QTY_CPU)),
-    "memoryPerWorker": ("memory_per_worker", _nonzero_quantity(_BYTES, _QTY_MEM)),
-    "epochs": ("epochs", _int(1)),
-    "batchSize": ("batch_size", _int(1)),
-    "learningRate": ("learning_rate", _float_positive),
-    "model": ("model", _choice(MODELS)),
-    "dataset": ("dataset", _choice(DATASETS, _DATASETS_ALLOWED)),
-    "datasetSource": ("dataset_source", _url),
-    "namespace": ("namespace", _pattern(_DNS_LABEL, "a DNS-1123 label (a-z, 0-9, '-')")),
-    "image": ("image", _pattern(_REPOSITORY, "an image repository name without tag")),
-    "pushImage": ("push_image", _bool),
-    "installTrainingOperator": ("install_training_operator", _bool),
-    "trainingOperatorVersion": (
-        "training_operator_version",
-        _pattern(_VERSION, "a release tag such as v1.8.1"),
-    ),
-    "minioStorageSize": ("minio_storage_size", _nonzero_quantity(_BYTES, "a size such as 10Gi")),
-    "minioStorageClass": ("minio_storage_class", _pattern(_DNS_LABEL, "a StorageClass name")),
-    "inferenceReplicas": ("inference_replicas", _int(1)),
-    "inferenceServiceType": ("inference_service_type", _choice(SERVICE_TYPES)),
-    "nodeSelector": ("node_selector", _node_selector),
-    "tolerations": ("tolerations", _tolerations),
+FIELDS: dict[str, tuple[str, v.Parser]] = {
+    "workers": ("workers", v.int_at_least(1)),
+    "gpusPerWorker": ("gpus_per_worker", v.int_at_least(0)),
+    "cpuPerWorker": ("cpu_per_worker", v.nonzero_quantity(v.CPU, _QTY_CPU)),
+    "memoryPerWorker": ("memory_per_worker", v.nonzero_quantity(v.BYTES, _QTY_MEM)),
+    "epochs": ("epochs", v.int_at_least(1)),
+    "batchSize": ("batch_size", v.int_at_least(1)),
+    "learningRate": ("learning_rate", v.positive_float),
+    "model": ("model", v.choice(MODELS)),
+    "dataset": ("dataset", v.choice(DATASETS, _DATASETS_ALLOWED)),
+    "datasetSource": ("dataset_source", v.http_url),
+    "namespace": ("namespace", v.pattern(v.DNS_LABEL, "a DNS-1123 label (a-z, 0-9, '-')")),
+    "buildImage": ("build_image", v.boolean),
+    "image": ("image", v.image_reference),
+    "pushImage": ("push_image", v.boolean),
+    "installTrainingOperator": ("install_training_operator", v.boolean),
+    "trainingOperatorVersion": ("training_operator_version", v.operator_version),
+    "storeEndpoint": ("store_endpoint", v.store_endpoint),
+    "storeRegion": ("store_region", v.pattern(v.REGION, "a region name such as eu-west-1")),
+    "storeCredentialsSecret": (
+        "store_credentials_secret", v.pattern(v.DNS_SUBDOMAIN, "a Secret name (DNS-1123)")),
+    "storeAccessKey": (
+        "store_access_key",
+        v.pattern(v.ACCESS_KEY, "an access key id (1-128 characters, no spaces)")),
+    "bucketPrefix": ("bucket_prefix", v.bucket_prefix),
+    "minioStorageSize": (
+        "minio_storage_size", v.nonzero_quantity(v.BYTES, "a size such as 10Gi")),
+    "minioStorageClass": ("minio_storage_class", v.pattern(v.DNS_LABEL, "a StorageClass name")),
+    "renderYamlTo": ("render_yaml_to", v.directory),
+    "bucketsTimeout": ("buckets_timeout", v.duration),
+    "ingestTimeout": ("ingest_timeout", v.duration),
+    "ingestStorage": ("ingest_storage", v.nonzero_quantity(v.BYTES, "a size such as 4Gi")),
+    "inferenceReplicas": ("inference_replicas", v.int_at_least(1)),
+    "inferenceServiceType": ("inference_service_type", v.choice(SERVICE_TYPES)),
+    "nodeSelector": ("node_selector", v.node_selector),
+    "tolerations": ("tolerations", v.tolerations),
 }
 KNOWN_KEYS = tuple(FIELDS) + SECRET_KEYS
 
 
-def parse_config(raw: Mapping[str, Any]) -> StackConfig:
+def parse_config(raw: Mapping[str, Any], secrets: frozenset[str] = frozenset()) -> StackConfig:
     """Validate `{key: value}` (keys without the `trainstack:` prefix, values as stored).
 
+    `secrets` names the SECRET_KEYS that were given (their values are read separately).
     Unknown keys are errors: a typo such as `worker` would otherwise be silently ignored.
     """
-    unknown = sorted(set(raw) - set(KNOWN_KEYS))
+    unknown = sorted(set(raw) - set(FIELDS))
     if unknown:
         raise invalid(unknown[0], "one of " + ", ".join(KNOWN_KEYS), raw[unknown[0]])
-    values = {
+    parsed = {
         name: parser(key, raw[key])
         for key, (name, parser) in FIELDS.items()
         if raw.get(key) not in (None, "")
     }
-    return _check_image(StackConfig(**values))
-
-
-def _check_image(cfg: StackConfig) -> StackConfig:
-    # A bare name would be pushed to docker.io/library/<name>, which fails half-way through
-    # `pulumi up` (after MinIO is up); refuse it before any resource is registered.
-    if cfg.push_image and "/" not in cfg.image:
-        raise invalid(
-            "image",
-            "a registry path such as registry.example.com/you/trainstack-trainer when "
-            "pushImage is true (or pushImage false for minikube)",
-            cfg.image,
-        )
-    return cfg
+    return StackConfig(**parsed, secrets=frozenset(secrets))
 
 
 def raw_stack_config() -> dict[str, Any]:
@@ -286,25 +213,46 @@ def raw_stack_config() -> dict[str, Any]:
     }
 
 
-def load() -> tuple[StackConfig, pulumi.Output[str] | None]:
-    """Read and validate the stack config once; returns it and the optional MinIO password."""
+def load() -> tuple[StackConfig, StackSecrets]:
+    """Read and validate the stack config once, before any resource is registered."""
     from pulumi.runtime import config as runtime_config
 
-    settings = parse_config(raw_stack_config())
-    # Check the plaintext now (fail before any resource is registered), then use it only
-    # as a secret Output so it is encrypted in the state and masked in logs.
-    plain = runtime_config.get_config(f"{NAMESPACE}:minioRootPassword")
-    if plain is not None:
-        _check_password(plain)
-    return settings, pulumi.Config(NAMESPACE).get_secret("minioRootPassword")
+    given = set()
+    for key in SECRET_KEYS:
+        # Check the plaintext now, then use it only as a secret Output.
+        plain = runtime_config.get_config(f"{NAMESPACE}:{key}")
+        if plain is not None:
+            _check_secret(key, plain, _is_secret(f"{NAMESPACE}:{key}"))
+            given.add(key)
+    settings = parse_config(raw_stack_config(), frozenset(given))
+    for message in rules.warnings(settings):
+        pulumi.log.warn(message)
+    config = pulumi.Config(NAMESPACE)
+    return settings, StackSecrets(
+        minio_root_password=config.get_secret("minioRootPassword"),
+        store_secret_key=config.get_secret("storeSecretKey"),
+    )
 
 
-def _check_password(value: str) -> str:
-    # MinIO refuses to start with a root password under 8 characters; fail at `pulumi up`
-    # instead, and never echo the value.
-    if len(value) < 8 or value == "minioadmin":
-        raise invalid(
-            "minioRootPassword", "at least 8 characters, not the well-known default",
-            value, secret=True,
-        )
-    return value
+def _is_secret(full_key: str) -> bool:
+    from pulumi.runtime import config as runtime_config
+
+    return (runtime_config.is_config_secret(full_key)
+            or full_key in runtime_config.get_config_secret_keys_env())
+
+
+def _check_secret(key: str, value: str, is_secret: bool) -> None:
+    if not is_secret:
+        # Stored in Pulumi.<stack>.yaml in plain text: refuse it, never echo it.
+        raise invalid(key, f"a secret value: pulumi config set --secret {key} ... "
+                           "(it is stored unencrypted now; set it again with --secret)",
+                      None, secret=True)
+    if key == "minioRootPassword" and (len(value) < 8 or value == "minioadmin"):
+        # MinIO refuses to start with a root password under 8 characters.
+        raise invalid(key, "at least 8 characters, not the well-known default",
+                      value, secret=True)
+    if key == "storeSecretKey" and not value.strip():
+        raise invalid(key, "a non-empty secret access key", value, secret=True)
+
+
+__all__ = ["ConfigError", "StackConfig", "StackSecrets", "invalid", "load", "parse_config"]

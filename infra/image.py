@@ -1,7 +1,9 @@
-"""TrainerImage: builds trainer/Dockerfile (context = repo root) and pushes it.
+"""The trainer image every workload runs: built here (TrainerImage) or prebuilt.
 
-The tag is a hash of the build inputs, so a code change gives a new reference and every
-workload rolls; pushed images are referenced by digest (repo@sha256:...).
+TrainerImage builds trainer/Dockerfile (context = repo root) and pushes it. The tag is a
+hash of the build inputs, so a code change gives a new reference and every workload
+rolls; pushed images are referenced by digest (repo@sha256:...). With `buildImage false`
+no pulumi-docker resource exists at all: `prebuilt()` runs the configured reference.
 """
 
 from __future__ import annotations
@@ -38,6 +40,20 @@ def source_hash(root: Path = REPO_ROOT, inputs: tuple[str, ...] = BUILD_INPUTS) 
             digest.update(str(path.relative_to(root)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """What pods run and how the kubelet pulls it."""
+
+    ref: pulumi.Input[str]
+    pull_policy: str
+
+
+def prebuilt(reference: str) -> ImageRef:
+    """A CI-built image, as given. By digest it never changes, so a node's copy is used;
+    by tag every pod start pulls, so no node keeps an older image under a moved tag."""
+    return ImageRef(reference, "IfNotPresent" if "@" in reference else "Always")
 
 
 @dataclass

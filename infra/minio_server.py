@@ -1,4 +1,9 @@
-"""MinIO: the in-cluster S3 store (Secret, PVC, Deployment, Service) + the bucket Job."""
+"""MinIO: the in-cluster S3 store (credentials Secret, PVC, Deployment, Service).
+
+Only declared without `storeEndpoint`. Its root credentials are the store credentials
+every workload reads: a Secret the stack makes (generated or `minioRootPassword`), or the
+existing one `storeCredentialsSecret` names (required in render mode).
+"""
 
 from __future__ import annotations
 
@@ -24,52 +29,32 @@ ROOT_USER = "trainstack-admin"
 class MinIOArgs:
     namespace: pulumi.Input[str]
     storage_size: str
-    image: pulumi.Input[str]  # the trainer image, for the bucket Job
-    image_pull_policy: str = "IfNotPresent"
     storage_class: str | None = None
     root_password: pulumi.Input[str] | None = None  # secret; generated when None
+    credentials_secret: str | None = None  # an existing Secret instead of the stack's
+    bucket_prefix: str = ""  # what every workload's store ref carries
 
 
 class MinIO(pulumi.ComponentResource):
-    """MinIO with generated (or configured) credentials; `store` is what workloads need."""
+    """`store` is what workloads need; `ready` are the objects to wait for before use."""
 
     store: pod.StoreRef
     endpoint: pulumi.Output[str]
-    bucket_job: k8s.batch.v1.Job
+    ready: list[pulumi.Resource]
 
     def __init__(self, name: str, args: MinIOArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("trainstack:index:MinIO", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        secret = self._secret(args, child)
+        secret_name = args.credentials_secret or self._secret(args, child).metadata.name
         pvc = self._pvc(args, child)
-        deployment = self._deployment(args, secret, pvc, child)
+        deployment = self._deployment(args, secret_name, pvc, child)
         service = self._service(args, child)
         host = pulumi.Output.concat(SERVICE_NAME, ".", args.namespace, ".svc")
         self.endpoint = pulumi.Output.concat(host, f":{API_PORT}")
-        self.store = pod.StoreRef(
-            url=pulumi.Output.concat("s3://", self.endpoint), secret_name=secret.metadata.name
-        )
-        self.bucket_job = pod.job(
-            "trainstack-buckets",
-            args.namespace,
-            self._bucket_container(args),
-            # The Job only succeeds once MinIO answers: wait for the Deployment's readiness.
-            pulumi.ResourceOptions(parent=self, depends_on=[deployment, service]),
-        )
-        self.register_outputs({"endpoint": self.endpoint, "secret_name": secret.metadata.name})
-
-    def _bucket_container(self, args: MinIOArgs) -> pod.ContainerSpec:
-        return pod.ContainerSpec(
-            name="buckets",
-            image=args.image,
-            image_pull_policy=args.image_pull_policy,
-            command=["python", "-m", "trainer", "buckets"],
-            store=self.store,
-            cpu="100m",
-            memory="256Mi",
-            cpu_limit="500m",
-            memory_limit="512Mi",
-        )
+        self.store = pod.StoreRef(url=pulumi.Output.concat("s3://", self.endpoint),
+                                  secret_name=secret_name, bucket_prefix=args.bucket_prefix)
+        self.ready = [deployment, service]
+        self.register_outputs({"endpoint": self.endpoint, "secret_name": secret_name})
 
     def _secret(self, args: MinIOArgs, opts: pulumi.ResourceOptions) -> k8s.core.v1.Secret:
         password = args.root_password
@@ -77,15 +62,8 @@ class MinIO(pulumi.ComponentResource):
             password = random.RandomPassword(
                 "minio-root-password", length=32, special=False, opts=opts
             ).result
-        return k8s.core.v1.Secret(
-            "minio-credentials",
-            metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=SECRET_NAME, namespace=args.namespace, labels=pod.labels("minio")
-            ),
-            type="Opaque",
-            string_data={"rootUser": ROOT_USER, "rootPassword": pulumi.Output.secret(password)},
-            opts=opts,
-        )
+        return pod.credentials_secret(SECRET_NAME, args.namespace, ROOT_USER, password,
+                                      "minio", opts)
 
     def _pvc(self, args: MinIOArgs, opts: pulumi.ResourceOptions):
         return k8s.core.v1.PersistentVolumeClaim(
@@ -94,7 +72,10 @@ class MinIO(pulumi.ComponentResource):
                 name="minio-data",
                 namespace=args.namespace,
                 labels=pod.labels("minio"),
-                # The PVC may stay Pending until a consumer exists (WaitForFirstConsumer).
+                # With a WaitForFirstConsumer StorageClass (most clouds' default) the claim
+                # stays Pending until MinIO's pod is scheduled, and that pod is created only
+                # after this claim: awaiting "Bound" here would deadlock. Deleting it is
+                # still awaited (skipAwait does not apply to a PVC's deletion).
                 annotations={"pulumi.com/skipAwait": "true"},
             ),
             spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
@@ -107,7 +88,7 @@ class MinIO(pulumi.ComponentResource):
             opts=opts,
         )
 
-    def _deployment(self, args, secret, pvc, opts) -> k8s.apps.v1.Deployment:
+    def _deployment(self, args, secret_name, pvc, opts) -> k8s.apps.v1.Deployment:
         labels = pod.labels("minio")
         data = k8s.core.v1.VolumeArgs(
             name="data",
@@ -129,7 +110,7 @@ class MinIO(pulumi.ComponentResource):
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
                     spec=k8s.core.v1.PodSpecArgs(
                         security_context=pod.pod_security(MINIO_UID),
-                        containers=[_server_container(secret.metadata.name)],
+                        containers=[_server_container(secret_name)],
                         volumes=[data],
                     ),
                 ),
@@ -172,8 +153,8 @@ def _server_container(secret_name: pulumi.Input[str]) -> k8s.core.v1.ContainerAr
         args=["server", "/data", "--console-address", f":{CONSOLE_PORT}",
               "--certs-dir", "/tmp/minio-certs"],
         env=[
-            pod.secret_env("MINIO_ROOT_USER", secret_name, "rootUser"),
-            pod.secret_env("MINIO_ROOT_PASSWORD", secret_name, "rootPassword"),
+            pod.secret_env("MINIO_ROOT_USER", secret_name, pod.ACCESS_KEY_ID),
+            pod.secret_env("MINIO_ROOT_PASSWORD", secret_name, pod.SECRET_ACCESS_KEY),
         ],
         ports=[
             k8s.core.v1.ContainerPortArgs(name="api", container_port=API_PORT),

@@ -1,7 +1,8 @@
 """Typed pod-template pieces every workload shares (env, security, resources, shm).
 
 All containers run the one trainer image as the non-root user baked into it, reach the
-object store through TRAINSTACK_STORE and get S3 credentials only by secretKeyRef.
+object store through TRAINSTACK_STORE (+ AWS_REGION, TRAINSTACK_BUCKET_PREFIX) and get S3
+credentials only by secretKeyRef.
 """
 
 from __future__ import annotations
@@ -13,21 +14,26 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from trainer.layout import BUCKET_PREFIX_ENV
+
 # The uid/gid created in trainer/Dockerfile; runAsUser makes runAsNonRoot checkable
 # even when an image's USER is a name.
 APP_UID = 10001
 GPU_RESOURCE = "nvidia.com/gpu"
 SHM_VOLUME = "dshm"
+# The keys of every store credentials Secret: the one the stack makes, the one a user names.
+ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
 
 
 @dataclass
 class StoreRef:
     """Where workloads find the object store and the Secret holding its credentials."""
 
-    url: pulumi.Input[str]  # s3://HOST:PORT
-    secret_name: pulumi.Input[str]
-    access_key: str = "rootUser"
-    secret_key: str = "rootPassword"
+    url: pulumi.Input[str]  # s3://HOST:PORT or s3s://HOST[:PORT]
+    secret_name: pulumi.Input[str]  # keys ACCESS_KEY_ID, SECRET_ACCESS_KEY
+    region: str | None = None  # AWS_REGION
+    bucket_prefix: str = ""  # TRAINSTACK_BUCKET_PREFIX
 
 
 @dataclass
@@ -42,6 +48,7 @@ class ContainerSpec:
     memory: str
     cpu_limit: str | None = None  # default: requests == limits (Guaranteed QoS)
     memory_limit: str | None = None
+    ephemeral_storage: str | None = None  # request = limit (writable layer, emptyDirs, logs)
     gpus: int = 0
     env: dict[str, str] = field(default_factory=dict)
     ports: Sequence[k8s.core.v1.ContainerPortArgs] = ()
@@ -62,12 +69,34 @@ def secret_env(name: str, secret: pulumi.Input[str], key: str) -> k8s.core.v1.En
 
 
 def store_env(store: StoreRef) -> list[k8s.core.v1.EnvVarArgs]:
-    """TRAINSTACK_STORE + AWS credentials by reference: no secret value in the spec."""
-    return [
+    """TRAINSTACK_STORE, region, bucket prefix + AWS credentials by reference only."""
+    env = [
         k8s.core.v1.EnvVarArgs(name="TRAINSTACK_STORE", value=store.url),
-        secret_env("AWS_ACCESS_KEY_ID", store.secret_name, store.access_key),
-        secret_env("AWS_SECRET_ACCESS_KEY", store.secret_name, store.secret_key),
+        secret_env(ACCESS_KEY_ID, store.secret_name, ACCESS_KEY_ID),
+        secret_env(SECRET_ACCESS_KEY, store.secret_name, SECRET_ACCESS_KEY),
     ]
+    if store.region:
+        env.append(k8s.core.v1.EnvVarArgs(name="AWS_REGION", value=store.region))
+    if store.bucket_prefix:
+        env.append(k8s.core.v1.EnvVarArgs(name=BUCKET_PREFIX_ENV, value=store.bucket_prefix))
+    return env
+
+
+def credentials_secret(name: str, namespace: pulumi.Input[str], access_key: pulumi.Input[str],
+                       secret_key: pulumi.Input[str], component: str,
+                       opts: pulumi.ResourceOptions) -> k8s.core.v1.Secret:
+    """The store credentials Secret the stack makes; its whole stringData is a secret
+    Output, so Pulumi stores it encrypted and never shows it."""
+    return k8s.core.v1.Secret(
+        name,
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace,
+                                            labels=labels(component)),
+        type="Opaque",
+        string_data=pulumi.Output.secret(
+            pulumi.Output.all(access_key, secret_key).apply(
+                lambda keys: {ACCESS_KEY_ID: keys[0], SECRET_ACCESS_KEY: keys[1]})),
+        opts=opts,
+    )
 
 
 def container_security(uid: int = APP_UID) -> k8s.core.v1.SecurityContextArgs:
@@ -94,6 +123,8 @@ def resources(spec: ContainerSpec) -> k8s.core.v1.ResourceRequirementsArgs:
         "cpu": spec.cpu_limit or spec.cpu,
         "memory": spec.memory_limit or spec.memory,
     }
+    if spec.ephemeral_storage:
+        requests["ephemeral-storage"] = limits["ephemeral-storage"] = spec.ephemeral_storage
     if spec.gpus > 0:
         # Extended resources: the scheduler needs the limit; a request must equal it.
         requests[GPU_RESOURCE] = str(spec.gpus)
@@ -163,8 +194,10 @@ def job(
     spec: ContainerSpec,
     opts: pulumi.ResourceOptions,
     backoff_limit: int = 4,
+    volumes: list[k8s.core.v1.VolumeArgs] | None = None,
 ) -> k8s.batch.v1.Job:
-    """A one-shot Job (buckets, ingest): pulumi-kubernetes waits for it to complete."""
+    """A one-shot Job (buckets, ingest): pulumi-kubernetes waits for it to complete, up to
+    the create/update custom timeout in ``opts`` (its default is 10 minutes)."""
     return k8s.batch.v1.Job(
         name,
         metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=labels(name)),
@@ -176,6 +209,7 @@ def job(
                     restart_policy="OnFailure",
                     security_context=pod_security(),
                     containers=[container(spec)],
+                    volumes=volumes,
                 ),
             ),
         ),

@@ -1,9 +1,11 @@
 """Training: train.json ConfigMap, the dataset ingest Job and the PyTorchJob.
 
 The PyTorchJob is replaced, never patched: the operator does not reconcile a running
-job's replica counts or resources, so its name carries a hash of everything that shapes
-the run (workers, resources, hyperparameters) and any spec change deletes and recreates
-it. The trainer resumes from its newest checkpoint (run_id ignores workers/resources).
+job's replica counts, resources or pod template, so its name carries a hash of everything
+that shapes the run (workers, resources, hyperparameters, the image, the dataset source)
+and any spec change deletes and recreates it. A new name is also what makes a GitOps tool
+(renderYamlTo) start a new job. The trainer resumes from its newest checkpoint (run_id
+ignores workers/resources).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ CONFIG_DIR = "/etc/trainstack"
 CONFIG_FILE = f"{CONFIG_DIR}/train.json"
 CONFIG_MAP = "trainstack-train"
 MASTER_PORT = 23456  # the operator's default; named so it finds it
+INGEST_TMP = "/tmp"  # where `trainer ingest` downloads and unpacks (tempfile's default)
 
 
 @dataclass
@@ -37,6 +40,8 @@ class TrainingArgs:
     memory: str
     dataset: str
     ingest_source: str | None = None  # None: nothing to ingest (digits)
+    ingest_timeout: str = "30m"  # how long `pulumi up` waits for the ingest Job
+    ingest_storage: str = "4Gi"  # the ingest Job's ephemeral storage (download + unpacked)
     image_pull_policy: str = "IfNotPresent"
     backoff_limit: int = 3
     node_selector: dict[str, str] = field(default_factory=dict)
@@ -47,14 +52,20 @@ class TrainingArgs:
     operator: pulumi.Resource | None = None
 
 
-def job_name(args: TrainingArgs) -> str:
-    """`train-<model>-<dataset>-<hash>`: a new name whenever the run's shape changes."""
+def job_name(args: TrainingArgs, image: str) -> str:
+    """`train-<model>-<dataset>-<hash>`: a new name whenever the run's shape changes.
+
+    The dataset source is in the hash: a new `datasetSource` re-runs the ingest Job and
+    the job must start again after it, on the new data.
+    """
     shape = {
         "workers": args.workers,
         "gpus": args.gpus_per_worker,
         "cpu": args.cpu,
         "memory": args.memory,
         "train": args.train_config,
+        "image": image,
+        "data": args.ingest_source,
     }
     digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:8]
     cfg = args.train_config
@@ -138,7 +149,7 @@ def pytorchjob_spec(args: TrainingArgs, config_map: pulumi.Input[str]) -> dict[s
 
 
 class Training(pulumi.ComponentResource):
-    job_name: str
+    job_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: TrainingArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("trainstack:index:Training", name, None, opts)
@@ -156,13 +167,19 @@ class Training(pulumi.ComponentResource):
             deps.append(args.operator)
         if args.ingest_source is not None:
             deps.append(self._ingest(args))
-        self.job_name = job_name(args)
+        self.job_name = pulumi.Output.from_input(args.image).apply(
+            lambda image: job_name(args, image))
         self.job = k8s.apiextensions.CustomResource(
             "pytorchjob",
             api_version="kubeflow.org/v1",
             kind="PyTorchJob",
             metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=self.job_name, namespace=args.namespace, labels=pod.labels("trainer")
+                name=self.job_name, namespace=args.namespace, labels=pod.labels("trainer"),
+                # `pulumi up` returns once the job exists, even with PULUMI_K8S_AWAIT_ALL:
+                # training takes hours. Its deletion is still awaited (skipAwait does not
+                # cover a custom resource's delete), so a replaced job's pods are gone before
+                # the new job starts.
+                annotations={"pulumi.com/skipAwait": "true"},
             ),
             spec=pytorchjob_spec(args, config_map.metadata.name),
             opts=pulumi.ResourceOptions(
@@ -180,6 +197,12 @@ class Training(pulumi.ComponentResource):
         command = ["python", "-m", "trainer", "ingest", "--dataset", args.dataset]
         if args.ingest_source:
             command += ["--source", args.ingest_source]
+        # The download and, for imagefolder archives, the unpacked files go to /tmp: an
+        # emptyDir capped at ingest_storage, and the container may use no more (a bomb
+        # that gets past the trainer's own limits is evicted, not the node's disk filled).
+        tmp = k8s.core.v1.VolumeArgs(
+            name="tmp",
+            empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=args.ingest_storage))
         spec = pod.ContainerSpec(
             name="ingest",
             image=args.image,
@@ -190,11 +213,16 @@ class Training(pulumi.ComponentResource):
             memory="1Gi",
             cpu_limit="1",
             memory_limit="2Gi",
-            env={"PYTHONUNBUFFERED": "1"},
+            ephemeral_storage=args.ingest_storage,
+            env={"PYTHONUNBUFFERED": "1", "TMPDIR": INGEST_TMP},
+            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path=INGEST_TMP)],
         )
+        timeout = pulumi.CustomTimeouts(create=args.ingest_timeout, update=args.ingest_timeout)
         return pod.job(
             f"trainstack-ingest-{args.dataset}",
             args.namespace,
             spec,
-            pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
+            pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on),
+                                   custom_timeouts=timeout),
+            volumes=[tmp],
         )

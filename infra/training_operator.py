@@ -1,7 +1,16 @@
 """TrainingOperator: the Kubeflow Training Operator's standalone overlay, pinned.
 
-Module name avoids `operator`, which would shadow the standard library when Pulumi puts
-infra/ first on the import path.
+Module name avoids `operator`, which would shadow the standard library.
+
+Any v1 release from v1.3.0 (the first with PyTorchJob) is accepted. The releases below
+were checked by reading their manifests: `manifests/overlays/standalone` exists and pins
+the operator image, the PyTorchJob CRD is kubeflow.org/v1 with `runPolicy`
+(backoffLimit, cleanPodPolicy), the operator injects MASTER_ADDR, MASTER_PORT (the
+`pytorchjob-port` container port), WORLD_SIZE (= replicas with nprocPerNode unset) and
+RANK into the `pytorch` container, and puts no finalizer on a PyTorchJob (its pods are
+removed by Kubernetes' garbage collector through their owner references). For these the
+overlay is fetched at the commit the tag named when it was checked, so a moved tag cannot
+change what is installed; any other v1 tag is fetched by tag, with a warning.
 """
 
 from __future__ import annotations
@@ -14,11 +23,29 @@ from pulumi_kubernetes.kustomize import v2 as kustomize
 REPO = "https://github.com/kubeflow/training-operator"
 OVERLAY = "manifests/overlays/standalone"
 OPERATOR_NAMESPACE = "kubeflow"
+# tag -> the commit it named when checked (v1.8.0 added the admission webhook).
+CHECKED_RELEASES = {
+    "v1.3.0": "3aa19beb58b8f37c9e24d9f04d02446937ea1a29",
+    "v1.4.0": "1d10a49064d86e6d5811202ea75db3a80c332df2",
+    "v1.5.0": "1435d57a60e9ee678e640bd8aea83fd62a310287",
+    "v1.6.0": "66aa6353c19ddf4177b98db7b243b5caa0a43e21",
+    "v1.7.0": "5525468b9057a6e608f5093b49f4fdb91e985658",
+    "v1.8.0": "f8687ca7fd947e6ebd52dde4dfeefdf006e7b239",
+    "v1.8.1": "0f8735faade3651dfe44e45c6fbc30fa9152641d",
+    "v1.9.0": "6f74c7f6b2ed6c27aabd82d0a316b23f0646059c",
+}
 
 
 def overlay_url(version: str) -> str:
-    """A kustomize remote target: `<repo>//<dir>?ref=<tag>` (cloned by the provider)."""
-    return f"{REPO}//{OVERLAY}?ref={version}"
+    """A kustomize remote target: `<repo>//<dir>?ref=<commit or tag>` (cloned by the provider)."""
+    return f"{REPO}//{OVERLAY}?ref={CHECKED_RELEASES.get(version, version)}"
+
+
+def unchecked_warning(version: str) -> str | None:
+    if version in CHECKED_RELEASES:
+        return None
+    return (f"Training Operator {version} was not checked with this stack (checked: "
+            f"{', '.join(CHECKED_RELEASES)}); its overlay is fetched by tag")
 
 
 @dataclass
@@ -41,6 +68,9 @@ class TrainingOperator(pulumi.ComponentResource):
     ):
         super().__init__("trainstack:index:TrainingOperator", name, None, opts)
         self.version = args.version
+        warning = unchecked_warning(args.version)
+        if warning:
+            pulumi.log.warn(warning, resource=self)
         self.manifests = kustomize.Directory(
             "training-operator",
             directory=overlay_url(args.version),

@@ -68,10 +68,11 @@ def test_no_part_rewrites_sys_path():
     assert offenders == []
 
 
-# What `pulumi up` does: run infra/ as a directory program (runpy) with infra/ itself first
-# on sys.path, in the project's venv, from the project root; here under Pulumi's mocks.
+# What `pulumi up` does: run the program directory (Pulumi.yaml sets no `main`: the project
+# root, whose __main__.py runs infra/__main__.py) with runpy, which puts that directory
+# first on sys.path, in the project's venv, from that directory; here under Pulumi's mocks.
 PULUMI_RUN = """
-    import runpy, sys
+    import runpy
     import pulumi
     from pulumi.runtime.config import set_all_config
 
@@ -96,11 +97,10 @@ PULUMI_RUN = """
 
     pulumi.runtime.set_mocks(Recording(), project="trainstack", stack="dev", preview=False)
     set_all_config({"trainstack:image": "registry.example.com/t/trainstack-trainer"})
-    sys.path.insert(0, "infra")
 
     @pulumi.runtime.test
     def program():
-        runpy.run_path("infra", run_name="__main__")
+        runpy.run_path(".", run_name="__main__")
 
     program()
     print(json.dumps(registered))

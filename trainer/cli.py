@@ -7,6 +7,7 @@ import json
 import logging
 
 from trainer.config import AUGMENTATIONS, DATASETS, MODELS, TrainConfig, read_json_file
+from trainer.layout import BUCKET_PREFIX_ENV, BUCKETS
 from trainer.storage import STORE_ENV, open_store
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     buckets = sub.add_parser("buckets", help="create the store's buckets if missing",
                              description="Create the buckets datasets, models, metrics "
-                                         "(idempotent).")
+                                         "(idempotent); an S3 store prefixes their names "
+                                         f"with ${BUCKET_PREFIX_ENV}.")
     buckets.add_argument("--store", help=store_help)
 
     ingest = sub.add_parser("ingest", help="put a dataset into the store (once)",
@@ -67,7 +69,10 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 def cmd_buckets(args: argparse.Namespace) -> None:
     store = open_store(args.store)
     created = store.ensure_buckets()
-    log.info("buckets ready in %s (created: %s)", store.url, ", ".join(created) or "none")
+    # An S3 store's own names (prefixed); a local store's directories are the logical names.
+    names = getattr(store, "bucket_names", {b: b for b in BUCKETS})
+    log.info("buckets %s ready in %s (created: %s)", ", ".join(names.values()), store.url,
+             ", ".join(created) or "none")
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:

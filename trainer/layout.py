@@ -23,6 +23,14 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 BUCKETS = ("datasets", "models", "metrics")
+# An S3 store names its buckets ``<prefix><bucket>`` (bucket names are global on AWS); keys
+# in code stay logical (``models/...``). A local store ignores the prefix.
+BUCKET_PREFIX_ENV = "TRAINSTACK_BUCKET_PREFIX"
+BUCKET_NAME_RULES = (
+    "3-63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit, "
+    "without '..', '.-' or '-.', not an IP address, not starting with 'xn--', 'sthree-' or "
+    "'amzn-s3-demo-', not ending with '-s3alias', '--ol-s3', '.mrap', '--x-s3' or '--table-s3'"
+)
 
 # Datasets
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
@@ -40,6 +48,46 @@ PROGRESS_FILE = "progress.json"
 VERSION_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
 _CHECKPOINT = re.compile(r"/epoch-(\d{4,})\.pt$")
+_BUCKET_CHARS = re.compile(r"^[a-z0-9.-]+$")
+_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+_RESERVED_STARTS = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_ENDS = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+
+
+def bucket_name_problem(name: str) -> str | None:
+    """Why ``name`` is no valid S3 bucket name, or None.
+
+    AWS's rules for general purpose buckets, plus the ban on '.-' and '-.' that MinIO and
+    the minio client keep from the older rules, so a name valid here works on both.
+    """
+    if not 3 <= len(name) <= 63:
+        return f"{len(name)} characters"
+    if not _BUCKET_CHARS.fullmatch(name):
+        return "a character other than a-z, 0-9, '.' and '-'"
+    if not (name[0] + name[-1]).isalnum():
+        return "does not start and end with a letter or digit"
+    for pair in ("..", ".-", "-."):
+        if pair in name:
+            return f"contains {pair!r}"
+    if _IPV4.fullmatch(name):
+        return "formatted as an IP address"
+    if name.startswith(_RESERVED_STARTS) or name.endswith(_RESERVED_ENDS):
+        return "a prefix or suffix S3 reserves"
+    return None
+
+
+def bucket_names(prefix: str = "") -> dict[str, str]:
+    """Each logical bucket -> its name in an S3 store (``<prefix><bucket>``).
+
+    ValueError naming the first name that breaks the S3 rules (BUCKET_NAME_RULES).
+    """
+    names = {bucket: f"{prefix}{bucket}" for bucket in BUCKETS}
+    for name in names.values():
+        problem = bucket_name_problem(name)
+        if problem:
+            raise ValueError(f"bucket name {name!r} is not a valid S3 bucket name ({problem}); "
+                             f"allowed: {BUCKET_NAME_RULES}")
+    return names
 
 
 def model_name(model: str, dataset: str) -> str:

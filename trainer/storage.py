@@ -8,10 +8,13 @@ it is and vice versa.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import io
 import logging
 import os
 import random
+import re
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -19,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from trainer.errors import BucketNotFound, ObjectNotFound, StoreError
-from trainer.layout import BUCKETS, split_key
+from trainer.errors import BucketNotFound, ConfigError, ObjectNotFound, StoreError
+from trainer.layout import BUCKET_PREFIX_ENV, BUCKETS, bucket_names, split_key
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +145,16 @@ class S3Store(Store):
     RETRIES = 5
     TRANSIENT_CODES = frozenset({"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"})
 
-    def __init__(self, endpoint: str, *, secure: bool = False):
+    def __init__(self, endpoint: str, *, secure: bool = False, bucket_prefix: str | None = None,
+                 region: str | None = None):
+        """``endpoint`` is ``HOST:PORT`` (``HOST`` alone with TLS: port 443).
+
+        Credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; ``bucket_prefix``
+        (default $TRAINSTACK_BUCKET_PREFIX) maps the logical bucket ``models`` to
+        ``<prefix>models`` for every call, so keys in code stay logical; ``region``
+        (default $AWS_REGION) signs requests for that region, else the client asks each
+        bucket for its location.
+        """
         from minio import Minio  # imported here so local-only users need no minio
 
         access_key = os.environ.get("AWS_ACCESS_KEY_ID")
@@ -152,9 +164,17 @@ class S3Store(Store):
                 f"S3 store {endpoint} needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                 "in the environment"
             )
+        prefix = os.environ.get(BUCKET_PREFIX_ENV, "") if bucket_prefix is None else bucket_prefix
+        try:
+            self.bucket_names = bucket_names(prefix)
+        except ValueError as e:
+            raise ConfigError(f"{BUCKET_PREFIX_ENV}={prefix!r}: {e}",
+                              key=BUCKET_PREFIX_ENV) from None
+        self.bucket_prefix = prefix
         self.url = f"{'s3s' if secure else 's3'}://{endpoint}"
-        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key,
-                            secure=secure, region=os.environ.get("AWS_REGION", "us-east-1"))
+        client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure,
+                       region=region or os.environ.get("AWS_REGION") or None)
+        self.client = _PrefixedBuckets(client, prefix) if prefix else client
 
     def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
         from minio.error import S3Error
@@ -219,28 +239,76 @@ class S3Store(Store):
         return sorted(f"{bucket}/{o.object_name}" for o in objects)
 
     def ensure_buckets(self, buckets: tuple[str, ...] = BUCKETS) -> list[str]:
+        """Create missing buckets; return the store's names (prefixed) of those created."""
         created = []
         for bucket in buckets:
             if not self._call("bucket_exists", bucket + "/",
                               lambda b=bucket: self.client.bucket_exists(b)):
                 self._call("make_bucket", bucket + "/",
                            lambda b=bucket: self.client.make_bucket(b))
-                created.append(bucket)
+                created.append(self.bucket_prefix + bucket)
         return created
 
 
+class _PrefixedBuckets:
+    """A minio client whose ``bucket_name`` arguments are logical (``models``) and reach
+    the store as ``<prefix>models``: every method that takes one, so no Store method
+    spells the mapping (list_buckets and other answers keep the store's own names)."""
+
+    def __init__(self, client, prefix: str):
+        self._client = client
+        self._prefix = prefix
+
+    def __getattr__(self, attr: str):
+        value = getattr(self._client, attr)
+        if not callable(value):
+            return value
+        try:
+            signature = inspect.signature(value)
+        except (TypeError, ValueError):
+            return value
+        if "bucket_name" not in signature.parameters:
+            return value
+
+        @functools.wraps(value)
+        def with_prefix(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            if bound.arguments.get("bucket_name") is not None:
+                bound.arguments["bucket_name"] = self._prefix + bound.arguments["bucket_name"]
+            return value(*bound.args, **bound.kwargs)
+
+        return with_prefix
+
+
+# HOST is a DNS name or an IPv4 address; PORT 1-65535.
+_ENDPOINT = re.compile(
+    r"^(?P<host>[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:(?P<port>\d{1,5}))?$")
+
+
+def _s3_endpoint(url: str, scheme: str, port_required: bool) -> str:
+    """``HOST[:PORT]`` of an ``s3://``/``s3s://`` URL; StoreError naming the allowed form."""
+    form = f"{scheme}HOST:PORT" if port_required else f"{scheme}HOST[:PORT]"
+    endpoint = url[len(scheme):].rstrip("/")
+    match = _ENDPOINT.fullmatch(endpoint)
+    port = match and match.group("port")
+    if not match or (port_required and not port) or (port and not 0 < int(port) < 65536):
+        raise StoreError(f"store URL {url!r} must be {form} (a host name or IPv4 address, "
+                         "a port 1-65535)")
+    return endpoint
+
+
 def open_store(url: str | None = None) -> Store:
-    """``s3://HOST:PORT`` (``s3s://`` for TLS) or a local directory; default $TRAINSTACK_STORE."""
+    """``s3://HOST:PORT`` (plain HTTP), ``s3s://HOST[:PORT]`` (TLS, port 443 by default) or a
+    local directory; default $TRAINSTACK_STORE. An S3 store also reads $AWS_REGION and
+    $TRAINSTACK_BUCKET_PREFIX."""
     url = url or os.environ.get(STORE_ENV)
     if not url:
         raise StoreError(f"no store given: pass --store or set {STORE_ENV} "
-                         "(s3://HOST:PORT or a local directory)")
-    for scheme, secure in (("s3://", False), ("s3s://", True)):
-        if url.startswith(scheme):
-            endpoint = url[len(scheme):].rstrip("/")
-            if not endpoint or "/" in endpoint:
-                raise StoreError(f"store URL {url!r} must be {scheme}HOST:PORT")
-            return S3Store(endpoint, secure=secure)
+                         "(s3://HOST:PORT, s3s://HOST[:PORT] or a local directory)")
+    if url.startswith("s3://"):
+        return S3Store(_s3_endpoint(url, "s3://", port_required=True))
+    if url.startswith("s3s://"):
+        return S3Store(_s3_endpoint(url, "s3s://", port_required=False), secure=True)
     if "://" in url:
         raise StoreError(f"store URL {url!r}: only s3://, s3s:// or a local path are allowed")
     return LocalStore(url)

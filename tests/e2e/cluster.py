@@ -19,6 +19,9 @@ and nothing else.
   turn from this machine's), which the trainer reads the same way (usable CPUs).
 - container ports: a process can't have 7860 to itself here, so a declared
   ``containerPort`` that appears in the argv (``--port 7860``) is mapped to a free port.
+- objects that exist before the stack (``existing``): a Secret the user made, which the
+  stack names but never renders. The stack rendering an object of the same name is an
+  error, as it would overwrite the user's.
 """
 
 from __future__ import annotations
@@ -77,15 +80,22 @@ class LocalCluster:
     objects: dict[str, dict[str, Any]]  # rendered, keyed "Kind/name"
     workdir: Path
     service_ports: dict[tuple[str, int], int]  # (service name, service port) -> local port
+    existing: dict[str, dict[str, Any]] = field(default_factory=dict)  # "Kind/name" -> object
     _next_cpu: int = 0  # round-robin over this machine's CPUs for pinned processes
+
+    def __post_init__(self):
+        clash = sorted(set(self.objects) & set(self.existing))
+        if clash:
+            raise ClusterError(f"the stack renders {clash}, which already exist: it would "
+                               "overwrite the user's objects")
 
     # --- lookups -----------------------------------------------------------------
     def get(self, kind: str, name: str) -> dict[str, Any]:
-        try:
-            return self.objects[f"{kind}/{name}"]
-        except KeyError:
-            raise ClusterError(f"{kind} {name!r} is referenced but the stack renders none; "
-                               f"it has {sorted(self.objects)}") from None
+        key = f"{kind}/{name}"
+        if key in self.objects or key in self.existing:
+            return self.objects.get(key) or self.existing[key]
+        raise ClusterError(f"{kind} {name!r} is referenced but neither rendered nor existing; "
+                           f"the stack renders {sorted(self.objects)}")
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [o for key, o in sorted(self.objects.items()) if key.startswith(f"{kind}/")]

@@ -1,32 +1,45 @@
-"""The stack's own rendered workloads, run as local processes against a real S3 server.
+"""The stack's own rendered workloads, run as local processes against real S3 servers.
 
-Render with Pulumi's mocks (workers=3) -> bucket Job -> ingest Job (CIFAR-format file
-served over HTTP) -> every PyTorchJob replica with the operator's env -> kill the
-Master after its first checkpoint -> re-render with workers=1 (a `pulumi config set`)
--> the new job resumes, finishes and publishes -> the inference Deployment's container
-serves the version. Every command line, env var and mount comes from the rendered
-objects (see cluster.py): if the stack renders a wrong one, this test fails.
+In-cluster MinIO (moto standing in for it behind the `minio` Service): render with
+Pulumi's mocks (workers=3) -> bucket Job -> ingest Job (CIFAR-format file served over
+HTTP) -> every PyTorchJob replica with the operator's env -> kill the Master after its
+first checkpoint -> re-render with workers=1 (a `pulumi config set`) -> the new job
+resumes, finishes and publishes -> the inference Deployment's container serves the
+version.
+
+External store: a second moto server on its own endpoint stands in for AWS S3; the stack
+runs a prebuilt image with `storeEndpoint`, `storeRegion`, `bucketPrefix` and the user's
+own Secret (which exists before the stack and is never rendered) -> buckets, ingest,
+training, a served prediction, all in the prefixed buckets of that server.
+
+Every command line, env var and mount comes from the rendered objects (see cluster.py):
+if the stack renders a wrong one, this test fails.
 """
 
 from __future__ import annotations
 
+import base64
 import http.server
 import io
 import json
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import boto3
 import pytest
 import requests
 from PIL import Image
 
 from tests.e2e.cluster import LocalCluster, Process, container_port
 from tests.infra.render import render
+from tests.testkit import free_port
 from tests.trainer.cifar_fixtures import make_batches, write_archive
 from tests.trainer.trainer_procs import events
+from trainer.storage import S3Store
 
 EPOCHS = 4
 # A user's stack config, exactly as `pulumi config set` stores it.
@@ -49,13 +62,18 @@ def dataset_url(tmp_path_factory):
     server.shutdown()
 
 
-def local_cluster(config: dict[str, str], s3_endpoint: str, workdir: Path) -> LocalCluster:
+def local_cluster(config: dict[str, str], workdir: Path, minio_endpoint: str | None = None,
+                  existing: dict | None = None) -> LocalCluster:
+    """The rendered objects; `minio_endpoint` is the server standing in for MinIO's pod."""
     rendering = render(config)
-    port = int(s3_endpoint.rsplit(":", 1)[1])
-    services = {("minio", p["port"]): port
-                for p in rendering.objects["Service/minio"]["spec"]["ports"] if p["port"] == 9000}
+    services = {}
+    if minio_endpoint:
+        port = int(minio_endpoint.rsplit(":", 1)[1])
+        services = {("minio", p["port"]): port
+                    for p in rendering.objects["Service/minio"]["spec"]["ports"]
+                    if p["port"] == 9000}
     workdir.mkdir(parents=True, exist_ok=True)
-    return LocalCluster(rendering.objects, workdir, services)
+    return LocalCluster(rendering.objects, workdir, services, existing or {})
 
 
 def minio_credentials(cluster: LocalCluster) -> tuple[str, str]:
@@ -66,16 +84,23 @@ def minio_credentials(cluster: LocalCluster) -> tuple[str, str]:
     return env["MINIO_ROOT_USER"], env["MINIO_ROOT_PASSWORD"]
 
 
-def assert_uses_minio_credentials(cluster: LocalCluster, process: Process) -> None:
+def assert_credentials(process: Process, expected: tuple[str, str]) -> None:
     presented = (process.env.get("AWS_ACCESS_KEY_ID"), process.env.get("AWS_SECRET_ACCESS_KEY"))
-    assert presented == minio_credentials(cluster), f"{process.name} has the wrong S3 credentials"
+    assert presented == expected, f"{process.name} has the wrong S3 credentials"
 
 
-def run_job(cluster: LocalCluster, name: str, log_dir: Path) -> str:
+def assert_uses_minio_credentials(cluster: LocalCluster, process: Process) -> None:
+    assert_credentials(process, minio_credentials(cluster))
+
+
+def run_job(cluster: LocalCluster, name: str, log_dir: Path,
+            credentials: tuple[str, str] | None = None) -> str:
+    """Run a rendered Job's pod to completion; it must present `credentials` (default:
+    the in-cluster MinIO's)."""
     job = cluster.get("Job", name)
     proc = cluster.process(job["spec"]["template"]["spec"], pod_name=name,
                            namespace=job["metadata"]["namespace"])
-    assert_uses_minio_credentials(cluster, proc)
+    assert_credentials(proc, credentials or minio_credentials(cluster))
     rc = proc.start(log_dir).wait(timeout=WAIT_S)
     output = (log_dir / f"{name}.log").read_text()
     assert rc == 0, f"Job {name} failed ({rc}):\n{output}"
@@ -114,7 +139,7 @@ def test_rendered_stack_trains_resumes_after_rescale_and_serves(
     logs.mkdir()
 
     # 1. workers=3: buckets, ingest, then Master + 2 Workers at once.
-    cluster = local_cluster({**config, "workers": "3"}, s3_endpoint, tmp_path / "pods-3")
+    cluster = local_cluster({**config, "workers": "3"}, tmp_path / "pods-3", s3_endpoint)
     run_job(cluster, "trainstack-buckets", logs)
     run_job(cluster, "trainstack-ingest-cifar10", logs)
     assert s3_store.exists("datasets/cifar10/cifar-10-python.tar.gz")
@@ -141,7 +166,7 @@ def test_rendered_stack_trains_resumes_after_rescale_and_serves(
     assert first[0].startswith(f"{checkpoints}{run_id}/")
 
     # 2. `pulumi config set workers 1 && pulumi up`: a new job, resuming the same run.
-    cluster = local_cluster({**config, "workers": "1"}, s3_endpoint, tmp_path / "pods-1")
+    cluster = local_cluster({**config, "workers": "1"}, tmp_path / "pods-1", s3_endpoint)
     (master,) = cluster.pytorchjob_processes(job_of(cluster))
     assert master.env["WORLD_SIZE"] == "1"
     assert master.start(logs).wait(timeout=WAIT_S) == 0, _log(logs, master)
@@ -155,14 +180,15 @@ def test_rendered_stack_trains_resumes_after_rescale_and_serves(
     assert latest["version"] == published["version"]
 
     # 3. The inference Deployment's container serves the just-published version.
-    serve_and_predict(cluster, logs, latest["version"])
+    serve_and_predict(cluster, logs, latest["version"], minio_credentials(cluster))
 
 
-def serve_and_predict(cluster: LocalCluster, logs: Path, version: str) -> None:
+def serve_and_predict(cluster: LocalCluster, logs: Path, version: str,
+                      credentials: tuple[str, str]) -> None:
     deployment = cluster.get("Deployment", "inference")
     app = cluster.process(deployment["spec"]["template"]["spec"], pod_name="inference-0",
                           namespace=deployment["metadata"]["namespace"])
-    assert_uses_minio_credentials(cluster, app)
+    assert_credentials(app, credentials)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     probe = container["readinessProbe"]["httpGet"]
     base = f"http://127.0.0.1:{app.ports[container_port(container, probe['port'])]}"
@@ -201,3 +227,88 @@ def _get(url: str) -> bool:
 
 def _log(logs: Path, process: Process) -> str:
     return (logs / f"{process.name}.log").read_text()
+
+
+# --- an external S3 store --------------------------------------------------------------
+TEAM_SECRET = "team-s3"
+TEAM_KEYS = ("team-e2e-access-key", "team-e2e-secret-key-0f9e8d7c6b")  # the user's Secret
+PREFIX = "team-e2e-"
+REGION = "eu-west-1"
+DIGEST = "sha256:" + "5e" * 32
+
+
+@pytest.fixture(scope="module")
+def external_s3(tmp_path_factory):
+    """A second S3 server on its own endpoint: the team's store outside the cluster. Its
+    own process, as moto's in-process servers share one backend."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("external-s3") / "moto.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                   "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: _get(f"http://127.0.0.1:{port}/moto-api/"), "the external S3 server",
+                 [server], timeout=60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def users_secret(namespace: str) -> dict:
+    """What `kubectl create secret generic team-s3 --from-literal=...` leaves in the cluster."""
+    data = dict(zip(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), TEAM_KEYS, strict=True))
+    return {f"Secret/{TEAM_SECRET}": {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": TEAM_SECRET, "namespace": namespace},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}}
+
+
+def test_external_store_with_prefix_and_users_secret_trains_and_serves(
+        external_s3, s3_endpoint, dataset_url, tmp_path, monkeypatch):
+    config = {"buildImage": "false", "image": f"registry.example.com/ml/trainstack@{DIGEST}",
+              "storeEndpoint": f"http://{external_s3}", "storeRegion": REGION,
+              "bucketPrefix": PREFIX, "storeCredentialsSecret": TEAM_SECRET,
+              "model": "smallcnn", "epochs": "2", "batchSize": "32", "learningRate": "0.05",
+              "workers": "2", "datasetSource": dataset_url}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    cluster = local_cluster(config, tmp_path / "pods", existing=users_secret("trainstack"))
+    assert not [k for k in cluster.objects if "minio" in k or k.startswith("Secret/")]
+
+    run_job(cluster, "trainstack-buckets", logs, TEAM_KEYS)
+    run_job(cluster, "trainstack-ingest-cifar10", logs, TEAM_KEYS)
+    replicas = cluster.pytorchjob_processes(job_of(cluster))
+    for replica in replicas:
+        assert_credentials(replica, TEAM_KEYS)
+    procs = [r.start(logs) for r in replicas]
+    try:
+        for replica, proc in zip(replicas, procs, strict=True):
+            assert proc.wait(timeout=WAIT_S) == 0, _log(logs, replica)
+    finally:
+        stop(procs)
+
+    # Everything landed in the team's prefixed buckets, in its region, on its server.
+    for key, value in zip(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), TEAM_KEYS, strict=True):
+        monkeypatch.setenv(key, value)
+    s3 = boto3.client("s3", endpoint_url=f"http://{external_s3}", region_name=REGION)
+    names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert names == {f"{PREFIX}datasets", f"{PREFIX}models", f"{PREFIX}metrics"}
+    assert s3.get_bucket_location(Bucket=f"{PREFIX}models")["LocationConstraint"] == REGION
+    in_cluster = boto3.client("s3", endpoint_url=f"http://{s3_endpoint}", region_name=REGION)
+    assert not [b for b in in_cluster.list_buckets()["Buckets"] if b["Name"].startswith(PREFIX)]
+    store = S3Store(external_s3, bucket_prefix=PREFIX, region=REGION)
+    assert store.exists("datasets/cifar10/cifar-10-python.tar.gz")
+    (published,) = events(_log(logs, replicas[0]), "published")
+    latest = json.loads(store.get_bytes("models/smallcnn-cifar10/latest.json"))
+    assert latest["version"] == published["version"]
+    assert store.exists(f"metrics/smallcnn-cifar10/{latest['version']}.json")
+
+    serve_and_predict(cluster, logs, latest["version"], TEAM_KEYS)
+
+
+def test_the_harness_refuses_a_stack_that_renders_the_users_secret(tmp_path):
+    """A stack-made Secret of the same name would overwrite the user's (the check can fail)."""
+    rendered = {"Secret/team-s3": users_secret("trainstack")["Secret/team-s3"]}
+    with pytest.raises(AssertionError, match="would overwrite the user's objects"):
+        LocalCluster(rendered, tmp_path, {}, users_secret("trainstack"))

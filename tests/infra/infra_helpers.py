@@ -1,4 +1,4 @@
-"""Small accessors over rendered manifests."""
+"""Small accessors over rendered manifests, and the stack configs the tests share."""
 
 from __future__ import annotations
 
@@ -11,6 +11,23 @@ PASSWORD = "cfg-secret-password-4b9d2e"  # as `pulumi config set --secret minioR
 # `image` and keeps the other defaults. Renderings of "the defaults" start from this.
 IMAGE = "registry.example.com/team/trainstack-trainer"
 PUSHED = {"image": IMAGE}
+DIGEST = "sha256:" + "ab12" * 16
+PREBUILT_IMAGE = f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/ml/trainstack@{DIGEST}"
+PREBUILT = {"buildImage": "false", "image": PREBUILT_IMAGE}
+S3_SECRET_KEY = "cfg-s3-secret-key-9f8e7d6c5b4a"  # as `pulumi config set --secret storeSecretKey`
+# EKS-style: an image by digest from CI, AWS S3 with a bucket prefix, the team's own Secret.
+EXTERNAL = {**PREBUILT, "storeEndpoint": "https://s3.eu-west-1.amazonaws.com",
+            "storeRegion": "eu-west-1", "storeCredentialsSecret": "team-s3",
+            "bucketPrefix": "acme-ml-"}
+# The stack makes the Secret from an access key and a secret key (Ceph over plain HTTP).
+EXTERNAL_KEYS = {**PUSHED, "storeEndpoint": "http://ceph.storage.svc:7480",
+                 "storeAccessKey": "AKIAEXAMPLE", "storeSecretKey": S3_SECRET_KEY}
+# GitOps: YAML instead of a cluster, the in-cluster MinIO with credentials from a Secret
+# the user made (a SealedSecret, say).
+RENDERED = {**PREBUILT, "renderYamlTo": "rendered", "installTrainingOperator": "false",
+            "storeCredentialsSecret": "minio-sealed"}
+RENDERED_EXTERNAL = {**EXTERNAL, "renderYamlTo": "/srv/gitops/trainstack",
+                     "installTrainingOperator": "false"}
 
 
 def one(rendering: Rendering, kind: str) -> dict[str, Any]:
@@ -35,5 +52,14 @@ def pod_specs(rendering: Rendering) -> dict[str, dict[str, Any]]:
     return specs
 
 
+def workload_specs(rendering: Rendering) -> dict[str, dict[str, Any]]:
+    """The pod specs that run the trainer image (every one but MinIO's server)."""
+    return {k: v for k, v in pod_specs(rendering).items() if k != "Deployment/minio"}
+
+
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def secret_ref(secret: str, key: str) -> dict[str, Any]:
+    return {"secretKeyRef": {"name": secret, "key": key}}

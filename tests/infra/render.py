@@ -4,10 +4,15 @@
     objects = render_stack(config)       # just the Kubernetes objects, keyed "Kind/name"
 
 `config` maps keys without the `trainstack:` prefix to strings ({"workers": "3"}); values
-listed in `secrets` (default: minioRootPassword) are passed as secret config, as
+listed in `secrets` (default: the stack's secret keys) are passed as secret config, as
 `pulumi config set --secret` would. Objects are plain dicts in Kubernetes' own camelCase
 shape (apiVersion, kind, metadata, spec/data/stringData), exactly the inputs the program
 gave pulumi-kubernetes, secret values unwrapped.
+
+`Rendering.destroy_order()` is the order `pulumi destroy` deletes in, derived from the
+recorded registrations with the engine's own rules (pulumi/pulumi
+pkg/resource/graph/dependency_graph.go DependenciesOf, deploy/step_generator.go
+ScheduleDeletes).
 """
 
 from __future__ import annotations
@@ -24,11 +29,20 @@ from pulumi.runtime import rpc
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.config import set_all_config
 
-from infra.config import NAMESPACE, load
+from infra.config import NAMESPACE, SECRET_KEYS, load
 from infra.stack import build_stack
 
 PROJECT, STACK = "trainstack", "dev"
 MOCK_RANDOM_PASSWORD = "mock-random-password-7d1f0c2b9e8a4f5d"
+DIRECTORY_TYPE = "kubernetes:kustomize/v2:Directory"
+# What pulumi-kubernetes' Construct registers under the operator's kustomize Directory
+# (a remote component: under mocks nobody constructs it), parented to it and registered
+# before the Directory's own registration returns, as the provider does.
+OPERATOR_CHILDREN = (
+    ("kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition",
+     "training-operator-pytorchjobs.kubeflow.org"),
+    ("kubernetes:apps/v1:Deployment", "training-operator-kubeflow/training-operator"),
+)
 
 
 @dataclass
@@ -46,6 +60,14 @@ class Registration:
     replace_on_changes: list[str]
     delete_before_replace: bool
     secret_props: list[str]  # top-level inputs that carried a secret
+    provider: str = ""  # "<provider urn>::<id>"; "" = the default provider
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
+    custom_timeouts: dict[str, str] = field(default_factory=dict)  # create/update/delete
+    order: int = 0  # position in the state (registration order)
+
+    @property
+    def provider_urn(self) -> str:
+        return self.provider.rsplit("::", 1)[0] if self.provider else ""
 
 
 @dataclass
@@ -60,6 +82,42 @@ class Rendering:
 
     def urn_of(self, kind: str, name: str) -> str:
         return next(r.urn for r in self.resources.values() if _key(r.inputs) == f"{kind}/{name}")
+
+    def registration(self, kind: str, name: str) -> Registration:
+        return self.resources[self.urn_of(kind, name)]
+
+    def dependencies_of(self, r: Registration) -> set[str]:
+        """The engine's DependenciesOf: provider, parent, dependencies, property
+        dependencies, and for a component dependency its children registered before `r`."""
+        direct = set(r.dependencies) | {u for us in r.property_dependencies.values() for u in us}
+        if r.provider_urn:
+            direct.add(r.provider_urn)
+        found = {r.parent} if r.parent in self.resources else set()
+        for urn in direct & set(self.resources):
+            found.add(urn)
+            if not self.resources[urn].custom:
+                found |= {c for c in self.descendants(urn) if self.resources[c].order < r.order}
+        return found
+
+    def descendants(self, urn: str) -> set[str]:
+        children = {r.urn for r in self.resources.values() if r.parent == urn}
+        return children.union(*(self.descendants(c) for c in children)) if children else set()
+
+    def destroy_order(self) -> list[set[str]]:
+        """What `pulumi destroy` deletes, in steps: every URN of a step is deleted (in
+        parallel) only after every step before it is done."""
+        condemned = {u for u, r in self.resources.items() if r.type != "pulumi:pulumi:Stack"}
+        deps = {u: self.dependencies_of(self.resources[u]) & condemned for u in condemned}
+        steps = []
+        while condemned:
+            step = {u for u in condemned if not deps[u] & condemned}
+            assert step, f"dependency cycle among {condemned}"
+            steps.append(step)
+            condemned -= step
+        return steps[::-1]
+
+    def destroy_step(self, urn: str) -> int:
+        return next(i for i, step in enumerate(self.destroy_order()) if urn in step)
 
 
 def _key(inputs: dict[str, Any]) -> str | None:
@@ -121,7 +179,13 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         response = super().RegisterResource(request)
         raw = rpc.deserialize_properties(request.object)
         secret_props = [k for k, v in raw.items() if rpc.is_rpc_secret(v)]
-        self.registrations[response.urn] = Registration(
+        if request.remote and request.type == DIRECTORY_TYPE:
+            for typ, name in OPERATOR_CHILDREN:  # registered by Construct, before the reply
+                urn = self.make_urn(response.urn, typ, name)
+                self._record(Registration(urn, typ, name, response.urn, True, False, {}, [], [],
+                                          False, [], provider=request.provider))
+        timeouts = request.customTimeouts
+        self._record(Registration(
             urn=response.urn,
             type=request.type,
             name=request.name,
@@ -133,11 +197,20 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
             replace_on_changes=list(request.replaceOnChanges),
             delete_before_replace=request.deleteBeforeReplace,
             secret_props=secret_props,
-        )
+            provider=request.provider,
+            property_dependencies={k: list(v.urns)
+                                   for k, v in request.propertyDependencies.items()},
+            custom_timeouts={k: getattr(timeouts, k) for k in ("create", "update", "delete")
+                             if getattr(timeouts, k)},
+        ))
         return response
 
+    def _record(self, registration: Registration) -> None:
+        registration.order = len(self.registrations)
+        self.registrations[registration.urn] = registration
 
-def render(config: dict[str, str], secrets: tuple[str, ...] = ("minioRootPassword",)) -> Rendering:
+
+def render(config: dict[str, str], secrets: tuple[str, ...] = SECRET_KEYS) -> Rendering:
     """Run the program (infra/__main__.py's load + build_stack) under mocks."""
     mocks = _Mocks()
     monitor = _RecordingMonitor(mocks)
@@ -151,8 +224,8 @@ def render(config: dict[str, str], secrets: tuple[str, ...] = ("minioRootPasswor
 
     @pulumi.runtime.test
     def program():
-        settings, password = load()
-        outputs = build_stack(settings, password)
+        settings, secret_values = load()
+        outputs = build_stack(settings, secret_values)
         return pulumi.Output.all(**outputs).apply(exports.update)
 
     program()

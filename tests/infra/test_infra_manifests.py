@@ -10,7 +10,18 @@ import pytest
 from kubeflow.training import ApiClient
 from kubeflow.training.models import KubeflowOrgV1PyTorchJob
 
-from tests.infra.infra_helpers import PASSWORD, PUSHED, pod_specs, pytorchjob
+from tests.infra.infra_helpers import (
+    EXTERNAL,
+    EXTERNAL_KEYS,
+    PASSWORD,
+    PREBUILT,
+    PUSHED,
+    RENDERED,
+    RENDERED_EXTERNAL,
+    S3_SECRET_KEY,
+    pod_specs,
+    pytorchjob,
+)
 from tests.infra.render import MOCK_RANDOM_PASSWORD, render
 
 K8S_VERSION = "1.34.0"  # kubernetes-validate 1.37.0 ships schemas up to 1.37
@@ -24,6 +35,12 @@ CONFIGS = {
     "single": {"workers": "1", "inferenceReplicas": "2", "inferenceServiceType": "ClusterIP",
                "pushImage": "false", "minioStorageClass": "standard", "dataset": "digits",
                "model": "smallcnn", "cpuPerWorker": "500m", "memoryPerWorker": "1536Mi"},
+    "prebuilt": {**PREBUILT, "bucketPrefix": "team-a-", "ingestStorage": "10Gi"},
+    "external": EXTERNAL,
+    "external-keys": {**EXTERNAL_KEYS, "dataset": "imagefolder",
+                      "datasetSource": "https://example.com/photos.tar.gz"},
+    "rendered": RENDERED,
+    "rendered-external": RENDERED_EXTERNAL,
 }
 
 
@@ -88,7 +105,7 @@ def _all_strings(value):
 
 
 def test_no_secret_value_in_plain_text(rendering):
-    secrets = {PASSWORD, MOCK_RANDOM_PASSWORD}
+    secrets = {PASSWORD, MOCK_RANDOM_PASSWORD, S3_SECRET_KEY}
     for key, obj in rendering.objects.items():
         if obj["kind"] == "Secret":
             continue
@@ -103,8 +120,8 @@ def test_no_secret_value_in_plain_text(rendering):
     for registration in rendering.resources.values():
         if registration.inputs.get("kind") != "Secret":
             assert not any(s in json.dumps(registration.inputs) for s in secrets)
-    (secret,) = rendering.by_type("kubernetes:core/v1:Secret")
-    assert secret.secret_props == ["stringData"]  # stored encrypted in the Pulumi state
+    for secret in rendering.by_type("kubernetes:core/v1:Secret"):  # none: the user's Secret
+        assert secret.secret_props == ["stringData"]  # stored encrypted in the Pulumi state
 
 
 def test_every_container_is_bounded_and_unprivileged(rendering):

@@ -9,7 +9,16 @@ import pytest
 
 from infra.config import CIFAR10_URL, ConfigError
 from tests.infra.infra_helpers import IMAGE as REGISTRY_IMAGE
-from tests.infra.infra_helpers import PASSWORD, PUSHED, env_of, one, pod_specs, pytorchjob
+from tests.infra.infra_helpers import (
+    PASSWORD,
+    PUSHED,
+    env_of,
+    one,
+    pod_specs,
+    pytorchjob,
+    secret_ref,
+    workload_specs,
+)
 from tests.infra.render import MOCK_RANDOM_PASSWORD, render
 
 DIRECTORY = "kubernetes:kustomize/v2:Directory"
@@ -34,9 +43,11 @@ def test_defaults_render_every_resource(default_stack):
     assert len(default_stack.by_type("random:index/randomPassword:RandomPassword")) == 1
     (operator,) = default_stack.by_type(DIRECTORY)
     assert operator.remote  # provider-side component: nothing fetched by this program
+    # v1.8.1, pinned to the commit its tag named when it was checked.
     assert operator.inputs["directory"] == (
         "https://github.com/kubeflow/training-operator//manifests/overlays/standalone"
-        "?ref=v1.8.1")
+        "?ref=0f8735faade3651dfe44e45c6fbc30fa9152641d")
+    assert default_stack.by_type("pulumi:providers:kubernetes") == []  # the default provider
 
 
 def test_every_resource_is_parented_to_a_typed_component(default_stack):
@@ -45,8 +56,11 @@ def test_every_resource_is_parented_to_a_typed_component(default_stack):
     assert set(components.values()) == {
         "trainstack:index:TrainingOperator", "trainstack:index:MinIO",
         "trainstack:index:TrainerImage", "trainstack:index:Training",
-        "trainstack:index:Inference"}
+        "trainstack:index:Inference", "trainstack:index:Buckets"}
+    operator_manifests = {r.urn for r in default_stack.by_type(DIRECTORY)}
     for r in default_stack.resources.values():
+        if r.parent in operator_manifests:
+            continue  # the kustomize Directory's own children (its provider registers them)
         if r.custom and r.type != "kubernetes:core/v1:Namespace":
             assert r.parent in components, f"{r.type} {r.name} is not parented"
 
@@ -72,10 +86,9 @@ def test_ingest_after_buckets_and_image_buckets_after_minio(default_stack):
     assert default_stack.urn_of("Service", "minio") in buckets
 
 
-def test_app_after_minio(default_stack):
+def test_app_after_the_buckets(default_stack):
     app = deps(default_stack, "Deployment", "inference")
-    assert default_stack.urn_of("Deployment", "minio") in app
-    assert default_stack.urn_of("Service", "minio") in app
+    assert default_stack.urn_of("Job", "trainstack-buckets") in app
     assert default_stack.urn_of("Secret", "minio-credentials") in app
 
 
@@ -152,7 +165,10 @@ def test_change_of_workers_or_resources_replaces_the_job(default_stack):
     base = pytorchjob(default_stack)["metadata"]["name"]
     assert pytorchjob(render(PUSHED))["metadata"]["name"] == base  # stable for the same config
     for change in ({"workers": "3"}, {"cpuPerWorker": "2"}, {"memoryPerWorker": "4Gi"},
-                   {"gpusPerWorker": "1"}, {"epochs": "20"}):
+                   {"gpusPerWorker": "1"}, {"epochs": "20"},
+                   # issue 9, finding 1: new data must start a new job after the ingest
+                   {"datasetSource": "https://mirror.example.com/cifar-10-python.tar.gz"},
+                   {"image": "registry.example.com/other/trainstack-trainer"}):
         # metadata.name is immutable in Kubernetes: a new name is a replacement.
         assert pytorchjob(render({**PUSHED, **change}))["metadata"]["name"] != base, change
     (job,) = default_stack.by_type("kubernetes:kubeflow.org/v1:PyTorchJob")
@@ -178,15 +194,18 @@ def test_train_json_is_hyperparameters_only_and_mounted(default_stack):
 
 def test_every_workload_reaches_the_store_with_secret_refs(default_stack):
     specs = pod_specs(default_stack)
-    for key, spec in specs.items():
-        if key == "Deployment/minio":
-            continue
+    for key, spec in workload_specs(default_stack).items():
         env = env_of(spec["containers"][0])
         assert env["TRAINSTACK_STORE"] == STORE, key
-        assert env["AWS_ACCESS_KEY_ID"] == {
-            "secretKeyRef": {"name": "minio-credentials", "key": "rootUser"}}
-        assert env["AWS_SECRET_ACCESS_KEY"] == {
-            "secretKeyRef": {"name": "minio-credentials", "key": "rootPassword"}}
+        assert env["AWS_ACCESS_KEY_ID"] == secret_ref("minio-credentials", "AWS_ACCESS_KEY_ID")
+        assert env["AWS_SECRET_ACCESS_KEY"] == secret_ref(
+            "minio-credentials", "AWS_SECRET_ACCESS_KEY")
+        assert "AWS_REGION" not in env and "TRAINSTACK_BUCKET_PREFIX" not in env, key
+    # MinIO's root user is the workloads' access key: one Secret, one shape.
+    server = env_of(specs["Deployment/minio"]["containers"][0])
+    assert server["MINIO_ROOT_USER"] == secret_ref("minio-credentials", "AWS_ACCESS_KEY_ID")
+    assert server["MINIO_ROOT_PASSWORD"] == secret_ref(
+        "minio-credentials", "AWS_SECRET_ACCESS_KEY")
     assert specs["Job/trainstack-buckets"]["containers"][0]["command"] == [
         "python", "-m", "trainer", "buckets"]
     assert specs["Job/trainstack-ingest-cifar10"]["containers"][0]["command"] == [
@@ -236,8 +255,10 @@ def test_minio(default_stack, gpu_stack):
     pvc = default_stack.objects["PersistentVolumeClaim/minio-data"]
     assert pvc["spec"]["resources"]["requests"] == {"storage": "10Gi"}
     secret = default_stack.objects["Secret/minio-credentials"]["stringData"]
-    assert secret["rootPassword"] == MOCK_RANDOM_PASSWORD  # generated when not configured
-    assert gpu_stack.objects["Secret/minio-credentials"]["stringData"]["rootPassword"] == PASSWORD
+    assert secret == {"AWS_ACCESS_KEY_ID": "trainstack-admin",
+                      "AWS_SECRET_ACCESS_KEY": MOCK_RANDOM_PASSWORD}  # generated: not configured
+    gpu_secret = gpu_stack.objects["Secret/minio-credentials"]["stringData"]
+    assert gpu_secret["AWS_SECRET_ACCESS_KEY"] == PASSWORD
     assert gpu_stack.by_type("random:index/randomPassword:RandomPassword") == []
     for rendering in (default_stack, gpu_stack):
         assert "minioadmin" not in json.dumps(rendering.objects)
@@ -247,9 +268,7 @@ def test_unpushed_image_is_used_by_tag_and_never_pulled():
     rendering = render({"pushImage": "false", "image": "trainstack-trainer"})
     image = rendering.by_type(IMAGE)[0].inputs
     assert image["skipPush"] is True
-    for key, spec in pod_specs(rendering).items():
-        if key == "Deployment/minio":
-            continue
+    for spec in workload_specs(rendering).values():
         container = spec["containers"][0]
         assert container["image"] == image["imageName"] and "@" not in container["image"]
         assert container["imagePullPolicy"] == "Never"
@@ -276,6 +295,9 @@ def test_exports(default_stack):
     assert exports["namespace"] == "trainstack"
     assert exports["pytorchJobName"] == job
     assert exports["minioEndpoint"] == "minio.trainstack.svc:9000"
+    assert exports["store"] == STORE
+    assert exports["buckets"] == ["datasets", "models", "metrics"]
+    assert "renderedTo" not in exports
     assert exports["inferenceUrl"] == "http://inference.trainstack.svc:7860"
     # Honest for any cluster: kubectl first, the minikube shortcut only as an aside.
     assert exports["inferenceAccess"].startswith("kubectl -n trainstack get svc inference")

@@ -1,0 +1,138 @@
+"""Rules between `trainstack:` keys: each bad combination stops `pulumi up` before any
+resource is registered, with the key to change and what is allowed there.
+
+`check(cfg)` runs on every StackConfig's construction; `warnings(cfg)` lists what is
+allowed but risky (logged by infra.config.load).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from infra.values import invalid, parse_image_reference
+
+if TYPE_CHECKING:
+    from infra.config import StackConfig
+
+MINIO_ONLY = {"minioStorageSize": "minio_storage_size", "minioStorageClass": "minio_storage_class"}
+SECRET_SHAPE = "keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+PLAINTEXT_IN_FILES = ("renderYamlTo writes every object to files, so a Secret the stack made "
+                      "would be written there in plain text")
+
+
+def check(cfg: StackConfig) -> None:
+    _check_image(cfg)
+    if cfg.store_endpoint:
+        _check_external_store(cfg)
+    else:
+        _check_in_cluster_store(cfg)
+    if cfg.render_yaml_to:
+        _check_render(cfg)
+
+
+def warnings(cfg: StackConfig) -> list[str]:
+    ref = parse_image_reference(cfg.image) if not cfg.build_image and cfg.image else None
+    if ref and not ref.digest:
+        return [(f"trainstack:image {cfg.image!r} is a tag, not a digest: a tag can move, so "
+                "pods started at different times may run different code; pods pull it on "
+                "every start (imagePullPolicy Always). Prefer <image>@sha256:<digest>.")]
+    return []
+
+
+def _check_image(cfg: StackConfig) -> None:
+    if cfg.build_image:
+        _check_build_repository(cfg)
+        return
+    if cfg.push_image is not None:
+        raise invalid("pushImage", "unset when buildImage is false (nothing is built or pushed)",
+                      cfg.push_image)
+    example = "registry.example.com/ml/trainstack-trainer@sha256:<64 hex digits>"
+    if not cfg.image:
+        raise invalid("image", f"a prebuilt image reference such as {example} "
+                               "(buildImage false runs it as given)", None)
+    ref = parse_image_reference(cfg.image)
+    if ref.registry is None:
+        # Without a host Docker pulls docker.io/library/<name>: a late ImagePullBackOff
+        # after MinIO is up, or someone else's image. Name the registry, even Docker Hub.
+        raise invalid("image", f"a reference that names its registry host, such as {example} "
+                               "(docker.io/<you>/<name>@sha256:... for Docker Hub)", cfg.image)
+    if not ref.tag and not ref.digest:
+        raise invalid("image", f"a reference with a digest (preferred: {example}) or a tag; "
+                               "without either it means the moving tag latest", cfg.image)
+
+
+def _check_build_repository(cfg: StackConfig) -> None:
+    ref = parse_image_reference(cfg.image_repository)
+    if ref.tag or ref.digest:
+        raise invalid("image", "an image repository without tag or digest when buildImage is "
+                               "true (the stack tags what it builds)", cfg.image)
+    # A bare name would be pushed to docker.io/library/<name>, which fails half-way through
+    # `pulumi up` (after MinIO is up); refuse it before any resource is registered.
+    if cfg.pushes and "/" not in cfg.image_repository:
+        raise invalid(
+            "image",
+            "a registry path such as registry.example.com/you/trainstack-trainer when "
+            "pushImage is true (or pushImage false for minikube)",
+            cfg.image_repository,
+        )
+
+
+def _check_external_store(cfg: StackConfig) -> None:
+    for key, name in MINIO_ONLY.items():
+        if getattr(cfg, name) is not None:
+            raise invalid(key, "unset when storeEndpoint is set (it configures the in-cluster "
+                               "MinIO, which is not deployed then)", getattr(cfg, name))
+    if "minioRootPassword" in cfg.secrets:
+        raise invalid("minioRootPassword", "unset when storeEndpoint is set (the in-cluster "
+                                           "MinIO is not deployed then)", None, secret=True)
+    keys_given = cfg.store_access_key is not None or "storeSecretKey" in cfg.secrets
+    if cfg.store_credentials_secret and keys_given:
+        raise invalid("storeCredentialsSecret", "either storeCredentialsSecret or storeAccessKey "
+                      "+ storeSecretKey, not both (credentials given twice)",
+                      cfg.store_credentials_secret)
+    if keys_given and cfg.store_access_key is None:
+        raise invalid("storeAccessKey", "set together with storeSecretKey", None)
+    if keys_given and "storeSecretKey" not in cfg.secrets:
+        raise invalid("storeSecretKey", "set together with storeAccessKey: "
+                                        "pulumi config set --secret storeSecretKey ...", None)
+    if not cfg.store_credentials_secret and not keys_given:
+        raise invalid("storeCredentialsSecret", f"the name of an existing Secret ({SECRET_SHAPE}) "
+                      "or storeAccessKey + storeSecretKey: storeEndpoint needs credentials "
+                      "(workload identity is not supported, see docs/operations.md)", None)
+
+
+def _check_in_cluster_store(cfg: StackConfig) -> None:
+    if cfg.store_region is not None:
+        raise invalid("storeRegion", "unset without storeEndpoint (the in-cluster MinIO has no "
+                                     "region)", cfg.store_region)
+    if cfg.store_access_key is not None:
+        raise invalid("storeAccessKey", "unset without storeEndpoint (the in-cluster MinIO's "
+                                        "credentials are generated, or minioRootPassword, or "
+                                        "storeCredentialsSecret)", cfg.store_access_key)
+    if "storeSecretKey" in cfg.secrets:
+        raise invalid("storeSecretKey", "unset without storeEndpoint (use minioRootPassword "
+                                        "for the in-cluster MinIO)", None, secret=True)
+    if cfg.store_credentials_secret and "minioRootPassword" in cfg.secrets:
+        raise invalid("minioRootPassword", "unset when storeCredentialsSecret names the "
+                                           "MinIO credentials (credentials given twice)",
+                      None, secret=True)
+
+
+def _check_render(cfg: StackConfig) -> None:
+    if cfg.install_training_operator:
+        raise invalid("installTrainingOperator", "false when renderYamlTo is set: install the "
+                      "Training Operator with your GitOps tool from its pinned overlay "
+                      "(docs/operations.md, GitOps)", True)
+    for key in ("minioRootPassword", "storeSecretKey"):
+        if key in cfg.secrets:
+            raise invalid(key, f"unset when renderYamlTo is set ({PLAINTEXT_IN_FILES}); create "
+                               f"the Secret yourself ({SECRET_SHAPE}) and set "
+                               "storeCredentialsSecret", None, secret=True)
+    if not cfg.store_credentials_secret:
+        raise invalid("storeCredentialsSecret", f"the name of an existing Secret ({SECRET_SHAPE}) "
+                      f"when renderYamlTo is set: {PLAINTEXT_IN_FILES} (create it with "
+                      "kubectl, a SealedSecret or External Secrets)", None)
+    if cfg.build_image and not cfg.pushes:
+        raise invalid("pushImage", "true when renderYamlTo is set (the cluster that applies "
+                                   "the files pulls the image from a registry), or buildImage "
+                                   "false with a prebuilt image", False)

@@ -1,0 +1,238 @@
+"""Parsers for single `trainstack:` values.
+
+`pulumi config set workers 3` stores the *string* "3" and structured values arrive as
+JSON strings, so every parser accepts strings first and returns a typed value, or raises
+the ConfigError that names the key and what is allowed. Rules that involve several keys
+live in infra/rules.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from trainer.errors import ConfigError
+from trainer.layout import bucket_names
+
+CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
+BYTES = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DURATION = re.compile(r"^(\d+)(s|m|h)$")
+# The Training Operator's v1 line from the first release that has PyTorchJob (v1.3.0).
+OPERATOR_VERSION = re.compile(r"^v1\.(\d+)\.(\d+)$")
+FIRST_OPERATOR_MINOR = 3
+ACCESS_KEY = re.compile(r"^\S{1,128}$")
+REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+# An image reference as Docker's distribution/reference grammar spells it.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*(?::\d+)?"
+_REFERENCE = re.compile(
+    rf"^(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}))?$"
+)
+TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+Parser = Callable[[str, Any], Any]
+
+
+def invalid(key: str, allowed: str, got: Any, secret: bool = False) -> ConfigError:
+    """The error for an invalid `trainstack:` setting: names the key and what is allowed."""
+    if secret:
+        shown = "(secret value not shown)"
+    elif got is None:
+        shown = "(not set)"
+    else:
+        shown = f"= {got!r}"
+    return ConfigError(f"invalid config trainstack:{key} {shown}: allowed: {allowed}", key=key)
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """`[registry/]path[:tag][@digest]`; `registry` is only set when the first part is a
+    host (has a '.' or ':', or is `localhost`), as Docker decides."""
+
+    registry: str | None
+    path: str
+    tag: str | None
+    digest: str | None
+
+
+def parse_image_reference(text: str) -> ImageReference | None:
+    match = _REFERENCE.fullmatch(text)
+    if not match:
+        return None
+    domain, path = match.group("domain"), match.group("path")
+    if domain and not ("." in domain or ":" in domain or domain == "localhost"):
+        path, domain = f"{domain}/{path}", None  # `team/app`: a Docker Hub path, no host
+    return ImageReference(domain, path, match.group("tag"), match.group("digest"))
+
+
+def int_at_least(minimum: int) -> Parser:
+    def parse(key: str, raw: Any) -> int:
+        text = str(raw).strip()
+        if isinstance(raw, bool) or not re.fullmatch(r"[+-]?\d+", text) or int(text) < minimum:
+            raise invalid(key, f"an integer >= {minimum}", raw)
+        return int(text)
+
+    return parse
+
+
+def positive_float(key: str, raw: Any) -> float:
+    try:
+        value = float(str(raw))
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise invalid(key, "a number > 0 (e.g. 0.1)", raw)
+    return value
+
+
+def boolean(key: str, raw: Any) -> bool:
+    text = str(raw).strip().lower()
+    if text not in ("true", "false"):
+        raise invalid(key, "true or false", raw)
+    return text == "true"
+
+
+def choice(options: tuple[str, ...], allowed: str | None = None) -> Parser:
+    def parse(key: str, raw: Any) -> str:
+        if raw not in options:
+            raise invalid(key, allowed or ", ".join(options), raw)
+        return raw
+
+    return parse
+
+
+def pattern(regex: re.Pattern, allowed: str) -> Parser:
+    def parse(key: str, raw: Any) -> str:
+        text = str(raw)
+        if not regex.fullmatch(text):
+            raise invalid(key, allowed, raw)
+        return text
+
+    return parse
+
+
+def nonzero_quantity(regex: re.Pattern, allowed: str) -> Parser:
+    base = pattern(regex, allowed)
+
+    def parse(key: str, raw: Any) -> str:
+        text = base(key, raw)
+        if float(re.match(r"[\d.]+", text).group()) <= 0:
+            raise invalid(key, allowed, raw)
+        return text
+
+    return parse
+
+
+def duration(key: str, raw: Any) -> str:
+    """A Pulumi custom timeout such as `30m`, `1h`, `900s` (> 0)."""
+    match = DURATION.fullmatch(str(raw).strip())
+    if not match or int(match.group(1)) == 0:
+        raise invalid(key, "a duration > 0 in s, m or h, such as 30m, 1h or 900s", raw)
+    return match.group(0)
+
+
+def http_url(key: str, raw: Any) -> str:
+    parsed = urlsplit(str(raw))
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise invalid(key, "an http(s) URL of a file in the dataset's format", raw)
+    return str(raw)
+
+
+def store_endpoint(key: str, raw: Any) -> str:
+    """`https://host[:port]` or `http://host:port`: an S3 API's root, nothing else."""
+    allowed = ("https://HOST[:PORT] or http://HOST:PORT of an S3-compatible API (a host "
+               "name or IPv4 address; no path, query, or credentials in the URL)")
+    text = str(raw).strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise invalid(key, allowed, raw) from None
+    if (parts.scheme not in ("http", "https") or parts.username or parts.password
+            or parts.path not in ("", "/") or parts.query or parts.fragment
+            or not _HOST.fullmatch(parts.hostname or "") or (port is not None and port == 0)
+            or (parts.scheme == "http" and port is None)):
+        raise invalid(key, allowed, raw)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def bucket_prefix(key: str, raw: Any) -> str:
+    text = str(raw)
+    try:
+        bucket_names(text)
+    except ValueError as e:
+        raise invalid(key, f"a prefix that keeps every bucket name valid: {e}", raw) from None
+    return text
+
+
+def operator_version(key: str, raw: Any) -> str:
+    match = OPERATOR_VERSION.fullmatch(str(raw))
+    if not match or int(match.group(1)) < FIRST_OPERATOR_MINOR:
+        raise invalid(key, "a release tag of the Training Operator's v1 line from v1.3.0 on "
+                           "(the first with PyTorchJob), such as v1.8.1 or v1.9.0", raw)
+    return str(raw)
+
+
+def image_reference(key: str, raw: Any) -> str:
+    if parse_image_reference(str(raw)) is None:
+        raise invalid(key, "an image reference such as registry.example.com/ml/trainstack-trainer"
+                           " (with buildImage false: ...@sha256:<64 hex> or ...:<tag>)", raw)
+    return str(raw)
+
+
+def directory(key: str, raw: Any) -> str:
+    text = str(raw).strip()
+    if not text or "\0" in text or text in (".", "/"):
+        raise invalid(key, "a directory for the rendered YAML, e.g. rendered (relative to the "
+                           "project root) or /abs/path", raw)
+    return text
+
+
+def _json(key: str, raw: Any, allowed: str) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise invalid(key, allowed, raw) from None
+
+
+def node_selector(key: str, raw: Any) -> dict[str, str]:
+    allowed = 'a JSON object of label strings, e.g. {"nvidia.com/gpu.present": "true"}'
+    value = _json(key, raw, allowed)
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise invalid(key, allowed, raw)
+    return value
+
+
+def tolerations(key: str, raw: Any) -> list[dict[str, Any]]:
+    allowed = (
+        'a JSON list of tolerations with keys key/operator/value/effect/tolerationSeconds, '
+        f'operator Exists|Equal, effect {"|".join(TOLERATION_EFFECTS)}'
+    )
+    value = _json(key, raw, allowed)
+    if not isinstance(value, list):
+        raise invalid(key, allowed, raw)
+    for item in value:
+        if (
+            not isinstance(item, dict)
+            or not set(item) <= TOLERATION_KEYS
+            or item.get("operator", "Equal") not in ("Exists", "Equal")
+            or item.get("effect", "NoSchedule") not in TOLERATION_EFFECTS
+        ):
+            raise invalid(key, allowed, raw)
+    return value

@@ -1,0 +1,135 @@
+"""An external S3 store (`storeEndpoint`): no MinIO objects, every workload reaches the
+endpoint (TLS for https) with region, bucket prefix and credentials only by reference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.infra.infra_helpers import (
+    EXTERNAL,
+    EXTERNAL_KEYS,
+    PUSHED,
+    S3_SECRET_KEY,
+    env_of,
+    secret_ref,
+    workload_specs,
+)
+from tests.infra.render import render
+
+MINIO_TYPES = ("kubernetes:core/v1:PersistentVolumeClaim", "kubernetes:apps/v1:Deployment",
+               "kubernetes:core/v1:Service", "kubernetes:core/v1:Secret",
+               "random:index/randomPassword:RandomPassword")
+
+
+@pytest.fixture(scope="module")
+def external():
+    return render(EXTERNAL)
+
+
+@pytest.fixture(scope="module")
+def external_keys():
+    return render(EXTERNAL_KEYS)
+
+
+def test_no_minio_object_is_declared(external):
+    assert not [k for k in external.objects if "minio" in k.lower()]
+    assert not external.by_type("trainstack:index:MinIO")
+    assert not external.by_type("random:index/randomPassword:RandomPassword")
+    assert not [k for k in external.objects if k.split("/")[0] in ("Secret",
+                                                                    "PersistentVolumeClaim")]
+    kinds = sorted(k.split("/")[0] for k in external.objects)
+    assert kinds == ["ConfigMap", "Deployment", "Job", "Job", "Namespace", "PyTorchJob",
+                     "Service"]  # the app's Deployment and Service, bucket and ingest Jobs
+
+
+def test_every_workload_reaches_the_endpoint_over_tls_with_region_and_prefix(external):
+    specs = workload_specs(external)
+    assert len(specs) == 5  # bucket Job, ingest Job, Master, Worker, app
+    for key, spec in specs.items():
+        env = env_of(spec["containers"][0])
+        assert env["TRAINSTACK_STORE"] == "s3s://s3.eu-west-1.amazonaws.com", key  # https: TLS
+        assert env["AWS_REGION"] == "eu-west-1", key
+        assert env["TRAINSTACK_BUCKET_PREFIX"] == "acme-ml-", key
+        assert env["AWS_ACCESS_KEY_ID"] == secret_ref("team-s3", "AWS_ACCESS_KEY_ID"), key
+        assert env["AWS_SECRET_ACCESS_KEY"] == secret_ref("team-s3", "AWS_SECRET_ACCESS_KEY"), key
+    assert external.exports["store"] == "s3s://s3.eu-west-1.amazonaws.com"
+    assert external.exports["buckets"] == ["acme-ml-datasets", "acme-ml-models",
+                                           "acme-ml-metrics"]
+    assert "minioEndpoint" not in external.exports
+
+
+def test_the_bucket_job_runs_first_and_nothing_waits_for_minio(external):
+    buckets = external.urn_of("Job", "trainstack-buckets")
+    for kind, name in (("Job", "trainstack-ingest-cifar10"), ("Deployment", "inference")):
+        assert buckets in external.registration(kind, name).dependencies, name
+    job = next(k.split("/")[1] for k in external.objects if k.startswith("PyTorchJob/"))
+    assert buckets in external.registration("PyTorchJob", job).dependencies
+
+
+@pytest.mark.parametrize(("endpoint", "url"), [
+    ("https://storage.googleapis.com", "s3s://storage.googleapis.com"),
+    ("https://ceph.example.com:8443", "s3s://ceph.example.com:8443"),
+    ("https://minio.example.com:443/", "s3s://minio.example.com:443"),
+    ("http://10.0.0.5:9000", "s3://10.0.0.5:9000"),
+])
+def test_endpoint_schemes_map_to_store_urls(endpoint, url):
+    rendering = render({**EXTERNAL, "storeEndpoint": endpoint})
+    for spec in workload_specs(rendering).values():
+        assert env_of(spec["containers"][0])["TRAINSTACK_STORE"] == url
+
+
+def test_the_stack_makes_the_secret_from_keys_and_never_shows_the_secret_key(external_keys):
+    (secret_obj,) = [o for k, o in external_keys.objects.items() if k.startswith("Secret/")]
+    name = secret_obj["metadata"]["name"]
+    assert name == "trainstack-store-credentials"
+    assert secret_obj["stringData"] == {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+                                        "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY}
+    (registration,) = external_keys.by_type("kubernetes:core/v1:Secret")
+    assert registration.secret_props == ["stringData"]  # encrypted in the state
+    for key, spec in workload_specs(external_keys).items():
+        env = env_of(spec["containers"][0])
+        assert env["TRAINSTACK_STORE"] == "s3://ceph.storage.svc:7480", key  # http: plain
+        assert env["AWS_SECRET_ACCESS_KEY"] == secret_ref(name, "AWS_SECRET_ACCESS_KEY"), key
+        assert "AWS_REGION" not in env and "TRAINSTACK_BUCKET_PREFIX" not in env, key
+        # Created after the Secret it reads (a pod would not start before it exists).
+        workload = external_keys.registration(*key.split("/")[:2])
+        assert external_keys.urn_of("Secret", name) in workload.dependencies, key
+    for registration in external_keys.resources.values():
+        if registration.inputs.get("kind") != "Secret":
+            assert S3_SECRET_KEY not in json.dumps(registration.inputs), registration.urn
+    assert S3_SECRET_KEY not in json.dumps(external_keys.exports)
+
+
+def test_no_credentials_value_anywhere_with_the_users_secret(external):
+    """Only a name reaches the objects: the value lives in the Secret the user made."""
+    text = json.dumps(external.objects)
+    assert "team-s3" in text and "stringData" not in text
+    assert not [k for k in external.objects if k.startswith("Secret/")]
+    for spec in workload_specs(external).values():
+        for env in spec["containers"][0]["env"]:
+            if env["name"].startswith("AWS_") and env["name"] != "AWS_REGION":
+                assert "value" not in env and set(env["valueFrom"]) == {"secretKeyRef"}
+
+
+def test_bucket_prefix_with_the_in_cluster_minio():
+    rendering = render({**PUSHED, "bucketPrefix": "team-a-"})
+    for key, spec in workload_specs(rendering).items():
+        env = env_of(spec["containers"][0])
+        assert env["TRAINSTACK_BUCKET_PREFIX"] == "team-a-", key
+        assert env["TRAINSTACK_STORE"] == "s3://minio.trainstack.svc:9000", key
+    assert rendering.exports["buckets"] == ["team-a-datasets", "team-a-models",
+                                            "team-a-metrics"]
+
+
+def test_minio_can_read_its_credentials_from_the_users_secret():
+    rendering = render({**PUSHED, "storeCredentialsSecret": "minio-sealed"})
+    assert not [k for k in rendering.objects if k.startswith("Secret/")]
+    assert not rendering.by_type("random:index/randomPassword:RandomPassword")
+    server = env_of(rendering.objects["Deployment/minio"]["spec"]["template"]["spec"][
+        "containers"][0])
+    assert server["MINIO_ROOT_PASSWORD"] == secret_ref("minio-sealed", "AWS_SECRET_ACCESS_KEY")
+    for spec in workload_specs(rendering).values():
+        env = env_of(spec["containers"][0])
+        assert env["AWS_ACCESS_KEY_ID"] == secret_ref("minio-sealed", "AWS_ACCESS_KEY_ID")
