@@ -128,11 +128,9 @@ class _Progress:
 class Tracker:
     """Rank 0's MLflow run for one trainstack run; see the module docstring."""
 
-    def __init__(self, info: RunInfo, uri: str, *, timeout_s: float | None = None,
-                 client_factory: Callable[[str], Any] | None = None):
+    def __init__(self, info: RunInfo, uri: str, *, timeout_s: float | None = None):
         self.info, self.uri = info, uri
         self.timeout_s = tracking_timeout() if timeout_s is None else timeout_s
-        self._client_factory = client_factory
         self._client: Any = None
         self._progress = _Progress()
         self._lock = threading.Lock()
@@ -230,11 +228,9 @@ class Tracker:
 
     def _connect(self) -> Any:
         if self._client is None:
-            if self._client_factory is None:
-                from trainer.mlflow_run import MlflowRuns  # mlflow imports only here
+            from trainer.mlflow_run import MlflowRuns  # mlflow is imported only here
 
-                self._client_factory = MlflowRuns
-            self._client = self._client_factory(self.uri)
+            self._client = MlflowRuns(self.uri)
         return self._client
 
     def _sync(self, history: list[EpochRecord], version: str | None = None) -> None:
