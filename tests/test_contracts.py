@@ -48,11 +48,11 @@ def test_model_keys_spell_the_documented_layout():
     assert name_of_latest_key("models/x/versions/latest.json") is None
     assert keys.version_of_meta_key(keys.meta("v1")) == "v1"
     assert keys.version_of_meta_key("models/resnet18-cifar10/versions/v1/examples/meta.json") is None
-    assert keys.progress("ab12") == "models/resnet18-cifar10/runs/ab12/progress.json"
+    assert keys.progress("ab12") == "models/resnet18-cifar10/progress/ab12.json"
     assert keys.run_of_progress_key(keys.progress("ab12")) == "ab12"
-    assert keys.run_of_progress_key("models/resnet18-cifar10/runs/ab12/checkpoints/progress.json") \
-        is None
-    assert keys.run_of_progress_key("models/other-x/runs/ab12/progress.json") is None
+    assert keys.run_of_progress_key("models/resnet18-cifar10/progress/ab/12.json") is None
+    assert keys.run_of_progress_key("models/resnet18-cifar10/progress/ab12.json.tmp") is None
+    assert keys.run_of_progress_key("models/other-x/progress/ab12.json") is None
 
 
 @pytest.mark.parametrize("path", ["../x", "/etc/passwd", "a/../../b", "", "a\\..\\b"])

@@ -1,8 +1,7 @@
 """What rank 0 tells the world about a run while it trains: the call points of the loop.
 
-Two readers: the progress record in the store (``models/<name>/runs/<run_id>/
-progress.json``, trainer.schema.RunProgress; always written, the app's Training tab reads
-it) and, with ``MLFLOW_TRACKING_URI`` set, an MLflow run (trainer.tracking). The loop calls
+Two readers: the progress record in the store (``models/<name>/progress/<run_id>.json``,
+trainer.schema.RunProgress; always written, the app's Training tab reads it) and, with ``MLFLOW_TRACKING_URI`` set, an MLflow run (trainer.tracking). The loop calls
 :meth:`RunReporter.started` once the state is resumed, :meth:`RunReporter.epoch_ended`
 after each epoch's checkpoint and :meth:`RunReporter.published` once the version is
 published (latest.json moved or not). Neither reader can stop training: a failure is a

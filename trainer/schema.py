@@ -217,7 +217,7 @@ def _optional_str(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class RunProgress:
-    """``models/<name>/runs/<run_id>/progress.json``: a run while it trains (the app's
+    """``models/<name>/progress/<run_id>.json``: a run while it trains (the app's
     Training tab), before anything is published. Rank 0 rewrites the whole record at the
     start, after each epoch and once published; the store's put is atomic, so a reader sees
     the previous record or the next, never half of one."""
@@ -274,14 +274,14 @@ class RunProgress:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> RunProgress:
-        values = _known(cls, _loads(data, "progress.json"), "progress.json")
+        values = _known(cls, _loads(data, "progress record"), "progress record")
         history = values.get("history", [])
         _require(isinstance(history, list), "progress history", "a list", history)
         values["history"] = [EpochRecord.from_dict(e) for e in history]
         try:
             return cls(**values)
         except TypeError as e:
-            raise MetaError(f"progress.json: {e}") from None
+            raise MetaError(f"progress record: {e}") from None
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), indent=1).encode()

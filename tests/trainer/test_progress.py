@@ -1,4 +1,4 @@
-"""The run's progress record (models/<name>/runs/<run_id>/progress.json), which works
+"""The run's progress record (models/<name>/progress/<run_id>.json), which works
 without MLflow: written at the start, after each epoch and once published; whole or not at
 all for a reader; never a reason to stop training."""
 
