@@ -61,6 +61,14 @@ def any_store(request) -> Store:
     return request.getfixturevalue(f"{request.param}_store")
 
 
+@pytest.fixture(autouse=True)
+def no_ambient_tracking(monkeypatch):
+    """A developer's own MLFLOW_TRACKING_URI never reaches the tests' trainers (mlflow_env
+    sets one where a test wants tracking)."""
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(key, raising=False)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory, s3_endpoint):
     """A real ``mlflow server`` on 127.0.0.1 (SQLite, artifacts into moto), once per session."""

@@ -8,8 +8,6 @@ import itertools
 import logging
 import threading
 
-import pytest
-
 from tests.trainer.tracking_kit import config, fresh_state, publish_fake_version, record
 from trainer.checkpoint import TrainingState
 from trainer.layout import ModelKeys
@@ -24,11 +22,6 @@ def read_progress(store, cfg) -> RunProgress:
 def ticking_clock():
     counter = itertools.count()
     return lambda: f"2026-11-23T15:{next(counter):02d}:00Z"
-
-
-@pytest.fixture(autouse=True)
-def no_tracking(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
 def test_progress_follows_the_run_without_mlflow(local_store):
