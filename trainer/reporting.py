@@ -10,16 +10,16 @@ warning. Other ranks get a reporter that does nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from trainer import tracking
-from trainer.config import TrainConfig
+from trainer.config import RunIdentity, TrainConfig
 from trainer.cpus import usable_cpus
 from trainer.errors import MetaError, ObjectNotFound, TrainstackError
-from trainer.layout import LATEST_FILE, META_FILE, METRICS_FILE, ModelKeys
+from trainer.layout import META_FILE, METRICS_FILE, ModelKeys
+from trainer.memlimit import memory_limit_bytes
 from trainer.schema import EpochRecord, RunProgress, VersionMeta, VersionMetrics
 from trainer.storage import Store
 
@@ -37,23 +37,8 @@ def pod_resources() -> dict[str, int]:
     """What this process may use: CPUs (affinity and cgroup quota), memory, GPUs."""
     import torch
 
-    return {"cpus": usable_cpus(), "memory_bytes": _memory_limit_bytes(),
+    return {"cpus": usable_cpus(), "memory_bytes": memory_limit_bytes(),
             "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0}
-
-
-def _memory_limit_bytes() -> int:
-    # Stand-in until trainer.memlimit (issue 9) lands on main.
-    from pathlib import Path
-    for path in (Path("/sys/fs/cgroup/memory.max"),
-                 Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")):
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 1 << 60:
-            return int(text)
-    import os
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def run_params(cfg: TrainConfig, world_size: int, resources: dict[str, int]) -> dict[str, Any]:
@@ -114,13 +99,9 @@ class RunReporter:
         return {META_FILE: meta_bytes, **files}
 
     def _latest_version(self) -> str | None:
-        try:
-            return json.loads(self.store.get_bytes(self.keys.latest)).get("version")
-        except ObjectNotFound:
-            return None
-        except (ValueError, AttributeError):
-            log.warning("%s of %s is unreadable", LATEST_FILE, self.cfg.model_name)
-            return None
+        from trainer.publish import latest_version
+
+        return latest_version(self.store, self.cfg.model_name)
 
     def _started_at_value(self) -> str:
         """When the run first started: kept from its earlier progress record, if any."""
@@ -165,17 +146,16 @@ class SilentReporter:
         return None
 
 
-def open_reporter(store: Store, cfg: TrainConfig, run_id: str, *, is_main: bool,
-                  world_size: int,
-                  tags: dict[str, str] | None = None) -> RunReporter | SilentReporter:
-    """Rank 0's reporter (with an MLflow tracker when MLFLOW_TRACKING_URI is set)."""
+def open_reporter(store: Store, identity: RunIdentity, *, is_main: bool,
+                  world_size: int) -> RunReporter | SilentReporter:
+    """Rank 0's reporter of the run (with an MLflow tracker when MLFLOW_TRACKING_URI is set)."""
     if not is_main:
         return SilentReporter()
-    uri = tracking.tracking_uri()
-    tracker = None
+    cfg, uri, tracker = identity.config, tracking.tracking_uri(), None
     if uri is not None:
-        info = tracking.RunInfo(run_id=run_id, model_name=cfg.model_name,
+        tags = {f"trainstack.{key}": value for key, value in identity.to_dict().items()}
+        info = tracking.RunInfo(run_id=identity.run_id, model_name=cfg.model_name,
                                 params=run_params(cfg, world_size, pod_resources()),
-                                tags=dict(tags or {}), world_size=world_size)
+                                tags=tags, world_size=world_size)
         tracker = tracking.Tracker(info, uri)
-    return RunReporter(store, cfg, run_id, world_size, tracker)
+    return RunReporter(store, cfg, identity.run_id, world_size, tracker)

@@ -10,8 +10,8 @@ import pytest
 
 from tests.testkit import free_port
 from tests.trainer.tracking_kit import (
+    a_run,
     client,
-    config,
     fresh_state,
     latest_json_version,
     publish_fake_version,
@@ -34,8 +34,8 @@ from trainer.tracking import (
 IDLE_S = 180  # generous: the first call imports mlflow, slow on a busy 2-core machine
 
 
-def reporter_for(store, cfg, world_size=2):
-    reporter = open_reporter(store, cfg, cfg.run_id, is_main=True, world_size=world_size)
+def reporter_for(store, run, world_size=2):
+    reporter = open_reporter(store, run, is_main=True, world_size=world_size)
     assert reporter.tracker is not None
     return reporter
 
@@ -44,40 +44,45 @@ def settle(reporter) -> None:
     assert reporter.tracker.wait_idle(IDLE_S), "the MLflow call never returned"
 
 
-def progress(store, cfg) -> RunProgress:
-    return RunProgress.from_json(store.get_bytes(ModelKeys(cfg.model_name).progress(cfg.run_id)))
+def progress(store, run) -> RunProgress:
+    return RunProgress.from_json(store.get_bytes(ModelKeys(run.config.model_name).progress(
+        run.run_id)))
 
 
 def test_a_run_logs_each_epoch_once_and_registers_its_version(mlflow_env, s3_store, monkeypatch):
     monkeypatch.setenv("TRAINSTACK_TRACKING_TIMEOUT_S", str(IDLE_S))
     s3_store.ensure_buckets()
-    cfg = config()
-    reporter = reporter_for(s3_store, cfg)
-    state = fresh_state(cfg)
+    run = a_run()
+    cfg = run.config
+    reporter = reporter_for(s3_store, run)
+    state = fresh_state(run)
     reporter.started(state)
     train_epochs(reporter, state, [1, 2])
     reporter.epoch_ended(state)  # reported twice: still logged once
     train_epochs(reporter, state, [3, 4])
-    version = publish_fake_version(s3_store, cfg, state.history)
+    version = publish_fake_version(s3_store, run, state.history)
     reporter.published(version)
     settle(reporter)
 
     mlflow = client(mlflow_env["MLFLOW_TRACKING_URI"])
-    run = mlflow.get_run(state.mlflow_run_id)
-    assert steps_logged(mlflow, run.info.run_id) == {key: [1, 2, 3, 4] for key in METRIC_KEYS}
-    history = mlflow.get_metric_history(run.info.run_id, "test_acc")
+    tracked = mlflow.get_run(state.mlflow_run_id)
+    assert steps_logged(mlflow, tracked.info.run_id) == {key: [1, 2, 3, 4] for key in METRIC_KEYS}
+    history = mlflow.get_metric_history(tracked.info.run_id, "test_acc")
     assert {m.step: m.value for m in history} == {e.epoch: e.test_acc for e in state.history}
-    params = run.data.params
+    params = tracked.data.params
     assert {k: params[k] for k in cfg.to_dict()} == {k: str(v) for k, v in cfg.to_dict().items()}
     assert params["world_size"] == "2"
     assert int(params["cpus"]) >= 1 and int(params["memory_bytes"]) > 0
     assert params["gpus"].isdigit()
-    assert run.data.tags[RUN_ID_TAG] == cfg.run_id and run.data.tags[VERSION_TAG] == version
-    assert run.info.status == "FINISHED"
+    assert tracked.data.tags[RUN_ID_TAG] == run.run_id and tracked.data.tags[VERSION_TAG] == version
+    assert tracked.data.tags["trainstack.data_fingerprint"] == run.data_fingerprint
+    assert tracked.data.tags["trainstack.model_revision"] == run.model_revision
+    assert tracked.info.status == "FINISHED"
 
     current = mlflow.get_model_version_by_alias(cfg.model_name, ALIAS)
-    assert current.tags[VERSION_TAG] == latest_json_version(s3_store, cfg) == version
-    assert current.run_id == run.info.run_id
+    assert current.tags[VERSION_TAG] == latest_json_version(s3_store, cfg.model_name) \
+        == version
+    assert current.run_id == tracked.info.run_id
     from mlflow.artifacts import download_artifacts
 
     local = download_artifacts(artifact_uri=f"models:/{cfg.model_name}@{ALIAS}",
@@ -87,17 +92,17 @@ def test_a_run_logs_each_epoch_once_and_registers_its_version(mlflow_env, s3_sto
         with open(f"{local}/{name}", "rb") as f:
             assert f.read() == s3_store.get_bytes(keys.version_file(version, name)), name
 
-    record = progress(s3_store, cfg)
+    record = progress(s3_store, run)
     assert (record.state, record.version, record.epoch, record.epochs) == \
         ("published", version, 4, 4)
-    assert record.mlflow_run_id == run.info.run_id
-    assert record.mlflow_url.endswith(f"/runs/{run.info.run_id}")
+    assert record.mlflow_run_id == tracked.info.run_id
+    assert record.mlflow_url.endswith(f"/runs/{tracked.info.run_id}")
 
     # A restart that finds the run published reports it again: nothing doubles.
-    again = reporter_for(s3_store, cfg)
+    again = reporter_for(s3_store, run)
     again.published(version)
     settle(again)
-    assert steps_logged(mlflow, run.info.run_id) == {key: [1, 2, 3, 4] for key in METRIC_KEYS}
+    assert steps_logged(mlflow, tracked.info.run_id) == {key: [1, 2, 3, 4] for key in METRIC_KEYS}
     tagged = mlflow.search_model_versions(
         f"name = '{cfg.model_name}' and tags.`{VERSION_TAG}` = '{version}'")
     assert len(tagged) == 1
@@ -111,32 +116,32 @@ def test_a_resumed_run_continues_its_mlflow_run(mlflow_env, s3_store, monkeypatc
     by its tag."""
     monkeypatch.setenv("TRAINSTACK_TRACKING_TIMEOUT_S", str(IDLE_S))
     s3_store.ensure_buckets()
-    cfg = config()
-    first = reporter_for(s3_store, cfg, world_size=2)
-    state = fresh_state(cfg)
+    run = a_run()
+    first = reporter_for(s3_store, run, world_size=2)
+    state = fresh_state(run)
     first.started(state)
     train_epochs(first, state, [1, 2])
     settle(first)
     mlflow_run_id = state.mlflow_run_id
     assert mlflow_run_id
 
-    resumed = fresh_state(cfg)
+    resumed = fresh_state(run)
     resumed.history, resumed.epoch = list(state.history), state.epoch
     resumed.mlflow_run_id = mlflow_run_id if id_in_checkpoint else None
-    second = reporter_for(s3_store, cfg, world_size=1)
+    second = reporter_for(s3_store, run, world_size=1)
     second.started(resumed)
     train_epochs(second, resumed, [3, 4], world_size=1)
-    second.published(publish_fake_version(s3_store, cfg, resumed.history))
+    second.published(publish_fake_version(s3_store, run, resumed.history))
     settle(second)
 
     mlflow = client(mlflow_env["MLFLOW_TRACKING_URI"])
-    runs = runs_of(mlflow, mlflow_env["MLFLOW_EXPERIMENT_NAME"], cfg.run_id)
+    runs = runs_of(mlflow, mlflow_env["MLFLOW_EXPERIMENT_NAME"], run.run_id)
     assert [r.info.run_id for r in runs] == [mlflow_run_id]
     assert resumed.mlflow_run_id == mlflow_run_id
     assert steps_logged(mlflow, mlflow_run_id) == {key: [1, 2, 3, 4] for key in METRIC_KEYS}
-    run = mlflow.get_run(mlflow_run_id)
-    assert run.data.params["world_size"] == "2"  # MLflow params keep the first start's value
-    assert run.data.tags[WORLD_SIZES_TAG] == "2,1"
+    tracked = mlflow.get_run(mlflow_run_id)
+    assert tracked.data.params["world_size"] == "2"  # MLflow params keep the first start's value
+    assert tracked.data.tags[WORLD_SIZES_TAG] == "2,1"
 
 
 def test_a_fresh_start_adopts_only_a_run_without_epochs(mlflow_env, s3_store, monkeypatch):
@@ -145,20 +150,20 @@ def test_a_fresh_start_adopts_only_a_run_without_epochs(mlflow_env, s3_store, mo
     not reused by a run that trains from scratch: its values would mix."""
     monkeypatch.setenv("TRAINSTACK_TRACKING_TIMEOUT_S", str(IDLE_S))
     s3_store.ensure_buckets()
-    cfg = config()
-    empty = reporter_for(s3_store, cfg)
-    empty.started(fresh_state(cfg))
+    run = a_run()
+    empty = reporter_for(s3_store, run)
+    empty.started(fresh_state(run))
     settle(empty)
-    adopter = reporter_for(s3_store, cfg)
-    state = fresh_state(cfg)
+    adopter = reporter_for(s3_store, run)
+    state = fresh_state(run)
     adopter.started(state)
     settle(adopter)
     assert state.mlflow_run_id == empty.tracker.run_id
 
     train_epochs(adopter, state, [1])
     settle(adopter)
-    scratch = reporter_for(s3_store, cfg)
-    restarted = fresh_state(cfg)
+    scratch = reporter_for(s3_store, run)
+    restarted = fresh_state(run)
     scratch.started(restarted)
     settle(scratch)
     assert restarted.mlflow_run_id not in (None, state.mlflow_run_id)
@@ -169,10 +174,11 @@ def test_a_hung_server_never_holds_an_epoch_and_missed_epochs_come_later(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     monkeypatch.setenv("TRAINSTACK_TRACKING_TIMEOUT_S", "1")
     s3_store.ensure_buckets()
-    cfg = config(epochs=5)
-    reporter = reporter_for(s3_store, cfg)
+    run = a_run(epochs=5)
+    cfg = run.config
+    reporter = reporter_for(s3_store, run)
     tracker = reporter.tracker
-    state = fresh_state(cfg)
+    state = fresh_state(run)
     reporter.started(state)
     settle(reporter)
     train_epochs(reporter, state, [1])
@@ -186,20 +192,20 @@ def test_a_hung_server_never_holds_an_epoch_and_missed_epochs_come_later(
         assert tracker.wait_idle(IDLE_S)  # the client's own timeouts end the call
         train_epochs(reporter, state, [4])
         assert tracker.wait_idle(IDLE_S)
-        progress_during = progress(s3_store, cfg)
+        progress_during = progress(s3_store, run)
     failures = [r for r in caplog.records if "failed" in r.getMessage()]
     assert len(failures) == 1, [r.getMessage() for r in caplog.records]  # warned once
     assert progress_during.epoch == 4  # the store's record does not depend on MLflow
 
     train_epochs(reporter, state, [5])
-    reporter.published(publish_fake_version(s3_store, cfg, state.history))
+    reporter.published(publish_fake_version(s3_store, run, state.history))
     settle(reporter)
     assert any("answers again" in r.getMessage() for r in caplog.records)
     mlflow = client(mlflow_env["MLFLOW_TRACKING_URI"])
     assert steps_logged(mlflow, state.mlflow_run_id) == \
         {key: [1, 2, 3, 4, 5] for key in METRIC_KEYS}
     current = mlflow.get_model_version_by_alias(cfg.model_name, ALIAS)
-    assert current.tags[VERSION_TAG] == latest_json_version(s3_store, cfg)
+    assert current.tags[VERSION_TAG] == latest_json_version(s3_store, cfg.model_name)
 
 
 def test_an_unreachable_server_changes_nothing_but_a_warning(local_store, monkeypatch, caplog):
@@ -208,17 +214,17 @@ def test_an_unreachable_server_changes_nothing_but_a_warning(local_store, monkey
                        "TRAINSTACK_TRACKING_TIMEOUT_S": str(IDLE_S)}.items():
         monkeypatch.setenv(key, value)
     local_store.ensure_buckets()
-    cfg = config(epochs=3)
-    reporter = reporter_for(local_store, cfg)
-    state = fresh_state(cfg)
+    run = a_run(epochs=3)
+    reporter = reporter_for(local_store, run)
+    state = fresh_state(run)
     caplog.set_level(logging.WARNING, logger="trainer.tracking")
     reporter.started(state)
     train_epochs(reporter, state, [1, 2, 3])
-    version = publish_fake_version(local_store, cfg, state.history)
+    version = publish_fake_version(local_store, run, state.history)
     reporter.published(version)
     settle(reporter)
     assert len([r for r in caplog.records if "failed" in r.getMessage()]) == 1
-    record = progress(local_store, cfg)
+    record = progress(local_store, run)
     assert (record.state, record.version, record.mlflow_run_id) == ("published", version, None)
     assert [e.epoch for e in record.history] == [1, 2, 3]
 
@@ -230,12 +236,13 @@ def test_the_alias_follows_latest_json(mlflow_env, s3_store, monkeypatch):
     s3_store.ensure_buckets()
     versions = []
     for _ in range(2):
-        cfg = config()
-        reporter = reporter_for(s3_store, cfg)
-        state = fresh_state(cfg)
+        run = a_run()
+        cfg = run.config
+        reporter = reporter_for(s3_store, run)
+        state = fresh_state(run)
         reporter.started(state)
         train_epochs(reporter, state, [1, 2, 3, 4])
-        versions.append(publish_fake_version(s3_store, cfg, state.history))
+        versions.append(publish_fake_version(s3_store, run, state.history))
         reporter.published(versions[-1])
         settle(reporter)
     mlflow = client(mlflow_env["MLFLOW_TRACKING_URI"])
@@ -244,7 +251,7 @@ def test_the_alias_follows_latest_json(mlflow_env, s3_store, monkeypatch):
     def aliased() -> str:
         return mlflow.get_model_version_by_alias(name, ALIAS).tags[VERSION_TAG]
 
-    assert aliased() == versions[1] == latest_json_version(s3_store, cfg)
+    assert aliased() == versions[1] == latest_json_version(s3_store, cfg.model_name)
     from trainer.mlflow_run import MlflowRuns
 
     runs = MlflowRuns(mlflow_env["MLFLOW_TRACKING_URI"])
@@ -264,8 +271,8 @@ def test_the_checkpoint_carries_the_mlflow_run_id(local_store):
     from trainer.checkpoint import load_checkpoint, save_checkpoint
 
     local_store.ensure_buckets()
-    cfg = config()
-    state = fresh_state(cfg)
+    run = a_run()
+    state = fresh_state(run)
     state.mlflow_run_id = "0123abcd"
     save_checkpoint(local_store, "models/x/a.pt", state)
     assert load_checkpoint(local_store, "models/x/a.pt").mlflow_run_id == "0123abcd"
@@ -279,4 +286,4 @@ def test_the_checkpoint_carries_the_mlflow_run_id(local_store):
         torch.save(raw, buffer)
         local_store.put_bytes("models/x/old.pt", buffer.getvalue())
         loaded = load_checkpoint(local_store, "models/x/old.pt")
-        assert loaded.mlflow_run_id is None and loaded.run_id == cfg.run_id
+        assert loaded.mlflow_run_id is None and loaded.run_id == run.run_id

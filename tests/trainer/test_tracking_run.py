@@ -103,7 +103,7 @@ def test_a_two_process_run_is_tracked_and_its_version_registered(job, s3_store, 
     assert run.data.tags[RUN_ID_TAG] == run_id and run.data.tags[VERSION_TAG] == version
 
     current = mlflow.get_model_version_by_alias(cfg.model_name, ALIAS)
-    assert current.tags[VERSION_TAG] == latest_json_version(s3_store, cfg) == version
+    assert current.tags[VERSION_TAG] == latest_json_version(s3_store, cfg.model_name) == version
     from mlflow.artifacts import download_artifacts
 
     local = download_artifacts(artifact_uri=f"models:/{cfg.model_name}@{ALIAS}",

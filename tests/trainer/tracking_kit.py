@@ -8,8 +8,8 @@ import uuid
 from datetime import UTC, datetime
 
 from trainer.checkpoint import TrainingState
-from trainer.config import TrainConfig
-from trainer.layout import METRICS_FILE, MODEL_FILE, VERSION_TIME_FORMAT, ModelKeys
+from trainer.config import RunIdentity, TrainConfig
+from trainer.layout import METRICS_FILE, MODEL_FILE, VERSION_TIME_FORMAT, ModelKeys, version_name
 from trainer.publish import created_at, write_version
 from trainer.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
 from trainer.tracking import METRIC_KEYS
@@ -18,11 +18,12 @@ CLASSES = ["0", "1"]
 FIGURES = ("curves.png", "confusion_matrix.png")
 
 
-def config(**overrides) -> TrainConfig:
-    """A digits config of its own run_id (``seed`` random unless given)."""
+def a_run(**overrides) -> RunIdentity:
+    """A digits run of its own run_id (``seed`` random unless given)."""
     values = {"dataset": "digits", "model": "smallcnn", "epochs": 4, "batch_size": 16,
               "lr": 0.05, "seed": uuid.uuid4().int % 10**6}
-    return TrainConfig.from_dict({**values, **overrides})
+    cfg = TrainConfig.from_dict({**values, **overrides})
+    return RunIdentity(cfg, data_fingerprint="test-data", model_revision=f"{cfg.model}@test")
 
 
 def record(epoch: int) -> EpochRecord:
@@ -31,8 +32,8 @@ def record(epoch: int) -> EpochRecord:
                        seconds=2.0 + epoch)
 
 
-def fresh_state(cfg: TrainConfig) -> TrainingState:
-    return TrainingState(run_id=cfg.run_id, config=cfg.to_dict())
+def fresh_state(run: RunIdentity) -> TrainingState:
+    return TrainingState.fresh(run)
 
 
 def train_epochs(reporter, state: TrainingState, epochs, world_size: int = 2) -> None:
@@ -42,15 +43,16 @@ def train_epochs(reporter, state: TrainingState, epochs, world_size: int = 2) ->
         reporter.epoch_ended(state)
 
 
-def publish_fake_version(store, cfg: TrainConfig, history: list[EpochRecord]) -> str:
+def publish_fake_version(store, run: RunIdentity, history: list[EpochRecord]) -> str:
     """A complete version (fake model bytes) through trainer.publish.write_version."""
-    version = f"{datetime.now(UTC).strftime(VERSION_TIME_FORMAT)}-{uuid.uuid4().hex[:8]}"
+    cfg = run.config
+    version = version_name(datetime.now(UTC).strftime(VERSION_TIME_FORMAT), run.run_id)
     metrics = VersionMetrics(epochs=history, confusion_matrix=[[1, 0], [0, 1]],
                              classes=CLASSES, world_size=2)
     files = {MODEL_FILE: b"program " + version.encode(), METRICS_FILE: metrics.to_json(),
              **{name: b"\x89PNG fake " + name.encode() for name in FIGURES}}
     meta = VersionMeta(model=cfg.model, dataset=cfg.dataset, version=version,
-                       run_id=cfg.run_id, classes=CLASSES, input_size=[1, 8, 8], mean=[0.5],
+                       run_id=run.run_id, classes=CLASSES, input_size=[1, 8, 8], mean=[0.5],
                        std=[0.25], train_config=cfg.to_dict(),
                        metrics=MetricsSummary.of(history), created_at=created_at(version),
                        files=list(files))
@@ -58,8 +60,8 @@ def publish_fake_version(store, cfg: TrainConfig, history: list[EpochRecord]) ->
     return version
 
 
-def latest_json_version(store, cfg: TrainConfig) -> str:
-    return json.loads(store.get_bytes(ModelKeys(cfg.model_name).latest))["version"]
+def latest_json_version(store, model_name: str) -> str:
+    return json.loads(store.get_bytes(ModelKeys(model_name).latest))["version"]
 
 
 def client(uri: str):
