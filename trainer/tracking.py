@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import threading
 import time
@@ -65,7 +66,7 @@ def tracking_timeout() -> float:
         value = float(raw)
     except ValueError:
         value = 0.0
-    if not value > 0:
+    if not 0 < value < math.inf:
         raise ConfigError(f"{TIMEOUT_ENV}: must be a number of seconds > 0, got {raw!r}",
                           key=TIMEOUT_ENV)
     return value

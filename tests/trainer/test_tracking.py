@@ -287,3 +287,13 @@ def test_the_checkpoint_carries_the_mlflow_run_id(local_store):
         local_store.put_bytes("models/x/old.pt", buffer.getvalue())
         loaded = load_checkpoint(local_store, "models/x/old.pt")
         assert loaded.mlflow_run_id is None and loaded.run_id == run.run_id
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "nan", "inf"])
+def test_a_bad_tracking_timeout_is_a_config_error_naming_it(value, monkeypatch):
+    from trainer.errors import ConfigError
+    from trainer.tracking import TIMEOUT_ENV, tracking_timeout
+
+    monkeypatch.setenv(TIMEOUT_ENV, value)
+    with pytest.raises(ConfigError, match=TIMEOUT_ENV):
+        tracking_timeout()
