@@ -37,11 +37,32 @@ def server_executable() -> Path:
 @dataclass
 class MlflowServer:
     uri: str
-    process: subprocess.Popen
-    log_path: Path
+    command: list[str]
+    env: dict[str, str]
+    root: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "server.log"
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
+
+    def start(self) -> None:
+        """Start the server (again: same port, database and artifact bucket) and return
+        once it answers /health."""
+        with open(self.log_path, "ab") as log_file:
+            # Its own session: `mlflow server` runs uvicorn as a child, signalled together.
+            self.process = subprocess.Popen(self.command, cwd=self.root, env=self.env,
+                                            stdout=log_file, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _healthy(self.uri):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mlflow server did not start:\n{self.log_tail()}")
+            time.sleep(1.0)
 
     @contextlib.contextmanager
     def paused(self):
@@ -52,8 +73,16 @@ class MlflowServer:
         finally:
             self._signal(signal.SIGCONT)
 
+    @contextlib.contextmanager
+    def stopped(self):
+        """The server is down (connections refused); started again after, with its data."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
     def _signal(self, signum: int) -> None:
-        # `mlflow server` runs uvicorn as a child: signal its whole process group (its own).
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signum)
 
@@ -65,6 +94,11 @@ class MlflowServer:
         except subprocess.TimeoutExpired:
             self._signal(signal.SIGKILL)
             self.process.wait(timeout=30)
+        # uvicorn's worker may outlive the parent for a moment: the port must be free.
+        deadline = time.monotonic() + 30
+        while _healthy(self.uri) and time.monotonic() < deadline:
+            self._signal(signal.SIGKILL)
+            time.sleep(0.5)
 
 
 def _healthy(uri: str) -> bool:
@@ -83,19 +117,10 @@ def start_server(root: Path, port: int, s3_endpoint: str, access_key: str,
     env.update({"MLFLOW_S3_ENDPOINT_URL": f"http://{s3_endpoint}",
                 "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
                 "AWS_DEFAULT_REGION": "us-east-1"})
-    log_path = root / "server.log"
     command = [str(server_executable()), "server",
                "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}/",
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, cwd=root, env=env, stdout=log_file,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    server = MlflowServer(uri=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not _healthy(server.uri):
-        if process.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"mlflow server did not start:\n{server.log_tail()}")
-        time.sleep(1.0)
+    server = MlflowServer(uri=f"http://127.0.0.1:{port}", command=command, env=env, root=root)
+    server.start()
     return server

@@ -31,6 +31,7 @@ from trainer.schema import (
     RunProgress,
     VersionMeta,
     VersionMetrics,
+    mlflow_run_page,
 )
 
 
@@ -134,6 +135,9 @@ def test_progress_record_round_trips_and_readers_ignore_unknown_keys():
     ({"state": "running"}, "state"), ({"epoch": 6}, "epoch"), ({"epochs": 0}, "epochs"),
     ({"world_size": 0}, "world_size"), ({"state": "published"}, "version"),
     ({"version": "v1"}, "version"), ({"run_id": ""}, "run_id"), ({"mlflow_url": 3}, "mlflow_url"),
+    ({"mlflow_url": "javascript:alert(1)"}, "mlflow_url"),
+    ({"mlflow_run_id": "x/../../admin"}, "mlflow_run_id"),
+    ({"mlflow_experiment_id": "1 onclick=x"}, "mlflow_experiment_id"),
     ({"history": [EpochRecord(2, 1.0, 0.5, 0.9, 0.6, 1.0, 1.0),
                   EpochRecord(1, 1.0, 0.5, 0.9, 0.6, 1.0, 1.0)]}, "history"),
 ])
@@ -149,3 +153,21 @@ def test_progress_record_is_validated(changes, field):
 def test_a_broken_progress_record_is_a_meta_error(data):
     with pytest.raises(MetaError):
         RunProgress.from_json(data)
+
+
+def test_a_runs_mlflow_page_is_built_in_one_place_on_any_base_url():
+    run_id = "db83f1c2a0e94b6c8d1f2e3a4b5c6d7e"
+    record = a_progress(mlflow_run_id=run_id, mlflow_experiment_id="7",
+                        mlflow_url=mlflow_run_page("http://mlflow:5000", "7", run_id))
+    assert record.mlflow_page() == f"http://mlflow:5000/#/experiments/7/runs/{run_id}"
+    assert record.mlflow_page("https://mlflow.example.org/") == \
+        f"https://mlflow.example.org/#/experiments/7/runs/{run_id}"
+    assert a_progress().mlflow_page("http://127.0.0.1:5000") is None  # MLflow never answered
+
+
+@pytest.mark.parametrize("base, experiment, run", [
+    ("file:///tmp/mlruns", "1", "abc"), ("javascript:alert(1)//", "1", "abc"),
+    ("http://mlflow:5000", "1", "abc/../../x"), ("http://mlflow:5000", "", "abc"),
+])
+def test_no_mlflow_page_from_a_base_or_id_that_is_not_one(base, experiment, run):
+    assert mlflow_run_page(base, experiment, run) is None

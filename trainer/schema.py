@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,10 +221,29 @@ class VersionMeta:
 
 
 RUN_STATES = ("training", "publishing", "published")
+# MLflow's own rule for run ids (its experiment ids, digits, pass it too): nothing a link
+# built from them could be steered by.
+_MLFLOW_ID = re.compile(r"[a-zA-Z0-9][\w\-]{0,255}")
+_WEB_SCHEMES = ("http://", "https://")
 
 
 def _optional_str(value: Any) -> bool:
     return value is None or (isinstance(value, str) and bool(value))
+
+
+def _is_mlflow_id(value: Any) -> bool:
+    return isinstance(value, str) and _MLFLOW_ID.fullmatch(value) is not None
+
+
+def mlflow_run_page(base_url: str, experiment_id: str, run_id: str) -> str | None:
+    """The MLflow UI page of a run on the server at ``base_url`` (its tracking URI or the
+    address a user opens it at); None unless ``base_url`` is an http(s) URL and the ids
+    are MLflow ids. The one place this link is spelled: the trainer writes it into the
+    progress record, the app builds it on its own base URL."""
+    if not (base_url.startswith(_WEB_SCHEMES) and _is_mlflow_id(experiment_id)
+            and _is_mlflow_id(run_id)):
+        return None
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 @dataclass(frozen=True)
@@ -253,11 +273,13 @@ class RunProgress:
     version: str | None = None
     """The published version, once ``state`` is 'published'."""
     mlflow_run_id: str | None = None
-    """The run's MLflow run, once MLflow answered (tracking on)."""
+    """The run's MLflow run, once MLflow answered (tracking on). A published version's
+    MLflow run: ``ModelKeys.progress(meta.run_id)`` is this record (one version per run)."""
     mlflow_experiment_id: str | None = None
     mlflow_url: str | None = None
-    """The MLflow UI page of the run, built from MLFLOW_TRACKING_URI (as the trainer sees
-    the server: a reader outside the cluster may need its own base URL)."""
+    """The MLflow UI page of the run (:func:`mlflow_run_page` on MLFLOW_TRACKING_URI, as
+    the trainer sees the server: a reader elsewhere uses :meth:`mlflow_page` with its own
+    base URL)."""
 
     def __post_init__(self) -> None:
         for name in ("run_id", "model", "dataset", "started_at", "updated_at"):
@@ -277,9 +299,15 @@ class RunProgress:
         epochs = [e.epoch for e in self.history]
         _require(epochs == sorted(set(epochs)) and all(e <= self.epoch for e in epochs),
                  "progress history", f"increasing epochs up to {self.epoch}", epochs)
-        for name in ("version", "mlflow_run_id", "mlflow_experiment_id", "mlflow_url"):
-            _require(_optional_str(getattr(self, name)), f"progress {name}",
-                     "null or a non-empty string", getattr(self, name))
+        _require(_optional_str(self.version), "progress version", "null or a non-empty string",
+                 self.version)
+        for name in ("mlflow_run_id", "mlflow_experiment_id"):
+            value = getattr(self, name)
+            _require(value is None or _is_mlflow_id(value), f"progress {name}",
+                     "null or an MLflow id (letters, digits, '_', '-')", value)
+        _require(self.mlflow_url is None or (isinstance(self.mlflow_url, str)
+                                             and self.mlflow_url.startswith(_WEB_SCHEMES)),
+                 "progress mlflow_url", "null or an http(s) URL", self.mlflow_url)
         _require((self.state == "published") == (self.version is not None), "progress version",
                  "set exactly when the state is 'published'", self.version)
 
@@ -296,6 +324,17 @@ class RunProgress:
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), indent=1).encode()
+
+    def mlflow_page(self, base_url: str | None = None) -> str | None:
+        """The run's MLflow UI page on ``base_url`` (the address the reader opens MLflow
+        at), else as the trainer saw it; None while MLflow has not named the run."""
+        if base_url is None:
+            return self.mlflow_url
+        if self.mlflow_run_id is None or self.mlflow_experiment_id is None:
+            return None
+        return mlflow_run_page(base_url, self.mlflow_experiment_id, self.mlflow_run_id)
+
+
 def _record(cls, data: bytes | str, where: str):
     """Parse and validate one of the small trainer-written JSON records below."""
     try:

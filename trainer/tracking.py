@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.errors import ConfigError
-from trainer.schema import EpochRecord
+from trainer.schema import EpochRecord, mlflow_run_page
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,9 @@ class Tracker:
 
     def run_url(self) -> str | None:
         run_id, experiment = self.run_id, self.experiment_id
-        if not run_id or not experiment or not self.uri.startswith(("http://", "https://")):
+        if not run_id or not experiment:
             return None
-        return f"{self.uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+        return mlflow_run_page(self.uri, experiment, run_id)
 
     def wait_idle(self, seconds: float) -> bool:
         """For tests and the end of a run: whether the background call has finished."""
