@@ -5,6 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
+# The outside policy scanner the tests run (checkov) lives in its own venv: its pins
+# (boto3, packaging, ...) clash with the project's.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -40,14 +44,19 @@ $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
+$(CHECKOV_STAMP): requirements-checkov.txt
+	[ -x $(CHECKOV_VENV)/bin/python ] || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
+	touch $@
+
 chromium:
 	@[ -x $(CHROMIUM) ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-test: $(DEV_STAMP) chromium
+test: $(DEV_STAMP) $(CHECKOV_STAMP) chromium
 	$(BIN)/python -m pytest
 
-test-fast: $(DEV_STAMP)
+test-fast: $(DEV_STAMP) $(CHECKOV_STAMP)
 	$(BIN)/python -m pytest -m "not browser"
 
 lint: $(DEV_STAMP)
@@ -71,4 +80,4 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/inference_latency.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_STORE) .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) $(DEMO_STORE) .pytest_cache
