@@ -30,19 +30,21 @@ DNS_PORT = 53
 @dataclass(frozen=True)
 class Flow:
     """Connections to the pods of `to`, on its named `ports` (empty: any TCP port), from
-    the pods of `sources` in this namespace, every pod of `namespaces`, or `anyone`."""
+    the pods of `sources` in this namespace, every pod of `namespaces`, or from outside
+    the namespace `outside_of` (users: pods of every other namespace, such as an Ingress
+    controller, and addresses outside the cluster: NodePort and LoadBalancer clients)."""
 
     to: Workload
     ports: tuple[str, ...] = ()
     sources: tuple[Workload, ...] = ()
     namespaces: tuple[str, ...] = ()
-    anyone: bool = False  # users reaching a Service (NodePort, LoadBalancer, port-forward)
+    outside_of: str | None = None
 
     def __post_init__(self):
         for name in self.ports:
             self.to.port(name)  # raises for a port the workload does not declare
-        if self.anyone == bool(self.sources or self.namespaces):
-            raise ValueError(f"a flow to {self.to.name} needs either anyone or sources")
+        if not (self.sources or self.namespaces or self.outside_of):
+            raise ValueError(f"a flow to {self.to.name} from nobody")
 
 
 @dataclass(frozen=True)
@@ -79,15 +81,25 @@ def _ports(flow: Flow) -> list[k8s.networking.v1.NetworkPolicyPortArgs]:
             for name in flow.ports]
 
 
-def _peers(flow: Flow) -> list[k8s.networking.v1.NetworkPolicyPeerArgs] | None:
-    if flow.anyone:
-        return None  # no `from`: every source
+def _namespaces(operator: str, names: list[str]) -> k8s.networking.v1.NetworkPolicyPeerArgs:
+    return k8s.networking.v1.NetworkPolicyPeerArgs(
+        namespace_selector=k8s.meta.v1.LabelSelectorArgs(match_expressions=[
+            k8s.meta.v1.LabelSelectorRequirementArgs(key=NAMESPACE_NAME_LABEL,
+                                                     operator=operator, values=names)]))
+
+
+def _peers(flow: Flow) -> list[k8s.networking.v1.NetworkPolicyPeerArgs]:
     peers = [k8s.networking.v1.NetworkPolicyPeerArgs(pod_selector=_selector(w))
              for w in flow.sources]
-    peers += [k8s.networking.v1.NetworkPolicyPeerArgs(
-        namespace_selector=k8s.meta.v1.LabelSelectorArgs(
-            match_labels={NAMESPACE_NAME_LABEL: name}))
-        for name in flow.namespaces]
+    if flow.namespaces:
+        peers.append(_namespaces("In", list(flow.namespaces)))
+    if flow.outside_of:
+        # No `from` would admit the namespace's own pods too (a training pod calling the
+        # app). Other namespaces' pods, and addresses outside the cluster: the Kubernetes
+        # docs mean ipBlock for those (a CNI may also match pod addresses with it).
+        peers.append(_namespaces("NotIn", [flow.outside_of]))
+        peers += [k8s.networking.v1.NetworkPolicyPeerArgs(
+            ip_block=k8s.networking.v1.IPBlockArgs(cidr=cidr)) for cidr in ANY_ADDRESS]
     return peers
 
 

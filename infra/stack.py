@@ -86,7 +86,7 @@ def flows(cfg: StackConfig) -> tuple[list[Flow], list[OutsideFlow]]:
     """Every connection the workloads make: inside the namespace, and out of the cluster."""
     clients = tuple(w for w in workloads(cfg) if w is not STORE)  # all use the store
     users = ({"namespaces": (cfg.inference_ingress_namespace,)}
-             if cfg.inference_ingress_namespace else {"anyone": True})
+             if cfg.inference_ingress_namespace else {"outside_of": cfg.namespace})
     inside = [
         # The Master's rendezvous port, and the ports Gloo/NCCL listen on between ranks:
         # the kernel picks those, so any TCP port, from training pods only.

@@ -94,7 +94,7 @@ def replica_pods(job: dict[str, Any], per_type: bool = False) -> list[dict[str, 
     pods = []
     for rtype, replica in job["spec"]["pytorchReplicaSpecs"].items():
         kind = rtype.lower()
-        for index in range(1 if per_type else replica["replicas"]):
+        for index in range(1 if per_type else replica.get("replicas", 1)):
             labels = {**replica["template"]["metadata"]["labels"],
                       f"{OPERATOR_LABEL}operator-name": "pytorchjob-controller",
                       f"{OPERATOR_LABEL}job-name": name,
