@@ -10,6 +10,8 @@ DEV_STAMP := $(VENV)/.dev-installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHROMIUM := /usr/bin/chromium
+# The e2e test records every connection its workloads make with strace.
+STRACE := /usr/bin/strace
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Demo knobs: `make demo DATASET=cifar10 CIFAR10_SOURCE=path/to/cifar-10-python.tar.gz`,
@@ -24,7 +26,7 @@ PORT ?= 7860
 CIFAR10_SOURCE ?=
 SOURCE ?= $(CIFAR10_SOURCE)
 
-.PHONY: demo test test-fast bench lint chromium clean help
+.PHONY: demo test test-fast bench lint chromium strace clean help
 help:
 	@echo "make demo   train on $(DATASET) with 2 local DDP processes, then serve the app"
 	@echo "make test   set up .venv and run the whole test suite (browser tests included)"
@@ -53,10 +55,14 @@ chromium:
 	@[ -x $(CHROMIUM) ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-test: $(DEV_STAMP) $(CHECKOV_STAMP) chromium
+strace:
+	@[ -x $(STRACE) ] || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq strace >/dev/null; }
+
+test: $(DEV_STAMP) $(CHECKOV_STAMP) chromium strace
 	$(BIN)/python -m pytest
 
-test-fast: $(DEV_STAMP) $(CHECKOV_STAMP)
+test-fast: $(DEV_STAMP) $(CHECKOV_STAMP) strace
 	$(BIN)/python -m pytest -m "not browser"
 
 lint: $(DEV_STAMP)
