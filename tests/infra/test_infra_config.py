@@ -121,8 +121,7 @@ INVALID = [
     ("ingestStorage", "lots", "a size such as 4Gi"),
     ("inferenceReplicas", "0", "an integer >= 1"),
     ("inferenceServiceType", "Ingress", "ClusterIP, NodePort, LoadBalancer"),
-    ("networkPolicy", "strict", "ingress (default-deny ingress, then the workloads' flows), "
-                                "ingress-egress (egress fenced too), none (no NetworkPolicy)"),
+    ("networkPolicy", "strict", "ingress-egress (egress fenced too), none (no NetworkPolicy)"),
     ("inferenceIngressNamespace", "Ingress_NGINX", "a namespace name (DNS-1123 label)"),
     ("inferenceAuthSecret", "App Token", "a Secret name (DNS-1123)"),
     ("nodeSelector", "[1, 2]", "a JSON object"),
