@@ -84,8 +84,10 @@ def assert_fenced(cluster: LocalCluster, traffic: Traffic, config: dict[str, str
     checked = {}
     for mode, objects in renderings(config).items():
         fences = policies(objects)
-        assert idle(fences, pods(cluster).values()) == [], mode
-        assert denied(fences, traffic.connections) == [], mode
+        unselecting = idle(fences, pods(cluster).values())
+        assert not unselecting, f"{mode}: policies that select no pod: {unselecting}"
+        blocked = denied(fences, traffic.connections)
+        assert not blocked, f"{mode}: recorded connections the policies deny: {blocked}"
         allowed = [str(c) for c in unwanted(cluster, traffic) if fences.allowed(c)]
         assert allowed == [], f"{mode}: flows nobody needs are allowed: {allowed}"
         checked[mode] = fences
