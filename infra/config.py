@@ -16,6 +16,7 @@ import pulumi
 
 from infra import rules
 from infra import values as v
+from infra.fences import MODES as NETWORK_POLICY_MODES
 
 # The trainer's own lists and contracts (stdlib-only modules: no torch in the Pulumi
 # program), so a model or dataset added there cannot be forgotten here.
@@ -30,7 +31,10 @@ NAMESPACE = "trainstack"
 BENCHMARK_DATASETS = ("synthetic",)
 DATASETS = tuple(d for d in TRAINER_DATASETS if d not in BENCHMARK_DATASETS)
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
-SECRET_KEYS = ("minioRootPassword", "storeSecretKey")
+SECRET_KEYS = ("minioRootPassword", "storeSecretKey", "inferenceAuthToken")
+# A bearer token is guessed only by brute force: 32 characters of `openssl rand -hex 16`
+# carry 128 bits. Visible ASCII only: it travels in an HTTP Authorization header.
+AUTH_TOKEN_MIN = 32
 DEFAULT_REPOSITORY = "trainstack-trainer"
 DEFAULT_MINIO_SIZE = "10Gi"
 invalid = v.invalid  # re-exported: the error every check raises
@@ -73,6 +77,9 @@ class StackConfig:
     ingest_storage: str = "4Gi"  # ephemeral storage of the ingest Job: download + unpacked
     inference_replicas: int = 1
     inference_service_type: str = "NodePort"
+    inference_ingress_namespace: str | None = None  # only its pods reach the app
+    inference_auth_secret: str | None = None  # an existing Secret with the app's token
+    network_policy: str = "ingress"  # NETWORK_POLICY_MODES
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     secrets: frozenset[str] = frozenset()  # which SECRET_KEYS were given (never their values)
@@ -128,6 +135,7 @@ class StackSecrets:
 
     minio_root_password: pulumi.Output[str] | None = None
     store_secret_key: pulumi.Output[str] | None = None
+    inference_auth_token: pulumi.Output[str] | None = None
 
 
 _DATASETS_ALLOWED = (
@@ -172,6 +180,13 @@ FIELDS: dict[str, tuple[str, v.Parser]] = {
     "ingestStorage": ("ingest_storage", v.nonzero_quantity(v.BYTES, "a size such as 4Gi")),
     "inferenceReplicas": ("inference_replicas", v.int_at_least(1)),
     "inferenceServiceType": ("inference_service_type", v.choice(SERVICE_TYPES)),
+    "inferenceIngressNamespace": (
+        "inference_ingress_namespace", v.pattern(v.DNS_LABEL, "a namespace name (DNS-1123 label)")),
+    "inferenceAuthSecret": (
+        "inference_auth_secret", v.pattern(v.DNS_SUBDOMAIN, "a Secret name (DNS-1123)")),
+    "networkPolicy": ("network_policy", v.choice(
+        NETWORK_POLICY_MODES, "ingress (default-deny ingress, then the workloads' flows), "
+                              "ingress-egress (egress fenced too), none (no NetworkPolicy)")),
     "nodeSelector": ("node_selector", v.node_selector),
     "tolerations": ("tolerations", v.tolerations),
 }
@@ -231,6 +246,7 @@ def load() -> tuple[StackConfig, StackSecrets]:
     return settings, StackSecrets(
         minio_root_password=config.get_secret("minioRootPassword"),
         store_secret_key=config.get_secret("storeSecretKey"),
+        inference_auth_token=config.get_secret("inferenceAuthToken"),
     )
 
 
@@ -253,6 +269,10 @@ def _check_secret(key: str, value: str, is_secret: bool) -> None:
                       value, secret=True)
     if key == "storeSecretKey" and not value.strip():
         raise invalid(key, "a non-empty secret access key", value, secret=True)
+    if key == "inferenceAuthToken" and (
+            len(value) < AUTH_TOKEN_MIN or not all("!" <= c <= "~" for c in value)):
+        raise invalid(key, f"at least {AUTH_TOKEN_MIN} visible ASCII characters, no spaces "
+                           "(e.g. openssl rand -hex 16)", value, secret=True)
 
 
 __all__ = ["ConfigError", "StackConfig", "StackSecrets", "invalid", "load", "parse_config"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from infra.values import invalid, parse_image_reference
+from infra.workloads import AUTH_TOKEN_ENV
 
 if TYPE_CHECKING:
     from infra.config import StackConfig
@@ -28,6 +29,7 @@ def check(cfg: StackConfig) -> None:
         _check_in_cluster_store(cfg)
     if cfg.render_yaml_to:
         _check_render(cfg)
+    _check_inference_access(cfg)
 
 
 def warnings(cfg: StackConfig) -> list[str]:
@@ -128,6 +130,10 @@ def _check_render(cfg: StackConfig) -> None:
             raise invalid(key, f"unset when renderYamlTo is set ({PLAINTEXT_IN_FILES}); create "
                                f"the Secret yourself ({SECRET_SHAPE}) and set "
                                "storeCredentialsSecret", None, secret=True)
+    if "inferenceAuthToken" in cfg.secrets:
+        raise invalid("inferenceAuthToken", f"unset when renderYamlTo is set "
+                      f"({PLAINTEXT_IN_FILES}); create the Secret yourself (key "
+                      f"{AUTH_TOKEN_ENV}) and set inferenceAuthSecret", None, secret=True)
     if not cfg.store_credentials_secret:
         raise invalid("storeCredentialsSecret", f"the name of an existing Secret ({SECRET_SHAPE}) "
                       f"when renderYamlTo is set: {PLAINTEXT_IN_FILES} (create it with "
@@ -136,3 +142,19 @@ def _check_render(cfg: StackConfig) -> None:
         raise invalid("pushImage", "true when renderYamlTo is set (the cluster that applies "
                                    "the files pulls the image from a registry), or buildImage "
                                    "false with a prebuilt image", False)
+
+
+def _check_inference_access(cfg: StackConfig) -> None:
+    if "inferenceAuthToken" in cfg.secrets and cfg.inference_auth_secret:
+        raise invalid("inferenceAuthSecret", "either inferenceAuthSecret or inferenceAuthToken, "
+                      "not both (the token given twice)", cfg.inference_auth_secret)
+    namespace = cfg.inference_ingress_namespace
+    if namespace is None:
+        return
+    if cfg.network_policy == "none":
+        raise invalid("inferenceIngressNamespace", "unset when networkPolicy is none (it is "
+                      "enforced by the stack's NetworkPolicies)", namespace)
+    if cfg.inference_service_type != "ClusterIP":
+        raise invalid("inferenceServiceType", "ClusterIP when inferenceIngressNamespace is set "
+                      "(only that namespace's Ingress controller may reach the app, so a "
+                      "NodePort or LoadBalancer would answer nobody)", cfg.inference_service_type)
