@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.config import CIFAR10_URL, ConfigError, StackConfig, parse_config
+from infra.config import ConfigError, StackConfig, parse_config
 from tests.infra.infra_helpers import (
     EXTERNAL,
     EXTERNAL_KEYS,
@@ -20,6 +20,7 @@ from tests.infra.infra_helpers import (
     S3_SECRET_KEY,
 )
 from tests.infra.render import render
+from trainer.config import CIFAR10_URL
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AUTH_TOKEN = "cfg-app-token-0123456789abcdef01234"  # as `pulumi config set --secret`

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from infra.config import CIFAR10_URL, ConfigError
+from infra.config import ConfigError
 from tests.infra.infra_helpers import IMAGE as REGISTRY_IMAGE
 from tests.infra.infra_helpers import (
     PASSWORD,
@@ -21,6 +21,7 @@ from tests.infra.infra_helpers import (
     workload_specs,
 )
 from tests.infra.render import MOCK_RANDOM_PASSWORD, render
+from trainer.config import CIFAR10_URL
 
 DIRECTORY = "kubernetes:kustomize/v2:Directory"
 IMAGE = "docker:index/image:Image"
