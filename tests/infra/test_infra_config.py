@@ -40,7 +40,7 @@ def test_defaults_match_the_design_contract():
     assert cfg.render_yaml_to is None
     assert (cfg.buckets_timeout, cfg.ingest_timeout, cfg.ingest_storage) == ("15m", "30m", "4Gi")
     assert (cfg.workers, cfg.gpus_per_worker, cfg.cpu_per_worker, cfg.memory_per_worker) == (
-        2, 0, "1", "2Gi")
+        2, 0, "1", "3Gi")
     assert (cfg.epochs, cfg.batch_size, cfg.learning_rate) == (10, 128, 0.1)
     assert (cfg.model, cfg.dataset, cfg.namespace) == ("resnet18", "cifar10", "trainstack")
     assert cfg.ingest_source == CIFAR10_URL

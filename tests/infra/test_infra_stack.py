@@ -134,7 +134,7 @@ def test_cpu_pods(default_stack):
         assert container["command"] == [
             "python", "-m", "trainer", "train", "--config", "/etc/trainstack/train.json"]
         assert container["resources"]["requests"] == container["resources"]["limits"] == {
-            "cpu": "1", "memory": "2Gi", "ephemeral-storage": "2Gi"}
+            "cpu": "1", "memory": "3Gi", "ephemeral-storage": "2Gi"}
         assert "tolerations" not in pod and "nodeSelector" not in pod
 
 
