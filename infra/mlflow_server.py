@@ -109,6 +109,11 @@ def _env(args: MlflowArgs) -> list[k8s.core.v1.EnvVarArgs]:
         "AWS_DEFAULT_REGION": args.store.region or DEFAULT_REGION,
         "AWS_CONFIG_FILE": f"{AWS_CONFIG_DIR}/config",
         CREDENTIALS_DIR_ENV: CREDENTIALS_DIR,
+        # No background job runner (MLflow's GenAI jobs): nothing here uses it, and it
+        # would keep its queue in /dev/shm and run extra processes.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        # No usage reports to MLflow's telemetry service (an outside connection).
+        "MLFLOW_DISABLE_TELEMETRY": "true",
         "PYTHONUNBUFFERED": "1",
     }
     return [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in values.items()]
@@ -144,8 +149,9 @@ def _container(args: MlflowArgs) -> k8s.core.v1.ContainerArgs:
         # Generous: the full image imports a lot on a small node.
         liveness_probe=_probe(60, 6),
         resources=k8s.core.v1.ResourceRequirementsArgs(
-            requests={"cpu": "250m", "memory": "512Mi", "ephemeral-storage": "1Gi"},
-            limits={"cpu": "1", "memory": "1Gi", "ephemeral-storage": "1Gi"},
+            # Idle: ~530 MB in two processes (the CLI and its uvicorn worker).
+            requests={"cpu": "250m", "memory": "768Mi", "ephemeral-storage": "1Gi"},
+            limits={"cpu": "1", "memory": "1536Mi", "ephemeral-storage": "1Gi"},
         ),
         security_context=pod.container_security(MLFLOW_UID),
         volume_mounts=mounts,

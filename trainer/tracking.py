@@ -39,6 +39,9 @@ PUBLISH_TIMEOUT_FACTOR = 10
 MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
                         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
                         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+# The client would also report usage to MLflow's telemetry service on the internet: a
+# connection the training pods have no business making. Set it to false to allow it.
+MLFLOW_TELEMETRY_DEFAULT = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 # What the MLflow side looks like (trainer.mlflow_run writes it, tests and the app read it).
 RUN_ID_TAG = "trainstack.run_id"
 MODEL_TAG = "trainstack.model_name"
@@ -138,7 +141,8 @@ class Tracker:
         self._background = _Background()
         self._failing = False
         self._resuming = False
-        for key, value in MLFLOW_HTTP_DEFAULTS.items():
+        # Before mlflow is imported (in the background thread): it reads them then.
+        for key, value in {**MLFLOW_HTTP_DEFAULTS, **MLFLOW_TELEMETRY_DEFAULT}.items():
             os.environ.setdefault(key, value)
 
     # What the training loop calls (rank 0) ------------------------------------------

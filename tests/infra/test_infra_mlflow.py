@@ -91,6 +91,9 @@ def test_the_store_credentials_reach_it_as_files_only(stack):
     env = env_of(container)
     assert all(isinstance(value, str) for value in env.values()), env
     assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio.trainstack.svc:9000"
+    # No job runner (it would write to /dev/shm), no usage reports to the internet.
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert env["MLFLOW_DISABLE_TELEMETRY"] == "true"
     volumes = {v["name"]: v for v in spec["volumes"]}
     (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == env[CREDENTIALS_DIR_ENV]]
     secret = volumes[mount["name"]]["secret"]
