@@ -51,8 +51,8 @@ from tests.trainer.cifar_fixtures import make_batches, write_archive
 from tests.trainer.tracking_kit import client, runs_of, steps_logged
 from tests.trainer.trainer_procs import events
 from trainer.layout import TRACKING_BUCKET
+from trainer.mlflow_layout import ALIAS, METRIC_KEYS, VERSION_TAG, WORLD_SIZES_TAG
 from trainer.storage import S3Store
-from trainer.tracking import ALIAS, METRIC_KEYS, VERSION_TAG, WORLD_SIZES_TAG
 
 EPOCHS = 4
 # A user's stack config, exactly as `pulumi config set` stores it.

@@ -21,16 +21,10 @@ from tests.trainer.tracking_kit import (
     train_epochs,
 )
 from trainer.layout import ModelKeys
+from trainer.mlflow_layout import ALIAS, METRIC_KEYS, RUN_ID_TAG, VERSION_TAG, WORLD_SIZES_TAG
 from trainer.reporting import open_reporter
 from trainer.schema import RunProgress
-from trainer.tracking import (
-    ALIAS,
-    METRIC_KEYS,
-    MLFLOW_HTTP_DEFAULTS,
-    RUN_ID_TAG,
-    VERSION_TAG,
-    WORLD_SIZES_TAG,
-)
+from trainer.tracking import MLFLOW_HTTP_DEFAULTS
 
 IDLE_S = 180  # generous: the first call imports mlflow, slow on a busy 2-core machine
 
@@ -303,7 +297,8 @@ def test_a_bad_tracking_timeout_is_a_config_error_naming_it(value, monkeypatch):
 @pytest.mark.parametrize("given, expected", [(None, "true"), ("false", "false")])
 def test_the_client_sends_no_usage_report_unless_asked(given, expected, monkeypatch):
     """Set before mlflow is imported; a user's own choice stands."""
-    from trainer.tracking import RunInfo, Tracker
+    from trainer.mlflow_layout import RunInfo
+    from trainer.tracking import Tracker
 
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", given or "")  # restored after the test
     if given is None:
