@@ -96,6 +96,10 @@ FIELDS: dict[str, tuple[str, v.Parser]] = {
     "networkPolicy": ("network_policy", v.choice(
         NETWORK_POLICY_MODES, "ingress (default-deny ingress, then the workloads' flows), "
                               "ingress-egress (egress fenced too), none (no NetworkPolicy)")),
+    "mlflow": ("mlflow", v.boolean),
+    "mlflowImage": ("mlflow_image", v.mlflow_image),
+    "mlflowStorageClass": (
+        "mlflow_storage_class", v.pattern(v.DNS_LABEL, "a StorageClass name")),
     "nodeSelector": ("node_selector", v.node_selector),
     "tolerations": ("tolerations", v.tolerations),
 }

@@ -52,6 +52,18 @@ class StoreRef:
     bucket_prefix: str = ""  # TRAINSTACK_BUCKET_PREFIX
 
 
+def s3_endpoint_url(store_url: pulumi.Input[str]) -> pulumi.Output[str]:
+    """An S3 client's endpoint URL (boto3's, MLflow's) for a StoreRef url: s3://HOST:PORT is
+    plain HTTP, s3s://HOST[:PORT] is TLS (the TRAINSTACK_STORE contract)."""
+    def convert(url: str) -> str:
+        scheme, _, host = url.partition("://")
+        if scheme not in ("s3", "s3s") or not host:
+            raise ValueError(f"store URL {url!r}: s3://HOST:PORT or s3s://HOST[:PORT] expected")
+        return f"{'https' if scheme == 's3s' else 'http'}://{host}"
+
+    return pulumi.Output.from_input(store_url).apply(convert)
+
+
 @dataclass(frozen=True)
 class Scratch:
     """A writable emptyDir, capped at `size` (medium Memory: RAM, counted as memory)."""

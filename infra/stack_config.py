@@ -16,7 +16,7 @@ from infra.workloads import AUTH_TOKEN_ENV
 
 # The trainer's own contracts (stdlib-only modules: no torch in the Pulumi program).
 from trainer.config import CIFAR10_URL
-from trainer.layout import bucket_names, model_name
+from trainer.layout import ALL_BUCKETS, BUCKETS, TRACKING_BUCKET, bucket_names, model_name
 
 DEFAULT_REPOSITORY = "trainstack-trainer"
 DEFAULT_MINIO_SIZE = "10Gi"
@@ -64,6 +64,9 @@ class StackConfig:
     inference_ingress_namespace: str | None = None  # only its pods reach the app
     inference_auth_secret: str | None = None  # an existing Secret with the app's token
     network_policy: str = "ingress"  # NETWORK_POLICY_MODES
+    mlflow: bool = True  # an MLflow tracking server; workloads get MLFLOW_TRACKING_URI
+    mlflow_image: str | None = None  # None: infra.mlflow_server.DEFAULT_IMAGE (mlflow only)
+    mlflow_storage_class: str | None = None  # its PVC's; None: the cluster's default
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     secrets: frozenset[str] = frozenset()  # which SECRET_KEYS were given (never their values)
@@ -98,8 +101,14 @@ class StackConfig:
 
     @property
     def buckets(self) -> list[str]:
-        """The store's bucket names (`<prefix>datasets`, ...)."""
-        return list(bucket_names(self.bucket_prefix).values())
+        """The store's bucket names (`<prefix>datasets`, ..., `<prefix>mlflow` with mlflow)."""
+        return list(bucket_names(self.bucket_prefix,
+                                 ALL_BUCKETS if self.mlflow else BUCKETS).values())
+
+    @property
+    def tracking_bucket(self) -> str:
+        """The MLflow server's artifact bucket in the store (`<prefix>mlflow`)."""
+        return bucket_names(self.bucket_prefix, (TRACKING_BUCKET,))[TRACKING_BUCKET]
 
     def train_json(self) -> dict[str, Any]:
         """train.json: hyperparameters only (the trainer's TrainConfig keys); seed is fixed."""
@@ -129,6 +138,7 @@ def check_combinations(cfg: StackConfig) -> None:
     if cfg.render_yaml_to:
         _check_render(cfg)
     _check_inference_access(cfg)
+    _check_mlflow(cfg)
 
 
 def warnings(cfg: StackConfig) -> list[str]:
@@ -151,15 +161,19 @@ def _check_image(cfg: StackConfig) -> None:
     if not cfg.image:
         raise invalid("image", f"a prebuilt image reference such as {example} "
                                "(buildImage false runs it as given)", None)
-    ref = parse_image_reference(cfg.image)
+    _check_pinned_reference("image", cfg.image, example)
+
+
+def _check_pinned_reference(key: str, reference: str, example: str) -> None:
+    ref = parse_image_reference(reference)
     if ref.registry is None:
         # Without a host Docker pulls docker.io/library/<name>: a late ImagePullBackOff
         # after MinIO is up, or someone else's image. Name the registry, even Docker Hub.
-        raise invalid("image", f"a reference that names its registry host, such as {example} "
-                               "(docker.io/<you>/<name>@sha256:... for Docker Hub)", cfg.image)
+        raise invalid(key, f"a reference that names its registry host, such as {example} "
+                           "(docker.io/<you>/<name>@sha256:... for Docker Hub)", reference)
     if not ref.tag and not ref.digest:
-        raise invalid("image", f"a reference with a digest (preferred: {example}) or a tag; "
-                               "without either it means the moving tag latest", cfg.image)
+        raise invalid(key, f"a reference with a digest (preferred: {example}) or a tag; "
+                           "without either it means the moving tag latest", reference)
 
 
 def _check_build_repository(cfg: StackConfig) -> None:
@@ -257,3 +271,16 @@ def _check_inference_access(cfg: StackConfig) -> None:
         raise invalid("inferenceServiceType", "ClusterIP when inferenceIngressNamespace is set "
                       "(only that namespace's Ingress controller may reach the app, so a "
                       "NodePort or LoadBalancer would answer nobody)", cfg.inference_service_type)
+
+
+def _check_mlflow(cfg: StackConfig) -> None:
+    if not cfg.mlflow:
+        for key, value in (("mlflowImage", cfg.mlflow_image),
+                           ("mlflowStorageClass", cfg.mlflow_storage_class)):
+            if value is not None:
+                raise invalid(key, "unset when mlflow is false (no MLflow server is deployed)",
+                              value)
+        return
+    if cfg.mlflow_image is not None:
+        _check_pinned_reference("mlflowImage", cfg.mlflow_image,
+                                "ghcr.io/mlflow/mlflow:<tag>@sha256:<64 hex digits>")

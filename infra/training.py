@@ -21,6 +21,7 @@ import pulumi_kubernetes as k8s
 
 from infra import pod
 from infra.workloads import INGEST, TRAINER
+from trainer.tracking import TRACKING_URI_ENV
 
 CONFIG_DIR = "/etc/trainstack"
 CONFIG_FILE = f"{CONFIG_DIR}/train.json"
@@ -53,6 +54,7 @@ class TrainingArgs:
     depends_on: Sequence[pulumi.Resource] = ()
     # Ready before the PyTorchJob only: the operator (its admission webhook).
     operator: pulumi.Resource | None = None
+    tracking_uri: pulumi.Input[str] | None = None  # MLFLOW_TRACKING_URI (config `mlflow`)
 
 
 def job_name(args: TrainingArgs, image: str) -> str:
@@ -93,13 +95,15 @@ def train_command(gpus: int) -> list[str]:
     ]
 
 
-def train_env(args: TrainingArgs) -> dict[str, str]:
+def train_env(args: TrainingArgs) -> dict[str, pulumi.Input[str]]:
     # No OMP_NUM_THREADS: the trainer sizes its thread pool from the pod's cgroup CPU quota
     # divided by its local processes (torchrun); a fixed value here would give every torchrun
     # process all the pod's cores and truncate fractional CPUs ("1500m") to 1.
-    env = {"PYTHONUNBUFFERED": "1"}
+    env: dict[str, pulumi.Input[str]] = {"PYTHONUNBUFFERED": "1"}
     if args.gpus_per_worker > 0:
         env["NCCL_DEBUG"] = "WARN"  # NCCL is the backend on GPUs: surface its errors
+    if args.tracking_uri is not None:
+        env[TRACKING_URI_ENV] = args.tracking_uri  # rank 0 logs the run to MLflow
     return env
 
 

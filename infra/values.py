@@ -192,6 +192,13 @@ def image_reference(key: str, raw: Any) -> str:
     return str(raw)
 
 
+def mlflow_image(key: str, raw: Any) -> str:
+    if parse_image_reference(str(raw)) is None:
+        raise invalid(key, "an image reference of an MLflow server with boto3, such as "
+                           "ghcr.io/mlflow/mlflow:v3.17.2-full@sha256:<64 hex digits>", raw)
+    return str(raw)
+
+
 def directory(key: str, raw: Any) -> str:
     text = str(raw).strip()
     if not text or "\0" in text or text in (".", "/"):

@@ -15,6 +15,7 @@ import pulumi_kubernetes as k8s
 
 from infra import pod
 from infra.workloads import APP, AUTH_TOKEN_ENV
+from trainer.tracking import TRACKING_URI_ENV
 
 NAME = APP.name
 HTTP = APP.port("http")
@@ -37,6 +38,7 @@ class InferenceArgs:
     depends_on: Sequence[pulumi.Resource] = field(default_factory=list)  # MinIO
     auth_token: pulumi.Input[str] | None = None  # secret Output: the stack makes AUTH_SECRET
     auth_secret: str | None = None  # or: the user's Secret (key AUTH_TOKEN_ENV)
+    tracking_uri: pulumi.Input[str] | None = None  # MLFLOW_TRACKING_URI (config `mlflow`)
 
 
 def _probe(path: str, delay: int, failures: int) -> k8s.core.v1.ProbeArgs:
@@ -79,7 +81,8 @@ def _container(args: InferenceArgs, token_secret: pulumi.Input[str] | None
         cpu_limit="2",
         memory_limit="2Gi",
         ephemeral_storage="3Gi",  # TMP_SIZE + CACHE_SIZE
-        env={"TRAINSTACK_MODEL_NAME": args.model_name, "PYTHONUNBUFFERED": "1"},
+        env={"TRAINSTACK_MODEL_NAME": args.model_name, "PYTHONUNBUFFERED": "1",
+             **({TRACKING_URI_ENV: args.tracking_uri} if args.tracking_uri is not None else {})},
         secret_env=auth,
         ports=[k8s.core.v1.ContainerPortArgs(name=HTTP.name, container_port=PORT)],
         scratch=[pod.tmp(TMP_SIZE), pod.Scratch("cache", CACHE_DIR, CACHE_SIZE)],

@@ -5,8 +5,8 @@ connect to. Pod templates, Deployment selectors, Services, ServiceAccounts and t
 NetworkPolicies (infra/fences.py) all read them from here, so a policy's selector cannot
 drift from the labels of the pods it is meant to select.
 
-An added component (an MLflow server, say) defines its Workload here and hands its flows to
-the fences (infra/stack.py `_flows`).
+An added component defines its Workload here and hands its flows to the fences
+(infra/stack.py `flows`), as the MLflow server (TRACKING) does.
 """
 
 from __future__ import annotations
@@ -66,5 +66,7 @@ INGEST = Workload("trainstack-ingest")
 # labels. `pytorchjob-port` is the name the operator looks up for MASTER_PORT.
 TRAINER = Workload("trainer", ports=(Port("pytorchjob-port", 23456),))
 APP = Workload("inference", ports=(Port("http", 7860),))
+# The MLflow tracking server (config `mlflow`): its REST API and UI.
+TRACKING = Workload("mlflow", ports=(Port("http", 5000),))
 # The app's access token (optional), by secretKeyRef only; also the key of the Secret.
 AUTH_TOKEN_ENV = "TRAINSTACK_AUTH_TOKEN"

@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 BUCKETS = ("datasets", "models", "metrics")
+# The MLflow server's artifacts (the stack's `mlflow`); only the server writes there.
+TRACKING_BUCKET = "mlflow"
+ALL_BUCKETS = (*BUCKETS, TRACKING_BUCKET)
 # An S3 store names its buckets ``<prefix><bucket>`` (bucket names are global on AWS); keys
 # in code stay logical (``models/...``). A local store ignores the prefix.
 BUCKET_PREFIX_ENV = "TRAINSTACK_BUCKET_PREFIX"
@@ -81,12 +84,12 @@ def bucket_name_problem(name: str) -> str | None:
     return None
 
 
-def bucket_names(prefix: str = "") -> dict[str, str]:
+def bucket_names(prefix: str = "", buckets: tuple[str, ...] = BUCKETS) -> dict[str, str]:
     """Each logical bucket -> its name in an S3 store (``<prefix><bucket>``).
 
     ValueError naming the first name that breaks the S3 rules (BUCKET_NAME_RULES).
     """
-    names = {bucket: f"{prefix}{bucket}" for bucket in BUCKETS}
+    names = {bucket: f"{prefix}{bucket}" for bucket in buckets}
     for name in names.values():
         problem = bucket_name_problem(name)
         if problem:

@@ -39,6 +39,9 @@ PUBLISH_TIMEOUT_FACTOR = 10
 MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
                         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
                         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+# The client would also report usage to MLflow's telemetry service on the internet: a
+# connection the training pods have no business making. Set it to false to allow it.
+MLFLOW_TELEMETRY_DEFAULT = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def tracking_uri() -> str | None:
@@ -112,7 +115,8 @@ class Tracker:
         self._background = _Background()
         self._failing = False
         self._resuming = False
-        for key, value in MLFLOW_HTTP_DEFAULTS.items():
+        # Before mlflow is imported (in the background thread): it reads them then.
+        for key, value in {**MLFLOW_HTTP_DEFAULTS, **MLFLOW_TELEMETRY_DEFAULT}.items():
             os.environ.setdefault(key, value)
 
     # What the training loop calls (rank 0) ------------------------------------------

@@ -28,6 +28,8 @@ and nothing else.
   told from which pod to which pod and container port it went (tests/e2e/traffic.py).
 - ``/tmp``: a container that mounts an emptyDir there gets ``TMPDIR`` pointing at it (a
   process here cannot have the mount itself).
+- volume paths: a mount path in the argv or env, also as ``sqlite:///<path>``, becomes its
+  scratch directory; the MLflow image's ``mlflow`` is the tests' server (.venv-mlflow).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.infra.infra_helpers import replica_pods
+from tests.mlflow_server import server_executable
 from tests.testkit import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +55,7 @@ OPERATOR_CONTAINER = "pytorch"  # the only container the operator injects into
 OPERATOR_PORT_NAME = "pytorchjob-port"
 OPERATOR_DEFAULT_PORT = 23456
 _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+SQLITE_URI = "sqlite:///"  # sqlite:////abs/path: a database file under a mount
 
 
 class ClusterError(AssertionError):
@@ -250,7 +254,11 @@ class LocalCluster:
         pod_dir = self.workdir / pod_name
         env = self._env(container, pod_name, namespace, injected)
         mounts = self._mounts(pod_spec, container, pod_dir)
-        ports = {p["containerPort"]: free_port() for p in container.get("ports") or []}
+        # A port a Service routes to is the one the Service's stand-in address names.
+        routed = {pod_port: local for local, (pod, pod_port) in self.listeners.items()
+                  if pod == pod_name}
+        ports = {p["containerPort"]: routed.get(p["containerPort"]) or free_port()
+                 for p in container.get("ports") or []}
         argv = [_expand(a, env) for a in (container.get("command") or []) + (container.get("args") or [])]
         if not argv:
             raise ClusterError(f"container {container['name']!r} of {pod_name} has no command: "
@@ -283,9 +291,11 @@ class LocalCluster:
     def _localize(self, text: str, mounts: dict[str, str], ports: dict[int, int]) -> str:
         # The deepest mount that holds the path, once: a local directory may itself lie
         # under a mount path (/tmp).
+        scheme = SQLITE_URI if text.startswith(SQLITE_URI) else ""
+        path = text[len(scheme):]
         for mount_path in sorted(mounts, key=len, reverse=True):
-            if text == mount_path or text.startswith(mount_path + "/"):
-                text = mounts[mount_path] + text[len(mount_path):]
+            if path == mount_path or path.startswith(mount_path + "/"):
+                text = scheme + mounts[mount_path] + path[len(mount_path):]
                 break
         for (service, port), local_port in self.service_ports.items():
             namespace = self.get("Service", service)["metadata"].get("namespace", "default")
@@ -357,8 +367,11 @@ def _write_items(directory: Path, data: dict[str, str], items: list[dict] | None
 
 
 def _executable(name: str) -> str:
-    """The image's `python`/`torchrun` are this venv's."""
+    """The image's `python`/`torchrun` are this venv's; the MLflow image's `mlflow` server is
+    the tests' (.venv-mlflow: this venv has only the client)."""
     if name in ("python", "python3"):
         return sys.executable
+    if name == "mlflow":
+        return str(server_executable())
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else (shutil.which(name) or name)

@@ -71,6 +71,11 @@ def unwanted(cluster: LocalCluster, traffic: Traffic) -> list[Connection]:
         api = store.ports["api"][0]
         flows += [Connection(spoof, store, api), Connection(USER, store, api),
                   Connection(replace(spoof, labels={NAME: "other"}), store, api)]
+    for tracking in by_name.get("mlflow", []):
+        http = tracking.ports["http"][0]
+        flows += [Connection(stranger, tracking, http), Connection(jobs[0], tracking, http)]
+        flows += [Connection(tracking, t, t.ports["pytorchjob-port"][0]) for t in trainers]
+        flows += [Connection(tracking, app, app.ports["http"][0])]
     return flows
 
 
@@ -113,6 +118,8 @@ def assert_breaks_are_caught(cluster: LocalCluster, traffic: Traffic, fences: Po
     master = next(n for n in traffic.endpoints if n.endswith("-master-0"))
     assert denied(without_ingress(fences, "trainer"), traffic.connections), "trainer rule"
     assert denied(fences, mislabelled(traffic, master)), "mislabelled Master"
+    if any(c.dest.labels.get(NAME) == "mlflow" for c in traffic.connections):
+        assert denied(without_ingress(fences, "mlflow"), traffic.connections), "MLflow rule"
     if store_pod is None:
         return
     assert denied(without_ingress(fences, "minio"), traffic.connections), "store rule"

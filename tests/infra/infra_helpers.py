@@ -52,9 +52,13 @@ def pod_specs(rendering: Rendering) -> dict[str, dict[str, Any]]:
     return specs
 
 
+# Servers of their own images (MinIO, MLflow): the trainer image runs in every other pod.
+OTHER_IMAGES = ("Deployment/minio", "Deployment/mlflow")
+
+
 def workload_specs(rendering: Rendering) -> dict[str, dict[str, Any]]:
-    """The pod specs that run the trainer image (every one but MinIO's server)."""
-    return {k: v for k, v in pod_specs(rendering).items() if k != "Deployment/minio"}
+    """The pod specs that run the trainer image (every one but MinIO's and MLflow's)."""
+    return {k: v for k, v in pod_specs(rendering).items() if k not in OTHER_IMAGES}
 
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:

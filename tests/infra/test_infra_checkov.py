@@ -30,16 +30,18 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKOV = REPO_ROOT / ".venv-checkov" / "bin" / "checkov"
 DOCKERFILE = REPO_ROOT / "trainer" / "Dockerfile"
 AUTH_TOKEN = "checkov-scan-token-0123456789abcdef"  # as `pulumi config set --secret`
+# The MLflow server pinned by digest, as a GitOps or EKS user would (docs/operations.md).
+MLFLOW_IMAGE = "registry.example.com/mirror/mlflow:v3.17.2-full@sha256:" + "9f" * 32
 CONFIGS = {
     "cpu": PUSHED,
     "gpu": {**PUSHED, "workers": "3", "gpusPerWorker": "2", "minioRootPassword": PASSWORD,
             "inferenceAuthToken": AUTH_TOKEN},
     # minikube's path: an unpushed image (the two skips scoped to this configuration)
     "single": {"workers": "1", "inferenceReplicas": "2", "pushImage": "false"},
-    "external": {**EXTERNAL, "networkPolicy": "ingress-egress"},
+    "external": {**EXTERNAL, "networkPolicy": "ingress-egress", "mlflowImage": MLFLOW_IMAGE},
     "rendered": {**RENDERED, "inferenceAuthSecret": "app-token",
                  "inferenceServiceType": "ClusterIP",
-                 "inferenceIngressNamespace": "ingress-nginx"},
+                 "inferenceIngressNamespace": "ingress-nginx", "mlflowImage": MLFLOW_IMAGE},
 }
 
 

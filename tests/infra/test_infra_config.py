@@ -36,7 +36,7 @@ def test_defaults_match_the_design_contract():
     assert cfg.build_image and cfg.pushes and cfg.image_repository == IMAGE
     assert cfg.store_endpoint is None and cfg.store_region is None  # the in-cluster MinIO
     assert cfg.store_credentials_secret is None and cfg.store_access_key is None
-    assert cfg.bucket_prefix == "" and cfg.buckets == ["datasets", "models", "metrics"]
+    assert cfg.bucket_prefix == "" and cfg.buckets == ["datasets", "models", "metrics", "mlflow"]
     assert cfg.render_yaml_to is None
     assert (cfg.buckets_timeout, cfg.ingest_timeout, cfg.ingest_storage) == ("15m", "30m", "4Gi")
     assert (cfg.workers, cfg.gpus_per_worker, cfg.cpu_per_worker, cfg.memory_per_worker) == (
@@ -51,6 +51,7 @@ def test_defaults_match_the_design_contract():
     assert cfg.node_selector == {} and cfg.tolerations == []
     assert cfg.network_policy == "ingress"  # default-deny ingress, then the flows
     assert cfg.inference_ingress_namespace is None and cfg.inference_auth_secret is None
+    assert cfg.mlflow and cfg.mlflow_image is None and cfg.mlflow_storage_class is None
 
 
 def test_string_values_are_converted():
@@ -241,7 +242,9 @@ def test_good_combinations_are_accepted():
                         secrets=frozenset({"storeSecretKey"}))
     assert keys.store_access_key == "AKIAEXAMPLE"
     assert parse_config({**PUSHED, "bucketPrefix": "acme-ml-"}).buckets == [
-        "acme-ml-datasets", "acme-ml-models", "acme-ml-metrics"]
+        "acme-ml-datasets", "acme-ml-models", "acme-ml-metrics", "acme-ml-mlflow"]
+    assert parse_config({**PUSHED, "mlflow": "false"}).buckets == [
+        "datasets", "models", "metrics"]
     minio_secret = parse_config({**PUSHED, "storeCredentialsSecret": "minio-sealed"})
     assert minio_secret.store_endpoint is None  # the in-cluster MinIO reads that Secret
     assert parse_config(RENDERED).render_yaml_to == "rendered"

@@ -11,7 +11,7 @@ import pytest
 
 from infra.config import ConfigError
 from infra.pod import APP_UID, TMP, WRITABLE_ENV
-from infra.workloads import APP, BUCKETS, INGEST, STORE, TRAINER
+from infra.workloads import APP, BUCKETS, INGEST, STORE, TRACKING, TRAINER
 from tests.e2e.netpol import Connection, Endpoint, Policies
 from tests.infra.infra_helpers import (
     EXTERNAL,
@@ -56,8 +56,8 @@ def test_default_deny_then_one_policy_per_workload(default_stack):
     fences = policies(default_stack)
     assert fences["default-deny"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
     assert set(fences) == {"default-deny", STORE.name, BUCKETS.name, INGEST.name, TRAINER.name,
-                           APP.name}
-    for workload in (STORE, BUCKETS, INGEST, TRAINER, APP):
+                           APP.name, TRACKING.name}
+    for workload in (STORE, BUCKETS, INGEST, TRAINER, APP, TRACKING):
         spec = fences[workload.name]["spec"]
         assert spec["podSelector"] == {"matchLabels": workload.labels}
         assert spec["policyTypes"] == ["Ingress"] and "egress" not in spec
@@ -152,7 +152,7 @@ def test_no_policies_when_asked():
 def test_fences_stand_before_any_client_of_the_store(default_stack):
     job = set(default_stack.registration("Job", "trainstack-buckets").dependencies)
     fences = {r.urn for r in default_stack.by_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")}
-    assert len(fences) == 6 and fences <= job  # the component's children: every policy
+    assert len(fences) == 7 and fences <= job  # the component's children: every policy
     rendered = render(RENDERED)
     waves = {k: o["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"]
              for k, o in rendered.objects.items()}
@@ -195,13 +195,16 @@ def test_read_only_root_and_writable_volumes_only_where_processes_write(config):
             writable = {path: volumes[m["name"]] for path, m in mounts.items()
                         if not m.get("readOnly") and "configMap" not in volumes[m["name"]]}
             for path, volume in writable.items():
-                assert "emptyDir" in volume or (
-                    key == "Deployment/minio" and path == "/data"), (key, path)
+                assert "emptyDir" in volume or (key, path) in DATA_VOLUMES, (key, path)
             disk = sum(_bytes(v["emptyDir"]["sizeLimit"]) for v in writable.values()
                        if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory")
             limits = container["resources"]["limits"]
             assert _bytes(limits["ephemeral-storage"]) >= disk, key
             assert _bytes(container["resources"]["requests"]["ephemeral-storage"]) >= disk, key
+
+
+# The stores' own volumes: MinIO's objects, MLflow's SQLite database.
+DATA_VOLUMES = {("Deployment/minio", "/data"), ("Deployment/mlflow", "/var/lib/mlflow")}
 
 
 def _bytes(quantity: str) -> int:

@@ -14,7 +14,6 @@ from tests.infra.infra_helpers import (
     PUSHED,
     env_of,
     minio_credentials,
-    one,
     pod_specs,
     pytorchjob,
     secret_ref,
@@ -46,6 +45,10 @@ def test_defaults_render_every_resource(default_stack):
         # the fences: deny by default, one policy per workload
         "NetworkPolicy/default-deny", "NetworkPolicy/minio", "NetworkPolicy/trainstack-buckets",
         "NetworkPolicy/trainstack-ingest", "NetworkPolicy/trainer", "NetworkPolicy/inference",
+        # the MLflow server (`mlflow` true): SQLite on its volume, boto3's config, fenced
+        "ServiceAccount/mlflow", "PersistentVolumeClaim/mlflow-data",
+        "ConfigMap/mlflow-aws-config", "Deployment/mlflow", "Service/mlflow",
+        "NetworkPolicy/mlflow",
     ])
     assert len(default_stack.by_type(IMAGE)) == 1
     assert len(default_stack.by_type("random:index/randomPassword:RandomPassword")) == 1
@@ -65,7 +68,7 @@ def test_every_resource_is_parented_to_a_typed_component(default_stack):
         "trainstack:index:TrainingOperator", "trainstack:index:MinIO",
         "trainstack:index:TrainerImage", "trainstack:index:Training",
         "trainstack:index:Inference", "trainstack:index:Buckets",
-        "trainstack:index:NetworkFences"}
+        "trainstack:index:NetworkFences", "trainstack:index:MlflowServer"}
     operator_manifests = {r.urn for r in default_stack.by_type(DIRECTORY)}
     for r in default_stack.resources.values():
         if r.parent in operator_manifests:
@@ -187,7 +190,7 @@ def test_change_of_workers_or_resources_replaces_the_job(default_stack):
 
 
 def test_train_json_is_hyperparameters_only_and_mounted(default_stack):
-    config_map = one(default_stack, "ConfigMap")
+    config_map = default_stack.objects["ConfigMap/trainstack-train"]
     assert set(config_map["data"]) == {"train.json"}
     assert json.loads(config_map["data"]["train.json"]) == {
         "dataset": "cifar10", "model": "resnet18", "epochs": 10, "batch_size": 128,
@@ -215,7 +218,7 @@ def test_every_workload_reaches_the_store_with_secret_refs(default_stack):
         "MINIO_ROOT_USER": ("minio-credentials", "AWS_ACCESS_KEY_ID"),
         "MINIO_ROOT_PASSWORD": ("minio-credentials", "AWS_SECRET_ACCESS_KEY")}
     assert specs["Job/trainstack-buckets"]["containers"][0]["command"] == [
-        "python", "-m", "trainer", "buckets"]
+        "python", "-m", "trainer", "buckets", "--tracking"]  # also MLflow's bucket
     assert specs["Job/trainstack-ingest-cifar10"]["containers"][0]["command"] == [
         "python", "-m", "trainer", "ingest", "--dataset", "cifar10", "--source", CIFAR10_URL]
 
@@ -288,10 +291,9 @@ def test_unpushed_image_is_used_by_tag_and_never_pulled():
 
 def test_pushed_image_is_used_by_digest(default_stack):
     assert default_stack.by_type(IMAGE)[0].inputs["imageName"].startswith(REGISTRY_IMAGE + ":")
-    for key, spec in pod_specs(default_stack).items():
-        if key != "Deployment/minio":
-            image = spec["containers"][0]["image"]
-            assert image.startswith(REGISTRY_IMAGE + "@sha256:"), key
+    for key, spec in workload_specs(default_stack).items():
+        image = spec["containers"][0]["image"]
+        assert image.startswith(REGISTRY_IMAGE + "@sha256:"), key
 
 
 def test_pushing_a_bare_image_name_stops_before_any_resource():
@@ -308,7 +310,7 @@ def test_exports(default_stack):
     assert exports["pytorchJobName"] == job
     assert exports["minioEndpoint"] == "minio.trainstack.svc:9000"
     assert exports["store"] == STORE
-    assert exports["buckets"] == ["datasets", "models", "metrics"]
+    assert exports["buckets"] == ["datasets", "models", "metrics", "mlflow"]
     assert "renderedTo" not in exports
     assert exports["inferenceUrl"] == "http://inference.trainstack.svc:7860"
     # Honest for any cluster: kubectl first, the minikube shortcut only as an aside.

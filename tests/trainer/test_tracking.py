@@ -5,6 +5,7 @@ alias, resumption into the same MLflow run, and outages that never stop training
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
@@ -291,3 +292,16 @@ def test_a_bad_tracking_timeout_is_a_config_error_naming_it(value, monkeypatch):
     monkeypatch.setenv(TIMEOUT_ENV, value)
     with pytest.raises(ConfigError, match=TIMEOUT_ENV):
         tracking_timeout()
+
+
+@pytest.mark.parametrize("given, expected", [(None, "true"), ("false", "false")])
+def test_the_client_sends_no_usage_report_unless_asked(given, expected, monkeypatch):
+    """Set before mlflow is imported; a user's own choice stands."""
+    from trainer.mlflow_layout import RunInfo
+    from trainer.tracking import Tracker
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", given or "")  # restored after the test
+    if given is None:
+        monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY")
+    Tracker(RunInfo(run_id="r", model_name="m-d", params={}), "http://127.0.0.1:9")
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == expected
