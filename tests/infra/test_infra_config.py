@@ -255,6 +255,19 @@ def test_good_combinations_are_accepted():
     assert parse_config({**PUSHED, "trainingOperatorVersion": "v1.9.0"})
 
 
+def test_storage_class_names_are_dns_subdomains():
+    """A StorageClass's name is a DNS-1123 subdomain: dots are allowed (`ceph.rbd.fast`)."""
+    rendering = render({**PUSHED, "minioStorageClass": "ceph.rbd.fast",
+                        "mlflowStorageClass": "nfs.example.com"})
+    claims = {key: obj["spec"]["storageClassName"] for key, obj in rendering.objects.items()
+              if obj["kind"] == "PersistentVolumeClaim"}
+    assert claims == {"PersistentVolumeClaim/minio-data": "ceph.rbd.fast",
+                      "PersistentVolumeClaim/mlflow-data": "nfs.example.com"}
+    for key in ("minioStorageClass", "mlflowStorageClass"):
+        with pytest.raises(ConfigError, match=rf"trainstack:{key} .*DNS-1123 subdomain"):
+            parse_config({**PUSHED, key: "Fast_SSD"})
+
+
 def test_image_needs_a_registry_path_only_when_pushed():
     assert parse_config({"pushImage": "false"}).image_repository == "trainstack-trainer"
     for image in ("you/trainstack-trainer", "registry.example.com:5000/trainstack-trainer"):
