@@ -68,7 +68,7 @@ FIELDS: dict[str, tuple[str, v.Parser]] = {
     "model": ("model", v.choice(MODELS)),
     "dataset": ("dataset", v.choice(DATASETS, _DATASETS_ALLOWED)),
     "datasetSource": ("dataset_source", v.http_url),
-    "namespace": ("namespace", v.pattern(v.DNS_LABEL, "a DNS-1123 label (a-z, 0-9, '-')")),
+    "namespace": ("namespace", v.namespace),
     "buildImage": ("build_image", v.boolean),
     "image": ("image", v.image_reference),
     "pushImage": ("push_image", v.boolean),

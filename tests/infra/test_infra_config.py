@@ -133,6 +133,12 @@ INVALID = [
     ("dataset", "synthetic", "cifar10, imagefolder, digits (synthetic is for benchmarks only"),
     # pushImage defaults to true: a bare name would go to docker.io/library and fail late.
     ("image", "trainstack-trainer", "a registry path such as registry.example.com/you/"),
+    # The stack owns its namespace: default-deny there would cut off whatever else runs in
+    # it (kube-system: the cluster's DNS; kubeflow: the operator's webhook), and destroy
+    # would delete it.
+    ("namespace", "default", "not default, kube-system, kube-public, kube-node-lease or kubeflow"),
+    ("namespace", "kube-system", "not default, kube-system, kube-public, kube-node-lease or kubeflow"),
+    ("namespace", "kubeflow", "not default, kube-system, kube-public, kube-node-lease or kubeflow"),
 ]
 
 
