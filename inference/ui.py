@@ -16,8 +16,9 @@ import gradio as gr
 
 from trainer.schema import VersionMetrics
 
+from .engine import Engine
 from .metrics import Metrics
-from .predict import DEFAULT_MAX_PIXELS, BadImage, decode_image, predict
+from .predict import BadImage
 from .registry import ModelVersion, Registry
 
 REFRESH_SECONDS = 3
@@ -109,7 +110,7 @@ def version_rows(registry: Registry, current: ModelVersion | None) -> list[list[
             for meta in registry.list_versions(current.name)]
 
 
-def make_classify(registry: Registry, metrics: Metrics | None, max_pixels: int,
+def make_classify(registry: Registry, engine: Engine, metrics: Metrics | None,
                   ui: Layout) -> Callable[[str | None], dict[Any, Any]]:
     def classify(path: str | None) -> dict[Any, Any]:
         current = registry.current  # one read: the whole call uses one version
@@ -117,9 +118,8 @@ def make_classify(registry: Registry, metrics: Metrics | None, max_pixels: int,
             raise gr.Error("No model published yet: run `make demo` or `pulumi up` first.")
         if not path:
             return {ui.label: None, ui.answered: ""}
-        try:  # predict too: an image mode it cannot convert is a BadImage as well
-            image = decode_image(Path(path).read_bytes(), max_pixels)
-            result = predict(current.model, current.meta, image)
+        try:  # the API's own path: decode pool, memory budget, batches
+            result = engine.classify_blocking(current, Path(path).read_bytes())
         except BadImage as e:
             raise gr.Error(str(e)) from None
         if metrics:
@@ -248,13 +248,13 @@ def build_layout() -> Layout:
     return ui
 
 
-def wire_events(demo: gr.Blocks, ui: Layout, registry: Registry, metrics: Metrics | None,
-                max_pixels: int) -> None:
+def wire_events(demo: gr.Blocks, ui: Layout, registry: Registry, engine: Engine,
+                metrics: Metrics | None) -> None:
     refresh = make_refresh(registry, ui)
     gr.Timer(REFRESH_SECONDS).tick(refresh, ui.shown, ui.outputs, show_progress="hidden",
                                    api_name=False, queue=False)
     demo.load(refresh, ui.shown, ui.outputs, api_name=False, queue=False)
-    gr.on([ui.image.change, ui.button.click], make_classify(registry, metrics, max_pixels, ui),
+    gr.on([ui.image.change, ui.button.click], make_classify(registry, engine, metrics, ui),
           ui.image, [ui.label, ui.answered], api_name="predict")
     ui.examples.click(make_pick_example(registry), ui.examples, ui.image, api_name=False)
     ui.reload_versions.click(lambda: version_rows(registry, registry.current), None,
@@ -265,10 +265,14 @@ def wire_events(demo: gr.Blocks, ui: Layout, registry: Registry, metrics: Metric
         api_name="status")
 
 
-def build_demo(registry: Registry, metrics: Metrics | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> gr.Blocks:
-    """The Blocks app bound to one registry (tests build several in one process)."""
-    with gr.Blocks(title="trainstack · image classifier") as demo:
+def build_demo(registry: Registry, engine: Engine, metrics: Metrics | None = None,
+               delete_cache: tuple[float, float] | None = None) -> gr.Blocks:
+    """The Blocks app bound to one registry (tests build several in one process).
+
+    ``delete_cache`` = (every s, older than s): Gradio deletes this app's uploads and
+    cached files on that schedule, and all of them at shutdown.
+    """
+    with gr.Blocks(title="trainstack · image classifier", delete_cache=delete_cache) as demo:
         ui = build_layout()
-        wire_events(demo, ui, registry, metrics, max_pixels)
+        wire_events(demo, ui, registry, engine, metrics)
     return demo

@@ -145,3 +145,23 @@ def publish_version(store, version: str, *, model: nn.Module | None = None,
     if move_latest:
         finish_publication(store, name, version)
     return version
+
+
+CNN_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+               "ship", "truck"]
+CNN_NAME = "smallcnn-cifar10"
+
+
+def publish_cnn(store, version: str, seed: int = 0) -> str:
+    """The trainer's smallcnn (random weights, fixed by ``seed``) as a 32x32 RGB model:
+    real convolutions, whose kernels differ by batch size, unlike ColourNet's mean."""
+    from trainer.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("smallcnn", in_channels=3, num_classes=len(CNN_CLASSES))
+    with torch.no_grad():  # give BatchNorm's running stats real values too
+        model.train()(torch.rand(64, 3, 32, 32))
+    return publish_version(store, version, model=model.eval(), name=CNN_NAME,
+                           classes=CNN_CLASSES, input_size=[3, 32, 32],
+                           mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26],
+                           model_bytes=export_model(model.eval(), [3, 32, 32]))

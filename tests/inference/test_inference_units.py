@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from inference import app as app_module
-from inference.predict import BadImage, decode_image, preprocess
+from inference.predict import BadImage, decode
 from inference.registry import Registry
 from tests.inference.modelkit import MODEL_NAME, publish_version
 from trainer import cpus
@@ -44,12 +44,10 @@ def encoded(image: Image.Image, fmt: str) -> bytes:
 
 def test_16_bit_gradient_is_rescaled_not_saturated():
     ramp = np.tile(np.linspace(0, 65535, 64), (64, 1)).astype(np.uint16)
-    image = decode_image(encoded(Image.fromarray(ramp), "PNG"))
-    assert image.mode == "I;16"
-    x = preprocess(image, GREY_META)[0, 0]
+    x = decode(encoded(Image.fromarray(ramp), "PNG"), GREY_META)[0] / 255
     assert x.min() < 0.1 and x.max() > 0.9  # PIL's own convert("L") gives all 1.0 here
     assert bool((x[:, 1:] >= x[:, :-1]).all())  # still a left-to-right ramp
-    assert abs(x.mean().item() - 0.5) < 0.05
+    assert abs(x.mean() - 0.5) < 0.05
 
 
 @pytest.mark.parametrize("values, mode, expected", [
@@ -60,26 +58,28 @@ def test_16_bit_gradient_is_rescaled_not_saturated():
 def test_wide_modes_map_to_the_pixel_range(values, mode, expected):
     image = Image.fromarray(values)
     assert image.mode == mode
-    x = preprocess(image, GREY_META)[0, 0]
+    x = decode(encoded(image, "TIFF"), GREY_META)[0] / 255
     if expected is None:
-        assert x.min().item() == 0.0 and x.max().item() == 1.0
+        assert x.min() == 0.0 and x.max() == 1.0
     else:
-        assert x.mean().item() == pytest.approx(expected, abs=0.01)
+        assert x.mean() == pytest.approx(expected, abs=0.01)
 
 
 def test_lab_tiff_converts_to_grey_via_rgb():
-    image = decode_image(encoded(Image.new("LAB", (16, 16), (128, 128, 128)), "TIFF"))
+    image = Image.new("LAB", (16, 16), (128, 128, 128))
     with pytest.raises(ValueError):  # the real failure the app used to answer with a 500
         image.convert("L")
-    x = preprocess(image, GREY_META)
-    assert x.mean().item() * 255 == pytest.approx(119, abs=2)  # L* 50 is sRGB grey 119
+    x = decode(encoded(image, "TIFF"), GREY_META)
+    assert x.mean() == pytest.approx(119, abs=2)  # L* 50 is sRGB grey 119
 
 
 def test_unconvertible_modes_and_non_finite_floats_are_bad_images():
-    with pytest.raises(BadImage, match="unsupported image mode La"):
-        preprocess(Image.new("La", (4, 4)), GREY_META)
+    from trainer.pixels import ImageError, convert_mode
+
+    with pytest.raises(ImageError, match="unsupported image mode La"):
+        convert_mode(Image.new("La", (4, 4)), 1)
     with pytest.raises(BadImage, match="non-finite"):
-        preprocess(Image.fromarray(np.full((4, 4), np.nan, np.float32)), GREY_META)
+        decode(encoded(Image.fromarray(np.full((4, 4), np.nan, np.float32)), "TIFF"), GREY_META)
 
 
 @pytest.mark.parametrize("meta", [
@@ -139,11 +139,17 @@ def test_default_threads_follow_the_cgroup_quota(tmp_path, monkeypatch):
     (tmp_path / "cpu.max").write_text("200000 100000\n")  # a pod limited to 2 CPUs
     monkeypatch.setattr(app_module, "usable_cpus",
                         partial(cpus.usable_cpus, cgroup_root=tmp_path))
-    assert app_module.default_torch_threads() == 1
-    assert app_module.Settings().torch_threads == 1
+    usable = cpus.usable_cpus(cgroup_root=tmp_path)
+    assert usable <= 2
+    # Batched: the inference thread gets all CPUs but one; one at a time: half each.
+    assert app_module.default_torch_threads(batching=True) == 1
+    assert app_module.default_torch_threads(batching=False) == 1
+    assert app_module.Settings().engine_config().torch_threads == 1
+    assert app_module.Settings().decode_threads == usable
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    expected = max(1, min(4, cpus.usable_cpus(cgroup_root=tmp_path) // 2))
-    assert app_module.default_torch_threads() == expected
+    unlimited = cpus.usable_cpus(cgroup_root=tmp_path)
+    assert app_module.default_torch_threads(batching=False) == max(1, min(4, unlimited // 2))
+    assert app_module.default_torch_threads(batching=True) == max(1, min(16, unlimited - 1))
 
 
 def test_temp_cache_is_removed_at_shutdown_but_a_given_one_is_kept(tmp_path):
@@ -196,3 +202,22 @@ def test_log_level_comes_from_trainstack_log_level(monkeypatch):
     assert parse_args(["serve"]).log_level == "DEBUG"
     monkeypatch.delenv("TRAINSTACK_LOG_LEVEL")
     assert parse_args(["serve"]).log_level == "INFO"
+
+
+def test_prediction_series_stay_bounded_across_many_versions():
+    """Issue 9 #16: one series per (version, class, source) forever would grow without end."""
+    from inference.metrics import Metrics
+
+    metrics = Metrics()
+    versions = [f"2026010{i}T000000Z" for i in range(1, 8)]
+    for version in versions:
+        metrics.set_model("m-d", version)
+        for label in ("cat", "dog"):
+            metrics.observe_prediction(version, label, "api")
+    text = metrics.render().decode()
+    series = [line for line in text.splitlines()
+              if line.startswith("trainstack_predictions_total{")]
+    shown = {line.split('model_version="')[1].split('"')[0] for line in series}
+    assert shown <= set(versions[-2:]), shown  # the current version and the one before
+    assert len(series) <= 2 * 2
+    assert f'model_version="{versions[-1]}",predicted_class="cat",source="api"}} 1.0' in text
