@@ -1,11 +1,12 @@
 """What the app's shortcuts cost in answers, measured on a trained model and real photos.
 
 1. bf16: test accuracy of the published model on the CIFAR-10 test images, fp32 vs
-   bf16 autocast (the app's ``--precision bf16``), and how many predictions change.
+   bf16 (the app's ``--precision bf16`` Runner), and how many predictions change.
 2. Reduced decode: every test image scaled up to photo sizes and saved as a JPEG, then
    classified from ``trainer.pixels.to_pixels`` (DCT-scaled decode, integer reduce, one
    resize) and from a full decode (every pixel decoded, one bilinear resize): the share of
-   images given the same class, and the mean pixel difference.
+   images given the same class, and the mean pixel difference; for scale, the same for
+   the app's decode before trainer.pixels existed (full decode, resize with reducing_gap 3).
 
 Needs a store holding a model trained on cifar10 and the ingested archive, e.g.::
 
@@ -60,6 +61,15 @@ def full_decode(data: bytes, shape) -> np.ndarray:
         return np.asarray(image, np.uint8).reshape(height, width, channels).transpose(2, 0, 1)
 
 
+def full_decode_gap3(data: bytes, shape) -> np.ndarray:
+    """For scale: the app's decode before trainer.pixels (full decode, reducing_gap=3)."""
+    channels, height, width = shape
+    with Image.open(io.BytesIO(data)) as image:
+        image = image.convert("RGB" if channels == 3 else "L")
+        image = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        return np.asarray(image, np.uint8).reshape(height, width, channels).transpose(2, 0, 1)
+
+
 def photo_jpeg(pixels: np.ndarray, size: tuple[int, int]) -> bytes:
     """A CIFAR image scaled up (bicubic) to a photo's size, saved as a camera would."""
     image = Image.fromarray(pixels.transpose(1, 2, 0)).resize(size, Image.Resampling.BICUBIC)
@@ -83,13 +93,16 @@ def decode_figures(version, images: np.ndarray, limit: int) -> None:
     shape = tuple(version.meta.input_size)
     for size in PHOTO_SIZES:
         jpegs = [photo_jpeg(img, size) for img in images[:limit]]
-        reduced = np.stack([to_pixels(data, shape) for data in jpegs])
         full = np.stack([full_decode(data, shape) for data in jpegs])
-        same = (classify(version, reduced, False) == classify(version, full, False)).mean()
-        diff = np.abs(reduced.astype(np.int16) - full.astype(np.int16)).mean()
-        log.info("%dx%d JPEGs: reduced decode vs full decode: same class on %.2f%% of %d "
-                 "images; mean |pixel difference| %.2f / 255", *size, 100 * same, len(jpegs),
-                 diff)
+        reference = classify(version, full, False)
+        for what, decoder in (("reduced decode (to_pixels)", to_pixels),
+                              ("old app decode (gap 3)", full_decode_gap3)):
+            pixels = np.stack([decoder(data, shape) for data in jpegs])
+            same = (classify(version, pixels, False) == reference).mean()
+            diff = np.abs(pixels.astype(np.int16) - full.astype(np.int16)).mean()
+            log.info("%dx%d JPEGs: %s vs full decode: same class on %.2f%% of %d images; "
+                     "mean |pixel difference| %.2f / 255", *size, what, 100 * same,
+                     len(jpegs), diff)
 
 
 def main() -> int:
@@ -104,7 +117,8 @@ def main() -> int:
     images, labels = test.images.numpy(), test.labels.numpy()
     log.info("model %s version %s", version.name, version.version)
     precision_figures(version, images, labels)
-    decode_figures(version, images, args.photos)
+    if args.photos:
+        decode_figures(version, images, args.photos)
     return 0
 
 

@@ -152,7 +152,11 @@ class Batcher:
         if self._setup:
             self._setup()
         while (batch := self._next_batch()) is not None:
-            self._run_batch(batch)
+            # A request whose client went away was cancelled: skip it (and from here on
+            # its future can no longer be cancelled, so setting its result is safe).
+            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            if batch:
+                self._run_batch(batch)
 
     def _run_batch(self, batch: list[Job]) -> None:
         start = time.perf_counter()

@@ -15,25 +15,25 @@ from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter number (malloc.h)
-MMAP_THRESHOLD = 4 * 2**20
+M_ARENA_MAX = -8  # glibc's mallopt() parameter number (malloc.h)
 
 
-def return_big_buffers_to_the_os() -> bool:
-    """Make glibc map every allocation >= 4 MiB on its own, so freeing it gives it back.
+def share_one_malloc_arena() -> bool:
+    """Make threads started from now on allocate from glibc's main arena.
 
-    By default glibc raises that threshold after the first big free (up to 32 MiB) and
-    then serves big buffers from per-thread arenas that keep the memory: four decode
-    threads that each once decoded a 98 MB picture, one after the other, would hold
-    ~4 x 98 MB although the budget allowed one at a time (measured). False where the C
-    library is not glibc (nothing to change there).
+    By default each thread gets an arena of its own, and a freed buffer stays in the arena
+    of the thread that freed it: four decode threads that each once decoded a 98 MB
+    picture, one after the other, held ~4 x 98 MB (measured) although the budget allowed
+    one at a time. With one arena, the next decode reuses that memory. (Mapping every
+    big buffer separately would too, but then each big tensor of a forward pass would be
+    mapped and zero-filled anew.) False where the C library is not glibc.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        log.debug("no mallopt(): not glibc; big buffers follow the C library's defaults")
+        log.debug("no mallopt(): not glibc; thread arenas follow the C library's defaults")
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    return bool(mallopt(M_ARENA_MAX, 1))
 
 
 class OverBudget(ValueError):

@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from trainer.errors import ConfigError
 
 from .batcher import Batcher
-from .budget import MemoryBudget, return_big_buffers_to_the_os
+from .budget import MemoryBudget, share_one_malloc_arena
 from .metrics import Metrics
 from .predict import DEFAULT_MAX_PIXELS, answer, decode
 from .runner import PRECISIONS, Runner, choose_precision
@@ -67,7 +67,7 @@ class EngineConfig:
 class Engine:
     def __init__(self, config: EngineConfig, metrics: Metrics | None = None):
         self.config, self.metrics = config, metrics
-        return_big_buffers_to_the_os()  # or freed decode buffers stay in thread arenas
+        share_one_malloc_arena()  # before the decode threads start: see budget.py
         self.budget = MemoryBudget(config.decode_memory_bytes)
         self.decode_pool = ThreadPoolExecutor(config.decode_threads, "decode")
         self._runners: OrderedDict[tuple[str, str], Runner] = OrderedDict()

@@ -99,6 +99,24 @@ def test_a_failing_input_fails_only_its_own_request():
     assert run.batches[0][1] == ["ok1", "bad", "ok2"]  # tried together first
 
 
+def test_a_cancelled_request_is_skipped_and_the_thread_lives_on():
+    """A client that disconnects cancels its future while it waits in the queue."""
+    run = Recorder()
+    batcher = Batcher(run, max_batch=8, max_wait_s=0)
+    try:
+        run.gate.clear()
+        first = batcher.submit("v", 1)
+        assert run.entered.wait(DEADLINE)
+        gone, kept = batcher.submit("v", 2), batcher.submit("v", 3)
+        assert gone.cancel()
+        run.gate.set()
+        assert (first.result(DEADLINE), kept.result(DEADLINE)) == ("v:1", "v:3")
+        assert batcher.submit("v", 4).result(DEADLINE) == "v:4"
+    finally:
+        batcher.stop()
+    assert [items for _, items in run.batches] == [[1], [3], [4]]
+
+
 def test_after_stop_submissions_fail_at_once():
     batcher = Batcher(Recorder())
     batcher.stop()

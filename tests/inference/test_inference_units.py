@@ -221,3 +221,34 @@ def test_prediction_series_stay_bounded_across_many_versions():
     assert shown <= set(versions[-2:]), shown  # the current version and the one before
     assert len(series) <= 2 * 2
     assert f'model_version="{versions[-1]}",predicted_class="cat",source="api"}} 1.0' in text
+
+
+def test_serving_knobs_come_from_flags_or_env(monkeypatch, tmp_path):
+    from inference.__main__ import parse_args, serving_settings
+
+    monkeypatch.setenv("TRAINSTACK_MAX_BATCH", "8")
+    monkeypatch.setenv("TRAINSTACK_MAX_BATCH_WAIT_MS", "2.5")
+    monkeypatch.setenv("TRAINSTACK_PRECISION", "fp32")
+    monkeypatch.setenv("TRAINSTACK_BATCHING", "off")
+    got = serving_settings(parse_args(["serve"]))
+    assert (got["max_batch"], got["max_batch_wait_ms"], got["precision"], got["batching"]) == \
+        (8, 2.5, "fp32", False)
+    got = serving_settings(parse_args(["serve", "--max-batch", "64", "--batching", "on"]))
+    assert got["max_batch"] == 64 and got["batching"] is True
+    config = app_module.Settings(**got).engine_config()
+    assert config.max_batch == 64 and config.max_wait_ms == 2.5
+
+
+def test_a_bad_serving_setting_names_itself(tmp_path, caplog):
+    from inference.__main__ import main
+    from inference.engine import EngineConfig
+    from trainer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_batch = 0") as raised:
+        EngineConfig(max_batch=0)
+    assert raised.value.key == "max_batch"
+    with pytest.raises(ConfigError, match="allowed: auto, fp32, bf16"):
+        EngineConfig(precision="fp16")
+    LocalStore(tmp_path / "store").ensure_buckets()
+    assert main(["serve", "--store", str(tmp_path / "store"), "--max-batch-wait-ms", "-1"]) == 2
+    assert "max_wait_ms = -1.0" in caplog.text
