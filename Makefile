@@ -67,6 +67,7 @@ demo: $(RUNTIME_STAMP)
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/train_memory.py
 	$(BIN)/python bench/inference_latency.py
 
 clean:

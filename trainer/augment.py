@@ -1,14 +1,15 @@
 """Batch augmentation on uint8 tensors: random crop with zero padding, flip, normalize.
 
-The training split is zero-padded once; each batch is then cut out of it with a single
-gather whose row/column indices encode the images picked, the random crop offsets and
-the horizontal flips. No per-image work (PIL or Python loops) on CPU or GPU.
+Each batch is cut out of the training split with a single gather whose row/column indices
+encode the images picked, the random crop offsets and the horizontal flips; the window's
+rows and columns that fall into the padding are then zeroed. The same pixels as cropping a
+zero-padded copy, without that copy of the whole split (1.56x its size at 32 px). No
+per-image work (PIL or Python loops) on CPU or GPU.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def crop_padding_for(image_size: int) -> int:
@@ -31,11 +32,12 @@ class Normalizer:
 
 def window_indices(batch: int, height: int, width: int, *, padding: int, flip: bool,
                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows (B x H) and columns (B x W) of each image's random window in the padded image."""
+    """Rows (B x H) and columns (B x W) of each image's random window, in the coordinates of
+    the unpadded image: -padding .. size - 1 + padding (outside 0 .. size - 1 is padding)."""
     device = generator.device
     offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator, device=device)
-    rows = offsets[0, :, None] + torch.arange(height, device=device)
-    cols = offsets[1, :, None] + torch.arange(width, device=device)
+    rows = offsets[0, :, None] + torch.arange(height, device=device) - padding
+    cols = offsets[1, :, None] + torch.arange(width, device=device) - padding
     if flip:
         mirrored = torch.rand(batch, generator=generator, device=device) < 0.5
         cols = torch.where(mirrored[:, None], cols.flip(1), cols)
@@ -46,11 +48,10 @@ class BatchAugmenter:
     """The training-time transform of a whole in-memory split, one batch at a time."""
 
     def __init__(self, images: torch.Tensor, augment: str, mean, std):
-        """``images``: the uint8 N x C x H x W split, already on its device."""
+        """``images``: the uint8 N x C x H x W split, already on its device (not copied)."""
         self.flip = "flip" in augment
         self.padding = crop_padding_for(images.shape[-1]) if "crop" in augment else 0
-        p = self.padding
-        self.source = F.pad(images, (p, p, p, p)) if p else images
+        self.source = images
         self.height, self.width = images.shape[-2:]
         self.normalize = Normalizer(mean, std, images.device)
 
@@ -60,7 +61,12 @@ class BatchAugmenter:
                                     flip=self.flip, generator=generator)
         # Advanced indices split by a slice put the indexed dims first: B x H x W x C,
         # which permuted back is a channels_last tensor without another copy.
-        batch = self.source[index[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+        batch = self.source[index[:, None, None], :, rows.clamp(0, self.height - 1)[:, :, None],
+                            cols.clamp(0, self.width - 1)[:, None, :]]
+        if self.padding:
+            inside = (((rows >= 0) & (rows < self.height))[:, :, None]
+                      & ((cols >= 0) & (cols < self.width))[:, None, :])
+            batch = batch * inside[..., None]  # padding pixels are zero, as in F.pad
         return batch.permute(0, 3, 1, 2)
 
     def __call__(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -4,7 +4,10 @@
 a checkpoint is its ``torch.save`` at ``models/<name>/runs/<run_id>/checkpoints/
 epoch-0007.pt`` (the state after epoch 7; epochs count from 1, trainer.layout spells the
 key). The store's put is atomic, so a checkpoint key exists only once its content is
-complete; a checkpoint that still fails to load is skipped in favour of the one before it.
+complete. A checkpoint whose content is damaged, or that does not fit the run (another
+identity or config, other parameter shapes), is skipped in favour of the one before it; a
+store that fails while one is read is an outage and is raised, never skipped. A run keeps
+its newest ``keep_checkpoints`` checkpoints while it trains and none once it is published.
 """
 
 from __future__ import annotations
@@ -18,23 +21,30 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.errors import StoreError
+from trainer.config import RunIdentity, TrainConfig
+from trainer.errors import ConfigError, MetaError
 from trainer.layout import ModelKeys, checkpoint_epoch
 from trainer.schema import EpochRecord
 from trainer.storage import Store
 
 log = logging.getLogger(__name__)
 
-FORMAT = "trainstack-checkpoint/1"
+# /2: the run's identity (data fingerprint, model revision) instead of a bare run_id.
+FORMAT = "trainstack-checkpoint/2"
+
+
+class UnusableCheckpoint(Exception):
+    """A checkpoint that was read but cannot be resumed: damaged, or not this run's."""
 
 
 @dataclass
 class TrainingState:
     """A run after ``epoch`` epochs: what resuming needs, and what publication reads."""
 
-    run_id: str
+    identity: dict[str, str]
+    """RunIdentity.to_dict(): run_id, data_fingerprint, model_revision."""
     config: dict[str, Any]
-    """The TrainConfig as a dict (for humans reading a checkpoint)."""
+    """The TrainConfig as a dict."""
     epoch: int = 0
     history: list[EpochRecord] = field(default_factory=list)
     confusion: list[list[int]] = field(default_factory=list)
@@ -44,6 +54,14 @@ class TrainingState:
     optimizer: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
     """This rank's generators (rank 0's, in a checkpoint)."""
+
+    @classmethod
+    def fresh(cls, identity: RunIdentity) -> TrainingState:
+        return cls(identity=identity.to_dict(), config=identity.config.to_dict())
+
+    @property
+    def run_id(self) -> str:
+        return self.identity["run_id"]
 
     def record_epoch(self, record: EpochRecord, confusion: list[list[int]],
                      world_size: int) -> None:
@@ -69,7 +87,7 @@ class TrainingState:
         """Plain containers and tensors only: loadable with ``weights_only=True``."""
         # No scheduler state: the LR is lr_at(cfg, progress), computed from the epoch,
         # so resuming at any world size needs nothing more.
-        return {"format": FORMAT, "epoch": self.epoch, "run_id": self.run_id,
+        return {"format": FORMAT, "epoch": self.epoch, "identity": self.identity,
                 "config": self.config, "model": self.model, "optimizer": self.optimizer,
                 "rng": self.rng, "history": [e.to_dict() for e in self.history],
                 "confusion": self.confusion, "world_size": self.world_size}
@@ -77,15 +95,42 @@ class TrainingState:
     @classmethod
     def from_checkpoint(cls, raw: Any, where: str) -> TrainingState:
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise StoreError(f"{where} is not a {FORMAT} checkpoint")
+            found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+            raise UnusableCheckpoint(f"{where} is not a {FORMAT} checkpoint ({found!r})")
         try:
+            if not all(isinstance(raw[k], dict) for k in ("identity", "config", "model",
+                                                          "optimizer", "rng")):
+                raise TypeError("identity, config, model, optimizer and rng must be dicts")
             history = [EpochRecord.from_dict(e) for e in raw["history"]]
-            return cls(run_id=raw["run_id"], config=raw["config"], epoch=raw["epoch"],
+            return cls(identity=dict(raw["identity"]), config=raw["config"], epoch=raw["epoch"],
                        history=history, confusion=raw["confusion"],
                        world_size=raw["world_size"], model=raw["model"],
                        optimizer=raw["optimizer"], rng=raw["rng"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise StoreError(f"{where}: incomplete {FORMAT} checkpoint ({e})") from None
+        except (KeyError, TypeError, ValueError, MetaError) as e:
+            raise UnusableCheckpoint(f"{where}: incomplete {FORMAT} checkpoint ({e})") from None
+
+    def check_fits(self, identity: RunIdentity, model: torch.nn.Module, where: str) -> None:
+        """UnusableCheckpoint unless this state is ``identity``'s and fits ``model``."""
+        if self.identity != identity.to_dict():
+            raise UnusableCheckpoint(f"{where} does not fit: it belongs to run "
+                                     f"{self.identity}, not {identity.to_dict()}")
+        try:
+            saved_config = TrainConfig.from_dict(self.config).defining_fields()
+        except (ConfigError, TypeError) as e:
+            raise UnusableCheckpoint(f"{where} does not fit: its config is invalid ({e})") from None
+        if saved_config != identity.config.defining_fields():
+            raise UnusableCheckpoint(f"{where} does not fit: it was trained with config "
+                                     f"{saved_config}")
+        if not 1 <= self.epoch <= identity.config.epochs:
+            raise UnusableCheckpoint(f"{where} does not fit: epoch {self.epoch} of "
+                                     f"{identity.config.epochs}")
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        saved = {k: tuple(v.shape) for k, v in self.model.items() if isinstance(v, torch.Tensor)}
+        if saved != expected or len(saved) != len(self.model):
+            differ = sorted(k for k in expected.keys() | saved.keys()
+                            if expected.get(k) != saved.get(k))
+            raise UnusableCheckpoint(f"{where} does not fit the model: parameters "
+                                     f"{differ[:5]} differ")
 
 
 def _cuda_device(device: torch.device | None) -> torch.device | None:
@@ -150,8 +195,13 @@ def save_checkpoint(store: Store, key: str, state: TrainingState) -> None:
 
 
 def load_checkpoint(store: Store, key: str) -> TrainingState:
+    """The state in ``key``. A StoreError (the store failed) propagates; content that does
+    not load is UnusableCheckpoint."""
     data = store.get_bytes(key)
-    raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    try:
+        raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (torch.load raises many types for a damaged file)
+        raise UnusableCheckpoint(f"{key} cannot be loaded: {type(e).__name__}: {e}") from None
     return TrainingState.from_checkpoint(raw, key)
 
 
@@ -165,11 +215,32 @@ def checkpoint_epochs(store: Store, model_name: str, run_id: str) -> list[tuple[
     return sorted(found, reverse=True)
 
 
-def newest_loadable(store: Store, model_name: str, run_id: str) -> tuple[str, TrainingState] | None:
-    """The newest checkpoint that loads; unreadable ones are reported and skipped."""
-    for _, key in checkpoint_epochs(store, model_name, run_id):
+def load_fitting(store: Store, key: str, identity: RunIdentity,
+                 model: torch.nn.Module) -> TrainingState:
+    """``key``'s state, checked against the run and the model just built."""
+    state = load_checkpoint(store, key)
+    state.check_fits(identity, model, key)
+    return state
+
+
+def newest_resumable(store: Store, identity: RunIdentity,
+                     model: torch.nn.Module) -> tuple[str, TrainingState] | None:
+    """The newest checkpoint of the run that loads and fits ``model``; others are reported
+    and skipped. Store failures are raised: an outage must not silently cost epochs."""
+    for _, key in checkpoint_epochs(store, identity.config.model_name, identity.run_id):
         try:
-            return key, load_checkpoint(store, key)
-        except Exception as e:  # noqa: BLE001 (a damaged file must not block an older one)
-            log.warning("skipping checkpoint %s: %s", key, e)
+            return key, load_fitting(store, key, identity, model)
+        except UnusableCheckpoint as e:
+            log.warning("skipping checkpoint: %s", e)
     return None
+
+
+def prune_checkpoints(store: Store, model_name: str, run_id: str, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` checkpoints of the run; return the deleted keys."""
+    deleted = [key for _, key in checkpoint_epochs(store, model_name, run_id)[keep:]]
+    for key in deleted:
+        store.delete(key)
+    if deleted:
+        log.info("deleted %d checkpoint(s) of run %s, keeping the newest %d", len(deleted),
+                 run_id, keep)
+    return deleted

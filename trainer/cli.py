@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 
 from trainer.config import AUGMENTATIONS, DATASETS, MODELS, TrainConfig, read_json_file
@@ -88,10 +87,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from trainer.train import run_training
 
     cfg = train_config_from_args(args)
-    store = open_store(args.store)
-    version = run_training(cfg, store)
-    if version:
-        log.info(json.dumps({"event": "done", "run_id": cfg.run_id, "version": version}))
+    run_training(cfg, open_store(args.store))  # logs {"event": "done", ...} on rank 0
 
 
 COMMANDS = {"buckets": cmd_buckets, "ingest": cmd_ingest, "train": cmd_train}

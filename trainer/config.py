@@ -26,7 +26,7 @@ AUGMENTATIONS = ("auto", "none", "crop", "flip", "crop+flip")
 SCHEDULES = ("onecycle", "cosine")
 # Fields that only change how a run is carried out, not its result: left out of run_id.
 # precision follows the hardware (like the world size), so a run can move between node kinds.
-OPERATIONAL_FIELDS = ("log_every", "precision")
+OPERATIONAL_FIELDS = ("log_every", "precision", "keep_checkpoints")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -65,6 +65,9 @@ class TrainConfig:
     """Steps between progress lines when stderr is not a terminal."""
     precision: str = "auto"
     """Autocast: 'auto' (bf16 on GPUs and CPUs with native bf16, else fp32), 'fp32', 'bf16'."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints of a run kept while it trains (older ones are deleted once a newer
+    one is written); a published run keeps none. Not part of the run's identity."""
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
@@ -72,7 +75,8 @@ class TrainConfig:
         _check_choice("augment", self.augment, AUGMENTATIONS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("precision", self.precision, PRECISIONS)
-        for key in ("epochs", "batch_size", "image_size", "synthetic_size", "log_every"):
+        for key in ("epochs", "batch_size", "image_size", "synthetic_size", "log_every",
+                    "keep_checkpoints"):
             _check_int(key, getattr(self, key), minimum=1)
         _check_int("seed", self.seed, minimum=0)
         _check_float("lr", self.lr, low=0.0, low_open=True)
@@ -100,18 +104,50 @@ class TrainConfig:
             return self.augment
         return "crop" if self.dataset == "digits" else "crop+flip"
 
-    @property
-    def run_id(self) -> str:
-        """Short hash of what defines the result; never of world size or resources."""
+    def defining_fields(self) -> dict[str, Any]:
+        """The fields that define a run's result (``augment`` resolved), not operational ones."""
         defining = {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL_FIELDS}
         defining["augment"] = self.resolved_augment
-        blob = json.dumps(defining, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:10]
+        return defining
 
     @property
     def model_name(self) -> str:
         """``<model>-<dataset>``: the store folder of this model's runs and versions."""
         return model_name(self.model, self.dataset)
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What a run's result is a function of; ``run_id`` is its short hash.
+
+    The config alone does not say it: the same ``dataset`` name may hold other images after a
+    re-ingest, and the same ``model`` name other code after an upgrade. Never the world size
+    or resources: the same run resumes after a rescale, a pod restart or a crash.
+    """
+
+    config: TrainConfig
+    data_fingerprint: str
+    """Digest of the data's content (trainer.data: the CIFAR archive's sha256, the
+    imagefolder manifest's, the generated digits'), equal on every rank."""
+    model_revision: str
+    """``<model>@<revision>`` (trainer.models.MODEL_REVISIONS): bumped when the code changes."""
+
+    def __post_init__(self) -> None:
+        for name in ("data_fingerprint", "model_revision"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"run identity: {name} must be a non-empty string, got {value!r}")
+
+    @property
+    def run_id(self) -> str:
+        blob = json.dumps({"config": self.config.defining_fields(), "data": self.data_fingerprint,
+                           "model": self.model_revision}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+    def to_dict(self) -> dict[str, str]:
+        """What logs, checkpoints and meta.json carry to name the run."""
+        return {"run_id": self.run_id, "data_fingerprint": self.data_fingerprint,
+                "model_revision": self.model_revision}
 
 
 def read_json_file(path: str) -> dict[str, Any]:

@@ -64,8 +64,9 @@ def dist_timeout() -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def init_distributed() -> DistEnv:
-    """Join the process group when the operator or torchrun asked for one."""
+def process_env() -> DistEnv:
+    """This process's place in the job, from the environment, without joining anything:
+    what a rank needs to know before deciding whether it needs its peers at all."""
     use_cuda = torch.cuda.is_available()
     if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
         for name in ("MASTER_ADDR", "MASTER_PORT"):
@@ -75,19 +76,33 @@ def init_distributed() -> DistEnv:
         rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
         local_rank = _env_int("LOCAL_RANK", 0)
         local_world = _env_int("LOCAL_WORLD_SIZE", 1)
-        timeout = dist_timeout()  # validated before anything blocks
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        backend = "nccl" if use_cuda else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://",
-                                rank=rank, world_size=world, timeout=timeout)
-        log.info("joined process group: rank %d of %d (%s, master %s:%s, timeout %ds)", rank,
-                 world, backend, os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"],
-                 timeout.total_seconds())
+        dist_timeout()  # validated before anything blocks
     else:
         rank, world, local_rank, local_world = 0, 1, 0, 1
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     return DistEnv(rank, world, local_rank, local_world, device)
+
+
+def join(env: DistEnv) -> None:
+    """Join the process group (a rendezvous with every peer) when the job has more than one."""
+    if not ("WORLD_SIZE" in os.environ and "RANK" in os.environ):
+        return
+    timeout = dist_timeout()
+    if env.device.type == "cuda":
+        torch.cuda.set_device(env.local_rank)
+    backend = "nccl" if env.device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, init_method="env://",
+                            rank=env.rank, world_size=env.world_size, timeout=timeout)
+    log.info("joined process group: rank %d of %d (%s, master %s:%s, timeout %ds)", env.rank,
+             env.world_size, backend, os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"],
+             timeout.total_seconds())
+
+
+def init_distributed() -> DistEnv:
+    """Join the process group when the operator or torchrun asked for one."""
+    env = process_env()
+    join(env)
+    return env
 
 
 def cleanup() -> None:
@@ -99,6 +114,21 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def barrier() -> None:
+    """Wait until every rank got here (no-op without a process group)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not dist.is_initialized():
+        return [obj]
+    found: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(found, obj)
+    return found
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

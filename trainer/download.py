@@ -23,16 +23,19 @@ STREAM_ATTEMPTS = 3  # whole-download attempts when the body breaks off mid-way
 CHUNK = 1024 * 1024
 
 
-def fetch(source: str, dest: Path) -> Path:
-    """An http(s) URL is downloaded to ``dest``; a local path is used where it lies."""
+def fetch(source: str, dest: Path, max_bytes: int | None = None) -> Path:
+    """An http(s) URL is downloaded to ``dest``; a local path is used where it lies. Either
+    may be at most ``max_bytes`` long (IngestError otherwise, before the disk fills)."""
     if source.startswith(("http://", "https://")):
-        download(source, dest)
+        download(source, dest, max_bytes)
         return dest
     if "://" in source:
         raise IngestError(f"source {source!r}: only http://, https:// or a local path are allowed")
     path = Path(source).expanduser()
     if not path.is_file():
         raise IngestError(f"source {source!r}: no such file")
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise IngestError(f"source {source!r} is larger than {max_bytes:,} bytes")
     return path
 
 
@@ -47,12 +50,12 @@ def _session() -> requests.Session:
     return session
 
 
-def download(url: str, dest: Path) -> None:
+def download(url: str, dest: Path, max_bytes: int | None = None) -> None:
     """Stream ``url`` to ``dest`` with progress; restart if the body breaks off."""
     with _session() as session:
         for attempt in range(1, STREAM_ATTEMPTS + 1):
             try:
-                _download_once(session, url, dest)
+                _download_once(session, url, dest, max_bytes)
                 return
             except (requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError) as e:
@@ -64,16 +67,23 @@ def download(url: str, dest: Path) -> None:
                 time.sleep(delay)
 
 
-def _download_once(session: requests.Session, url: str, dest: Path) -> None:
+def _download_once(session: requests.Session, url: str, dest: Path,
+                   max_bytes: int | None) -> None:
     with session.get(url, stream=True, timeout=TIMEOUT) as resp:
         if resp.status_code != 200:
             raise IngestError(f"download of {url} failed: HTTP {resp.status_code} "
                               f"{resp.reason}; check the dataset source URL")
         total = int(resp.headers.get("Content-Length") or 0) or None
-        progress = _progress(total, PurePosixPath(dest).name)
+        too_big = IngestError(f"download of {url}: larger than {max_bytes or 0:,} bytes")
+        if max_bytes is not None and total is not None and total > max_bytes:
+            raise too_big
+        progress, done = _progress(total, PurePosixPath(dest).name), 0
         try:
             with dest.open("wb") as f:
                 for chunk in resp.iter_content(CHUNK):
+                    done += len(chunk)
+                    if max_bytes is not None and done > max_bytes:
+                        raise too_big
                     f.write(chunk)
                     progress.update(len(chunk))
         finally:

@@ -2,10 +2,18 @@
 
 The source is a local directory, or a ``.zip`` / ``.tar.gz`` (local path or http(s)
 URL) holding one; ``train/`` and ``test/`` folders of classes are kept as they are.
-Every image is checked before anything is uploaded. A manifest of per-file sha256
-digests (a dot-file) goes last and makes re-runs a no-op. Objects are never deleted;
-the reader trains on exactly the files the manifest lists, so files removed from the
-source since an earlier ingest are ignored.
+Every image is decoded, by the trainer's own decoder, before anything is uploaded (a
+truncated JPEG fails here, not on every rank at every restart). A manifest of per-file
+sha256 digests (a dot-file) goes last and makes re-runs a no-op. Objects are never
+deleted; the reader trains on exactly the files the manifest lists, so files removed from
+the source since an earlier ingest are ignored.
+
+An archive is a hostile input until proven otherwise: before anything is unpacked, a zip's
+index, and a tar's headers as they stream by, are held to MAX_FILES files, MAX_UNPACKED_BYTES
+in all, and (above RATIO_FLOOR_BYTES) MAX_RATIO times the archive's own size; a download
+stops at MAX_ARCHIVE_BYTES. Together (3.5 GiB) they fit the stack's default ingest Job
+ephemeral storage (`ingestStorage`, 4Gi), which must hold the archive plus what it unpacks
+to. A local directory is read where it lies: nothing is unpacked.
 """
 
 from __future__ import annotations
@@ -17,9 +25,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from trainer.data import check_image_name, imagefolder_layout
 from trainer.download import fetch
-from trainer.errors import DatasetError, IngestError, ObjectNotFound
+from trainer.errors import IngestError, ObjectNotFound
+from trainer.imagefolder import check_image_name, decode_image, imagefolder_layout
 from trainer.layout import manifest_key
 from trainer.storage import Store
 
@@ -27,6 +35,14 @@ log = logging.getLogger(__name__)
 
 PREFIX = "datasets/imagefolder"
 ARCHIVES = (".zip", ".tar.gz", ".tgz")
+MAX_ARCHIVE_BYTES = 1536 * 1024**2
+MAX_UNPACKED_BYTES = 2 * 1024**3
+MAX_FILES = 500_000
+# Image files are compressed already: a zip or tar.gz of them is close to 1:1.
+MAX_RATIO = 100
+RATIO_FLOOR_BYTES = 4 * 1024**2
+# Side length the ingest check decodes to: any size decodes the whole file.
+CHECK_SIZE = 32
 
 
 def ingest_folder(store: Store, source: str, prefix: str = PREFIX) -> str:
@@ -37,9 +53,8 @@ def ingest_folder(store: Store, source: str, prefix: str = PREFIX) -> str:
                        and not any(part.startswith(".") for part in p.relative_to(root).parts))
         rel = [p.relative_to(root).as_posix() for p in files]
         imagefolder_layout([f"{prefix}/{r}" for r in rel], prefix)  # raises on a bad layout
-        for path, name in zip(files, rel):
-            _check_image(path, name)
-        manifest = "".join(f"{_sha256(p)}  {r}\n" for p, r in zip(files, rel)).encode()
+        digests = [_checked_digest(path, name) for path, name in zip(files, rel)]
+        manifest = "".join(f"{d}  {r}\n" for d, r in zip(digests, rel)).encode()
         manifest_at = manifest_key(prefix)
         try:
             if store.get_bytes(manifest_at) == manifest:
@@ -62,15 +77,15 @@ def _unpack(source: str, tmp: Path) -> Path:
     if not source.lower().endswith(ARCHIVES):
         raise IngestError(f"imagefolder source {source!r}: expected a directory or one of "
                           f"{', '.join(ARCHIVES)}")
-    archive = fetch(source, tmp / Path(source).name)
+    archive = fetch(source, tmp / Path(source).name, max_bytes=MAX_ARCHIVE_BYTES)
     out = tmp / "unpacked"
+    out.mkdir()
+    limits = _Limits(source, archive.stat().st_size)
     try:
         if source.lower().endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:  # zipfile drops absolute and '..' parts
-                zf.extractall(out)
+            _unzip(archive, out, limits)
         else:
-            with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(out, filter="data")  # refuses links and paths outside `out`
+            _untar(archive, out, limits)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
         raise IngestError(f"imagefolder source {source!r}: cannot unpack ({e})") from None
     entries = [p for p in out.iterdir() if not p.name.startswith(".")]
@@ -81,16 +96,54 @@ def _unpack(source: str, tmp: Path) -> Path:
     return out
 
 
-def _check_image(path: Path, name: str) -> None:
-    from PIL import Image
+class _Limits:
+    """Running totals of what an archive unpacks to, checked before each file is written."""
 
+    def __init__(self, source: str, archive_bytes: int):
+        self.source, self.archive_bytes = source, max(1, archive_bytes)
+        self.files = self.total = 0
+
+    def add(self, size: int) -> None:
+        self.files += 1
+        self.total += size
+        if self.files > MAX_FILES:
+            raise IngestError(f"imagefolder source {self.source!r} holds {self.files:,} files, "
+                              f"more than {MAX_FILES:,}")
+        if self.total > MAX_UNPACKED_BYTES:
+            raise IngestError(f"imagefolder source {self.source!r} unpacks to more than "
+                              f"{MAX_UNPACKED_BYTES:,} bytes")
+        if self.total > RATIO_FLOOR_BYTES and self.total > MAX_RATIO * self.archive_bytes:
+            raise IngestError(f"imagefolder source {self.source!r} is compressed more than "
+                              f"{MAX_RATIO}:1 ({self.archive_bytes:,} bytes unpack to "
+                              f"{self.total:,} so far): not a folder of images")
+
+
+def _unzip(archive: Path, out: Path, limits: _Limits) -> None:
+    """Every limit is checked from the zip's index before one file is written; zipfile then
+    writes no member beyond the size its index gives, and drops absolute and '..' parts."""
+    with zipfile.ZipFile(archive) as zf:
+        members = [info for info in zf.infolist() if not info.is_dir()]
+        for info in members:
+            limits.add(info.file_size)
+        for info in members:
+            zf.extract(info, out)
+
+
+def _untar(archive: Path, out: Path, limits: _Limits) -> None:
+    """A tar.gz has no index: its members are streamed, each checked before it is written."""
+    with tarfile.open(archive, "r|gz") as tar:
+        for info in tar:
+            if info.isfile():
+                limits.add(info.size)
+            tar.extract(info, out, filter="data")  # refuses links and paths outside `out`
+
+
+def _checked_digest(path: Path, name: str) -> str:
+    """The file's sha256, once it decodes with the trainer's own decoder."""
     check_image_name(name)
-    try:
-        with Image.open(path) as img:
-            img.verify()
-    except Exception as e:  # PIL raises many types for a broken file
-        raise DatasetError(f"{name}: cannot be decoded as an image ({e})") from e
+    data = path.read_bytes()
+    decode_image(data, CHECK_SIZE, name)
+    return hashlib.sha256(data).hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+

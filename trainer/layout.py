@@ -8,11 +8,14 @@ store keeps it as a directory. Stdlib only.
 ```
 datasets/<dataset>/...                                   ingested data
 models/<name>/runs/<run_id>/checkpoints/epoch-0007.pt    full training state
+models/<name>/versions/<version>/claim.json             created exclusively, first
 models/<name>/versions/<version>/{model.pt2, meta.json, metrics.json, *.png, examples/}
-models/<name>/latest.json                                {"version": ...}, moved last
+models/<name>/sequence.json                              last publication sequence handed out
+models/<name>/latest.json                                {"version": ..., "sequence": ...}, moved last
 metrics/<name>/<version>.json                            copy of metrics.json
 ```
-``<name>`` is :func:`model_name` (``<model>-<dataset>``).
+``<name>`` is :func:`model_name` (``<model>-<dataset>``); ``<version>`` is
+:func:`version_name` (``<UTC %Y%m%dT%H%M%SZ>-<run_id>``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ META_FILE = "meta.json"
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt2"
 LATEST_FILE = "latest.json"
+CLAIM_FILE = "claim.json"
+SEQUENCE_FILE = "sequence.json"
 VERSION_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
 _CHECKPOINT = re.compile(r"/epoch-(\d{4,})\.pt$")
@@ -90,6 +95,11 @@ def bucket_names(prefix: str = "") -> dict[str, str]:
 def model_name(model: str, dataset: str) -> str:
     """``<model>-<dataset>``: the folder of a model's runs and versions, and what the app serves."""
     return f"{model}-{dataset}"
+
+
+def version_name(timestamp: str, run_id: str) -> str:
+    """``<UTC %Y%m%dT%H%M%SZ>-<run_id>``: sorts by time, unique per run."""
+    return f"{timestamp}-{run_id}"
 
 
 def dataset_prefix(dataset: str, prefix: str | None = None) -> str:
@@ -141,6 +151,10 @@ class ModelKeys:
     def versions(self) -> str:
         return f"models/{self.name}/versions/"
 
+    @property
+    def sequence(self) -> str:
+        return f"models/{self.name}/{SEQUENCE_FILE}"
+
     def run(self, run_id: str) -> str:
         return f"models/{self.name}/runs/{run_id}/"
 
@@ -160,6 +174,9 @@ class ModelKeys:
 
     def meta(self, version: str) -> str:
         return self.version_file(version, META_FILE)
+
+    def claim(self, version: str) -> str:
+        return self.version_file(version, CLAIM_FILE)
 
     def metrics_copy(self, version: str) -> str:
         return f"metrics/{self.name}/{version}.json"

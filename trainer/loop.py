@@ -2,7 +2,10 @@
 
 Each rank trains on its own shard of a per-epoch permutation that every rank derives
 from (seed, epoch), so shards are disjoint without any communication, and the same
-run can resume with a different world size.
+run can resume with a different world size. Like torch's DistributedSampler, the
+permutation is padded by wrapping around to a multiple of the world size, so every rank
+gets ceil(n / world) examples and runs the same number of steps, and no example is
+left out of an epoch.
 """
 
 from __future__ import annotations
@@ -35,18 +38,32 @@ def lr_at(cfg: TrainConfig, progress: float) -> float:
 
 
 def shard_indices(n: int, *, seed: int, epoch: int, rank: int, world: int) -> torch.Tensor:
-    """This rank's equal-sized share of epoch ``epoch``'s permutation of ``range(n)``."""
+    """This rank's ceil(n / world) examples of epoch ``epoch``'s permutation of ``range(n)``,
+    padded by wrapping around (the last ranks repeat at most world - 1 examples)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    per_rank = n // world
-    return torch.randperm(n, generator=generator)[rank * per_rank:(rank + 1) * per_rank]
+    per_rank = math.ceil(n / world)
+    order = torch.randperm(n, generator=generator)
+    if per_rank * world > n:
+        order = order.repeat(math.ceil(per_rank * world / n))[:per_rank * world]
+    return order[rank * per_rank:(rank + 1) * per_rank]
 
 
 def batches_of(indices: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Full batches only (a trailing partial batch would skew BatchNorm); at least one."""
+    """Every index, in batches of at most ``batch_size`` and at least half of it.
+
+    BatchNorm normalizes a batch by the batch's own statistics and folds them into the
+    running statistics that evaluation and the exported model use; a batch of a few images
+    gives noisy ones. So a last partial batch of at least half a batch is kept as it is, and
+    a smaller remainder is split evenly with the full batch before it (two batches of at
+    least half a batch each). A shard smaller than a batch is one batch.
+    """
     if len(indices) <= batch_size:
         return [indices]
-    full = len(indices) // batch_size * batch_size
-    return list(indices[:full].split(batch_size))
+    batches = list(indices.split(batch_size))
+    if len(batches[-1]) * 2 < batch_size:
+        merged = torch.cat(batches[-2:])
+        batches[-2:] = [merged[:len(merged) // 2], merged[len(merged) // 2:]]
+    return batches
 
 
 def precision_for(device: torch.device, precision: str = "auto") -> str:
@@ -121,9 +138,13 @@ class EpochRunner:
                 "img_per_s": count / seconds, "train_seconds": seconds}
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batch_size: int = 512) -> tuple[dict, list[list[int]]]:
+    def evaluate(self, model: nn.Module, batch_size: int | None = None
+                 ) -> tuple[dict, list[list[int]]]:
         """Test loss/accuracy and confusion matrix (rows = true class), over all ranks."""
-        # fp32, like the published model: the metrics describe what gets served
+        # fp32, like the published model: the metrics describe what gets served. Batches of
+        # the training batch size: a forward pass without gradients then needs less memory
+        # than a training step, so evaluation never raises the process's peak.
+        batch_size = batch_size or self.cfg.batch_size
         model.eval()
         env, classes = self.env, self.num_classes
         shard = torch.arange(env.rank, len(self.test_labels), env.world_size, device=env.device)

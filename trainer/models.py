@@ -6,12 +6,44 @@ reproducible from the config alone.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+
 from torch import nn
 from torchvision.models import resnet18 as tv_resnet18
 
 from trainer.config import MODELS
 
-__all__ = ["MODELS", "SmallCNN", "build_model", "resnet18_cifar", "resnet18_imagenet"]
+__all__ = ["MODELS", "MODEL_REVISIONS", "SmallCNN", "architecture_signature", "build_model",
+           "model_revision", "resnet18_cifar", "resnet18_imagenet"]
+
+# Part of every run's identity (trainer.config.RunIdentity): bump a model's revision whenever
+# a change to its code changes what training computes, so no run resumes or republishes
+# weights of the old code. tests/trainer/test_models.py records each revision's
+# architecture_signature and fails when the code changes without a bump.
+MODEL_REVISIONS = {"resnet18": 1, "resnet18-imagenet": 1, "smallcnn": 1}
+
+
+def model_revision(name: str) -> str:
+    """``<model>@<revision>``: what a run's identity records of the model code."""
+    if name not in MODEL_REVISIONS:
+        raise ValueError(f"model {name!r} is not known; choose one of {', '.join(MODELS)}")
+    return f"{name}@{MODEL_REVISIONS[name]}"
+
+
+def architecture_signature(name: str) -> str:
+    """sha256 of a model's layers (their repr), every parameter and buffer name, shape and
+    dtype, and the source of the project's own forward code, for 1- and 3-channel inputs."""
+    digest = hashlib.sha256()
+    for in_channels in (1, 3):
+        model = build_model(name, in_channels=in_channels, num_classes=10)
+        digest.update(repr(model).encode())
+        for key, tensor in model.state_dict().items():
+            digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        for module in model.modules():
+            if type(module).__module__ == __name__:
+                digest.update(inspect.getsource(type(module)).encode())
+    return digest.hexdigest()
 
 
 def build_model(name: str, *, in_channels: int, num_classes: int) -> nn.Module:

@@ -152,9 +152,20 @@ class VersionMeta:
     """Files of the version folder a reader downloads (paths relative to it)."""
     examples: list[str] = field(default_factory=list)
     """Example test images (``examples/<index>-<class>.png``), for clickable examples."""
+    sequence: int = 0
+    """Publication order of the model's versions, allocated by a conditional write once the
+    version's files are uploaded (0: written before sequences existed). latest.json moves
+    to a version only if its sequence is higher: pods' clocks need not agree."""
+    data_fingerprint: str = ""
+    """The run's data fingerprint (trainer.config.RunIdentity)."""
+    model_revision: str = ""
+    """The run's model-code revision, ``<model>@<n>``."""
 
     def __post_init__(self) -> None:
-        for name in ("model", "dataset", "run_id", "created_at"):
+        _require(type(self.sequence) is int and self.sequence >= 0, "meta.json sequence",
+                 "an integer >= 0", self.sequence)
+        for name in ("model", "dataset", "run_id", "created_at", "data_fingerprint",
+                     "model_revision"):
             _require(isinstance(getattr(self, name), str), f"meta.json {name}", "a string",
                      getattr(self, name))
         _require(isinstance(self.version, str) and bool(self.version) and "/" not in self.version,
@@ -206,3 +217,70 @@ class VersionMeta:
     def downloads(self) -> list[str]:
         """Every file a reader fetches: the model first, then listed files and examples."""
         return list(dict.fromkeys([MODEL_FILE, *self.files, *self.examples]))
+
+
+def _record(cls, data: bytes | str, where: str):
+    """Parse and validate one of the small trainer-written JSON records below."""
+    try:
+        return cls(**_known(cls, _loads(data, where), where))
+    except TypeError as e:
+        raise MetaError(f"{where}: {e}") from None
+
+
+@dataclass(frozen=True)
+class Latest:
+    """``latest.json``: the version readers serve. Readers need only ``version``."""
+
+    version: str
+    sequence: int = 0
+    """The version's meta.json sequence (0 if written before sequences existed)."""
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.version, str) and bool(self.version) and "/" not in self.version,
+                 "latest.json version", "a non-empty name without '/'", self.version)
+        _require(type(self.sequence) is int and self.sequence >= 0, "latest.json sequence",
+                 "an integer >= 0", self.sequence)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Latest:
+        return _record(cls, data, "latest.json")
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self)).encode()
+
+
+@dataclass(frozen=True)
+class VersionClaim:
+    """``claim.json``: created exclusively before anything else in a version folder; the
+    run that created it is the only one that writes there."""
+
+    run_id: str
+    writer: str
+    """A random id of the claiming process: tells its own claim from another's after a
+    retried request whose first attempt did succeed."""
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> VersionClaim:
+        return _record(cls, data, "claim.json")
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self)).encode()
+
+
+@dataclass(frozen=True)
+class SequenceCounter:
+    """``sequence.json``: the last publication sequence number of a model name handed out."""
+
+    last: int
+    writer: str
+
+    def __post_init__(self) -> None:
+        _require(type(self.last) is int and self.last >= 0, "sequence.json last",
+                 "an integer >= 0", self.last)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> SequenceCounter:
+        return _record(cls, data, "sequence.json")
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self)).encode()

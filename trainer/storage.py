@@ -1,4 +1,5 @@
-"""The storage seam: one small interface, a local directory and an S3 implementation.
+"""The storage seam: one small interface (trainer.storebase), a local directory
+(trainer.localstore) and an S3 implementation (here), opened from a URL.
 
 Keys look like ``models/resnet18-cifar10/latest.json`` (trainer.layout spells them).
 Their first segment is the bucket (``datasets``, ``models``, ``metrics``); the local
@@ -8,6 +9,7 @@ it is and vice versa.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import io
@@ -15,128 +17,49 @@ import logging
 import os
 import random
 import re
-import tempfile
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, TypeVar
 
-from trainer.errors import BucketNotFound, ConfigError, ObjectNotFound, StoreError
+from trainer.errors import (
+    BucketNotFound,
+    ConfigError,
+    ObjectNotFound,
+    PreconditionFailed,
+    StoreError,
+)
 from trainer.layout import BUCKET_PREFIX_ENV, BUCKETS, bucket_names, split_key
+from trainer.localstore import LocalStore
+from trainer.storebase import Store
 
 log = logging.getLogger(__name__)
 
 STORE_ENV = "TRAINSTACK_STORE"
 T = TypeVar("T")
+__all__ = ["BUCKETS", "STORE_ENV", "BucketNotFound", "LocalStore", "ObjectNotFound",
+           "PreconditionFailed", "S3Store", "Store", "StoreError", "open_store"]
 
 
-class Store(ABC):
-    """What the trainer and the app need from object storage, nothing more."""
+class _StreamErrors(io.RawIOBase):
+    """A streamed S3 response whose read failures are StoreErrors (a broken-off download
+    cannot be retried transparently in the middle of a stream)."""
 
-    url: str
+    def __init__(self, resp, what: str):
+        super().__init__()
+        self.resp, self.what = resp, what
 
-    @abstractmethod
-    def get_bytes(self, key: str) -> bytes: ...
+    def readable(self) -> bool:
+        return True
 
-    @abstractmethod
-    def put_bytes(self, key: str, data: bytes) -> None:
-        """Write an object; readers see the old or the new content, never a mix."""
+    def readinto(self, buffer) -> int:
+        from urllib3.exceptions import HTTPError
 
-    @abstractmethod
-    def exists(self, key: str) -> bool: ...
-
-    @abstractmethod
-    def list(self, prefix: str) -> list[str]:
-        """Every key under ``prefix`` (recursively), sorted."""
-
-    @abstractmethod
-    def ensure_buckets(self, buckets: tuple[str, ...] = BUCKETS) -> list[str]:
-        """Create missing buckets; return the ones that were created."""
-
-    def put_file(self, key: str, path: str | os.PathLike) -> None:
-        self.put_bytes(key, Path(path).read_bytes())
-
-    def get_file(self, key: str, path: str | os.PathLike) -> Path:
-        """Download ``key`` to ``path`` atomically (a reader never sees half a file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, self.get_bytes(key))
-        return path
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.url})"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-class LocalStore(Store):
-    """A directory with the bucket layout; the embedded default for demos and tests."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root).expanduser().resolve()
-        self.url = str(self.root)
-
-    def _path(self, key: str) -> Path:
-        bucket, name = split_key(key)
-        path = (self.root / bucket / name).resolve()
-        if self.root not in path.parents:
-            raise ValueError(f"store key {key!r} escapes the store root")
-        return path
-
-    def _bucket_dir(self, key: str) -> Path:
-        bucket_dir = self.root / split_key(key)[0]
-        if not bucket_dir.is_dir():
-            raise BucketNotFound(
-                f"bucket {bucket_dir.name!r} does not exist in {self.url}; "
-                "run `python -m trainer buckets` first"
-            )
-        return bucket_dir
-
-    def get_bytes(self, key: str) -> bytes:
-        self._bucket_dir(key)
         try:
-            return self._path(key).read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
-            raise ObjectNotFound(f"object {key!r} not found in {self.url}") from None
-
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self._bucket_dir(key)
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, data)
-
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
-
-    def list(self, prefix: str) -> list[str]:
-        bucket = prefix.strip("/").partition("/")[0]
-        bucket_dir = self.root / bucket
-        if not bucket or not bucket_dir.is_dir():
-            return []
-        keys = (
-            p.relative_to(self.root).as_posix()
-            for p in bucket_dir.rglob("*")
-            if p.is_file() and not p.name.startswith(".")
-        )
-        return sorted(k for k in keys if k.startswith(prefix))
-
-    def ensure_buckets(self, buckets: tuple[str, ...] = BUCKETS) -> list[str]:
-        created = [b for b in buckets if not (self.root / b).is_dir()]
-        for bucket in buckets:
-            (self.root / bucket).mkdir(parents=True, exist_ok=True)
-        return created
+            data = self.resp.read(len(buffer))
+        except (HTTPError, OSError) as e:
+            raise StoreError(f"{self.what} broke off: {e}") from e
+        buffer[:len(data)] = data
+        return len(data)
 
 
 class S3Store(Store):
@@ -237,6 +160,60 @@ class S3Store(Store):
         objects = self._call("list", prefix, lambda: list(
             self.client.list_objects(bucket, prefix=rest or None, recursive=True)))
         return sorted(f"{bucket}/{o.object_name}" for o in objects)
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        bucket, name = split_key(key)
+
+        def get() -> tuple[bytes, str]:
+            resp = self.client.get_object(bucket, name)
+            try:
+                return resp.read(), resp.headers.get("ETag", "").strip('"')
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._call("get", key, get)
+
+    def put_if_absent(self, key: str, data: bytes) -> str:
+        return self._put_conditional(key, data, {"If-None-Match": "*"})
+
+    def put_if_match(self, key: str, data: bytes, tag: str) -> str:
+        return self._put_conditional(key, data, {"If-Match": f'"{tag}"'})
+
+    def _put_conditional(self, key: str, data: bytes, condition: dict[str, str]) -> str:
+        """The one place that sends S3's conditional-write headers. minio's put_object takes
+        no headers; its _put_object (one PUT, which put_object also ends in) passes them."""
+        from minio.error import S3Error
+
+        bucket, name = split_key(key)
+
+        def put() -> str:
+            try:
+                return self.client._put_object(bucket, name, data, headers=condition).etag
+            except S3Error as e:
+                # 412: the condition failed; 409: a concurrent conditional write won;
+                # 404 on If-Match: the object it names is gone.
+                if e.code in ("PreconditionFailed", "ConditionalRequestConflict") or (
+                        "If-Match" in condition and e.code in ("NoSuchKey", "NoSuchObject")):
+                    raise PreconditionFailed(f"conditional put {key!r} on {self.url}: "
+                                             f"{e.code}") from None
+                raise
+
+        return self._call("put", key, put).strip('"')
+
+    def delete(self, key: str) -> None:
+        bucket, name = split_key(key)
+        self._call("delete", key, lambda: self.client.remove_object(bucket, name))
+
+    @contextlib.contextmanager
+    def open_read(self, key: str) -> Iterator[BinaryIO]:
+        bucket, name = split_key(key)
+        resp = self._call("get", key, lambda: self.client.get_object(bucket, name))
+        try:
+            yield _StreamErrors(resp, f"get {key!r} from {self.url}")
+        finally:
+            resp.close()
+            resp.release_conn()
 
     def ensure_buckets(self, buckets: tuple[str, ...] = BUCKETS) -> list[str]:
         """Create missing buckets; return the store's names (prefixed) of those created."""

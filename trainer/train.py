@@ -1,8 +1,16 @@
-"""`python -m trainer train`: set up, resume, train every remaining epoch, publish.
+"""`python -m trainer train`: load the data, resume, train every remaining epoch, publish.
 
-Only rank 0 writes to the store (checkpoints, the published version); every rank
-reads the same checkpoint on start, so a run resumes after a crash, a pod restart or
-a rescale to another world size.
+Only rank 0 writes to the store (checkpoints, the published version); every rank reads the
+same checkpoint on start, so a run resumes after a crash, a pod restart or a rescale to
+another world size.
+
+Only training needs the peers. Every rank loads its data before any rendezvous: the data's
+fingerprint is part of the run's identity, so each rank can tell whether the run is already
+trained. If it is, rank 0 publishes (or finishes publishing) alone and the others exit at
+once: the operator restarts a failed Master without its Workers, which already exited 0.
+After the last epoch every rank waits until rank 0's final checkpoint is durable, so no rank
+succeeds while the run could still be lost; ranks that loaded different data (an ingest
+between their loads) stop with an error instead of training on different data.
 """
 
 from __future__ import annotations
@@ -17,11 +25,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer import checkpoint, distributed
-from trainer.checkpoint import TrainingState
-from trainer.config import TrainConfig
+from trainer.checkpoint import TrainingState, UnusableCheckpoint
+from trainer.config import RunIdentity, TrainConfig
+from trainer.errors import DatasetError, StoreError
 from trainer.layout import ModelKeys
 from trainer.loop import EpochRunner
-from trainer.models import build_model
+from trainer.models import build_model, model_revision
 from trainer.onepixel import use_one_pixel_convs
 from trainer.publish import TrainingResult, finish_publication, publish, published_version_of
 from trainer.schema import EpochRecord
@@ -54,59 +63,129 @@ def build_training(cfg: TrainConfig, env: distributed.DistEnv, bundle):
     return model, optimizer
 
 
-def resume(store: Store, cfg: TrainConfig, env, model, optimizer) -> TrainingState:
-    """The newest complete checkpoint (chosen by rank 0) loaded into every rank, or a fresh state."""
-    found = None
-    if env.is_main:
-        found = checkpoint.newest_loadable(store, cfg.model_name, cfg.run_id)
+def resume(store: Store, identity: RunIdentity, env, model, optimizer) -> TrainingState:
+    """The newest checkpoint that fits (chosen by rank 0) loaded into every rank, or a fresh state."""
+    found = checkpoint.newest_resumable(store, identity, model) if env.is_main else None
     key = distributed.broadcast_object(found[0] if found else None)
     if key is None:
-        return TrainingState(run_id=cfg.run_id, config=cfg.to_dict())
-    state = found[1] if env.is_main else checkpoint.load_checkpoint(store, key)
+        return TrainingState.fresh(identity)
+    state = found[1] if env.is_main else checkpoint.load_fitting(store, key, identity, model)
     state.restore(model, optimizer, env.device)
-    log.info(json.dumps({"event": "resume", "run_id": cfg.run_id, "checkpoint": key,
+    log.info(json.dumps({"event": "resume", "run_id": identity.run_id, "checkpoint": key,
                          "epoch": state.epoch, "saved_world_size": state.world_size,
                          "world_size": env.world_size}))
     return state
+
+
+def check_same_data(fingerprint: str, env: distributed.DistEnv) -> None:
+    """Every rank stops, with the same message, unless all loaded the same data."""
+    found = distributed.gather_objects(fingerprint)
+    if len(set(found)) > 1:
+        ranks = ", ".join(f"rank {rank}: {value}" for rank, value in enumerate(found))
+        raise DatasetError(f"the dataset differs between ranks ({ranks}): it changed while "
+                           "they loaded it (an ingest?); restart the job once it has finished")
+
+
+def finished_run(store: Store, identity: RunIdentity) -> tuple[str, str] | None:
+    """``("published", version)`` or ``("trained", final checkpoint)``: a run that needs no
+    more training (and so no peers); None if it does."""
+    name, run_id = identity.config.model_name, identity.run_id
+    version = published_version_of(store, name, run_id)
+    if version is not None:
+        return "published", version
+    final = ModelKeys(name).checkpoint(run_id, identity.config.epochs)
+    return ("trained", final) if store.exists(final) else None
 
 
 def run_training(cfg: TrainConfig, store: Store) -> str | None:
     """Train the run of ``cfg`` to the end; rank 0 returns the published version."""
     from trainer.data import load_dataset
 
-    env = distributed.init_distributed()
+    env = distributed.process_env()
     threads = distributed.configure_cpu_threads(env) if env.device.type == "cpu" else None
-    log.info(json.dumps({"event": "start", "run_id": cfg.run_id, "model": cfg.model_name,
+    bundle = load_dataset(cfg.dataset, store, prefix=cfg.data_prefix, image_size=cfg.image_size,
+                          synthetic_size=cfg.synthetic_size, seed=cfg.seed)
+    identity = RunIdentity(cfg, bundle.fingerprint, model_revision(cfg.model))
+    log.info(json.dumps({"event": "start", **identity.to_dict(), "model": cfg.model_name,
                          "rank": env.rank, "world_size": env.world_size,
                          "device": str(env.device), "cpu_threads": threads,
                          "config": cfg.to_dict()}))
-    bundle = load_dataset(cfg.dataset, store, prefix=cfg.data_prefix, image_size=cfg.image_size,
-                          synthetic_size=cfg.synthetic_size, seed=cfg.seed)
+    finished = finished_run(store, identity)
+    if finished is not None:
+        return finish_alone(store, identity, env, bundle, finished)
+    distributed.join(env)
+    check_same_data(bundle.fingerprint, env)
     model, optimizer = build_training(cfg, env, bundle)
-    state = resume(store, cfg, env, model, optimizer)
+    state = resume(store, identity, env, model, optimizer)
+    train_remaining(store, identity, env, model, optimizer, bundle, state)
+    # No rank may succeed before the run's final checkpoint is durable: the operator never
+    # restarts a replica that exited 0, and a restarted Master publishes from that checkpoint.
+    distributed.barrier()
+    log.info(json.dumps({"event": "trained", "run_id": identity.run_id, "rank": env.rank,
+                         "epochs": len(state.history), "weights_sha256": weights_digest(model)}))
+    if not env.is_main:
+        return None
+    return publish_run(store, TrainingResult(identity, model, bundle, state))
+
+
+def train_remaining(store: Store, identity: RunIdentity, env, model, optimizer, bundle,
+                    state: TrainingState) -> None:
+    """Every epoch after ``state.epoch``; rank 0 checkpoints each (keeping the newest few)."""
+    cfg, keys = identity.config, ModelKeys(identity.config.model_name)
     train_model = model
     if env.world_size > 1:
         device_ids = [env.device.index] if env.device.type == "cuda" else None
         train_model = DistributedDataParallel(model, device_ids=device_ids)
     runner = EpochRunner(cfg, env, train_model, optimizer, bundle)
-    keys = ModelKeys(cfg.model_name)
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         record, confusion = run_epoch(runner, model, epoch)
         state.record_epoch(record, confusion, env.world_size)
         if env.is_main:
             state.capture(model, optimizer, env.device)
-            checkpoint.save_checkpoint(store, keys.checkpoint(cfg.run_id, epoch), state)
-    log.info(json.dumps({"event": "trained", "run_id": cfg.run_id, "rank": env.rank,
-                         "epochs": len(state.history), "weights_sha256": weights_digest(model)}))
+            checkpoint.save_checkpoint(store, keys.checkpoint(identity.run_id, epoch), state)
+            checkpoint.prune_checkpoints(store, cfg.model_name, identity.run_id,
+                                         cfg.keep_checkpoints)
+
+
+def finish_alone(store: Store, identity: RunIdentity, env, bundle,
+                 finished: tuple[str, str]) -> str | None:
+    """A run that needs no more training: rank 0 publishes it (or finishes its publication)
+    without any peer; every other rank has nothing to do."""
+    kind, where = finished
+    log.info(json.dumps({"event": "finished", "run_id": identity.run_id, "rank": env.rank,
+                         kind: where}))
     if not env.is_main:
         return None
-    version = published_version_of(store, cfg.model_name, cfg.run_id)
-    if version is not None:
-        # A restart after publication (or after a crash in its last steps) reuses it.
-        finish_publication(store, cfg.model_name, version)
-        log.info("run %s is already published as version %s", cfg.run_id, version)
-        return version
-    return publish(store, TrainingResult(cfg, model, bundle, state))
+    if kind == "published":
+        return _done(store, identity, where, finish_publication(store, identity.config.model_name,
+                                                                where))
+    model, _ = build_training(identity.config, env, bundle)
+    try:
+        state = checkpoint.load_fitting(store, where, identity, model)
+    except UnusableCheckpoint as e:
+        raise StoreError(f"the run's final checkpoint cannot be used ({e}); delete it to train "
+                         "the last epoch again") from None
+    model.load_state_dict(state.model)
+    return publish_run(store, TrainingResult(identity, model, bundle, state))
+
+
+def publish_run(store: Store, result: TrainingResult) -> str:
+    """Rank 0, after the last epoch: publish (once per run), then drop the run's checkpoints."""
+    identity = result.identity
+    version = published_version_of(store, identity.config.model_name, identity.run_id)
+    if version is None:
+        version = publish(store, result)
+        moved = None
+    else:  # published by another job of the same run meanwhile
+        moved = finish_publication(store, identity.config.model_name, version)
+    return _done(store, identity, version, moved)
+
+
+def _done(store: Store, identity: RunIdentity, version: str, moved: bool | None) -> str:
+    # A published run resumes from its version, not a checkpoint: none is kept.
+    checkpoint.prune_checkpoints(store, identity.config.model_name, identity.run_id, keep=0)
+    log.info(json.dumps({"event": "done", "run_id": identity.run_id, "version": version}))
+    return version
 
 
 def run_epoch(runner: EpochRunner, model: nn.Module, epoch: int) -> tuple[EpochRecord, list]:

@@ -29,3 +29,19 @@ def test_bench_prints_every_figure_and_the_summary_line_last():
     assert LAST_LINE.fullmatch(lines[-1]), lines[-1]
     for figure in ("(1) compute", "(2) trainer", "(3) baseline", "2 DDP processes"):
         assert any(figure in line for line in lines), figure
+
+
+MEMORY_LINE = re.compile(r"peak_rss_mib=\d+ peak_anon_mib=\d+")
+
+
+def test_memory_bench_reports_every_phase_of_every_rank_and_the_summary_line_last():
+    result = subprocess.run(
+        [sys.executable, "bench/train_memory.py", "--model", "smallcnn", "--batch-size", "16",
+         "--steps", "2", "--world", "2", "--batch-images", "40"],
+        cwd=REPO_ROOT, env=trainer_env(), capture_output=True, text=True, timeout=300,
+        check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert MEMORY_LINE.fullmatch(lines[-1]), lines[-1]
+    for rank, phase in [(0, "export"), (0, "checkpoint"), (1, "evaluate")]:
+        assert any(line.startswith(f"rank {rank} after {phase}") for line in lines), lines

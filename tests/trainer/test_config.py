@@ -1,4 +1,4 @@
-"""TrainConfig validation, run_id, and how the CLI merges a config file with flags."""
+"""TrainConfig validation, the fields that define a run, and how the CLI merges a config file with flags."""
 
 from __future__ import annotations
 
@@ -42,14 +42,15 @@ def test_bad_values_name_the_key_and_what_is_allowed(key, value, message):
         TrainConfig.from_dict({**STACK_KEYS, key: value})
 
 
-def test_run_id_covers_what_defines_the_result_only():
-    base = TrainConfig.from_dict(STACK_KEYS)
-    assert base.run_id == TrainConfig.from_dict(dict(STACK_KEYS)).run_id
-    assert base.run_id == TrainConfig.from_dict({**STACK_KEYS, "log_every": 5}).run_id
-    assert base.run_id == TrainConfig.from_dict({**STACK_KEYS, "augment": "crop"}).run_id
+def test_defining_fields_are_what_defines_the_result_only():
+    """What RunIdentity hashes of the config (test_models.py: data and model code too)."""
+    base = TrainConfig.from_dict(STACK_KEYS).defining_fields()
+    for operational in ({"log_every": 5}, {"precision": "fp32"}, {"keep_checkpoints": 5},
+                        {"augment": "crop"}):  # digits' "auto" is "crop"
+        assert TrainConfig.from_dict({**STACK_KEYS, **operational}).defining_fields() == base
     for key, value in [("seed", 8), ("lr", 0.05), ("epochs", 4), ("batch_size", 32),
-                       ("model", "resnet18"), ("augment", "none")]:
-        assert TrainConfig.from_dict({**STACK_KEYS, key: value}).run_id != base.run_id, key
+                       ("model", "resnet18"), ("augment", "none"), ("image_size", 16)]:
+        assert TrainConfig.from_dict({**STACK_KEYS, key: value}).defining_fields() != base, key
 
 
 def test_digits_are_not_flipped_by_default():

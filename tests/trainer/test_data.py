@@ -22,7 +22,7 @@ from tests.trainer.cifar_fixtures import (
     make_batches,
 )
 from trainer import cifar
-from trainer.data import DATASETS, load_dataset
+from trainer.data import DATASETS, channel_stats, load_dataset
 from trainer.errors import DatasetError
 from trainer.layout import MANIFEST_NAME, cifar10_key
 
@@ -248,3 +248,60 @@ def test_config_module_imports_without_torch():
     code = ("import sys, trainer.config; "
             "assert not [n for n in sys.modules if n.split('.')[0] in ('torch', 'numpy')]")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_imagefolder_decompression_bomb_is_a_dataset_error_naming_the_file(local_store):
+    """Tiny on disk, 225 megapixels decoded: PIL refuses it, the trainer names it."""
+    _fill_folder(local_store, "datasets/pets", per_class=2)
+    buf = io.BytesIO()
+    Image.new("1", (15_000, 15_000)).save(buf, format="PNG")
+    local_store.put_bytes("datasets/pets/dog/bomb.png", buf.getvalue())
+    with pytest.raises(DatasetError, match="datasets/pets/dog/bomb.png: .*pixels"):
+        load_dataset("imagefolder", local_store, prefix="datasets/pets")
+
+
+def test_imagefolder_larger_than_its_memory_limit_is_refused_before_decoding(local_store):
+    _fill_folder(local_store, "datasets/pets", per_class=10)  # 20 x 3 x 64 x 64 = 245,760 bytes
+    with pytest.raises(DatasetError, match=r"20 images of 3x64x64 decode to 245,760 bytes.*"
+                                           r"limit of 100,000 bytes.*image_size"):
+        load_dataset("imagefolder", local_store, prefix="datasets/pets", image_size=64,
+                     max_decoded_bytes=100_000)
+    bundle = load_dataset("imagefolder", local_store, prefix="datasets/pets", image_size=64,
+                          max_decoded_bytes=245_760)
+    assert len(bundle.train) + len(bundle.test) == 20
+
+
+def test_channel_stats_are_exact_for_uint8_images():
+    images = torch.randint(0, 256, (50, 3, 9, 7), dtype=torch.uint8)
+    x = images.transpose(0, 1).reshape(3, -1).double() / 255
+    mean, std = channel_stats(images)
+    assert mean == tuple(round(v, 6) for v in x.mean(1).tolist())
+    assert std == tuple(round(v, 6) for v in x.std(1, correction=0).tolist())
+    flat = torch.full((4, 1, 2, 2), 9, dtype=torch.uint8)
+    assert channel_stats(flat) == ((round(9 / 255, 6),), (1.0,))  # constant: left unscaled
+
+
+def test_cifar10_replaced_behind_the_ingests_back_is_a_clear_error(local_store, batches):
+    """The digest the ingest wrote next to the archive must be the archive's: an ingest
+    uploading a new archive (digest not yet written) never trains as the old run."""
+    old = archive_bytes(batches)
+    _put_cifar(local_store, old)
+    local_store.put_bytes(CIFAR10_KEY + ".sha256",
+                          f"{hashlib.sha256(old).hexdigest()}  x\n".encode())
+    assert load_dataset("cifar10", local_store).fingerprint == \
+        f"sha256:{hashlib.sha256(old).hexdigest()}"
+    local_store.put_bytes(CIFAR10_KEY, archive_bytes(make_batches(per_class=2, seed=9)))
+    with pytest.raises(DatasetError, match="not what the ingest recorded"):
+        load_dataset("cifar10", local_store)
+
+
+def test_imagefolder_fingerprint_is_the_manifests_and_follows_the_content(local_store):
+    _fill_folder(local_store, "datasets/pets", per_class=3)
+    by_hand = load_dataset("imagefolder", local_store, prefix="datasets/pets").fingerprint
+    _write_manifest(local_store, "datasets/pets", local_store.list("datasets/pets/"))
+    manifest = local_store.get_bytes(f"datasets/pets/{MANIFEST_NAME}")
+    listed = load_dataset("imagefolder", local_store, prefix="datasets/pets").fingerprint
+    assert listed == by_hand == f"sha256:{hashlib.sha256(manifest).hexdigest()}"
+    local_store.put_bytes("datasets/pets/cat/0.png", _png((1, 2, 3)))
+    (local_store.root / "datasets/pets" / MANIFEST_NAME).unlink()
+    assert load_dataset("imagefolder", local_store, prefix="datasets/pets").fingerprint != listed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -11,9 +12,9 @@ import pytest
 import torch
 
 from tests.testkit import free_port
+from tests.trainer.runs import identity_of
 from tests.trainer.trainer_procs import events, operator_env, start_trainer
 from trainer.augment import Normalizer
-from trainer.checkpoint import load_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import load_dataset
 from trainer.layout import ModelKeys
@@ -72,16 +73,20 @@ def test_two_ranks_train_identical_replicas_and_export_stands_alone(
 
     cfg = TrainConfig(dataset="digits", model="smallcnn", epochs=1, batch_size=32, lr=0.05,
                       seed=3)
-    state = load_checkpoint(store, ModelKeys(cfg.model_name).checkpoint(cfg.run_id, 1))
-    assert state.world_size == 2 and state.epoch == 1
-    model = build_model("smallcnn", in_channels=1, num_classes=10)
-    model.load_state_dict(state.model)
-    assert weights_digest(model) == trained[0]["weights_sha256"]
-
+    run_id = identity_of(cfg).run_id
+    assert not store.list(ModelKeys(cfg.model_name).run(run_id)), "published: none kept"
     name = cfg.model_name
     version = json.loads(store.get_bytes(f"models/{name}/latest.json"))["version"]
     meta = json.loads(store.get_bytes(f"models/{name}/versions/{version}/meta.json"))
-    assert meta["run_id"] == cfg.run_id and meta["input_size"] == [1, 8, 8]
+    assert meta["run_id"] == run_id and meta["input_size"] == [1, 8, 8]
+    metrics = json.loads(store.get_bytes(f"models/{name}/versions/{version}/metrics.json"))
+    assert metrics["world_size"] == 2
+    model = torch.export.load(io.BytesIO(
+        store.get_bytes(f"models/{name}/versions/{version}/model.pt2"))).module()
+    published = build_model("smallcnn", in_channels=1, num_classes=10)
+    published.load_state_dict(model.state_dict())
+    assert weights_digest(published) == trained[0]["weights_sha256"]
+    model = published
     bundle = load_dataset("digits", None, seed=3)
     images = Normalizer(meta["mean"], meta["std"])(bundle.test.images)
     with torch.no_grad():

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import os
+import tarfile
+import tempfile
 import threading
+import time
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
@@ -235,3 +242,128 @@ def test_imagefolder_reingest_trains_only_on_the_current_files(any_store, tmp_pa
     images = torch.cat([bundle.train.images, bundle.test.images])
     assert (labels == 0).sum() == 4 and (labels == 1).sum() == 3
     assert (images[labels == 0] == 255).all(dim=(1, 2, 3)).sum() == 1  # the changed cat/0.png
+
+
+class DiskSampler:
+    """Samples how many bytes the files under a folder hold, until stopped (max kept)."""
+
+    def __init__(self, root):
+        self.root, self.peak = root, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.stop.is_set():
+            total = 0
+            for folder, _, names in os.walk(self.root):  # skips folders deleted meanwhile
+                for name in names:
+                    with contextlib.suppress(OSError):  # deleted meanwhile
+                        total += os.stat(os.path.join(folder, name)).st_size
+            self.peak = max(self.peak, total)
+            time.sleep(0.005)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
+ZEROS = bytes(1024 * 1024)
+
+
+def _zip_bomb(path, unpacked_mb: int):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("cat/0.png", "w") as member:
+            for _ in range(unpacked_mb):
+                member.write(ZEROS)
+        zf.writestr("dog/0.png", b"x")
+    return path
+
+
+class _Zeros(io.RawIOBase):
+    def __init__(self, size):
+        self.left = size
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def _tar_bomb(path, unpacked_mb: int):
+    with tarfile.open(path, "w:gz") as tar:
+        for i, cls in enumerate(("cat", "dog", "cow")):
+            info = tarfile.TarInfo(f"{cls}/{i}.png")
+            info.size = unpacked_mb * 1024 * 1024 // 3
+            tar.addfile(info, _Zeros(info.size))
+    return path
+
+
+@pytest.fixture
+def small_unpack_limits(monkeypatch, tmp_path):
+    """Limits scaled down to what a test can build; ingest's temp files go to a watched folder."""
+    from trainer import ingest_folder
+
+    monkeypatch.setattr(ingest_folder, "MAX_UNPACKED_BYTES", 20 * 1024 * 1024, raising=False)
+    monkeypatch.setattr(ingest_folder, "MAX_FILES", 1000, raising=False)
+    watched = tmp_path / "tmp"
+    watched.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(watched))
+    return watched
+
+
+@pytest.mark.parametrize("make", [_zip_bomb, _tar_bomb])
+def test_an_archive_that_unpacks_beyond_the_limit_is_refused_before_it_fills_the_disk(
+        make, local_store, tmp_path, small_unpack_limits):
+    local_store.ensure_buckets()
+    bomb = make(tmp_path / ("bomb.zip" if make is _zip_bomb else "bomb.tar.gz"), 200)
+    archive_size = bomb.stat().st_size
+    with DiskSampler(small_unpack_limits) as disk, \
+            pytest.raises(IngestError, match="unpacks to more than 20,971,520 bytes"):
+        ingest(local_store, "imagefolder", str(bomb))
+    assert disk.peak <= 20 * 1024 * 1024 + archive_size, f"{disk.peak:,} bytes were unpacked"
+    assert local_store.list("datasets/") == []
+
+
+def test_an_archive_of_too_many_files_is_refused_from_its_index(local_store, tmp_path,
+                                                               small_unpack_limits):
+    local_store.ensure_buckets()
+    with zipfile.ZipFile(tmp_path / "many.zip", "w") as zf:
+        for i in range(1001):
+            zf.writestr(f"c{i % 2}/{i}.png", b"")
+    with DiskSampler(small_unpack_limits) as disk, \
+            pytest.raises(IngestError, match="1,001 files, more than 1,000"):
+        ingest(local_store, "imagefolder", str(tmp_path / "many.zip"))
+    assert disk.peak <= (tmp_path / "many.zip").stat().st_size
+
+
+def test_an_archive_compressed_far_beyond_what_images_allow_is_refused(local_store, tmp_path,
+                                                                      monkeypatch):
+    from trainer import ingest_folder
+
+    monkeypatch.setattr(ingest_folder, "MAX_RATIO", 100, raising=False)
+    local_store.ensure_buckets()
+    bomb = _zip_bomb(tmp_path / "bomb.zip", 8)  # 8 MiB of zeros: about 1000:1
+    with pytest.raises(IngestError, match="compressed more than 100:1"):
+        ingest(local_store, "imagefolder", str(bomb))
+
+
+def test_a_truncated_jpeg_is_refused_at_ingest_not_by_every_rank_later(local_store, tmp_path):
+    from PIL import Image
+
+    local_store.ensure_buckets()
+    tree = _image_tree(tmp_path / "pets")
+    noisy = Image.effect_noise((64, 64), 60).convert("RGB")
+    noisy.save(tree / "cat" / "photo.jpg", quality=90)
+    data = (tree / "cat" / "photo.jpg").read_bytes()
+    (tree / "cat" / "photo.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match="cat/photo.jpg: cannot be decoded"):
+        ingest(local_store, "imagefolder", str(tree))
+    assert local_store.list("datasets/") == []

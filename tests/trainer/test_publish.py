@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 
 import pytest
 import torch
 
+import trainer.publish
 from trainer.checkpoint import TrainingState
-from trainer.config import TrainConfig
+from trainer.config import RunIdentity, TrainConfig
 from trainer.data import load_dataset
-from trainer.models import build_model
+from trainer.layout import ModelKeys
+from trainer.models import build_model, model_revision
 from trainer.publish import (
     TrainingResult,
     finish_publication,
@@ -36,17 +42,32 @@ class RecordingStore(LocalStore):
         super().put_bytes(key, data)
         self.written.append(key)
 
+    def put_if_absent(self, key: str, data: bytes) -> str:
+        tag = super().put_if_absent(key, data)
+        self.written.append(key)
+        return tag
+
+    def put_if_match(self, key: str, data: bytes, tag: str) -> str:
+        tag = super().put_if_match(key, data, tag)
+        self.written.append(key)
+        return tag
+
 
 def a_result(cfg: TrainConfig = CFG) -> TrainingResult:
     torch.manual_seed(0)
     bundle = load_dataset("digits", None, seed=0)
+    identity = RunIdentity(cfg, bundle.fingerprint, model_revision(cfg.model))
     model = build_model("smallcnn", in_channels=1, num_classes=10)
     history = [EpochRecord(epoch=1, train_loss=1.0, train_acc=0.5, test_loss=0.9,
                            test_acc=0.6, seconds=1.0, img_per_s=100.0)]
     confusion = [[1 if i == j else 0 for j in range(10)] for i in range(10)]
-    state = TrainingState(run_id=cfg.run_id, config=cfg.to_dict(), epoch=1, history=history,
-                          confusion=confusion, world_size=1)
-    return TrainingResult(cfg, model, bundle, state)
+    state = TrainingState(identity=identity.to_dict(), config=cfg.to_dict(), epoch=1,
+                          history=history, confusion=confusion, world_size=1)
+    return TrainingResult(identity, model, bundle, state)
+
+
+def run_id(cfg: TrainConfig = CFG) -> str:
+    return a_result(cfg).identity.run_id
 
 
 def incomplete_versions_seen(store: LocalStore, name: str, stop: threading.Event,
@@ -95,11 +116,11 @@ def test_a_polling_reader_never_sees_a_half_published_version(tmp_path):
 def test_published_version_of_finds_only_this_runs_reached_versions(tmp_path):
     store = LocalStore(tmp_path / "store")
     store.ensure_buckets()
-    assert published_version_of(store, CFG.model_name, CFG.run_id) is None
+    assert published_version_of(store, CFG.model_name, run_id()) is None
     version = publish(store, a_result())
-    assert published_version_of(store, CFG.model_name, CFG.run_id) == version
+    assert published_version_of(store, CFG.model_name, run_id()) == version
     other = TrainConfig(dataset="digits", model="smallcnn", epochs=1, batch_size=32, seed=1)
-    assert published_version_of(store, CFG.model_name, other.run_id) is None
+    assert published_version_of(store, CFG.model_name, run_id(other)) is None
 
 
 class CrashAfterMetaStore(LocalStore):
@@ -116,7 +137,7 @@ def crashed_publication(root, cfg: TrainConfig = CFG) -> str:
     store.ensure_buckets()
     with pytest.raises(KeyboardInterrupt):
         publish(CrashAfterMetaStore(root), a_result(cfg))
-    version = published_version_of(store, cfg.model_name, cfg.run_id)
+    version = published_version_of(store, cfg.model_name, run_id(cfg))
     assert version is not None, "a version with meta.json counts as this run's"
     assert latest_version(store, cfg.model_name) is None
     return version
@@ -138,9 +159,114 @@ def test_finishing_an_old_publication_never_moves_latest_back(tmp_path):
     old = crashed_publication(root)
     store = LocalStore(root)
     other = TrainConfig(dataset="digits", model="smallcnn", epochs=1, batch_size=32, seed=1)
-    newer = publish(store, a_result(other))
-    assert newer > old
+    newer = publish(store, a_result(other))  # completed after the old one's meta.json
     finish_publication(store, CFG.model_name, old)
     assert latest_version(store, CFG.model_name) == newer
     assert store.exists(f"metrics/{CFG.model_name}/{old}.json")
-    assert published_version_of(store, CFG.model_name, CFG.run_id) == old
+    assert published_version_of(store, CFG.model_name, run_id()) == old
+
+
+def a_run(seed: int, test_acc: float) -> TrainingResult:
+    """A finished run of its own (the seed makes its run_id) with a recognisable accuracy."""
+    result = a_result(TrainConfig(dataset="digits", model="smallcnn", epochs=1, batch_size=32,
+                                  seed=seed))
+    result.state.history[0] = dataclasses.replace(result.state.history[0], test_acc=test_acc)
+    return result
+
+
+def assert_version_is_the_runs_own(store, version: str, result: TrainingResult) -> None:
+    keys = ModelKeys(CFG.model_name)
+    meta = json.loads(store.get_bytes(keys.meta(version)))
+    metrics = json.loads(store.get_bytes(keys.version_file(version, "metrics.json")))
+    assert meta["run_id"] == result.state.run_id
+    assert meta["metrics"]["test_acc"] == metrics["epochs"][0]["test_acc"] \
+        == result.state.history[0].test_acc, f"{version} mixes two runs' files"
+
+
+def test_two_runs_finishing_in_the_same_second_get_a_version_each(tmp_path, monkeypatch):
+    # Two pods, here two threads: torch.export is not thread-safe, so exports take turns.
+    export, exporting = trainer.publish.export_program, threading.Lock()
+
+    def export_in_turn(*args):
+        with exporting:
+            return export(*args)
+
+    monkeypatch.setattr(trainer.publish, "export_program", export_in_turn)
+    store = LocalStore(tmp_path / "store")
+    store.ensure_buckets()
+    results = [a_run(seed, acc) for seed, acc in ((10, 0.25), (11, 0.75))]
+    together = threading.Barrier(len(results))
+
+    def publish_now(result):
+        together.wait()
+        return publish(store, result)
+
+    time.sleep(1.05 - time.time() % 1)  # both start early in the same UTC second
+    with ThreadPoolExecutor(len(results)) as pool:
+        versions = list(pool.map(publish_now, results))
+    assert len(set(versions)) == 2, versions
+    assert sorted(versions) == sorted(versions, key=lambda v: v[:16])  # still sortable by time
+    for version, result in zip(versions, results):
+        assert_version_is_the_runs_own(store, version, result)
+
+
+class LaggingClock(datetime):
+    """The clock of a pod that runs an hour behind."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return datetime.now(tz) - timedelta(hours=1)
+
+
+def test_a_pod_with_a_slow_clock_still_becomes_latest(any_store, monkeypatch, caplog):
+    store = any_store
+    store.ensure_buckets()
+    first = publish(store, a_run(12, 0.5))
+    monkeypatch.setattr("trainer.publish.datetime", LaggingClock)
+    caplog.clear()
+    second = publish(store, a_run(13, 0.6))
+    assert second < first, "the lagging clock names the later version earlier"
+    assert latest_version(store, CFG.model_name) == second
+    (line,) = [json.loads(r.message) for r in caplog.records if '"event": "latest"' in r.message]
+    assert line["moved"] is True and line["version"] == second
+
+
+class PausingStore(LocalStore):
+    """A real LocalStore whose writes of one key, from one thread, wait for a signal."""
+
+    def __init__(self, root, key: str, thread_name: str):
+        super().__init__(root)
+        self.key, self.thread_name = key, thread_name
+        self.reached, self.release = threading.Event(), threading.Event()
+
+    def _pause(self, key: str) -> None:
+        if key == self.key and threading.current_thread().name == self.thread_name:
+            self.reached.set()
+            assert self.release.wait(timeout=120)
+
+    def put_bytes(self, key, data):
+        self._pause(key)
+        super().put_bytes(key, data)
+
+    def put_if_absent(self, key, data):
+        self._pause(key)
+        return super().put_if_absent(key, data)
+
+    def put_if_match(self, key, data, tag):
+        self._pause(key)
+        return super().put_if_match(key, data, tag)
+
+
+def test_a_delayed_latest_write_of_an_older_publication_never_moves_latest_back(tmp_path,
+                                                                                  caplog):
+    store = PausingStore(tmp_path / "store", ModelKeys(CFG.model_name).latest, "older")
+    store.ensure_buckets()
+    older = threading.Thread(target=lambda: publish(store, a_run(14, 0.5)), name="older")
+    older.start()
+    assert store.reached.wait(timeout=120), "the older publication never reached latest.json"
+    newer = publish(store, a_run(15, 0.6))  # complete, latest.json moved
+    store.release.set()
+    older.join(timeout=120)
+    assert latest_version(store, CFG.model_name) == newer
+    moves = [json.loads(r.message) for r in caplog.records if '"event": "latest"' in r.message]
+    assert [m["moved"] for m in moves] == [True, False]

@@ -8,6 +8,7 @@ import signal
 import pytest
 
 from tests.testkit import free_port
+from tests.trainer.runs import identity_of
 from tests.trainer.trainer_procs import (
     events,
     operator_env,
@@ -15,8 +16,9 @@ from tests.trainer.trainer_procs import (
     start_trainer,
     trainer_env,
 )
-from trainer.checkpoint import checkpoint_epochs, load_checkpoint
+from trainer.checkpoint import checkpoint_epochs
 from trainer.config import TrainConfig
+from trainer.layout import ModelKeys
 
 pytestmark = pytest.mark.slow
 
@@ -50,13 +52,14 @@ def test_killed_run_resumes_at_next_epoch_with_one_process(store_kind, request, 
     config_file.write_text(json.dumps(CONFIG))
     args = ["train", "--config", str(config_file), "--store", store.url]
     cfg = TrainConfig.from_dict(CONFIG)
+    run_id = identity_of(cfg).run_id
 
     port = free_port()
     procs = [start_trainer(args, operator_env(rank, 2, port, store_env)) for rank in (0, 1)]
     first = kill_after_checkpoint(procs, KILL_AFTER_EPOCH)
     assert all(proc.returncode == -signal.SIGKILL for proc in procs)
     assert not store.list(f"models/{cfg.model_name}/versions/")
-    saved = [epoch for epoch, _ in checkpoint_epochs(store, cfg.model_name, cfg.run_id)]
+    saved = [epoch for epoch, _ in checkpoint_epochs(store, cfg.model_name, run_id)]
     newest = max(saved)
     assert KILL_AFTER_EPOCH <= newest < CONFIG["epochs"], saved
     assert events(first, "progress"), "non-TTY runs log JSON progress lines"
@@ -65,14 +68,17 @@ def test_killed_run_resumes_at_next_epoch_with_one_process(store_kind, request, 
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     log = second.stdout + second.stderr
     run_ids = {e["run_id"] for e in events(first, "start") + events(log, "start")}
-    assert run_ids == {cfg.run_id}
+    assert run_ids == {run_id}
     (resumed,) = events(log, "resume")
     assert resumed["epoch"] == newest
     assert (resumed["saved_world_size"], resumed["world_size"]) == (2, 1)
     trained_epochs = [e["epoch"] for e in events(log, "epoch")]
     assert trained_epochs == list(range(newest + 1, CONFIG["epochs"] + 1))
 
-    final = load_checkpoint(store, checkpoint_epochs(store, cfg.model_name, cfg.run_id)[0][1])
-    assert final.epoch == CONFIG["epochs"]
-    assert [h.epoch for h in final.history] == list(range(1, CONFIG["epochs"] + 1))
-    assert events(log, "done")[0]["run_id"] == cfg.run_id
+    assert checkpoint_epochs(store, cfg.model_name, run_id) == [], "published: none kept"
+    version = events(log, "done")[0]["version"]
+    assert events(log, "done")[0]["run_id"] == run_id
+    metrics = json.loads(store.get_bytes(ModelKeys(cfg.model_name).version_file(
+        version, "metrics.json")))
+    assert [e["epoch"] for e in metrics["epochs"]] == list(range(1, CONFIG["epochs"] + 1))
+    assert metrics["world_size"] == 1

@@ -1,9 +1,12 @@
 """One contract, two implementations: every test runs on a local dir and on S3 (moto)."""
 
+import os
+import stat
 import threading
 
 import pytest
 
+from trainer.errors import PreconditionFailed
 from trainer.storage import (
     BUCKETS,
     BucketNotFound,
@@ -111,3 +114,104 @@ def test_unreachable_s3_fails_with_a_clear_error_after_retries(s3_env, monkeypat
     store.client._http.connection_pool_kw["retries"] = 0
     with pytest.raises(StoreError, match="unreachable"):
         store.get_bytes("models/x.json")
+
+
+def test_put_if_absent_creates_once(any_store):
+    any_store.ensure_buckets()
+    tag = any_store.put_if_absent("models/m-d/versions/v/claim.json", b"first")
+    with pytest.raises(PreconditionFailed):
+        any_store.put_if_absent("models/m-d/versions/v/claim.json", b"second")
+    assert any_store.get_tagged("models/m-d/versions/v/claim.json") == (b"first", tag)
+
+
+def test_put_if_match_replaces_only_the_version_it_read(any_store):
+    any_store.ensure_buckets()
+    key = "models/m-d/latest.json"
+    with pytest.raises(ObjectNotFound):
+        any_store.get_tagged(key)
+    with pytest.raises(PreconditionFailed):  # nothing there to match
+        any_store.put_if_match(key, b"x", '"0"')
+    first = any_store.put_if_absent(key, b"1")
+    second = any_store.put_if_match(key, b"2", first)
+    assert second != first
+    with pytest.raises(PreconditionFailed):  # a stale tag: someone wrote since
+        any_store.put_if_match(key, b"3", first)
+    assert any_store.get_tagged(key) == (b"2", second)
+    any_store.put_bytes(key, b"4")  # an unconditional write changes the tag too
+    with pytest.raises(PreconditionFailed):
+        any_store.put_if_match(key, b"5", second)
+
+
+def test_conditional_increments_from_many_writers_lose_no_update(any_store):
+    """Read, add one, write if unchanged, else read again: the count equals the writes."""
+    any_store.ensure_buckets()
+    key = "models/m-d/counter.json"
+    any_store.put_if_absent(key, b"0")
+    writers, per_writer = 4, 5
+
+    def increment():
+        for _ in range(per_writer):
+            while True:
+                data, tag = any_store.get_tagged(key)
+                try:
+                    any_store.put_if_match(key, str(int(data) + 1).encode(), tag)
+                    break
+                except PreconditionFailed:
+                    continue
+
+    threads = [threading.Thread(target=increment) for _ in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert int(any_store.get_bytes(key)) == writers * per_writer
+
+
+def test_delete_removes_an_object_and_tolerates_a_missing_one(any_store):
+    any_store.ensure_buckets()
+    any_store.put_bytes("models/m-d/runs/r/checkpoints/epoch-0001.pt", b"x")
+    any_store.delete("models/m-d/runs/r/checkpoints/epoch-0001.pt")
+    assert not any_store.exists("models/m-d/runs/r/checkpoints/epoch-0001.pt")
+    any_store.delete("models/m-d/runs/r/checkpoints/epoch-0001.pt")
+    assert any_store.list("models/m-d/") == []
+
+
+def test_local_store_files_follow_the_umask_so_other_users_can_read_them(local_store, tmp_path):
+    """A trainer and an app running as different users share a local store."""
+    old = os.umask(0o022)
+    try:
+        local_store.ensure_buckets()
+        local_store.put_bytes("models/m-d/latest.json", b"{}")
+        local_store.put_if_absent("models/m-d/versions/v/claim.json", b"{}")
+        local_store.get_file("models/m-d/latest.json", tmp_path / "copy.json")
+    finally:
+        os.umask(old)
+    for path in (local_store.root / "models/m-d/latest.json",
+                 local_store.root / "models/m-d/versions/v/claim.json", tmp_path / "copy.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_open_read_streams_the_object(any_store):
+    any_store.ensure_buckets()
+    data = bytes(range(256)) * 5000
+    any_store.put_bytes("datasets/d/big.bin", data)
+    with any_store.open_read("datasets/d/big.bin") as stream:
+        assert stream.read(1000) == data[:1000]
+        assert stream.read() == data[1000:]
+    with pytest.raises(ObjectNotFound):
+        any_store.open_read("datasets/d/none.bin").__enter__()
+
+
+def test_conditional_writes_delete_and_streams_use_the_prefixed_buckets(s3_store, s3_endpoint):
+    store = S3Store(s3_endpoint, bucket_prefix="acme-")
+    store.ensure_buckets()
+    tag = store.put_if_absent("models/m-d/latest.json", b"1")
+    store.put_if_match("models/m-d/latest.json", b"2", tag)
+    raw = store.client._client.get_object("acme-models", "m-d/latest.json")
+    assert raw.read() == b"2"
+    raw.close()
+    raw.release_conn()
+    with store.open_read("models/m-d/latest.json") as stream:
+        assert stream.read() == b"2"
+    store.delete("models/m-d/latest.json")
+    assert not store.exists("models/m-d/latest.json")

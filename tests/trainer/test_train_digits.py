@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from tests.trainer.runs import identity_of
 from trainer.config import TrainConfig
 from trainer.train import run_training
 
@@ -22,14 +23,17 @@ def read_json(store, key):
 def test_digits_reach_95_percent_and_publish_a_complete_version(local_store, caplog):
     local_store.ensure_buckets()
     version = run_training(CFG, local_store)
-    assert re.fullmatch(r"\d{8}T\d{6}Z", version)
+    run_id = identity_of(CFG).run_id
+    assert re.fullmatch(rf"\d{{8}}T\d{{6}}Z-{run_id}", version)
     name = CFG.model_name
-    assert read_json(local_store, f"models/{name}/latest.json") == {"version": version}
+    assert read_json(local_store, f"models/{name}/latest.json")["version"] == version
 
     prefix = f"models/{name}/versions/{version}/"
     meta = read_json(local_store, prefix + "meta.json")
     assert meta["metrics"]["test_acc"] >= 0.95, meta["metrics"]
-    assert meta["run_id"] == CFG.run_id and meta["version"] == version
+    assert meta["run_id"] == run_id and meta["version"] == version
+    assert meta["sequence"] == 1 and meta["model_revision"] == "smallcnn@1"
+    assert meta["data_fingerprint"].startswith("sha256:")
     assert meta["classes"] == [str(d) for d in range(10)] and meta["input_size"] == [1, 8, 8]
     assert meta["train_config"] == CFG.to_dict()
     for file_name in meta["files"] + meta["examples"]:
@@ -59,5 +63,5 @@ def test_digits_reach_95_percent_and_publish_a_complete_version(local_store, cap
     caplog.clear()
     assert run_training(CFG, local_store) == version
     assert '"event": "epoch"' not in caplog.text
-    assert read_json(local_store, f"models/{name}/latest.json") == {"version": version}
+    assert read_json(local_store, f"models/{name}/latest.json")["version"] == version
     assert read_json(local_store, f"metrics/{name}/{version}.json") == metrics

@@ -1,0 +1,35 @@
+"""How much memory this process may use: the cgroup limit (a pod's limits.memory), else RAM.
+
+The trainer refuses a dataset whose decoded images would take more than a share of it,
+with a message that says so, instead of being OOM-killed on every restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from trainer.cpus import CGROUP_ROOT
+
+log = logging.getLogger(__name__)
+
+# cgroup v1 reports "no limit" as a huge number (a page-rounded 2**63 - 1).
+_UNLIMITED = 1 << 60
+
+
+def memory_limit_bytes(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """The cgroup memory limit (v2 ``memory.max``, v1 ``memory.limit_in_bytes``), or the
+    machine's physical memory when there is none."""
+    for path in (cgroup_root / "memory.max", cgroup_root / "memory" / "memory.limit_in_bytes"):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < _UNLIMITED:
+            return int(text)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        log.debug("could not read the physical memory size", exc_info=True)
+        return _UNLIMITED
