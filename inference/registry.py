@@ -17,7 +17,7 @@ from pathlib import Path
 
 from trainer.errors import ObjectNotFound, StoreError
 from trainer.layout import ModelKeys
-from trainer.schema import VersionMeta
+from trainer.schema import Latest, VersionMeta
 from trainer.storage import Store
 
 from .versions import (
@@ -26,6 +26,7 @@ from .versions import (
     download_version,
     latest_versions,
     model_names,
+    publication_order,
     published_versions,
     read_latest,
     read_meta,
@@ -62,7 +63,7 @@ class Registry:
         # exception rejects the version like a broken file.
         self.prepare: Callable[[ModelVersion], None] | None = None
         self._settled: tuple[tuple[str, str], ModelVersion | None] | None = None
-        self._meta_cache: dict[str, VersionMeta] = {}  # published versions are immutable
+        self._meta_cache: dict[str, VersionMeta | None] = {}  # None: broken
         self.discovery_seconds = DISCOVERY_SECONDS
         self._names: set[str] = set()  # model names found by the last discovery
         self._discovered_at: float | None = None  # time.monotonic() of that discovery
@@ -70,8 +71,8 @@ class Registry:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def resolve(self) -> tuple[str, str] | None:
-        """The (model name, version) that should be served now, if any."""
+    def resolve(self) -> tuple[str, Latest] | None:
+        """The model name and its latest.json that should be served now, if any."""
         if self.model_name:
             try:
                 return self.model_name, read_latest(self.store, self.model_name)
@@ -85,8 +86,9 @@ class Registry:
             self._discovered_at = None  # a model was deleted: look again next poll
         if not versions:
             return None
-        # Versions are sortable UTC timestamps: the newest model across all names wins.
-        name = max(versions, key=lambda n: (versions[n], n))
+        # Sequences order one name's versions only; across names the version names'
+        # UTC timestamps decide which model is the newest.
+        name = max(versions, key=lambda n: (versions[n].version, n))
         return name, versions[name]
 
     def known_names(self) -> set[str]:
@@ -116,13 +118,13 @@ class Registry:
             callback(loaded)
         return True
 
-    def _newest_loadable(self, name: str, version: str) -> ModelVersion | None:
-        """``version``, or else the newest older version of ``name`` that loads; None when
-        that is the one served already (or nothing loads)."""
+    def _newest_loadable(self, name: str, latest: Latest) -> ModelVersion | None:
+        """The version ``latest`` names, or else the one of ``name`` published last before
+        it that loads; None when that is the one served already (or nothing loads)."""
         current = self.current
-        if self._settled == ((name, version), current):
+        if self._settled == ((name, latest), current):
             return None  # this target was worked through already: nothing new to try
-        for candidate in self._candidates(name, version):
+        for candidate in self._candidates(name, latest):
             if current and (current.name, current.version) == (name, candidate):
                 break
             if (name, candidate) in self.rejected:
@@ -134,19 +136,22 @@ class Registry:
                 self.rejected[(name, candidate)] = str(e)
                 log.error("skipping broken version %s/%s (serving %s): %s", name, candidate,
                           current.version if current else "no model", e)
-        self._settled = ((name, version), current)
+        self._settled = ((name, latest), current)
         return None
 
-    def _candidates(self, name: str, version: str) -> Iterator[str]:
-        """The target first; older published versions only if it cannot be served."""
-        yield version
-        if (name, version) not in self.rejected:
+    def _candidates(self, name: str, latest: Latest) -> Iterator[str]:
+        """The target first; if it cannot be served, the versions published before it,
+        last published first (by sequence: pods' clocks may disagree with the names)."""
+        yield latest.version
+        if (name, latest.version) not in self.rejected:
             return
-        older = [v for v in published_versions(self.store, name) if v < version]
+        target = publication_order(latest.sequence, latest.version)
+        older = [meta.version for meta in self.list_versions(name)
+                 if publication_order(meta.sequence, meta.version) < target]
         if older:
             log.info("latest.json of %s names unusable version %s: falling back to the "
-                     "newest older version that loads", name, version)
-        yield from reversed(older)
+                     "last published version before it that loads", name, latest.version)
+        yield from older
 
     def _load(self, name: str, version: str) -> ModelVersion:
         loaded = download_version(self.store, name, version, self.cache_dir, self.device)
@@ -196,16 +201,21 @@ class Registry:
             self._stop.wait(delay)
 
     def list_versions(self, name: str) -> list[VersionMeta]:
-        """Published versions of ``name``, newest first, from their meta.json files."""
-        keys = ModelKeys(name)
-        rows = []
-        for key in self.store.list(keys.versions):
-            if keys.version_of_meta_key(key) is None:
-                continue
-            if key not in self._meta_cache:
-                try:
-                    self._meta_cache[key] = read_meta(self.store, key)
-                except (BrokenVersion, ObjectNotFound):
-                    continue
-            rows.append(self._meta_cache[key])
-        return sorted(rows, key=lambda m: m.version, reverse=True)
+        """Published versions of ``name`` (those with a readable meta.json), last published
+        first (trainer.schema's ``sequence``)."""
+        metas = (self._published_meta(name, v) for v in published_versions(self.store, name))
+        return sorted((m for m in metas if m is not None), reverse=True,
+                      key=lambda m: publication_order(m.sequence, m.version))
+
+    def _published_meta(self, name: str, version: str) -> VersionMeta | None:
+        """A version's meta.json, read once (published ones never change); None if broken."""
+        key = ModelKeys(name).meta(version)
+        if key not in self._meta_cache:
+            try:
+                self._meta_cache[key] = read_meta(self.store, name, version)
+            except ObjectNotFound:  # deleted since the listing
+                return None
+            except BrokenVersion as e:
+                log.warning("version %s/%s is not listed: %s", name, version, e)
+                self._meta_cache[key] = None
+        return self._meta_cache[key]

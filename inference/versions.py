@@ -7,7 +7,6 @@ meta.json is read with the one schema the trainer writes with (trainer.schema).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -19,7 +18,7 @@ import torch
 
 from trainer.errors import MetaError, ObjectNotFound
 from trainer.layout import META_FILE, METRICS_FILE, MODEL_FILE, ModelKeys, name_of_latest_key
-from trainer.schema import VersionMeta, VersionMetrics
+from trainer.schema import Latest, VersionMeta, VersionMetrics
 from trainer.storage import Store
 
 log = logging.getLogger(__name__)
@@ -50,19 +49,17 @@ class ModelVersion:
         return path if path.is_file() else None
 
 
-def read_json(store: Store, key: str) -> Any:
+def read_meta(store: Store, name: str, version: str) -> VersionMeta:
+    """A version's meta.json, validated by the one schema; BrokenVersion if it does not fit
+    (ObjectNotFound if there is none)."""
+    key = ModelKeys(name).meta(version)
     try:
-        return json.loads(store.get_bytes(key))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BrokenVersion(f"{key} is not valid JSON: {e}") from None
-
-
-def read_meta(store: Store, key: str) -> VersionMeta:
-    """A version's meta.json, validated by the one schema; BrokenVersion if it does not fit."""
-    try:
-        return VersionMeta.from_json(store.get_bytes(key))
+        meta = VersionMeta.from_json(store.get_bytes(key))
     except MetaError as e:
         raise BrokenVersion(f"{key}: {e}") from None
+    if meta.version != version:  # a folder copied or renamed by hand: not what it says
+        raise BrokenVersion(f"{key} describes version {meta.version!r}, not {version!r}")
+    return meta
 
 
 def model_names(store: Store) -> set[str]:
@@ -70,17 +67,17 @@ def model_names(store: Store) -> set[str]:
     return {name for key in store.list("models/") if (name := name_of_latest_key(key))}
 
 
-def read_latest(store: Store, name: str) -> str:
-    """The version ``models/<name>/latest.json`` points at; BrokenVersion if malformed."""
+def read_latest(store: Store, name: str) -> Latest:
+    """``models/<name>/latest.json`` (trainer.schema.Latest); BrokenVersion if malformed."""
     key = ModelKeys(name).latest
-    latest = read_json(store, key)
-    if not isinstance(latest, dict) or not isinstance(latest.get("version"), (str, int)):
-        raise BrokenVersion(f'{key} is not {{"version": ...}}: {latest!r:.200}')
-    return str(latest["version"])
+    try:
+        return Latest.from_json(store.get_bytes(key))
+    except MetaError as e:
+        raise BrokenVersion(f"{key}: {e}") from None
 
 
-def latest_versions(store: Store, names: set[str]) -> tuple[dict[str, str], set[str]]:
-    """``({model name: latest version}, names whose latest.json is gone)``."""
+def latest_versions(store: Store, names: set[str]) -> tuple[dict[str, Latest], set[str]]:
+    """``({model name: its latest.json}, names whose latest.json is gone)``."""
     found, gone = {}, set()
     for name in sorted(names):
         try:
@@ -93,9 +90,16 @@ def latest_versions(store: Store, names: set[str]) -> tuple[dict[str, str], set[
 
 
 def published_versions(store: Store, name: str) -> list[str]:
-    """Versions of ``name`` that have a meta.json (written after their files), oldest first."""
+    """Versions of ``name`` that have a meta.json (written after their files)."""
     keys = ModelKeys(name)
     return sorted(v for key in store.list(keys.versions) if (v := keys.version_of_meta_key(key)))
+
+
+def publication_order(sequence: int, version: str) -> tuple[int, str]:
+    """Sort key of one model's versions: ``sequence`` (meta.json, latest.json: when the
+    publication completed, whatever the publishing pod's clock said), then the name, which
+    only orders versions written before sequences existed (all 0)."""
+    return sequence, version
 
 
 def verify_model(model: Any, meta: VersionMeta, device: torch.device) -> None:
@@ -124,7 +128,7 @@ def download_version(store: Store, name: str, version: str, cache_dir: Path,
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{version}."))
     try:
         try:
-            meta = read_meta(store, keys.meta(version))
+            meta = read_meta(store, name, version)
         except ObjectNotFound:
             raise BrokenVersion(f"{keys.meta(version)} is missing: the version was deleted "
                                 "or never finished") from None

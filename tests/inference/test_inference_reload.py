@@ -162,3 +162,32 @@ def test_fallback_skips_every_broken_older_version(local_store, tmp_path):
     assert registry.current.version == V1
     assert set(registry.rejected) == {(MODEL_NAME, V2), (MODEL_NAME, v3)}
     assert not registry.check_once()  # nothing new: no download, no error
+
+
+def test_fallback_follows_publication_order_not_version_names(local_store, tmp_path):
+    """Step 4: a pod with a lagging clock names its version earlier than the one published
+    before it; ``sequence`` (meta.json, latest.json) is the order, so the fallback from a
+    deleted latest version is the version published last before it, whatever the names."""
+    from inference.registry import Registry
+
+    first = publish_version(local_store, "20261120T000000Z-aaaa")  # sequence 1
+    slow = publish_version(local_store, "20261110T000000Z-bbbb")   # sequence 2 (clock lags)
+    gone = publish_version(local_store, "20261125T000000Z-cccc")   # sequence 3, then deleted
+    delete_version(local_store, gone)
+    registry = Registry(local_store, tmp_path / "cache")
+    assert registry.check_once()
+    assert registry.current.version == slow  # by name, "aaaa" would look newer
+    assert [m.version for m in registry.list_versions(MODEL_NAME)] == [slow, first]
+
+
+def test_fallback_may_go_to_a_later_name_published_earlier(local_store, tmp_path):
+    """The only older version by sequence has a LATER name than the deleted latest one
+    (the deleted one's pod clock lagged): it is still what the app falls back to."""
+    from inference.registry import Registry
+
+    early = publish_version(local_store, "20261130T000000Z-aaaa")  # sequence 1
+    gone = publish_version(local_store, "20261125T000000Z-bbbb")   # sequence 2 (clock lags)
+    delete_version(local_store, gone)
+    registry = Registry(local_store, tmp_path / "cache")
+    assert registry.check_once()
+    assert registry.current.version == early

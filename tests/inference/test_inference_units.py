@@ -252,3 +252,20 @@ def test_a_bad_serving_setting_names_itself(tmp_path, caplog):
     LocalStore(tmp_path / "store").ensure_buckets()
     assert main(["serve", "--store", str(tmp_path / "store"), "--max-batch-wait-ms", "-1"]) == 2
     assert "max_wait_ms = -1.0" in caplog.text
+
+
+def test_a_version_folder_copied_by_hand_is_broken_not_served(tmp_path):
+    """meta.json names its own version: a folder copied under another name is neither
+    listed nor loaded under the wrong name."""
+    import shutil
+
+    from inference.versions import BrokenVersion, download_version
+
+    store = LocalStore(tmp_path / "store")
+    real = publish_version(store, "20260101T000000Z")
+    versions = store.root / "models" / MODEL_NAME / "versions"
+    shutil.copytree(versions / real, versions / "20260201T000000Z-copy")
+    registry = Registry(store, tmp_path / "cache")
+    assert [m.version for m in registry.list_versions(MODEL_NAME)] == [real]
+    with pytest.raises(BrokenVersion, match="describes version"):
+        download_version(store, MODEL_NAME, "20260201T000000Z-copy", tmp_path / "c2")
