@@ -31,6 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+# Part of an imagefolder run's data fingerprint (trainer.imagefolder): bump it whenever
+# to_pixels makes other pixels of the same bytes, so no run resumes on changed inputs.
+REVISION = 1
 # ~50 megapixels: bigger than any phone photo, far below what would exhaust memory.
 MAX_PIXELS = 50_000_000
 # Shrink by integer factors (DCT scaling, box filter) down to this multiple of the target
