@@ -10,6 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import pod
+from infra.workloads import BUCKETS
 
 JOB_NAME = "trainstack-buckets"
 STORE_SECRET = "trainstack-store-credentials"
@@ -42,10 +43,13 @@ class Buckets(pulumi.ComponentResource):
             memory="256Mi",
             cpu_limit="500m",
             memory_limit="512Mi",
+            ephemeral_storage="256Mi",
+            scratch=[pod.tmp("128Mi")],
         )
         self.job = pod.job(
             JOB_NAME,
             args.namespace,
+            BUCKETS,
             spec,
             pulumi.ResourceOptions(
                 parent=self,

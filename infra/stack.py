@@ -2,11 +2,13 @@
 
 The store is the in-cluster MinIO (no `storeEndpoint`) or an external S3 API; either way
 every workload gets one StoreRef: URL, region, bucket prefix and the credentials Secret.
+The network fences (`networkPolicy`) are declared before any workload that connects.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -14,11 +16,13 @@ import pulumi_kubernetes as k8s
 from infra import gitops, pod
 from infra.buckets import Buckets, BucketsArgs, StoreCredentials, StoreCredentialsArgs
 from infra.config import StackConfig, StackSecrets
+from infra.fences import FencesArgs, Flow, NetworkFences, OutsideFlow
 from infra.image import ImageRef, TrainerImage, TrainerImageArgs, prebuilt
 from infra.minio_server import MinIO, MinIOArgs
 from infra.training import Training, TrainingArgs
 from infra.training_operator import TrainingOperator, TrainingOperatorArgs
 from infra.webapp import Inference, InferenceArgs
+from infra.workloads import APP, BUCKETS, INGEST, STORE, TRAINER, Workload
 
 
 def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
@@ -31,12 +35,16 @@ def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
         opts=gitops.options("namespace", render),
     )
     namespace = ns.metadata.name
+    fences = _fences(cfg, namespace, render)
     image, built = _image(cfg)
     store, store_ready = _store(cfg, secrets, namespace, render)
+    # Every client of the store starts after the bucket Job, which starts after the
+    # fences: no connection is cut by a default-deny that lands before its allow rule.
     buckets = Buckets(
         "buckets",
         BucketsArgs(namespace=namespace, image=image.ref, image_pull_policy=image.pull_policy,
-                    store=store, timeout=cfg.buckets_timeout, depends_on=store_ready),
+                    store=store, timeout=cfg.buckets_timeout,
+                    depends_on=[*store_ready, *([fences] if fences else [])]),
         opts=gitops.options("buckets", render),
     )
     operator = None
@@ -56,10 +64,58 @@ def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             replicas=cfg.inference_replicas,
             service_type=cfg.inference_service_type,
             depends_on=[buckets],
+            auth_token=secrets.inference_auth_token,
+            auth_secret=cfg.inference_auth_secret,
         ),
         opts=gitops.options("inference", render),
     )
     return _exports(cfg, training.job_name, store, inference)
+
+
+def workloads(cfg: StackConfig) -> list[Workload]:
+    """What the stack deploys: the store only in-cluster, the ingest Job only to download."""
+    deployed = [BUCKETS, TRAINER, APP]
+    if cfg.store_endpoint is None:
+        deployed.insert(0, STORE)
+    if cfg.ingest_source is not None:
+        deployed.insert(-2, INGEST)
+    return deployed
+
+
+def flows(cfg: StackConfig) -> tuple[list[Flow], list[OutsideFlow]]:
+    """Every connection the workloads make: inside the namespace, and out of the cluster."""
+    clients = tuple(w for w in workloads(cfg) if w is not STORE)  # all use the store
+    users = ({"namespaces": (cfg.inference_ingress_namespace,)}
+             if cfg.inference_ingress_namespace else {"outside_of": cfg.namespace})
+    inside = [
+        # The Master's rendezvous port, and the ports Gloo/NCCL listen on between ranks:
+        # the kernel picks those, so any TCP port, from training pods only.
+        Flow(TRAINER, sources=(TRAINER,)),
+        Flow(APP, ports=("http",), **users),
+    ]
+    outside = []
+    if cfg.store_endpoint is None:
+        inside.append(Flow(STORE, ports=("api",), sources=clients))
+    else:
+        url = urlsplit(cfg.store_endpoint)
+        outside.append(OutsideFlow(clients, url.port or 443, f"the object store {url.hostname}"))
+    if cfg.ingest_source is not None:
+        url = urlsplit(cfg.ingest_source)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        outside.append(OutsideFlow((INGEST,), port, f"the dataset download {url.hostname}"))
+    return inside, outside
+
+
+def _fences(cfg: StackConfig, namespace, render) -> NetworkFences | None:
+    if cfg.network_policy == "none":
+        return None
+    inside, outside = flows(cfg)
+    return NetworkFences(
+        "fences",
+        FencesArgs(namespace=namespace, mode=cfg.network_policy, workloads=workloads(cfg),
+                   flows=inside, outside=outside),
+        opts=gitops.options("fences", render),
+    )
 
 
 def _image(cfg: StackConfig) -> tuple[ImageRef, list[pulumi.Resource]]:

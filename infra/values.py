@@ -3,7 +3,7 @@
 `pulumi config set workers 3` stores the *string* "3" and structured values arrive as
 JSON strings, so every parser accepts strings first and returns a typed value, or raises
 the ConfigError that names the key and what is allowed. Rules that involve several keys
-live in infra/rules.py.
+live in infra/stack_config.py.
 """
 
 from __future__ import annotations

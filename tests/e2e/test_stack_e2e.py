@@ -14,6 +14,11 @@ training, a served prediction, all in the prefixed buckets of that server.
 
 Every command line, env var and mount comes from the rendered objects (see cluster.py):
 if the stack renders a wrong one, this test fails.
+
+Every process runs under strace (tests/e2e/traffic.py): each test ends by checking every
+connection its workloads made against the rendered NetworkPolicies of both policy modes,
+the flows nobody needs against them too, and that breaking the fences is noticed
+(tests/e2e/fence_checks.py).
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ import pytest
 import requests
 from PIL import Image
 
+from tests.e2e import fence_checks
 from tests.e2e.cluster import LocalCluster, Process, container_port
+from tests.e2e.traffic import USER, Recorder, Traffic
 from tests.infra.render import render
 from tests.testkit import free_port
 from tests.trainer.cifar_fixtures import make_batches, write_archive
@@ -50,6 +57,11 @@ USER_CONFIG = {"pushImage": "false", "model": "smallcnn", "epochs": str(EPOCHS),
 WAIT_S = 240  # generous upper bound for any one step on a loaded 2-core machine
 
 
+@pytest.fixture
+def recorder(tmp_path) -> Recorder:
+    return Recorder(tmp_path / "traces")
+
+
 @pytest.fixture(scope="module")
 def dataset_url(tmp_path_factory):
     """A CIFAR-format archive served over HTTP on 127.0.0.1, as the ingest source."""
@@ -62,8 +74,9 @@ def dataset_url(tmp_path_factory):
     server.shutdown()
 
 
-def local_cluster(config: dict[str, str], workdir: Path, minio_endpoint: str | None = None,
-                  existing: dict | None = None) -> LocalCluster:
+def local_cluster(config: dict[str, str], workdir: Path, recorder: Recorder,
+                  minio_endpoint: str | None = None, existing: dict | None = None
+                  ) -> LocalCluster:
     """The rendered objects; `minio_endpoint` is the server standing in for MinIO's pod."""
     rendering = render(config)
     services = {}
@@ -73,15 +86,18 @@ def local_cluster(config: dict[str, str], workdir: Path, minio_endpoint: str | N
                     for p in rendering.objects["Service/minio"]["spec"]["ports"]
                     if p["port"] == 9000}
     workdir.mkdir(parents=True, exist_ok=True)
-    return LocalCluster(rendering.objects, workdir, services, existing or {})
+    return LocalCluster(rendering.objects, workdir, services, existing or {},
+                        tracer=recorder.tracer)
 
 
 def minio_credentials(cluster: LocalCluster) -> tuple[str, str]:
-    """What the rendered MinIO server is started with (moto itself accepts any key)."""
-    minio = cluster.get("Deployment", "minio")
-    env = cluster.process(minio["spec"]["template"]["spec"], pod_name="minio-0",
-                          namespace=minio["metadata"]["namespace"]).env
-    return env["MINIO_ROOT_USER"], env["MINIO_ROOT_PASSWORD"]
+    """What the rendered MinIO server reads its root user and password from (files of its
+    mounted Secret; moto itself accepts any key). A missing file would start MinIO with its
+    well-known default credentials: refuse that here."""
+    env = cluster.process(cluster.deployment_pod("minio")).env
+    files = [Path(env[f"MINIO_ROOT_{part}_FILE"]) for part in ("USER", "PASSWORD")]
+    assert all(f.is_file() for f in files), f"MinIO's credential files are missing: {files}"
+    return tuple(f.read_text().strip() for f in files)
 
 
 def assert_credentials(process: Process, expected: tuple[str, str]) -> None:
@@ -97,9 +113,7 @@ def run_job(cluster: LocalCluster, name: str, log_dir: Path,
             credentials: tuple[str, str] | None = None) -> str:
     """Run a rendered Job's pod to completion; it must present `credentials` (default:
     the in-cluster MinIO's)."""
-    job = cluster.get("Job", name)
-    proc = cluster.process(job["spec"]["template"]["spec"], pod_name=name,
-                           namespace=job["metadata"]["namespace"])
+    proc = cluster.process(cluster.job_pod(name))
     assert_credentials(proc, credentials or minio_credentials(cluster))
     rc = proc.start(log_dir).wait(timeout=WAIT_S)
     output = (log_dir / f"{name}.log").read_text()
@@ -133,13 +147,15 @@ def job_of(cluster: LocalCluster) -> dict:
 
 
 def test_rendered_stack_trains_resumes_after_rescale_and_serves(
-        s3_store, s3_endpoint, dataset_url, tmp_path):
+        s3_store, s3_endpoint, dataset_url, tmp_path, recorder):
     config = {**USER_CONFIG, "datasetSource": dataset_url}
     logs = tmp_path / "logs"
     logs.mkdir()
 
     # 1. workers=3: buckets, ingest, then Master + 2 Workers at once.
-    cluster = local_cluster({**config, "workers": "3"}, tmp_path / "pods-3", s3_endpoint)
+    three = local_cluster({**config, "workers": "3"}, tmp_path / "pods-3", recorder,
+                          s3_endpoint)
+    cluster = three
     run_job(cluster, "trainstack-buckets", logs)
     run_job(cluster, "trainstack-ingest-cifar10", logs)
     assert s3_store.exists("datasets/cifar10/cifar-10-python.tar.gz")
@@ -166,7 +182,8 @@ def test_rendered_stack_trains_resumes_after_rescale_and_serves(
     assert first[0].startswith(f"{checkpoints}{run_id}/")
 
     # 2. `pulumi config set workers 1 && pulumi up`: a new job, resuming the same run.
-    cluster = local_cluster({**config, "workers": "1"}, tmp_path / "pods-1", s3_endpoint)
+    cluster = local_cluster({**config, "workers": "1"}, tmp_path / "pods-1", recorder,
+                            s3_endpoint)
     (master,) = cluster.pytorchjob_processes(job_of(cluster))
     assert master.env["WORLD_SIZE"] == "1"
     assert master.start(logs).wait(timeout=WAIT_S) == 0, _log(logs, master)
@@ -180,18 +197,35 @@ def test_rendered_stack_trains_resumes_after_rescale_and_serves(
     assert latest["version"] == published["version"]
 
     # 3. The inference Deployment's container serves the just-published version.
-    serve_and_predict(cluster, logs, latest["version"], minio_credentials(cluster))
+    serve_and_predict(cluster, logs, latest["version"], minio_credentials(cluster), recorder)
+
+    # 4. Every connection of both phases against the fences of their renderings.
+    dataset_port = {int(dataset_url.split(":")[2].split("/")[0]): "the CIFAR-10 download"}
+    for phase, workers in ((three, "3"), (cluster, "1")):
+        traffic = Traffic.of(phase, recorder, dataset_port)
+        job = job_of(phase)["metadata"]["name"]
+        expected = [(f"{job}-master-0", "minio-0", 9000)]
+        if workers == "3":
+            expected += [(pod, "minio-0", 9000) for pod in (
+                "trainstack-buckets", "trainstack-ingest-cifar10", f"{job}-worker-0",
+                f"{job}-worker-1")]
+            expected += [(f"{job}-worker-{i}", f"{job}-master-0", 23456) for i in (0, 1)]
+        else:
+            expected += [("inference-0", "minio-0", 9000), (USER.name, "inference-0", 7860)]
+        fences = fence_checks.assert_fenced(phase, traffic, {**config, "workers": workers},
+                                            expected)
+        fence_checks.assert_breaks_are_caught(phase, traffic, fences["ingress"], "minio-0")
 
 
 def serve_and_predict(cluster: LocalCluster, logs: Path, version: str,
-                      credentials: tuple[str, str]) -> None:
-    deployment = cluster.get("Deployment", "inference")
-    app = cluster.process(deployment["spec"]["template"]["spec"], pod_name="inference-0",
-                          namespace=deployment["metadata"]["namespace"])
+                      credentials: tuple[str, str], recorder: Recorder) -> None:
+    pod = cluster.deployment_pod("inference")
+    app = cluster.process(pod)
     assert_credentials(app, credentials)
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container = pod["spec"]["containers"][0]
     probe = container["readinessProbe"]["httpGet"]
     base = f"http://127.0.0.1:{app.ports[container_port(container, probe['port'])]}"
+    recorder.user(base)
     proc = app.start(logs)
     try:
         wait_for(lambda: _get(f"{base}{probe['path']}"), "the app to be ready", [proc])
@@ -265,7 +299,7 @@ def users_secret(namespace: str) -> dict:
 
 
 def test_external_store_with_prefix_and_users_secret_trains_and_serves(
-        external_s3, s3_endpoint, dataset_url, tmp_path, monkeypatch):
+        external_s3, s3_endpoint, dataset_url, tmp_path, monkeypatch, recorder):
     config = {"buildImage": "false", "image": f"registry.example.com/ml/trainstack@{DIGEST}",
               "storeEndpoint": f"http://{external_s3}", "storeRegion": REGION,
               "bucketPrefix": PREFIX, "storeCredentialsSecret": TEAM_SECRET,
@@ -273,7 +307,8 @@ def test_external_store_with_prefix_and_users_secret_trains_and_serves(
               "workers": "2", "datasetSource": dataset_url}
     logs = tmp_path / "logs"
     logs.mkdir()
-    cluster = local_cluster(config, tmp_path / "pods", existing=users_secret("trainstack"))
+    cluster = local_cluster(config, tmp_path / "pods", recorder,
+                            existing=users_secret("trainstack"))
     assert not [k for k in cluster.objects if "minio" in k or k.startswith("Secret/")]
 
     run_job(cluster, "trainstack-buckets", logs, TEAM_KEYS)
@@ -304,7 +339,21 @@ def test_external_store_with_prefix_and_users_secret_trains_and_serves(
     assert latest["version"] == published["version"]
     assert store.exists(f"metrics/smallcnn-cifar10/{latest['version']}.json")
 
-    serve_and_predict(cluster, logs, latest["version"], TEAM_KEYS)
+    serve_and_predict(cluster, logs, latest["version"], TEAM_KEYS, recorder)
+
+    # Every connection against the fences: the store and the download are outside.
+    store_port = int(external_s3.rsplit(":", 1)[1])
+    outside = {store_port: "the team's S3 store",
+               int(dataset_url.split(":")[2].split("/")[0]): "the CIFAR-10 download"}
+    traffic = Traffic.of(cluster, recorder, outside)
+    job = job_of(cluster)["metadata"]["name"]
+    pods = ["trainstack-buckets", "trainstack-ingest-cifar10", f"{job}-master-0",
+            f"{job}-worker-0", "inference-0"]
+    expected = [(pod, "the team's S3 store", store_port) for pod in pods]
+    expected += [(f"{job}-worker-0", f"{job}-master-0", 23456),
+                 (USER.name, "inference-0", 7860)]
+    fences = fence_checks.assert_fenced(cluster, traffic, config, expected)
+    fence_checks.assert_breaks_are_caught(cluster, traffic, fences["ingress"], None)
 
 
 def test_the_harness_refuses_a_stack_that_renders_the_users_secret(tmp_path):

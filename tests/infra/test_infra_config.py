@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.config import CIFAR10_URL, ConfigError, StackConfig, parse_config
+from infra.config import ConfigError, StackConfig, parse_config
 from tests.infra.infra_helpers import (
     EXTERNAL,
     EXTERNAL_KEYS,
@@ -20,8 +20,10 @@ from tests.infra.infra_helpers import (
     S3_SECRET_KEY,
 )
 from tests.infra.render import render
+from trainer.config import CIFAR10_URL
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+AUTH_TOKEN = "cfg-app-token-0123456789abcdef01234"  # as `pulumi config set --secret`
 
 
 def test_defaults_match_the_design_contract():
@@ -38,7 +40,7 @@ def test_defaults_match_the_design_contract():
     assert cfg.render_yaml_to is None
     assert (cfg.buckets_timeout, cfg.ingest_timeout, cfg.ingest_storage) == ("15m", "30m", "4Gi")
     assert (cfg.workers, cfg.gpus_per_worker, cfg.cpu_per_worker, cfg.memory_per_worker) == (
-        2, 0, "1", "2Gi")
+        2, 0, "1", "3Gi")
     assert (cfg.epochs, cfg.batch_size, cfg.learning_rate) == (10, 128, 0.1)
     assert (cfg.model, cfg.dataset, cfg.namespace) == ("resnet18", "cifar10", "trainstack")
     assert cfg.ingest_source == CIFAR10_URL
@@ -47,6 +49,8 @@ def test_defaults_match_the_design_contract():
     assert (cfg.minio_volume_size, cfg.inference_replicas, cfg.inference_service_type) == (
         "10Gi", 1, "NodePort")
     assert cfg.node_selector == {} and cfg.tolerations == []
+    assert cfg.network_policy == "ingress"  # default-deny ingress, then the flows
+    assert cfg.inference_ingress_namespace is None and cfg.inference_auth_secret is None
 
 
 def test_string_values_are_converted():
@@ -118,6 +122,9 @@ INVALID = [
     ("ingestStorage", "lots", "a size such as 4Gi"),
     ("inferenceReplicas", "0", "an integer >= 1"),
     ("inferenceServiceType", "Ingress", "ClusterIP, NodePort, LoadBalancer"),
+    ("networkPolicy", "strict", "ingress-egress (egress fenced too), none (no NetworkPolicy)"),
+    ("inferenceIngressNamespace", "Ingress_NGINX", "a namespace name (DNS-1123 label)"),
+    ("inferenceAuthSecret", "App Token", "a Secret name (DNS-1123)"),
     ("nodeSelector", "[1, 2]", "a JSON object"),
     ("nodeSelector", "{not json", "a JSON object"),
     ("tolerations", '[{"effect": "Sometimes"}]', "a JSON list of tolerations"),
@@ -206,6 +213,15 @@ COMBINATIONS = [
       "installTrainingOperator": "false"}, "storeSecretKey", "written there in plain text"),
     ({**PUSHED, "pushImage": "false", "renderYamlTo": "out", "installTrainingOperator": "false",
       "storeCredentialsSecret": "m"}, "pushImage", "true when renderYamlTo is set"),
+    # the app's access
+    ({**RENDERED, "inferenceAuthToken": AUTH_TOKEN}, "inferenceAuthToken",
+     "create the Secret yourself (key TRAINSTACK_AUTH_TOKEN) and set inferenceAuthSecret"),
+    ({**PUSHED, "inferenceAuthToken": AUTH_TOKEN, "inferenceAuthSecret": "app-token"},
+     "inferenceAuthSecret", "not both (the token given twice)"),
+    ({**PUSHED, "inferenceIngressNamespace": "ingress-nginx"}, "inferenceServiceType",
+     "ClusterIP when inferenceIngressNamespace is set"),
+    ({**PUSHED, "inferenceIngressNamespace": "ingress-nginx", "inferenceServiceType": "ClusterIP",
+      "networkPolicy": "none"}, "inferenceIngressNamespace", "unset when networkPolicy is none"),
 ]
 
 
@@ -215,7 +231,7 @@ def test_bad_combinations_stop_the_program_naming_key_and_allowed(config, key, a
                        ) as err:
         render(config)
     assert err.value.key == key
-    for secret in (PASSWORD, S3_SECRET_KEY):
+    for secret in (PASSWORD, S3_SECRET_KEY, AUTH_TOKEN):
         assert secret not in str(err.value)
 
 

@@ -7,12 +7,13 @@ import socket
 
 import pytest
 
-from infra.config import CIFAR10_URL, ConfigError
+from infra.config import ConfigError
 from tests.infra.infra_helpers import IMAGE as REGISTRY_IMAGE
 from tests.infra.infra_helpers import (
     PASSWORD,
     PUSHED,
     env_of,
+    minio_credentials,
     one,
     pod_specs,
     pytorchjob,
@@ -20,6 +21,7 @@ from tests.infra.infra_helpers import (
     workload_specs,
 )
 from tests.infra.render import MOCK_RANDOM_PASSWORD, render
+from trainer.config import CIFAR10_URL
 
 DIRECTORY = "kubernetes:kustomize/v2:Directory"
 IMAGE = "docker:index/image:Image"
@@ -38,6 +40,12 @@ def test_defaults_render_every_resource(default_stack):
         "Deployment/minio", "Service/minio", "Job/trainstack-buckets",
         "ConfigMap/trainstack-train", "Job/trainstack-ingest-cifar10", f"PyTorchJob/{job}",
         "Deployment/inference", "Service/inference",
+        # one identity per workload, no token mounted
+        "ServiceAccount/minio", "ServiceAccount/trainstack-buckets",
+        "ServiceAccount/trainstack-ingest", "ServiceAccount/trainer", "ServiceAccount/inference",
+        # the fences: deny by default, one policy per workload
+        "NetworkPolicy/default-deny", "NetworkPolicy/minio", "NetworkPolicy/trainstack-buckets",
+        "NetworkPolicy/trainstack-ingest", "NetworkPolicy/trainer", "NetworkPolicy/inference",
     ])
     assert len(default_stack.by_type(IMAGE)) == 1
     assert len(default_stack.by_type("random:index/randomPassword:RandomPassword")) == 1
@@ -56,7 +64,8 @@ def test_every_resource_is_parented_to_a_typed_component(default_stack):
     assert set(components.values()) == {
         "trainstack:index:TrainingOperator", "trainstack:index:MinIO",
         "trainstack:index:TrainerImage", "trainstack:index:Training",
-        "trainstack:index:Inference", "trainstack:index:Buckets"}
+        "trainstack:index:Inference", "trainstack:index:Buckets",
+        "trainstack:index:NetworkFences"}
     operator_manifests = {r.urn for r in default_stack.by_type(DIRECTORY)}
     for r in default_stack.resources.values():
         if r.parent in operator_manifests:
@@ -122,7 +131,7 @@ def test_cpu_pods(default_stack):
         assert container["command"] == [
             "python", "-m", "trainer", "train", "--config", "/etc/trainstack/train.json"]
         assert container["resources"]["requests"] == container["resources"]["limits"] == {
-            "cpu": "1", "memory": "2Gi"}
+            "cpu": "1", "memory": "3Gi", "ephemeral-storage": "2Gi"}
         assert "tolerations" not in pod and "nodeSelector" not in pod
 
 
@@ -201,11 +210,10 @@ def test_every_workload_reaches_the_store_with_secret_refs(default_stack):
         assert env["AWS_SECRET_ACCESS_KEY"] == secret_ref(
             "minio-credentials", "AWS_SECRET_ACCESS_KEY")
         assert "AWS_REGION" not in env and "TRAINSTACK_BUCKET_PREFIX" not in env, key
-    # MinIO's root user is the workloads' access key: one Secret, one shape.
-    server = env_of(specs["Deployment/minio"]["containers"][0])
-    assert server["MINIO_ROOT_USER"] == secret_ref("minio-credentials", "AWS_ACCESS_KEY_ID")
-    assert server["MINIO_ROOT_PASSWORD"] == secret_ref(
-        "minio-credentials", "AWS_SECRET_ACCESS_KEY")
+    # MinIO's root user is the workloads' access key: one Secret, one shape (as files).
+    assert minio_credentials(default_stack) == {
+        "MINIO_ROOT_USER": ("minio-credentials", "AWS_ACCESS_KEY_ID"),
+        "MINIO_ROOT_PASSWORD": ("minio-credentials", "AWS_SECRET_ACCESS_KEY")}
     assert specs["Job/trainstack-buckets"]["containers"][0]["command"] == [
         "python", "-m", "trainer", "buckets"]
     assert specs["Job/trainstack-ingest-cifar10"]["containers"][0]["command"] == [
@@ -228,7 +236,8 @@ def test_inference_deployment_and_service(default_stack):
     deployment = default_stack.objects["Deployment/inference"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == [
-        "python", "-m", "inference", "serve", "--host", "0.0.0.0", "--port", "7860"]
+        "python", "-m", "inference", "serve", "--host", "0.0.0.0", "--port", "7860",
+        "--cache-dir", "/var/cache/trainstack"]
     assert env_of(container)["TRAINSTACK_MODEL_NAME"] == "resnet18-cifar10"
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -248,7 +257,10 @@ def test_minio(default_stack, gpu_stack):
     pod = deployment["spec"]["template"]["spec"]
     image = pod["containers"][0]["image"]
     assert image.startswith("quay.io/minio/minio:RELEASE.") and not image.endswith(":latest")
-    assert pod["securityContext"]["fsGroup"] == 1000
+    assert image == (
+        "quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z"
+        "@sha256:a1ea29fa28355559ef137d71fc570e508a214ec84ff8083e39bc5428980b015e")
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == 10002
     assert {p["containerPort"] for p in pod["containers"][0]["ports"]} == {9000, 9001}
     assert {p["port"] for p in default_stack.objects["Service/minio"]["spec"]["ports"]} == {
         9000, 9001}

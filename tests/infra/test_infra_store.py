@@ -13,6 +13,7 @@ from tests.infra.infra_helpers import (
     PUSHED,
     S3_SECRET_KEY,
     env_of,
+    minio_credentials,
     secret_ref,
     workload_specs,
 )
@@ -39,9 +40,13 @@ def test_no_minio_object_is_declared(external):
     assert not external.by_type("random:index/randomPassword:RandomPassword")
     assert not [k for k in external.objects if k.split("/")[0] in ("Secret",
                                                                     "PersistentVolumeClaim")]
-    kinds = sorted(k.split("/")[0] for k in external.objects)
+    kinds = sorted(k.split("/")[0] for k in external.objects if not k.startswith(
+        ("NetworkPolicy/", "ServiceAccount/")))
     assert kinds == ["ConfigMap", "Deployment", "Job", "Job", "Namespace", "PyTorchJob",
                      "Service"]  # the app's Deployment and Service, bucket and ingest Jobs
+    accounts = sorted(k for k in external.objects if k.startswith("ServiceAccount/"))
+    assert accounts == ["ServiceAccount/inference", "ServiceAccount/trainer",
+                        "ServiceAccount/trainstack-buckets", "ServiceAccount/trainstack-ingest"]
 
 
 def test_every_workload_reaches_the_endpoint_over_tls_with_region_and_prefix(external):
@@ -127,9 +132,9 @@ def test_minio_can_read_its_credentials_from_the_users_secret():
     rendering = render({**PUSHED, "storeCredentialsSecret": "minio-sealed"})
     assert not [k for k in rendering.objects if k.startswith("Secret/")]
     assert not rendering.by_type("random:index/randomPassword:RandomPassword")
-    server = env_of(rendering.objects["Deployment/minio"]["spec"]["template"]["spec"][
-        "containers"][0])
-    assert server["MINIO_ROOT_PASSWORD"] == secret_ref("minio-sealed", "AWS_SECRET_ACCESS_KEY")
+    assert minio_credentials(rendering) == {
+        "MINIO_ROOT_USER": ("minio-sealed", "AWS_ACCESS_KEY_ID"),
+        "MINIO_ROOT_PASSWORD": ("minio-sealed", "AWS_SECRET_ACCESS_KEY")}
     for spec in workload_specs(rendering).values():
         env = env_of(spec["containers"][0])
         assert env["AWS_ACCESS_KEY_ID"] == secret_ref("minio-sealed", "AWS_ACCESS_KEY_ID")

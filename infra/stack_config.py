@@ -1,18 +1,117 @@
-"""Rules between `trainstack:` keys: each bad combination stops `pulumi up` before any
-resource is registered, with the key to change and what is allowed there.
+"""What a valid stack config is: the StackConfig dataclass and the rules between its keys.
 
-`check(cfg)` runs on every StackConfig's construction; `warnings(cfg)` lists what is
-allowed but risky (logged by infra.config.load).
+Single values are parsed by infra/values.py (through infra/config.py, which reads them
+from the engine); each bad combination of keys stops `pulumi up` on construction, before
+any resource is registered, naming the key to change and what is allowed there.
+`warnings(cfg)` lists what is allowed but risky (logged by infra.config.load).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any
 
 from infra.values import invalid, parse_image_reference
+from infra.workloads import AUTH_TOKEN_ENV
 
-if TYPE_CHECKING:
-    from infra.config import StackConfig
+# The trainer's own contracts (stdlib-only modules: no torch in the Pulumi program).
+from trainer.config import CIFAR10_URL
+from trainer.layout import bucket_names, model_name
+
+DEFAULT_REPOSITORY = "trainstack-trainer"
+DEFAULT_MINIO_SIZE = "10Gi"
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """The validated stack settings (defaults = DESIGN.md's Pulumi stack contract).
+
+    None means "not set": several keys only apply in one mode (MinIO's, the image's), and
+    setting one where it does not apply is an error rather than silently ignored.
+    """
+
+    workers: int = 2  # training pods: Master + workers-1 Workers
+    gpus_per_worker: int = 0
+    cpu_per_worker: str = "1"  # request = limit
+    # request = limit; also the /dev/shm size. 3Gi, not DESIGN.md's 2Gi: resnet18 on
+    # CIFAR-10 in fp32 peaks at ~2 GiB RSS per rank (bench/train_memory.py), no margin.
+    memory_per_worker: str = "3Gi"
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 0.1
+    model: str = "resnet18"
+    dataset: str = "cifar10"
+    dataset_source: str | None = None  # None: the dataset's own default (CIFAR-10 URL)
+    namespace: str = "trainstack"
+    build_image: bool = True  # False: `image` is a prebuilt reference, run as given
+    image: str | None = None  # build: repository (default trainstack-trainer); else reference
+    push_image: bool | None = None  # build only; None: true
+    install_training_operator: bool = True
+    training_operator_version: str = "v1.8.1"
+    store_endpoint: str | None = None  # None: the in-cluster MinIO
+    store_region: str | None = None
+    store_credentials_secret: str | None = None  # an existing Secret the workloads read
+    store_access_key: str | None = None  # with the secret storeSecretKey: the stack's Secret
+    bucket_prefix: str = ""
+    minio_storage_size: str | None = None  # None: 10Gi (in-cluster MinIO only)
+    minio_storage_class: str | None = None  # None: the cluster's default StorageClass
+    render_yaml_to: str | None = None  # a directory: write YAML instead of applying
+    buckets_timeout: str = "15m"  # how long `pulumi up` waits for the bucket Job
+    ingest_timeout: str = "30m"  # ... and for the ingest Job (170 MB download + image pull)
+    ingest_storage: str = "4Gi"  # ephemeral storage of the ingest Job: download + unpacked
+    inference_replicas: int = 1
+    inference_service_type: str = "NodePort"
+    inference_ingress_namespace: str | None = None  # only its pods reach the app
+    inference_auth_secret: str | None = None  # an existing Secret with the app's token
+    network_policy: str = "ingress"  # NETWORK_POLICY_MODES
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    secrets: frozenset[str] = frozenset()  # which SECRET_KEYS were given (never their values)
+
+    def __post_init__(self):
+        check_combinations(self)
+
+    @property
+    def model_name(self) -> str:
+        """`<model>-<dataset>`: the store prefix the trainer publishes and the app serves."""
+        return model_name(self.model, self.dataset)
+
+    @property
+    def ingest_source(self) -> str | None:
+        """What the ingest Job downloads: cifar10 defaults to the official archive."""
+        if self.dataset_source:
+            return self.dataset_source
+        return CIFAR10_URL if self.dataset == "cifar10" else None
+
+    @property
+    def image_repository(self) -> str:
+        """What buildImage true builds and tags."""
+        return self.image or DEFAULT_REPOSITORY
+
+    @property
+    def pushes(self) -> bool:
+        return self.build_image and self.push_image is not False
+
+    @property
+    def minio_volume_size(self) -> str:
+        return self.minio_storage_size or DEFAULT_MINIO_SIZE
+
+    @property
+    def buckets(self) -> list[str]:
+        """The store's bucket names (`<prefix>datasets`, ...)."""
+        return list(bucket_names(self.bucket_prefix).values())
+
+    def train_json(self) -> dict[str, Any]:
+        """train.json: hyperparameters only (the trainer's TrainConfig keys); seed is fixed."""
+        return {
+            "dataset": self.dataset,
+            "model": self.model,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.learning_rate,
+            "seed": 0,
+        }
+
 
 MINIO_ONLY = {"minioStorageSize": "minio_storage_size", "minioStorageClass": "minio_storage_class"}
 SECRET_SHAPE = "keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
@@ -20,7 +119,8 @@ PLAINTEXT_IN_FILES = ("renderYamlTo writes every object to files, so a Secret th
                       "would be written there in plain text")
 
 
-def check(cfg: StackConfig) -> None:
+def check_combinations(cfg: StackConfig) -> None:
+    """Every rule between keys; raises ConfigError naming the key to change."""
     _check_image(cfg)
     if cfg.store_endpoint:
         _check_external_store(cfg)
@@ -28,6 +128,7 @@ def check(cfg: StackConfig) -> None:
         _check_in_cluster_store(cfg)
     if cfg.render_yaml_to:
         _check_render(cfg)
+    _check_inference_access(cfg)
 
 
 def warnings(cfg: StackConfig) -> list[str]:
@@ -128,6 +229,10 @@ def _check_render(cfg: StackConfig) -> None:
             raise invalid(key, f"unset when renderYamlTo is set ({PLAINTEXT_IN_FILES}); create "
                                f"the Secret yourself ({SECRET_SHAPE}) and set "
                                "storeCredentialsSecret", None, secret=True)
+    if "inferenceAuthToken" in cfg.secrets:
+        raise invalid("inferenceAuthToken", f"unset when renderYamlTo is set "
+                      f"({PLAINTEXT_IN_FILES}); create the Secret yourself (key "
+                      f"{AUTH_TOKEN_ENV}) and set inferenceAuthSecret", None, secret=True)
     if not cfg.store_credentials_secret:
         raise invalid("storeCredentialsSecret", f"the name of an existing Secret ({SECRET_SHAPE}) "
                       f"when renderYamlTo is set: {PLAINTEXT_IN_FILES} (create it with "
@@ -136,3 +241,19 @@ def _check_render(cfg: StackConfig) -> None:
         raise invalid("pushImage", "true when renderYamlTo is set (the cluster that applies "
                                    "the files pulls the image from a registry), or buildImage "
                                    "false with a prebuilt image", False)
+
+
+def _check_inference_access(cfg: StackConfig) -> None:
+    if "inferenceAuthToken" in cfg.secrets and cfg.inference_auth_secret:
+        raise invalid("inferenceAuthSecret", "either inferenceAuthSecret or inferenceAuthToken, "
+                      "not both (the token given twice)", cfg.inference_auth_secret)
+    namespace = cfg.inference_ingress_namespace
+    if namespace is None:
+        return
+    if cfg.network_policy == "none":
+        raise invalid("inferenceIngressNamespace", "unset when networkPolicy is none (it is "
+                      "enforced by the stack's NetworkPolicies)", namespace)
+    if cfg.inference_service_type != "ClusterIP":
+        raise invalid("inferenceServiceType", "ClusterIP when inferenceIngressNamespace is set "
+                      "(only that namespace's Ingress controller may reach the app, so a "
+                      "NodePort or LoadBalancer would answer nobody)", cfg.inference_service_type)
