@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .app import Settings
+from .auth import AUTH_TOKEN_ENV
 
 log = logging.getLogger("inference")
 
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(store=args.store, host=args.host, port=args.port,
                         model_name=args.model_name, poll_seconds=args.poll_seconds,
                         max_upload_mb=args.max_upload_mb, cache_dir=args.cache_dir,
-                        concurrency=args.concurrency, **serving_settings(args))
+                        concurrency=args.concurrency, auth_token=os.environ.get(AUTH_TOKEN_ENV),
+                        **serving_settings(args))
     import uvicorn
 
     from trainer.errors import TrainstackError

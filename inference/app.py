@@ -17,11 +17,14 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI
+from starlette.datastructures import Secret
+from starlette.routing import Route
 
 from trainer.cpus import usable_cpus
 from trainer.storage import open_store
 
 from .api import build_router
+from .auth import AUTH_TOKEN_ENV, LOGIN_MESSAGE, BearerAuthMiddleware, check_token, gradio_login
 from .engine import Engine, EngineConfig
 from .metrics import Metrics
 from .predict import DEFAULT_MAX_PIXELS
@@ -73,6 +76,9 @@ class Settings:
     upload_cache_mb: float = 256.0  # Gradio's uploads kept on disk, at most
     upload_cache_max_age_s: float = 600.0  # uploads older than this are deleted
     upload_cache_sweep_s: float = 30.0  # how often both limits are applied
+    # $TRAINSTACK_AUTH_TOKEN (inference.auth); None or "": no access control. Never a flag
+    # (argv is visible to every process) and never in a repr or a log line.
+    auth_token: str | None = field(default=None, repr=False)
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -121,6 +127,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     from .ui import CSS, THEME, build_demo
 
     config = settings.engine_config()
+    token = check_token(settings.auth_token)  # before anything starts: a bad one is fatal
     torch.set_num_threads(config.torch_threads)
     # A temp cache dir this app made is this app's to delete at shutdown (not a given one).
     owned_cache = registry is None and settings.cache_dir is None
@@ -140,9 +147,10 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        log.info("serving models from %s (model: %s, polling every %gs); %s", registry.store.url,
-                 registry.model_name or "newest published", registry.poll_seconds,
-                 describe(config, settings.device))
+        log.info("serving models from %s (model: %s, polling every %gs); %s; access control: "
+                 "%s", registry.store.url, registry.model_name or "newest published",
+                 registry.poll_seconds, describe(config, settings.device),
+                 f"on ({AUTH_TOKEN_ENV})" if token else "off (anyone who reaches this port)")
         registry.start()  # its first check runs at once, in the background
         try:
             async with keep_uploads_under(demo.upload_file_set,
@@ -160,14 +168,22 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
                   description="Classify images with the newest published model.")
     app.state.registry, app.state.metrics, app.state.settings = registry, metrics, settings
     app.state.engine, app.state.demo = engine, demo
-    app.include_router(build_router(registry, metrics, engine,
-                                    int(settings.max_upload_mb * 1e6)))
+    router = build_router(registry, metrics, engine, int(settings.max_upload_mb * 1e6))
+    app.include_router(router)
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=256)
+    # The FastAPI app's own routes (the API, /docs, /openapi.json), before Gradio's mount.
+    api_paths = {route.path.rstrip("/") for route in [*router.routes, *app.routes]
+                 if isinstance(route, Route)}
     gr.mount_gradio_app(app, demo, path="/", theme=THEME, css=CSS,
                         allowed_paths=[str(registry.cache_dir)],
                         max_file_size=int(settings.max_upload_mb * 1e6),
-                        footer_links=["api"])
+                        footer_links=["api"], auth=gradio_login(token) if token else None,
+                        auth_message=LOGIN_MESSAGE if token else None)
+    if token:
+        # Secret: Starlette's repr of the middleware list shows "**********", not the token.
+        app.add_middleware(BearerAuthMiddleware, token=Secret(token), api_paths=api_paths)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.access_control = token is not None
     return app
 
 
