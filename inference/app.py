@@ -11,6 +11,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,9 +123,7 @@ def create_registry(settings: Settings) -> Registry:
 
 def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     """The whole service. The poller starts with the app's lifespan (uvicorn/TestClient)."""
-    import gradio as gr
-
-    from .ui import CSS, THEME, build_demo
+    from .ui import build_demo
 
     config = settings.engine_config()
     token = check_token(settings.auth_token)  # before anything starts: a bad one is fatal
@@ -144,13 +143,50 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         on_swap(registry.current)
     demo = build_demo(registry, engine, metrics, delete_cache=(
         settings.upload_cache_sweep_s, settings.upload_cache_max_age_s))
+    app = FastAPI(title="trainstack inference", description="Classify images with the newest "
+                  "published model.", lifespan=lifespan(settings, registry, engine, demo,
+                                                        token is not None, owned_cache))
+    app.state.registry, app.state.metrics, app.state.settings = registry, metrics, settings
+    app.state.engine, app.state.demo = engine, demo
+    router = build_router(registry, metrics, engine, int(settings.max_upload_mb * 1e6))
+    app.include_router(router)
+    mount_ui(app, demo, settings, registry, token)
+    if token:
+        # The FastAPI app's own routes (the API, /docs, /openapi.json), not Gradio's mount.
+        api_paths = {route.path.rstrip("/") for route in [*router.routes, *app.routes]
+                     if isinstance(route, Route)}
+        # Secret: Starlette's repr of the middleware list shows "**********", not the token.
+        app.add_middleware(BearerAuthMiddleware, token=Secret(token), api_paths=api_paths)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.access_control = token is not None
+    return app
+
+
+def mount_ui(app: FastAPI, demo: Any, settings: Settings, registry: Registry,
+             token: str | None) -> None:
+    """The Gradio UI at "/", behind Gradio's login when there is a token."""
+    import gradio as gr
+
+    from .ui import CSS, THEME
+
+    demo.queue(default_concurrency_limit=settings.concurrency, max_size=256)
+    gr.mount_gradio_app(app, demo, path="/", theme=THEME, css=CSS,
+                        allowed_paths=[str(registry.cache_dir)],
+                        max_file_size=int(settings.max_upload_mb * 1e6),
+                        footer_links=["api"], auth=gradio_login(token) if token else None,
+                        auth_message=LOGIN_MESSAGE if token else None)
+
+
+def lifespan(settings: Settings, registry: Registry, engine: Engine, demo: Any,
+             guarded: bool, owned_cache: bool) -> Callable[[FastAPI], Any]:
+    """Start the poller and the upload-cache sweeper; stop both and clean up at shutdown."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def run(app: FastAPI) -> AsyncIterator[None]:
         log.info("serving models from %s (model: %s, polling every %gs); %s; access control: "
                  "%s", registry.store.url, registry.model_name or "newest published",
-                 registry.poll_seconds, describe(config, settings.device),
-                 f"on ({AUTH_TOKEN_ENV})" if token else "off (anyone who reaches this port)")
+                 registry.poll_seconds, describe(engine.config, settings.device),
+                 f"on ({AUTH_TOKEN_ENV})" if guarded else "off (anyone who reaches this port)")
         registry.start()  # its first check runs at once, in the background
         try:
             async with keep_uploads_under(demo.upload_file_set,
@@ -164,27 +200,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
                 shutil.rmtree(registry.cache_dir, ignore_errors=True)
                 log.debug("removed the model cache %s", registry.cache_dir)
 
-    app = FastAPI(title="trainstack inference", lifespan=lifespan,
-                  description="Classify images with the newest published model.")
-    app.state.registry, app.state.metrics, app.state.settings = registry, metrics, settings
-    app.state.engine, app.state.demo = engine, demo
-    router = build_router(registry, metrics, engine, int(settings.max_upload_mb * 1e6))
-    app.include_router(router)
-    demo.queue(default_concurrency_limit=settings.concurrency, max_size=256)
-    # The FastAPI app's own routes (the API, /docs, /openapi.json), before Gradio's mount.
-    api_paths = {route.path.rstrip("/") for route in [*router.routes, *app.routes]
-                 if isinstance(route, Route)}
-    gr.mount_gradio_app(app, demo, path="/", theme=THEME, css=CSS,
-                        allowed_paths=[str(registry.cache_dir)],
-                        max_file_size=int(settings.max_upload_mb * 1e6),
-                        footer_links=["api"], auth=gradio_login(token) if token else None,
-                        auth_message=LOGIN_MESSAGE if token else None)
-    if token:
-        # Secret: Starlette's repr of the middleware list shows "**********", not the token.
-        app.add_middleware(BearerAuthMiddleware, token=Secret(token), api_paths=api_paths)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.state.access_control = token is not None
-    return app
+    return run
 
 
 def describe(config: EngineConfig, device: str) -> str:
