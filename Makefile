@@ -5,6 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
+# The tests' MLflow tracking server lives in its own venv: the full `mlflow` package is a
+# server with pandas, pyarrow, SQLAlchemy...; the image and .venv get only mlflow-skinny.
+MLFLOW_VENV := .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
 # The outside policy scanner the tests run (checkov) lives in its own venv: its pins
 # (boto3, packaging, ...) clash with the project's.
 CHECKOV_VENV := .venv-checkov
@@ -46,6 +50,11 @@ $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
+$(MLFLOW_STAMP): requirements-mlflow-server.txt
+	[ -x $(MLFLOW_VENV)/bin/python ] || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install --quiet -r requirements-mlflow-server.txt
+	touch $@
+
 $(CHECKOV_STAMP): requirements-checkov.txt
 	[ -x $(CHECKOV_VENV)/bin/python ] || $(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
@@ -59,10 +68,10 @@ strace:
 	@[ -x $(STRACE) ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq strace >/dev/null; }
 
-test: $(DEV_STAMP) $(CHECKOV_STAMP) chromium strace
+test: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) chromium strace
 	$(BIN)/python -m pytest
 
-test-fast: $(DEV_STAMP) $(CHECKOV_STAMP) strace
+test-fast: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) strace
 	$(BIN)/python -m pytest -m "not browser"
 
 lint: $(DEV_STAMP)
@@ -86,4 +95,4 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/inference_latency.py
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) $(DEMO_STORE) .pytest_cache
+	rm -rf $(VENV) $(MLFLOW_VENV) $(CHECKOV_VENV) $(DEMO_STORE) .pytest_cache

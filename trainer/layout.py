@@ -10,6 +10,7 @@ datasets/<dataset>/...                                   ingested data
 models/<name>/runs/<run_id>/checkpoints/epoch-0007.pt    full training state
 models/<name>/versions/<version>/claim.json             created exclusively, first
 models/<name>/versions/<version>/{model.pt2, meta.json, metrics.json, *.png, examples/}
+models/<name>/progress/<run_id>.json                     a run's progress, rewritten each epoch
 models/<name>/sequence.json                              last publication sequence handed out
 models/<name>/latest.json                                {"version": ..., "sequence": ...}, moved last
 metrics/<name>/<version>.json                            copy of metrics.json
@@ -47,6 +48,8 @@ MODEL_FILE = "model.pt2"
 LATEST_FILE = "latest.json"
 CLAIM_FILE = "claim.json"
 SEQUENCE_FILE = "sequence.json"
+# Runs: models/<name>/progress/<run_id>.json
+PROGRESS_SUFFIX = ".json"
 VERSION_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
 _CHECKPOINT = re.compile(r"/epoch-(\d{4,})\.pt$")
@@ -157,6 +160,22 @@ class ModelKeys:
 
     def run(self, run_id: str) -> str:
         return f"models/{self.name}/runs/{run_id}/"
+
+    @property
+    def progresses(self) -> str:
+        """Every run's progress record; they outlive the runs' checkpoints."""
+        return f"models/{self.name}/progress/"
+
+    def progress(self, run_id: str) -> str:
+        """The run's progress record (trainer.schema.RunProgress), rewritten by rank 0."""
+        return f"{self.progresses}{run_id}{PROGRESS_SUFFIX}"
+
+    def run_of_progress_key(self, key: str) -> str | None:
+        """``<run_id>`` of ``models/<name>/progress/<run_id>.json``, else None."""
+        if not key.startswith(self.progresses) or not key.endswith(PROGRESS_SUFFIX):
+            return None
+        run_id = key[len(self.progresses):-len(PROGRESS_SUFFIX)]
+        return run_id if run_id and "/" not in run_id else None
 
     def checkpoints(self, run_id: str) -> str:
         return f"{self.run(run_id)}checkpoints/"
