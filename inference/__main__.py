@@ -32,6 +32,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                        help="largest accepted upload; bigger gets 413 [10]")
     serve.add_argument("--cache-dir", type=Path, default=None,
                        help="where downloaded versions are kept [a temp dir]")
+    serve.add_argument("--mlflow-ui-url", default=env("TRAINSTACK_MLFLOW_UI_URL", "") or None,
+                       help="http(s) address users open MLflow at, for the links to each "
+                            "version's MLflow run [$TRAINSTACK_MLFLOW_UI_URL; default: the "
+                            "address the trainer logged to]")
     serve.add_argument("--concurrency", type=int, default=16,
                        help="UI predictions running at once (Gradio's default is 1) [16]")
     add_serving_args(serve)
@@ -96,11 +100,6 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no store given: pass --store or set TRAINSTACK_STORE "
                   "(s3://HOST:PORT or a local directory)")
         return 2
-    settings = Settings(store=args.store, host=args.host, port=args.port,
-                        model_name=args.model_name, poll_seconds=args.poll_seconds,
-                        max_upload_mb=args.max_upload_mb, cache_dir=args.cache_dir,
-                        concurrency=args.concurrency, auth_token=os.environ.get(AUTH_TOKEN_ENV),
-                        **serving_settings(args))
     import uvicorn
 
     from trainer.errors import TrainstackError
@@ -108,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
 
     try:
+        settings = Settings(
+            store=args.store, host=args.host, port=args.port, model_name=args.model_name,
+            poll_seconds=args.poll_seconds, max_upload_mb=args.max_upload_mb,
+            cache_dir=args.cache_dir, concurrency=args.concurrency,
+            auth_token=os.environ.get(AUTH_TOKEN_ENV), mlflow_ui_url=args.mlflow_ui_url,
+            **serving_settings(args))
         app = create_app(settings)
     except TrainstackError as e:  # misconfiguration (bad URL, missing credentials): say so
         log.error("%s", e)

@@ -22,6 +22,7 @@ from starlette.datastructures import Secret
 from starlette.routing import Route
 
 from trainer.cpus import usable_cpus
+from trainer.errors import ConfigError
 from trainer.storage import open_store
 
 from .api import build_router
@@ -29,6 +30,7 @@ from .auth import AUTH_TOKEN_ENV, LOGIN_MESSAGE, BearerAuthMiddleware, check_tok
 from .engine import Engine, EngineConfig
 from .metrics import Metrics
 from .predict import DEFAULT_MAX_PIXELS
+from .progress import ProgressBoard
 from .registry import ModelVersion, Registry
 from .uploads import keep_uploads_under
 
@@ -80,6 +82,14 @@ class Settings:
     # $TRAINSTACK_AUTH_TOKEN (inference.auth); None or "": no access control. Never a flag
     # (argv is visible to every process) and never in a repr or a log line.
     auth_token: str | None = field(default=None, repr=False)
+    # Where users open MLflow (http(s)); links to a version's MLflow run are built on it.
+    # None: the address the trainer saw (MLFLOW_TRACKING_URI in the training pods).
+    mlflow_ui_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mlflow_ui_url and not self.mlflow_ui_url.startswith(("http://", "https://")):
+            raise ConfigError(f"invalid mlflow_ui_url {self.mlflow_ui_url!r}: allowed: an "
+                              "http:// or https:// address", key="mlflow_ui_url")
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -141,13 +151,14 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     registry.on_swap.append(on_swap)
     if registry.current:
         on_swap(registry.current)
+    board = ProgressBoard(registry, settings.mlflow_ui_url)
     demo = build_demo(registry, engine, metrics, delete_cache=(
-        settings.upload_cache_sweep_s, settings.upload_cache_max_age_s))
+        settings.upload_cache_sweep_s, settings.upload_cache_max_age_s), board=board)
     app = FastAPI(title="trainstack inference", description="Classify images with the newest "
                   "published model.", lifespan=lifespan(settings, registry, engine, demo,
                                                         token is not None, owned_cache))
     app.state.registry, app.state.metrics, app.state.settings = registry, metrics, settings
-    app.state.engine, app.state.demo = engine, demo
+    app.state.engine, app.state.demo, app.state.progress = engine, demo, board
     router = build_router(registry, metrics, engine, int(settings.max_upload_mb * 1e6))
     app.include_router(router)
     mount_ui(app, demo, settings, registry, token)

@@ -23,9 +23,9 @@ from trainer.storage import Store
 from .versions import (
     BrokenVersion,
     ModelVersion,
+    discover_names,
     download_version,
     latest_versions,
-    model_names,
     publication_order,
     published_versions,
     read_latest,
@@ -66,6 +66,7 @@ class Registry:
         self._meta_cache: dict[str, VersionMeta | None] = {}  # None: broken
         self.discovery_seconds = DISCOVERY_SECONDS
         self._names: set[str] = set()  # model names found by the last discovery
+        self.progress_names: set[str] = set()  # names with runs' progress records (ditto)
         self._discovered_at: float | None = None  # time.monotonic() of that discovery
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -97,7 +98,7 @@ class Registry:
         stale = (self._discovered_at is None
                  or now - self._discovered_at >= self.discovery_seconds)
         if stale or not self._names:
-            self._names = model_names(self.store)
+            self._names, self.progress_names = discover_names(self.store)
             self._discovered_at = now
         return self._names
 

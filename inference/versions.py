@@ -17,7 +17,14 @@ from typing import Any
 import torch
 
 from trainer.errors import MetaError, ObjectNotFound
-from trainer.layout import META_FILE, METRICS_FILE, MODEL_FILE, ModelKeys, name_of_latest_key
+from trainer.layout import (
+    META_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    ModelKeys,
+    name_of_latest_key,
+    name_of_progress_key,
+)
 from trainer.schema import Latest, VersionMeta, VersionMetrics
 from trainer.storage import Store
 
@@ -62,9 +69,16 @@ def read_meta(store: Store, name: str, version: str) -> VersionMeta:
     return meta
 
 
-def model_names(store: Store) -> set[str]:
-    """Every ``<name>`` with a ``models/<name>/latest.json`` (one recursive listing)."""
-    return {name for key in store.list("models/") if (name := name_of_latest_key(key))}
+def discover_names(store: Store) -> tuple[set[str], set[str]]:
+    """``(names with a models/<name>/latest.json, names with a run's progress record)``,
+    from one recursive listing of ``models/``."""
+    published, running = set(), set()
+    for key in store.list("models/"):
+        if name := name_of_latest_key(key):
+            published.add(name)
+        elif name := name_of_progress_key(key):
+            running.add(name)
+    return published, running
 
 
 def read_latest(store: Store, name: str) -> Latest:
