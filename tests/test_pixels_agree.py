@@ -48,7 +48,9 @@ def transparent_png() -> bytes:
 def sixteen_bit_png() -> bytes:
     """A 16-bit greyscale ramp over the full 0..65535 range."""
     ramp = np.tile(np.linspace(0, 65535, 96), (64, 1)).astype(np.uint16)
-    return _encoded(Image.fromarray(ramp, "I;16"), "PNG")
+    image = Image.fromarray(ramp)  # uint16 -> mode "I;16"
+    assert image.mode == "I;16"
+    return _encoded(image, "PNG")
 
 
 def palette_png() -> bytes:
