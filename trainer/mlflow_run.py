@@ -1,5 +1,7 @@
 """The MLflow calls of trainer.tracking (the only module that imports mlflow).
 
+What they write is defined in trainer.mlflow_layout.
+
 An MLflow run belongs to one trainstack run (tag ``trainstack.run_id``) in the experiment
 ``<model>-<dataset>`` (or ``MLFLOW_EXPERIMENT_NAME``). Its published versions are
 registered as model ``<model>-<dataset>`` with the tag ``trainstack.version``; the alias
@@ -20,7 +22,7 @@ from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
 from trainer.layout import is_safe_relative
-from trainer.tracking import (
+from trainer.mlflow_layout import (
     ALIAS,
     ARTIFACT_DIR,
     EXPERIMENT_ENV,

@@ -14,7 +14,7 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from trainer import tracking
+from trainer import mlflow_layout, tracking
 from trainer.config import RunIdentity, TrainConfig
 from trainer.cpus import usable_cpus
 from trainer.errors import MetaError, ObjectNotFound, TrainstackError
@@ -154,7 +154,7 @@ def open_reporter(store: Store, identity: RunIdentity, *, is_main: bool,
     cfg, uri, tracker = identity.config, tracking.tracking_uri(), None
     if uri is not None:
         tags = {f"trainstack.{key}": value for key, value in identity.to_dict().items()}
-        info = tracking.RunInfo(run_id=identity.run_id, model_name=cfg.model_name,
+        info = mlflow_layout.RunInfo(run_id=identity.run_id, model_name=cfg.model_name,
                                 params=run_params(cfg, world_size, pod_resources()),
                                 tags=tags, world_size=world_size)
         tracker = tracking.Tracker(info, uri)

@@ -14,7 +14,6 @@ and only when tracking is on. Stdlib only.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.errors import ConfigError
+from trainer.mlflow_layout import METRIC_KEYS, RunInfo
 from trainer.schema import EpochRecord, mlflow_run_page
 
 log = logging.getLogger(__name__)
@@ -39,19 +39,6 @@ PUBLISH_TIMEOUT_FACTOR = 10
 MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
                         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
                         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-# What the MLflow side looks like (trainer.mlflow_run writes it, tests and the app read it).
-RUN_ID_TAG = "trainstack.run_id"
-MODEL_TAG = "trainstack.model_name"
-VERSION_TAG = "trainstack.version"
-WORLD_SIZES_TAG = "trainstack.world_sizes"
-# MLflow reserves the alias "latest" (it means the highest version number, whatever
-# latest.json says); this alias is the registered version trainstack's latest.json names.
-ALIAS = "current"
-ARTIFACT_DIR = "model"
-"""Artifact folder of the published files; a registered version's source."""
-EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
-# The per-epoch metrics: every EpochRecord field, logged with step = epoch.
-METRIC_KEYS = tuple(f.name for f in dataclasses.fields(EpochRecord) if f.name != "epoch")
 
 
 def tracking_uri() -> str | None:
@@ -70,19 +57,6 @@ def tracking_timeout() -> float:
         raise ConfigError(f"{TIMEOUT_ENV}: must be a number of seconds > 0, got {raw!r}",
                           key=TIMEOUT_ENV)
     return value
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What MLflow is told about a trainstack run."""
-
-    run_id: str
-    model_name: str
-    """``<model>-<dataset>``: the experiment's and the registered model's name."""
-    params: dict[str, Any]
-    """Logged once, at the MLflow run's first start (MLflow params cannot change)."""
-    tags: dict[str, str] = field(default_factory=dict)
-    world_size: int = 1
 
 
 class _Background:

@@ -20,16 +20,10 @@ from tests.trainer.tracking_kit import (
     train_epochs,
 )
 from trainer.layout import ModelKeys
+from trainer.mlflow_layout import ALIAS, METRIC_KEYS, RUN_ID_TAG, VERSION_TAG, WORLD_SIZES_TAG
 from trainer.reporting import open_reporter
 from trainer.schema import RunProgress
-from trainer.tracking import (
-    ALIAS,
-    METRIC_KEYS,
-    MLFLOW_HTTP_DEFAULTS,
-    RUN_ID_TAG,
-    VERSION_TAG,
-    WORLD_SIZES_TAG,
-)
+from trainer.tracking import MLFLOW_HTTP_DEFAULTS
 
 IDLE_S = 180  # generous: the first call imports mlflow, slow on a busy 2-core machine
 

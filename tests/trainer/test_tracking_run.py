@@ -26,8 +26,8 @@ from tests.trainer.trainer_procs import (
 )
 from trainer.config import TrainConfig
 from trainer.layout import ModelKeys
+from trainer.mlflow_layout import ALIAS, METRIC_KEYS, RUN_ID_TAG, VERSION_TAG, WORLD_SIZES_TAG
 from trainer.schema import RunProgress
-from trainer.tracking import ALIAS, METRIC_KEYS, RUN_ID_TAG, VERSION_TAG, WORLD_SIZES_TAG
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from trainer.checkpoint import TrainingState
 from trainer.config import RunIdentity, TrainConfig
 from trainer.layout import METRICS_FILE, MODEL_FILE, VERSION_TIME_FORMAT, ModelKeys, version_name
+from trainer.mlflow_layout import METRIC_KEYS
 from trainer.publish import created_at, write_version
 from trainer.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
-from trainer.tracking import METRIC_KEYS
 
 CLASSES = ["0", "1"]
 FIGURES = ("curves.png", "confusion_matrix.png")
