@@ -223,3 +223,13 @@ def name_of_latest_key(key: str) -> str | None:
     if len(parts) == 3 and parts[0] == "models" and parts[2] == LATEST_FILE and parts[1]:
         return parts[1]
     return None
+
+
+def name_of_progress_key(key: str) -> str | None:
+    """``<name>`` of ``models/<name>/progress/<run_id>.json``, else None (for discovering
+    runs before anything of theirs is published)."""
+    parts = key.split("/")
+    if (len(parts) == 4 and parts[0] == "models" and parts[1]
+            and ModelKeys(parts[1]).run_of_progress_key(key) is not None):
+        return parts[1]
+    return None
