@@ -8,8 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+from trainer.layout import AUTH_TOKEN_ENV, MLFLOW_UI_URL_ENV
+
 from .app import Settings
-from .auth import AUTH_TOKEN_ENV
 
 log = logging.getLogger("inference")
 
@@ -32,9 +33,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                        help="largest accepted upload; bigger gets 413 [10]")
     serve.add_argument("--cache-dir", type=Path, default=None,
                        help="where downloaded versions are kept [a temp dir]")
-    serve.add_argument("--mlflow-ui-url", default=env("TRAINSTACK_MLFLOW_UI_URL", "") or None,
+    serve.add_argument("--mlflow-ui-url", default=env(MLFLOW_UI_URL_ENV, "") or None,
                        help="http(s) address users open MLflow at, for the links to each "
-                            "version's MLflow run [$TRAINSTACK_MLFLOW_UI_URL; default: the "
+                            f"version's MLflow run [${MLFLOW_UI_URL_ENV}; default: the "
                             "address the trainer logged to]")
     serve.add_argument("--concurrency", type=int, default=16,
                        help="UI predictions running at once (Gradio's default is 1) [16]")

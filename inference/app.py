@@ -23,10 +23,11 @@ from starlette.routing import Route
 
 from trainer.cpus import usable_cpus
 from trainer.errors import ConfigError
+from trainer.layout import AUTH_TOKEN_ENV
 from trainer.storage import open_store
 
 from .api import build_router
-from .auth import AUTH_TOKEN_ENV, LOGIN_MESSAGE, BearerAuthMiddleware, check_token, gradio_login
+from .auth import LOGIN_MESSAGE, BearerAuthMiddleware, check_token, gradio_login
 from .engine import Engine, EngineConfig
 from .metrics import Metrics
 from .predict import DEFAULT_MAX_PIXELS

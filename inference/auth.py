@@ -26,8 +26,8 @@ from typing import Any
 from starlette.datastructures import Secret
 
 from trainer.errors import ConfigError
+from trainer.layout import AUTH_TOKEN_ENV
 
-AUTH_TOKEN_ENV = "TRAINSTACK_AUTH_TOKEN"
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 LOGIN_MESSAGE = ("This app is protected. Enter any user name and the app's access token "
                  f"({AUTH_TOKEN_ENV}) as the password.")
