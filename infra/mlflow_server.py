@@ -97,9 +97,14 @@ def tracking_uri(namespace: pulumi.Input[str]) -> pulumi.Output[str]:
     return pulumi.Output.concat("http://", NAME, ".", namespace, f".svc:{PORT}")
 
 
+# Where a user's browser reaches the UI through the exported port-forward command; the
+# app links each version to its run there (an Ingress in front of MLflow would change it,
+# and is not configurable yet).
+UI_URL = f"http://localhost:{PORT}"
+
+
 def access_hint(namespace: str) -> str:
-    return (f"kubectl -n {namespace} port-forward svc/{NAME} {PORT}:{PORT}"
-            f"   # http://localhost:{PORT}")
+    return f"kubectl -n {namespace} port-forward svc/{NAME} {PORT}:{PORT}   # {UI_URL}"
 
 
 def _env(args: MlflowArgs) -> list[k8s.core.v1.EnvVarArgs]:
@@ -223,6 +228,7 @@ class MlflowServer(pulumi.ComponentResource):
         )
         self.url = tracking_uri(args.namespace)
         self.access = pulumi.Output.from_input(args.namespace).apply(access_hint)
+        self.ui_url = UI_URL
         self.register_outputs({"url": self.url, "access": self.access})
 
     @staticmethod

@@ -73,6 +73,7 @@ def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             auth_token=secrets.inference_auth_token,
             auth_secret=cfg.inference_auth_secret,
             tracking_uri=tracking_uri,
+            mlflow_ui_url=tracking.ui_url if tracking else None,
         ),
         opts=gitops.options("inference", render),
     )

@@ -12,11 +12,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra.values import invalid, parse_image_reference
-from infra.workloads import AUTH_TOKEN_ENV
 
 # The trainer's own contracts (stdlib-only modules: no torch in the Pulumi program).
 from trainer.config import CIFAR10_URL
-from trainer.layout import ALL_BUCKETS, BUCKETS, TRACKING_BUCKET, bucket_names, model_name
+from trainer.layout import (
+    ALL_BUCKETS,
+    AUTH_TOKEN_ENV,
+    BUCKETS,
+    TRACKING_BUCKET,
+    bucket_names,
+    model_name,
+)
 
 DEFAULT_REPOSITORY = "trainstack-trainer"
 DEFAULT_MINIO_SIZE = "10Gi"

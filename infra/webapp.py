@@ -14,7 +14,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import pod
-from infra.workloads import APP, AUTH_TOKEN_ENV
+from infra.workloads import APP
+from trainer.layout import AUTH_TOKEN_ENV, MLFLOW_UI_URL_ENV
 from trainer.tracking import TRACKING_URI_ENV
 
 NAME = APP.name
@@ -39,6 +40,7 @@ class InferenceArgs:
     auth_token: pulumi.Input[str] | None = None  # secret Output: the stack makes AUTH_SECRET
     auth_secret: str | None = None  # or: the user's Secret (key AUTH_TOKEN_ENV)
     tracking_uri: pulumi.Input[str] | None = None  # MLFLOW_TRACKING_URI (config `mlflow`)
+    mlflow_ui_url: str | None = None  # where users' browsers open MLflow (the app's links)
 
 
 def _probe(path: str, delay: int, failures: int) -> k8s.core.v1.ProbeArgs:
@@ -82,7 +84,8 @@ def _container(args: InferenceArgs, token_secret: pulumi.Input[str] | None
         memory_limit="2Gi",
         ephemeral_storage="3Gi",  # TMP_SIZE + CACHE_SIZE
         env={"TRAINSTACK_MODEL_NAME": args.model_name, "PYTHONUNBUFFERED": "1",
-             **({TRACKING_URI_ENV: args.tracking_uri} if args.tracking_uri is not None else {})},
+             **({TRACKING_URI_ENV: args.tracking_uri} if args.tracking_uri is not None else {}),
+             **({MLFLOW_UI_URL_ENV: args.mlflow_ui_url} if args.mlflow_ui_url else {})},
         secret_env=auth,
         ports=[k8s.core.v1.ContainerPortArgs(name=HTTP.name, container_port=PORT)],
         scratch=[pod.tmp(TMP_SIZE), pod.Scratch("cache", CACHE_DIR, CACHE_SIZE)],

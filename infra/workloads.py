@@ -68,5 +68,3 @@ TRAINER = Workload("trainer", ports=(Port("pytorchjob-port", 23456),))
 APP = Workload("inference", ports=(Port("http", 7860),))
 # The MLflow tracking server (config `mlflow`): its REST API and UI.
 TRACKING = Workload("mlflow", ports=(Port("http", 5000),))
-# The app's access token (optional), by secretKeyRef only; also the key of the Secret.
-AUTH_TOKEN_ENV = "TRAINSTACK_AUTH_TOKEN"

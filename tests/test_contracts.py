@@ -24,6 +24,7 @@ from trainer.layout import (
     is_safe_relative,
     model_name,
     name_of_latest_key,
+    name_of_progress_key,
 )
 from trainer.schema import (
     EpochRecord,
@@ -47,6 +48,10 @@ def test_model_keys_spell_the_documented_layout():
     assert checkpoint_epoch("models/x/runs/r/checkpoints/epoch-7.pt.tmp") is None
     assert name_of_latest_key(keys.latest) == "resnet18-cifar10"
     assert name_of_latest_key("models/x/versions/latest.json") is None
+    assert name_of_progress_key(keys.progress("3f2a9c1b07")) == "resnet18-cifar10"
+    for other in (keys.latest, keys.meta("v1"), "models/x/progress/a/b.json",
+                  "models/x/progress/.json", "models//progress/r.json"):
+        assert name_of_progress_key(other) is None, other
     assert keys.version_of_meta_key(keys.meta("v1")) == "v1"
     assert keys.version_of_meta_key("models/resnet18-cifar10/versions/v1/examples/meta.json") is None
     assert keys.progress("ab12") == "models/resnet18-cifar10/progress/ab12.json"

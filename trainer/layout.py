@@ -32,6 +32,12 @@ ALL_BUCKETS = (*BUCKETS, TRACKING_BUCKET)
 # An S3 store names its buckets ``<prefix><bucket>`` (bucket names are global on AWS); keys
 # in code stay logical (``models/...``). A local store ignores the prefix.
 BUCKET_PREFIX_ENV = "TRAINSTACK_BUCKET_PREFIX"
+# The web app's settings the stack passes (infra/ writes them, inference/ reads them).
+# The access token (optional), by secretKeyRef only; also the key of its Secret.
+AUTH_TOKEN_ENV = "TRAINSTACK_AUTH_TOKEN"
+# Where users' browsers open MLflow (the links to each version's run); the trainer's
+# MLFLOW_TRACKING_URI is an in-cluster name a browser cannot reach.
+MLFLOW_UI_URL_ENV = "TRAINSTACK_MLFLOW_UI_URL"
 BUCKET_NAME_RULES = (
     "3-63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit, "
     "without '..', '.-' or '-.', not an IP address, not starting with 'xn--', 'sthree-' or "
@@ -221,5 +227,15 @@ def name_of_latest_key(key: str) -> str | None:
     """``<name>`` of ``models/<name>/latest.json``, else None (for discovering models)."""
     parts = key.split("/")
     if len(parts) == 3 and parts[0] == "models" and parts[2] == LATEST_FILE and parts[1]:
+        return parts[1]
+    return None
+
+
+def name_of_progress_key(key: str) -> str | None:
+    """``<name>`` of ``models/<name>/progress/<run_id>.json``, else None (for discovering
+    runs before anything of theirs is published)."""
+    parts = key.split("/")
+    if (len(parts) == 4 and parts[0] == "models" and parts[1]
+            and ModelKeys(parts[1]).run_of_progress_key(key) is not None):
         return parts[1]
     return None

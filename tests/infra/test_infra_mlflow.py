@@ -26,6 +26,7 @@ from tests.infra.infra_helpers import (
 )
 from tests.infra.render import render
 from tests.mlflow_server import server_executable
+from trainer.layout import MLFLOW_UI_URL_ENV
 from trainer.tracking import TRACKING_URI_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -145,6 +146,9 @@ def test_workloads_get_the_tracking_uri_and_the_bucket_job_makes_its_bucket(stac
         assert env_of(container)[TRACKING_URI_ENV] == URI
     (app,) = stack.objects["Deployment/inference"]["spec"]["template"]["spec"]["containers"]
     assert env_of(app)[TRACKING_URI_ENV] == URI
+    # The app's links go where a browser reaches the UI: the exported port-forward.
+    assert env_of(app)[MLFLOW_UI_URL_ENV] == "http://localhost:5000"
+    assert stack.exports["mlflowAccess"].endswith(env_of(app)[MLFLOW_UI_URL_ENV])
     (buckets,) = stack.objects["Job/trainstack-buckets"]["spec"]["template"]["spec"]["containers"]
     assert buckets["command"][-1] == "--tracking" and TRACKING_URI_ENV not in env_of(buckets)
     assert stack.exports["mlflowUrl"] == URI
@@ -182,7 +186,7 @@ def without_mlflow(objects: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
         for spec in _pod_specs_of(obj):
             for container in spec["containers"]:
                 container["env"] = [e for e in container.get("env", [])
-                                    if e["name"] != TRACKING_URI_ENV]
+                                    if e["name"] not in (TRACKING_URI_ENV, MLFLOW_UI_URL_ENV)]
                 if container.get("command", [])[-1:] == ["--tracking"]:
                     container["command"] = container["command"][:-1]
         if obj["kind"] == "NetworkPolicy":
@@ -230,6 +234,7 @@ def test_mlflow_false_removes_the_server_and_changes_nothing_else(config):
     for spec in pod_specs(off).values():
         for container in spec["containers"]:
             assert TRACKING_URI_ENV not in env_of(container)
+            assert MLFLOW_UI_URL_ENV not in env_of(container)
 
 
 def _normalized(objects):
