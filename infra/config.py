@@ -53,6 +53,8 @@ _DATASETS_ALLOWED = (
 )
 _QTY_CPU = "a CPU quantity > 0 such as 1, 0.5 or 500m"
 _QTY_MEM = "a memory quantity > 0 such as 2Gi, 512Mi or 1G"
+_STORAGE_CLASS = ("a StorageClass name: a DNS-1123 subdomain (a-z, 0-9, '-', '.'), such as "
+                  "gp3 or ceph.rbd.fast")
 
 # config key -> (dataclass field, parser)
 FIELDS: dict[str, tuple[str, v.Parser]] = {
@@ -66,7 +68,7 @@ FIELDS: dict[str, tuple[str, v.Parser]] = {
     "model": ("model", v.choice(MODELS)),
     "dataset": ("dataset", v.choice(DATASETS, _DATASETS_ALLOWED)),
     "datasetSource": ("dataset_source", v.http_url),
-    "namespace": ("namespace", v.pattern(v.DNS_LABEL, "a DNS-1123 label (a-z, 0-9, '-')")),
+    "namespace": ("namespace", v.namespace),
     "buildImage": ("build_image", v.boolean),
     "image": ("image", v.image_reference),
     "pushImage": ("push_image", v.boolean),
@@ -82,7 +84,7 @@ FIELDS: dict[str, tuple[str, v.Parser]] = {
     "bucketPrefix": ("bucket_prefix", v.bucket_prefix),
     "minioStorageSize": (
         "minio_storage_size", v.nonzero_quantity(v.BYTES, "a size such as 10Gi")),
-    "minioStorageClass": ("minio_storage_class", v.pattern(v.DNS_LABEL, "a StorageClass name")),
+    "minioStorageClass": ("minio_storage_class", v.pattern(v.DNS_SUBDOMAIN, _STORAGE_CLASS)),
     "renderYamlTo": ("render_yaml_to", v.directory),
     "bucketsTimeout": ("buckets_timeout", v.duration),
     "ingestTimeout": ("ingest_timeout", v.duration),
@@ -98,8 +100,7 @@ FIELDS: dict[str, tuple[str, v.Parser]] = {
                               "ingress-egress (egress fenced too), none (no NetworkPolicy)")),
     "mlflow": ("mlflow", v.boolean),
     "mlflowImage": ("mlflow_image", v.mlflow_image),
-    "mlflowStorageClass": (
-        "mlflow_storage_class", v.pattern(v.DNS_LABEL, "a StorageClass name")),
+    "mlflowStorageClass": ("mlflow_storage_class", v.pattern(v.DNS_SUBDOMAIN, _STORAGE_CLASS)),
     "nodeSelector": ("node_selector", v.node_selector),
     "tolerations": ("tolerations", v.tolerations),
 }

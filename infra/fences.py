@@ -12,6 +12,7 @@ Selectors come from infra/workloads.py only: the labels the pod templates carry.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -49,12 +50,28 @@ class Flow:
 
 @dataclass(frozen=True)
 class OutsideFlow:
-    """Connections from `sources` to an address outside the cluster (egress mode only:
-    NetworkPolicy matches addresses, not host names, so any address on that port)."""
+    """Connections from `sources` out of the namespace (egress mode only). To an address
+    outside the cluster: NetworkPolicy matches addresses, not host names, so any address on
+    `port`. To a Service of another `namespace` (`<name>.<namespace>.svc`): the policy sees
+    its pods' addresses and container ports (the Service's port is translated before), which
+    an ipBlock does not match on every CNI and which the URL does not tell, so any TCP port
+    of that namespace's pods."""
 
     sources: tuple[Workload, ...]
     port: int
     what: str  # for people: "the object store s3.eu-west-1.amazonaws.com"
+    namespace: str | None = None
+
+
+# `<service>.<namespace>.svc`, optionally followed by the cluster's domain.
+_SERVICE_HOST = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\.(?P<ns>[a-z0-9]([-a-z0-9]*[a-z0-9])?)"
+                           r"\.svc(\.[a-z0-9.-]+)?$")
+
+
+def service_namespace(host: str | None) -> str | None:
+    """The namespace of a cluster Service named by `host`, or None for any other host."""
+    match = _SERVICE_HOST.fullmatch((host or "").lower().rstrip("."))
+    return match.group("ns") if match else None
 
 
 @dataclass
@@ -119,12 +136,19 @@ def egress_rules(workload: Workload, flows: Sequence[Flow], outside: Sequence[Ou
     rules += [k8s.networking.v1.NetworkPolicyEgressRuleArgs(
         to=[k8s.networking.v1.NetworkPolicyPeerArgs(pod_selector=_selector(f.to))],
         ports=_ports(f)) for f in flows if workload in f.sources]
-    rules += [k8s.networking.v1.NetworkPolicyEgressRuleArgs(
+    rules += [_outside_rule(o) for o in outside if workload in o.sources]
+    return rules
+
+
+def _outside_rule(flow: OutsideFlow) -> k8s.networking.v1.NetworkPolicyEgressRuleArgs:
+    if flow.namespace:
+        return k8s.networking.v1.NetworkPolicyEgressRuleArgs(
+            to=[_namespaces("In", [flow.namespace])],
+            ports=[k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP")])
+    return k8s.networking.v1.NetworkPolicyEgressRuleArgs(
         to=[k8s.networking.v1.NetworkPolicyPeerArgs(
             ip_block=k8s.networking.v1.IPBlockArgs(cidr=cidr)) for cidr in ANY_ADDRESS],
-        ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=o.port, protocol="TCP")])
-        for o in outside if workload in o.sources]
-    return rules
+        ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=flow.port, protocol="TCP")])
 
 
 class NetworkFences(pulumi.ComponentResource):

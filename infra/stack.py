@@ -16,7 +16,7 @@ import pulumi_kubernetes as k8s
 from infra import gitops, pod
 from infra.buckets import Buckets, BucketsArgs, StoreCredentials, StoreCredentialsArgs
 from infra.config import StackConfig, StackSecrets
-from infra.fences import FencesArgs, Flow, NetworkFences, OutsideFlow
+from infra.fences import FencesArgs, Flow, NetworkFences, OutsideFlow, service_namespace
 from infra.image import ImageRef, TrainerImage, TrainerImageArgs, prebuilt
 from infra.minio_server import MinIO, MinIOArgs
 from infra.mlflow_server import DEFAULT_IMAGE as DEFAULT_MLFLOW_IMAGE
@@ -113,7 +113,8 @@ def flows(cfg: StackConfig) -> tuple[list[Flow], list[OutsideFlow]]:
         inside.append(Flow(STORE, ports=("api",), sources=clients))
     else:
         url = urlsplit(cfg.store_endpoint)
-        outside.append(OutsideFlow(clients, url.port or 443, f"the object store {url.hostname}"))
+        outside.append(OutsideFlow(clients, url.port or 443, f"the object store {url.hostname}",
+                                   namespace=service_namespace(url.hostname)))
     if cfg.ingest_source is not None:
         url = urlsplit(cfg.ingest_source)
         port = url.port or (443 if url.scheme == "https" else 80)

@@ -39,6 +39,9 @@ _REFERENCE = re.compile(
     rf"^(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
     r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}))?$"
 )
+# Namespaces the stack must not take over: it creates its namespace, fences every pod in it
+# with default-deny and deletes it on destroy. kubeflow: the Training Operator's (webhook).
+RESERVED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease", "kubeflow")
 TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
@@ -133,6 +136,17 @@ def nonzero_quantity(regex: re.Pattern, allowed: str) -> Parser:
         return text
 
     return parse
+
+
+def namespace(key: str, raw: Any) -> str:
+    """The stack's own namespace: a DNS-1123 label no one else owns."""
+    text = str(raw)
+    if not DNS_LABEL.fullmatch(text) or text in RESERVED_NAMESPACES:
+        raise invalid(key, "a DNS-1123 label (a-z, 0-9, '-') for a namespace the stack owns: "
+                           f"not {', '.join(RESERVED_NAMESPACES[:-1])} or "
+                           f"{RESERVED_NAMESPACES[-1]} (the stack fences every pod of it and "
+                           "deletes it on destroy)", raw)
+    return text
 
 
 def duration(key: str, raw: Any) -> str:

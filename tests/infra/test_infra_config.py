@@ -133,6 +133,12 @@ INVALID = [
     ("dataset", "synthetic", "cifar10, imagefolder, digits (synthetic is for benchmarks only"),
     # pushImage defaults to true: a bare name would go to docker.io/library and fail late.
     ("image", "trainstack-trainer", "a registry path such as registry.example.com/you/"),
+    # The stack owns its namespace: default-deny there would cut off whatever else runs in
+    # it (kube-system: the cluster's DNS; kubeflow: the operator's webhook), and destroy
+    # would delete it.
+    ("namespace", "default", "not default, kube-system, kube-public, kube-node-lease or kubeflow"),
+    ("namespace", "kube-system", "not default, kube-system, kube-public, kube-node-lease or kubeflow"),
+    ("namespace", "kubeflow", "not default, kube-system, kube-public, kube-node-lease or kubeflow"),
 ]
 
 
@@ -253,6 +259,19 @@ def test_good_combinations_are_accepted():
     local_registry = parse_config({**PREBUILT, "image": "localhost:5000/trainstack:dev"})
     assert local_registry.image.startswith("localhost:5000/")
     assert parse_config({**PUSHED, "trainingOperatorVersion": "v1.9.0"})
+
+
+def test_storage_class_names_are_dns_subdomains():
+    """A StorageClass's name is a DNS-1123 subdomain: dots are allowed (`ceph.rbd.fast`)."""
+    rendering = render({**PUSHED, "minioStorageClass": "ceph.rbd.fast",
+                        "mlflowStorageClass": "nfs.example.com"})
+    claims = {key: obj["spec"]["storageClassName"] for key, obj in rendering.objects.items()
+              if obj["kind"] == "PersistentVolumeClaim"}
+    assert claims == {"PersistentVolumeClaim/minio-data": "ceph.rbd.fast",
+                      "PersistentVolumeClaim/mlflow-data": "nfs.example.com"}
+    for key in ("minioStorageClass", "mlflowStorageClass"):
+        with pytest.raises(ConfigError, match=rf"trainstack:{key} .*DNS-1123 subdomain"):
+            parse_config({**PUSHED, key: "Fast_SSD"})
 
 
 def test_image_needs_a_registry_path_only_when_pushed():

@@ -15,6 +15,7 @@ from infra.workloads import APP, BUCKETS, INGEST, STORE, TRACKING, TRAINER
 from tests.e2e.netpol import Connection, Endpoint, Policies
 from tests.infra.infra_helpers import (
     EXTERNAL,
+    EXTERNAL_KEYS,
     PUSHED,
     RENDERED,
     env_of,
@@ -128,6 +129,24 @@ def test_an_external_store_is_reached_on_its_port_only_with_egress():
         assert fences.allowed(Connection(pod, ceph, 8443)), pod.name
         assert not fences.allowed(Connection(pod, ceph, 443)) or pod.labels[NAME] == INGEST.name
     assert "minio" not in policies(rendering)
+
+
+@pytest.mark.parametrize("host", ["ceph.storage.svc", "ceph.storage.svc.cluster.local"])
+def test_a_store_inside_the_cluster_is_reached_with_egress(host):
+    """storeEndpoint naming a Service of another namespace (Rook's RGW, an existing MinIO):
+    the policy sees the store's pod address and its container port (kube-proxy translated
+    the Service's), which no `ipBlock` on the URL's port matches on every CNI."""
+    rendering = render({**EXTERNAL_KEYS, "storeEndpoint": f"http://{host}:7480",
+                        "networkPolicy": "ingress-egress"})
+    fences = Policies(policies(rendering).values(), ["trainstack", "storage", "other"])
+    # Service port 7480 -> the RGW pods' container port 8080.
+    rgw = Endpoint("rook-ceph-rgw", "10.3.0.5", "storage", {"app": "rook-ceph-rgw"},
+                   {"http": (8080, "TCP")})
+    elsewhere = Endpoint("someone-else", "10.4.0.9", "other", {"app": "x"})
+    for pod in pods(rendering):
+        assert fences.allowed(Connection(pod, rgw, 8080)), pod.name
+        assert not fences.allowed(Connection(pod, elsewhere, 8080)), pod.name
+        assert not fences.allowed(Connection(pod, Endpoint("internet", "198.51.100.7"), 7480))
 
 
 def test_the_app_can_be_opened_to_an_ingress_controller_only():
