@@ -5,7 +5,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
+# The tests' MLflow tracking server lives in its own venv: the full `mlflow` package is a
+# server with pandas, pyarrow, SQLAlchemy...; the image and .venv get only mlflow-skinny.
+MLFLOW_VENV := .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
+# The outside policy scanner the tests run (checkov) lives in its own venv: its pins
+# (boto3, packaging, ...) clash with the project's.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHROMIUM := /usr/bin/chromium
+# The e2e test records every connection its workloads make with strace.
+STRACE := /usr/bin/strace
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Demo knobs: `make demo DATASET=cifar10 CIFAR10_SOURCE=path/to/cifar-10-python.tar.gz`,
@@ -23,7 +33,7 @@ PORT ?= 7860
 CIFAR10_SOURCE ?=
 SOURCE ?= $(CIFAR10_SOURCE)
 
-.PHONY: demo test test-fast bench lint chromium clean help
+.PHONY: demo test test-fast bench lint chromium strace clean help
 help:
 	@echo "make demo   train on $(DATASET) with 2 local DDP processes, then serve the app"
 	@echo "make test   set up .venv and run the whole test suite (browser tests included)"
@@ -43,14 +53,28 @@ $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
+$(MLFLOW_STAMP): requirements-mlflow-server.txt
+	[ -x $(MLFLOW_VENV)/bin/python ] || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install --quiet -r requirements-mlflow-server.txt
+	touch $@
+
+$(CHECKOV_STAMP): requirements-checkov.txt
+	[ -x $(CHECKOV_VENV)/bin/python ] || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
+	touch $@
+
 chromium:
 	@[ -x $(CHROMIUM) ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-test: $(DEV_STAMP) chromium
+strace:
+	@[ -x $(STRACE) ] || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq strace >/dev/null; }
+
+test: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) chromium strace
 	$(BIN)/python -m pytest
 
-test-fast: $(DEV_STAMP)
+test-fast: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) strace
 	$(BIN)/python -m pytest -m "not browser"
 
 lint: $(DEV_STAMP)
@@ -75,4 +99,4 @@ bench: $(DEV_STAMP)
 	$(if $(CIFAR10_SOURCE),$(BIN)/python bench/time_to_accuracy.py --data $(CIFAR10_SOURCE))
 
 clean:
-	rm -rf $(VENV) $(DEMO_STORE) .pytest_cache
+	rm -rf $(VENV) $(MLFLOW_VENV) $(CHECKOV_VENV) $(DEMO_STORE) .pytest_cache

@@ -1,16 +1,32 @@
-"""Latency and throughput of POST /predict: one client, then 16 concurrent clients.
+"""Latency and throughput of POST /predict: batched serving against one-at-a-time.
 
 By default it publishes the trainer's CIFAR ResNet-18 (random weights: speed does not
-depend on them), exported as the trainer does, into a temp store and starts
-`python -m inference serve` on it in a subprocess (so the clients here do not share a
-GIL with the server). ``--store URL`` benchmarks an already published store instead.
-Last line: ``p50_ms=... p99_ms=... rps_1=... rps_16=... errors=...`` (p50/p99 from the
-single client, i.e. the latency one user sees).
+depend on them), exported as the trainer does, into a temp store; ``--store URL``
+benchmarks an already published store instead (e.g. a trained model, whose examples let
+``--precision auto`` choose bf16). It starts `python -m inference serve` twice, as
+subprocesses (the clients here do not share a GIL with the servers):
+
+- the baseline: ``--batching off --precision fp32`` with the old thread default, i.e.
+  each request decodes and runs its own forward pass, all in parallel (as before batching);
+- the app as deployed (its defaults: micro-batching, precision auto).
+
+Rounds of 16 concurrent clients alternate between the two, so drift in the VM's speed
+hits both alike; then one client measures the latency a lone user sees. Last, with both
+servers stopped, the compute limit: batched forward passes of the served program alone
+(same precision, same intra-op threads, batches of 16 uint8 images, normalization
+included). Last line::
+
+    p50_ms=... p99_ms=... rps_1=... rps_16=... errors=... baseline_rps_16=...
+    speedup_16=... limit_img_s=... rps_16_vs_limit=...
+
+(p50/p99 of the single client on the batched server; rps_16 / baseline_rps_16 over all
+rounds.)
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import logging
 import socket
@@ -30,6 +46,7 @@ log = logging.getLogger("bench.inference_latency")
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck"]
 VERSION = "20260101T000000Z"
+BOUNDARY = "trainstack-bench-boundary"
 
 
 def publish_default_model(store_dir: Path) -> str:
@@ -62,12 +79,19 @@ def photo_jpeg() -> bytes:
     return buffer.getvalue()
 
 
-def start_server(store: str, model_name: str | None, threads: int) -> tuple[subprocess.Popen, str]:
+def multipart(image: bytes) -> bytes:
+    """The request body, built once: the clients should cost the CPU as little as possible."""
+    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"photo.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
+    return head + image + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def start_server(store: str, model_name: str | None, flags: list[str]) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "inference", "serve", "--store", store, "--host", "127.0.0.1",
-           "--port", str(port), "--torch-threads", str(threads), "--log-level", "WARNING"]
+           "--port", str(port), "--log-level", "WARNING", *flags]
     if model_name:
         cmd += ["--model-name", model_name]
     proc = subprocess.Popen(cmd)
@@ -77,7 +101,7 @@ def start_server(store: str, model_name: str | None, threads: int) -> tuple[subp
         if proc.poll() is not None:
             raise SystemExit(f"server exited with {proc.returncode}")
         try:
-            if httpx.get(f"{base}/readyz").status_code == 200:
+            if httpx.get(f"{base}/readyz").json().get("status") == "ready":
                 return proc, base
         except httpx.TransportError:
             pass
@@ -86,16 +110,22 @@ def start_server(store: str, model_name: str | None, threads: int) -> tuple[subp
     raise SystemExit("server did not load a model within 300 s")
 
 
-def run_clients(base: str, image: bytes, clients: int, requests: int) -> tuple[list[float], int, float]:
+def run_clients(base: str, body: bytes, clients: int, requests: int) -> tuple[list[float], int, float]:
     """``requests`` POSTs spread over ``clients`` threads: (latencies s, errors, wall s)."""
+    host, port = base.removeprefix("http://").split(":")
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+
     def one_client(n: int) -> tuple[list[float], int]:
         latencies, errors = [], 0
-        with httpx.Client(timeout=120) as client:
-            for _ in range(n):
-                start = time.perf_counter()
-                r = client.post(f"{base}/predict", files={"file": ("photo.jpg", image, "image/jpeg")})
-                latencies.append(time.perf_counter() - start)
-                errors += r.status_code != 200
+        conn = http.client.HTTPConnection(host, int(port), timeout=120)
+        for _ in range(n):
+            start = time.perf_counter()
+            conn.request("POST", "/predict", body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            latencies.append(time.perf_counter() - start)
+            errors += response.status != 200
+        conn.close()
         return latencies, errors
 
     shares = [requests // clients + (i < requests % clients) for i in range(clients)]
@@ -106,52 +136,148 @@ def run_clients(base: str, image: bytes, clients: int, requests: int) -> tuple[l
     return [x for lat, _ in results for x in lat], sum(e for _, e in results), wall
 
 
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+class Tally:
+    """Latencies, errors and wall time of several rounds, pooled."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors, self.wall = 0, 0.0
+
+    def add(self, result: tuple[list[float], int, float]) -> None:
+        self.latencies += result[0]
+        self.errors += result[1]
+        self.wall += result[2]
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.wall
+
+    def pct(self, q: int) -> float:
+        return 1000 * statistics.quantiles(self.latencies, n=100, method="inclusive")[q - 1]
+
+    def line(self, what: str) -> str:
+        return (f"{what}: {len(self.latencies)} requests, p50 {self.pct(50):.1f} ms, "
+                f"p99 {self.pct(99):.1f} ms, {self.rps:.1f} req/s, {self.errors} errors")
 
 
-def main() -> int:
-    # The server's own default, so the figures describe the app as deployed.
+def served(base: str) -> tuple[dict, str]:
+    ready = httpx.get(f"{base}/readyz").json()
+    metrics = httpx.get(f"{base}/metrics").text
+    precision = "bf16" if 'trainstack_model_precision{precision="bf16"} 1.0' in metrics else "fp32"
+    return ready, precision
+
+
+def served_threads(base: str) -> int:
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        if line.startswith('trainstack_serving_threads{kind="intra_op"}'):
+            return int(float(line.split()[-1]))
+    raise SystemExit("the server does not report its intra-op threads")
+
+
+def compute_limit(store: str, model_name: str, precision: str, threads: int, batch: int,
+                  seconds: float = 5.0) -> float:
+    """img/s of the served program's batched forward alone (normalization included)."""
+    import numpy as np
+    import torch
+
+    from inference.registry import Registry
+    from inference.runner import Runner
+    from trainer.storage import open_store
+
+    torch.set_num_threads(threads)
+    registry = Registry(open_store(store), Path(tempfile.mkdtemp()), model_name)
+    registry.check_once()
+    version = registry.current
+    runner = Runner(version, precision)
+    items = [np.zeros(version.meta.input_size, np.uint8)] * batch
+    for _ in range(3):
+        runner(items)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        runner(items)
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def parse_args() -> argparse.Namespace:
     from inference.app import default_torch_threads
-    from trainer.cpus import usable_cpus
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", help="an already published store (default: a temp one)")
     parser.add_argument("--model-name", help="with --store: which <model>-<dataset>")
-    parser.add_argument("--requests-1", type=int, default=100)
-    parser.add_argument("--requests-16", type=int, default=320)
-    parser.add_argument("--torch-threads", type=int, default=default_torch_threads())
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    parser.add_argument("--requests-1", type=int, default=200)
+    parser.add_argument("--requests-16", type=int, default=320, help="per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--serve-flags", default="",
+                        help="extra flags for the batched server, e.g. '--torch-threads 1'")
+    parser.add_argument("--baseline-threads", type=int,
+                        default=default_torch_threads(batching=False))
+    return parser.parse_args()
 
+
+def main() -> int:
+    from trainer.cpus import usable_cpus
+
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     tmp = tempfile.TemporaryDirectory(prefix="bench-inference-")
     store, name = args.store, args.model_name
     if not store:
         store = str(Path(tmp.name) / "store")
         name = publish_default_model(Path(store))
-    proc, base = start_server(store, name, args.torch_threads)
+    body = multipart(photo_jpeg())
+    baseline_flags = ["--batching", "off", "--precision", "fp32",
+                      "--torch-threads", str(args.baseline_threads)]
+    servers = {"baseline": start_server(store, name, baseline_flags),
+               "batched": start_server(store, name, args.serve_flags.split())}
+    tallies = {key: {"1": Tally(), "16": Tally()} for key in servers}
     try:
-        image = photo_jpeg()
-        run_clients(base, image, 1, 10)  # warm-up: first calls pay for lazy initialisation
-        lat1, err1, wall1 = run_clients(base, image, 1, args.requests_1)
-        lat16, err16, wall16 = run_clients(base, image, 16, args.requests_16)
-        model = httpx.get(f"{base}/readyz").json()
+        for _, base in servers.values():
+            run_clients(base, body, 16, 64)  # warm-up: lazy initialisation, kernels per size
+        for _ in range(args.rounds):
+            for key, (_, base) in servers.items():
+                tallies[key]["16"].add(run_clients(base, body, 16, args.requests_16))
+        for key, (_, base) in servers.items():
+            tallies[key]["1"].add(run_clients(base, body, 1, args.requests_1))
+        ready, precision = served(servers["batched"][1])
+        threads = served_threads(servers["batched"][1])
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        tmp.cleanup()
-    ms = lambda s: f"{1000 * s:.1f}"
-    log.info("model %s version %s, %d usable CPU(s), torch threads %d, image 640x480 JPEG",
-             model["model"], model["version"], usable_cpus(), args.torch_threads)
-    log.info("1 client:   %d requests, p50 %s ms, p99 %s ms, %.1f req/s", len(lat1),
-             ms(percentile(lat1, 50)), ms(percentile(lat1, 99)), len(lat1) / wall1)
-    log.info("16 clients: %d requests, p50 %s ms, p99 %s ms, %.1f req/s", len(lat16),
-             ms(percentile(lat16, 50)), ms(percentile(lat16, 99)), len(lat16) / wall16)
-    print(f"p50_ms={ms(percentile(lat1, 50))} p99_ms={ms(percentile(lat1, 99))} "
-          f"rps_1={len(lat1) / wall1:.1f} rps_16={len(lat16) / wall16:.1f} "
-          f"errors={err1 + err16}")
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+    limit = compute_limit(store, ready["model"], precision, threads, 16)
+    tmp.cleanup()
+    report(args, tallies, ready, precision, threads, limit, usable_cpus())
     return 0
+
+
+def report(args, tallies, ready, precision, threads, limit, cpus) -> None:
+    base16, bat16, bat1 = tallies["baseline"]["16"], tallies["batched"]["16"], tallies["batched"]["1"]
+    log.info("model %s version %s, %d usable CPU(s), image 640x480 JPEG; batched server: "
+             "precision %s, %d intra-op thread(s)%s", ready["model"], ready["version"], cpus,
+             precision, threads, f", flags {args.serve_flags!r}" if args.serve_flags else "")
+    log.info("%s", tallies["baseline"]["1"].line("baseline, 1 client "))
+    log.info("%s", base16.line(f"baseline, 16 clients ({args.rounds} rounds)"))
+    log.info("%s", bat1.line("batched,  1 client "))
+    log.info("%s", bat16.line(f"batched,  16 clients ({args.rounds} rounds)"))
+    log.info("compute limit (batches of 16, %s, %d thread(s)): %.1f img/s; served 16 clients "
+             "/ limit = %.2f", precision, threads, limit, bat16.rps / limit)
+    speedup = bat16.rps / base16.rps
+    log.info("targets: 16 clients >= 3x baseline: %.2fx %s; p99 below baseline's: %.0f vs "
+             "%.0f ms %s; 1 client p50 <= 12 ms: %.1f ms %s; served/limit >= 0.7: %.2f %s",
+             speedup, ok(speedup >= 3), bat16.pct(99), base16.pct(99),
+             ok(bat16.pct(99) < base16.pct(99)), bat1.pct(50), ok(bat1.pct(50) <= 12),
+             bat16.rps / limit, ok(bat16.rps / limit >= 0.7))
+    errors = sum(t.errors for per_mode in tallies.values() for t in per_mode.values())
+    print(f"p50_ms={bat1.pct(50):.1f} p99_ms={bat1.pct(99):.1f} rps_1={bat1.rps:.1f} "
+          f"rps_16={bat16.rps:.1f} errors={errors} baseline_rps_16={base16.rps:.1f} "
+          f"speedup_16={speedup:.2f} limit_img_s={limit:.1f} "
+          f"rps_16_vs_limit={bat16.rps / limit:.2f}")
+
+
+def ok(met: bool) -> str:
+    return "(met)" if met else "(NOT met)"
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from .app import Settings, default_torch_threads
+from trainer.layout import AUTH_TOKEN_ENV, MLFLOW_UI_URL_ENV
+
+from .app import Settings
 
 log = logging.getLogger("inference")
 
@@ -31,13 +33,64 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                        help="largest accepted upload; bigger gets 413 [10]")
     serve.add_argument("--cache-dir", type=Path, default=None,
                        help="where downloaded versions are kept [a temp dir]")
-    serve.add_argument("--torch-threads", type=int, default=default_torch_threads(),
-                       help="intra-op threads per prediction [half the usable CPUs, 1-4]")
+    serve.add_argument("--mlflow-ui-url", default=env(MLFLOW_UI_URL_ENV, "") or None,
+                       help="http(s) address users open MLflow at, for the links to each "
+                            f"version's MLflow run [${MLFLOW_UI_URL_ENV}; default: the "
+                            "address the trainer logged to]")
     serve.add_argument("--concurrency", type=int, default=16,
                        help="UI predictions running at once (Gradio's default is 1) [16]")
+    add_serving_args(serve)
     serve.add_argument("--log-level", default=os.environ.get("TRAINSTACK_LOG_LEVEL", "INFO"),
                        help="logging level, as for the trainer [$TRAINSTACK_LOG_LEVEL or INFO]")
     return parser.parse_args(argv)
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def add_serving_args(serve: argparse.ArgumentParser) -> None:
+    """How predictions are computed (docs/architecture.md, "Serving")."""
+    group = serve.add_argument_group("serving")
+    group.add_argument("--batching", choices=["on", "off"],
+                       default=env("TRAINSTACK_BATCHING", "on"),
+                       help="on: concurrent requests share forward passes; off: each request "
+                            "runs its own (the old behaviour) [$TRAINSTACK_BATCHING or on]")
+    group.add_argument("--max-batch", type=int, default=env("TRAINSTACK_MAX_BATCH", "32"),
+                       help="requests per forward pass at most [$TRAINSTACK_MAX_BATCH or 32]")
+    group.add_argument("--max-batch-wait-ms", type=float,
+                       default=env("TRAINSTACK_MAX_BATCH_WAIT_MS", "5"),
+                       help="the longest a batch waits for requests still decoding; a lone "
+                            "request never waits [$TRAINSTACK_MAX_BATCH_WAIT_MS or 5]")
+    group.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                       default=env("TRAINSTACK_PRECISION", "auto"),
+                       help="auto: bf16 where the CPU/GPU has it natively and the version's "
+                            "examples get the same classes as in fp32 [$TRAINSTACK_PRECISION "
+                            "or auto]")
+    group.add_argument("--device", default=None,
+                       help="cpu or cuda[:N] [cuda when a GPU is visible, else cpu]")
+    group.add_argument("--torch-threads", type=int, default=None,
+                       help="intra-op threads [batching: the usable CPUs (cgroup quota), at "
+                            "most 16; off: half of them, 1-4]")
+    group.add_argument("--decode-threads", type=int, default=None,
+                       help="images decoded at once [the usable CPUs]")
+    group.add_argument("--decode-memory-mb", type=float, default=512.0,
+                       help="memory that concurrent decodes may use together; a bigger "
+                            "decode gets 413 [512]")
+    group.add_argument("--upload-cache-mb", type=float, default=256.0,
+                       help="UI uploads kept on disk at most; the oldest go first [256]")
+    group.add_argument("--upload-cache-max-age-s", type=float, default=600.0,
+                       help="UI uploads older than this are deleted [600]")
+
+
+def serving_settings(args: argparse.Namespace) -> dict:
+    optional = {"device": args.device, "decode_threads": args.decode_threads}
+    return {"batching": args.batching == "on", "max_batch": args.max_batch,
+            "max_batch_wait_ms": args.max_batch_wait_ms, "precision": args.precision,
+            "torch_threads": args.torch_threads, "decode_memory_mb": args.decode_memory_mb,
+            "upload_cache_mb": args.upload_cache_mb,
+            "upload_cache_max_age_s": args.upload_cache_max_age_s,
+            **{k: v for k, v in optional.items() if v is not None}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,10 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no store given: pass --store or set TRAINSTACK_STORE "
                   "(s3://HOST:PORT or a local directory)")
         return 2
-    settings = Settings(store=args.store, host=args.host, port=args.port,
-                        model_name=args.model_name, poll_seconds=args.poll_seconds,
-                        max_upload_mb=args.max_upload_mb, cache_dir=args.cache_dir,
-                        torch_threads=args.torch_threads, concurrency=args.concurrency)
     import uvicorn
 
     from trainer.errors import TrainstackError
@@ -59,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
 
     try:
+        settings = Settings(
+            store=args.store, host=args.host, port=args.port, model_name=args.model_name,
+            poll_seconds=args.poll_seconds, max_upload_mb=args.max_upload_mb,
+            cache_dir=args.cache_dir, concurrency=args.concurrency,
+            auth_token=os.environ.get(AUTH_TOKEN_ENV), mlflow_ui_url=args.mlflow_ui_url,
+            **serving_settings(args))
         app = create_app(settings)
     except TrainstackError as e:  # misconfiguration (bad URL, missing credentials): say so
         log.error("%s", e)

@@ -11,13 +11,13 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
+from .engine import Engine
 from .metrics import Metrics
-from .predict import BadImage, decode_image, predict
-from .registry import ModelVersion, Registry
+from .predict import BadImage
+from .registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +93,8 @@ async def read_file_field(form: Any, max_bytes: int, too_large: JSONResponse) ->
     return too_large if len(data) > max_bytes else data
 
 
-def classify(current: ModelVersion, data: bytes, max_pixels: int) -> dict[str, Any]:
-    image = decode_image(data, max_pixels)
-    result = predict(current.model, current.meta, image)
-    return {**result, "model_version": current.version}
-
-
-def build_router(registry: Registry, metrics: Metrics, max_upload_bytes: int,
-                 max_pixels: int) -> APIRouter:
+def build_router(registry: Registry, metrics: Metrics, engine: Engine,
+                 max_upload_bytes: int) -> APIRouter:
     router = APIRouter()
 
     @router.post("/predict", summary="Classify one image (multipart field 'file')")
@@ -112,7 +106,7 @@ def build_router(registry: Registry, metrics: Metrics, max_upload_bytes: int,
         if isinstance(data, JSONResponse):
             return data
         try:
-            result = await run_in_threadpool(classify, current, data, max_pixels)
+            result = await engine.classify(current, data)
         except BadImage as e:
             return error(e.status, "image_too_large" if e.status == 413 else "bad_image", str(e))
         metrics.observe_prediction(current.version, result["prediction"], "api")

@@ -11,35 +11,55 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from fastapi import FastAPI
+from starlette.datastructures import Secret
+from starlette.routing import Route
 
 from trainer.cpus import usable_cpus
+from trainer.errors import ConfigError
+from trainer.layout import AUTH_TOKEN_ENV
 from trainer.storage import open_store
 
 from .api import build_router
+from .auth import LOGIN_MESSAGE, BearerAuthMiddleware, check_token, gradio_login
+from .engine import Engine, EngineConfig
 from .metrics import Metrics
 from .predict import DEFAULT_MAX_PIXELS
+from .progress import ProgressBoard
 from .registry import ModelVersion, Registry
+from .uploads import keep_uploads_under
 
 log = logging.getLogger(__name__)
 
 
-def default_torch_threads() -> int:
-    """Half the CPUs this process may use (cgroup quota, not the node's cores), 1 to 4.
+def default_torch_threads(batching: bool = True) -> int:
+    """Intra-op threads from the CPUs this process may use (cgroup quota, not the node's
+    cores: os.cpu_count() would count a 64-core node's cores in a pod limited to 2 CPUs).
 
-    Requests already run in parallel; a few intra-op threads each avoids oversubscription.
-    os.cpu_count() would count a 64-core node's cores in a pod limited to 2 CPUs.
+    Batched: the one inference thread gets all but one CPU (at most 16); the last one is
+    the event loop's and the decoders'. An OpenMP team sharing its cores with them stalls
+    at every barrier whenever one of its threads is descheduled (measured on 2 CPUs:
+    2 threads gave a tenth of 1 thread's img/s). One at a time: requests run in parallel,
+    so each gets half of the CPUs, 1 to 4.
     """
-    return max(1, min(4, usable_cpus() // 2))
+    cpus = usable_cpus()
+    return max(1, min(16, cpus - 1)) if batching else max(1, min(4, cpus // 2))
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
 class Settings:
+    """Everything ``python -m inference serve`` takes (flags and env in __main__)."""
+
     store: str | None = None  # s3://HOST:PORT or a directory; None: $TRAINSTACK_STORE
     host: str = "0.0.0.0"
     port: int = 7860
@@ -48,8 +68,38 @@ class Settings:
     max_upload_mb: float = 10.0
     max_pixels: int = DEFAULT_MAX_PIXELS
     cache_dir: Path | None = None  # downloaded versions; None: a fresh temp dir
-    torch_threads: int = field(default_factory=default_torch_threads)
+    torch_threads: int | None = None  # None: default_torch_threads(batching)
     concurrency: int = 16  # Gradio's default of 1 would serialize every UI prediction
+    batching: bool = True  # False: each request runs its own forward pass (the baseline)
+    max_batch: int = 32  # requests per forward pass at most
+    max_batch_wait_ms: float = 5.0  # the longest a batch waits for requests on their way
+    precision: str = "auto"  # auto | fp32 | bf16 (inference.runner)
+    device: str = field(default_factory=default_device)  # cpu | cuda[:N]
+    decode_threads: int = field(default_factory=usable_cpus)
+    decode_memory_mb: float = 512.0  # decodes running at once share this much memory
+    upload_cache_mb: float = 256.0  # Gradio's uploads kept on disk, at most
+    upload_cache_max_age_s: float = 600.0  # uploads older than this are deleted
+    upload_cache_sweep_s: float = 30.0  # how often both limits are applied
+    # $TRAINSTACK_AUTH_TOKEN (inference.auth); None or "": no access control. Never a flag
+    # (argv is visible to every process) and never in a repr or a log line.
+    auth_token: str | None = field(default=None, repr=False)
+    # Where users open MLflow (http(s)); links to a version's MLflow run are built on it.
+    # None: the address the trainer saw (MLFLOW_TRACKING_URI in the training pods).
+    mlflow_ui_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mlflow_ui_url and not self.mlflow_ui_url.startswith(("http://", "https://")):
+            raise ConfigError(f"invalid mlflow_ui_url {self.mlflow_ui_url!r}: allowed: an "
+                              "http:// or https:// address", key="mlflow_ui_url")
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            batching=self.batching, max_batch=self.max_batch,
+            max_wait_ms=self.max_batch_wait_ms, precision=self.precision,
+            torch_threads=self.torch_threads or default_torch_threads(self.batching),
+            decode_threads=self.decode_threads,
+            decode_memory_bytes=int(self.decode_memory_mb * 2**20),
+            max_pixels=self.max_pixels)
 
 
 class MetricsMiddleware:
@@ -78,51 +128,97 @@ class MetricsMiddleware:
 def create_registry(settings: Settings) -> Registry:
     store = open_store(settings.store)
     cache_dir = settings.cache_dir or Path(tempfile.mkdtemp(prefix="trainstack-inference-"))
-    return Registry(store, cache_dir, settings.model_name, settings.poll_seconds)
+    return Registry(store, cache_dir, settings.model_name, settings.poll_seconds,
+                    device=settings.device)
 
 
 def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     """The whole service. The poller starts with the app's lifespan (uvicorn/TestClient)."""
-    import gradio as gr
+    from .ui import build_demo
 
-    from .ui import CSS, THEME, build_demo
-
-    torch.set_num_threads(settings.torch_threads)
+    config = settings.engine_config()
+    token = check_token(settings.auth_token)  # before anything starts: a bad one is fatal
+    torch.set_num_threads(config.torch_threads)
     # A temp cache dir this app made is this app's to delete at shutdown (not a given one).
     owned_cache = registry is None and settings.cache_dir is None
     registry = registry or create_registry(settings)
     metrics = Metrics()
+    engine = Engine(config, metrics)
+    registry.prepare = engine.prepare  # precision chosen and kernels warm before the swap
 
     def on_swap(loaded: ModelVersion) -> None:
-        metrics.set_model(loaded.name, loaded.version)
+        metrics.set_model(loaded.name, loaded.version, engine.precision(loaded))
 
     registry.on_swap.append(on_swap)
     if registry.current:
         on_swap(registry.current)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
-        log.info("serving models from %s (model: %s, polling every %gs)", registry.store.url,
-                 registry.model_name or "newest published", registry.poll_seconds)
-        registry.start()  # its first check runs at once, in the background
-        try:
-            yield
-        finally:
-            registry.stop()
-            if owned_cache:
-                shutil.rmtree(registry.cache_dir, ignore_errors=True)
-                log.debug("removed the model cache %s", registry.cache_dir)
-
-    app = FastAPI(title="trainstack inference", lifespan=lifespan,
-                  description="Classify images with the newest published model.")
+    board = ProgressBoard(registry, settings.mlflow_ui_url)
+    demo = build_demo(registry, engine, metrics, delete_cache=(
+        settings.upload_cache_sweep_s, settings.upload_cache_max_age_s), board=board)
+    app = FastAPI(title="trainstack inference", description="Classify images with the newest "
+                  "published model.", lifespan=lifespan(settings, registry, engine, demo,
+                                                        token is not None, owned_cache))
     app.state.registry, app.state.metrics, app.state.settings = registry, metrics, settings
-    app.include_router(build_router(registry, metrics, int(settings.max_upload_mb * 1e6),
-                                    settings.max_pixels))
-    demo = build_demo(registry, metrics, settings.max_pixels)
+    app.state.engine, app.state.demo, app.state.progress = engine, demo, board
+    router = build_router(registry, metrics, engine, int(settings.max_upload_mb * 1e6))
+    app.include_router(router)
+    mount_ui(app, demo, settings, registry, token)
+    if token:
+        # The FastAPI app's own routes (the API, /docs, /openapi.json), not Gradio's mount.
+        api_paths = {route.path.rstrip("/") for route in [*router.routes, *app.routes]
+                     if isinstance(route, Route)}
+        # Secret: Starlette's repr of the middleware list shows "**********", not the token.
+        app.add_middleware(BearerAuthMiddleware, token=Secret(token), api_paths=api_paths)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.access_control = token is not None
+    return app
+
+
+def mount_ui(app: FastAPI, demo: Any, settings: Settings, registry: Registry,
+             token: str | None) -> None:
+    """The Gradio UI at "/", behind Gradio's login when there is a token."""
+    import gradio as gr
+
+    from .ui import CSS, THEME
+
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=256)
     gr.mount_gradio_app(app, demo, path="/", theme=THEME, css=CSS,
                         allowed_paths=[str(registry.cache_dir)],
                         max_file_size=int(settings.max_upload_mb * 1e6),
-                        footer_links=["api"])
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    return app
+                        footer_links=["api"], auth=gradio_login(token) if token else None,
+                        auth_message=LOGIN_MESSAGE if token else None)
+
+
+def lifespan(settings: Settings, registry: Registry, engine: Engine, demo: Any,
+             guarded: bool, owned_cache: bool) -> Callable[[FastAPI], Any]:
+    """Start the poller and the upload-cache sweeper; stop both and clean up at shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[None]:
+        log.info("serving models from %s (model: %s, polling every %gs); %s; access control: "
+                 "%s", registry.store.url, registry.model_name or "newest published",
+                 registry.poll_seconds, describe(engine.config, settings.device),
+                 f"on ({AUTH_TOKEN_ENV})" if guarded else "off (anyone who reaches this port)")
+        registry.start()  # its first check runs at once, in the background
+        try:
+            async with keep_uploads_under(demo.upload_file_set,
+                                          int(settings.upload_cache_mb * 1e6),
+                                          settings.upload_cache_sweep_s):
+                yield
+        finally:
+            registry.stop()
+            engine.close()
+            if owned_cache:
+                shutil.rmtree(registry.cache_dir, ignore_errors=True)
+                log.debug("removed the model cache %s", registry.cache_dir)
+
+    return run
+
+
+def describe(config: EngineConfig, device: str) -> str:
+    if not config.batching:
+        return (f"one request at a time, {config.torch_threads} intra-op thread(s) each, "
+                f"precision {config.precision}, on {device}")
+    return (f"batches of up to {config.max_batch} (waiting at most {config.max_wait_ms:g} ms), "
+            f"{config.torch_threads} intra-op thread(s), {config.decode_threads} decode "
+            f"thread(s), precision {config.precision}, on {device}")

@@ -1,29 +1,38 @@
-"""Find, download, verify and hot-swap published model versions.
+"""Hot-swap published model versions: a poller follows ``latest.json``.
 
-The store layout (trainer.layout): ``models/<name>/latest.json`` points at
-``models/<name>/versions/<version>/``, and moves only after the version is complete;
-meta.json is read with the one schema the trainer writes with (trainer.schema).
+A version that cannot be served (files missing or deleted, a program that does not run)
+is rejected once and never retried; the app then serves the newest older version of the
+same model that loads. Only store errors (unreachable, denied) count as outages and back
+the poller off.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from trainer.errors import MetaError, ObjectNotFound, StoreError
-from trainer.layout import META_FILE, METRICS_FILE, MODEL_FILE, ModelKeys, name_of_latest_key
-from trainer.schema import VersionMeta, VersionMetrics
+from trainer.errors import ObjectNotFound, StoreError
+from trainer.layout import ModelKeys
+from trainer.schema import Latest, VersionMeta
 from trainer.storage import Store
+
+from .versions import (
+    BrokenVersion,
+    ModelVersion,
+    discover_names,
+    download_version,
+    latest_versions,
+    publication_order,
+    published_versions,
+    read_latest,
+    read_meta,
+)
+
+__all__ = ["BrokenVersion", "ModelVersion", "Registry"]
 
 log = logging.getLogger(__name__)
 
@@ -32,137 +41,11 @@ log = logging.getLogger(__name__)
 DISCOVERY_SECONDS = 60.0
 
 
-class BrokenVersion(RuntimeError):
-    """A published version that can never be served (bad files, model does not run)."""
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    """Everything about one loaded version; immutable, so readers never see it change."""
-
-    name: str
-    version: str
-    meta: VersionMeta
-    metrics: VersionMetrics | None
-    model: Any
-    directory: Path
-    examples: list[Path] = field(default_factory=list)
-
-    @property
-    def test_acc(self) -> float:
-        return self.meta.metrics.test_acc
-
-    def file(self, name: str) -> Path | None:
-        path = self.directory / name
-        return path if path.is_file() else None
-
-
-def read_json(store: Store, key: str) -> Any:
-    try:
-        return json.loads(store.get_bytes(key))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BrokenVersion(f"{key} is not valid JSON: {e}") from None
-
-
-def read_meta(store: Store, key: str) -> VersionMeta:
-    """A version's meta.json, validated by the one schema; BrokenVersion if it does not fit."""
-    try:
-        return VersionMeta.from_json(store.get_bytes(key))
-    except MetaError as e:
-        raise BrokenVersion(f"{key}: {e}") from None
-
-
-def model_names(store: Store) -> set[str]:
-    """Every ``<name>`` with a ``models/<name>/latest.json`` (one recursive listing)."""
-    return {name for key in store.list("models/") if (name := name_of_latest_key(key))}
-
-
-def read_latest(store: Store, name: str) -> str:
-    """The version ``models/<name>/latest.json`` points at; BrokenVersion if malformed."""
-    key = ModelKeys(name).latest
-    latest = read_json(store, key)
-    if not isinstance(latest, dict) or not isinstance(latest.get("version"), (str, int)):
-        raise BrokenVersion(f'{key} is not {{"version": ...}}: {latest!r:.200}')
-    return str(latest["version"])
-
-
-def latest_versions(store: Store, names: set[str]) -> tuple[dict[str, str], set[str]]:
-    """``({model name: latest version}, names whose latest.json is gone)``."""
-    found, gone = {}, set()
-    for name in sorted(names):
-        try:
-            found[name] = read_latest(store, name)
-        except ObjectNotFound:
-            gone.add(name)
-        except BrokenVersion as e:
-            log.warning("ignoring unreadable models/%s/latest.json: %s", name, e)
-    return found, gone
-
-
-def verify_model(model: Any, meta: VersionMeta) -> None:
-    """Run a test input of ``input_size``: the output must be ``1 x len(classes)``."""
-    x = torch.zeros(1, *meta.input_size)
-    with torch.inference_mode():
-        out = model(x)
-    expected = (1, len(meta.classes))
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise BrokenVersion(f"model output is {shape}, expected {expected}")
-    if not torch.isfinite(out).all():
-        raise BrokenVersion("model output on a test input is not finite")
-
-
-def download_version(store: Store, name: str, version: str, cache_dir: Path) -> ModelVersion:
-    """Download to a temp dir, verify, then rename into place: never half a version."""
-    keys = ModelKeys(name)
-    final = cache_dir / name / version
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{version}."))
-    try:
-        meta = read_meta(store, keys.meta(version))
-        (tmp / META_FILE).write_bytes(meta.to_json())
-        for rel in meta.downloads:
-            try:
-                store.get_file(keys.version_file(version, rel), tmp / rel)
-            except ObjectNotFound:
-                raise BrokenVersion(f"{keys.version_file(version, rel)} is listed in "
-                                    f"{META_FILE} but missing") from None
-        model = load_model(tmp / MODEL_FILE, meta)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    examples = [final / rel for rel in meta.examples]
-    return ModelVersion(name, version, meta, _load_metrics(final / METRICS_FILE), model, final,
-                        examples)
-
-
-def load_model(path: Path, meta: VersionMeta) -> Any:
-    try:
-        model = torch.export.load(str(path)).module()
-        verify_model(model, meta)
-    except BrokenVersion:
-        raise
-    except Exception as e:  # a torch.export archive can fail in many ways; all mean "broken"
-        raise BrokenVersion(f"{MODEL_FILE} does not load or run: {type(e).__name__}: {e}") from e
-    return model
-
-
-def _load_metrics(path: Path) -> VersionMetrics | None:
-    """metrics.json is for display: a missing or malformed one hides the Training tab's details."""
-    try:
-        return VersionMetrics.from_json(path.read_bytes())
-    except (OSError, MetaError) as e:
-        log.warning("%s not shown: %s", path, e)
-        return None
-
-
 class Registry:
     """Holds the served version; a background poller swaps in newer ones atomically."""
 
     def __init__(self, store: Store, cache_dir: Path, model_name: str | None = None,
-                 poll_seconds: float = 15.0, max_backoff: float = 300.0):
+                 poll_seconds: float = 15.0, max_backoff: float = 300.0, device: str = "cpu"):
         self.store = store
         self.cache_dir = Path(cache_dir)
         self.model_name = model_name
@@ -174,17 +57,23 @@ class Registry:
         # True after a successful poll that found nothing published: the pod can serve
         # its "no model yet" page, so it counts as ready (see api.readyz).
         self.nothing_published = False
+        self.device = device
         self.on_swap: list[Callable[[ModelVersion], None]] = []
-        self._meta_cache: dict[str, VersionMeta] = {}  # published versions are immutable
+        # Run on a loaded version before it is swapped in (the app's warm-up); an
+        # exception rejects the version like a broken file.
+        self.prepare: Callable[[ModelVersion], None] | None = None
+        self._settled: tuple[tuple[str, str], ModelVersion | None] | None = None
+        self._meta_cache: dict[str, VersionMeta | None] = {}  # None: broken
         self.discovery_seconds = DISCOVERY_SECONDS
         self._names: set[str] = set()  # model names found by the last discovery
+        self.progress_names: set[str] = set()  # names with runs' progress records (ditto)
         self._discovered_at: float | None = None  # time.monotonic() of that discovery
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def resolve(self) -> tuple[str, str] | None:
-        """The (model name, version) that should be served now, if any."""
+    def resolve(self) -> tuple[str, Latest] | None:
+        """The model name and its latest.json that should be served now, if any."""
         if self.model_name:
             try:
                 return self.model_name, read_latest(self.store, self.model_name)
@@ -198,8 +87,9 @@ class Registry:
             self._discovered_at = None  # a model was deleted: look again next poll
         if not versions:
             return None
-        # Versions are sortable UTC timestamps: the newest model across all names wins.
-        name = max(versions, key=lambda n: (versions[n], n))
+        # Sequences order one name's versions only; across names the version names'
+        # UTC timestamps decide which model is the newest.
+        name = max(versions, key=lambda n: (versions[n].version, n))
         return name, versions[name]
 
     def known_names(self) -> set[str]:
@@ -208,7 +98,7 @@ class Registry:
         stale = (self._discovered_at is None
                  or now - self._discovered_at >= self.discovery_seconds)
         if stale or not self._names:
-            self._names = model_names(self.store)
+            self._names, self.progress_names = discover_names(self.store)
             self._discovered_at = now
         return self._names
 
@@ -217,18 +107,10 @@ class Registry:
         with self._lock:  # one check at a time (poller thread vs. an explicit call)
             target = self.resolve()
             self.nothing_published = target is None
-            current = self.current
-            if target is None or target in self.rejected:
+            if target is None:
                 return False
-            if current and (current.name, current.version) == target:
-                return False
-            log.info("loading model %s version %s", *target)
-            try:
-                loaded = download_version(self.store, *target, self.cache_dir)
-            except BrokenVersion as e:
-                self.rejected[target] = str(e)
-                log.error("skipping broken version %s/%s (keeping %s): %s", *target,
-                          current.version if current else "no model", e)
+            loaded = self._newest_loadable(*target)
+            if loaded is None:
                 return False
             self.current = loaded  # the atomic swap: one reference assignment
             self._prune(loaded)
@@ -236,6 +118,52 @@ class Registry:
         for callback in self.on_swap:
             callback(loaded)
         return True
+
+    def _newest_loadable(self, name: str, latest: Latest) -> ModelVersion | None:
+        """The version ``latest`` names, or else the one of ``name`` published last before
+        it that loads; None when that is the one served already (or nothing loads)."""
+        current = self.current
+        if self._settled == ((name, latest), current):
+            return None  # this target was worked through already: nothing new to try
+        for candidate in self._candidates(name, latest):
+            if current and (current.name, current.version) == (name, candidate):
+                break
+            if (name, candidate) in self.rejected:
+                continue
+            log.info("loading model %s version %s", name, candidate)
+            try:
+                return self._load(name, candidate)
+            except BrokenVersion as e:
+                self.rejected[(name, candidate)] = str(e)
+                log.error("skipping broken version %s/%s (serving %s): %s", name, candidate,
+                          current.version if current else "no model", e)
+        self._settled = ((name, latest), current)
+        return None
+
+    def _candidates(self, name: str, latest: Latest) -> Iterator[str]:
+        """The target first; if it cannot be served, the versions published before it,
+        last published first (by sequence: pods' clocks may disagree with the names)."""
+        yield latest.version
+        if (name, latest.version) not in self.rejected:
+            return
+        target = publication_order(latest.sequence, latest.version)
+        older = [meta.version for meta in self.list_versions(name)
+                 if publication_order(meta.sequence, meta.version) < target]
+        if older:
+            log.info("latest.json of %s names unusable version %s: falling back to the "
+                     "last published version before it that loads", name, latest.version)
+        yield from older
+
+    def _load(self, name: str, version: str) -> ModelVersion:
+        loaded = download_version(self.store, name, version, self.cache_dir, self.device)
+        if self.prepare:
+            try:
+                self.prepare(loaded)
+            except Exception as e:
+                log.exception("preparing %s/%s failed", name, version)
+                raise BrokenVersion(f"preparing it to serve failed: {type(e).__name__}: "
+                                    f"{e}") from e
+        return loaded
 
     def _prune(self, keep: ModelVersion) -> None:
         """Keep the served version and the one before (a page may still show its files)."""
@@ -274,16 +202,21 @@ class Registry:
             self._stop.wait(delay)
 
     def list_versions(self, name: str) -> list[VersionMeta]:
-        """Published versions of ``name``, newest first, from their meta.json files."""
-        keys = ModelKeys(name)
-        rows = []
-        for key in self.store.list(keys.versions):
-            if keys.version_of_meta_key(key) is None:
-                continue
-            if key not in self._meta_cache:
-                try:
-                    self._meta_cache[key] = read_meta(self.store, key)
-                except (BrokenVersion, ObjectNotFound):
-                    continue
-            rows.append(self._meta_cache[key])
-        return sorted(rows, key=lambda m: m.version, reverse=True)
+        """Published versions of ``name`` (those with a readable meta.json), last published
+        first (trainer.schema's ``sequence``)."""
+        metas = (self._published_meta(name, v) for v in published_versions(self.store, name))
+        return sorted((m for m in metas if m is not None), reverse=True,
+                      key=lambda m: publication_order(m.sequence, m.version))
+
+    def _published_meta(self, name: str, version: str) -> VersionMeta | None:
+        """A version's meta.json, read once (published ones never change); None if broken."""
+        key = ModelKeys(name).meta(version)
+        if key not in self._meta_cache:
+            try:
+                self._meta_cache[key] = read_meta(self.store, name, version)
+            except ObjectNotFound:  # deleted since the listing
+                return None
+            except BrokenVersion as e:
+                log.warning("version %s/%s is not listed: %s", name, version, e)
+                self._meta_cache[key] = None
+        return self._meta_cache[key]

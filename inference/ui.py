@@ -6,19 +6,29 @@ with the served one and redraws everything when the model was hot-swapped.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from trainer.schema import VersionMetrics
-
+from .engine import Engine
 from .metrics import Metrics
-from .predict import DEFAULT_MAX_PIXELS, BadImage, decode_image, predict
+from .predict import BadImage
+from .progress import ProgressBoard
 from .registry import ModelVersion, Registry
+from .ui_training import (
+    epoch_rows,
+    make_refresh_progress,
+    models_tab,
+    pct,
+    progress_panel,
+    run_details,
+    run_summary,
+    training_tab,
+    version_rows,
+)
 
 REFRESH_SECONDS = 3
 # System fonts only: the app must render on clusters without internet access.
@@ -51,65 +61,15 @@ Nothing has been trained into this store so far. Start a training run:
 This page refreshes itself and switches to the classifier as soon as the first model
 is published. No need to reload."""
 
-EPOCH_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds",
-                 "img_per_s"]
-VERSION_COLUMNS = ["version", "created", "test accuracy", "epochs", "run id", "serving"]
-
-
-def _pct(value: Any) -> str:
-    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "n/a"
-
-
 def status_markdown(current: ModelVersion | None, store_url: str = "") -> str:
     if current is None:
         return f"No model loaded yet (store: `{store_url}`)."
     return (f"**Model** `{current.name}` · **version** `{current.version}` · "
-            f"**test accuracy** {_pct(current.test_acc)} · "
+            f"**test accuracy** {pct(current.test_acc)} · "
             f"{len(current.meta.classes)} classes")
 
 
-def epoch_rows(metrics: VersionMetrics | None) -> list[list[Any]]:
-    def fmt(value: Any) -> Any:
-        return round(value, 4) if isinstance(value, float) else value
-
-    epochs = metrics.epochs if metrics else []
-    return [[fmt(getattr(e, c)) for c in EPOCH_COLUMNS] for e in epochs]
-
-
-def run_summary(current: ModelVersion) -> str:
-    """One line a person reads first: how good, how long, on how many workers."""
-    summary = current.meta.metrics
-    epochs = current.metrics.epochs if current.metrics else []
-    parts = [f"**test accuracy** {_pct(summary.test_acc)}", f"**epochs** {summary.epochs}",
-             f"**training time** {summary.train_seconds:.0f} s"]
-    if current.metrics:
-        parts.append(f"**workers** {current.metrics.world_size}")
-    if epochs:
-        speed = sum(e.img_per_s for e in epochs) / len(epochs)
-        parts.append(f"**throughput** {speed:,.0f} img/s")
-    parts.append(f"**run** `{current.meta.run_id}`")
-    return " · ".join(parts)
-
-
-def run_details(current: ModelVersion) -> dict[str, Any]:
-    meta = current.meta
-    return {
-        "model": meta.model, "dataset": meta.dataset, "version": current.version,
-        "run_id": meta.run_id, "created_at": meta.created_at,
-        "world_size": current.metrics.world_size if current.metrics else None,
-        "summary": dataclasses.asdict(meta.metrics), "train_config": meta.train_config,
-    }
-
-
-def version_rows(registry: Registry, current: ModelVersion | None) -> list[list[Any]]:
-    if current is None:
-        return []
-    return [[meta.version, meta.created_at, _pct(meta.metrics.test_acc), meta.metrics.epochs,
-             meta.run_id, "●" if meta.version == current.version else ""]
-            for meta in registry.list_versions(current.name)]
-
-
-def make_classify(registry: Registry, metrics: Metrics | None, max_pixels: int,
+def make_classify(registry: Registry, engine: Engine, metrics: Metrics | None,
                   ui: Layout) -> Callable[[str | None], dict[Any, Any]]:
     def classify(path: str | None) -> dict[Any, Any]:
         current = registry.current  # one read: the whole call uses one version
@@ -117,9 +77,8 @@ def make_classify(registry: Registry, metrics: Metrics | None, max_pixels: int,
             raise gr.Error("No model published yet: run `make demo` or `pulumi up` first.")
         if not path:
             return {ui.label: None, ui.answered: ""}
-        try:  # predict too: an image mode it cannot convert is a BadImage as well
-            image = decode_image(Path(path).read_bytes(), max_pixels)
-            result = predict(current.model, current.meta, image)
+        try:  # the API's own path: decode pool, memory budget, batches
+            result = engine.classify_blocking(current, Path(path).read_bytes())
         except BadImage as e:
             raise gr.Error(str(e)) from None
         if metrics:
@@ -130,7 +89,8 @@ def make_classify(registry: Registry, metrics: Metrics | None, max_pixels: int,
     return classify
 
 
-def make_refresh(registry: Registry, ui: Layout) -> Callable[[str], dict[Any, Any]]:
+def make_refresh(registry: Registry, board: ProgressBoard,
+                 ui: Layout) -> Callable[[str], dict[Any, Any]]:
     """Redraw every component that shows the served version, when that version changed."""
 
     def refresh(shown: str) -> dict[Any, Any]:
@@ -149,7 +109,8 @@ def make_refresh(registry: Registry, ui: Layout) -> Callable[[str], dict[Any, An
             ui.curves: current.file("curves.png"),
             ui.confusion: current.file("confusion_matrix.png"),
             ui.epochs: epoch_rows(current.metrics), ui.details: run_details(current),
-            ui.versions: version_rows(registry, current), ui.summary: run_summary(current),
+            ui.versions: version_rows(registry, board, current),
+            ui.summary: run_summary(current),
         }
 
     return refresh
@@ -185,6 +146,8 @@ class Layout:
     details: Any = None
     versions: Any = None
     reload_versions: Any = None
+    progress_shown: Any = None
+    progress_panels: list[Any] = field(default_factory=list)
 
     @property
     def outputs(self) -> list[Any]:
@@ -209,36 +172,13 @@ def predict_tab(ui: Layout) -> None:
                                  samples_per_page=30)
 
 
-def training_tab(ui: Layout) -> None:
-    with gr.Tab("Training", id="training"):
-        ui.summary = gr.Markdown(elem_id="run-summary")
-        with gr.Row():
-            # Headings above the plots: a floating image label hides their titles.
-            with gr.Column():
-                gr.Markdown("**Loss and accuracy per epoch**")
-                ui.curves = gr.Image(show_label=False, interactive=False, elem_id="curves")
-            with gr.Column():
-                gr.Markdown("**Confusion matrix (test set)**")
-                ui.confusion = gr.Image(show_label=False, interactive=False)
-        ui.epochs = gr.Dataframe(headers=EPOCH_COLUMNS, label="Per-epoch metrics",
-                                 interactive=False)
-        with gr.Accordion("Run configuration", open=False):
-            ui.details = gr.JSON(label="meta.json: train config and summary")
-
-
-def models_tab(ui: Layout) -> None:
-    with gr.Tab("Models", id="models"):
-        ui.versions = gr.Dataframe(headers=VERSION_COLUMNS, interactive=False,
-                                   label="Published versions (newest first)")
-        ui.reload_versions = gr.Button("Refresh list", size="sm")
-
-
 def build_layout() -> Layout:
     """All components, inside the current gr.Blocks context."""
-    ui = Layout(shown=gr.State("?"))  # "?" forces the first redraw on page load
+    ui = Layout(shown=gr.State("?"), progress_shown=gr.State("?"))  # "?": redraw on load
     gr.Markdown(HEADER, elem_id="header")
     with gr.Column(visible=True, elem_id="no-model") as ui.empty:
         gr.Markdown(NO_MODEL)
+        ui.progress_panels.append(progress_panel("progress-first-run"))
     with gr.Column(visible=False) as ui.main:
         ui.status = gr.Markdown(elem_id="model-status")
         with gr.Tabs():
@@ -248,16 +188,21 @@ def build_layout() -> Layout:
     return ui
 
 
-def wire_events(demo: gr.Blocks, ui: Layout, registry: Registry, metrics: Metrics | None,
-                max_pixels: int) -> None:
-    refresh = make_refresh(registry, ui)
-    gr.Timer(REFRESH_SECONDS).tick(refresh, ui.shown, ui.outputs, show_progress="hidden",
-                                   api_name=False, queue=False)
-    demo.load(refresh, ui.shown, ui.outputs, api_name=False, queue=False)
-    gr.on([ui.image.change, ui.button.click], make_classify(registry, metrics, max_pixels, ui),
+def wire_events(demo: gr.Blocks, ui: Layout, registry: Registry, engine: Engine,
+                metrics: Metrics | None, board: ProgressBoard) -> None:
+    refresh = make_refresh(registry, board, ui)
+    progress = make_refresh_progress(board, ui.progress_panels, ui.progress_shown)
+    progress_outputs = [ui.progress_shown] + [c for p in ui.progress_panels for c in p.outputs]
+    timer = gr.Timer(REFRESH_SECONDS)
+    for handler, state, outputs in ((refresh, ui.shown, ui.outputs),
+                                    (progress, ui.progress_shown, progress_outputs)):
+        timer.tick(handler, state, outputs, show_progress="hidden", api_name=False,
+                   queue=False)
+        demo.load(handler, state, outputs, api_name=False, queue=False)
+    gr.on([ui.image.change, ui.button.click], make_classify(registry, engine, metrics, ui),
           ui.image, [ui.label, ui.answered], api_name="predict")
     ui.examples.click(make_pick_example(registry), ui.examples, ui.image, api_name=False)
-    ui.reload_versions.click(lambda: version_rows(registry, registry.current), None,
+    ui.reload_versions.click(lambda: version_rows(registry, board, registry.current), None,
                              ui.versions, api_name=False)
     # A hidden button, only for its API endpoint /status (gradio_client, tests).
     gr.Button(visible=False).click(
@@ -265,10 +210,15 @@ def wire_events(demo: gr.Blocks, ui: Layout, registry: Registry, metrics: Metric
         api_name="status")
 
 
-def build_demo(registry: Registry, metrics: Metrics | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> gr.Blocks:
-    """The Blocks app bound to one registry (tests build several in one process)."""
-    with gr.Blocks(title="trainstack · image classifier") as demo:
+def build_demo(registry: Registry, engine: Engine, metrics: Metrics | None = None,
+               delete_cache: tuple[float, float] | None = None,
+               board: ProgressBoard | None = None) -> gr.Blocks:
+    """The Blocks app bound to one registry (tests build several in one process).
+
+    ``delete_cache`` = (every s, older than s): Gradio deletes this app's uploads and
+    cached files on that schedule, and all of them at shutdown.
+    """
+    with gr.Blocks(title="trainstack · image classifier", delete_cache=delete_cache) as demo:
         ui = build_layout()
-        wire_events(demo, ui, registry, metrics, max_pixels)
+        wire_events(demo, ui, registry, engine, metrics, board or ProgressBoard(registry))
     return demo

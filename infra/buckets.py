@@ -10,6 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import pod
+from infra.workloads import BUCKETS
 
 JOB_NAME = "trainstack-buckets"
 STORE_SECRET = "trainstack-store-credentials"
@@ -23,10 +24,12 @@ class BucketsArgs:
     timeout: str  # how long `pulumi up` waits for the Job to complete (e.g. "15m")
     image_pull_policy: str = "IfNotPresent"
     depends_on: Sequence[pulumi.Resource] = field(default_factory=list)  # the store
+    tracking: bool = False  # also the MLflow server's artifact bucket (`<prefix>mlflow`)
 
 
 class Buckets(pulumi.ComponentResource):
-    """Depend on this component to wait until `<prefix>datasets|models|metrics` exist."""
+    """Depend on this component to wait until `<prefix>datasets|models|metrics` (and
+    `<prefix>mlflow` with `tracking`) exist."""
 
     job: k8s.batch.v1.Job
 
@@ -36,16 +39,20 @@ class Buckets(pulumi.ComponentResource):
             name="buckets",
             image=args.image,
             image_pull_policy=args.image_pull_policy,
-            command=["python", "-m", "trainer", "buckets"],
+            command=["python", "-m", "trainer", "buckets",
+                     *(["--tracking"] if args.tracking else [])],
             store=args.store,
             cpu="100m",
             memory="256Mi",
             cpu_limit="500m",
             memory_limit="512Mi",
+            ephemeral_storage="256Mi",
+            scratch=[pod.tmp("128Mi")],
         )
         self.job = pod.job(
             JOB_NAME,
             args.namespace,
+            BUCKETS,
             spec,
             pulumi.ResourceOptions(
                 parent=self,

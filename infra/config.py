@@ -1,28 +1,29 @@
 """Stack configuration: every `trainstack:` key, parsed once into a validated dataclass.
 
 Components never read config themselves: they get typed Args built from a StackConfig.
-Single values are parsed by infra/values.py, combinations checked by infra/rules.py on
-construction; secret values never enter the dataclass (StackSecrets carries them as
+This module reads the keys from the engine and parses single values (infra/values.py);
+infra/stack_config.py is the dataclass and the rules between keys, checked on
+construction. Secret values never enter the dataclass (StackSecrets carries them as
 secret Outputs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 
-from infra import rules
 from infra import values as v
+from infra.fences import MODES as NETWORK_POLICY_MODES
+from infra.stack_config import StackConfig, warnings
 
-# The trainer's own lists and contracts (stdlib-only modules: no torch in the Pulumi
-# program), so a model or dataset added there cannot be forgotten here.
-from trainer.config import CIFAR10_URL, MODELS
+# The trainer's own lists (stdlib-only modules: no torch in the Pulumi program), so a
+# model or dataset added there cannot be forgotten here.
 from trainer.config import DATASETS as TRAINER_DATASETS
+from trainer.config import MODELS
 from trainer.errors import ConfigError
-from trainer.layout import bucket_names, model_name
 
 NAMESPACE = "trainstack"
 # `synthetic` is random data for benchmarks: a cluster run on it would publish a model
@@ -30,96 +31,11 @@ NAMESPACE = "trainstack"
 BENCHMARK_DATASETS = ("synthetic",)
 DATASETS = tuple(d for d in TRAINER_DATASETS if d not in BENCHMARK_DATASETS)
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
-SECRET_KEYS = ("minioRootPassword", "storeSecretKey")
-DEFAULT_REPOSITORY = "trainstack-trainer"
-DEFAULT_MINIO_SIZE = "10Gi"
+SECRET_KEYS = ("minioRootPassword", "storeSecretKey", "inferenceAuthToken")
+# A bearer token is guessed only by brute force: 32 characters of `openssl rand -hex 16`
+# carry 128 bits. Visible ASCII only: it travels in an HTTP Authorization header.
+AUTH_TOKEN_MIN = 32
 invalid = v.invalid  # re-exported: the error every check raises
-
-
-@dataclass(frozen=True)
-class StackConfig:
-    """The validated stack settings (defaults = DESIGN.md's Pulumi stack contract).
-
-    None means "not set": several keys only apply in one mode (MinIO's, the image's), and
-    setting one where it does not apply is an error rather than silently ignored.
-    """
-
-    workers: int = 2  # training pods: Master + workers-1 Workers
-    gpus_per_worker: int = 0
-    cpu_per_worker: str = "1"  # request = limit
-    memory_per_worker: str = "2Gi"  # request = limit; also the /dev/shm size
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 0.1
-    model: str = "resnet18"
-    dataset: str = "cifar10"
-    dataset_source: str | None = None  # None: the dataset's own default (CIFAR-10 URL)
-    namespace: str = "trainstack"
-    build_image: bool = True  # False: `image` is a prebuilt reference, run as given
-    image: str | None = None  # build: repository (default trainstack-trainer); else reference
-    push_image: bool | None = None  # build only; None: true
-    install_training_operator: bool = True
-    training_operator_version: str = "v1.8.1"
-    store_endpoint: str | None = None  # None: the in-cluster MinIO
-    store_region: str | None = None
-    store_credentials_secret: str | None = None  # an existing Secret the workloads read
-    store_access_key: str | None = None  # with the secret storeSecretKey: the stack's Secret
-    bucket_prefix: str = ""
-    minio_storage_size: str | None = None  # None: 10Gi (in-cluster MinIO only)
-    minio_storage_class: str | None = None  # None: the cluster's default StorageClass
-    render_yaml_to: str | None = None  # a directory: write YAML instead of applying
-    buckets_timeout: str = "15m"  # how long `pulumi up` waits for the bucket Job
-    ingest_timeout: str = "30m"  # ... and for the ingest Job (170 MB download + image pull)
-    ingest_storage: str = "4Gi"  # ephemeral storage of the ingest Job: download + unpacked
-    inference_replicas: int = 1
-    inference_service_type: str = "NodePort"
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = field(default_factory=list)
-    secrets: frozenset[str] = frozenset()  # which SECRET_KEYS were given (never their values)
-
-    def __post_init__(self):
-        rules.check(self)
-
-    @property
-    def model_name(self) -> str:
-        """`<model>-<dataset>`: the store prefix the trainer publishes and the app serves."""
-        return model_name(self.model, self.dataset)
-
-    @property
-    def ingest_source(self) -> str | None:
-        """What the ingest Job downloads: cifar10 defaults to the official archive."""
-        if self.dataset_source:
-            return self.dataset_source
-        return CIFAR10_URL if self.dataset == "cifar10" else None
-
-    @property
-    def image_repository(self) -> str:
-        """What buildImage true builds and tags."""
-        return self.image or DEFAULT_REPOSITORY
-
-    @property
-    def pushes(self) -> bool:
-        return self.build_image and self.push_image is not False
-
-    @property
-    def minio_volume_size(self) -> str:
-        return self.minio_storage_size or DEFAULT_MINIO_SIZE
-
-    @property
-    def buckets(self) -> list[str]:
-        """The store's bucket names (`<prefix>datasets`, ...)."""
-        return list(bucket_names(self.bucket_prefix).values())
-
-    def train_json(self) -> dict[str, Any]:
-        """train.json: hyperparameters only (the trainer's TrainConfig keys); seed is fixed."""
-        return {
-            "dataset": self.dataset,
-            "model": self.model,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "lr": self.learning_rate,
-            "seed": 0,
-        }
 
 
 @dataclass(frozen=True)
@@ -128,6 +44,7 @@ class StackSecrets:
 
     minio_root_password: pulumi.Output[str] | None = None
     store_secret_key: pulumi.Output[str] | None = None
+    inference_auth_token: pulumi.Output[str] | None = None
 
 
 _DATASETS_ALLOWED = (
@@ -136,6 +53,8 @@ _DATASETS_ALLOWED = (
 )
 _QTY_CPU = "a CPU quantity > 0 such as 1, 0.5 or 500m"
 _QTY_MEM = "a memory quantity > 0 such as 2Gi, 512Mi or 1G"
+_STORAGE_CLASS = ("a StorageClass name: a DNS-1123 subdomain (a-z, 0-9, '-', '.'), such as "
+                  "gp3 or ceph.rbd.fast")
 
 # config key -> (dataclass field, parser)
 FIELDS: dict[str, tuple[str, v.Parser]] = {
@@ -149,7 +68,7 @@ FIELDS: dict[str, tuple[str, v.Parser]] = {
     "model": ("model", v.choice(MODELS)),
     "dataset": ("dataset", v.choice(DATASETS, _DATASETS_ALLOWED)),
     "datasetSource": ("dataset_source", v.http_url),
-    "namespace": ("namespace", v.pattern(v.DNS_LABEL, "a DNS-1123 label (a-z, 0-9, '-')")),
+    "namespace": ("namespace", v.namespace),
     "buildImage": ("build_image", v.boolean),
     "image": ("image", v.image_reference),
     "pushImage": ("push_image", v.boolean),
@@ -165,13 +84,23 @@ FIELDS: dict[str, tuple[str, v.Parser]] = {
     "bucketPrefix": ("bucket_prefix", v.bucket_prefix),
     "minioStorageSize": (
         "minio_storage_size", v.nonzero_quantity(v.BYTES, "a size such as 10Gi")),
-    "minioStorageClass": ("minio_storage_class", v.pattern(v.DNS_LABEL, "a StorageClass name")),
+    "minioStorageClass": ("minio_storage_class", v.pattern(v.DNS_SUBDOMAIN, _STORAGE_CLASS)),
     "renderYamlTo": ("render_yaml_to", v.directory),
     "bucketsTimeout": ("buckets_timeout", v.duration),
     "ingestTimeout": ("ingest_timeout", v.duration),
     "ingestStorage": ("ingest_storage", v.nonzero_quantity(v.BYTES, "a size such as 4Gi")),
     "inferenceReplicas": ("inference_replicas", v.int_at_least(1)),
     "inferenceServiceType": ("inference_service_type", v.choice(SERVICE_TYPES)),
+    "inferenceIngressNamespace": (
+        "inference_ingress_namespace", v.pattern(v.DNS_LABEL, "a namespace name (DNS-1123 label)")),
+    "inferenceAuthSecret": (
+        "inference_auth_secret", v.pattern(v.DNS_SUBDOMAIN, "a Secret name (DNS-1123)")),
+    "networkPolicy": ("network_policy", v.choice(
+        NETWORK_POLICY_MODES, "ingress (default-deny ingress, then the workloads' flows), "
+                              "ingress-egress (egress fenced too), none (no NetworkPolicy)")),
+    "mlflow": ("mlflow", v.boolean),
+    "mlflowImage": ("mlflow_image", v.mlflow_image),
+    "mlflowStorageClass": ("mlflow_storage_class", v.pattern(v.DNS_SUBDOMAIN, _STORAGE_CLASS)),
     "nodeSelector": ("node_selector", v.node_selector),
     "tolerations": ("tolerations", v.tolerations),
 }
@@ -225,12 +154,13 @@ def load() -> tuple[StackConfig, StackSecrets]:
             _check_secret(key, plain, _is_secret(f"{NAMESPACE}:{key}"))
             given.add(key)
     settings = parse_config(raw_stack_config(), frozenset(given))
-    for message in rules.warnings(settings):
+    for message in warnings(settings):
         pulumi.log.warn(message)
     config = pulumi.Config(NAMESPACE)
     return settings, StackSecrets(
         minio_root_password=config.get_secret("minioRootPassword"),
         store_secret_key=config.get_secret("storeSecretKey"),
+        inference_auth_token=config.get_secret("inferenceAuthToken"),
     )
 
 
@@ -253,6 +183,10 @@ def _check_secret(key: str, value: str, is_secret: bool) -> None:
                       value, secret=True)
     if key == "storeSecretKey" and not value.strip():
         raise invalid(key, "a non-empty secret access key", value, secret=True)
+    if key == "inferenceAuthToken" and (
+            len(value) < AUTH_TOKEN_MIN or not all("!" <= c <= "~" for c in value)):
+        raise invalid(key, f"at least {AUTH_TOKEN_MIN} visible ASCII characters, no spaces "
+                           "(e.g. openssl rand -hex 16)", value, secret=True)
 
 
 __all__ = ["ConfigError", "StackConfig", "StackSecrets", "invalid", "load", "parse_config"]

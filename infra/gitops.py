@@ -6,8 +6,8 @@ object (components pass it to their children through `providers`). It writes
 never contacts a cluster, so nothing is awaited and Pulumi's dependency order is lost.
 What the files carry instead, for a GitOps tool to apply them in the same order:
 
-- `argocd.argoproj.io/sync-wave`: store and namespace 0, bucket Job 1, ingest Job and the
-  app 2, the PyTorchJob 3. Argo CD applies a wave only after the previous one is healthy
+- `argocd.argoproj.io/sync-wave`: namespace, NetworkPolicies and store 0, bucket Job 1, ingest
+  Job, the app and the MLflow server 2, the PyTorchJob 3. Argo CD applies a wave only after the previous one is healthy
   (a Job is healthy once complete). Flux applies one directory at once (docs/operations.md).
 - Jobs: `argocd.argoproj.io/sync-options: Force=true,Replace=true` and
   `kustomize.toolkit.fluxcd.io/force: enabled`, because a Job's pod template is immutable
@@ -25,7 +25,8 @@ SYNC_WAVE = "argocd.argoproj.io/sync-wave"
 JOB_TYPE = "kubernetes:batch/v1:Job"
 PYTORCHJOB_TYPE = "kubernetes:kubeflow.org/v1:PyTorchJob"
 # A component's objects go in its wave; these types in their own.
-WAVES = {"namespace": 0, "store": 0, "buckets": 1, "inference": 2, "training": 2}
+WAVES = {"namespace": 0, "fences": 0, "store": 0, "buckets": 1, "inference": 2, "training": 2,
+         "mlflow": 2}
 TYPE_WAVES = {PYTORCHJOB_TYPE: 3}
 FORCE_REPLACE = {
     "argocd.argoproj.io/sync-options": "Force=true,Replace=true",

@@ -2,7 +2,9 @@
 
 Only declared without `storeEndpoint`. Its root credentials are the store credentials
 every workload reads: a Secret the stack makes (generated or `minioRootPassword`), or the
-existing one `storeCredentialsSecret` names (required in render mode).
+existing one `storeCredentialsSecret` names (required in render mode). MinIO reads them
+as files (MINIO_ROOT_*_FILE), not env vars; it runs as a high non-root uid with a
+read-only root filesystem: it writes only to /data (the PVC) and /tmp (certs dir, HOME).
 """
 
 from __future__ import annotations
@@ -14,15 +16,28 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from infra import pod
+from infra.workloads import STORE
 
-# Pinned: a MinIO server release by tag (the last community image with the console).
-MINIO_IMAGE = "quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z"
-MINIO_UID = 1000
-API_PORT = 9000
-CONSOLE_PORT = 9001
+# Pinned: a MinIO server release (the last community image with the console), by the
+# digest of its multi-platform index. Not pulled here (no registry in this project's
+# build): the same digest for this tag on quay.io and docker.io is published by many
+# independent projects that pin it (docs/operations.md, "Images").
+MINIO_TAG = "RELEASE.2025-04-22T22-12-26Z"
+MINIO_DIGEST = "sha256:a1ea29fa28355559ef137d71fc570e508a214ec84ff8083e39bc5428980b015e"
+MINIO_IMAGE = f"quay.io/minio/minio:{MINIO_TAG}@{MINIO_DIGEST}"
+# Any uid works with a writable /data and --certs-dir; above 10000, and not the app's.
+MINIO_UID = 10002
+API = STORE.port("api")
+CONSOLE = STORE.port("console")
+API_PORT = API.number
+CONSOLE_PORT = CONSOLE.number
 SERVICE_NAME = "minio"
 SECRET_NAME = "minio-credentials"
 ROOT_USER = "trainstack-admin"
+CREDENTIALS_DIR = "/etc/minio/credentials"  # the Secret, as files MinIO reads
+ROOT_USER_FILE = f"{CREDENTIALS_DIR}/root-user"
+ROOT_PASSWORD_FILE = f"{CREDENTIALS_DIR}/root-password"
+TMP = pod.tmp("64Mi")  # HOME and --certs-dir (MinIO creates certs/CAs there)
 
 
 @dataclass
@@ -47,7 +62,8 @@ class MinIO(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         secret_name = args.credentials_secret or self._secret(args, child).metadata.name
         pvc = self._pvc(args, child)
-        deployment = self._deployment(args, secret_name, pvc, child)
+        account = pod.service_account(STORE, args.namespace, child)
+        deployment = self._deployment(args, secret_name, pvc, account, child)
         service = self._service(args, child)
         host = pulumi.Output.concat(SERVICE_NAME, ".", args.namespace, ".svc")
         self.endpoint = pulumi.Output.concat(host, f":{API_PORT}")
@@ -71,7 +87,7 @@ class MinIO(pulumi.ComponentResource):
             metadata=k8s.meta.v1.ObjectMetaArgs(
                 name="minio-data",
                 namespace=args.namespace,
-                labels=pod.labels("minio"),
+                labels=STORE.labels,
                 # With a WaitForFirstConsumer StorageClass (most clouds' default) the claim
                 # stays Pending until MinIO's pod is scheduled, and that pod is created only
                 # after this claim: awaiting "Bound" here would deadlock. Deleting it is
@@ -88,31 +104,40 @@ class MinIO(pulumi.ComponentResource):
             opts=opts,
         )
 
-    def _deployment(self, args, secret_name, pvc, opts) -> k8s.apps.v1.Deployment:
-        labels = pod.labels("minio")
+    def _deployment(self, args, secret_name, pvc, account, opts) -> k8s.apps.v1.Deployment:
         data = k8s.core.v1.VolumeArgs(
             name="data",
             persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
                 claim_name=pvc.metadata.name
             ),
         )
+        credentials = k8s.core.v1.VolumeArgs(
+            name="credentials",
+            secret=k8s.core.v1.SecretVolumeSourceArgs(
+                secret_name=secret_name,
+                # Readable by the pod's group (fsGroup) only. Both keys must exist: a missing
+                # file would make MinIO fall back to its well-known default credentials.
+                default_mode=0o440,
+                items=[k8s.core.v1.KeyToPathArgs(key=pod.ACCESS_KEY_ID, path="root-user"),
+                       k8s.core.v1.KeyToPathArgs(key=pod.SECRET_ACCESS_KEY,
+                                                 path="root-password")],
+            ),
+        )
         return k8s.apps.v1.Deployment(
             "minio",
             metadata=k8s.meta.v1.ObjectMetaArgs(
-                name="minio", namespace=args.namespace, labels=labels
+                name="minio", namespace=args.namespace, labels=STORE.labels
             ),
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 replicas=1,
                 # One RWO volume: the old pod must release it before the new one starts.
                 strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=STORE.labels),
                 template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        security_context=pod.pod_security(MINIO_UID),
-                        containers=[_server_container(secret_name)],
-                        volumes=[data],
-                    ),
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=STORE.labels),
+                    spec=pod.pod_spec(account.metadata.name, [_server_container()],
+                                      scratch=[TMP], volumes=[data, credentials],
+                                      uid=MINIO_UID),
                 ),
             ),
             opts=opts,
@@ -122,23 +147,19 @@ class MinIO(pulumi.ComponentResource):
         return k8s.core.v1.Service(
             "minio",
             metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=SERVICE_NAME, namespace=args.namespace, labels=pod.labels("minio")
+                name=SERVICE_NAME, namespace=args.namespace, labels=STORE.labels
             ),
             spec=k8s.core.v1.ServiceSpecArgs(
                 type="ClusterIP",
-                selector=pod.labels("minio"),
-                ports=[
-                    k8s.core.v1.ServicePortArgs(name="api", port=API_PORT, target_port="api"),
-                    k8s.core.v1.ServicePortArgs(
-                        name="console", port=CONSOLE_PORT, target_port="console"
-                    ),
-                ],
+                selector=STORE.labels,
+                ports=[k8s.core.v1.ServicePortArgs(name=p.name, port=p.number, target_port=p.name)
+                       for p in (API, CONSOLE)],
             ),
             opts=opts,
         )
 
 
-def _server_container(secret_name: pulumi.Input[str]) -> k8s.core.v1.ContainerArgs:
+def _server_container() -> k8s.core.v1.ContainerArgs:
     def probe(path: str, delay: int) -> k8s.core.v1.ProbeArgs:
         return k8s.core.v1.ProbeArgs(
             http_get=k8s.core.v1.HTTPGetActionArgs(path=path, port=API_PORT),
@@ -149,22 +170,27 @@ def _server_container(secret_name: pulumi.Input[str]) -> k8s.core.v1.ContainerAr
     return k8s.core.v1.ContainerArgs(
         name="minio",
         image=MINIO_IMAGE,
-        # --certs-dir: the default (~/.minio/certs) is not writable for a non-root uid.
+        # --certs-dir: the default (~/.minio/certs) is in the read-only image.
         args=["server", "/data", "--console-address", f":{CONSOLE_PORT}",
-              "--certs-dir", "/tmp/minio-certs"],
+              "--certs-dir", f"{pod.TMP}/minio-certs"],
         env=[
-            pod.secret_env("MINIO_ROOT_USER", secret_name, pod.ACCESS_KEY_ID),
-            pod.secret_env("MINIO_ROOT_PASSWORD", secret_name, pod.SECRET_ACCESS_KEY),
+            k8s.core.v1.EnvVarArgs(name="MINIO_ROOT_USER_FILE", value=ROOT_USER_FILE),
+            k8s.core.v1.EnvVarArgs(name="MINIO_ROOT_PASSWORD_FILE", value=ROOT_PASSWORD_FILE),
+            k8s.core.v1.EnvVarArgs(name="HOME", value=pod.TMP),
         ],
-        ports=[
-            k8s.core.v1.ContainerPortArgs(name="api", container_port=API_PORT),
-            k8s.core.v1.ContainerPortArgs(name="console", container_port=CONSOLE_PORT),
-        ],
+        ports=[k8s.core.v1.ContainerPortArgs(name=p.name, container_port=p.number)
+               for p in (API, CONSOLE)],
         readiness_probe=probe("/minio/health/ready", 5),
         liveness_probe=probe("/minio/health/live", 15),
         resources=k8s.core.v1.ResourceRequirementsArgs(
-            requests={"cpu": "250m", "memory": "512Mi"}, limits={"cpu": "1", "memory": "1Gi"}
+            requests={"cpu": "250m", "memory": "512Mi", "ephemeral-storage": "128Mi"},
+            limits={"cpu": "1", "memory": "1Gi", "ephemeral-storage": "128Mi"},
         ),
         security_context=pod.container_security(MINIO_UID),
-        volume_mounts=[k8s.core.v1.VolumeMountArgs(name="data", mount_path="/data")],
+        volume_mounts=[
+            k8s.core.v1.VolumeMountArgs(name="data", mount_path="/data"),
+            k8s.core.v1.VolumeMountArgs(name="credentials", mount_path=CREDENTIALS_DIR,
+                                        read_only=True),
+            TMP.mount(),
+        ],
     )

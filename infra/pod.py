@@ -1,8 +1,10 @@
-"""Typed pod-template pieces every workload shares (env, security, resources, shm).
+"""Typed pod-template pieces every workload shares (env, security, resources, volumes).
 
 All containers run the one trainer image as the non-root user baked into it, reach the
 object store through TRAINSTACK_STORE (+ AWS_REGION, TRAINSTACK_BUCKET_PREFIX) and get S3
-credentials only by secretKeyRef.
+credentials only by secretKeyRef. Every pod runs under its own ServiceAccount without a
+token, with a read-only root filesystem: a process writes only to the emptyDirs its
+ContainerSpec lists (Scratch), and WRITABLE_ENV points every cache there.
 """
 
 from __future__ import annotations
@@ -14,13 +16,27 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra import workloads
+from infra.workloads import Workload
 from trainer.layout import BUCKET_PREFIX_ENV
 
 # The uid/gid created in trainer/Dockerfile; runAsUser makes runAsNonRoot checkable
-# even when an image's USER is a name.
+# even when an image's USER is a name. Above 10000: no clash with a node's own users.
 APP_UID = 10001
 GPU_RESOURCE = "nvidia.com/gpu"
 SHM_VOLUME = "dshm"
+TMP = "/tmp"
+# Where the image's tools write under a read-only root: all below /tmp, an emptyDir in every
+# pod. trainer/Dockerfile sets the same values (a test keeps them equal), so `docker run`
+# behaves like a pod.
+WRITABLE_ENV = {
+    "HOME": TMP,  # fontconfig, torch hub and anything else that writes to ~
+    "XDG_CACHE_HOME": f"{TMP}/.cache",
+    "MPLCONFIGDIR": f"{TMP}/matplotlib",
+    "GRADIO_TEMP_DIR": f"{TMP}/gradio",
+    "TORCHINDUCTOR_CACHE_DIR": f"{TMP}/torchinductor",
+    "TRITON_CACHE_DIR": f"{TMP}/triton",
+}
 # The keys of every store credentials Secret: the one the stack makes, the one a user names.
 ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
 SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
@@ -36,6 +52,42 @@ class StoreRef:
     bucket_prefix: str = ""  # TRAINSTACK_BUCKET_PREFIX
 
 
+def s3_endpoint_url(store_url: pulumi.Input[str]) -> pulumi.Output[str]:
+    """An S3 client's endpoint URL (boto3's, MLflow's) for a StoreRef url: s3://HOST:PORT is
+    plain HTTP, s3s://HOST[:PORT] is TLS (the TRAINSTACK_STORE contract)."""
+    def convert(url: str) -> str:
+        scheme, _, host = url.partition("://")
+        if scheme not in ("s3", "s3s") or not host:
+            raise ValueError(f"store URL {url!r}: s3://HOST:PORT or s3s://HOST[:PORT] expected")
+        return f"{'https' if scheme == 's3s' else 'http'}://{host}"
+
+    return pulumi.Output.from_input(store_url).apply(convert)
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """A writable emptyDir, capped at `size` (medium Memory: RAM, counted as memory)."""
+
+    name: str
+    path: str
+    size: str
+    medium: str | None = None
+
+    def volume(self) -> k8s.core.v1.VolumeArgs:
+        return k8s.core.v1.VolumeArgs(
+            name=self.name,
+            empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(medium=self.medium,
+                                                           size_limit=self.size))
+
+    def mount(self) -> k8s.core.v1.VolumeMountArgs:
+        return k8s.core.v1.VolumeMountArgs(name=self.name, mount_path=self.path)
+
+
+def tmp(size: str) -> Scratch:
+    """/tmp: temp files and every cache of WRITABLE_ENV."""
+    return Scratch("tmp", TMP, size)
+
+
 @dataclass
 class ContainerSpec:
     """What differs between workloads: the rest of the pod is built the same way."""
@@ -48,9 +100,11 @@ class ContainerSpec:
     memory: str
     cpu_limit: str | None = None  # default: requests == limits (Guaranteed QoS)
     memory_limit: str | None = None
-    ephemeral_storage: str | None = None  # request = limit (writable layer, emptyDirs, logs)
+    ephemeral_storage: str | None = None  # request = limit (emptyDirs on disk, logs)
     gpus: int = 0
+    scratch: Sequence[Scratch] = ()  # the only writable paths
     env: dict[str, str] = field(default_factory=dict)
+    secret_env: Sequence[k8s.core.v1.EnvVarArgs] = ()  # by secretKeyRef (secret_env())
     ports: Sequence[k8s.core.v1.ContainerPortArgs] = ()
     volume_mounts: Sequence[k8s.core.v1.VolumeMountArgs] = ()
     readiness_probe: k8s.core.v1.ProbeArgs | None = None
@@ -104,6 +158,7 @@ def container_security(uid: int = APP_UID) -> k8s.core.v1.SecurityContextArgs:
         run_as_non_root=True,
         run_as_user=uid,
         run_as_group=uid,
+        read_only_root_filesystem=True,
         allow_privilege_escalation=False,
         capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
         seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
@@ -111,9 +166,39 @@ def container_security(uid: int = APP_UID) -> k8s.core.v1.SecurityContextArgs:
 
 
 def pod_security(uid: int = APP_UID) -> k8s.core.v1.PodSecurityContextArgs:
-    # fsGroup makes mounted volumes (MinIO's PVC) writable by the non-root user.
+    # fsGroup makes mounted volumes (MinIO's PVC, emptyDirs) writable by the non-root user.
     return k8s.core.v1.PodSecurityContextArgs(
-        run_as_non_root=True, run_as_user=uid, run_as_group=uid, fs_group=uid
+        run_as_non_root=True, run_as_user=uid, run_as_group=uid, fs_group=uid,
+        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+    )
+
+
+def service_account(workload: Workload, namespace: pulumi.Input[str],
+                    opts: pulumi.ResourceOptions) -> k8s.core.v1.ServiceAccount:
+    """A workload's own identity. No token is mounted: no workload calls the Kubernetes
+    API, so a compromised pod holds no credential for it."""
+    return k8s.core.v1.ServiceAccount(
+        workload.service_account,
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=workload.service_account,
+                                            namespace=namespace, labels=workload.labels),
+        automount_service_account_token=False,
+        opts=opts,
+    )
+
+
+def pod_spec(account: pulumi.Input[str], containers: list[k8s.core.v1.ContainerArgs], *,
+             scratch: Sequence[Scratch] = (), volumes: Sequence[k8s.core.v1.VolumeArgs] = (),
+             uid: int = APP_UID, **extra: Any) -> k8s.core.v1.PodSpecArgs:
+    """Every pod: its workload's ServiceAccount (`account`: the object's name, so the pod
+    waits for it), no token, non-root with seccomp, the scratch emptyDirs."""
+    all_volumes = [s.volume() for s in scratch] + list(volumes)
+    return k8s.core.v1.PodSpecArgs(
+        service_account_name=account,
+        automount_service_account_token=False,
+        security_context=pod_security(uid),
+        containers=containers,
+        volumes=all_volumes or None,
+        **extra,
     )
 
 
@@ -133,17 +218,19 @@ def resources(spec: ContainerSpec) -> k8s.core.v1.ResourceRequirementsArgs:
 
 
 def container(spec: ContainerSpec) -> k8s.core.v1.ContainerArgs:
-    extra = [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in spec.env.items()]
+    extra = [k8s.core.v1.EnvVarArgs(name=k, value=v)
+             for k, v in {**WRITABLE_ENV, **spec.env}.items()]
+    mounts = [s.mount() for s in spec.scratch] + list(spec.volume_mounts)
     return k8s.core.v1.ContainerArgs(
         name=spec.name,
         image=spec.image,
         image_pull_policy=spec.image_pull_policy,
         command=list(spec.command),
-        env=store_env(spec.store) + extra,
+        env=store_env(spec.store) + extra + list(spec.secret_env),
         ports=list(spec.ports) or None,
         resources=resources(spec),
         security_context=container_security(),
-        volume_mounts=list(spec.volume_mounts) or None,
+        volume_mounts=mounts or None,
         readiness_probe=spec.readiness_probe,
         liveness_probe=spec.liveness_probe,
     )
@@ -171,46 +258,37 @@ def scheduling(
     return {"node_selector": node_selector or None, "tolerations": tols or None}
 
 
-def shm_volume(size: str) -> tuple[k8s.core.v1.VolumeArgs, k8s.core.v1.VolumeMountArgs]:
+def shm(size: str) -> Scratch:
     """A RAM-backed /dev/shm: the container default (64Mi) starves DataLoader workers/NCCL."""
-    volume = k8s.core.v1.VolumeArgs(
-        name=SHM_VOLUME,
-        empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(medium="Memory", size_limit=size),
-    )
-    return volume, k8s.core.v1.VolumeMountArgs(name=SHM_VOLUME, mount_path="/dev/shm")
+    return Scratch(SHM_VOLUME, "/dev/shm", size, medium="Memory")
 
 
 def labels(component: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": component,
-        "app.kubernetes.io/part-of": "trainstack",
-        "app.kubernetes.io/managed-by": "pulumi",
-    }
+    return workloads.labels(component)
 
 
 def job(
     name: str,
     namespace: pulumi.Input[str],
+    workload: Workload,
     spec: ContainerSpec,
     opts: pulumi.ResourceOptions,
     backoff_limit: int = 4,
-    volumes: list[k8s.core.v1.VolumeArgs] | None = None,
 ) -> k8s.batch.v1.Job:
-    """A one-shot Job (buckets, ingest): pulumi-kubernetes waits for it to complete, up to
-    the create/update custom timeout in ``opts`` (its default is 10 minutes)."""
+    """A one-shot Job (buckets, ingest) under the workload's own ServiceAccount:
+    pulumi-kubernetes waits for it to complete, up to the create/update custom timeout in
+    ``opts`` (its default is 10 minutes)."""
+    account = service_account(workload, namespace, pulumi.ResourceOptions(parent=opts.parent))
     return k8s.batch.v1.Job(
         name,
-        metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=labels(name)),
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace,
+                                            labels=workload.labels),
         spec=k8s.batch.v1.JobSpecArgs(
             backoff_limit=backoff_limit,
             template=k8s.core.v1.PodTemplateSpecArgs(
-                metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels(name)),
-                spec=k8s.core.v1.PodSpecArgs(
-                    restart_policy="OnFailure",
-                    security_context=pod_security(),
-                    containers=[container(spec)],
-                    volumes=volumes,
-                ),
+                metadata=k8s.meta.v1.ObjectMetaArgs(labels=workload.labels),
+                spec=pod_spec(account.metadata.name, [container(spec)], scratch=spec.scratch,
+                              restart_policy="OnFailure"),
             ),
         ),
         opts=opts,

@@ -2,11 +2,13 @@
 
 The store is the in-cluster MinIO (no `storeEndpoint`) or an external S3 API; either way
 every workload gets one StoreRef: URL, region, bucket prefix and the credentials Secret.
+The network fences (`networkPolicy`) are declared before any workload that connects.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -14,11 +16,15 @@ import pulumi_kubernetes as k8s
 from infra import gitops, pod
 from infra.buckets import Buckets, BucketsArgs, StoreCredentials, StoreCredentialsArgs
 from infra.config import StackConfig, StackSecrets
+from infra.fences import FencesArgs, Flow, NetworkFences, OutsideFlow, service_namespace
 from infra.image import ImageRef, TrainerImage, TrainerImageArgs, prebuilt
 from infra.minio_server import MinIO, MinIOArgs
+from infra.mlflow_server import DEFAULT_IMAGE as DEFAULT_MLFLOW_IMAGE
+from infra.mlflow_server import MlflowArgs, MlflowServer
 from infra.training import Training, TrainingArgs
 from infra.training_operator import TrainingOperator, TrainingOperatorArgs
 from infra.webapp import Inference, InferenceArgs
+from infra.workloads import APP, BUCKETS, INGEST, STORE, TRACKING, TRAINER, Workload
 
 
 def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
@@ -31,20 +37,28 @@ def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
         opts=gitops.options("namespace", render),
     )
     namespace = ns.metadata.name
+    fences = _fences(cfg, namespace, render)
     image, built = _image(cfg)
     store, store_ready = _store(cfg, secrets, namespace, render)
+    # Every client of the store starts after the bucket Job, which starts after the
+    # fences: no connection is cut by a default-deny that lands before its allow rule.
     buckets = Buckets(
         "buckets",
         BucketsArgs(namespace=namespace, image=image.ref, image_pull_policy=image.pull_policy,
-                    store=store, timeout=cfg.buckets_timeout, depends_on=store_ready),
+                    store=store, timeout=cfg.buckets_timeout,
+                    depends_on=[*store_ready, *([fences] if fences else [])],
+                    tracking=cfg.mlflow),
         opts=gitops.options("buckets", render),
     )
+    tracking = _tracking(cfg, namespace, store, buckets, render)
+    tracking_uri = tracking.url if tracking else None
     operator = None
     if cfg.install_training_operator:
         operator = TrainingOperator(
             "training-operator", TrainingOperatorArgs(version=cfg.training_operator_version)
         )
-    training = _training(cfg, namespace, image, store, [buckets, *built], operator, render)
+    training = _training(cfg, namespace, image, store, [buckets, *built], operator, render,
+                         tracking_uri)
     inference = Inference(
         "inference",
         InferenceArgs(
@@ -56,10 +70,68 @@ def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             replicas=cfg.inference_replicas,
             service_type=cfg.inference_service_type,
             depends_on=[buckets],
+            auth_token=secrets.inference_auth_token,
+            auth_secret=cfg.inference_auth_secret,
+            tracking_uri=tracking_uri,
+            mlflow_ui_url=tracking.ui_url if tracking else None,
         ),
         opts=gitops.options("inference", render),
     )
-    return _exports(cfg, training.job_name, store, inference)
+    return _exports(cfg, training.job_name, store, inference, tracking)
+
+
+def workloads(cfg: StackConfig) -> list[Workload]:
+    """What the stack deploys: the store only in-cluster, the ingest Job only to download,
+    the MLflow server only with `mlflow`."""
+    deployed = [BUCKETS, TRAINER, APP]
+    if cfg.store_endpoint is None:
+        deployed.insert(0, STORE)
+    if cfg.ingest_source is not None:
+        deployed.insert(-2, INGEST)
+    if cfg.mlflow:
+        deployed.append(TRACKING)
+    return deployed
+
+
+def flows(cfg: StackConfig) -> tuple[list[Flow], list[OutsideFlow]]:
+    """Every connection the workloads make: inside the namespace, and out of the cluster."""
+    clients = tuple(w for w in workloads(cfg) if w is not STORE)  # all use the store
+    users = ({"namespaces": (cfg.inference_ingress_namespace,)}
+             if cfg.inference_ingress_namespace else {"outside_of": cfg.namespace})
+    inside = [
+        # The Master's rendezvous port, and the ports Gloo/NCCL listen on between ranks:
+        # the kernel picks those, so any TCP port, from training pods only.
+        Flow(TRAINER, sources=(TRAINER,)),
+        Flow(APP, ports=("http",), **users),
+    ]
+    if cfg.mlflow:
+        # Rank 0 logs its run; the app links versions to runs; users open the UI.
+        inside += [Flow(TRACKING, ports=("http",), sources=(TRAINER, APP)),
+                   Flow(TRACKING, ports=("http",), **users)]
+    outside = []
+    if cfg.store_endpoint is None:
+        inside.append(Flow(STORE, ports=("api",), sources=clients))
+    else:
+        url = urlsplit(cfg.store_endpoint)
+        outside.append(OutsideFlow(clients, url.port or 443, f"the object store {url.hostname}",
+                                   namespace=service_namespace(url.hostname)))
+    if cfg.ingest_source is not None:
+        url = urlsplit(cfg.ingest_source)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        outside.append(OutsideFlow((INGEST,), port, f"the dataset download {url.hostname}"))
+    return inside, outside
+
+
+def _fences(cfg: StackConfig, namespace, render) -> NetworkFences | None:
+    if cfg.network_policy == "none":
+        return None
+    inside, outside = flows(cfg)
+    return NetworkFences(
+        "fences",
+        FencesArgs(namespace=namespace, mode=cfg.network_policy, workloads=workloads(cfg),
+                   flows=inside, outside=outside),
+        opts=gitops.options("fences", render),
+    )
 
 
 def _image(cfg: StackConfig) -> tuple[ImageRef, list[pulumi.Resource]]:
@@ -110,9 +182,23 @@ def store_url(endpoint: str) -> str:
     return f"{'s3s' if scheme == 'https' else 's3'}://{host}"
 
 
+def _tracking(cfg: StackConfig, namespace, store: pod.StoreRef, buckets: Buckets,
+              render) -> MlflowServer | None:
+    """The MLflow server (`mlflow`), after the bucket Job made its artifact bucket."""
+    if not cfg.mlflow:
+        return None
+    return MlflowServer(
+        "mlflow",
+        MlflowArgs(namespace=namespace, store=store, bucket=cfg.tracking_bucket,
+                   image=cfg.mlflow_image or DEFAULT_MLFLOW_IMAGE,
+                   storage_class=cfg.mlflow_storage_class, depends_on=[buckets]),
+        opts=gitops.options("mlflow", render),
+    )
+
+
 def _training(cfg: StackConfig, namespace, image: ImageRef, store: pod.StoreRef,
               depends_on: list[pulumi.Resource], operator: TrainingOperator | None,
-              render) -> Training:
+              render, tracking_uri: pulumi.Output[str] | None) -> Training:
     return Training(
         "training",
         TrainingArgs(
@@ -133,13 +219,14 @@ def _training(cfg: StackConfig, namespace, image: ImageRef, store: pod.StoreRef,
             tolerations=cfg.tolerations,
             depends_on=depends_on,
             operator=operator,
+            tracking_uri=tracking_uri,
         ),
         opts=gitops.options("training", render),
     )
 
 
 def _exports(cfg: StackConfig, job: pulumi.Output[str], store: pod.StoreRef,
-             inference: Inference) -> dict[str, Any]:
+             inference: Inference, tracking: MlflowServer | None) -> dict[str, Any]:
     ns = cfg.namespace
     selector = pulumi.Output.concat("training.kubeflow.org/job-name=", job)
     exports = {
@@ -159,6 +246,9 @@ def _exports(cfg: StackConfig, job: pulumi.Output[str], store: pod.StoreRef,
     if cfg.store_endpoint is None:
         exports["minioEndpoint"] = pulumi.Output.from_input(store.url).apply(
             lambda url: url.removeprefix("s3://"))
+    if tracking is not None:
+        exports["mlflowUrl"] = tracking.url
+        exports["mlflowAccess"] = tracking.access
     if cfg.render_yaml_to:
         exports["renderedTo"] = cfg.render_yaml_to
     return exports

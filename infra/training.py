@@ -20,12 +20,16 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import pod
+from infra.workloads import INGEST, TRAINER
+from trainer.tracking import TRACKING_URI_ENV
 
 CONFIG_DIR = "/etc/trainstack"
 CONFIG_FILE = f"{CONFIG_DIR}/train.json"
 CONFIG_MAP = "trainstack-train"
-MASTER_PORT = 23456  # the operator's default; named so it finds it
-INGEST_TMP = "/tmp"  # where `trainer ingest` downloads and unpacks (tempfile's default)
+# The operator's default port, under the name it looks up (the Master's MASTER_PORT).
+MASTER_PORT = TRAINER.port("pytorchjob-port")
+# /tmp of a training pod: matplotlib's and the compilers' caches, the figures it publishes.
+TRAIN_TMP_SIZE = "2Gi"
 
 
 @dataclass
@@ -50,6 +54,7 @@ class TrainingArgs:
     depends_on: Sequence[pulumi.Resource] = ()
     # Ready before the PyTorchJob only: the operator (its admission webhook).
     operator: pulumi.Resource | None = None
+    tracking_uri: pulumi.Input[str] | None = None  # MLFLOW_TRACKING_URI (config `mlflow`)
 
 
 def job_name(args: TrainingArgs, image: str) -> str:
@@ -90,21 +95,22 @@ def train_command(gpus: int) -> list[str]:
     ]
 
 
-def train_env(args: TrainingArgs) -> dict[str, str]:
+def train_env(args: TrainingArgs) -> dict[str, pulumi.Input[str]]:
     # No OMP_NUM_THREADS: the trainer sizes its thread pool from the pod's cgroup CPU quota
     # divided by its local processes (torchrun); a fixed value here would give every torchrun
     # process all the pod's cores and truncate fractional CPUs ("1500m") to 1.
-    env = {"PYTHONUNBUFFERED": "1"}
+    env: dict[str, pulumi.Input[str]] = {"PYTHONUNBUFFERED": "1"}
     if args.gpus_per_worker > 0:
         env["NCCL_DEBUG"] = "WARN"  # NCCL is the backend on GPUs: surface its errors
+    if args.tracking_uri is not None:
+        env[TRACKING_URI_ENV] = args.tracking_uri  # rank 0 logs the run to MLflow
     return env
 
 
 def pod_template(
-    args: TrainingArgs, config_map: pulumi.Input[str]
+    args: TrainingArgs, config_map: pulumi.Input[str], account: pulumi.Input[str]
 ) -> k8s.core.v1.PodTemplateSpecArgs:
     """The one pod template used by Master and Worker replicas."""
-    shm, shm_mount = pod.shm_volume(args.memory)
     config_mount = k8s.core.v1.VolumeMountArgs(
         name="config", mount_path=CONFIG_DIR, read_only=True
     )
@@ -118,25 +124,27 @@ def pod_template(
         memory=args.memory,
         gpus=args.gpus_per_worker,
         env=train_env(args),
-        ports=[k8s.core.v1.ContainerPortArgs(name="pytorchjob-port", container_port=MASTER_PORT)],
-        volume_mounts=[config_mount, shm_mount],
+        ports=[k8s.core.v1.ContainerPortArgs(name=MASTER_PORT.name,
+                                             container_port=MASTER_PORT.number)],
+        ephemeral_storage=TRAIN_TMP_SIZE,
+        scratch=[pod.tmp(TRAIN_TMP_SIZE), pod.shm(args.memory)],
+        volume_mounts=[config_mount],
     )
     config_volume = k8s.core.v1.VolumeArgs(
         name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map)
     )
     return k8s.core.v1.PodTemplateSpecArgs(
-        metadata=k8s.meta.v1.ObjectMetaArgs(labels=pod.labels("trainer")),
-        spec=k8s.core.v1.PodSpecArgs(
-            security_context=pod.pod_security(),
-            containers=[pod.container(spec)],
-            volumes=[config_volume, shm],
+        metadata=k8s.meta.v1.ObjectMetaArgs(labels=TRAINER.labels),
+        spec=pod.pod_spec(
+            account, [pod.container(spec)], scratch=spec.scratch, volumes=[config_volume],
             **pod.scheduling(args.gpus_per_worker, args.node_selector, args.tolerations),
         ),
     )
 
 
-def pytorchjob_spec(args: TrainingArgs, config_map: pulumi.Input[str]) -> dict[str, Any]:
-    template = pod_template(args, config_map)
+def pytorchjob_spec(args: TrainingArgs, config_map: pulumi.Input[str],
+                    account: pulumi.Input[str]) -> dict[str, Any]:
+    template = pod_template(args, config_map, account)
     replicas = {"Master": 1, "Worker": args.workers - 1}
     return {
         "pytorchReplicaSpecs": {
@@ -162,6 +170,7 @@ class Training(pulumi.ComponentResource):
             data={"train.json": json.dumps(args.train_config, indent=2, sort_keys=True)},
             opts=child,
         )
+        account = pod.service_account(TRAINER, args.namespace, child)
         deps: list[pulumi.Resource] = list(args.depends_on)
         if args.operator is not None:
             deps.append(args.operator)
@@ -181,7 +190,7 @@ class Training(pulumi.ComponentResource):
                 # the new job starts.
                 annotations={"pulumi.com/skipAwait": "true"},
             ),
-            spec=pytorchjob_spec(args, config_map.metadata.name),
+            spec=pytorchjob_spec(args, config_map.metadata.name, account.metadata.name),
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=deps,
@@ -200,9 +209,6 @@ class Training(pulumi.ComponentResource):
         # The download and, for imagefolder archives, the unpacked files go to /tmp: an
         # emptyDir capped at ingest_storage, and the container may use no more (a bomb
         # that gets past the trainer's own limits is evicted, not the node's disk filled).
-        tmp = k8s.core.v1.VolumeArgs(
-            name="tmp",
-            empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=args.ingest_storage))
         spec = pod.ContainerSpec(
             name="ingest",
             image=args.image,
@@ -214,15 +220,15 @@ class Training(pulumi.ComponentResource):
             cpu_limit="1",
             memory_limit="2Gi",
             ephemeral_storage=args.ingest_storage,
-            env={"PYTHONUNBUFFERED": "1", "TMPDIR": INGEST_TMP},
-            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="tmp", mount_path=INGEST_TMP)],
+            env={"PYTHONUNBUFFERED": "1", "TMPDIR": pod.TMP},
+            scratch=[pod.tmp(args.ingest_storage)],
         )
         timeout = pulumi.CustomTimeouts(create=args.ingest_timeout, update=args.ingest_timeout)
         return pod.job(
             f"trainstack-ingest-{args.dataset}",
             args.namespace,
+            INGEST,
             spec,
             pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on),
                                    custom_timeouts=timeout),
-            volumes=[tmp],
         )

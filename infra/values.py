@@ -3,7 +3,7 @@
 `pulumi config set workers 3` stores the *string* "3" and structured values arrive as
 JSON strings, so every parser accepts strings first and returns a typed value, or raises
 the ConfigError that names the key and what is allowed. Rules that involve several keys
-live in infra/rules.py.
+live in infra/stack_config.py.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ _REFERENCE = re.compile(
     rf"^(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
     r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}))?$"
 )
+# Namespaces the stack must not take over: it creates its namespace, fences every pod in it
+# with default-deny and deletes it on destroy. kubeflow: the Training Operator's (webhook).
+RESERVED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease", "kubeflow")
 TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
@@ -135,6 +138,17 @@ def nonzero_quantity(regex: re.Pattern, allowed: str) -> Parser:
     return parse
 
 
+def namespace(key: str, raw: Any) -> str:
+    """The stack's own namespace: a DNS-1123 label no one else owns."""
+    text = str(raw)
+    if not DNS_LABEL.fullmatch(text) or text in RESERVED_NAMESPACES:
+        raise invalid(key, "a DNS-1123 label (a-z, 0-9, '-') for a namespace the stack owns: "
+                           f"not {', '.join(RESERVED_NAMESPACES[:-1])} or "
+                           f"{RESERVED_NAMESPACES[-1]} (the stack fences every pod of it and "
+                           "deletes it on destroy)", raw)
+    return text
+
+
 def duration(key: str, raw: Any) -> str:
     """A Pulumi custom timeout such as `30m`, `1h`, `900s` (> 0)."""
     match = DURATION.fullmatch(str(raw).strip())
@@ -189,6 +203,13 @@ def image_reference(key: str, raw: Any) -> str:
     if parse_image_reference(str(raw)) is None:
         raise invalid(key, "an image reference such as registry.example.com/ml/trainstack-trainer"
                            " (with buildImage false: ...@sha256:<64 hex> or ...:<tag>)", raw)
+    return str(raw)
+
+
+def mlflow_image(key: str, raw: Any) -> str:
+    if parse_image_reference(str(raw)) is None:
+        raise invalid(key, "an image reference of an MLflow server with boto3, such as "
+                           "ghcr.io/mlflow/mlflow:v3.17.2-full@sha256:<64 hex digits>", raw)
     return str(raw)
 
 

@@ -24,8 +24,16 @@ from trainer.layout import (
     is_safe_relative,
     model_name,
     name_of_latest_key,
+    name_of_progress_key,
 )
-from trainer.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
+from trainer.schema import (
+    EpochRecord,
+    MetricsSummary,
+    RunProgress,
+    VersionMeta,
+    VersionMetrics,
+    mlflow_run_page,
+)
 
 
 def test_model_keys_spell_the_documented_layout():
@@ -40,8 +48,17 @@ def test_model_keys_spell_the_documented_layout():
     assert checkpoint_epoch("models/x/runs/r/checkpoints/epoch-7.pt.tmp") is None
     assert name_of_latest_key(keys.latest) == "resnet18-cifar10"
     assert name_of_latest_key("models/x/versions/latest.json") is None
+    assert name_of_progress_key(keys.progress("3f2a9c1b07")) == "resnet18-cifar10"
+    for other in (keys.latest, keys.meta("v1"), "models/x/progress/a/b.json",
+                  "models/x/progress/.json", "models//progress/r.json"):
+        assert name_of_progress_key(other) is None, other
     assert keys.version_of_meta_key(keys.meta("v1")) == "v1"
     assert keys.version_of_meta_key("models/resnet18-cifar10/versions/v1/examples/meta.json") is None
+    assert keys.progress("ab12") == "models/resnet18-cifar10/progress/ab12.json"
+    assert keys.run_of_progress_key(keys.progress("ab12")) == "ab12"
+    assert keys.run_of_progress_key("models/resnet18-cifar10/progress/ab/12.json") is None
+    assert keys.run_of_progress_key("models/resnet18-cifar10/progress/ab12.json.tmp") is None
+    assert keys.run_of_progress_key("models/other-x/progress/ab12.json") is None
 
 
 @pytest.mark.parametrize("path", ["../x", "/etc/passwd", "a/../../b", "", "a\\..\\b"])
@@ -97,3 +114,65 @@ def test_metrics_round_trip_and_checks():
     del broken["epochs"][0]["test_acc"]
     with pytest.raises(MetaError, match="test_acc"):
         VersionMetrics.from_json(json.dumps(broken))
+
+
+def a_progress(**changes) -> RunProgress:
+    values = {"run_id": "r1", "model": "smallcnn", "dataset": "digits", "state": "training",
+              "epoch": 2, "epochs": 5, "world_size": 2, "started_at": "2026-11-23T15:24:00Z",
+              "updated_at": "2026-11-23T15:25:00Z",
+              "history": [EpochRecord(1, 1.0, 0.5, 0.9, 0.6, 100.0, 2.0),
+                          EpochRecord(2, 0.8, 0.6, 0.7, 0.7, 110.0, 2.5)]}
+    return RunProgress(**{**values, **changes})
+
+
+def test_progress_record_round_trips_and_readers_ignore_unknown_keys():
+    record = a_progress(mlflow_run_id="abc", mlflow_url="http://mlflow:5000/#/x")
+    assert RunProgress.from_json(record.to_json()) == record
+    newer = json.loads(record.to_json())
+    newer["eta_seconds"] = 30  # a newer trainer's field
+    newer["history"][0]["lr"] = 0.1
+    assert RunProgress.from_json(json.dumps(newer)) == record
+    published = a_progress(state="published", epoch=5, version="v1", history=[])
+    assert RunProgress.from_json(published.to_json()).version == "v1"
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"state": "running"}, "state"), ({"epoch": 6}, "epoch"), ({"epochs": 0}, "epochs"),
+    ({"world_size": 0}, "world_size"), ({"state": "published"}, "version"),
+    ({"version": "v1"}, "version"), ({"run_id": ""}, "run_id"), ({"mlflow_url": 3}, "mlflow_url"),
+    ({"mlflow_url": "javascript:alert(1)"}, "mlflow_url"),
+    ({"mlflow_run_id": "x/../../admin"}, "mlflow_run_id"),
+    ({"mlflow_experiment_id": "1 onclick=x"}, "mlflow_experiment_id"),
+    ({"history": [EpochRecord(2, 1.0, 0.5, 0.9, 0.6, 1.0, 1.0),
+                  EpochRecord(1, 1.0, 0.5, 0.9, 0.6, 1.0, 1.0)]}, "history"),
+])
+def test_progress_record_is_validated(changes, field):
+    with pytest.raises(MetaError, match=field):
+        a_progress(**changes)
+
+
+@pytest.mark.parametrize("data", [b"{", b"[]", b'{"run_id": "r1"}',
+                                  (b'{"run_id": "r", "model": "m", "dataset": "d", "state": '
+                                  b'"training", "epoch": 0, "epochs": 1, "world_size": 1, '
+                                  b'"started_at": "t", "updated_at": "t", "history": 5}')])
+def test_a_broken_progress_record_is_a_meta_error(data):
+    with pytest.raises(MetaError):
+        RunProgress.from_json(data)
+
+
+def test_a_runs_mlflow_page_is_built_in_one_place_on_any_base_url():
+    run_id = "db83f1c2a0e94b6c8d1f2e3a4b5c6d7e"
+    record = a_progress(mlflow_run_id=run_id, mlflow_experiment_id="7",
+                        mlflow_url=mlflow_run_page("http://mlflow:5000", "7", run_id))
+    assert record.mlflow_page() == f"http://mlflow:5000/#/experiments/7/runs/{run_id}"
+    assert record.mlflow_page("https://mlflow.example.org/") == \
+        f"https://mlflow.example.org/#/experiments/7/runs/{run_id}"
+    assert a_progress().mlflow_page("http://127.0.0.1:5000") is None  # MLflow never answered
+
+
+@pytest.mark.parametrize("base, experiment, run", [
+    ("file:///tmp/mlruns", "1", "abc"), ("javascript:alert(1)//", "1", "abc"),
+    ("http://mlflow:5000", "1", "abc/../../x"), ("http://mlflow:5000", "", "abc"),
+])
+def test_no_mlflow_page_from_a_base_or_id_that_is_not_one(base, experiment, run):
+    assert mlflow_run_page(base, experiment, run) is None

@@ -10,9 +10,10 @@ import textwrap
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# trainer.tracking too: the stack reads its env contract (MLFLOW_TRACKING_URI) from there.
 CONTRACT_MODULES = ("trainer.errors", "trainer.layout", "trainer.schema", "trainer.cpus",
-                    "trainer.config")
-HEAVY = ("torch", "numpy", "PIL", "gradio", "pulumi", "minio", "matplotlib")
+                    "trainer.config", "trainer.tracking", "trainer.mlflow_layout")
+HEAVY = ("torch", "numpy", "PIL", "gradio", "pulumi", "minio", "matplotlib", "mlflow")
 
 
 def run_python(code: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -54,6 +54,9 @@ class TrainingState:
     optimizer: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
     """This rank's generators (rank 0's, in a checkpoint)."""
+    mlflow_run_id: str | None = None
+    """The run's MLflow run once MLflow answered (trainer.tracking): a resumed run goes on
+    logging into it. Optional: older checkpoints lack it."""
 
     @classmethod
     def fresh(cls, identity: RunIdentity) -> TrainingState:
@@ -90,7 +93,8 @@ class TrainingState:
         return {"format": FORMAT, "epoch": self.epoch, "identity": self.identity,
                 "config": self.config, "model": self.model, "optimizer": self.optimizer,
                 "rng": self.rng, "history": [e.to_dict() for e in self.history],
-                "confusion": self.confusion, "world_size": self.world_size}
+                "confusion": self.confusion, "world_size": self.world_size,
+                "mlflow_run_id": self.mlflow_run_id}
 
     @classmethod
     def from_checkpoint(cls, raw: Any, where: str) -> TrainingState:
@@ -105,7 +109,8 @@ class TrainingState:
             return cls(identity=dict(raw["identity"]), config=raw["config"], epoch=raw["epoch"],
                        history=history, confusion=raw["confusion"],
                        world_size=raw["world_size"], model=raw["model"],
-                       optimizer=raw["optimizer"], rng=raw["rng"])
+                       optimizer=raw["optimizer"], rng=raw["rng"],
+                       mlflow_run_id=_optional_id(raw.get("mlflow_run_id")))
         except (KeyError, TypeError, ValueError, MetaError) as e:
             raise UnusableCheckpoint(f"{where}: incomplete {FORMAT} checkpoint ({e})") from None
 
@@ -131,6 +136,11 @@ class TrainingState:
                             if expected.get(k) != saved.get(k))
             raise UnusableCheckpoint(f"{where} does not fit the model: parameters "
                                      f"{differ[:5]} differ")
+
+
+def _optional_id(value: Any) -> str | None:
+    """A checkpoint's MLflow run id; anything but a non-empty string counts as none."""
+    return value if isinstance(value, str) and value else None
 
 
 def _cuda_device(device: torch.device | None) -> torch.device | None:

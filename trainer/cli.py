@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from trainer.config import AUGMENTATIONS, DATASETS, MODELS, TrainConfig, read_json_file
-from trainer.layout import BUCKET_PREFIX_ENV, BUCKETS
+from trainer.layout import ALL_BUCKETS, BUCKET_PREFIX_ENV, BUCKETS, TRACKING_BUCKET
 from trainer.storage import STORE_ENV, open_store
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(idempotent); an S3 store prefixes their names "
                                          f"with ${BUCKET_PREFIX_ENV}.")
     buckets.add_argument("--store", help=store_help)
+    buckets.add_argument("--tracking", action="store_true",
+                         help=f"also the MLflow server's artifact bucket ({TRACKING_BUCKET})")
 
     ingest = sub.add_parser("ingest", help="put a dataset into the store (once)",
                             description="Download or copy a dataset into the store; "
@@ -67,11 +69,12 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_buckets(args: argparse.Namespace) -> None:
     store = open_store(args.store)
-    created = store.ensure_buckets()
+    buckets = ALL_BUCKETS if args.tracking else BUCKETS
+    created = store.ensure_buckets(buckets)
     # An S3 store's own names (prefixed); a local store's directories are the logical names.
-    names = getattr(store, "bucket_names", {b: b for b in BUCKETS})
-    log.info("buckets %s ready in %s (created: %s)", ", ".join(names.values()), store.url,
-             ", ".join(created) or "none")
+    prefix = getattr(store, "bucket_prefix", "")
+    log.info("buckets %s ready in %s (created: %s)", ", ".join(prefix + b for b in buckets),
+             store.url, ", ".join(created) or "none")
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:

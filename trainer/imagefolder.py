@@ -15,7 +15,6 @@ memory limit is refused before decoding, with a message saying what to change.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import PurePosixPath
 import numpy as np
 import torch
 
+from trainer import pixels
 from trainer.dataset import DatasetBundle, Split, channel_stats, stratified_split
 from trainer.errors import DatasetError, ObjectNotFound
 from trainer.layout import IMAGE_SUFFIXES, MANIFEST_NAME, is_image_name, manifest_key
@@ -130,16 +130,13 @@ def _image_bytes(store: Store, key: str, digest: str | None) -> tuple[bytes, str
 
 
 def decode_image(data: bytes, image_size: int, where: str) -> np.ndarray:
-    """uint8 ``3 x size x size`` pixels of an image file; DatasetError naming ``where``."""
-    from PIL import Image, UnidentifiedImageError
-
+    """uint8 ``3 x size x size`` pixels of an image file, by the one pixels function the
+    app uses too (trainer.pixels); DatasetError naming ``where``."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-    except Image.DecompressionBombError as e:  # not an OSError: named here, not a traceback
+        return pixels.to_pixels(data, (3, image_size, image_size))
+    except pixels.ImageTooLarge as e:
         raise DatasetError(f"{where}: too many pixels to decode safely ({e})") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except pixels.ImageError as e:
         raise DatasetError(f"{where}: cannot be decoded as an image ({e})") from None
 
 
@@ -190,15 +187,17 @@ def _decode_all(store: Store, items: list, listing: FolderListing, image_size: i
 
 def _folder_fingerprint(prefix: str, listing: FolderListing, items: list,
                         seen: list[str]) -> str:
-    """The manifest's sha256; for a folder without one, that of the manifest an ingest of
-    exactly these files would write."""
+    """``sha256:<the manifest's sha256>+pixels@<trainer.pixels.REVISION>``; for a folder
+    without a manifest, the sha256 of the manifest an ingest of exactly these files would
+    write. The pixels revision: the same files give other pixels after it changes."""
     if listing.manifest is not None:
-        return f"sha256:{hashlib.sha256(listing.manifest).hexdigest()}"
-    # Ordered as the ingest orders its files: by path components.
-    rows = sorted(((key[len(prefix) + 1:], digest) for (_, key), digest in zip(items, seen)),
-                  key=lambda row: PurePosixPath(row[0]).parts)
-    manifest = "".join(f"{digest}  {rel}\n" for rel, digest in rows)
-    return f"sha256:{hashlib.sha256(manifest.encode()).hexdigest()}"
+        manifest = listing.manifest
+    else:
+        # Ordered as the ingest orders its files: by path components.
+        rows = sorted(((key[len(prefix) + 1:], digest) for (_, key), digest in zip(items, seen)),
+                      key=lambda row: PurePosixPath(row[0]).parts)
+        manifest = "".join(f"{digest}  {rel}\n" for rel, digest in rows).encode()
+    return f"sha256:{hashlib.sha256(manifest).hexdigest()}+pixels@{pixels.REVISION}"
 
 
 def load_imagefolder(store: Store, prefix: str, image_size: int, seed: int,

@@ -10,6 +10,7 @@ datasets/<dataset>/...                                   ingested data
 models/<name>/runs/<run_id>/checkpoints/epoch-0007.pt    full training state
 models/<name>/versions/<version>/claim.json             created exclusively, first
 models/<name>/versions/<version>/{model.pt2, meta.json, metrics.json, *.png, examples/}
+models/<name>/progress/<run_id>.json                     a run's progress, rewritten each epoch
 models/<name>/sequence.json                              last publication sequence handed out
 models/<name>/latest.json                                {"version": ..., "sequence": ...}, moved last
 metrics/<name>/<version>.json                            copy of metrics.json
@@ -25,9 +26,18 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 BUCKETS = ("datasets", "models", "metrics")
+# The MLflow server's artifacts (the stack's `mlflow`); only the server writes there.
+TRACKING_BUCKET = "mlflow"
+ALL_BUCKETS = (*BUCKETS, TRACKING_BUCKET)
 # An S3 store names its buckets ``<prefix><bucket>`` (bucket names are global on AWS); keys
 # in code stay logical (``models/...``). A local store ignores the prefix.
 BUCKET_PREFIX_ENV = "TRAINSTACK_BUCKET_PREFIX"
+# The web app's settings the stack passes (infra/ writes them, inference/ reads them).
+# The access token (optional), by secretKeyRef only; also the key of its Secret.
+AUTH_TOKEN_ENV = "TRAINSTACK_AUTH_TOKEN"
+# Where users' browsers open MLflow (the links to each version's run); the trainer's
+# MLFLOW_TRACKING_URI is an in-cluster name a browser cannot reach.
+MLFLOW_UI_URL_ENV = "TRAINSTACK_MLFLOW_UI_URL"
 BUCKET_NAME_RULES = (
     "3-63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit, "
     "without '..', '.-' or '-.', not an IP address, not starting with 'xn--', 'sthree-' or "
@@ -47,6 +57,8 @@ MODEL_FILE = "model.pt2"
 LATEST_FILE = "latest.json"
 CLAIM_FILE = "claim.json"
 SEQUENCE_FILE = "sequence.json"
+# Runs: models/<name>/progress/<run_id>.json
+PROGRESS_SUFFIX = ".json"
 VERSION_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
 _CHECKPOINT = re.compile(r"/epoch-(\d{4,})\.pt$")
@@ -78,12 +90,12 @@ def bucket_name_problem(name: str) -> str | None:
     return None
 
 
-def bucket_names(prefix: str = "") -> dict[str, str]:
+def bucket_names(prefix: str = "", buckets: tuple[str, ...] = BUCKETS) -> dict[str, str]:
     """Each logical bucket -> its name in an S3 store (``<prefix><bucket>``).
 
     ValueError naming the first name that breaks the S3 rules (BUCKET_NAME_RULES).
     """
-    names = {bucket: f"{prefix}{bucket}" for bucket in BUCKETS}
+    names = {bucket: f"{prefix}{bucket}" for bucket in buckets}
     for name in names.values():
         problem = bucket_name_problem(name)
         if problem:
@@ -158,6 +170,22 @@ class ModelKeys:
     def run(self, run_id: str) -> str:
         return f"models/{self.name}/runs/{run_id}/"
 
+    @property
+    def progresses(self) -> str:
+        """Every run's progress record; they outlive the runs' checkpoints."""
+        return f"models/{self.name}/progress/"
+
+    def progress(self, run_id: str) -> str:
+        """The run's progress record (trainer.schema.RunProgress), rewritten by rank 0."""
+        return f"{self.progresses}{run_id}{PROGRESS_SUFFIX}"
+
+    def run_of_progress_key(self, key: str) -> str | None:
+        """``<run_id>`` of ``models/<name>/progress/<run_id>.json``, else None."""
+        if not key.startswith(self.progresses) or not key.endswith(PROGRESS_SUFFIX):
+            return None
+        run_id = key[len(self.progresses):-len(PROGRESS_SUFFIX)]
+        return run_id if run_id and "/" not in run_id else None
+
     def checkpoints(self, run_id: str) -> str:
         return f"{self.run(run_id)}checkpoints/"
 
@@ -199,5 +227,15 @@ def name_of_latest_key(key: str) -> str | None:
     """``<name>`` of ``models/<name>/latest.json``, else None (for discovering models)."""
     parts = key.split("/")
     if len(parts) == 3 and parts[0] == "models" and parts[2] == LATEST_FILE and parts[1]:
+        return parts[1]
+    return None
+
+
+def name_of_progress_key(key: str) -> str | None:
+    """``<name>`` of ``models/<name>/progress/<run_id>.json``, else None (for discovering
+    runs before anything of theirs is published)."""
+    parts = key.split("/")
+    if (len(parts) == 4 and parts[0] == "models" and parts[1]
+            and ModelKeys(parts[1]).run_of_progress_key(key) is not None):
         return parts[1]
     return None

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer import checkpoint, distributed
+from trainer import checkpoint, distributed, reporting
 from trainer.augment import Normalizer
 from trainer.checkpoint import TrainingState, UnusableCheckpoint
 from trainer.config import RunIdentity, TrainConfig
@@ -138,7 +138,10 @@ def run_training(cfg: TrainConfig, store: Store) -> str | None:
     state = resume(store, identity, env, model, optimizer)
     if state.epoch == 0:  # a fresh run; a resumed one restored these weights too
         init_from_training_data(model, bundle, env)
-    train_remaining(store, identity, env, model, optimizer, bundle, state)
+    reporter = reporting.open_reporter(store, identity, is_main=env.is_main,
+                                       world_size=env.world_size)
+    reporter.started(state)
+    train_remaining(store, identity, env, model, optimizer, bundle, state, reporter)
     # No rank may succeed before the run's final checkpoint is durable: the operator never
     # restarts a replica that exited 0, and a restarted Master publishes from that checkpoint.
     distributed.barrier()
@@ -146,11 +149,11 @@ def run_training(cfg: TrainConfig, store: Store) -> str | None:
                          "epochs": len(state.history), "weights_sha256": weights_digest(model)}))
     if not env.is_main:
         return None
-    return publish_run(store, TrainingResult(identity, model, bundle, state))
+    return publish_run(store, TrainingResult(identity, model, bundle, state), reporter)
 
 
 def train_remaining(store: Store, identity: RunIdentity, env, model, optimizer, bundle,
-                    state: TrainingState) -> None:
+                    state: TrainingState, reporter) -> None:
     """Every epoch after ``state.epoch``; rank 0 checkpoints each (keeping the newest few)."""
     cfg, keys = identity.config, ModelKeys(identity.config.model_name)
     train_model = model
@@ -166,6 +169,7 @@ def train_remaining(store: Store, identity: RunIdentity, env, model, optimizer, 
             checkpoint.save_checkpoint(store, keys.checkpoint(identity.run_id, epoch), state)
             checkpoint.prune_checkpoints(store, cfg.model_name, identity.run_id,
                                          cfg.keep_checkpoints)
+            reporter.epoch_ended(state)
 
 
 def finish_alone(store: Store, identity: RunIdentity, env, bundle,
@@ -177,9 +181,10 @@ def finish_alone(store: Store, identity: RunIdentity, env, bundle,
                          kind: where}))
     if not env.is_main:
         return None
+    reporter = reporting.open_reporter(store, identity, is_main=True, world_size=env.world_size)
     if kind == "published":
         return _done(store, identity, where, finish_publication(store, identity.config.model_name,
-                                                                where))
+                                                                where), reporter)
     model, _ = build_training(identity.config, env, bundle)
     try:
         state = checkpoint.load_fitting(store, where, identity, model)
@@ -187,10 +192,10 @@ def finish_alone(store: Store, identity: RunIdentity, env, bundle,
         raise StoreError(f"the run's final checkpoint cannot be used ({e}); delete it to train "
                          "the last epoch again") from None
     model.load_state_dict(state.model)
-    return publish_run(store, TrainingResult(identity, model, bundle, state))
+    return publish_run(store, TrainingResult(identity, model, bundle, state), reporter)
 
 
-def publish_run(store: Store, result: TrainingResult) -> str:
+def publish_run(store: Store, result: TrainingResult, reporter) -> str:
     """Rank 0, after the last epoch: publish (once per run), then drop the run's checkpoints."""
     identity = result.identity
     version = published_version_of(store, identity.config.model_name, identity.run_id)
@@ -199,12 +204,15 @@ def publish_run(store: Store, result: TrainingResult) -> str:
         moved = None
     else:  # published by another job of the same run meanwhile
         moved = finish_publication(store, identity.config.model_name, version)
-    return _done(store, identity, version, moved)
+    return _done(store, identity, version, moved, reporter)
 
 
-def _done(store: Store, identity: RunIdentity, version: str, moved: bool | None) -> str:
+def _done(store: Store, identity: RunIdentity, version: str, moved: bool | None,
+          reporter) -> str:
     # A published run resumes from its version, not a checkpoint: none is kept.
     checkpoint.prune_checkpoints(store, identity.config.model_name, identity.run_id, keep=0)
+    # After latest.json moved (or not): MLflow's alias follows what latest.json names.
+    reporter.published(version)
     log.info(json.dumps({"event": "done", "run_id": identity.run_id, "version": version}))
     return version
 

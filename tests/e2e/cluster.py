@@ -22,6 +22,14 @@ and nothing else.
 - objects that exist before the stack (``existing``): a Secret the user made, which the
   stack names but never renders. The stack rendering an object of the same name is an
   error, as it would overwrite the user's.
+- what stands behind an address: every pod the harness builds (its manifest, with the
+  labels the template and the operator give it) and every local port it hands out for a
+  container port or a Service (``pods``, ``listeners``), so a recorded connection can be
+  told from which pod to which pod and container port it went (tests/e2e/traffic.py).
+- ``/tmp``: a container that mounts an emptyDir there gets ``TMPDIR`` pointing at it (a
+  process here cannot have the mount itself).
+- volume paths: a mount path in the argv or env, also as ``sqlite:///<path>``, becomes its
+  scratch directory; the MLflow image's ``mlflow`` is the tests' server (.venv-mlflow).
 """
 
 from __future__ import annotations
@@ -31,12 +39,15 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.infra.infra_helpers import replica_pods
+from tests.mlflow_server import server_executable
 from tests.testkit import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,35 +55,53 @@ OPERATOR_CONTAINER = "pytorch"  # the only container the operator injects into
 OPERATOR_PORT_NAME = "pytorchjob-port"
 OPERATOR_DEFAULT_PORT = 23456
 _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+SQLITE_URI = "sqlite:///"  # sqlite:////abs/path: a database file under a mount
 
 
 class ClusterError(AssertionError):
     """The rendered objects don't fit together (what a real cluster would refuse)."""
 
 
+class PodProcess(subprocess.Popen):
+    """A started container: signals go to its whole process group (a tracer and the
+    container's processes die together, as a pod's do)."""
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 @dataclass
 class Process:
     """A container, ready to start as a local process."""
 
-    name: str
+    name: str  # the pod's name
     argv: list[str]
     env: dict[str, str]
     ports: dict[int, int] = field(default_factory=dict)  # containerPort -> local port
     cpus: set[int] | None = None  # the CPUs standing in for limits.cpu (None: unlimited)
+    trace: list[str] | None = None  # a tracer's argv prefix (tests/e2e/traffic.py)
 
-    def start(self, log_dir: Path) -> subprocess.Popen:
+    def start(self, log_dir: Path) -> PodProcess:
+        argv = list(self.argv)
+        if self.trace:
+            argv = self.trace + argv
+        if self.cpus:
+            # Pinned before anything starts: the tracer and the container inherit it.
+            argv = ["taskset", "-c", ",".join(map(str, sorted(self.cpus))), *argv]
         # The child holds its own copy of the descriptor: close ours once it is started.
         with open(log_dir / f"{self.name}.log", "wb") as log:
-            proc = subprocess.Popen(self.argv, env=self.env, stdout=log,
-                                    stderr=subprocess.STDOUT, cwd=log_dir,
-                                    start_new_session=True)
-        if self.cpus:
-            # Set before the interpreter has started any thread; later threads inherit it.
-            try:
-                os.sched_setaffinity(proc.pid, self.cpus)
-            except ProcessLookupError:
-                pass  # already gone: its exit status tells the test why
-        return proc
+            return PodProcess(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                              cwd=log_dir, start_new_session=True)
 
 
 @dataclass
@@ -81,6 +110,11 @@ class LocalCluster:
     workdir: Path
     service_ports: dict[tuple[str, int], int]  # (service name, service port) -> local port
     existing: dict[str, dict[str, Any]] = field(default_factory=dict)  # "Kind/name" -> object
+    # A function of a pod's name giving the argv prefix that records its syscalls, or None.
+    tracer: Any = None
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> Pod manifest
+    listeners: dict[int, tuple[str, int]] = field(default_factory=dict)  # local port ->
+    # (pod name, container port) it stands for
     _next_cpu: int = 0  # round-robin over this machine's CPUs for pinned processes
 
     def __post_init__(self):
@@ -88,6 +122,47 @@ class LocalCluster:
         if clash:
             raise ClusterError(f"the stack renders {clash}, which already exist: it would "
                                "overwrite the user's objects")
+        for (service, port), local in self.service_ports.items():
+            pod, container_port = self._service_backend(service, port)
+            self.listeners[local] = (pod["metadata"]["name"], container_port)
+
+    # --- pods ----------------------------------------------------------------------
+    def job_pod(self, name: str) -> dict[str, Any]:
+        """The pod a Job runs (named like the Job)."""
+        return self._pod(self.get("Job", name)["spec"]["template"], name,
+                         self.get("Job", name)["metadata"].get("namespace", "default"))
+
+    def deployment_pod(self, name: str, index: int = 0) -> dict[str, Any]:
+        deployment = self.get("Deployment", name)
+        return self._pod(deployment["spec"]["template"], f"{name}-{index}",
+                         deployment["metadata"].get("namespace", "default"))
+
+    def rendered_pods(self) -> list[dict[str, Any]]:
+        """One pod of every Deployment and Job, and every replica of every PyTorchJob."""
+        pods = [self.deployment_pod(d["metadata"]["name"]) for d in self.of_kind("Deployment")]
+        pods += [self.job_pod(j["metadata"]["name"]) for j in self.of_kind("Job")]
+        for job in self.of_kind("PyTorchJob"):
+            pods += replica_pods(job)
+        return pods
+
+    def _pod(self, template: dict, name: str, namespace: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": namespace,
+                             "labels": dict(template["metadata"].get("labels") or {})},
+                "spec": template["spec"]}
+
+    def _service_backend(self, service: str, port: int) -> tuple[dict[str, Any], int]:
+        """The pod (of a Deployment) a Service port routes to, and its target port."""
+        svc = self.get("Service", service)
+        (entry,) = [p for p in svc["spec"]["ports"] if p["port"] == port]
+        selector = svc["spec"]["selector"]
+        for deployment in self.of_kind("Deployment"):
+            labels = deployment["spec"]["template"]["metadata"].get("labels") or {}
+            if all(labels.get(k) == v for k, v in selector.items()):
+                pod = self.deployment_pod(deployment["metadata"]["name"])
+                container = pod["spec"]["containers"][0]
+                return pod, container_port(container, entry.get("targetPort", port))
+        raise ClusterError(f"Service {service!r} selects no Deployment's pods")
 
     # --- lookups -----------------------------------------------------------------
     def get(self, kind: str, name: str) -> dict[str, Any]:
@@ -166,10 +241,11 @@ class LocalCluster:
             mounts[mount["mountPath"].rstrip("/")] = str(local)
         return mounts
 
-    def process(self, pod_spec: dict, *, pod_name: str, namespace: str,
-                injected: dict[str, str] | None = None, container_name: str | None = None
-                ) -> Process:
+    def process(self, pod: dict, *, injected: dict[str, str] | None = None,
+                container_name: str | None = None) -> Process:
         """What the kubelet would start for one container of a pod (the first by default)."""
+        pod_spec, pod_name = pod["spec"], pod["metadata"]["name"]
+        namespace = pod["metadata"]["namespace"]
         containers = pod_spec["containers"]
         container = next((c for c in containers if c["name"] == container_name), containers[0])
         injected = injected or {}
@@ -178,7 +254,11 @@ class LocalCluster:
         pod_dir = self.workdir / pod_name
         env = self._env(container, pod_name, namespace, injected)
         mounts = self._mounts(pod_spec, container, pod_dir)
-        ports = {p["containerPort"]: free_port() for p in container.get("ports") or []}
+        # A port a Service routes to is the one the Service's stand-in address names.
+        routed = {pod_port: local for local, (pod, pod_port) in self.listeners.items()
+                  if pod == pod_name}
+        ports = {p["containerPort"]: routed.get(p["containerPort"]) or free_port()
+                 for p in container.get("ports") or []}
         argv = [_expand(a, env) for a in (container.get("command") or []) + (container.get("args") or [])]
         if not argv:
             raise ClusterError(f"container {container['name']!r} of {pod_name} has no command: "
@@ -186,9 +266,14 @@ class LocalCluster:
         argv = [self._localize(a, mounts, ports) for a in argv]
         env = {k: self._localize(v, mounts, {}) for k, v in env.items()}
         argv[0] = _executable(argv[0])
-        env.update(PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin",
-                   HOME=str(pod_dir))
-        return Process(pod_name, argv, env, ports, self._pin(container))
+        env["PATH"] = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+        env.setdefault("HOME", str(pod_dir))
+        if "/tmp" in mounts:
+            env.setdefault("TMPDIR", mounts["/tmp"])
+        self.pods[pod_name] = pod
+        self.listeners.update({local: (pod_name, port) for port, local in ports.items()})
+        trace = self.tracer(pod_name) if self.tracer else None
+        return Process(pod_name, argv, env, ports, self._pin(container), trace)
 
     def _pin(self, container: dict) -> set[int] | None:
         """CPUs for a container's ``limits.cpu`` (cgroup quota stand-in), in turn."""
@@ -204,9 +289,14 @@ class LocalCluster:
         return chosen
 
     def _localize(self, text: str, mounts: dict[str, str], ports: dict[int, int]) -> str:
-        for mount_path, local in mounts.items():
-            if text == mount_path or text.startswith(mount_path + "/"):
-                text = local + text[len(mount_path):]
+        # The deepest mount that holds the path, once: a local directory may itself lie
+        # under a mount path (/tmp).
+        scheme = SQLITE_URI if text.startswith(SQLITE_URI) else ""
+        path = text[len(scheme):]
+        for mount_path in sorted(mounts, key=len, reverse=True):
+            if path == mount_path or path.startswith(mount_path + "/"):
+                text = scheme + mounts[mount_path] + path[len(mount_path):]
+                break
         for (service, port), local_port in self.service_ports.items():
             namespace = self.get("Service", service)["metadata"].get("namespace", "default")
             for host in (f"{service}.{namespace}.svc.cluster.local", f"{service}.{namespace}.svc",
@@ -220,25 +310,25 @@ class LocalCluster:
     # --- the Training Operator -----------------------------------------------------
     def pytorchjob_processes(self, job: dict) -> list[Process]:
         """Every replica of a PyTorchJob with the env the operator injects."""
-        name, namespace = job["metadata"]["name"], job["metadata"].get("namespace", "default")
         specs = job["spec"]["pytorchReplicaSpecs"]
         if "Master" not in specs:
             raise ClusterError("a PyTorchJob without a Master gets no RANK/WORLD_SIZE")
-        replicas = [("master", i, specs["Master"]) for i in range(specs["Master"].get("replicas", 1))]
-        if "Worker" in specs:
-            replicas += [("worker", i, specs["Worker"]) for i in range(specs["Worker"]["replicas"])]
+        # With the operator's labels; the Master first (rank 0).
+        pods = sorted(replica_pods(job), key=lambda pod: not pod["metadata"]["name"].endswith(
+            "-master-0"))
         master_port, local_port = self._master_port(specs["Master"]), free_port()
+        # Cluster DNS for f"{name}-master-0": the Master's pytorchjob-port.
+        self.listeners[local_port] = (pods[0]["metadata"]["name"], master_port)
         processes = []
-        for rank, (role, index, spec) in enumerate(replicas):
+        for rank, pod in enumerate(pods):
             injected = {
                 "MASTER_ADDR": "127.0.0.1",  # cluster DNS for f"{name}-master-0"
                 "MASTER_PORT": str(local_port),  # stands in for master_port
-                "WORLD_SIZE": str(len(replicas)),
+                "WORLD_SIZE": str(len(pods)),
                 "RANK": str(rank),
                 "PYTHONUNBUFFERED": "1",
             }
-            processes.append(self.process(spec["template"]["spec"], pod_name=f"{name}-{role}-{index}",
-                                          namespace=namespace, injected=injected))
+            processes.append(self.process(pod, injected=injected))
         assert master_port > 0
         return processes
 
@@ -277,8 +367,11 @@ def _write_items(directory: Path, data: dict[str, str], items: list[dict] | None
 
 
 def _executable(name: str) -> str:
-    """The image's `python`/`torchrun` are this venv's."""
+    """The image's `python`/`torchrun` are this venv's; the MLflow image's `mlflow` server is
+    the tests' (.venv-mlflow: this venv has only the client)."""
     if name in ("python", "python3"):
         return sys.executable
+    if name == "mlflow":
+        return str(server_executable())
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else (shutil.which(name) or name)

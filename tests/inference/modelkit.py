@@ -16,7 +16,14 @@ from torch import nn
 
 from trainer.layout import METRICS_FILE, MODEL_FILE, ModelKeys
 from trainer.publish import created_at, finish_publication, write_version
-from trainer.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
+from trainer.schema import (
+    EpochRecord,
+    MetricsSummary,
+    RunProgress,
+    VersionMeta,
+    VersionMetrics,
+    mlflow_run_page,
+)
 
 CLASSES = ["red", "green", "blue"]
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 40), "blue": (20, 40, 230)}
@@ -106,7 +113,7 @@ def publish_version(store, version: str, *, model: nn.Module | None = None,
                     model_bytes: bytes | None = None, skip_files: tuple[str, ...] = (),
                     move_latest: bool = True, classes: list[str] = CLASSES,
                     input_size: list[int] = INPUT_SIZE, mean: list[float] = MEAN,
-                    std: list[float] = STD) -> str:
+                    std: list[float] = STD, run_id: str = "c0ffee42") -> str:
     """Upload every file of a version, then (last) move ``latest.json``, as the trainer does.
 
     ``model_bytes`` / ``skip_files`` / ``move_latest=False`` build deliberately broken or
@@ -128,7 +135,7 @@ def publish_version(store, version: str, *, model: nn.Module | None = None,
                 if classes == CLASSES}
     model_arch, _, dataset = name.partition("-")
     meta = VersionMeta(
-        model=model_arch, dataset=dataset, version=version, run_id="c0ffee42", classes=classes,
+        model=model_arch, dataset=dataset, version=version, run_id=run_id, classes=classes,
         input_size=input_size, mean=mean, std=std,
         train_config={"model": "colournet", "dataset": "colours", "epochs": len(history),
                       "batch_size": 64, "lr": 0.1, "seed": 0},
@@ -145,3 +152,43 @@ def publish_version(store, version: str, *, model: nn.Module | None = None,
     if move_latest:
         finish_publication(store, name, version)
     return version
+
+
+CNN_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+               "ship", "truck"]
+CNN_NAME = "smallcnn-cifar10"
+
+
+def publish_cnn(store, version: str, seed: int = 0) -> str:
+    """The trainer's smallcnn (random weights, fixed by ``seed``) as a 32x32 RGB model:
+    real convolutions, whose kernels differ by batch size, unlike ColourNet's mean."""
+    from trainer.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("smallcnn", in_channels=3, num_classes=len(CNN_CLASSES))
+    with torch.no_grad():  # give BatchNorm's running stats real values too
+        model.train()(torch.rand(64, 3, 32, 32))
+    return publish_version(store, version, model=model.eval(), name=CNN_NAME,
+                           classes=CNN_CLASSES, input_size=[3, 32, 32],
+                           mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26],
+                           model_bytes=export_model(model.eval(), [3, 32, 32]))
+
+
+def write_progress(store, run_id: str, epoch: int, epochs: int = 5, *,
+                   name: str = MODEL_NAME, state: str = "training",
+                   version: str | None = None, mlflow: tuple[str, str] | None = None,
+                   mlflow_base: str = "http://mlflow.trainstack.svc:5000") -> RunProgress:
+    """A run's progress record as rank 0 writes it (trainer.schema.RunProgress at
+    trainer.layout.ModelKeys.progress); ``mlflow`` = (experiment id, run id)."""
+    store.ensure_buckets()
+    model_arch, _, dataset = name.partition("-")
+    experiment, mlflow_run = mlflow or (None, None)
+    record = RunProgress(
+        run_id=run_id, model=model_arch, dataset=dataset, state=state, epoch=epoch,
+        epochs=epochs, world_size=2, started_at="2026-11-23T15:00:00Z",
+        updated_at=f"2026-11-23T15:{epoch:02d}:00Z",
+        history=fake_history(epochs)[:epoch], version=version,
+        mlflow_run_id=mlflow_run, mlflow_experiment_id=experiment,
+        mlflow_url=mlflow_run_page(mlflow_base, experiment, mlflow_run) if mlflow else None)
+    store.put_bytes(ModelKeys(name).progress(run_id), record.to_json())
+    return record

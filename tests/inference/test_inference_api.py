@@ -140,12 +140,12 @@ def test_unusual_image_modes_are_predicted_or_refused_with_4xx(app_v1, monkeypat
     r = post(base, png(Image.fromarray(np.full((30, 30), 40000, dtype=np.uint16))))
     assert r.status_code == 200, r.text
     # A decoder crashing on hostile bytes with an unexpected exception type: still 400.
-    import inference.predict as predict_module
+    import trainer.pixels as pixels_module
 
     def crashing_open(*_args, **_kwargs):
         raise IndexError("list index out of range in some decoder")
 
-    monkeypatch.setattr(predict_module.Image, "open", crashing_open)
+    monkeypatch.setattr(pixels_module.Image, "open", crashing_open)
     crash = post(base, png(solid("red")))
     assert crash.status_code == 400, crash.text
     assert "could not be decoded" in crash.json()["detail"]

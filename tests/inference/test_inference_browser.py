@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.inference.inference_helpers import V1, serve_app
-from tests.inference.modelkit import publish_version
+from tests.inference.modelkit import publish_version, write_progress
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Fresh copies for a look after each run (git-ignored); the README's screenshots come from
@@ -81,3 +81,39 @@ def test_ui_from_empty_store_to_prediction(local_store, tmp_path, browser_page):
         page.get_by_role("tab", name="Models").wait_for()
         page.get_by_text(V1).last.wait_for()
         page.screenshot(path=str(tmp_path / "models.png"), full_page=True)
+
+
+def test_ui_shows_runs_in_progress_and_links_versions_to_mlflow(local_store, tmp_path,
+                                                                 browser_page):
+    """Issue 13: a first run is visible while it trains (no model yet, no MLflow needed);
+    later the Training tab shows the next run in progress, and the Models tab links each
+    version to its MLflow run on the address users open MLflow at."""
+    page = browser_page
+    mlflow_ui = "http://mlflow.example.test:5000"
+    with serve_app(local_store.url, tmp_path / "cache", mlflow_ui_url=mlflow_ui) as (base, app):
+        app.state.progress.refresh_seconds = 0
+        page.goto(base + "/")
+        page.get_by_text("No model published yet").wait_for()
+        write_progress(local_store, "firstrun", epoch=2, epochs=5)  # no MLflow at all
+        first = page.locator("#progress-first-run")
+        first.get_by_text("epoch 2 of 5").wait_for()
+        assert first.locator("svg, canvas").count() > 0  # the curves so far are drawn
+        page.screenshot(path=str(tmp_path / "first-run.png"), full_page=True)
+
+        version = publish_version(local_store, f"{V1}-firstrun", run_id="firstrun")
+        write_progress(local_store, "firstrun", epoch=5, state="published", version=version,
+                       mlflow=("7", "abc123def456"))
+        write_progress(local_store, "nextrun", epoch=1, epochs=5, mlflow=("7", "fedcba987"))
+        page.locator("#model-status").get_by_text(version).wait_for()
+        page.get_by_role("tab", name="Training").click()
+        running = page.locator("#progress-training")
+        running.get_by_text("epoch 1 of 5").wait_for()
+        assert running.get_by_role("link", name="MLflow run").get_attribute("href") == \
+            f"{mlflow_ui}/#/experiments/7/runs/fedcba987"
+        page.screenshot(path=str(tmp_path / "training-now.png"), full_page=True)
+        shutil.copy(tmp_path / "training-now.png", SHOTS / "test-training-now.png")
+
+        page.get_by_role("tab", name="Models").click()
+        link = page.locator("#versions").get_by_role("link", name="MLflow run")
+        link.wait_for()
+        assert link.get_attribute("href") == f"{mlflow_ui}/#/experiments/7/runs/abc123def456"

@@ -27,7 +27,11 @@ def hammer(base: str, stop: threading.Event, results: list, seen_new: threading.
 
 
 def test_new_version_swaps_in_while_requests_run(app_v1, published_store):
-    base, _ = app_v1
+    """Under load, with batching: every batch is run by one version, no request fails,
+    and the app ends on the new version."""
+    base, app = app_v1
+    batches = []
+    app.state.engine.batcher.on_batch.append(batches.append)
     stop, seen = threading.Event(), [threading.Event() for _ in range(4)]
     per_client = [[] for _ in seen]
     threads = [threading.Thread(target=hammer, args=(base, stop, out, s))
@@ -54,6 +58,8 @@ def test_new_version_swaps_in_while_requests_run(app_v1, published_store):
         assert V1 not in versions[versions.index(V2):]
     last = httpx.post(f"{base}/predict", files={"file": ("red.png", RED, "image/png")}).json()
     assert last["model_version"] == V2
+    assert {b.key.version for b in batches} == {V1, V2}
+    assert sum(b.size for b in batches) >= len(results)
 
 
 def test_broken_versions_are_skipped_once_and_the_old_stays(app_v1, published_store, caplog):
@@ -108,3 +114,80 @@ def test_store_outage_is_survived(tmp_path, monkeypatch):
         assert r.status_code == 200 and r.json()["model_version"] == V1
         assert httpx.get(f"{base}/readyz").status_code == 200
         assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def delete_version(store, version: str, name: str = MODEL_NAME) -> None:
+    """What an operator's cleanup does: the version's folder goes, latest.json stays."""
+    import shutil
+
+    shutil.rmtree(store.root / "models" / name / "versions" / version)
+
+
+def test_latest_naming_a_deleted_version_falls_back_to_the_newest_loadable(local_store,
+                                                                           tmp_path):
+    """Issue 9 #15: not a store outage. The app serves the newest version that loads
+    (here V2: the newer V3 is gone, V4 lost its model), becomes Ready, never backs off."""
+    v3, v4 = "20261125T000000Z", "20261126T000000Z"
+    for version in (V1, V2, v3):
+        publish_version(local_store, version)
+    delete_version(local_store, v3)  # latest.json names a version that no longer exists
+    with serve_app(local_store.url, tmp_path / "cache") as (base, app):
+        registry = app.state.registry
+        wait_for_version(base, V2)
+        assert httpx.get(f"{base}/readyz").json()["status"] == "ready"
+        assert (MODEL_NAME, v3) in registry.rejected
+        assert "missing" in registry.rejected[(MODEL_NAME, v3)]
+        assert registry.last_error is None  # not counted as a store error
+        r = httpx.post(f"{base}/predict", files={"file": ("red.png", RED, "image/png")})
+        assert r.status_code == 200 and r.json()["model_version"] == V2
+        # A newer version whose model is broken: still V2; then a good one is loaded.
+        publish_version(local_store, v4, skip_files=("model.pt2",))
+        wait_until(lambda: (MODEL_NAME, v4) in registry.rejected, "v4 rejected")
+        assert registry.current.version == V2 and registry.last_error is None
+        v5 = "20261127T000000Z"
+        publish_version(local_store, v5)
+        wait_for_version(base, v5)
+
+
+def test_fallback_skips_every_broken_older_version(local_store, tmp_path):
+    from inference.registry import Registry
+
+    v3 = "20261125T000000Z"
+    publish_version(local_store, V1)
+    publish_version(local_store, V2, model_bytes=b"not a program")
+    publish_version(local_store, v3)
+    delete_version(local_store, v3)
+    registry = Registry(local_store, tmp_path / "cache")
+    assert registry.check_once()
+    assert registry.current.version == V1
+    assert set(registry.rejected) == {(MODEL_NAME, V2), (MODEL_NAME, v3)}
+    assert not registry.check_once()  # nothing new: no download, no error
+
+
+def test_fallback_follows_publication_order_not_version_names(local_store, tmp_path):
+    """Step 4: a pod with a lagging clock names its version earlier than the one published
+    before it; ``sequence`` (meta.json, latest.json) is the order, so the fallback from a
+    deleted latest version is the version published last before it, whatever the names."""
+    from inference.registry import Registry
+
+    first = publish_version(local_store, "20261120T000000Z-aaaa")  # sequence 1
+    slow = publish_version(local_store, "20261110T000000Z-bbbb")   # sequence 2 (clock lags)
+    gone = publish_version(local_store, "20261125T000000Z-cccc")   # sequence 3, then deleted
+    delete_version(local_store, gone)
+    registry = Registry(local_store, tmp_path / "cache")
+    assert registry.check_once()
+    assert registry.current.version == slow  # by name, "aaaa" would look newer
+    assert [m.version for m in registry.list_versions(MODEL_NAME)] == [slow, first]
+
+
+def test_fallback_may_go_to_a_later_name_published_earlier(local_store, tmp_path):
+    """The only older version by sequence has a LATER name than the deleted latest one
+    (the deleted one's pod clock lagged): it is still what the app falls back to."""
+    from inference.registry import Registry
+
+    early = publish_version(local_store, "20261130T000000Z-aaaa")  # sequence 1
+    gone = publish_version(local_store, "20261125T000000Z-bbbb")   # sequence 2 (clock lags)
+    delete_version(local_store, gone)
+    registry = Registry(local_store, tmp_path / "cache")
+    assert registry.check_once()
+    assert registry.current.version == early

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from inference import app as app_module
-from inference.predict import BadImage, decode_image, preprocess
+from inference.predict import BadImage, decode
 from inference.registry import Registry
 from tests.inference.modelkit import MODEL_NAME, publish_version
 from trainer import cpus
@@ -44,12 +44,10 @@ def encoded(image: Image.Image, fmt: str) -> bytes:
 
 def test_16_bit_gradient_is_rescaled_not_saturated():
     ramp = np.tile(np.linspace(0, 65535, 64), (64, 1)).astype(np.uint16)
-    image = decode_image(encoded(Image.fromarray(ramp), "PNG"))
-    assert image.mode == "I;16"
-    x = preprocess(image, GREY_META)[0, 0]
+    x = decode(encoded(Image.fromarray(ramp), "PNG"), GREY_META)[0] / 255
     assert x.min() < 0.1 and x.max() > 0.9  # PIL's own convert("L") gives all 1.0 here
     assert bool((x[:, 1:] >= x[:, :-1]).all())  # still a left-to-right ramp
-    assert abs(x.mean().item() - 0.5) < 0.05
+    assert abs(x.mean() - 0.5) < 0.05
 
 
 @pytest.mark.parametrize("values, mode, expected", [
@@ -60,26 +58,28 @@ def test_16_bit_gradient_is_rescaled_not_saturated():
 def test_wide_modes_map_to_the_pixel_range(values, mode, expected):
     image = Image.fromarray(values)
     assert image.mode == mode
-    x = preprocess(image, GREY_META)[0, 0]
+    x = decode(encoded(image, "TIFF"), GREY_META)[0] / 255
     if expected is None:
-        assert x.min().item() == 0.0 and x.max().item() == 1.0
+        assert x.min() == 0.0 and x.max() == 1.0
     else:
-        assert x.mean().item() == pytest.approx(expected, abs=0.01)
+        assert x.mean() == pytest.approx(expected, abs=0.01)
 
 
 def test_lab_tiff_converts_to_grey_via_rgb():
-    image = decode_image(encoded(Image.new("LAB", (16, 16), (128, 128, 128)), "TIFF"))
+    image = Image.new("LAB", (16, 16), (128, 128, 128))
     with pytest.raises(ValueError):  # the real failure the app used to answer with a 500
         image.convert("L")
-    x = preprocess(image, GREY_META)
-    assert x.mean().item() * 255 == pytest.approx(119, abs=2)  # L* 50 is sRGB grey 119
+    x = decode(encoded(image, "TIFF"), GREY_META)
+    assert x.mean() == pytest.approx(119, abs=2)  # L* 50 is sRGB grey 119
 
 
 def test_unconvertible_modes_and_non_finite_floats_are_bad_images():
-    with pytest.raises(BadImage, match="unsupported image mode La"):
-        preprocess(Image.new("La", (4, 4)), GREY_META)
+    from trainer.pixels import ImageError, convert_mode
+
+    with pytest.raises(ImageError, match="unsupported image mode La"):
+        convert_mode(Image.new("La", (4, 4)), 1)
     with pytest.raises(BadImage, match="non-finite"):
-        preprocess(Image.fromarray(np.full((4, 4), np.nan, np.float32)), GREY_META)
+        decode(encoded(Image.fromarray(np.full((4, 4), np.nan, np.float32)), "TIFF"), GREY_META)
 
 
 @pytest.mark.parametrize("meta", [
@@ -139,11 +139,17 @@ def test_default_threads_follow_the_cgroup_quota(tmp_path, monkeypatch):
     (tmp_path / "cpu.max").write_text("200000 100000\n")  # a pod limited to 2 CPUs
     monkeypatch.setattr(app_module, "usable_cpus",
                         partial(cpus.usable_cpus, cgroup_root=tmp_path))
-    assert app_module.default_torch_threads() == 1
-    assert app_module.Settings().torch_threads == 1
+    usable = cpus.usable_cpus(cgroup_root=tmp_path)
+    assert usable <= 2
+    # Batched: the inference thread gets all CPUs but one; one at a time: half each.
+    assert app_module.default_torch_threads(batching=True) == 1
+    assert app_module.default_torch_threads(batching=False) == 1
+    assert app_module.Settings().engine_config().torch_threads == 1
+    assert app_module.Settings().decode_threads == usable
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    expected = max(1, min(4, cpus.usable_cpus(cgroup_root=tmp_path) // 2))
-    assert app_module.default_torch_threads() == expected
+    unlimited = cpus.usable_cpus(cgroup_root=tmp_path)
+    assert app_module.default_torch_threads(batching=False) == max(1, min(4, unlimited // 2))
+    assert app_module.default_torch_threads(batching=True) == max(1, min(16, unlimited - 1))
 
 
 def test_temp_cache_is_removed_at_shutdown_but_a_given_one_is_kept(tmp_path):
@@ -196,3 +202,70 @@ def test_log_level_comes_from_trainstack_log_level(monkeypatch):
     assert parse_args(["serve"]).log_level == "DEBUG"
     monkeypatch.delenv("TRAINSTACK_LOG_LEVEL")
     assert parse_args(["serve"]).log_level == "INFO"
+
+
+def test_prediction_series_stay_bounded_across_many_versions():
+    """Issue 9 #16: one series per (version, class, source) forever would grow without end."""
+    from inference.metrics import Metrics
+
+    metrics = Metrics()
+    versions = [f"2026010{i}T000000Z" for i in range(1, 8)]
+    for version in versions:
+        metrics.set_model("m-d", version)
+        for label in ("cat", "dog"):
+            metrics.observe_prediction(version, label, "api")
+    text = metrics.render().decode()
+    series = [line for line in text.splitlines()
+              if line.startswith("trainstack_predictions_total{")]
+    shown = {line.split('model_version="')[1].split('"')[0] for line in series}
+    assert shown <= set(versions[-2:]), shown  # the current version and the one before
+    assert len(series) <= 2 * 2
+    assert f'model_version="{versions[-1]}",predicted_class="cat",source="api"}} 1.0' in text
+
+
+def test_serving_knobs_come_from_flags_or_env(monkeypatch, tmp_path):
+    from inference.__main__ import parse_args, serving_settings
+
+    monkeypatch.setenv("TRAINSTACK_MAX_BATCH", "8")
+    monkeypatch.setenv("TRAINSTACK_MAX_BATCH_WAIT_MS", "2.5")
+    monkeypatch.setenv("TRAINSTACK_PRECISION", "fp32")
+    monkeypatch.setenv("TRAINSTACK_BATCHING", "off")
+    got = serving_settings(parse_args(["serve"]))
+    assert (got["max_batch"], got["max_batch_wait_ms"], got["precision"], got["batching"]) == \
+        (8, 2.5, "fp32", False)
+    got = serving_settings(parse_args(["serve", "--max-batch", "64", "--batching", "on"]))
+    assert got["max_batch"] == 64 and got["batching"] is True
+    config = app_module.Settings(**got).engine_config()
+    assert config.max_batch == 64 and config.max_wait_ms == 2.5
+
+
+def test_a_bad_serving_setting_names_itself(tmp_path, caplog):
+    from inference.__main__ import main
+    from inference.engine import EngineConfig
+    from trainer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_batch = 0") as raised:
+        EngineConfig(max_batch=0)
+    assert raised.value.key == "max_batch"
+    with pytest.raises(ConfigError, match="allowed: auto, fp32, bf16"):
+        EngineConfig(precision="fp16")
+    LocalStore(tmp_path / "store").ensure_buckets()
+    assert main(["serve", "--store", str(tmp_path / "store"), "--max-batch-wait-ms", "-1"]) == 2
+    assert "max_wait_ms = -1.0" in caplog.text
+
+
+def test_a_version_folder_copied_by_hand_is_broken_not_served(tmp_path):
+    """meta.json names its own version: a folder copied under another name is neither
+    listed nor loaded under the wrong name."""
+    import shutil
+
+    from inference.versions import BrokenVersion, download_version
+
+    store = LocalStore(tmp_path / "store")
+    real = publish_version(store, "20260101T000000Z")
+    versions = store.root / "models" / MODEL_NAME / "versions"
+    shutil.copytree(versions / real, versions / "20260201T000000Z-copy")
+    registry = Registry(store, tmp_path / "cache")
+    assert [m.version for m in registry.list_versions(MODEL_NAME)] == [real]
+    with pytest.raises(BrokenVersion, match="describes version"):
+        download_version(store, MODEL_NAME, "20260201T000000Z-copy", tmp_path / "c2")

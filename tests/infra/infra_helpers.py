@@ -52,9 +52,13 @@ def pod_specs(rendering: Rendering) -> dict[str, dict[str, Any]]:
     return specs
 
 
+# Servers of their own images (MinIO, MLflow): the trainer image runs in every other pod.
+OTHER_IMAGES = ("Deployment/minio", "Deployment/mlflow")
+
+
 def workload_specs(rendering: Rendering) -> dict[str, dict[str, Any]]:
-    """The pod specs that run the trainer image (every one but MinIO's server)."""
-    return {k: v for k, v in pod_specs(rendering).items() if k != "Deployment/minio"}
+    """The pod specs that run the trainer image (every one but MinIO's and MLflow's)."""
+    return {k: v for k, v in pod_specs(rendering).items() if k not in OTHER_IMAGES}
 
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
@@ -63,3 +67,47 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 
 def secret_ref(secret: str, key: str) -> dict[str, Any]:
     return {"secretKeyRef": {"name": secret, "key": key}}
+
+
+def minio_credentials(rendering: Rendering) -> dict[str, tuple[str, str]]:
+    """What MinIO's root user and password are read from: {"MINIO_ROOT_USER": (Secret name,
+    key), ...}, followed from its *_FILE env vars through the mounts to the Secret volume."""
+    spec = rendering.objects["Deployment/minio"]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    found = {}
+    for var in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
+        path = env_of(container)[f"{var}_FILE"]
+        for mount in container["volumeMounts"]:
+            if path.startswith(mount["mountPath"].rstrip("/") + "/"):
+                secret = volumes[mount["name"]]["secret"]
+                rel = path[len(mount["mountPath"].rstrip("/")) + 1:]
+                (key,) = [i["key"] for i in secret["items"] if i["path"] == rel]
+                found[var] = (secret["secretName"], key)
+    return found
+
+
+# What the Training Operator (v1.8) adds to the pods it creates from a replica's template.
+OPERATOR_LABEL = "training.kubeflow.org/"
+
+
+def replica_pods(job: dict[str, Any], per_type: bool = False) -> list[dict[str, Any]]:
+    """The Pods the operator creates for a PyTorchJob (`<job>-master-0`, `<job>-worker-N`):
+    the replica's template with the operator's labels; `per_type`: index 0 of each type."""
+    name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+    pods = []
+    for rtype, replica in job["spec"]["pytorchReplicaSpecs"].items():
+        kind = rtype.lower()
+        for index in range(1 if per_type else replica.get("replicas", 1)):
+            labels = {**replica["template"]["metadata"]["labels"],
+                      f"{OPERATOR_LABEL}operator-name": "pytorchjob-controller",
+                      f"{OPERATOR_LABEL}job-name": name,
+                      f"{OPERATOR_LABEL}replica-type": kind,
+                      f"{OPERATOR_LABEL}replica-index": str(index)}
+            if kind == "master":
+                labels[f"{OPERATOR_LABEL}job-role"] = "master"
+            pods.append({"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {"name": f"{name}-{kind}-{index}", "namespace": namespace,
+                                      "labels": labels},
+                         "spec": replica["template"]["spec"]})
+    return pods

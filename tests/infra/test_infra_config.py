@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.config import CIFAR10_URL, ConfigError, StackConfig, parse_config
+from infra.config import ConfigError, StackConfig, parse_config
 from tests.infra.infra_helpers import (
     EXTERNAL,
     EXTERNAL_KEYS,
@@ -20,9 +20,10 @@ from tests.infra.infra_helpers import (
     S3_SECRET_KEY,
 )
 from tests.infra.render import render
-from trainer.config import TrainConfig
+from trainer.config import CIFAR10_URL, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+AUTH_TOKEN = "cfg-app-token-0123456789abcdef01234"  # as `pulumi config set --secret`
 
 
 def test_defaults_match_the_design_contract():
@@ -35,11 +36,11 @@ def test_defaults_match_the_design_contract():
     assert cfg.build_image and cfg.pushes and cfg.image_repository == IMAGE
     assert cfg.store_endpoint is None and cfg.store_region is None  # the in-cluster MinIO
     assert cfg.store_credentials_secret is None and cfg.store_access_key is None
-    assert cfg.bucket_prefix == "" and cfg.buckets == ["datasets", "models", "metrics"]
+    assert cfg.bucket_prefix == "" and cfg.buckets == ["datasets", "models", "metrics", "mlflow"]
     assert cfg.render_yaml_to is None
     assert (cfg.buckets_timeout, cfg.ingest_timeout, cfg.ingest_storage) == ("15m", "30m", "4Gi")
     assert (cfg.workers, cfg.gpus_per_worker, cfg.cpu_per_worker, cfg.memory_per_worker) == (
-        2, 0, "1", "2Gi")
+        2, 0, "1", "3Gi")
     assert (cfg.epochs, cfg.batch_size, cfg.learning_rate) == (10, 128, 0.1)
     assert (cfg.model, cfg.dataset, cfg.namespace) == ("resnet18", "cifar10", "trainstack")
     assert cfg.ingest_source == CIFAR10_URL
@@ -48,6 +49,9 @@ def test_defaults_match_the_design_contract():
     assert (cfg.minio_volume_size, cfg.inference_replicas, cfg.inference_service_type) == (
         "10Gi", 1, "NodePort")
     assert cfg.node_selector == {} and cfg.tolerations == []
+    assert cfg.network_policy == "ingress"  # default-deny ingress, then the flows
+    assert cfg.inference_ingress_namespace is None and cfg.inference_auth_secret is None
+    assert cfg.mlflow and cfg.mlflow_image is None and cfg.mlflow_storage_class is None
 
 
 def test_string_values_are_converted():
@@ -119,6 +123,9 @@ INVALID = [
     ("ingestStorage", "lots", "a size such as 4Gi"),
     ("inferenceReplicas", "0", "an integer >= 1"),
     ("inferenceServiceType", "Ingress", "ClusterIP, NodePort, LoadBalancer"),
+    ("networkPolicy", "strict", "ingress-egress (egress fenced too), none (no NetworkPolicy)"),
+    ("inferenceIngressNamespace", "Ingress_NGINX", "a namespace name (DNS-1123 label)"),
+    ("inferenceAuthSecret", "App Token", "a Secret name (DNS-1123)"),
     ("nodeSelector", "[1, 2]", "a JSON object"),
     ("nodeSelector", "{not json", "a JSON object"),
     ("tolerations", '[{"effect": "Sometimes"}]', "a JSON list of tolerations"),
@@ -126,6 +133,12 @@ INVALID = [
     ("dataset", "synthetic", "cifar10, imagefolder, digits (synthetic is for benchmarks only"),
     # pushImage defaults to true: a bare name would go to docker.io/library and fail late.
     ("image", "trainstack-trainer", "a registry path such as registry.example.com/you/"),
+    # The stack owns its namespace: default-deny there would cut off whatever else runs in
+    # it (kube-system: the cluster's DNS; kubeflow: the operator's webhook), and destroy
+    # would delete it.
+    ("namespace", "default", "not default, kube-system, kube-public, kube-node-lease or kubeflow"),
+    ("namespace", "kube-system", "not default, kube-system, kube-public, kube-node-lease or kubeflow"),
+    ("namespace", "kubeflow", "not default, kube-system, kube-public, kube-node-lease or kubeflow"),
 ]
 
 
@@ -207,6 +220,15 @@ COMBINATIONS = [
       "installTrainingOperator": "false"}, "storeSecretKey", "written there in plain text"),
     ({**PUSHED, "pushImage": "false", "renderYamlTo": "out", "installTrainingOperator": "false",
       "storeCredentialsSecret": "m"}, "pushImage", "true when renderYamlTo is set"),
+    # the app's access
+    ({**RENDERED, "inferenceAuthToken": AUTH_TOKEN}, "inferenceAuthToken",
+     "create the Secret yourself (key TRAINSTACK_AUTH_TOKEN) and set inferenceAuthSecret"),
+    ({**PUSHED, "inferenceAuthToken": AUTH_TOKEN, "inferenceAuthSecret": "app-token"},
+     "inferenceAuthSecret", "not both (the token given twice)"),
+    ({**PUSHED, "inferenceIngressNamespace": "ingress-nginx"}, "inferenceServiceType",
+     "ClusterIP when inferenceIngressNamespace is set"),
+    ({**PUSHED, "inferenceIngressNamespace": "ingress-nginx", "inferenceServiceType": "ClusterIP",
+      "networkPolicy": "none"}, "inferenceIngressNamespace", "unset when networkPolicy is none"),
 ]
 
 
@@ -216,7 +238,7 @@ def test_bad_combinations_stop_the_program_naming_key_and_allowed(config, key, a
                        ) as err:
         render(config)
     assert err.value.key == key
-    for secret in (PASSWORD, S3_SECRET_KEY):
+    for secret in (PASSWORD, S3_SECRET_KEY, AUTH_TOKEN):
         assert secret not in str(err.value)
 
 
@@ -226,7 +248,9 @@ def test_good_combinations_are_accepted():
                         secrets=frozenset({"storeSecretKey"}))
     assert keys.store_access_key == "AKIAEXAMPLE"
     assert parse_config({**PUSHED, "bucketPrefix": "acme-ml-"}).buckets == [
-        "acme-ml-datasets", "acme-ml-models", "acme-ml-metrics"]
+        "acme-ml-datasets", "acme-ml-models", "acme-ml-metrics", "acme-ml-mlflow"]
+    assert parse_config({**PUSHED, "mlflow": "false"}).buckets == [
+        "datasets", "models", "metrics"]
     minio_secret = parse_config({**PUSHED, "storeCredentialsSecret": "minio-sealed"})
     assert minio_secret.store_endpoint is None  # the in-cluster MinIO reads that Secret
     assert parse_config(RENDERED).render_yaml_to == "rendered"
@@ -235,6 +259,19 @@ def test_good_combinations_are_accepted():
     local_registry = parse_config({**PREBUILT, "image": "localhost:5000/trainstack:dev"})
     assert local_registry.image.startswith("localhost:5000/")
     assert parse_config({**PUSHED, "trainingOperatorVersion": "v1.9.0"})
+
+
+def test_storage_class_names_are_dns_subdomains():
+    """A StorageClass's name is a DNS-1123 subdomain: dots are allowed (`ceph.rbd.fast`)."""
+    rendering = render({**PUSHED, "minioStorageClass": "ceph.rbd.fast",
+                        "mlflowStorageClass": "nfs.example.com"})
+    claims = {key: obj["spec"]["storageClassName"] for key, obj in rendering.objects.items()
+              if obj["kind"] == "PersistentVolumeClaim"}
+    assert claims == {"PersistentVolumeClaim/minio-data": "ceph.rbd.fast",
+                      "PersistentVolumeClaim/mlflow-data": "nfs.example.com"}
+    for key in ("minioStorageClass", "mlflowStorageClass"):
+        with pytest.raises(ConfigError, match=rf"trainstack:{key} .*DNS-1123 subdomain"):
+            parse_config({**PUSHED, key: "Fast_SSD"})
 
 
 def test_image_needs_a_registry_path_only_when_pushed():

@@ -53,3 +53,15 @@ def test_source_hash_changes_with_the_sources(tmp_path):
     assert source_hash(tmp_path, ("trainer",)) == first
     (tmp_path / "trainer" / "a.py").write_text("x = 2\n")
     assert source_hash(tmp_path, ("trainer",)) != first
+
+
+def test_image_writes_where_pods_have_writable_volumes():
+    """The image's HOME and caches are the stack's WRITABLE_ENV: all under /tmp, the one
+    emptyDir every pod has under its read-only root filesystem."""
+    from infra.pod import TMP, WRITABLE_ENV
+
+    text = DOCKERFILE.read_text()
+    (env_block,) = re.findall(r"^ENV HOME=.*?(?<!\\)\n", text, re.MULTILINE | re.DOTALL)
+    image_env = dict(re.findall(r"(\w+)=(\S+)", env_block))
+    assert image_env == WRITABLE_ENV
+    assert all(path == TMP or path.startswith(TMP + "/") for path in image_env.values())

@@ -24,7 +24,8 @@ from tests.infra.infra_helpers import (
 )
 from tests.infra.render import MOCK_RANDOM_PASSWORD, render
 
-K8S_VERSION = "1.34.0"  # kubernetes-validate 1.37.0 ships schemas up to 1.37
+K8S_VERSION = "1.34.0"
+AUTH_TOKEN = "manifest-app-token-0123456789abcdef"  # as `pulumi config set --secret`  # kubernetes-validate 1.37.0 ships schemas up to 1.37
 
 CONFIGS = {
     "defaults": PUSHED,
@@ -41,6 +42,8 @@ CONFIGS = {
                       "datasetSource": "https://example.com/photos.tar.gz"},
     "rendered": RENDERED,
     "rendered-external": RENDERED_EXTERNAL,
+    "fenced": {**PUSHED, "networkPolicy": "ingress-egress", "inferenceServiceType": "ClusterIP",
+               "inferenceIngressNamespace": "ingress-nginx", "inferenceAuthToken": AUTH_TOKEN},
 }
 
 
@@ -105,7 +108,7 @@ def _all_strings(value):
 
 
 def test_no_secret_value_in_plain_text(rendering):
-    secrets = {PASSWORD, MOCK_RANDOM_PASSWORD, S3_SECRET_KEY}
+    secrets = {PASSWORD, MOCK_RANDOM_PASSWORD, S3_SECRET_KEY, AUTH_TOKEN}
     for key, obj in rendering.objects.items():
         if obj["kind"] == "Secret":
             continue
@@ -113,7 +116,7 @@ def test_no_secret_value_in_plain_text(rendering):
         assert not any(s in text for s in secrets), f"secret value in {key}"
         for container in pod_specs(rendering).get(key, {}).get("containers", []):
             for env in container.get("env", []):
-                if env["name"] in ("AWS_SECRET_ACCESS_KEY", "MINIO_ROOT_PASSWORD"):
+                if env["name"] in ("AWS_SECRET_ACCESS_KEY", "TRAINSTACK_AUTH_TOKEN"):
                     assert "value" not in env and "secretKeyRef" in env["valueFrom"]
     assert not any(s in v for v in _all_strings(rendering.exports) for s in secrets)
     # Every non-Secret input of every resource (annotations, component inputs too).

@@ -83,7 +83,8 @@ def test_sync_waves_follow_what_pulumi_would_wait_for(rendered):
         obj = rendered.objects[f"{r.inputs['kind']}/{r.inputs['metadata']['name']}"]
         for dep in set(r.dependencies) & set(by_urn):
             before = by_urn[dep].inputs
-            must_precede = before["kind"] == "Job" or before["metadata"]["name"] == "minio"
+            must_precede = before["kind"] == "Job" or (
+                before["kind"], before["metadata"]["name"]) == ("Deployment", "minio")
             if must_precede:
                 assert wave(obj) > wave(before), f"{r.name} is not after {before['metadata']}"
             assert wave(obj) >= wave(before), f"{r.name} before {before['metadata']}"

@@ -7,19 +7,20 @@ import socket
 
 import pytest
 
-from infra.config import CIFAR10_URL, ConfigError
+from infra.config import ConfigError
 from tests.infra.infra_helpers import IMAGE as REGISTRY_IMAGE
 from tests.infra.infra_helpers import (
     PASSWORD,
     PUSHED,
     env_of,
-    one,
+    minio_credentials,
     pod_specs,
     pytorchjob,
     secret_ref,
     workload_specs,
 )
 from tests.infra.render import MOCK_RANDOM_PASSWORD, render
+from trainer.config import CIFAR10_URL
 
 DIRECTORY = "kubernetes:kustomize/v2:Directory"
 IMAGE = "docker:index/image:Image"
@@ -38,6 +39,16 @@ def test_defaults_render_every_resource(default_stack):
         "Deployment/minio", "Service/minio", "Job/trainstack-buckets",
         "ConfigMap/trainstack-train", "Job/trainstack-ingest-cifar10", f"PyTorchJob/{job}",
         "Deployment/inference", "Service/inference",
+        # one identity per workload, no token mounted
+        "ServiceAccount/minio", "ServiceAccount/trainstack-buckets",
+        "ServiceAccount/trainstack-ingest", "ServiceAccount/trainer", "ServiceAccount/inference",
+        # the fences: deny by default, one policy per workload
+        "NetworkPolicy/default-deny", "NetworkPolicy/minio", "NetworkPolicy/trainstack-buckets",
+        "NetworkPolicy/trainstack-ingest", "NetworkPolicy/trainer", "NetworkPolicy/inference",
+        # the MLflow server (`mlflow` true): SQLite on its volume, boto3's config, fenced
+        "ServiceAccount/mlflow", "PersistentVolumeClaim/mlflow-data",
+        "ConfigMap/mlflow-aws-config", "Deployment/mlflow", "Service/mlflow",
+        "NetworkPolicy/mlflow",
     ])
     assert len(default_stack.by_type(IMAGE)) == 1
     assert len(default_stack.by_type("random:index/randomPassword:RandomPassword")) == 1
@@ -56,7 +67,8 @@ def test_every_resource_is_parented_to_a_typed_component(default_stack):
     assert set(components.values()) == {
         "trainstack:index:TrainingOperator", "trainstack:index:MinIO",
         "trainstack:index:TrainerImage", "trainstack:index:Training",
-        "trainstack:index:Inference", "trainstack:index:Buckets"}
+        "trainstack:index:Inference", "trainstack:index:Buckets",
+        "trainstack:index:NetworkFences", "trainstack:index:MlflowServer"}
     operator_manifests = {r.urn for r in default_stack.by_type(DIRECTORY)}
     for r in default_stack.resources.values():
         if r.parent in operator_manifests:
@@ -122,7 +134,7 @@ def test_cpu_pods(default_stack):
         assert container["command"] == [
             "python", "-m", "trainer", "train", "--config", "/etc/trainstack/train.json"]
         assert container["resources"]["requests"] == container["resources"]["limits"] == {
-            "cpu": "1", "memory": "2Gi"}
+            "cpu": "1", "memory": "3Gi", "ephemeral-storage": "2Gi"}
         assert "tolerations" not in pod and "nodeSelector" not in pod
 
 
@@ -178,7 +190,7 @@ def test_change_of_workers_or_resources_replaces_the_job(default_stack):
 
 
 def test_train_json_is_hyperparameters_only_and_mounted(default_stack):
-    config_map = one(default_stack, "ConfigMap")
+    config_map = default_stack.objects["ConfigMap/trainstack-train"]
     assert set(config_map["data"]) == {"train.json"}
     assert json.loads(config_map["data"]["train.json"]) == {
         "dataset": "cifar10", "model": "resnet18", "epochs": 10, "batch_size": 128,
@@ -201,13 +213,12 @@ def test_every_workload_reaches_the_store_with_secret_refs(default_stack):
         assert env["AWS_SECRET_ACCESS_KEY"] == secret_ref(
             "minio-credentials", "AWS_SECRET_ACCESS_KEY")
         assert "AWS_REGION" not in env and "TRAINSTACK_BUCKET_PREFIX" not in env, key
-    # MinIO's root user is the workloads' access key: one Secret, one shape.
-    server = env_of(specs["Deployment/minio"]["containers"][0])
-    assert server["MINIO_ROOT_USER"] == secret_ref("minio-credentials", "AWS_ACCESS_KEY_ID")
-    assert server["MINIO_ROOT_PASSWORD"] == secret_ref(
-        "minio-credentials", "AWS_SECRET_ACCESS_KEY")
+    # MinIO's root user is the workloads' access key: one Secret, one shape (as files).
+    assert minio_credentials(default_stack) == {
+        "MINIO_ROOT_USER": ("minio-credentials", "AWS_ACCESS_KEY_ID"),
+        "MINIO_ROOT_PASSWORD": ("minio-credentials", "AWS_SECRET_ACCESS_KEY")}
     assert specs["Job/trainstack-buckets"]["containers"][0]["command"] == [
-        "python", "-m", "trainer", "buckets"]
+        "python", "-m", "trainer", "buckets", "--tracking"]  # also MLflow's bucket
     assert specs["Job/trainstack-ingest-cifar10"]["containers"][0]["command"] == [
         "python", "-m", "trainer", "ingest", "--dataset", "cifar10", "--source", CIFAR10_URL]
 
@@ -228,7 +239,8 @@ def test_inference_deployment_and_service(default_stack):
     deployment = default_stack.objects["Deployment/inference"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == [
-        "python", "-m", "inference", "serve", "--host", "0.0.0.0", "--port", "7860"]
+        "python", "-m", "inference", "serve", "--host", "0.0.0.0", "--port", "7860",
+        "--cache-dir", "/var/cache/trainstack"]
     assert env_of(container)["TRAINSTACK_MODEL_NAME"] == "resnet18-cifar10"
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -248,7 +260,10 @@ def test_minio(default_stack, gpu_stack):
     pod = deployment["spec"]["template"]["spec"]
     image = pod["containers"][0]["image"]
     assert image.startswith("quay.io/minio/minio:RELEASE.") and not image.endswith(":latest")
-    assert pod["securityContext"]["fsGroup"] == 1000
+    assert image == (
+        "quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z"
+        "@sha256:a1ea29fa28355559ef137d71fc570e508a214ec84ff8083e39bc5428980b015e")
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == 10002
     assert {p["containerPort"] for p in pod["containers"][0]["ports"]} == {9000, 9001}
     assert {p["port"] for p in default_stack.objects["Service/minio"]["spec"]["ports"]} == {
         9000, 9001}
@@ -276,10 +291,9 @@ def test_unpushed_image_is_used_by_tag_and_never_pulled():
 
 def test_pushed_image_is_used_by_digest(default_stack):
     assert default_stack.by_type(IMAGE)[0].inputs["imageName"].startswith(REGISTRY_IMAGE + ":")
-    for key, spec in pod_specs(default_stack).items():
-        if key != "Deployment/minio":
-            image = spec["containers"][0]["image"]
-            assert image.startswith(REGISTRY_IMAGE + "@sha256:"), key
+    for key, spec in workload_specs(default_stack).items():
+        image = spec["containers"][0]["image"]
+        assert image.startswith(REGISTRY_IMAGE + "@sha256:"), key
 
 
 def test_pushing_a_bare_image_name_stops_before_any_resource():
@@ -296,7 +310,7 @@ def test_exports(default_stack):
     assert exports["pytorchJobName"] == job
     assert exports["minioEndpoint"] == "minio.trainstack.svc:9000"
     assert exports["store"] == STORE
-    assert exports["buckets"] == ["datasets", "models", "metrics"]
+    assert exports["buckets"] == ["datasets", "models", "metrics", "mlflow"]
     assert "renderedTo" not in exports
     assert exports["inferenceUrl"] == "http://inference.trainstack.svc:7860"
     # Honest for any cluster: kubectl first, the minikube shortcut only as an aside.

@@ -13,6 +13,7 @@ from tests.infra.infra_helpers import (
     PUSHED,
     S3_SECRET_KEY,
     env_of,
+    minio_credentials,
     secret_ref,
     workload_specs,
 )
@@ -33,15 +34,25 @@ def external_keys():
     return render(EXTERNAL_KEYS)
 
 
+MLFLOW_OBJECTS = ("ServiceAccount/mlflow", "PersistentVolumeClaim/mlflow-data",
+                  "ConfigMap/mlflow-aws-config", "Deployment/mlflow", "Service/mlflow",
+                  "NetworkPolicy/mlflow")  # its own volume, whatever the store
+
+
 def test_no_minio_object_is_declared(external):
-    assert not [k for k in external.objects if "minio" in k.lower()]
+    assert set(MLFLOW_OBJECTS) <= set(external.objects)
+    objects = {k: o for k, o in external.objects.items() if k not in MLFLOW_OBJECTS}
+    assert not [k for k in objects if "minio" in k.lower()]
     assert not external.by_type("trainstack:index:MinIO")
     assert not external.by_type("random:index/randomPassword:RandomPassword")
-    assert not [k for k in external.objects if k.split("/")[0] in ("Secret",
-                                                                    "PersistentVolumeClaim")]
-    kinds = sorted(k.split("/")[0] for k in external.objects)
+    assert not [k for k in objects if k.split("/")[0] in ("Secret", "PersistentVolumeClaim")]
+    kinds = sorted(k.split("/")[0] for k in objects if not k.startswith(
+        ("NetworkPolicy/", "ServiceAccount/")))
     assert kinds == ["ConfigMap", "Deployment", "Job", "Job", "Namespace", "PyTorchJob",
                      "Service"]  # the app's Deployment and Service, bucket and ingest Jobs
+    accounts = sorted(k for k in objects if k.startswith("ServiceAccount/"))
+    assert accounts == ["ServiceAccount/inference", "ServiceAccount/trainer",
+                        "ServiceAccount/trainstack-buckets", "ServiceAccount/trainstack-ingest"]
 
 
 def test_every_workload_reaches_the_endpoint_over_tls_with_region_and_prefix(external):
@@ -56,7 +67,7 @@ def test_every_workload_reaches_the_endpoint_over_tls_with_region_and_prefix(ext
         assert env["AWS_SECRET_ACCESS_KEY"] == secret_ref("team-s3", "AWS_SECRET_ACCESS_KEY"), key
     assert external.exports["store"] == "s3s://s3.eu-west-1.amazonaws.com"
     assert external.exports["buckets"] == ["acme-ml-datasets", "acme-ml-models",
-                                           "acme-ml-metrics"]
+                                           "acme-ml-metrics", "acme-ml-mlflow"]
     assert "minioEndpoint" not in external.exports
 
 
@@ -120,16 +131,16 @@ def test_bucket_prefix_with_the_in_cluster_minio():
         assert env["TRAINSTACK_BUCKET_PREFIX"] == "team-a-", key
         assert env["TRAINSTACK_STORE"] == "s3://minio.trainstack.svc:9000", key
     assert rendering.exports["buckets"] == ["team-a-datasets", "team-a-models",
-                                            "team-a-metrics"]
+                                            "team-a-metrics", "team-a-mlflow"]
 
 
 def test_minio_can_read_its_credentials_from_the_users_secret():
     rendering = render({**PUSHED, "storeCredentialsSecret": "minio-sealed"})
     assert not [k for k in rendering.objects if k.startswith("Secret/")]
     assert not rendering.by_type("random:index/randomPassword:RandomPassword")
-    server = env_of(rendering.objects["Deployment/minio"]["spec"]["template"]["spec"][
-        "containers"][0])
-    assert server["MINIO_ROOT_PASSWORD"] == secret_ref("minio-sealed", "AWS_SECRET_ACCESS_KEY")
+    assert minio_credentials(rendering) == {
+        "MINIO_ROOT_USER": ("minio-sealed", "AWS_ACCESS_KEY_ID"),
+        "MINIO_ROOT_PASSWORD": ("minio-sealed", "AWS_SECRET_ACCESS_KEY")}
     for spec in workload_specs(rendering).values():
         env = env_of(spec["containers"][0])
         assert env["AWS_ACCESS_KEY_ID"] == secret_ref("minio-sealed", "AWS_ACCESS_KEY_ID")

@@ -108,8 +108,10 @@ def test_destroy_order_of_the_whole_stack(default_stack):
                     if default_stack.resources[u].custom)
              for s in default_stack.destroy_order()]
     order = [s for s in order if s]
-    assert order[0] == ["inference", "pytorchjob"]  # the app's Service, the PyTorchJob
-    assert order[1] == ["inference", INGEST]  # the app's Deployment, the ingest Job
+    # the app's and MLflow's Services, the PyTorchJob
+    assert order[0] == ["inference", "mlflow", "pytorchjob"]
+    # the app's and MLflow's Deployments (MLflow writes to MinIO), the ingest Job
+    assert order[1] == ["inference", "mlflow", INGEST]
     assert order[2] == [BUCKETS]
     assert order[3] == ["minio"]  # MinIO's Deployment: its pods are gone before the volume
     assert set(order[4]) >= {"minio-credentials", "training-operator-kubeflow/training-operator",

@@ -367,3 +367,20 @@ def test_a_truncated_jpeg_is_refused_at_ingest_not_by_every_rank_later(local_sto
     with pytest.raises(DatasetError, match="cat/photo.jpg: cannot be decoded"):
         ingest(local_store, "imagefolder", str(tree))
     assert local_store.list("datasets/") == []
+
+
+def test_a_truncated_photo_is_refused_although_it_is_decoded_at_reduced_size(local_store,
+                                                                             tmp_path):
+    """The ingest check uses the pixels function, which decodes a big JPEG at 1/8 size
+    (DCT scaling): that still reads every scan, so a cut-off photo is still refused."""
+    from PIL import Image
+
+    local_store.ensure_buckets()
+    tree = _image_tree(tmp_path / "pets")
+    Image.effect_noise((1600, 1200), 60).convert("RGB").save(tree / "dog" / "big.jpg",
+                                                             quality=90)
+    data = (tree / "dog" / "big.jpg").read_bytes()
+    (tree / "dog" / "big.jpg").write_bytes(data[: int(len(data) * 0.9)])
+    with pytest.raises(DatasetError, match="dog/big.jpg: cannot be decoded"):
+        ingest(local_store, "imagefolder", str(tree))
+    assert local_store.list("datasets/") == []

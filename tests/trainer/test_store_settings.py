@@ -95,6 +95,16 @@ def test_buckets_command_names_the_prefixed_buckets(s3_store, s3_env, monkeypatc
         trainer_main(["buckets"])
     assert "buckets cli-datasets, cli-models, cli-metrics ready" in caplog.text
     assert "created: cli-datasets, cli-models, cli-metrics" in caplog.text
+    assert "cli-mlflow" not in caplog.text and "cli-mlflow" not in raw_buckets(s3_store)
+
+
+def test_buckets_tracking_also_makes_the_mlflow_bucket(s3_store, s3_env, monkeypatch, caplog):
+    """The stack's bucket Job with `mlflow`: the MLflow server's artifact bucket too."""
+    monkeypatch.setenv("TRAINSTACK_BUCKET_PREFIX", "cli-")
+    with caplog.at_level(logging.INFO, logger="trainer.cli"):
+        trainer_main(["buckets", "--tracking"])
+    assert "buckets cli-datasets, cli-models, cli-metrics, cli-mlflow ready" in caplog.text
+    assert {"cli-datasets", "cli-models", "cli-metrics", "cli-mlflow"} <= raw_buckets(s3_store)
 
 
 def test_region_signs_requests_and_places_new_buckets(s3_store, s3_endpoint, monkeypatch):

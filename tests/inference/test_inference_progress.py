@@ -1,0 +1,105 @@
+"""Issue 13, app side, without a server: progress records and MLflow links."""
+
+from __future__ import annotations
+
+import logging
+
+from inference.progress import ProgressBoard, markdown_link
+from inference.registry import Registry
+from inference.ui_training import curves, version_rows
+from tests.inference.modelkit import MODEL_NAME, publish_version, write_progress
+from trainer.layout import ModelKeys
+from trainer.storage import LocalStore
+
+EXPERIMENT, MLFLOW_RUN = "3", "0123abcd4567ef"
+
+
+class CountingStore(LocalStore):
+    gets = lists = 0
+
+    def get_bytes(self, key):
+        self.gets += 1
+        return super().get_bytes(key)
+
+    def list(self, prefix):
+        self.lists += 1
+        return super().list(prefix)
+
+
+def test_a_first_run_is_found_and_shown_before_anything_is_published(tmp_path):
+    store = CountingStore(tmp_path / "store")
+    write_progress(store, "run1", epoch=2, epochs=5)
+    registry = Registry(store, tmp_path / "cache")
+    assert not registry.check_once() and registry.nothing_published
+    assert registry.progress_names == {MODEL_NAME}
+    board = ProgressBoard(registry, refresh_seconds=3600)
+    (run,) = board.running()
+    assert (run.run_id, run.epoch, run.epochs, len(run.history)) == ("run1", 2, 5, 2)
+    # Many browser tabs refreshing: the store is read once per refresh period.
+    reads = store.gets + store.lists
+    write_progress(store, "run1", epoch=3, epochs=5)
+    assert board.running()[0].epoch == 2
+    assert store.gets + store.lists == reads
+    board.refresh_seconds = 0
+    assert board.running()[0].epoch == 3
+
+
+def test_published_runs_leave_the_view_and_the_newest_report_comes_first(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    version = publish_version(store, "20261123T150000Z-done", run_id="done")
+    write_progress(store, "done", epoch=5, state="published", version=version)
+    write_progress(store, "older", epoch=1)
+    write_progress(store, "newer", epoch=4)
+    registry = Registry(store, tmp_path / "cache", model_name=MODEL_NAME)
+    board = ProgressBoard(registry, refresh_seconds=0)
+    assert [r.run_id for r in board.running()] == ["newer", "older"]
+    write_progress(store, "newer", epoch=5, state="published", version="v")
+    assert [r.run_id for r in board.running()] == ["older"]
+
+
+def test_each_version_links_to_its_mlflow_run_on_the_users_address(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    tracked = publish_version(store, "20261123T150000Z-tracked", run_id="tracked")
+    write_progress(store, "tracked", epoch=5, state="published", version=tracked,
+                   mlflow=(EXPERIMENT, MLFLOW_RUN))
+    untracked = publish_version(store, "20261123T160000Z-plain", run_id="plain")
+    write_progress(store, "plain", epoch=5, state="published", version=untracked)
+    registry = Registry(store, tmp_path / "cache")
+    registry.check_once()
+    page = f"#/experiments/{EXPERIMENT}/runs/{MLFLOW_RUN}"
+    # Without --mlflow-ui-url: the address the trainer logged to.
+    as_trainer = ProgressBoard(registry)
+    assert as_trainer.mlflow_link(MODEL_NAME, "tracked") == \
+        f"http://mlflow.trainstack.svc:5000/{page}"
+    assert as_trainer.mlflow_link(MODEL_NAME, "plain") is None
+    assert as_trainer.mlflow_link(MODEL_NAME, "no-record") is None
+    board = ProgressBoard(registry, mlflow_ui_url="https://mlflow.example.org/")
+    rows = {row[0]: row for row in version_rows(registry, board, registry.current)}
+    assert rows[tracked][5] == f"[MLflow run](https://mlflow.example.org/{page})"
+    assert rows[untracked][5] == ""
+    assert rows[untracked][6] == "●"
+
+
+def test_a_stored_link_cannot_break_out_of_its_markdown():
+    link = markdown_link("MLflow run", "http://h/#/x) [click](javascript:alert(1)")
+    assert link.count("(") == 1 and link.count(")") == 1 and " " not in link[13:]
+
+
+def test_an_unreadable_record_is_skipped_and_warned_about_once(tmp_path, caplog):
+    store = LocalStore(tmp_path / "store")
+    write_progress(store, "good", epoch=1)
+    store.put_bytes(ModelKeys(MODEL_NAME).progress("bad"), b'{"run_id": "bad"')
+    registry = Registry(store, tmp_path / "cache", model_name=MODEL_NAME)
+    board = ProgressBoard(registry, refresh_seconds=0)
+    with caplog.at_level(logging.WARNING, logger="inference.progress"):
+        for _ in range(3):
+            assert [r.run_id for r in board.running()] == ["good"]
+    assert len([r for r in caplog.records if "progress/bad.json" in r.getMessage()]) == 1
+
+
+def test_curves_so_far_are_one_row_per_epoch_and_split(tmp_path):
+    record = write_progress(LocalStore(tmp_path / "store"), "r", epoch=3)
+    frame = curves(record.history, "acc")
+    assert list(frame.columns) == ["epoch", "value", "curve"]
+    assert len(frame) == 6 and set(frame["curve"]) == {"train", "test"}
+    assert list(frame[frame.curve == "test"]["value"]) == [e.test_acc for e in record.history]
