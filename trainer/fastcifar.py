@@ -17,6 +17,8 @@ resumed run takes it from the checkpoint like every other weight. Any image of a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -72,19 +74,29 @@ class FastCIFAR(nn.Module):
                 nn.init.dirac_(module.weight[:shared])
 
     @torch.no_grad()
-    def init_from_data(self, images: torch.Tensor) -> None:
-        """Set the stem to whiten ``images``' k x k patches (normalized N x C x H x W floats):
-        filters are the covariance's eigenvectors scaled by 1/sqrt(eigenvalue + eps), each
-        with both signs (GELU keeps mostly one side). Deterministic for the same images."""
-        k = WHITEN_KERNEL
-        channels = images.shape[1]
-        if channels != self.whiten.in_channels or min(images.shape[-2:]) < k:
-            raise ValueError(f"images of shape {tuple(images.shape[1:])} do not fit the stem "
-                             f"({self.whiten.in_channels} channels, at least {k}x{k} px)")
-        patches = images.float().unfold(2, k, 1).unfold(3, k, 1)  # N C H' W' k k
-        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, channels * k * k).double()
-        patches = patches - patches.mean(0)
-        covariance = patches.T @ patches / len(patches)
+    def init_from_data(self, batches: Iterable[torch.Tensor]) -> None:
+        """Set the stem to whiten the k x k patches of ``batches`` (normalized N x C x H x W
+        floats, summed batch by batch so memory stays bounded for large images): filters are
+        the patch covariance's eigenvectors scaled by 1/sqrt(eigenvalue + eps), each with
+        both signs (GELU keeps mostly one side). Deterministic for the same images."""
+        k, channels = WHITEN_KERNEL, self.whiten.in_channels
+        size = channels * k * k
+        products = torch.zeros(size, size, dtype=torch.float64)
+        sums = torch.zeros(size, dtype=torch.float64)
+        count = 0
+        for images in batches:
+            if images.shape[1] != channels or min(images.shape[-2:]) < k:
+                raise ValueError(f"images of shape {tuple(images.shape[1:])} do not fit the "
+                                 f"stem ({channels} channels, at least {k}x{k} px)")
+            patches = images.float().unfold(2, k, 1).unfold(3, k, 1)  # N C H' W' k k
+            patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, size).double().cpu()
+            products += patches.T @ patches
+            sums += patches.sum(0)
+            count += len(patches)
+        if count == 0:
+            raise ValueError("no images to whiten the stem with")
+        mean = sums / count
+        covariance = products / count - torch.outer(mean, mean)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
         filters = eigenvectors.T / torch.sqrt(eigenvalues.clamp(min=0) + WHITEN_EPS)[:, None]

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 # Training images a data-dependent initialisation sees: spread evenly over the split (an
 # imagefolder's images come sorted by class), enough for fastcifar's 12 x 12 covariance.
 DATA_INIT_IMAGES = 1024
+DATA_INIT_PIXELS = 1 << 20
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -91,8 +92,10 @@ def init_from_training_data(model: nn.Module, bundle, env: distributed.DistEnv) 
     if env.is_main:
         images = bundle.train.images
         sample = images[::max(1, len(images) // DATA_INIT_IMAGES)][:DATA_INIT_IMAGES]
-        normalized = Normalizer(bundle.mean, bundle.std)(sample).to(env.device)
-        model.init_from_data(normalized)
+        normalize = Normalizer(bundle.mean, bundle.std)
+        # Chunks of about DATA_INIT_PIXELS pixels: bounded memory for large images too.
+        per_chunk = max(1, DATA_INIT_PIXELS // (images.shape[-2] * images.shape[-1]))
+        model.init_from_data(normalize(chunk) for chunk in sample.split(per_chunk))
     distributed.broadcast_state(model)
 
 

@@ -50,7 +50,7 @@ def test_the_stem_whitens_the_patches_it_was_fitted_on():
     images = Normalizer((0.5,) * 3, (0.25,) * 3)(smooth_images(256, seed=0))
     model = FastCIFAR(in_channels=3, num_classes=10)
     before = stem_patch_covariance(model, images)
-    model.init_from_data(images)
+    model.init_from_data(images.split(100))  # batch by batch: the same as all at once
     covariance = stem_patch_covariance(model, images)
     half = covariance.shape[0] // 2  # the second half are the first half's negatives
     torch.testing.assert_close(model.whiten.weight[half:], -model.whiten.weight[:half])
@@ -70,13 +70,15 @@ def test_the_stem_whitens_the_patches_it_was_fitted_on():
 def test_the_stem_is_a_function_of_the_images_alone_and_checks_their_shape():
     images = Normalizer((0.5,), (0.25,))(smooth_images(64, seed=1, channels=1, size=8))
     first, second = (FastCIFAR(in_channels=1, num_classes=10) for _ in range(2))
-    first.init_from_data(images)
-    second.init_from_data(images.clone())
-    assert torch.equal(first.whiten.weight, second.whiten.weight)
+    first.init_from_data([images])
+    second.init_from_data(images.clone().split(7))
+    torch.testing.assert_close(first.whiten.weight, second.whiten.weight)
     with pytest.raises(ValueError, match="do not fit the stem"):
-        first.init_from_data(torch.zeros(4, 3, 8, 8))
+        first.init_from_data([torch.zeros(4, 3, 8, 8)])
     with pytest.raises(ValueError, match="at least 2x2"):
-        first.init_from_data(torch.zeros(4, 1, 1, 1))
+        first.init_from_data([torch.zeros(4, 1, 1, 1)])
+    with pytest.raises(ValueError, match="no images"):
+        first.init_from_data([])
 
 
 def _init_on_rank(rank: int, port: int, results) -> None:
@@ -104,7 +106,7 @@ def test_every_rank_starts_from_rank_0s_stem():
     found = {rank: (torch.tensor(stem), torch.tensor(head))
              for rank, stem, head in (results.get(), results.get())}
     expected = FastCIFAR(in_channels=3, num_classes=10)
-    expected.init_from_data(Normalizer((0.5,) * 3, (0.25,) * 3)(smooth_images(64, seed=10)))
+    expected.init_from_data([Normalizer((0.5,) * 3, (0.25,) * 3)(smooth_images(64, seed=10))])
     for rank in (0, 1):
         torch.testing.assert_close(found[rank][0], expected.whiten.weight, rtol=0, atol=0)
     torch.testing.assert_close(found[0][1], found[1][1], rtol=0, atol=0)
@@ -128,9 +130,10 @@ def test_a_resumed_run_takes_the_stem_from_its_checkpoint(local_store, monkeypat
             raise StopAfter
         return real_run_epoch(runner, model, epoch)
 
-    def counted_init(self, images):
-        inits.append(len(images))
-        real_init(self, images)
+    def counted_init(self, batches):
+        batches = list(batches)
+        inits.append(sum(len(images) for images in batches))
+        real_init(self, batches)
 
     monkeypatch.setattr(train, "run_epoch", first_epoch_only)
     monkeypatch.setattr(FastCIFAR, "init_from_data", counted_init)
@@ -144,7 +147,7 @@ def test_a_resumed_run_takes_the_stem_from_its_checkpoint(local_store, monkeypat
     assert not torch.equal(saved.model["whiten.weight"],
                            FastCIFAR(in_channels=1, num_classes=10).whiten.weight)
 
-    def refuse(self, images):
+    def refuse(self, batches):
         raise AssertionError("a resumed run must not whiten again")
 
     monkeypatch.setattr(train, "run_epoch", real_run_epoch)

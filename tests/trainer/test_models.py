@@ -16,7 +16,7 @@ RECORDED = {
     ("resnet18", 1): "940fbe55a2134c67cef335d2ba7af9552031b9e28bfe2eea5bb8e516fb12e9a0",
     ("resnet18-imagenet", 1): "9e0edb01847be4ae153a2d8834be4f0e6311e250444bd9e252f8248c2a1c6a39",
     ("smallcnn", 1): "9d9f8701e24fd35256cd9ec4e3463c1fc30e684203fd16f32f352e1cedeb366b",
-    ("fastcifar", 1): "1593aecd6b3478e00e95169f09db52dc071864bd90870d046ac723b5b34c3bc1",
+    ("fastcifar", 1): "6162e8a0e3fd0643a98acc84b008491bc50c462b7784d09692f01a16d97e130b",
 }
 
 
