@@ -1,9 +1,10 @@
 """Time to accuracy on CPU: the recipe users run today vs trainstack resnet18 vs fastcifar.
 
 One run, the same CIFAR-10-format archive and the same cores for all three:
-  (a) seed:     stock torchvision ResNet-18, SGD lr 0.1 (momentum 0.9, wd 5e-4) with a
-                cosine schedule, batch 128, PIL RandomCrop(32, padding=4) + flip +
-                ToTensor + Normalize through a DataLoader (2 workers), fp32, 10 epochs
+  (a) seed:     bench/classic_recipe.py: stock torchvision ResNet-18, SGD lr 0.1
+                (momentum 0.9, wd 5e-4) with a cosine schedule, batch 128, PIL
+                RandomCrop(32, padding=4) + flip + ToTensor + Normalize through a
+                DataLoader (2 workers), fp32, 10 epochs
   (b) resnet18: trainstack's trainer with its defaults (CIFAR-stem ResNet-18, batch 128,
                 lr 0.1, 10 epochs)
   (c) fast:     trainstack's trainer with fastcifar and the dev stack's settings
@@ -39,11 +40,8 @@ IMPORT_START = time.perf_counter()  # imports are timed: every recipe needs them
 
 import numpy as np
 import torch
-from PIL import Image
-from torch import nn
-from torchvision import models, transforms
+from classic_recipe import train_classic  # bench/: the script's own directory
 
-from trainer import cifar
 from trainer.config import TrainConfig
 from trainer.cpus import usable_cpus
 from trainer.layout import cifar10_key, dataset_prefix
@@ -102,62 +100,6 @@ class Clock:
             "cpu_s": time.process_time() - self.cpu}), flush=True)
 
 
-class PilDataset(torch.utils.data.Dataset):
-    """What torchvision.datasets.CIFAR10 does per item: HWC uint8 array -> PIL -> transform."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
-        self.data = images.transpose(0, 2, 3, 1)
-        self.targets = labels.tolist()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index):
-        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
-
-
-def seed_loaders(archive: str) -> tuple:
-    with open(archive, "rb") as f:
-        train_x, train_y, test_x, test_y, _ = cifar.read_archive(f, archive)
-    normalize = [transforms.ToTensor(), transforms.Normalize(cifar.MEAN, cifar.STD)]
-    augment = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
-    # persistent_workers: the workers start once, not every epoch (the seed's best case).
-    loader = {"num_workers": 2, "persistent_workers": True}
-    train = torch.utils.data.DataLoader(
-        PilDataset(train_x, train_y, transforms.Compose(augment + normalize)),
-        batch_size=128, shuffle=True, **loader)
-    test = torch.utils.data.DataLoader(
-        PilDataset(test_x, test_y, transforms.Compose(normalize)), batch_size=256, **loader)
-    return train, test
-
-
-def run_seed(archive: str, epochs: int, seed: int) -> None:
-    """(a): the recipe as users run it today."""
-    torch.manual_seed(seed)
-    clock = Clock()
-    train, test = seed_loaders(archive)
-    model = models.resnet18(weights=None, num_classes=10)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(train))
-    criterion = nn.CrossEntropyLoss()
-    for epoch in range(1, epochs + 1):
-        model.train()
-        for images, labels in train:
-            loss = criterion(model(images), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        model.eval()
-        correct = total = 0
-        with torch.no_grad():
-            for images, labels in test:
-                correct += (model(images).argmax(1) == labels).sum().item()
-                total += len(labels)
-        clock.report("seed", epoch, correct / total)
-
-
 class EpochReporter(logging.Handler):
     """Turns the trainer's structured epoch lines into curve points, timed as they come."""
 
@@ -189,7 +131,9 @@ def run_child(args: argparse.Namespace) -> None:
         print(f"imports {IMPORT_SECONDS:.2f} s (not counted)", file=sys.stderr, flush=True)
     if args.run == "seed":
         torch.set_num_threads(usable_cpus())
-        run_seed(args.data, args.epochs, args.seed)
+        clock = Clock()
+        train_classic(args.data, args.epochs, args.seed,
+                      lambda epoch, acc: clock.report("seed", epoch, acc))
     else:
         run_trainer_recipe(args.run, args.store, json.loads(args.config))
 
