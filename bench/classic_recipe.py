@@ -55,14 +55,17 @@ def train_classic(archive: str, epochs: int, seed: int,
                   report: Callable[[int, float], None]) -> None:
     """Train and evaluate every epoch; ``report(epoch, test_accuracy)`` after each."""
     torch.manual_seed(seed)
+    # On a GPU node the recipe runs there (the DataLoader still decodes on the CPU).
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train, test = loaders(archive)
-    model = models.resnet18(weights=None, num_classes=10)
+    model = models.resnet18(weights=None, num_classes=10).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(train))
     criterion = nn.CrossEntropyLoss()
     for epoch in range(1, epochs + 1):
         model.train()
         for images, labels in train:
+            images, labels = images.to(device), labels.to(device)
             loss = criterion(model(images), labels)
             optimizer.zero_grad()
             loss.backward()
@@ -72,6 +75,7 @@ def train_classic(archive: str, epochs: int, seed: int,
         correct = total = 0
         with torch.no_grad():
             for images, labels in test:
+                images, labels = images.to(device), labels.to(device)
                 correct += (model(images).argmax(1) == labels).sum().item()
                 total += len(labels)
         report(epoch, correct / total)

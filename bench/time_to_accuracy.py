@@ -68,9 +68,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed-epochs", type=int, default=10)
     parser.add_argument("--resnet18-epochs", type=int, default=10)
     parser.add_argument("--fast-epochs", type=int, default=8)
-    parser.add_argument("--trainer-processes", type=int, default=2,
-                        help="DDP processes of (b) and (c), one thread each, as `make demo` "
-                             "runs them (1: one process using every core)")
+    parser.add_argument("--trainer-processes", type=int,
+                        help="DDP processes of (b) and (c): default 2 of one thread each on "
+                             "CPU, as `make demo` runs them (1: one process using every "
+                             "core); 1 on a GPU (pass a GPU-sized --fast-batch-size there)")
     parser.add_argument("--fast-batch-size", type=int, default=TRAINER_CONFIGS["fast"]["batch_size"],
                         help="(c)'s batch size per process")
     parser.add_argument("--fast-lr", type=float, default=TRAINER_CONFIGS["fast"]["lr"])
@@ -84,6 +85,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if not args.run and not args.quick and not args.data:
         parser.error("give --data PATH (a CIFAR-10 python-version tar.gz) or --quick")
+    if args.trainer_processes is None:  # ranks of one node each take a GPU of their own
+        args.trainer_processes = 1 if torch.cuda.is_available() else 2
     return args
 
 
