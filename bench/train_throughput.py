@@ -42,6 +42,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                         help="the trainer's autocast (the baseline stays fp32)")
     parser.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model of (1) and (2), as TrainConfig.compile")
     parser.add_argument("--data", help="optional CIFAR-10 python-version tar.gz instead of "
                                        "synthetic data")
     return parser.parse_args()
@@ -60,7 +62,8 @@ def load_bundle(args):
 
 def bench_config(args) -> TrainConfig:
     return TrainConfig(dataset="synthetic", model=args.model, batch_size=args.batch_size,
-                       epochs=1000, lr=0.05, log_every=10**6, precision=args.precision)
+                       epochs=1000, lr=0.05, log_every=10**6, precision=args.precision,
+                       compile=args.compile)
 
 
 def single_env() -> distributed.DistEnv:
@@ -78,8 +81,9 @@ class ComputeBench:
 
     def __init__(self, args, bundle):
         env, cfg = single_env(), bench_config(args)
-        self.model, self.optimizer = build_training(cfg, env, bundle)
-        self.runner = EpochRunner(cfg, env, self.model, self.optimizer, bundle)
+        model, self.optimizer = build_training(cfg, env, bundle)
+        self.runner = EpochRunner(cfg, env, model, self.optimizer, bundle)
+        self.model = self.runner.model  # compiled with --compile
         images = self.runner.normalize(self.runner.train_images[:args.batch_size])
         self.images = images.contiguous(memory_format=torch.channels_last)
         self.labels = self.runner.train_labels[:args.batch_size]
@@ -224,6 +228,7 @@ def main() -> None:
     env = single_env()
     print(f"device={env.device} threads={torch.get_num_threads()} model={args.model} "
           f"batch={args.batch_size} steps={args.steps} rounds={args.rounds} "
+          f"compile={args.compile} "
           f"images={len(bundle.train)} precision={precision_for(env.device, args.precision)}",
           flush=True)
     # Best of interleaved rounds: other processes on a shared machine slow some rounds

@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 
 
-def crop_padding_for(image_size: int) -> int:
-    """4 pixels for 32-px images (the classic CIFAR recipe), scaled for other sizes."""
-    return max(1, round(4 * image_size / 32))
+def crop_padding_for(image_size: int, share: float = 0.125) -> int:
+    """``share`` of the side in pixels, at least 1: by default 4 pixels for 32-px images (the
+    classic CIFAR recipe), scaled for other sizes (TrainConfig.crop_padding)."""
+    return max(1, round(share * image_size))
 
 
 class Normalizer:
@@ -47,10 +48,12 @@ def window_indices(batch: int, height: int, width: int, *, padding: int, flip: b
 class BatchAugmenter:
     """The training-time transform of a whole in-memory split, one batch at a time."""
 
-    def __init__(self, images: torch.Tensor, augment: str, mean, std):
-        """``images``: the uint8 N x C x H x W split, already on its device (not copied)."""
+    def __init__(self, images: torch.Tensor, augment: str, mean, std,
+                 padding_share: float = 0.125):
+        """``images``: the uint8 N x C x H x W split, already on its device (not copied);
+        ``padding_share``: the crop's padding as a share of the image side."""
         self.flip = "flip" in augment
-        self.padding = crop_padding_for(images.shape[-1]) if "crop" in augment else 0
+        self.padding = crop_padding_for(images.shape[-1], padding_share) if "crop" in augment else 0
         self.source = images
         self.height, self.width = images.shape[-2:]
         self.normalize = Normalizer(mean, std, images.device)

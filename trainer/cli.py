@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "publish a new model version. Flags override the --config file.")
     train.add_argument("--config", metavar="FILE",
                        help="JSON file of TrainConfig keys (dataset, model, epochs, batch_size, "
-                            f"lr, seed, augment {'|'.join(AUGMENTATIONS)}, ...)")
+                            f"lr, seed, augment {'|'.join(AUGMENTATIONS)}, the recipe's "
+                            "label_smoothing, schedule, warmup, crop_padding, test_flip "
+                            "('auto': the model's), compile, ...)")
     train.add_argument("--store", help=store_help)
     train.add_argument("--dataset", choices=DATASETS)
     train.add_argument("--model", choices=MODELS)

@@ -1,7 +1,9 @@
 """The training configuration: one dataclass, validated on construction.
 
 ``train.json`` (the stack's ConfigMap) holds ``dataset``, ``model``, ``epochs``,
-``batch_size``, ``lr`` and ``seed``; every other field has a sensible default.
+``batch_size``, ``lr`` and ``seed``; every other field has a sensible default. The recipe
+fields (label smoothing, schedule, warm-up, crop padding, test-time flip) default to
+``"auto"``: the values the chosen model was tuned with (MODEL_RECIPES), else DEFAULT_RECIPE.
 
 Stdlib only: the Pulumi program imports ``DATASETS``, ``MODELS`` and ``CIFAR10_URL``
 from here, and its environment has no torch.
@@ -20,13 +22,48 @@ from trainer.layout import model_name
 
 # The single source of these names: trainer.data, trainer.models and infra import them.
 DATASETS = ("cifar10", "imagefolder", "digits", "synthetic")
-MODELS = ("resnet18", "resnet18-imagenet", "smallcnn")
+MODELS = ("resnet18", "resnet18-imagenet", "smallcnn", "fastcifar")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 AUGMENTATIONS = ("auto", "none", "crop", "flip", "crop+flip")
-SCHEDULES = ("onecycle", "cosine")
+SCHEDULES = ("onecycle", "linear", "cosine")
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The training recipe of a run, every ``"auto"`` resolved (TrainConfig.recipe)."""
+
+    label_smoothing: float
+    schedule: str
+    """'onecycle': warm-up from 4% of lr, then cosine to 0; 'linear': the same warm-up, then
+    a straight line to 0; 'cosine': cosine from lr to 0, no warm-up."""
+    warmup: float
+    """Share of the run spent warming up (onecycle, linear)."""
+    crop_padding: float
+    """Random-crop padding as a share of the image side (0.125 = 4 px at 32 px)."""
+    test_flip: bool
+    """Evaluate, and publish, the average of the logits of each image and its mirror image."""
+
+
+# What every model trains with unless its recipe says otherwise: the trainer's behaviour
+# before recipes existed, so an "auto" field means exactly what older images did.
+DEFAULT_RECIPE = Recipe(label_smoothing=0.0, schedule="onecycle", warmup=0.15,
+                        crop_padding=0.125, test_flip=False)
+# Per-model values, from the published fast CIFAR-10 training records and tuned on the 10%
+# sample on 2 CPU cores (README, "Models"). test_flip applies only with flip augmentation.
+MODEL_RECIPES = {
+    "fastcifar": Recipe(label_smoothing=0.2, schedule="linear", warmup=0.0,
+                        crop_padding=0.0625, test_flip=True),
+}
+# Recipe fields added after the first release: left out of a run's identity at their
+# DEFAULT_RECIPE value, so runs configured before they existed keep their run_id (and
+# resume, or stay published, across an upgrade).
+LATER_RECIPE_FIELDS = ("warmup", "crop_padding", "test_flip")
+# A 2 x 2 whitening stem needs images of at least 2 x 2 pixels.
+MIN_IMAGE_SIZE = {"fastcifar": 2}
 # Fields that only change how a run is carried out, not its result: left out of run_id.
 # precision follows the hardware (like the world size), so a run can move between node kinds.
-OPERATIONAL_FIELDS = ("log_every", "precision", "keep_checkpoints")
+OPERATIONAL_FIELDS = ("log_every", "precision", "keep_checkpoints", "compile")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -48,12 +85,22 @@ class TrainConfig:
     """SGD (Nesterov) momentum."""
     weight_decay: float = 5e-4
     """L2 penalty applied by SGD."""
-    label_smoothing: float = 0.0
-    """Cross-entropy label smoothing, in [0, 1)."""
-    schedule: str = "onecycle"
-    """LR schedule over the whole run: 'onecycle' (warm-up then anneal) or 'cosine'."""
+    label_smoothing: float | str = AUTO
+    """Cross-entropy label smoothing, in [0, 1); 'auto': the model's recipe (0 by default)."""
+    schedule: str = AUTO
+    """LR schedule over the whole run: 'onecycle', 'linear' or 'cosine' (Recipe.schedule);
+    'auto': the model's recipe (onecycle by default)."""
+    warmup: float | str = AUTO
+    """Share of the run spent warming up, in [0, 1), for onecycle and linear; 'auto': the
+    model's recipe (0.15 by default)."""
     augment: str = "auto"
     """'auto' = crop+flip, except digits (crop only: a mirrored digit is another glyph)."""
+    crop_padding: float | str = AUTO
+    """Random-crop padding as a share of the image side, in (0, 0.5] (0.125 = 4 px at 32 px);
+    'auto': the model's recipe (0.125 by default)."""
+    test_flip: bool | str = AUTO
+    """Average each test image's logits with its mirror image's, in evaluation and in the
+    published model; needs flip augmentation. 'auto': the model's recipe when augment flips."""
     data_prefix: str | None = None
     """Store prefix of the dataset (default ``datasets/<dataset>``); imagefolder reads
     class subfolders under it."""
@@ -68,23 +115,53 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """Newest checkpoints of a run kept while it trains (older ones are deleted once a newer
     one is written); a published run keeps none. Not part of the run's identity."""
+    compile: bool = False
+    """torch.compile the training step's model (GPUs: fewer, fused kernels); evaluation,
+    checkpoints and the export use the module itself. Not part of the run's identity."""
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("model", self.model, MODELS)
         _check_choice("augment", self.augment, AUGMENTATIONS)
-        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("schedule", self.schedule, (AUTO, *SCHEDULES))
         _check_choice("precision", self.precision, PRECISIONS)
         for key in ("epochs", "batch_size", "image_size", "synthetic_size", "log_every",
                     "keep_checkpoints"):
             _check_int(key, getattr(self, key), minimum=1)
         _check_int("seed", self.seed, minimum=0)
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile: must be true or false, got {self.compile!r}")
         _check_float("lr", self.lr, low=0.0, low_open=True)
         _check_float("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         _check_float("weight_decay", self.weight_decay, low=0.0)
-        _check_float("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
+        self._check_recipe_fields()
         if self.data_prefix is not None and not isinstance(self.data_prefix, str):
             raise ConfigError(f"data_prefix: must be a string, got {self.data_prefix!r}")
+        smallest = MIN_IMAGE_SIZE.get(self.model, 1)
+        if self.dataset in ("imagefolder", "synthetic") and self.image_size < smallest:
+            raise ConfigError(f"image_size: model {self.model!r} takes images of at least "
+                              f"{smallest}x{smallest} pixels, got {self.image_size}")
+
+    def _check_recipe_fields(self) -> None:
+        for key, high, high_open in (("label_smoothing", 1.0, True), ("warmup", 1.0, True)):
+            if getattr(self, key) != AUTO:
+                _check_float(key, getattr(self, key), low=0.0, high=high, high_open=high_open,
+                             allowed="or 'auto'")
+        if self.crop_padding != AUTO:
+            _check_float("crop_padding", self.crop_padding, low=0.0, low_open=True, high=0.5,
+                         allowed="or 'auto'")
+            if "crop" not in self.resolved_augment:
+                raise ConfigError(f"crop_padding: set to {self.crop_padding!r}, but augment "
+                                  f"{self.resolved_augment!r} does not crop")
+        if not (self.test_flip == AUTO or isinstance(self.test_flip, bool)):
+            raise ConfigError(f"test_flip: must be true, false or 'auto', got {self.test_flip!r}")
+        if self.test_flip is True and "flip" not in self.resolved_augment:
+            raise ConfigError(f"test_flip: needs an augment that flips (crop+flip or flip), "
+                              f"got {self.resolved_augment!r}: a model never trained on mirror "
+                              "images would be judged on them")
+        if self.warmup != AUTO and self.recipe.schedule == "cosine":
+            raise ConfigError("warmup: the cosine schedule has no warm-up; use onecycle or "
+                              "linear, or leave warmup 'auto'")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -104,10 +181,24 @@ class TrainConfig:
             return self.augment
         return "crop" if self.dataset == "digits" else "crop+flip"
 
+    @property
+    def recipe(self) -> Recipe:
+        """The recipe fields, each "auto" replaced by the model's recipe value."""
+        base = MODEL_RECIPES.get(self.model, DEFAULT_RECIPE)
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(Recipe)}
+        resolved = {k: getattr(base, k) if v == AUTO else v for k, v in values.items()}
+        if self.test_flip == AUTO:
+            resolved["test_flip"] = base.test_flip and "flip" in self.resolved_augment
+        return Recipe(**resolved)
+
     def defining_fields(self) -> dict[str, Any]:
-        """The fields that define a run's result (``augment`` resolved), not operational ones."""
+        """The fields that define a run's result ("auto" resolved), not operational ones."""
         defining = {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL_FIELDS}
+        defining.update(dataclasses.asdict(self.recipe))
         defining["augment"] = self.resolved_augment
+        for key in LATER_RECIPE_FIELDS:
+            if defining[key] == getattr(DEFAULT_RECIPE, key):
+                del defining[key]
         return defining
 
     @property
@@ -176,7 +267,7 @@ def _check_int(key: str, value: Any, *, minimum: int) -> None:
 
 
 def _check_float(key: str, value: Any, *, low: float, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False) -> None:
+                 low_open: bool = False, high_open: bool = False, allowed: str = "") -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok:
         ok = (value > low if low_open else value >= low)
@@ -185,4 +276,5 @@ def _check_float(key: str, value: Any, *, low: float, high: float | None = None,
     if not ok:
         lo = f"{'>' if low_open else '>='} {low}"
         hi = "" if high is None else f" and {'<' if high_open else '<='} {high}"
-        raise ConfigError(f"{key}: must be a number {lo}{hi}, got {value!r}")
+        also = f" {allowed}" if allowed else ""
+        raise ConfigError(f"{key}: must be a number {lo}{hi}{also}, got {value!r}")

@@ -140,6 +140,15 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def broadcast_state(model: torch.nn.Module, src: int = 0) -> None:
+    """Every parameter and buffer of rank ``src``'s ``model`` copied into every rank's."""
+    if not dist.is_initialized():
+        return
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=src)
+
+
 def average_buffers(model: torch.nn.Module) -> None:
     """Average BatchNorm running stats across ranks so every rank holds the same model."""
     if not dist.is_initialized():

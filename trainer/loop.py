@@ -23,17 +23,21 @@ from torch import nn
 from trainer.augment import BatchAugmenter, Normalizer
 from trainer.config import TrainConfig
 from trainer.distributed import DistEnv, all_reduce_sum
+from trainer.models import served_model
 
 log = logging.getLogger(__name__)
 
 
 def lr_at(cfg: TrainConfig, progress: float) -> float:
     """LR at ``progress`` in [0, 1] of the whole run (independent of steps per epoch)."""
-    if cfg.schedule == "onecycle":
-        warmup = 0.15
+    recipe = cfg.recipe
+    if recipe.schedule != "cosine":
+        warmup = recipe.warmup
         if progress < warmup:
             return cfg.lr * (0.04 + 0.96 * progress / warmup)
         progress = (progress - warmup) / (1 - warmup)
+        if recipe.schedule == "linear":
+            return cfg.lr * (1.0 - min(1.0, progress))
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -87,17 +91,22 @@ class EpochRunner:
 
     def __init__(self, cfg: TrainConfig, env: DistEnv, model: nn.Module,
                  optimizer: torch.optim.Optimizer, bundle):
-        self.cfg, self.env, self.model, self.optimizer = cfg, env, model, optimizer
+        self.cfg, self.env, self.optimizer = cfg, env, optimizer
+        # Compiled for training steps only: evaluation, checkpoints and the export take the
+        # module itself (a compiled wrapper's state_dict names differ).
+        self.model = torch.compile(model) if cfg.compile else model
         device = env.device
         self.train_images = bundle.train.images.to(device)
         self.train_labels = bundle.train.labels.to(device)
         self.test_images = bundle.test.images.to(device)
         self.test_labels = bundle.test.labels.to(device)
         self.num_classes = len(bundle.classes)
+        recipe = cfg.recipe
         self.augment = BatchAugmenter(self.train_images, cfg.resolved_augment,
-                                      bundle.mean, bundle.std)
+                                      bundle.mean, bundle.std, recipe.crop_padding)
         self.normalize = Normalizer(bundle.mean, bundle.std, device)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+        self.test_flip = recipe.test_flip
         # Resolved once: "auto" probes oneDNN, which the training step need not repeat.
         self.precision = precision_for(device, cfg.precision)
 
@@ -145,7 +154,7 @@ class EpochRunner:
         # the training batch size: a forward pass without gradients then needs less memory
         # than a training step, so evaluation never raises the process's peak.
         batch_size = batch_size or self.cfg.batch_size
-        model.eval()
+        model = served_model(model, self.test_flip).eval()
         env, classes = self.env, self.num_classes
         shard = torch.arange(env.rank, len(self.test_labels), env.world_size, device=env.device)
         totals = torch.zeros(2, dtype=torch.float64, device=env.device)  # loss sum, correct

@@ -1,4 +1,4 @@
-"""The model zoo: a CIFAR-stem ResNet-18, the stock ResNet-18 and a small fast CNN.
+"""The model zoo: a CIFAR-stem ResNet-18, the stock ResNet-18, a small CNN and fastcifar.
 
 No pretrained weights anywhere: the pods have no internet and results must be
 reproducible from the config alone.
@@ -13,15 +13,17 @@ from torch import nn
 from torchvision.models import resnet18 as tv_resnet18
 
 from trainer.config import MODELS
+from trainer.fastcifar import FastCIFAR
 
-__all__ = ["MODELS", "MODEL_REVISIONS", "SmallCNN", "architecture_signature", "build_model",
-           "model_revision", "resnet18_cifar", "resnet18_imagenet"]
+__all__ = ["MODELS", "MODEL_REVISIONS", "FastCIFAR", "FlipAveraged", "SmallCNN",
+           "architecture_signature", "build_model", "model_revision", "resnet18_cifar",
+           "resnet18_imagenet", "served_model"]
 
 # Part of every run's identity (trainer.config.RunIdentity): bump a model's revision whenever
 # a change to its code changes what training computes, so no run resumes or republishes
 # weights of the old code. tests/trainer/test_models.py records each revision's
 # architecture_signature and fails when the code changes without a bump.
-MODEL_REVISIONS = {"resnet18": 1, "resnet18-imagenet": 1, "smallcnn": 1}
+MODEL_REVISIONS = {"resnet18": 1, "resnet18-imagenet": 1, "smallcnn": 1, "fastcifar": 1}
 
 
 def model_revision(name: str) -> str:
@@ -33,7 +35,8 @@ def model_revision(name: str) -> str:
 
 def architecture_signature(name: str) -> str:
     """sha256 of a model's layers (their repr), every parameter and buffer name, shape and
-    dtype, and the source of the project's own forward code, for 1- and 3-channel inputs."""
+    dtype, and the source of the project's own module classes (forward and init code), for
+    1- and 3-channel inputs."""
     digest = hashlib.sha256()
     for in_channels in (1, 3):
         model = build_model(name, in_channels=in_channels, num_classes=10)
@@ -41,7 +44,7 @@ def architecture_signature(name: str) -> str:
         for key, tensor in model.state_dict().items():
             digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
         for module in model.modules():
-            if type(module).__module__ == __name__:
+            if type(module).__module__.split(".")[0] == "trainer":
                 digest.update(inspect.getsource(type(module)).encode())
     return digest.hexdigest()
 
@@ -51,6 +54,7 @@ def build_model(name: str, *, in_channels: int, num_classes: int) -> nn.Module:
         "resnet18": resnet18_cifar,
         "resnet18-imagenet": resnet18_imagenet,
         "smallcnn": SmallCNN,
+        "fastcifar": FastCIFAR,
     }
     if name not in builders:
         raise ValueError(f"model {name!r} is not known; choose one of {', '.join(MODELS)}")
@@ -96,3 +100,20 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x).flatten(1))
+
+
+class FlipAveraged(nn.Module):
+    """Test-time flip: the mean of the logits of each image and of its mirror image."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return (self.model(x) + self.model(x.flip(-1))) * 0.5
+
+
+def served_model(model: nn.Module, test_flip: bool) -> nn.Module:
+    """What evaluation measures and publication exports (TrainConfig.recipe.test_flip): one
+    definition, so the published metrics describe the published program."""
+    return FlipAveraged(model) if test_flip else model

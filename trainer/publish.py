@@ -40,6 +40,7 @@ from trainer.layout import (
     ModelKeys,
     version_name,
 )
+from trainer.models import served_model
 from trainer.schema import (
     Latest,
     MetricsSummary,
@@ -263,7 +264,7 @@ def publish(store: Store, result: TrainingResult) -> str:
     metrics = VersionMetrics(epochs=state.history, confusion_matrix=state.confusion,
                              classes=list(bundle.classes), world_size=state.world_size)
     files = {
-        MODEL_FILE: export_program(result.model, input_shape),
+        MODEL_FILE: export_program(served_model(result.model, cfg.recipe.test_flip), input_shape),
         METRICS_FILE: metrics.to_json(),
         "curves.png": figures.curves_png(state.history, name),
         "confusion_matrix.png": figures.confusion_png(state.confusion, bundle.classes),

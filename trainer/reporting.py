@@ -10,6 +10,7 @@ warning. Other ranks get a reporter that does nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -42,8 +43,11 @@ def pod_resources() -> dict[str, int]:
 
 
 def run_params(cfg: TrainConfig, world_size: int, resources: dict[str, int]) -> dict[str, Any]:
-    """MLflow params: every TrainConfig key, the world size and the pod's resources."""
-    return {**cfg.to_dict(), "world_size": world_size, **resources}
+    """MLflow params: every TrainConfig key as configured, the recipe it resolves to
+    (``recipe.<field>``: what "auto" meant for this model), the world size and the pod's
+    resources."""
+    recipe = {f"recipe.{key}": value for key, value in dataclasses.asdict(cfg.recipe).items()}
+    return {**cfg.to_dict(), **recipe, "world_size": world_size, **resources}
 
 
 class RunReporter:

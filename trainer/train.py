@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer import checkpoint, distributed, reporting
+from trainer.augment import Normalizer
 from trainer.checkpoint import TrainingState, UnusableCheckpoint
 from trainer.config import RunIdentity, TrainConfig
 from trainer.errors import DatasetError, StoreError
@@ -37,6 +38,11 @@ from trainer.schema import EpochRecord
 from trainer.storage import Store
 
 log = logging.getLogger(__name__)
+
+# Training images a data-dependent initialisation sees: spread evenly over the split (an
+# imagefolder's images come sorted by class), enough for fastcifar's 12 x 12 covariance.
+DATA_INIT_IMAGES = 1024
+DATA_INIT_PIXELS = 1 << 20
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -75,6 +81,22 @@ def resume(store: Store, identity: RunIdentity, env, model, optimizer) -> Traini
                          "epoch": state.epoch, "saved_world_size": state.world_size,
                          "world_size": env.world_size}))
     return state
+
+
+def init_from_training_data(model: nn.Module, bundle, env: distributed.DistEnv) -> None:
+    """A fresh run's data-dependent initialisation (a model's ``init_from_data``, such as
+    fastcifar's whitening stem), computed by rank 0 and broadcast: every rank starts from the
+    same weights even where floating point or an eigensolver's sign choices differ."""
+    if not hasattr(model, "init_from_data"):
+        return
+    if env.is_main:
+        images = bundle.train.images
+        sample = images[::max(1, len(images) // DATA_INIT_IMAGES)][:DATA_INIT_IMAGES]
+        normalize = Normalizer(bundle.mean, bundle.std)
+        # Chunks of about DATA_INIT_PIXELS pixels: bounded memory for large images too.
+        per_chunk = max(1, DATA_INIT_PIXELS // (images.shape[-2] * images.shape[-1]))
+        model.init_from_data(normalize(chunk) for chunk in sample.split(per_chunk))
+    distributed.broadcast_state(model)
 
 
 def check_same_data(fingerprint: str, env: distributed.DistEnv) -> None:
@@ -117,6 +139,8 @@ def run_training(cfg: TrainConfig, store: Store) -> str | None:
     check_same_data(bundle.fingerprint, env)
     model, optimizer = build_training(cfg, env, bundle)
     state = resume(store, identity, env, model, optimizer)
+    if state.epoch == 0:  # a fresh run; a resumed one restored these weights too
+        init_from_training_data(model, bundle, env)
     reporter = reporting.open_reporter(store, identity, is_main=env.is_main,
                                        world_size=env.world_size)
     reporter.started(state)

@@ -45,3 +45,23 @@ def test_memory_bench_reports_every_phase_of_every_rank_and_the_summary_line_las
     assert MEMORY_LINE.fullmatch(lines[-1]), lines[-1]
     for rank, phase in [(0, "export"), (0, "checkpoint"), (1, "evaluate")]:
         assert any(line.startswith(f"rank {rank} after {phase}") for line in lines), lines
+
+
+TTA_LINE = re.compile(
+    r"seed_acc=[\d.]+ seed_s=[\d.]+ fast_s_to_seed_acc=(?:[\d.]+|nan) speedup=[\d.]+ "
+    r"fast_final_acc=[\d.]+ fast_s=[\d.]+ resnet18_final_acc=[\d.]+ resnet18_s=[\d.]+")
+
+
+def test_time_to_accuracy_bench_runs_all_three_recipes_plots_and_ends_with_its_line(tmp_path):
+    plot = tmp_path / "tta.png"
+    result = subprocess.run(
+        [sys.executable, "bench/time_to_accuracy.py", "--quick", "--plot", str(plot)],
+        cwd=REPO_ROOT, env=trainer_env(), capture_output=True, text=True, timeout=300,
+        check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert TTA_LINE.fullmatch(lines[-1]), lines[-1]
+    for recipe, epochs in (("seed", 1), ("resnet18", 1), ("fast", 2)):
+        reported = [line for line in lines if line.startswith(f"{recipe} ")]
+        assert len(reported) == epochs, (recipe, lines)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,13 @@ import pytest
 
 from tests.trainer.trainer_procs import run_trainer, trainer_env
 from trainer.cli import build_parser, train_config_from_args
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import (
+    DEFAULT_RECIPE,
+    MODEL_RECIPES,
+    ConfigError,
+    RunIdentity,
+    TrainConfig,
+)
 
 STACK_KEYS = {"dataset": "digits", "model": "smallcnn", "epochs": 3, "batch_size": 64,
               "lr": 0.1, "seed": 7}
@@ -89,3 +95,66 @@ def test_cli_reports_a_config_error_in_one_line_and_fails(tmp_path):
     errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "unknown config key(s) 'epochz'" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+# run_id of configs written before the recipe fields existed (computed by that code): an
+# upgrade must not restart their runs or republish them.
+OLDER_RUN_IDS = [
+    (STACK_KEYS, "92ed05e27e"),
+    ({}, "2cccaced60"),
+    ({"schedule": "cosine", "label_smoothing": 0.1, "augment": "crop"}, "255565c1d7"),
+]
+
+
+@pytest.mark.parametrize("values, run_id", OLDER_RUN_IDS)
+def test_configs_from_before_recipes_keep_their_run_id(values, run_id):
+    cfg = TrainConfig.from_dict(values)
+    assert RunIdentity(cfg, "sha256:aa", "smallcnn@1").run_id == run_id
+
+
+def test_auto_recipe_fields_take_the_models_recipe():
+    assert TrainConfig(model="resnet18").recipe == DEFAULT_RECIPE
+    fast = TrainConfig(model="fastcifar").recipe
+    assert fast == MODEL_RECIPES["fastcifar"] and fast.test_flip and fast.schedule == "linear"
+    # digits are never flipped, so they are not judged on mirror images either
+    assert TrainConfig(model="fastcifar", dataset="digits").recipe.test_flip is False
+    explicit = TrainConfig(model="fastcifar", label_smoothing=0.0, schedule="cosine",
+                           crop_padding=0.125, test_flip=False).recipe
+    assert (explicit.label_smoothing, explicit.schedule, explicit.crop_padding,
+            explicit.test_flip) == (0.0, "cosine", 0.125, False)
+
+
+def test_a_recipe_value_defines_the_run_whether_auto_or_spelled_out():
+    auto = TrainConfig(model="fastcifar").defining_fields()
+    spelled = TrainConfig(model="fastcifar", label_smoothing=0.2, schedule="linear",
+                          warmup=0.0, crop_padding=0.0625, test_flip=True).defining_fields()
+    assert auto == spelled
+    for change in ({"label_smoothing": 0.1}, {"warmup": 0.2}, {"crop_padding": 0.125},
+                   {"test_flip": False}, {"schedule": "onecycle"}):
+        assert TrainConfig(model="fastcifar", **change).defining_fields() != auto, change
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"label_smoothing": 1.0}, r"label_smoothing: must be a number >= 0.0 and < 1.0 or 'auto'"),
+    ({"label_smoothing": "some"}, r"label_smoothing: .* or 'auto', got 'some'"),
+    ({"schedule": "step"}, r"schedule: 'step' is not allowed; choose one of auto, onecycle, linear"),
+    ({"warmup": -0.1}, r"warmup: must be a number >= 0.0 and < 1.0 or 'auto'"),
+    ({"warmup": 0.1, "schedule": "cosine"}, r"warmup: the cosine schedule has no warm-up"),
+    ({"crop_padding": 0}, r"crop_padding: must be a number > 0.0 and <= 0.5 or 'auto'"),
+    ({"crop_padding": 0.6}, r"crop_padding: must be a number > 0.0 and <= 0.5"),
+    ({"crop_padding": 0.1, "augment": "flip"}, r"crop_padding: .* augment 'flip' does not crop"),
+    ({"test_flip": 1}, r"test_flip: must be true, false or 'auto', got 1"),
+    ({"test_flip": "yes"}, r"test_flip: must be true, false or 'auto', got 'yes'"),
+    ({"test_flip": True, "augment": "crop"}, r"test_flip: needs an augment that flips"),
+    ({"model": "fastcifar", "dataset": "imagefolder", "image_size": 1},
+     r"image_size: model 'fastcifar' takes images of at least 2x2 pixels, got 1"),
+])
+def test_bad_recipe_values_name_the_key_and_what_is_allowed(change, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict({"dataset": "cifar10", "model": "resnet18", **change})
+
+
+def test_fastcifar_takes_any_image_size_from_two_pixels():
+    for size in (2, 3, 8, 224):
+        assert TrainConfig(model="fastcifar", dataset="imagefolder", image_size=size)
+    assert TrainConfig(model="resnet18", dataset="imagefolder", image_size=1)

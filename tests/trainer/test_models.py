@@ -16,6 +16,7 @@ RECORDED = {
     ("resnet18", 1): "940fbe55a2134c67cef335d2ba7af9552031b9e28bfe2eea5bb8e516fb12e9a0",
     ("resnet18-imagenet", 1): "9e0edb01847be4ae153a2d8834be4f0e6311e250444bd9e252f8248c2a1c6a39",
     ("smallcnn", 1): "9d9f8701e24fd35256cd9ec4e3463c1fc30e684203fd16f32f352e1cedeb366b",
+    ("fastcifar", 1): "6162e8a0e3fd0643a98acc84b008491bc50c462b7784d09692f01a16d97e130b",
 }
 
 
@@ -29,6 +30,23 @@ def test_each_models_code_is_the_code_of_its_recorded_revision(name):
         f"record ({name!r}, {revision + 1}): {signature!r} here")
     older = [RECORDED[(name, r)] for r in range(1, revision) if (name, r) in RECORDED]
     assert signature not in older, "a revision bump must come with a code change"
+
+
+def test_the_signature_covers_a_model_class_in_its_own_module(monkeypatch):
+    """fastcifar lives in trainer/fastcifar.py: its layers and its class's whole source
+    (forward, identity init, data-dependent init) are its code too."""
+    import inspect
+
+    from trainer import fastcifar, models
+
+    before = architecture_signature("fastcifar")
+    monkeypatch.setattr(fastcifar, "WIDTHS", (32, 64, 96))
+    assert architecture_signature("fastcifar") != before
+    monkeypatch.undo()
+    source = inspect.getsource
+    monkeypatch.setattr(models.inspect, "getsource", lambda obj: source(obj) + (
+        "\n# an edited init_from_data" if obj is fastcifar.FastCIFAR else ""))
+    assert architecture_signature("fastcifar") != before
 
 
 def test_the_signature_sees_a_changed_layer(monkeypatch):

@@ -98,19 +98,48 @@ def test_batches_keep_a_big_enough_tail_and_split_a_small_one_with_the_batch_bef
     assert torch.equal(torch.cat(batches_of(torch.arange(70), 32)), torch.arange(70))
 
 
-@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+@pytest.mark.parametrize("schedule", ["onecycle", "linear", "cosine"])
 def test_lr_schedule_peaks_at_lr_and_anneals_to_zero(schedule):
     cfg = TrainConfig(lr=0.2, schedule=schedule)
     values = [lr_at(cfg, p / 100) for p in range(101)]
     assert max(values) == pytest.approx(0.2, rel=1e-3)
     assert values[-1] == pytest.approx(0.0, abs=1e-9)
-    if schedule == "onecycle":
+    if schedule != "cosine":
         assert values[0] < 0.05 * 0.2 + 1e-9
+
+
+def test_linear_schedule_warms_up_for_its_share_then_falls_in_a_straight_line():
+    cfg = TrainConfig(lr=0.2, schedule="linear", warmup=0.1)
+    assert lr_at(cfg, 0.05) == pytest.approx(0.2 * (0.04 + 0.96 * 0.5))
+    assert lr_at(cfg, 0.1) == pytest.approx(0.2)
+    assert lr_at(cfg, 0.55) == pytest.approx(0.1)
+    assert lr_at(cfg, 0.775) == pytest.approx(0.05)
+    no_warmup = TrainConfig(lr=0.2, schedule="linear", warmup=0.0)
+    assert lr_at(no_warmup, 0.0) == pytest.approx(0.2) and lr_at(no_warmup, 0.5) == pytest.approx(0.1)
+
+
+def test_onecycle_keeps_the_schedule_of_older_trainers():
+    """Runs configured before `warmup` existed must train exactly as they did (0.15)."""
+    cfg = TrainConfig(lr=0.1)
+    old = [0.1 * (0.04 + 0.96 * p / 0.15) if p < 0.15
+           else 0.1 * 0.5 * (1 + math.cos(math.pi * min(1.0, (p - 0.15) / 0.85)))
+           for p in (i / 200 for i in range(201))]
+    assert [lr_at(cfg, i / 200) for i in range(201)] == old
+
+
+def test_crop_padding_is_a_share_of_the_image_side():
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    assert BatchAugmenter(images, "crop", (0.5,) * 3, (0.25,) * 3).padding == 4
+    assert BatchAugmenter(images, "crop", (0.5,) * 3, (0.25,) * 3, 0.0625).padding == 2
+    small = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    assert BatchAugmenter(small, "crop", (0.5,), (0.25,), 0.0625).padding == 1
 
 
 @pytest.mark.parametrize("name, shape", [("smallcnn", (1, 8, 8)), ("smallcnn", (3, 32, 32)),
                                          ("resnet18", (3, 32, 32)),
-                                         ("resnet18-imagenet", (3, 32, 32))])
+                                         ("resnet18-imagenet", (3, 32, 32)),
+                                         ("fastcifar", (1, 8, 8)), ("fastcifar", (3, 32, 32)),
+                                         ("fastcifar", (3, 2, 2)), ("fastcifar", (3, 45, 45))])
 def test_models_take_channels_and_classes(name, shape):
     model = build_model(name, in_channels=shape[0], num_classes=7).eval()
     with torch.no_grad():

@@ -66,6 +66,8 @@ def test_a_run_logs_each_epoch_once_and_registers_its_version(mlflow_env, s3_sto
     assert {m.step: m.value for m in history} == {e.epoch: e.test_acc for e in state.history}
     params = tracked.data.params
     assert {k: params[k] for k in cfg.to_dict()} == {k: str(v) for k, v in cfg.to_dict().items()}
+    assert params["recipe.schedule"] == cfg.recipe.schedule  # what "auto" meant
+    assert params["recipe.label_smoothing"] == str(cfg.recipe.label_smoothing)
     assert params["world_size"] == "2"
     assert int(params["cpus"]) >= 1 and int(params["memory_bytes"]) > 0
     assert params["gpus"].isdigit()

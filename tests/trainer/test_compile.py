@@ -1,0 +1,41 @@
+"""TrainConfig.compile: the training steps run a torch.compile'd model that shares its
+parameters with the module evaluation, checkpoints and the export use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer import distributed
+from trainer.config import ConfigError, TrainConfig
+from trainer.data import load_dataset
+from trainer.loop import EpochRunner
+from trainer.train import build_training
+
+
+@pytest.mark.slow
+def test_compiled_training_steps_update_the_plain_module():
+    bundle = load_dataset("digits", None, seed=0)
+    env = distributed.DistEnv(0, 1, 0, 1, torch.device("cpu"))
+    cfg = TrainConfig(dataset="digits", model="fastcifar", batch_size=64, epochs=2, lr=0.1,
+                      log_every=10**6, compile=True)
+    model, optimizer = build_training(cfg, env, bundle)
+    names = set(model.state_dict())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    runner = EpochRunner(cfg, env, model, optimizer, bundle)
+    assert runner.model is not model and isinstance(runner.model, torch._dynamo.OptimizedModule)
+    stats = runner.train_epoch(1, max_steps=2)
+    assert torch.isfinite(torch.tensor(stats["train_loss"]))
+    assert set(model.state_dict()) == names, "checkpoints and the export keep their names"
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert "classifier.weight" in changed and "whiten.weight" not in changed
+    metrics, _ = runner.evaluate(model)
+    assert 0.0 <= metrics["test_acc"] <= 1.0
+
+
+def test_compile_is_operational_and_must_be_a_boolean():
+    base = TrainConfig(model="fastcifar")
+    assert TrainConfig(model="fastcifar", compile=True).defining_fields() == \
+        base.defining_fields()
+    with pytest.raises(ConfigError, match="compile: must be true or false, got 'yes'"):
+        TrainConfig(compile="yes")
