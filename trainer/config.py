@@ -12,6 +12,7 @@ from here, and its environment has no torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -181,7 +182,7 @@ class TrainConfig:
             return self.augment
         return "crop" if self.dataset == "digits" else "crop+flip"
 
-    @property
+    @functools.cached_property  # read by every training step's lr_at
     def recipe(self) -> Recipe:
         """The recipe fields, each "auto" replaced by the model's recipe value."""
         base = MODEL_RECIPES.get(self.model, DEFAULT_RECIPE)
