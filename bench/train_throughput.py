@@ -19,7 +19,7 @@ import time
 
 import torch
 import torch.multiprocessing as mp
-from PIL import Image
+from classic_recipe import PilDataset  # bench/: the script's own directory
 from torch import nn
 from torchvision import transforms
 
@@ -127,21 +127,6 @@ class TrainerBench:
         return images / seconds
 
 
-class CifarStyleDataset(torch.utils.data.Dataset):
-    """What torchvision.datasets.CIFAR10 does per item: HWC uint8 array -> PIL -> transform."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
-        self.data = images.permute(0, 2, 3, 1).numpy()
-        self.targets = labels.tolist()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index):
-        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
-
-
 class BaselineBench:
     """The classic recipe: PIL transforms per image in DataLoader workers, NCHW fp32."""
 
@@ -149,7 +134,7 @@ class BaselineBench:
         transform = transforms.Compose([
             transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
             transforms.ToTensor(), transforms.Normalize(bundle.mean, bundle.std)])
-        dataset = CifarStyleDataset(bundle.train.images, bundle.train.labels, transform)
+        dataset = PilDataset(bundle.train.images.numpy(), bundle.train.labels.numpy(), transform)
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
             drop_last=True)
