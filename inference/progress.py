@@ -18,6 +18,7 @@ final (re-read after FINAL_SECONDS, in case a later job back-filled its MLflow i
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import Any
@@ -38,6 +39,19 @@ URL_SAFE = ":/#?&=%-._~+,;@$"
 
 def markdown_link(text: str, url: str) -> str:
     return f"[{text}]({quote(url, safe=URL_SAFE)})"
+
+
+def literal(text: str) -> str:
+    """``text`` as a Markdown code span: shown as it is, never read as Markdown or HTML.
+
+    For strings from the store (run ids, names, timestamps of progress records and
+    versions): whoever can write to the store writes them, and every visitor sees them.
+    Line breaks become spaces (a blank line would end the paragraph, and the span with
+    it); the span's fence is longer than any run of backticks inside.
+    """
+    flat = " ".join(str(text).split())
+    fence = "`" * (max(map(len, re.findall("`+", flat)), default=0) + 1)
+    return f"{fence} {flat} {fence}"
 
 
 class ProgressBoard:

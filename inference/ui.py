@@ -16,7 +16,7 @@ import gradio as gr
 from .engine import Engine
 from .metrics import Metrics
 from .predict import BadImage
-from .progress import ProgressBoard
+from .progress import ProgressBoard, literal
 from .registry import ModelVersion, Registry
 from .ui_training import (
     epoch_rows,
@@ -64,7 +64,7 @@ is published. No need to reload."""
 def status_markdown(current: ModelVersion | None, store_url: str = "") -> str:
     if current is None:
         return f"No model loaded yet (store: `{store_url}`)."
-    return (f"**Model** `{current.name}` · **version** `{current.version}` · "
+    return (f"**Model** {literal(current.name)} · **version** {literal(current.version)} · "
             f"**test accuracy** {pct(current.test_acc)} · "
             f"{len(current.meta.classes)} classes")
 
@@ -84,7 +84,7 @@ def make_classify(registry: Registry, engine: Engine, metrics: Metrics | None,
         if metrics:
             metrics.observe_prediction(current.version, result["prediction"], "ui")
         return {ui.label: result["probabilities"],
-                ui.answered: f"Answered by version `{current.version}`"}
+                ui.answered: f"Answered by version {literal(current.version)}"}
 
     return classify
 

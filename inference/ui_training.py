@@ -20,7 +20,7 @@ import pandas as pd
 from trainer.layout import model_name
 from trainer.schema import EpochRecord, RunProgress, VersionMetrics
 
-from .progress import ProgressBoard, markdown_link
+from .progress import ProgressBoard, literal, markdown_link
 from .versions import ModelVersion
 
 EPOCH_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds",
@@ -54,7 +54,7 @@ def run_summary(current: ModelVersion) -> str:
     if epochs:
         speed = sum(e.img_per_s for e in epochs) / len(epochs)
         parts.append(f"**throughput** {speed:,.0f} img/s")
-    parts.append(f"**run** `{current.meta.run_id}`")
+    parts.append(f"**run** {literal(current.meta.run_id)}")
     return " · ".join(parts)
 
 
@@ -112,10 +112,11 @@ def run_line(run: RunProgress, board: ProgressBoard) -> str:
     """``Run abc of smallcnn-digits: epoch 3 of 12 · 2 workers · training · ...``"""
     link = board.link_of(run)
     name = model_name(run.model, run.dataset)
-    parts = [f"**Run** `{run.run_id}` of `{name}`: **epoch {run.epoch} of {run.epochs}**",
-             f"{run.world_size} worker(s)",
-             STATES.get(run.state, run.state), f"started {run.started_at}",
-             f"last report {run.updated_at}"]
+    # Every string of the record is shown literally: see progress.literal.
+    title = f"**Run** {literal(run.run_id)} of {literal(name)}"
+    parts = [f"{title}: **epoch {run.epoch} of {run.epochs}**", f"{run.world_size} worker(s)",
+             STATES.get(run.state, run.state), f"started {literal(run.started_at)}",
+             f"last report {literal(run.updated_at)}"]
     if run.history:
         parts.append(f"test accuracy {pct(run.history[-1].test_acc)}")
     if link:

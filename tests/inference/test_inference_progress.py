@@ -103,3 +103,24 @@ def test_curves_so_far_are_one_row_per_epoch_and_split(tmp_path):
     assert list(frame.columns) == ["epoch", "value", "curve"]
     assert len(frame) == 6 and set(frame["curve"]) == {"train", "test"}
     assert list(frame[frame.curve == "test"]["value"]) == [e.test_acc for e in record.history]
+
+
+def test_text_of_a_hostile_progress_record_is_shown_as_text(tmp_path):
+    """Anyone who can write to the store writes progress records: their strings are shown
+    to every visitor, so none may become a link, an image or HTML on the page."""
+    from markdown_it import MarkdownIt
+
+    from inference.ui_training import run_line
+    from trainer.schema import RunProgress
+
+    phish = "[Session expired: sign in again](https://evil.example/login)"
+    record = RunProgress(
+        run_id="r` " + phish + " `", model="smallcnn<img src=x onerror=alert(1)>",
+        dataset="digits`<script>alert(2)</script>", state="training", epoch=0, epochs=3,
+        world_size=1, started_at="2026-11-23T15:00:00Z\n\n" + phish,
+        updated_at='<a href="https://evil.example">now</a>')
+    board = ProgressBoard(Registry(LocalStore(tmp_path / "store"), tmp_path / "cache"))
+    html = MarkdownIt("commonmark").render(run_line(record, board))
+    for tag in ("<a ", "<img", "<script", "<p>\n<p>"):
+        assert tag not in html, html
+    assert html.count("<p>") == 1, html  # one line: no paragraph break injected
