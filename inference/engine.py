@@ -39,6 +39,7 @@ from .versions import ModelVersion
 log = logging.getLogger(__name__)
 
 RUNNERS_KEPT = 3  # the served version, the one before, one being prepared
+PRECISIONS_KEPT = 256  # a few bytes per version: far more versions than a queue outlives
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ class Engine:
         self.budget = MemoryBudget(config.decode_memory_bytes)
         self.decode_pool = ThreadPoolExecutor(config.decode_threads, "decode")
         self._runners: OrderedDict[tuple[str, str], Runner] = OrderedDict()
+        # Chosen once per version, while its examples are there: a runner rebuilt for a
+        # request queued across later swaps must not re-choose without them.
+        self._precisions: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._runners_lock = threading.Lock()
         self.batcher: Batcher | None = None
         if config.batching:
@@ -90,7 +94,7 @@ class Engine:
     # -- versions -------------------------------------------------------------------
     def prepare(self, version: ModelVersion) -> None:
         """Pick the precision, build the runner and warm it up (before the swap)."""
-        runner = Runner(version, choose_precision(version, self.config.precision))
+        runner = Runner(version, self._precision_of(version))
         blank = np.zeros(version.meta.input_size, np.uint8)
         for size in sorted({1, self.config.max_batch if self.batcher else 1}):
             runner([blank] * size)  # first calls per shape build kernels: not on a request
@@ -98,6 +102,18 @@ class Engine:
             self._runners[(version.name, version.version)] = runner
             while len(self._runners) > RUNNERS_KEPT:
                 self._runners.popitem(last=False)
+
+    def _precision_of(self, version: ModelVersion) -> str:
+        key = (version.name, version.version)
+        with self._runners_lock:
+            chosen = self._precisions.get(key)
+        if chosen is None:
+            chosen = choose_precision(version, self.config.precision)
+            with self._runners_lock:
+                self._precisions[key] = chosen
+                while len(self._precisions) > PRECISIONS_KEPT:
+                    self._precisions.popitem(last=False)
+        return chosen
 
     def runner(self, version: ModelVersion) -> Runner:
         with self._runners_lock:

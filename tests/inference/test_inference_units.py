@@ -8,6 +8,7 @@ import json
 from functools import partial
 
 import numpy as np
+import torch
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -269,3 +270,41 @@ def test_a_version_folder_copied_by_hand_is_broken_not_served(tmp_path):
     assert [m.version for m in registry.list_versions(MODEL_NAME)] == [real]
     with pytest.raises(BrokenVersion, match="describes version"):
         download_version(store, MODEL_NAME, "20260201T000000Z-copy", tmp_path / "c2")
+
+
+class NearTie(torch.nn.Module):
+    """Two logits 2**-10 apart: equal once the weights are bf16, so bf16 changes every
+    answer and precision 'auto' must serve this model in fp32."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(3, 3)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.bias.copy_(torch.tensor([1.0, 1.0 + 2**-10, 0.0]))
+
+    def forward(self, x):
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_a_rebuilt_runner_keeps_the_precision_chosen_with_the_examples(tmp_path):
+    """A queued request can outlive its version's runner (RUNNERS_KEPT) and its cached
+    folder: rebuilding the runner must not re-choose without the examples."""
+    from inference.engine import RUNNERS_KEPT, Engine, EngineConfig
+    from inference.runner import bf16_supported
+    from inference.versions import download_version
+
+    store = LocalStore(tmp_path / "store")
+    engine = Engine(EngineConfig(precision="auto"))
+    tie = download_version(store, MODEL_NAME, publish_version(
+        store, "20260101T000000Z", model=NearTie()), tmp_path / "cache")
+    if not bf16_supported(torch.device("cpu")):
+        pytest.skip("auto serves fp32 anyway on a CPU without native bf16")
+    engine.prepare(tie)
+    assert engine.precision(tie) == "fp32"
+    for i in range(RUNNERS_KEPT):
+        other = publish_version(store, f"2026010{i + 2}T000000Z")
+        engine.prepare(download_version(store, MODEL_NAME, other, tmp_path / "cache"))
+    for example in tie.examples:
+        example.unlink()  # the registry pruned the old version's folder
+    assert engine.precision(tie) == "fp32"
