@@ -8,8 +8,8 @@ import json
 from functools import partial
 
 import numpy as np
-import torch
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
