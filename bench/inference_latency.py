@@ -6,12 +6,17 @@ benchmarks an already published store instead (e.g. a trained model, whose examp
 ``--precision auto`` choose bf16). It starts `python -m inference serve` twice, as
 subprocesses (the clients here do not share a GIL with the servers):
 
-- the baseline: ``--batching off --precision fp32`` with the old thread default, i.e.
-  each request decodes and runs its own forward pass, all in parallel (as before batching);
-- the app as deployed (its defaults: micro-batching, precision auto).
+- the baseline, today's path before this work: ``--batching off --precision fp32
+  --decode full --program eager`` with the old thread default, i.e. each request decodes
+  every pixel and runs its own fp32 forward pass of the published program, all requests
+  in parallel;
+- the app as deployed (its defaults: micro-batching, reduced-size decode, precision auto,
+  frozen program).
 
 Rounds of 16 concurrent clients alternate between the two, so drift in the VM's speed
-hits both alike; then one client measures the latency a lone user sees. Last, with both
+hits both alike. A round lasts a fixed time (each client sends requests back to back
+until it ends) rather than a fixed count, so no round ends with a tail of a few clients
+left; then one client measures the latency a lone user sees. Last, with both
 servers stopped, the compute limit: batched forward passes of the served program alone
 (same precision, same intra-op threads, batches of 16 uint8 images, normalization
 included). Last line::
@@ -36,6 +41,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -110,15 +116,18 @@ def start_server(store: str, model_name: str | None, flags: list[str]) -> tuple[
     raise SystemExit("server did not load a model within 300 s")
 
 
-def run_clients(base: str, body: bytes, clients: int, requests: int) -> tuple[list[float], int, float]:
-    """``requests`` POSTs spread over ``clients`` threads: (latencies s, errors, wall s)."""
+def run_clients(base: str, body: bytes, clients: int, requests: int = 0,
+                seconds: float = 0.0) -> tuple[list[float], int, float]:
+    """``clients`` threads POSTing back to back: ``requests`` in all, or each until
+    ``seconds`` have passed. Returns (latencies s, errors, wall s)."""
     host, port = base.removeprefix("http://").split(":")
     headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    deadline = time.perf_counter() + seconds
 
     def one_client(n: int) -> tuple[list[float], int]:
         latencies, errors = [], 0
         conn = http.client.HTTPConnection(host, int(port), timeout=120)
-        for _ in range(n):
+        while len(latencies) < n or (seconds and time.perf_counter() < deadline):
             start = time.perf_counter()
             conn.request("POST", "/predict", body=body, headers=headers)
             response = conn.getresponse()
@@ -129,6 +138,8 @@ def run_clients(base: str, body: bytes, clients: int, requests: int) -> tuple[li
         return latencies, errors
 
     shares = [requests // clients + (i < requests % clients) for i in range(clients)]
+    if seconds and requests:
+        raise ValueError("give requests or seconds, not both")
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(one_client, shares))
@@ -160,22 +171,38 @@ class Tally:
                 f"p99 {self.pct(99):.1f} ms, {self.rps:.1f} req/s, {self.errors} errors")
 
 
-def served(base: str) -> tuple[dict, str]:
-    ready = httpx.get(f"{base}/readyz").json()
-    metrics = httpx.get(f"{base}/metrics").text
-    precision = "bf16" if 'trainstack_model_precision{precision="bf16"} 1.0' in metrics else "fp32"
-    return ready, precision
+@dataclass(frozen=True)
+class Served:
+    """What the batched server says it runs: the limit is measured the same way."""
+
+    model: str
+    version: str
+    precision: str
+    program: str
+    threads: int  # intra-op
+
+    @classmethod
+    def of(cls, base: str) -> Served:
+        ready = httpx.get(f"{base}/readyz").json()
+        metrics = httpx.get(f"{base}/metrics").text
+        threads = [line.split()[-1] for line in metrics.splitlines()
+                   if line.startswith('trainstack_serving_threads{kind="intra_op"}')]
+        if not threads:
+            raise SystemExit("the server does not report its intra-op threads")
+        return cls(ready["model"], ready["version"], one_label(metrics, "precision"),
+                   one_label(metrics, "program"), int(float(threads[0])))
 
 
-def served_threads(base: str) -> int:
-    for line in httpx.get(f"{base}/metrics").text.splitlines():
-        if line.startswith('trainstack_serving_threads{kind="intra_op"}'):
-            return int(float(line.split()[-1]))
-    raise SystemExit("the server does not report its intra-op threads")
+def one_label(metrics: str, name: str) -> str:
+    """The label of the ``trainstack_model_<name>`` series whose value is 1."""
+    prefix = f'trainstack_model_{name}{{{name}="'
+    for line in metrics.splitlines():
+        if line.startswith(prefix) and line.endswith(" 1.0"):
+            return line[len(prefix):].split('"')[0]
+    raise SystemExit(f"the server does not report its {name}")
 
 
-def compute_limit(store: str, model_name: str, precision: str, threads: int, batch: int,
-                  seconds: float = 5.0) -> float:
+def compute_limit(store: str, served: Served, batch: int, seconds: float = 5.0) -> float:
     """img/s of the served program's batched forward alone (normalization included)."""
     import numpy as np
     import torch
@@ -184,11 +211,11 @@ def compute_limit(store: str, model_name: str, precision: str, threads: int, bat
     from inference.runner import Runner
     from trainer.storage import open_store
 
-    torch.set_num_threads(threads)
-    registry = Registry(open_store(store), Path(tempfile.mkdtemp()), model_name)
+    torch.set_num_threads(served.threads)
+    registry = Registry(open_store(store), Path(tempfile.mkdtemp()), served.model)
     registry.check_once()
     version = registry.current
-    runner = Runner(version, precision)
+    runner = Runner(version, served.precision, served.program)
     items = [np.zeros(version.meta.input_size, np.uint8)] * batch
     for _ in range(3):
         runner(items)
@@ -206,7 +233,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--store", help="an already published store (default: a temp one)")
     parser.add_argument("--model-name", help="with --store: which <model>-<dataset>")
     parser.add_argument("--requests-1", type=int, default=200)
-    parser.add_argument("--requests-16", type=int, default=320, help="per round")
+    parser.add_argument("--seconds-16", type=float, default=4.0,
+                        help="length of a 16-client round, per server")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--serve-flags", default="",
                         help="extra flags for the batched server, e.g. '--torch-threads 1'")
@@ -227,7 +255,8 @@ def main() -> int:
         store = str(Path(tmp.name) / "store")
         name = publish_default_model(Path(store))
     body = multipart(photo_jpeg())
-    baseline_flags = ["--batching", "off", "--precision", "fp32",
+    baseline_flags = ["--batching", "off", "--precision", "fp32", "--decode", "full",
+                      "--program", "eager",
                       "--torch-threads", str(args.baseline_threads)]
     servers = {"baseline": start_server(store, name, baseline_flags),
                "batched": start_server(store, name, args.serve_flags.split())}
@@ -237,32 +266,33 @@ def main() -> int:
             run_clients(base, body, 16, 64)  # warm-up: lazy initialisation, kernels per size
         for _ in range(args.rounds):
             for key, (_, base) in servers.items():
-                tallies[key]["16"].add(run_clients(base, body, 16, args.requests_16))
+                tallies[key]["16"].add(run_clients(base, body, 16, seconds=args.seconds_16))
         for key, (_, base) in servers.items():
             tallies[key]["1"].add(run_clients(base, body, 1, args.requests_1))
-        ready, precision = served(servers["batched"][1])
-        threads = served_threads(servers["batched"][1])
+        batched = Served.of(servers["batched"][1])
     finally:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=30)
-    limit = compute_limit(store, ready["model"], precision, threads, 16)
+    limit = compute_limit(store, batched, 16)
     tmp.cleanup()
-    report(args, tallies, ready, precision, threads, limit, usable_cpus())
+    report(args, tallies, batched, limit, usable_cpus())
     return 0
 
 
-def report(args, tallies, ready, precision, threads, limit, cpus) -> None:
+def report(args, tallies, batched: Served, limit: float, cpus: int) -> None:
     base16, bat16, bat1 = tallies["baseline"]["16"], tallies["batched"]["16"], tallies["batched"]["1"]
     log.info("model %s version %s, %d usable CPU(s), image 640x480 JPEG; batched server: "
-             "precision %s, %d intra-op thread(s)%s", ready["model"], ready["version"], cpus,
-             precision, threads, f", flags {args.serve_flags!r}" if args.serve_flags else "")
+             "precision %s, %s program, %d intra-op thread(s)%s", batched.model,
+             batched.version, cpus, batched.precision, batched.program, batched.threads,
+             f", flags {args.serve_flags!r}" if args.serve_flags else "")
     log.info("%s", tallies["baseline"]["1"].line("baseline, 1 client "))
     log.info("%s", base16.line(f"baseline, 16 clients ({args.rounds} rounds)"))
     log.info("%s", bat1.line("batched,  1 client "))
     log.info("%s", bat16.line(f"batched,  16 clients ({args.rounds} rounds)"))
-    log.info("compute limit (batches of 16, %s, %d thread(s)): %.1f img/s; served 16 clients "
-             "/ limit = %.2f", precision, threads, limit, bat16.rps / limit)
+    log.info("compute limit (batches of 16, %s, %s, %d thread(s)): %.1f img/s; served 16 "
+             "clients / limit = %.2f", batched.precision, batched.program, batched.threads,
+             limit, bat16.rps / limit)
     speedup = bat16.rps / base16.rps
     log.info("targets: 16 clients >= 3x baseline: %.2fx %s; p99 below baseline's: %.0f vs "
              "%.0f ms %s; 1 client p50 <= 12 ms: %.1f ms %s; served/limit >= 0.7: %.2f %s",

@@ -67,6 +67,17 @@ def add_serving_args(serve: argparse.ArgumentParser) -> None:
                        help="auto: bf16 where the CPU/GPU has it natively and the version's "
                             "examples get the same classes as in fp32 [$TRAINSTACK_PRECISION "
                             "or auto]")
+    group.add_argument("--decode", choices=["draft", "full"],
+                       default=env("TRAINSTACK_DECODE", "draft"),
+                       help="draft: JPEGs decoded at reduced size, as the trainer reads them; "
+                            "full: every pixel (the app before batching, the benchmark's "
+                            "baseline) [$TRAINSTACK_DECODE or draft]")
+    group.add_argument("--program", choices=["frozen", "eager"],
+                       default=env("TRAINSTACK_PROGRAM", "frozen"),
+                       help="frozen: the forward pass as one frozen graph, run without the "
+                            "GIL (checked against the published program, which is served "
+                            "where they differ); eager: the program as published "
+                            "[$TRAINSTACK_PROGRAM or frozen]")
     group.add_argument("--device", default=None,
                        help="cpu or cuda[:N] [cuda when a GPU is visible, else cpu]")
     group.add_argument("--torch-threads", type=int, default=None,
@@ -87,6 +98,7 @@ def serving_settings(args: argparse.Namespace) -> dict:
     optional = {"device": args.device, "decode_threads": args.decode_threads}
     return {"batching": args.batching == "on", "max_batch": args.max_batch,
             "max_batch_wait_ms": args.max_batch_wait_ms, "precision": args.precision,
+            "decode": args.decode, "program": args.program,
             "torch_threads": args.torch_threads, "decode_memory_mb": args.decode_memory_mb,
             "upload_cache_mb": args.upload_cache_mb,
             "upload_cache_max_age_s": args.upload_cache_max_age_s,

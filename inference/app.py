@@ -74,6 +74,8 @@ class Settings:
     max_batch: int = 32  # requests per forward pass at most
     max_batch_wait_ms: float = 5.0  # the longest a batch waits for requests on their way
     precision: str = "auto"  # auto | fp32 | bf16 (inference.runner)
+    decode: str = "draft"  # draft | full: every JPEG pixel decoded (the bench's baseline)
+    program: str = "frozen"  # frozen | eager: the program as published (inference.runner)
     device: str = field(default_factory=default_device)  # cpu | cuda[:N]
     decode_threads: int = field(default_factory=usable_cpus)
     decode_memory_mb: float = 512.0  # decodes running at once share this much memory
@@ -99,7 +101,7 @@ class Settings:
             torch_threads=self.torch_threads or default_torch_threads(self.batching),
             decode_threads=self.decode_threads,
             decode_memory_bytes=int(self.decode_memory_mb * 2**20),
-            max_pixels=self.max_pixels)
+            max_pixels=self.max_pixels, decode=self.decode, program=self.program)
 
 
 class MetricsMiddleware:
@@ -147,7 +149,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     registry.prepare = engine.prepare  # precision chosen and kernels warm before the swap
 
     def on_swap(loaded: ModelVersion) -> None:
-        metrics.set_model(loaded.name, loaded.version, engine.precision(loaded))
+        runner = engine.runner(loaded)
+        metrics.set_model(loaded.name, loaded.version, runner.precision, runner.program)
 
     registry.on_swap.append(on_swap)
     if registry.current:

@@ -6,7 +6,8 @@ thread owns the intra-op threads and runs one forward pass per batch.
 
 One at a time (``batching=False``, the behaviour before batching, kept as the
 benchmark's baseline): each request decodes and runs its own forward pass in a
-worker thread, all requests in parallel.
+worker thread, all requests in parallel. ``decode="full"`` (the baseline's other half)
+decodes every pixel of a JPEG instead of libjpeg's reduced-size "draft".
 
 Both paths call the same :class:`~inference.runner.Runner`, so an image gets the same
 answer either way (up to float rounding across batch sizes).
@@ -33,13 +34,14 @@ from .batcher import Batcher
 from .budget import MemoryBudget, share_one_malloc_arena
 from .metrics import Metrics
 from .predict import DEFAULT_MAX_PIXELS, answer, decode
-from .runner import PRECISIONS, Runner, choose_precision
+from .runner import PRECISIONS, PROGRAMS, Runner, choose_precision
 from .versions import ModelVersion
 
 log = logging.getLogger(__name__)
 
 RUNNERS_KEPT = 3  # the served version, the one before, one being prepared
 PRECISIONS_KEPT = 256  # a few bytes per version: far more versions than a queue outlives
+DECODES = ("draft", "full")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class EngineConfig:
     decode_threads: int = 2
     decode_memory_bytes: int = 512 * 2**20
     max_pixels: int = DEFAULT_MAX_PIXELS
+    decode: str = "draft"  # draft | full (see the module docstring)
+    program: str = "frozen"  # frozen | eager (inference.runner)
 
     def __post_init__(self) -> None:
         limits = {"max_batch": 1, "max_wait_ms": 0, "torch_threads": 1, "decode_threads": 1,
@@ -63,6 +67,10 @@ class EngineConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"invalid serving setting precision = {self.precision!r}: "
                               f"allowed: {', '.join(PRECISIONS)}", key="precision")
+        for key, allowed in (("decode", DECODES), ("program", PROGRAMS)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"invalid serving setting {key} = {getattr(self, key)!r}: "
+                                  f"allowed: {', '.join(allowed)}", key=key)
 
 
 class Engine:
@@ -94,7 +102,7 @@ class Engine:
     # -- versions -------------------------------------------------------------------
     def prepare(self, version: ModelVersion) -> None:
         """Pick the precision, build the runner and warm it up (before the swap)."""
-        runner = Runner(version, self._precision_of(version))
+        runner = Runner(version, self._precision_of(version), self.config.program)
         blank = np.zeros(version.meta.input_size, np.uint8)
         for size in sorted({1, self.config.max_batch if self.batcher else 1}):
             runner([blank] * size)  # first calls per shape build kernels: not on a request
@@ -129,7 +137,8 @@ class Engine:
 
     # -- requests -------------------------------------------------------------------
     def decode(self, version: ModelVersion, data: bytes) -> np.ndarray:
-        return decode(data, version.meta, self.config.max_pixels, self.budget)
+        return decode(data, version.meta, self.config.max_pixels, self.budget,
+                      draft=self.config.decode == "draft")
 
     def _run_batch(self, version: ModelVersion, items: Sequence[np.ndarray]) -> list[list[float]]:
         return self.runner(version)(items)

@@ -56,6 +56,9 @@ class Metrics:
         self.model_precision = Gauge(
             "trainstack_model_precision", "Precision of the served forward pass (value 1)",
             ["precision"], registry=self.registry)
+        self.model_program = Gauge(
+            "trainstack_model_program", "How the forward pass runs: frozen or eager (value 1)",
+            ["program"], registry=self.registry)
         self.model_swaps = Counter(
             "trainstack_model_swaps", "Model versions swapped in since start",
             registry=self.registry)
@@ -104,11 +107,14 @@ class Metrics:
             self.queue_wait.observe(wait)
         self.forward.observe(record.seconds)
 
-    def set_model(self, name: str, version: str, precision: str = "fp32") -> None:
+    def set_model(self, name: str, version: str, precision: str = "fp32",
+                  program: str = "eager") -> None:
         self.model_info.clear()
         self.model_info.labels(name, version).set(1)
         self.model_precision.clear()
         self.model_precision.labels(precision).set(1)
+        self.model_program.clear()
+        self.model_program.labels(program).set(1)
         self.model_loaded.set(1)
         self.model_swaps.inc()
         with self._lock:

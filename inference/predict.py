@@ -33,18 +33,19 @@ class ImageTooLarge(BadImage):
 
 
 def decode(data: bytes, meta: VersionMeta, max_pixels: int = DEFAULT_MAX_PIXELS,
-           budget: MemoryBudget | None = None) -> np.ndarray:
+           budget: MemoryBudget | None = None, draft: bool = True) -> np.ndarray:
     """Upload bytes -> ``uint8`` ``C x H x W`` pixels for ``meta``'s model, or a BadImage.
 
     With a ``budget``, the decode first reserves the memory its header says it needs.
+    ``draft=False``: every pixel decoded (trainer.pixels), the benchmark's baseline.
     """
     shape = meta.input_size
     try:
         if budget is None:
-            return pixels.to_pixels(data, shape, max_pixels)
-        cost = pixels.probe(data, shape, max_pixels).decode_bytes
+            return pixels.to_pixels(data, shape, max_pixels, draft)
+        cost = pixels.probe(data, shape, max_pixels, draft).decode_bytes
         with budget.reserve(cost):
-            return pixels.to_pixels(data, shape, max_pixels)
+            return pixels.to_pixels(data, shape, max_pixels, draft)
     except (pixels.ImageTooLarge, OverBudget) as e:
         raise ImageTooLarge(f"the uploaded image is too large: {e}") from None
     except pixels.ImageError as e:

@@ -8,8 +8,9 @@ What it does, in this order (each step on as few pixels as possible):
 
 1. refuse empty or unreadable bytes, and refuse a picture of more than ``max_pixels``
    from its header alone (a decompression bomb costs nothing);
-2. decode at reduced size where the format can (JPEG: libjpeg's DCT scaling, "draft"),
-   then shrink by an integer factor (``Image.reduce``, a box filter) while the picture is
+2. decode at reduced size where the format can (JPEG: libjpeg's DCT scaling, "draft";
+   ``draft=False`` decodes every pixel, as the app did before: the serving benchmark's
+   baseline), then shrink by an integer factor (``Image.reduce``, a box filter) while the picture is
    still more than ``REDUCING_GAP`` times the target size: full-size pixels are never
    converted, copied to float or composited;
 3. apply the EXIF orientation, rescale 16-bit/32-bit/float pictures to 8 bits by the
@@ -73,15 +74,18 @@ class Probe:
     decode_bytes: int  # peak bytes of pixel buffers while decoding (an upper estimate)
 
 
-def probe(data: bytes, shape: Sequence[int], max_pixels: int = MAX_PIXELS) -> Probe:
+def probe(data: bytes, shape: Sequence[int], max_pixels: int = MAX_PIXELS,
+          draft: bool = True) -> Probe:
     """Header only: size, mode and the decode's memory cost; raises like :func:`to_pixels`."""
     with _open(data, max_pixels) as image:
         full = (image.width, image.height)
-        _draft(image, _target(shape))
+        if draft:
+            _draft(image, _target(shape))
         return Probe(image.format, image.mode, *full, _decode_bytes(image))
 
 
-def to_pixels(data: bytes, shape: Sequence[int], max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def to_pixels(data: bytes, shape: Sequence[int], max_pixels: int = MAX_PIXELS,
+              draft: bool = True) -> np.ndarray:
     """Image file bytes -> ``uint8`` pixels of ``shape`` = ``(C, H, W)``, C being 1 or 3.
 
     Raises :class:`ImageError` (:class:`ImageTooLarge` for too many pixels) naming what
@@ -89,7 +93,8 @@ def to_pixels(data: bytes, shape: Sequence[int], max_pixels: int = MAX_PIXELS) -
     """
     channels, height, width = _check_shape(shape)
     with _open(data, max_pixels) as image:
-        _draft(image, (width, height))
+        if draft:
+            _draft(image, (width, height))
         try:
             image.load()
             orientation = image.getexif().get(ExifTags.Base.Orientation, 1)

@@ -195,6 +195,7 @@ def test_batched_answers_equal_one_at_a_time_answers(cnn_app):
     assert f"trainstack_batch_size_count {float(len(records))}" in metrics
     assert f"trainstack_batch_queue_wait_seconds_count {float(len(uploads))}" in metrics
     assert 'trainstack_model_precision{precision="fp32"} 1.0' in metrics
+    assert 'trainstack_model_program{program="frozen"} 1.0' in metrics
 
 
 def test_a_bad_input_in_a_batch_fails_only_its_own_request(cnn_app):

@@ -149,3 +149,18 @@ def test_the_app_feeds_the_model_exactly_these_pixels():
         x = normalize(torch.from_numpy(app_pixels)[None], GREY_META)
         expected = torch.from_numpy(to_pixels(data, (1, 8, 8))).float()[None] / 255
         assert torch.allclose(x, expected, atol=1e-6)  # GREY_META: mean 0, std 1
+
+
+def test_a_full_decode_decodes_every_pixel_and_agrees_with_the_draft():
+    """``draft=False`` is the app's decode before reduced decoding (the benchmark's
+    baseline): every pixel of the JPEG decoded, then the same shrink and resize."""
+    data = encoded(photo((4000, 3000)), "JPEG", quality=90)
+    assert probe(data, (3, 32, 32), draft=False).decode_bytes >= 4000 * 3000 * 3
+    assert probe(data, (3, 32, 32)).decode_bytes <= 500 * 375 * 4
+    full = to_pixels(data, (3, 32, 32), draft=False).astype(float)
+    draft = to_pixels(data, (3, 32, 32)).astype(float)
+    assert full.shape == draft.shape == (3, 32, 32)
+    assert np.abs(full - draft).mean() < 2.0, np.abs(full - draft).mean()
+    lossless = encoded(photo((300, 200)), "PNG")  # nothing to draft: the very same pixels
+    assert np.array_equal(to_pixels(lossless, (3, 32, 32), draft=False),
+                          to_pixels(lossless, (3, 32, 32)))

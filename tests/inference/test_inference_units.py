@@ -231,9 +231,14 @@ def test_serving_knobs_come_from_flags_or_env(monkeypatch, tmp_path):
     monkeypatch.setenv("TRAINSTACK_MAX_BATCH_WAIT_MS", "2.5")
     monkeypatch.setenv("TRAINSTACK_PRECISION", "fp32")
     monkeypatch.setenv("TRAINSTACK_BATCHING", "off")
+    monkeypatch.setenv("TRAINSTACK_DECODE", "full")
+    monkeypatch.setenv("TRAINSTACK_PROGRAM", "eager")
     got = serving_settings(parse_args(["serve"]))
     assert (got["max_batch"], got["max_batch_wait_ms"], got["precision"], got["batching"]) == \
         (8, 2.5, "fp32", False)
+    assert (got["decode"], got["program"]) == ("full", "eager")
+    config = app_module.Settings(**got).engine_config()
+    assert (config.decode, config.program) == ("full", "eager")
     got = serving_settings(parse_args(["serve", "--max-batch", "64", "--batching", "on"]))
     assert got["max_batch"] == 64 and got["batching"] is True
     config = app_module.Settings(**got).engine_config()
