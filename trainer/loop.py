@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -23,6 +25,7 @@ from torch import nn
 from trainer.augment import BatchAugmenter, Normalizer
 from trainer.config import TrainConfig
 from trainer.distributed import DistEnv, all_reduce_sum
+from trainer.errors import ConfigError
 from trainer.models import served_model
 
 log = logging.getLogger(__name__)
@@ -86,6 +89,20 @@ def autocast_for(device: torch.device, precision: str = "auto"):
     return nullcontext()
 
 
+def require_compiler(device: torch.device) -> None:
+    """torch.compile builds its kernels with the machine's compiler: Triton's launchers
+    with a C compiler on a GPU, Inductor's kernels with a C++ compiler on a CPU. Without
+    one it fails deep inside the first step; say so before training starts instead."""
+    names = ("cc", "gcc", "clang") if device.type == "cuda" else ("c++", "g++", "clang++")
+    chosen = os.environ.get("CC" if device.type == "cuda" else "CXX")
+    if not any(shutil.which(name) for name in ((chosen,) if chosen else names)):
+        raise ConfigError(
+            f"compile: true needs a {'C' if device.type == 'cuda' else 'C++'} compiler on "
+            f"{device.type} ({chosen or ' / '.join(names)}): none on PATH. The CUDA image "
+            "trainstack builds has gcc; on a CPU image set compile: false (it pays on GPUs)",
+            key="compile")
+
+
 class EpochRunner:
     """Trains and evaluates ``model`` (DDP-wrapped or not) on a loaded dataset bundle."""
 
@@ -94,6 +111,8 @@ class EpochRunner:
         self.cfg, self.env, self.optimizer = cfg, env, optimizer
         # Compiled for training steps only: evaluation, checkpoints and the export take the
         # module itself (a compiled wrapper's state_dict names differ).
+        if cfg.compile:
+            require_compiler(env.device)
         self.model = torch.compile(model) if cfg.compile else model
         device = env.device
         self.train_images = bundle.train.images.to(device)

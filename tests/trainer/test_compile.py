@@ -39,3 +39,21 @@ def test_compile_is_operational_and_must_be_a_boolean():
         base.defining_fields()
     with pytest.raises(ConfigError, match="compile: must be true or false, got 'yes'"):
         TrainConfig(compile="yes")
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_compile_without_a_compiler_says_so_before_training(device, monkeypatch, tmp_path):
+    """Without a compiler torch.compile fails deep inside the first step; the run must
+    stop at once with the setting and the remedy named."""
+    from trainer.loop import require_compiler
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no compiler at all
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ConfigError, match="compile: true needs a") as raised:
+        require_compiler(torch.device(device))
+    assert raised.value.key == "compile"
+    compiler = tmp_path / ("gcc" if device == "cuda" else "g++")
+    compiler.write_text("#!/bin/sh\n")
+    compiler.chmod(0o755)
+    require_compiler(torch.device(device))  # found: no error
