@@ -11,7 +11,7 @@ Measured on the CIFAR-10 sample's 1,017 test images (bench/serving_agreement.py)
 (8 epochs) 51.72% fp32, 51.92% bf16, 13 predictions differ; smallcnn (15 epochs) 65.88%
 fp32, 65.68% bf16, 4 differ; probabilities within ~1e-2.
 
-Program: ``frozen`` (the default) runs a TorchScript trace of the published program,
+Program: ``frozen`` (the default; CPU only) runs a TorchScript trace of the published program,
 frozen (weights as constants, batch norm folded into the convolutions), and checked
 against the program itself at two other batch sizes before it is used; a program whose
 trace does not match (e.g. Python control flow on the batch size) is served ``eager``,
@@ -28,6 +28,7 @@ here: an AOTInductor package ran 7-10% slower than eager on this CPU, and
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import warnings
 from collections.abc import Sequence
@@ -39,6 +40,14 @@ import torch
 from .predict import decode, normalize
 
 log = logging.getLogger(__name__)
+
+# The tracer's notes (shapes read as Python numbers: what they would break, the check in
+# frozen_program catches) and its deprecation notice, once per process. Narrow filters
+# here rather than catch_warnings around the trace: that swaps the process-wide filter
+# list while other threads decode, and is documented as not thread-safe.
+warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.(trace|trace_method|save|load|freeze)` "
+                        r"is deprecated")
 
 PRECISIONS = ("auto", "fp32", "bf16")
 PROGRAMS = ("frozen", "eager")
@@ -78,7 +87,9 @@ class Runner:
         # would not record it.
         self.autocast = precision == "bf16" and self.dtype == torch.float32
         self.program = "eager"
-        if program == "frozen" and not self.autocast:
+        # CPU only: measured there. On a GPU TorchScript's fuser would build kernels per
+        # batch size later, on the inference thread and after the check below.
+        if program == "frozen" and not self.autocast and self.device.type == "cpu":
             frozen = frozen_program(self.model, version, self.dtype)
             if frozen is not None:
                 self.model, self.program = frozen, "frozen"
@@ -125,12 +136,14 @@ def frozen_program(model: Any, version: Any, dtype: torch.dtype) -> Any | None:
     shape = tuple(version.meta.input_size)
     generator = torch.Generator().manual_seed(0)
     try:
-        with torch.inference_mode(), warnings.catch_warnings():
-            # The deprecation notice, and the tracer's notes on shapes read as Python
-            # numbers: what those would break, the check below catches.
-            warnings.simplefilter("ignore")
+        with torch.inference_mode():
             example = torch.zeros(TRACE_BATCH, *shape, dtype=dtype, device=device)
-            frozen = torch.jit.freeze(torch.jit.trace(model, example, check_trace=False).eval())
+            # Through save/load: freezing the traced module itself keeps a copy of every
+            # weight alive after the runner is gone (measured: one model's size per version).
+            buffer = io.BytesIO()
+            torch.jit.save(torch.jit.trace(model, example, check_trace=False), buffer)
+            buffer.seek(0)
+            frozen = torch.jit.freeze(torch.jit.load(buffer, map_location=device).eval())
             for batch in (1, TRACE_BATCH + 1):
                 x = torch.randn(batch, *shape, generator=generator).to(device, dtype)
                 want = torch.softmax(model(x).float(), dim=1)

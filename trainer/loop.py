@@ -93,7 +93,8 @@ def require_compiler(device: torch.device) -> None:
     """torch.compile builds its kernels with the machine's compiler: Triton's launchers
     with a C compiler on a GPU, Inductor's kernels with a C++ compiler on a CPU. Without
     one it fails deep inside the first step; say so before training starts instead."""
-    names = ("cc", "gcc", "clang") if device.type == "cuda" else ("c++", "g++", "clang++")
+    # What each looks for: Triton $CC, gcc or clang; Inductor on Linux $CXX or g++.
+    names = ("gcc", "clang") if device.type == "cuda" else ("g++",)
     chosen = os.environ.get("CC" if device.type == "cuda" else "CXX")
     if not any(shutil.which(name) for name in ((chosen,) if chosen else names)):
         raise ConfigError(

@@ -3,7 +3,9 @@ every batch size, and the published program served wherever a trace would differ
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 
 import numpy as np
 import pytest
@@ -25,6 +27,29 @@ class BatchBranch(torch.nn.Module):
     def forward(self, x):
         mean = x.mean(dim=(2, 3))
         return self.head(mean) if x.shape[0] == 2 else self.head(mean).flip(1)
+
+
+class BigConvNet(torch.nn.Module):
+    """~27 MiB of convolution weights with batch norm (what freezing folds): a copy kept
+    per runner shows plainly in the process's RSS."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 512, 3, padding=1)
+        self.conv = torch.nn.Conv2d(512, 1536, 3, padding=1, bias=False)
+        self.norm = torch.nn.BatchNorm2d(1536)
+        self.head = torch.nn.Linear(1536, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.norm(self.conv(torch.relu(self.stem(x)))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def rss_mib() -> float:
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap pages back, as a server would
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096 / 2**20
 
 
 def pixels(batch: int, seed: int) -> list[np.ndarray]:
@@ -66,3 +91,23 @@ def test_an_unknown_program_is_refused():
         EngineConfig(program="jit")
     with pytest.raises(ConfigError, match="decode = 'fast'.*allowed: draft, full"):
         EngineConfig(decode="fast")
+
+
+def test_a_dropped_frozen_runner_leaves_no_copy_of_the_weights(tmp_path):
+    """The engine builds a runner per version and keeps three: each one dropped must give
+    its memory back (freezing the traced module itself kept every weight: +27 MiB here per
+    runner, for good)."""
+    store = LocalStore(tmp_path / "store")
+    published = download_version(store, MODEL_NAME, publish_version(store, "20260101T000000Z"),
+                                 tmp_path / "cache")
+    version = dataclasses.replace(published, model=BigConvNet().eval())
+    items = [np.full((3, 8, 8), 50, np.uint8)]
+    Runner(version, "fp32", "frozen")(items)  # the first build allocates for good
+    before = rss_mib()
+    for _ in range(6):
+        runner = Runner(version, "fp32", "frozen")
+        assert runner.program == "frozen"
+        runner(items)
+        del runner
+    grown = rss_mib() - before
+    assert grown < 40, f"RSS grew {grown:.0f} MiB over 6 runners of a 27 MiB model"

@@ -47,13 +47,17 @@ def test_compile_without_a_compiler_says_so_before_training(device, monkeypatch,
     stop at once with the setting and the remedy named."""
     from trainer.loop import require_compiler
 
-    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no compiler at all
+    def stub(name: str) -> None:
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(0o755)
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # only the stubs below
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.delenv("CXX", raising=False)
+    for name in ("cc", "c++", "clang++"):  # on PATH, but neither Triton nor Inductor uses them
+        stub(name)
     with pytest.raises(ConfigError, match="compile: true needs a") as raised:
         require_compiler(torch.device(device))
     assert raised.value.key == "compile"
-    compiler = tmp_path / ("gcc" if device == "cuda" else "g++")
-    compiler.write_text("#!/bin/sh\n")
-    compiler.chmod(0o755)
+    stub("gcc" if device == "cuda" else "g++")
     require_compiler(torch.device(device))  # found: no error
