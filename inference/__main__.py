@@ -83,6 +83,10 @@ def add_serving_args(serve: argparse.ArgumentParser) -> None:
     group.add_argument("--torch-threads", type=int, default=None,
                        help="intra-op threads [batching: the usable CPUs (cgroup quota), at "
                             "most 16; off: half of them, 1-4]")
+    group.add_argument("--lone-threads", type=int, default=None,
+                       help="intra-op threads of a request that arrives alone (nothing else "
+                            "queued or decoding, so the other CPUs are idle) [the usable "
+                            "CPUs, at most 16]")
     group.add_argument("--decode-threads", type=int, default=None,
                        help="images decoded at once [the usable CPUs]")
     group.add_argument("--decode-memory-mb", type=float, default=512.0,
@@ -95,7 +99,8 @@ def add_serving_args(serve: argparse.ArgumentParser) -> None:
 
 
 def serving_settings(args: argparse.Namespace) -> dict:
-    optional = {"device": args.device, "decode_threads": args.decode_threads}
+    optional = {"device": args.device, "decode_threads": args.decode_threads,
+                "lone_threads": args.lone_threads}
     return {"batching": args.batching == "on", "max_batch": args.max_batch,
             "max_batch_wait_ms": args.max_batch_wait_ms, "precision": args.precision,
             "decode": args.decode, "program": args.program,

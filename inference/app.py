@@ -69,6 +69,7 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     cache_dir: Path | None = None  # downloaded versions; None: a fresh temp dir
     torch_threads: int | None = None  # None: default_torch_threads(batching)
+    lone_threads: int | None = None  # a lone request's forward pass; None: the usable CPUs
     concurrency: int = 16  # Gradio's default of 1 would serialize every UI prediction
     batching: bool = True  # False: each request runs its own forward pass (the baseline)
     max_batch: int = 32  # requests per forward pass at most
@@ -99,6 +100,7 @@ class Settings:
             batching=self.batching, max_batch=self.max_batch,
             max_wait_ms=self.max_batch_wait_ms, precision=self.precision,
             torch_threads=self.torch_threads or default_torch_threads(self.batching),
+            lone_threads=self.lone_threads or min(16, usable_cpus()),
             decode_threads=self.decode_threads,
             decode_memory_bytes=int(self.decode_memory_mb * 2**20),
             max_pixels=self.max_pixels, decode=self.decode, program=self.program)
@@ -223,5 +225,6 @@ def describe(config: EngineConfig, device: str) -> str:
         return (f"one request at a time, {config.torch_threads} intra-op thread(s) each, "
                 f"precision {config.precision}, on {device}")
     return (f"batches of up to {config.max_batch} (waiting at most {config.max_wait_ms:g} ms), "
-            f"{config.torch_threads} intra-op thread(s), {config.decode_threads} decode "
-            f"thread(s), precision {config.precision}, on {device}")
+            f"{config.torch_threads} intra-op thread(s) ({max(config.lone_threads, config.torch_threads)}"
+            f" for a request alone), {config.decode_threads} decode thread(s), precision "
+            f"{config.precision}, {config.program} program, on {device}")

@@ -228,3 +228,29 @@ def test_the_one_at_a_time_path_gives_the_same_answers(local_store, tmp_path):
         assert batched["prediction"] == alone["prediction"]
         for label, p in alone["probabilities"].items():
             assert batched["probabilities"][label] == pytest.approx(p, abs=1e-4)
+
+
+def test_a_lone_request_gets_the_idle_cpus_and_a_batch_does_not():
+    """A request with nothing else queued or decoding runs with ``lone_threads`` intra-op
+    threads (the other CPUs are idle); a batch, or a request with others on their way,
+    with ``torch_threads``; the inference thread is back to ``torch_threads`` after."""
+    from inference.engine import Engine, EngineConfig
+
+    engine = Engine(EngineConfig(torch_threads=1, lone_threads=2, max_wait_ms=200))
+    seen = []
+
+    def spy(items):
+        seen.append((len(items), torch.get_num_threads()))
+        return [[1.0]] * len(items)
+
+    engine.runner = lambda version: spy
+    try:
+        engine.batcher.submit("v", 0).result(timeout=DEADLINE)  # alone
+        with engine.batcher.expect() as ticket:  # one more request on its way from here
+            engine.batcher.submit("v", 1).result(timeout=DEADLINE)  # not alone
+            pair = [engine.batcher.submit("v", i) for i in (10, 11)]  # a batch
+            [future.result(timeout=DEADLINE) for future in pair]
+            ticket.submit("v", 2).result(timeout=DEADLINE)  # the last one: alone again
+    finally:
+        engine.close()
+    assert seen == [(1, 2), (1, 1), (2, 1), (1, 2)], seen

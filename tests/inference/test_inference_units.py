@@ -239,10 +239,11 @@ def test_serving_knobs_come_from_flags_or_env(monkeypatch, tmp_path):
     assert (got["decode"], got["program"]) == ("full", "eager")
     config = app_module.Settings(**got).engine_config()
     assert (config.decode, config.program) == ("full", "eager")
-    got = serving_settings(parse_args(["serve", "--max-batch", "64", "--batching", "on"]))
+    got = serving_settings(parse_args(["serve", "--max-batch", "64", "--batching", "on",
+                                       "--lone-threads", "3"]))
     assert got["max_batch"] == 64 and got["batching"] is True
     config = app_module.Settings(**got).engine_config()
-    assert config.max_batch == 64 and config.max_wait_ms == 2.5
+    assert config.max_batch == 64 and config.max_wait_ms == 2.5 and config.lone_threads == 3
 
 
 def test_a_bad_serving_setting_names_itself(tmp_path, caplog):
