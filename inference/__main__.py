@@ -84,8 +84,8 @@ def add_serving_args(serve: argparse.ArgumentParser) -> None:
                        help="intra-op threads [batching: the usable CPUs (cgroup quota), at "
                             "most 16; off: half of them, 1-4]")
     group.add_argument("--lone-threads", type=int, default=None,
-                       help="intra-op threads of a request that arrives alone (nothing else "
-                            "queued or decoding, so the other CPUs are idle) [the usable "
+                       help="intra-op threads of a request that arrives alone (no other "
+                            "prediction in flight, so the other CPUs are idle) [the usable "
                             "CPUs, at most 16]")
     group.add_argument("--decode-threads", type=int, default=None,
                        help="images decoded at once [the usable CPUs]")

@@ -102,13 +102,15 @@ def build_router(registry: Registry, metrics: Metrics, engine: Engine,
         current = registry.current  # one read: this request uses one version throughout
         if current is None:
             return error(503, "no_model", no_model_message(registry))
-        data = await parse_upload(request, max_upload_bytes)
-        if isinstance(data, JSONResponse):
-            return data
-        try:
-            result = await engine.classify(current, data)
-        except BadImage as e:
-            return error(e.status, "image_too_large" if e.status == 413 else "bad_image", str(e))
+        with engine.request():  # from before the upload is read: see Engine._run_batch
+            data = await parse_upload(request, max_upload_bytes)
+            if isinstance(data, JSONResponse):
+                return data
+            try:
+                result = await engine.classify(current, data)
+            except BadImage as e:
+                return error(e.status, "image_too_large" if e.status == 413 else "bad_image",
+                             str(e))
         metrics.observe_prediction(current.version, result["prediction"], "api")
         return JSONResponse(result)
 

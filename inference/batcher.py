@@ -97,11 +97,6 @@ class Batcher:
         """Queue one request that was not announced; its future gets its result."""
         return self._enqueue(Job(key, item), expected=False)
 
-    def backlog(self) -> int:
-        """Requests queued or still decoding: 0 means the batch being run is all there is."""
-        with self._cond:
-            return len(self._queue) + self._expected
-
     def stop(self, timeout: float = 30.0) -> None:
         """Answer what is queued, then end the thread; later submits fail at once."""
         with self._cond:

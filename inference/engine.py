@@ -19,8 +19,9 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +52,8 @@ class EngineConfig:
     max_wait_ms: float = 5.0
     precision: str = "auto"  # auto | fp32 | bf16 (runner.choose_precision)
     torch_threads: int = 1  # intra-op threads of the forward pass
-    # ... of a lone request's (nothing else queued or decoding: the other CPUs are idle);
-    # 0: torch_threads. Measured, resnet18 bf16 batch 1 on 2 CPUs: 7.9 ms with 1, 5.0 with 2.
+    # ... of a lone request's (no other prediction in flight, uploading to answered: the
+    # other CPUs are idle); 0: torch_threads. Measured, resnet18 bf16 batch 1 on 2 CPUs: 7.9 ms with 1, 5.0 with 2.
     lone_threads: int = 0
     decode_threads: int = 2
     decode_memory_bytes: int = 512 * 2**20
@@ -87,6 +88,10 @@ class Engine:
         # request queued across later swaps must not re-choose without them.
         self._precisions: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._runners_lock = threading.Lock()
+        # Predictions anywhere between their first byte and their answer (uploading,
+        # parsing, decoding, queued, running): 1 means the server is idle but for that one.
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
         self.batcher: Batcher | None = None
         if config.batching:
             self.batcher = Batcher(self._run_batch, config.max_batch,
@@ -141,6 +146,21 @@ class Engine:
         return self.runner(version).precision
 
     # -- requests -------------------------------------------------------------------
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """Around a prediction from its first byte: see :meth:`_run_batch`'s lone case."""
+        with self._in_flight_lock:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+
+    def in_flight(self) -> int:
+        with self._in_flight_lock:
+            return self._in_flight
+
     def decode(self, version: ModelVersion, data: bytes) -> np.ndarray:
         return decode(data, version.meta, self.config.max_pixels, self.budget,
                       draft=self.config.decode == "draft")
@@ -148,7 +168,7 @@ class Engine:
     def _run_batch(self, version: ModelVersion, items: Sequence[np.ndarray]) -> list[list[float]]:
         runner = self.runner(version)
         lone, usual = self.config.lone_threads, self.config.torch_threads
-        if len(items) > 1 or lone <= usual or self.batcher.backlog():
+        if len(items) > 1 or lone <= usual or self.in_flight() > 1:
             return runner(items)
         # Per thread (OpenMP): only this inference thread's passes change, and back at once.
         torch.set_num_threads(lone)

@@ -78,7 +78,8 @@ def make_classify(registry: Registry, engine: Engine, metrics: Metrics | None,
         if not path:
             return {ui.label: None, ui.answered: ""}
         try:  # the API's own path: decode pool, memory budget, batches
-            result = engine.classify_blocking(current, Path(path).read_bytes())
+            with engine.request():
+                result = engine.classify_blocking(current, Path(path).read_bytes())
         except BadImage as e:
             raise gr.Error(str(e)) from None
         if metrics:

@@ -231,9 +231,9 @@ def test_the_one_at_a_time_path_gives_the_same_answers(local_store, tmp_path):
 
 
 def test_a_lone_request_gets_the_idle_cpus_and_a_batch_does_not():
-    """A request with nothing else queued or decoding runs with ``lone_threads`` intra-op
-    threads (the other CPUs are idle); a batch, or a request with others on their way,
-    with ``torch_threads``; the inference thread is back to ``torch_threads`` after."""
+    """A prediction with no other in flight (from its first byte to its answer) runs with
+    ``lone_threads`` intra-op threads: the other CPUs are idle. A batch, or a request while
+    another is uploading or decoding, runs with ``torch_threads``, restored after."""
     from inference.engine import Engine, EngineConfig
 
     engine = Engine(EngineConfig(torch_threads=1, lone_threads=2, max_wait_ms=200))
@@ -245,12 +245,16 @@ def test_a_lone_request_gets_the_idle_cpus_and_a_batch_does_not():
 
     engine.runner = lambda version: spy
     try:
-        engine.batcher.submit("v", 0).result(timeout=DEADLINE)  # alone
-        with engine.batcher.expect() as ticket:  # one more request on its way from here
-            engine.batcher.submit("v", 1).result(timeout=DEADLINE)  # not alone
-            pair = [engine.batcher.submit("v", i) for i in (10, 11)]  # a batch
-            [future.result(timeout=DEADLINE) for future in pair]
-            ticket.submit("v", 2).result(timeout=DEADLINE)  # the last one: alone again
+        with engine.request():
+            engine.batcher.submit("v", 0).result(timeout=DEADLINE)  # alone
+            with engine.request():  # a second prediction arrives (still uploading, say)
+                engine.batcher.submit("v", 1).result(timeout=DEADLINE)  # not alone
+                with engine.batcher.expect() as ticket:
+                    pair = [engine.batcher.submit("v", i) for i in (10, 11)]  # a batch
+                    [future.result(timeout=DEADLINE) for future in pair]
+                    ticket.close()
+            engine.batcher.submit("v", 2).result(timeout=DEADLINE)  # alone again
     finally:
         engine.close()
     assert seen == [(1, 2), (1, 1), (2, 1), (1, 2)], seen
+    assert engine.in_flight() == 0
