@@ -225,6 +225,6 @@ def describe(config: EngineConfig, device: str) -> str:
         return (f"one request at a time, {config.torch_threads} intra-op thread(s) each, "
                 f"precision {config.precision}, on {device}")
     return (f"batches of up to {config.max_batch} (waiting at most {config.max_wait_ms:g} ms), "
-            f"{config.torch_threads} intra-op thread(s) ({max(config.lone_threads, config.torch_threads)}"
-            f" for a request alone), {config.decode_threads} decode thread(s), precision "
+            f"{config.torch_threads} intra-op thread(s) ({config.threads_alone} for a request "
+            f"alone), {config.decode_threads} decode thread(s), precision "
             f"{config.precision}, {config.program} program, on {device}")

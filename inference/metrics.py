@@ -80,7 +80,8 @@ class Metrics:
             "Decode memory reserved right now", registry=self.registry)
         self.threads = Gauge(
             "trainstack_serving_threads", "Threads serving predictions: intra_op (forward "
-            "pass), lone_request (a forward pass of a request alone) and decode", ["kind"], registry=self.registry)
+            "pass), lone_request (a forward pass of a request alone) and decode", ["kind"],
+            registry=self.registry)
         self._labelled: deque[str] = deque(maxlen=VERSIONS_LABELLED)
         self._series: dict[str, set[tuple[str, str]]] = {}  # version -> (class, source)
         self._lock = threading.Lock()

@@ -11,8 +11,8 @@ Measured on the CIFAR-10 sample's 1,017 test images (bench/serving_agreement.py)
 (8 epochs) 51.72% fp32, 51.92% bf16, 13 predictions differ; smallcnn (15 epochs) 65.88%
 fp32, 65.68% bf16, 4 differ; probabilities within ~1e-2.
 
-Program: ``frozen`` (the default; CPU only) runs a TorchScript trace of the published program,
-frozen (weights as constants, batch norm folded into the convolutions), and checked
+Program: ``frozen`` (the default; CPU only) runs a TorchScript trace of the published
+program, frozen (weights as constants, batch norm folded into the convolutions), and checked
 against the program itself at two other batch sizes before it is used; a program whose
 trace does not match (e.g. Python control flow on the batch size) is served ``eager``,
 as published. Why: an eager program returns to Python, and so takes the GIL, between
