@@ -120,6 +120,8 @@ def run_clients(base: str, body: bytes, clients: int, requests: int = 0,
                 seconds: float = 0.0) -> tuple[list[float], int, float]:
     """``clients`` threads POSTing back to back: ``requests`` in all, or each until
     ``seconds`` have passed. Returns (latencies s, errors, wall s)."""
+    if bool(seconds) == bool(requests):
+        raise ValueError("give requests or seconds, one of them")
     host, port = base.removeprefix("http://").split(":")
     headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
     deadline = time.perf_counter() + seconds
@@ -138,8 +140,6 @@ def run_clients(base: str, body: bytes, clients: int, requests: int = 0,
         return latencies, errors
 
     shares = [requests // clients + (i < requests % clients) for i in range(clients)]
-    if seconds and requests:
-        raise ValueError("give requests or seconds, not both")
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(one_client, shares))
