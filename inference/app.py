@@ -69,7 +69,8 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     cache_dir: Path | None = None  # downloaded versions; None: a fresh temp dir
     torch_threads: int | None = None  # None: default_torch_threads(batching)
-    lone_threads: int | None = None  # a lone request's forward pass; None: the usable CPUs
+    lone_threads: int | None = None  # a lone request's forward pass; None: the usable CPUs,
+    # 0: torch_threads (off)
     concurrency: int = 16  # Gradio's default of 1 would serialize every UI prediction
     batching: bool = True  # False: each request runs its own forward pass (the baseline)
     max_batch: int = 32  # requests per forward pass at most
@@ -100,7 +101,8 @@ class Settings:
             batching=self.batching, max_batch=self.max_batch,
             max_wait_ms=self.max_batch_wait_ms, precision=self.precision,
             torch_threads=self.torch_threads or default_torch_threads(self.batching),
-            lone_threads=self.lone_threads or min(16, usable_cpus()),
+            lone_threads=(min(16, usable_cpus()) if self.lone_threads is None
+                          else self.lone_threads),
             decode_threads=self.decode_threads,
             decode_memory_bytes=int(self.decode_memory_mb * 2**20),
             max_pixels=self.max_pixels, decode=self.decode, program=self.program)

@@ -119,8 +119,9 @@ class Engine:
         """Pick the precision, build the runner and warm it up (before the swap)."""
         runner = Runner(version, self._precision_of(version), self.config.program)
         blank = np.zeros(version.meta.input_size, np.uint8)
-        for size in sorted({1, self.config.max_batch if self.batcher else 1}):
-            runner([blank] * size)  # first calls per shape build kernels: not on a request
+        with self.request():  # the CPUs are busy: no request runs alone meanwhile
+            for size in sorted({1, self.config.max_batch if self.batcher else 1}):
+                runner([blank] * size)  # first calls per shape build kernels, not a request
         with self._runners_lock:
             self._runners[(version.name, version.version)] = runner
             while len(self._runners) > RUNNERS_KEPT:
@@ -175,7 +176,8 @@ class Engine:
         lone, usual = self.config.threads_alone, self.config.torch_threads
         if len(items) > 1 or lone == usual or self.in_flight() > 1:
             return runner(items)
-        # Per thread (OpenMP): only this inference thread's passes change, and back at once.
+        # OpenMP's count is per thread: this thread's passes change, and back at once (torch
+        # also sets the default of threads born meanwhile; none of ours runs torch then).
         torch.set_num_threads(lone)
         try:
             return runner(items)

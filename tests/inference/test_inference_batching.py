@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -257,4 +258,30 @@ def test_a_lone_request_gets_the_idle_cpus_and_a_batch_does_not():
     finally:
         engine.close()
     assert seen == [(1, 2), (1, 1), (2, 1), (1, 2)], seen
+    assert engine.in_flight() == 0
+
+
+def test_a_request_during_a_version_warm_up_does_not_run_alone(monkeypatch):
+    """Warming a new version up keeps the CPUs busy: it counts as a prediction in flight."""
+    from inference.engine import Engine, EngineConfig
+
+    engine = Engine(EngineConfig(torch_threads=1, lone_threads=2, batching=False))
+    counted = []
+
+    class Spy:
+        def __init__(self, version, precision, program):
+            pass
+
+        def __call__(self, items):
+            counted.append(engine.in_flight())
+            return [[1.0]] * len(items)
+
+    monkeypatch.setattr("inference.engine.Runner", Spy)
+    monkeypatch.setattr(engine, "_precision_of", lambda version: "fp32")
+    version = SimpleNamespace(name="m", version="v1", meta=SimpleNamespace(input_size=[3, 8, 8]))
+    try:
+        engine.prepare(version)
+    finally:
+        engine.close()
+    assert counted and all(n == 1 for n in counted), counted
     assert engine.in_flight() == 0

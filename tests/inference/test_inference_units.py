@@ -244,6 +244,8 @@ def test_serving_knobs_come_from_flags_or_env(monkeypatch, tmp_path):
     assert got["max_batch"] == 64 and got["batching"] is True
     config = app_module.Settings(**got).engine_config()
     assert config.max_batch == 64 and config.max_wait_ms == 2.5 and config.lone_threads == 3
+    off = serving_settings(parse_args(["serve", "--lone-threads", "0", "--torch-threads", "1"]))
+    assert app_module.Settings(**off).engine_config().threads_alone == 1  # 0 turns it off
 
 
 def test_a_bad_serving_setting_names_itself(tmp_path, caplog):
