@@ -121,7 +121,8 @@ def parse_config(raw: Mapping[str, Any], secrets: frozenset[str] = frozenset()) 
         for key, (name, parser) in FIELDS.items()
         if raw.get(key) not in (None, "")
     }
-    return StackConfig(**parsed, secrets=frozenset(secrets))
+    return StackConfig(**parsed, secrets=frozenset(secrets),
+                       given=frozenset(k for k in raw if raw[k] not in (None, "")))
 
 
 def raw_stack_config() -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from infra.values import invalid, parse_image_reference
+from infra.values import Default, invalid, parse_image_reference
 
 # The trainer's own contracts (stdlib-only modules: no torch in the Pulumi program).
 from trainer.config import CIFAR10_URL
@@ -76,6 +76,9 @@ class StackConfig:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     secrets: frozenset[str] = frozenset()  # which SECRET_KEYS were given (never their values)
+    # The keys the user set (parse_config); None: unknown, every value counts as set. Only
+    # for messages: a default the user never typed is shown as one.
+    given: frozenset[str] | None = field(default=None, compare=False)
 
     def __post_init__(self):
         check_combinations(self)
@@ -147,6 +150,11 @@ def check_combinations(cfg: StackConfig) -> None:
     _check_mlflow(cfg)
 
 
+def _as_set(cfg: StackConfig, key: str, value: Any) -> Any:
+    """`value` of `key` for a message: marked as a default when the user never set it."""
+    return value if cfg.given is None or key in cfg.given else Default(value)
+
+
 def warnings(cfg: StackConfig) -> list[str]:
     ref = parse_image_reference(cfg.image) if not cfg.build_image and cfg.image else None
     if ref and not ref.digest:
@@ -194,7 +202,7 @@ def _check_build_repository(cfg: StackConfig) -> None:
             "image",
             "a registry path such as registry.example.com/you/trainstack-trainer when "
             "pushImage is true (or pushImage false for minikube)",
-            cfg.image_repository,
+            _as_set(cfg, "image", cfg.image_repository),
         )
 
 
@@ -243,7 +251,8 @@ def _check_render(cfg: StackConfig) -> None:
     if cfg.install_training_operator:
         raise invalid("installTrainingOperator", "false when renderYamlTo is set: install the "
                       "Training Operator with your GitOps tool from its pinned overlay "
-                      "(docs/operations.md, GitOps)", True)
+                      "(docs/operations.md, GitOps)",
+                      _as_set(cfg, "installTrainingOperator", True))
     for key in ("minioRootPassword", "storeSecretKey"):
         if key in cfg.secrets:
             raise invalid(key, f"unset when renderYamlTo is set ({PLAINTEXT_IN_FILES}); create "
@@ -276,7 +285,8 @@ def _check_inference_access(cfg: StackConfig) -> None:
     if cfg.inference_service_type != "ClusterIP":
         raise invalid("inferenceServiceType", "ClusterIP when inferenceIngressNamespace is set "
                       "(only that namespace's Ingress controller may reach the app, so a "
-                      "NodePort or LoadBalancer would answer nobody)", cfg.inference_service_type)
+                      "NodePort or LoadBalancer would answer nobody)",
+                      _as_set(cfg, "inferenceServiceType", cfg.inference_service_type))
 
 
 def _check_mlflow(cfg: StackConfig) -> None:
