@@ -67,7 +67,9 @@ FIELDS: dict[str, tuple[str, v.Parser]] = {
     "learningRate": ("learning_rate", v.positive_float),
     "model": ("model", v.choice(MODELS)),
     "dataset": ("dataset", v.choice(DATASETS, _DATASETS_ALLOWED)),
-    "datasetSource": ("dataset_source", v.http_url),
+    "datasetSource": ("dataset_source", v.dataset_url),
+    "datasetSourceSecret": (
+        "dataset_source_secret", v.pattern(v.DNS_SUBDOMAIN, "a Secret name (DNS-1123)")),
     "namespace": ("namespace", v.namespace),
     "buildImage": ("build_image", v.boolean),
     "image": ("image", v.image_reference),

@@ -86,7 +86,7 @@ def workloads(cfg: StackConfig) -> list[Workload]:
     deployed = [BUCKETS, TRAINER, APP]
     if cfg.store_endpoint is None:
         deployed.insert(0, STORE)
-    if cfg.ingest_source is not None:
+    if cfg.ingests:
         deployed.insert(-2, INGEST)
     if cfg.mlflow:
         deployed.append(TRACKING)
@@ -119,6 +119,10 @@ def flows(cfg: StackConfig) -> tuple[list[Flow], list[OutsideFlow]]:
         url = urlsplit(cfg.ingest_source)
         port = url.port or (443 if url.scheme == "https" else 80)
         outside.append(OutsideFlow((INGEST,), port, f"the dataset download {url.hostname}"))
+    elif cfg.dataset_source_secret is not None:
+        # The URL is in the user's Secret: the stack knows neither host nor port.
+        outside += [OutsideFlow((INGEST,), port, "the dataset download (datasetSourceSecret)")
+                    for port in (443, 80)]
     return inside, outside
 
 
@@ -213,6 +217,7 @@ def _training(cfg: StackConfig, namespace, image: ImageRef, store: pod.StoreRef,
             memory=cfg.memory_per_worker,
             dataset=cfg.dataset,
             ingest_source=cfg.ingest_source,
+            ingest_source_secret=cfg.dataset_source_secret,
             ingest_timeout=cfg.ingest_timeout,
             ingest_storage=cfg.ingest_storage,
             node_selector=cfg.node_selector,

@@ -48,6 +48,8 @@ class StackConfig:
     model: str = "resnet18"
     dataset: str = "cifar10"
     dataset_source: str | None = None  # None: the dataset's own default (CIFAR-10 URL)
+    # Or an existing Secret holding the URL (key DATASET_SOURCE_ENV): one with credentials.
+    dataset_source_secret: str | None = None
     namespace: str = "trainstack"
     build_image: bool = True  # False: `image` is a prebuilt reference, run as given
     image: str | None = None  # build: repository (default trainstack-trainer); else reference
@@ -90,10 +92,18 @@ class StackConfig:
 
     @property
     def ingest_source(self) -> str | None:
-        """What the ingest Job downloads: cifar10 defaults to the official archive."""
+        """What the ingest Job downloads: cifar10 defaults to the official archive. None
+        with datasetSourceSecret too: then the Job reads the URL from that Secret."""
+        if self.dataset_source_secret:
+            return None
         if self.dataset_source:
             return self.dataset_source
         return CIFAR10_URL if self.dataset == "cifar10" else None
+
+    @property
+    def ingests(self) -> bool:
+        """Whether the ingest Job runs (digits needs none: it ships with the trainer)."""
+        return self.ingest_source is not None or self.dataset_source_secret is not None
 
     @property
     def image_repository(self) -> str:
@@ -148,6 +158,7 @@ def check_combinations(cfg: StackConfig) -> None:
         _check_render(cfg)
     _check_inference_access(cfg)
     _check_mlflow(cfg)
+    _check_dataset_source(cfg)
 
 
 def _as_set(cfg: StackConfig, key: str, value: Any) -> Any:
@@ -300,3 +311,14 @@ def _check_mlflow(cfg: StackConfig) -> None:
     if cfg.mlflow_image is not None:
         _check_pinned_reference("mlflowImage", cfg.mlflow_image,
                                 "ghcr.io/mlflow/mlflow:<tag>@sha256:<64 hex digits>")
+
+
+def _check_dataset_source(cfg: StackConfig) -> None:
+    if cfg.dataset_source_secret is None:
+        return
+    if cfg.dataset_source is not None:
+        raise invalid("datasetSourceSecret", "either datasetSourceSecret or datasetSource, not "
+                      "both (the source given twice)", cfg.dataset_source_secret)
+    if cfg.dataset == "digits":
+        raise invalid("datasetSourceSecret", "unset with dataset digits (it ships with the "
+                      "trainer: nothing is downloaded)", cfg.dataset_source_secret)

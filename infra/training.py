@@ -28,6 +28,9 @@ CONFIG_FILE = f"{CONFIG_DIR}/train.json"
 CONFIG_MAP = "trainstack-train"
 # The operator's default port, under the name it looks up (the Master's MASTER_PORT).
 MASTER_PORT = TRAINER.port("pytorchjob-port")
+# The ingest Job's env var with the URL from datasetSourceSecret's Secret (same key):
+# Kubernetes expands $(VAR) in the command, so the URL is never in the spec.
+DATASET_SOURCE_ENV = "TRAINSTACK_DATASET_SOURCE"
 # /tmp of a training pod: matplotlib's and the compilers' caches, the figures it publishes.
 TRAIN_TMP_SIZE = "2Gi"
 
@@ -43,7 +46,8 @@ class TrainingArgs:
     cpu: str
     memory: str
     dataset: str
-    ingest_source: str | None = None  # None: nothing to ingest (digits)
+    ingest_source: str | None = None  # None: nothing to ingest (digits), or:
+    ingest_source_secret: str | None = None  # a Secret with the URL (key DATASET_SOURCE_ENV)
     ingest_timeout: str = "30m"  # how long `pulumi up` waits for the ingest Job
     ingest_storage: str = "4Gi"  # the ingest Job's ephemeral storage (download + unpacked)
     image_pull_policy: str = "IfNotPresent"
@@ -70,7 +74,8 @@ def job_name(args: TrainingArgs, image: str) -> str:
         "memory": args.memory,
         "train": args.train_config,
         "image": image,
-        "data": args.ingest_source,
+        "data": args.ingest_source or (
+            f"secret:{args.ingest_source_secret}" if args.ingest_source_secret else None),
     }
     digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:8]
     cfg = args.train_config
@@ -174,7 +179,7 @@ class Training(pulumi.ComponentResource):
         deps: list[pulumi.Resource] = list(args.depends_on)
         if args.operator is not None:
             deps.append(args.operator)
-        if args.ingest_source is not None:
+        if args.ingest_source is not None or args.ingest_source_secret is not None:
             deps.append(self._ingest(args))
         self.job_name = pulumi.Output.from_input(args.image).apply(
             lambda image: job_name(args, image))
@@ -204,7 +209,12 @@ class Training(pulumi.ComponentResource):
 
     def _ingest(self, args: TrainingArgs) -> k8s.batch.v1.Job:
         command = ["python", "-m", "trainer", "ingest", "--dataset", args.dataset]
-        if args.ingest_source:
+        secret_env = []
+        if args.ingest_source_secret:
+            command += ["--source", f"$({DATASET_SOURCE_ENV})"]
+            secret_env = [pod.secret_env(DATASET_SOURCE_ENV, args.ingest_source_secret,
+                                         DATASET_SOURCE_ENV)]
+        elif args.ingest_source:
             command += ["--source", args.ingest_source]
         # The download and, for imagefolder archives, the unpacked files go to /tmp: an
         # emptyDir capped at ingest_storage, and the container may use no more (a bomb
@@ -221,6 +231,7 @@ class Training(pulumi.ComponentResource):
             memory_limit="2Gi",
             ephemeral_storage=args.ingest_storage,
             env={"PYTHONUNBUFFERED": "1", "TMPDIR": pod.TMP},
+            secret_env=secret_env,
             scratch=[pod.tmp(args.ingest_storage)],
         )
         timeout = pulumi.CustomTimeouts(create=args.ingest_timeout, update=args.ingest_timeout)

@@ -188,11 +188,33 @@ def duration(key: str, raw: Any) -> str:
     return match.group(0)
 
 
+# Query parameters that carry credentials: presigned S3/GCS URLs (X-Amz-Signature,
+# X-Amz-Credential, X-Goog-Signature), Azure SAS (sig), CloudFront (Signature,
+# Key-Pair-Id), tokens and keys of any name.
+_CREDENTIAL_PARAM = re.compile(r"(?i)sig|token|key|credential|auth|pass|secret|session")
+
+
 def http_url(key: str, raw: Any) -> str:
     parsed = urlsplit(str(raw))
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise invalid(key, "an http(s) URL of a file in the dataset's format", raw)
     return str(raw)
+
+
+def dataset_url(key: str, raw: Any) -> str:
+    """An http(s) URL without credentials: they would be in the ingest Job's command, the
+    rendered YAML, the Pulumi state and the logs. Refused without echoing them."""
+    text = http_url(key, raw)
+    parts = urlsplit(text)
+    params = [name for name, _, _ in (p.partition("=") for p in parts.query.split("&"))]
+    if "@" in parts.netloc or any(_CREDENTIAL_PARAM.search(n) for n in params if n):
+        host = parts.hostname or ""
+        shown_url = f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
+        raise invalid(key, "a URL without credentials (no user:password@, no signed query "
+                           "such as X-Amz-Signature, sig or token): put such a URL in a Secret "
+                           "(key TRAINSTACK_DATASET_SOURCE) and set datasetSourceSecret",
+                      f"{shown_url} (credentials not shown)")
+    return text
 
 
 def store_endpoint(key: str, raw: Any) -> str:

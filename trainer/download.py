@@ -9,6 +9,7 @@ import logging
 import sys
 import time
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -23,6 +24,25 @@ STREAM_ATTEMPTS = 3  # whole-download attempts when the body breaks off mid-way
 CHUNK = 1024 * 1024
 
 
+def redacted_url(url: str) -> str:
+    """``url`` for logs and errors: scheme, host, port and path only. Userinfo and the
+    query (a presigned URL's signature, a token) are credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _scrubbed(text: str, url: str) -> str:
+    """An error's text (requests quotes the URL's path and query) without ``url``'s
+    credentials."""
+    parts = urlsplit(url)
+    for secret in (parts.query, parts.password, parts.username):
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    return text
+
+
 def fetch(source: str, dest: Path, max_bytes: int | None = None) -> Path:
     """An http(s) URL is downloaded to ``dest``; a local path is used where it lies. Either
     may be at most ``max_bytes`` long (IngestError otherwise, before the disk fills)."""
@@ -30,7 +50,7 @@ def fetch(source: str, dest: Path, max_bytes: int | None = None) -> Path:
         download(source, dest, max_bytes)
         return dest
     if "://" in source:
-        raise IngestError(f"source {source!r}: only http://, https:// or a local path are allowed")
+        raise IngestError(f"source {redacted_url(source)!r}: only http://, https:// or a local path are allowed")
     path = Path(source).expanduser()
     if not path.is_file():
         raise IngestError(f"source {source!r}: no such file")
@@ -52,6 +72,7 @@ def _session() -> requests.Session:
 
 def download(url: str, dest: Path, max_bytes: int | None = None) -> None:
     """Stream ``url`` to ``dest`` with progress; restart if the body breaks off."""
+    shown = redacted_url(url)
     with _session() as session:
         for attempt in range(1, STREAM_ATTEMPTS + 1):
             try:
@@ -60,21 +81,23 @@ def download(url: str, dest: Path, max_bytes: int | None = None) -> None:
             except (requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError) as e:
                 if attempt == STREAM_ATTEMPTS:
-                    raise IngestError(f"download of {url} failed after {attempt} attempts: "
-                                      f"{e}") from None
+                    raise IngestError(f"download of {shown} failed after {attempt} attempts: "
+                                      f"{_scrubbed(str(e), url)}") from None
                 delay = 2.0 * attempt
-                log.warning("download of %s broke off (%s); retrying in %.0fs", url, e, delay)
+                log.warning("download of %s broke off (%s); retrying in %.0fs", shown,
+                            _scrubbed(str(e), url), delay)
                 time.sleep(delay)
 
 
 def _download_once(session: requests.Session, url: str, dest: Path,
                    max_bytes: int | None) -> None:
+    shown = redacted_url(url)
     with session.get(url, stream=True, timeout=TIMEOUT) as resp:
         if resp.status_code != 200:
-            raise IngestError(f"download of {url} failed: HTTP {resp.status_code} "
+            raise IngestError(f"download of {shown} failed: HTTP {resp.status_code} "
                               f"{resp.reason}; check the dataset source URL")
         total = int(resp.headers.get("Content-Length") or 0) or None
-        too_big = IngestError(f"download of {url}: larger than {max_bytes or 0:,} bytes")
+        too_big = IngestError(f"download of {shown}: larger than {max_bytes or 0:,} bytes")
         if max_bytes is not None and total is not None and total > max_bytes:
             raise too_big
         progress, done = _progress(total, PurePosixPath(dest).name), 0
