@@ -29,6 +29,7 @@ import pulumi_kubernetes as k8s
 
 from infra import pod
 from infra.workloads import TRACKING
+from trainer.tracking import TRACKING_URI_ENV
 
 # The release the trainer's client (mlflow-skinny) and the tests' server are pinned to
 # (trainer/requirements.txt, requirements-mlflow-server.txt; a test keeps them equal).
@@ -46,6 +47,10 @@ DATA_DIR = "/var/lib/mlflow"  # the PVC: the SQLite database
 BACKEND_STORE_URI = f"sqlite:///{DATA_DIR}/mlflow.db"
 PVC_NAME = "mlflow-data"
 CONFIG_MAP = "mlflow-aws-config"
+# MLFLOW_TRACKING_URI for the training pods, which read it with `optional: true`: their
+# template is the same with and without MLflow, so turning `mlflow` on or off does not
+# replace a running PyTorchJob (its pods see the change at their next start).
+TRACKING_CONFIG_MAP = "mlflow-tracking"
 AWS_CONFIG_DIR = "/etc/mlflow/aws"
 CREDENTIALS_DIR = "/etc/mlflow/credentials"  # the store's Secret, as files
 CREDENTIALS_DIR_ENV = "TRAINSTACK_S3_CREDENTIALS_DIR"
@@ -227,6 +232,8 @@ class MlflowServer(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.deployment]),
         )
         self.url = tracking_uri(args.namespace)
+        k8s.core.v1.ConfigMap(TRACKING_CONFIG_MAP, metadata=metadata(TRACKING_CONFIG_MAP),
+                              data={TRACKING_URI_ENV: self.url}, opts=child)
         self.access = pulumi.Output.from_input(args.namespace).apply(access_hint)
         self.ui_url = UI_URL
         self.register_outputs({"url": self.url, "access": self.access})

@@ -105,6 +105,7 @@ class ContainerSpec:
     scratch: Sequence[Scratch] = ()  # the only writable paths
     env: dict[str, str] = field(default_factory=dict)
     secret_env: Sequence[k8s.core.v1.EnvVarArgs] = ()  # by secretKeyRef (secret_env())
+    env_from: Sequence[k8s.core.v1.EnvFromSourceArgs] = ()  # every key of a ConfigMap/Secret
     ports: Sequence[k8s.core.v1.ContainerPortArgs] = ()
     volume_mounts: Sequence[k8s.core.v1.VolumeMountArgs] = ()
     readiness_probe: k8s.core.v1.ProbeArgs | None = None
@@ -227,6 +228,7 @@ def container(spec: ContainerSpec) -> k8s.core.v1.ContainerArgs:
         image_pull_policy=spec.image_pull_policy,
         command=list(spec.command),
         env=store_env(spec.store) + extra + list(spec.secret_env),
+        env_from=list(spec.env_from) or None,
         ports=list(spec.ports) or None,
         resources=resources(spec),
         security_context=container_security(),
@@ -277,7 +279,9 @@ def job(
 ) -> k8s.batch.v1.Job:
     """A one-shot Job (buckets, ingest) under the workload's own ServiceAccount:
     pulumi-kubernetes waits for it to complete, up to the create/update custom timeout in
-    ``opts`` (its default is 10 minutes)."""
+    ``opts`` (its default is 10 minutes). Its pod template is immutable, so a change
+    replaces it under the same name: the old Job is deleted first (created first, the new
+    one would fail with "already exists" and be retried)."""
     account = service_account(workload, namespace, pulumi.ResourceOptions(parent=opts.parent))
     return k8s.batch.v1.Job(
         name,
@@ -291,5 +295,6 @@ def job(
                               restart_policy="OnFailure"),
             ),
         ),
-        opts=opts,
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
+            delete_before_replace=True)),
     )

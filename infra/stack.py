@@ -58,7 +58,7 @@ def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             "training-operator", TrainingOperatorArgs(version=cfg.training_operator_version)
         )
     training = _training(cfg, namespace, image, store, [buckets, *built], operator, render,
-                         tracking_uri)
+                         tracking)
     inference = Inference(
         "inference",
         InferenceArgs(
@@ -202,7 +202,7 @@ def _tracking(cfg: StackConfig, namespace, store: pod.StoreRef, buckets: Buckets
 
 def _training(cfg: StackConfig, namespace, image: ImageRef, store: pod.StoreRef,
               depends_on: list[pulumi.Resource], operator: TrainingOperator | None,
-              render, tracking_uri: pulumi.Output[str] | None) -> Training:
+              render, tracking: MlflowServer | None) -> Training:
     return Training(
         "training",
         TrainingArgs(
@@ -224,7 +224,7 @@ def _training(cfg: StackConfig, namespace, image: ImageRef, store: pod.StoreRef,
             tolerations=cfg.tolerations,
             depends_on=depends_on,
             operator=operator,
-            tracking_uri=tracking_uri,
+            tracking=tracking,
         ),
         opts=gitops.options("training", render),
     )

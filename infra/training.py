@@ -20,8 +20,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import pod
+from infra.mlflow_server import TRACKING_CONFIG_MAP
 from infra.workloads import INGEST, TRAINER
-from trainer.tracking import TRACKING_URI_ENV
 
 CONFIG_DIR = "/etc/trainstack"
 CONFIG_FILE = f"{CONFIG_DIR}/train.json"
@@ -58,7 +58,10 @@ class TrainingArgs:
     depends_on: Sequence[pulumi.Resource] = ()
     # Ready before the PyTorchJob only: the operator (its admission webhook).
     operator: pulumi.Resource | None = None
-    tracking_uri: pulumi.Input[str] | None = None  # MLFLOW_TRACKING_URI (config `mlflow`)
+    # The MLflow server (config `mlflow`), ready before the PyTorchJob. Its pods read
+    # MLFLOW_TRACKING_URI from the server's optional ConfigMap, so their template does not
+    # depend on it (docs/operations.md, "Experiment tracking").
+    tracking: pulumi.Resource | None = None
 
 
 def job_name(args: TrainingArgs, image: str) -> str:
@@ -107,9 +110,14 @@ def train_env(args: TrainingArgs) -> dict[str, pulumi.Input[str]]:
     env: dict[str, pulumi.Input[str]] = {"PYTHONUNBUFFERED": "1"}
     if args.gpus_per_worker > 0:
         env["NCCL_DEBUG"] = "WARN"  # NCCL is the backend on GPUs: surface its errors
-    if args.tracking_uri is not None:
-        env[TRACKING_URI_ENV] = args.tracking_uri  # rank 0 logs the run to MLflow
     return env
+
+
+def tracking_env() -> list[k8s.core.v1.EnvFromSourceArgs]:
+    """MLFLOW_TRACKING_URI from the MLflow server's ConfigMap, when it exists: rank 0 logs
+    the run there."""
+    return [k8s.core.v1.EnvFromSourceArgs(config_map_ref=k8s.core.v1.ConfigMapEnvSourceArgs(
+        name=TRACKING_CONFIG_MAP, optional=True))]
 
 
 def pod_template(
@@ -129,6 +137,7 @@ def pod_template(
         memory=args.memory,
         gpus=args.gpus_per_worker,
         env=train_env(args),
+        env_from=tracking_env(),
         ports=[k8s.core.v1.ContainerPortArgs(name=MASTER_PORT.name,
                                              container_port=MASTER_PORT.number)],
         ephemeral_storage=TRAIN_TMP_SIZE,
@@ -179,6 +188,8 @@ class Training(pulumi.ComponentResource):
         deps: list[pulumi.Resource] = list(args.depends_on)
         if args.operator is not None:
             deps.append(args.operator)
+        if args.tracking is not None:
+            deps.append(args.tracking)
         if args.ingest_source is not None or args.ingest_source_secret is not None:
             deps.append(self._ingest(args))
         self.job_name = pulumi.Output.from_input(args.image).apply(

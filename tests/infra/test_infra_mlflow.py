@@ -141,9 +141,15 @@ def test_mlflow_accepts_the_service_names_and_port_forward_only(stack):
 
 def test_workloads_get_the_tracking_uri_and_the_bucket_job_makes_its_bucket(stack):
     job = pytorchjob(stack)
+    tracking = stack.objects["ConfigMap/mlflow-tracking"]["data"]
+    assert tracking == {TRACKING_URI_ENV: URI}
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         (container,) = replica["template"]["spec"]["containers"]
-        assert env_of(container)[TRACKING_URI_ENV] == URI
+        assert container["envFrom"] == [
+            {"configMapRef": {"name": "mlflow-tracking", "optional": True}}]
+    # Created only once the server is up (the old env's Output dependency, kept).
+    assert stack.urn_of("Deployment", "mlflow") in stack.registration(
+        "PyTorchJob", job["metadata"]["name"]).dependencies
     (app,) = stack.objects["Deployment/inference"]["spec"]["template"]["spec"]["containers"]
     assert env_of(app)[TRACKING_URI_ENV] == URI
     # The app's links go where a browser reaches the UI: the exported port-forward.
@@ -221,11 +227,12 @@ def _drop_mlflow_rules(spec: dict[str, Any]) -> None:
 def test_mlflow_false_removes_the_server_and_changes_nothing_else(config):
     on, off = render(config), render({**config, "mlflow": "false"})
     added = sorted(set(on.objects) - set(off.objects))
-    assert added == ["ConfigMap/mlflow-aws-config", "Deployment/mlflow", "NetworkPolicy/mlflow",
+    assert added == ["ConfigMap/mlflow-aws-config", "ConfigMap/mlflow-tracking",
+                     "Deployment/mlflow", "NetworkPolicy/mlflow",
                      "PersistentVolumeClaim/mlflow-data", "Service/mlflow",
                      "ServiceAccount/mlflow"]
     for key in off.objects:  # the stripping below can fail: each object really differs
-        if key.startswith(("PyTorchJob/", "Deployment/inference", "Job/trainstack-buckets")):
+        if key.startswith(("Deployment/inference", "Job/trainstack-buckets")):
             assert on.objects[key] != off.objects[key], key
     assert without_mlflow(on.objects) == _normalized(off.objects)
     assert {k: v for k, v in on.exports.items() if not k.startswith("mlflow")} == {
@@ -235,6 +242,29 @@ def test_mlflow_false_removes_the_server_and_changes_nothing_else(config):
         for container in spec["containers"]:
             assert TRACKING_URI_ENV not in env_of(container)
             assert MLFLOW_UI_URL_ENV not in env_of(container)
+
+
+# What `mlflow true|false` changes besides the server's own objects (docs/operations.md,
+# "Experiment tracking"): the app rolls (its MLflow links), the bucket Job makes or skips
+# the `<prefix>mlflow` bucket, and the policies whose rules name the server's pods.
+TOGGLED = {"default": {"Deployment/inference", "Job/trainstack-buckets", "NetworkPolicy/minio"},
+           "egress": {"Deployment/inference", "Job/trainstack-buckets", "NetworkPolicy/minio",
+                      "NetworkPolicy/trainer", "NetworkPolicy/inference"},
+           "external": {"Deployment/inference", "Job/trainstack-buckets"},
+           "rendered": {"Deployment/inference", "Job/trainstack-buckets", "NetworkPolicy/minio"}}
+
+
+@pytest.mark.parametrize("name, config", [("default", PUSHED), ("egress", EGRESS),
+                                          ("external", EXTERNAL), ("rendered", RENDERED)])
+def test_mlflow_toggle_keeps_the_training_job_and_replaces_jobs_delete_first(name, config):
+    """The PyTorchJob's inputs are the same either way (training goes on: its pods read
+    MLFLOW_TRACKING_URI from an optional ConfigMap at their next start); a Job that must
+    change is deleted before its same-name replacement is created."""
+    on, off = render(config), render({**config, "mlflow": "false"})
+    changed = {k for k in set(on.objects) & set(off.objects) if on.objects[k] != off.objects[k]}
+    assert changed == TOGGLED[name]
+    for job in on.by_type("kubernetes:batch/v1:Job"):
+        assert job.delete_before_replace, job.name
 
 
 def _normalized(objects):
