@@ -17,6 +17,7 @@ import pulumi
 
 from infra import values as v
 from infra.fences import MODES as NETWORK_POLICY_MODES
+from infra.mlflow_auth import MODES as MLFLOW_ACCESS_MODES
 from infra.stack_config import StackConfig, warnings
 
 # The trainer's own lists (stdlib-only modules: no torch in the Pulumi program), so a
@@ -101,6 +102,10 @@ FIELDS: dict[str, tuple[str, v.Parser]] = {
         NETWORK_POLICY_MODES, "ingress (default-deny ingress, then the workloads' flows), "
                               "ingress-egress (egress fenced too), none (no NetworkPolicy)")),
     "mlflow": ("mlflow", v.boolean),
+    "mlflowAccess": ("mlflow_access", v.choice(
+        MLFLOW_ACCESS_MODES, "port-forward (only the stack's pods reach the server; users "
+                             "through kubectl port-forward), login (the app's users reach it "
+                             "and MLflow asks for the stack's generated login)")),
     "mlflowImage": ("mlflow_image", v.mlflow_image),
     "mlflowStorageClass": ("mlflow_storage_class", v.pattern(v.DNS_SUBDOMAIN, _STORAGE_CLASS)),
     "nodeSelector": ("node_selector", v.node_selector),

@@ -28,6 +28,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import pod
+from infra.mlflow_auth import MlflowLogin
 from infra.workloads import TRACKING
 from trainer.tracking import TRACKING_URI_ENV
 
@@ -76,6 +77,7 @@ class MlflowArgs:
     storage_size: str = "1Gi"
     storage_class: str | None = None  # None: the cluster's default StorageClass
     depends_on: Sequence[pulumi.Resource] = field(default_factory=list)  # the bucket Job
+    login: bool = False  # MLflow's basic-auth app with a generated login (infra/mlflow_auth.py)
 
 
 def allowed_hosts(namespace: str) -> list[str]:
@@ -86,9 +88,10 @@ def allowed_hosts(namespace: str) -> list[str]:
     return [host for name in names for host in (name, f"{name}:*")]
 
 
-def server_command(hosts: pulumi.Input[str], bucket: str) -> list[pulumi.Input[str]]:
+def server_command(hosts: pulumi.Input[str], bucket: str, login: bool = False
+                   ) -> list[pulumi.Input[str]]:
     """`hosts`: the --allowed-hosts value (allowed_hosts joined by commas)."""
-    return ["mlflow", "server",
+    return ["mlflow", "server", *(["--app-name", "basic-auth"] if login else []),
             "--backend-store-uri", BACKEND_STORE_URI,
             "--artifacts-destination", f"s3://{bucket}/",
             "--host", "0.0.0.0", "--port", str(PORT),
@@ -136,7 +139,7 @@ def _probe(delay: int, failures: int) -> k8s.core.v1.ProbeArgs:
         failure_threshold=failures)
 
 
-def _container(args: MlflowArgs) -> k8s.core.v1.ContainerArgs:
+def _container(args: MlflowArgs, login: MlflowLogin | None) -> k8s.core.v1.ContainerArgs:
     mounts = [
         k8s.core.v1.VolumeMountArgs(name="data", mount_path=DATA_DIR),
         k8s.core.v1.VolumeMountArgs(name="aws-config", mount_path=AWS_CONFIG_DIR,
@@ -144,6 +147,7 @@ def _container(args: MlflowArgs) -> k8s.core.v1.ContainerArgs:
         k8s.core.v1.VolumeMountArgs(name="credentials", mount_path=CREDENTIALS_DIR,
                                     read_only=True),
         TMP.mount(),
+        *([login.mount()] if login else []),
     ]
     return k8s.core.v1.ContainerArgs(
         name=NAME,
@@ -151,9 +155,9 @@ def _container(args: MlflowArgs) -> k8s.core.v1.ContainerArgs:
         # By digest a node's copy is the image; by tag every start pulls (infra/image.py).
         image_pull_policy="IfNotPresent" if "@" in args.image else "Always",
         command=server_command(pulumi.Output.from_input(args.namespace).apply(
-            lambda ns: ",".join(allowed_hosts(ns))), args.bucket),
+            lambda ns: ",".join(allowed_hosts(ns))), args.bucket, login is not None),
         working_dir=pod.TMP,  # anything written relative lands in /tmp, not the image
-        env=_env(args),
+        env=_env(args) + (login.server_env() if login else []),
         ports=[k8s.core.v1.ContainerPortArgs(name=HTTP.name, container_port=PORT)],
         readiness_probe=_probe(10, 3),
         # Generous: the full image imports a lot on a small node.
@@ -205,11 +209,12 @@ class MlflowServer(pulumi.ComponentResource):
         config_map = k8s.core.v1.ConfigMap(CONFIG_MAP, metadata=metadata(CONFIG_MAP),
                                            data={"config": AWS_CONFIG}, opts=child)
         pvc = self._pvc(args, child)
+        login = MlflowLogin(args.namespace, child) if args.login else None
+        volumes = _volumes(args, pvc.metadata.name, config_map.metadata.name)
         template = k8s.core.v1.PodTemplateSpecArgs(
             metadata=k8s.meta.v1.ObjectMetaArgs(labels=TRACKING.labels),
-            spec=pod.pod_spec(account.metadata.name, [_container(args)], scratch=[TMP],
-                              volumes=_volumes(args, pvc.metadata.name,
-                                               config_map.metadata.name),
+            spec=pod.pod_spec(account.metadata.name, [_container(args, login)], scratch=[TMP],
+                              volumes=volumes + ([login.volume()] if login else []),
                               uid=MLFLOW_UID))
         self.deployment = k8s.apps.v1.Deployment(
             NAME,

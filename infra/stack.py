@@ -105,9 +105,11 @@ def flows(cfg: StackConfig) -> tuple[list[Flow], list[OutsideFlow]]:
         Flow(APP, ports=("http",), **users),
     ]
     if cfg.mlflow:
-        # Rank 0 logs its run; the app links versions to runs; users open the UI.
-        inside += [Flow(TRACKING, ports=("http",), sources=(TRAINER, APP)),
-                   Flow(TRACKING, ports=("http",), **users)]
+        # Rank 0 logs its run; the app links versions to runs. Users open the UI through
+        # `kubectl port-forward` (no rule needed), or, behind MLflow's login, as the app.
+        inside.append(Flow(TRACKING, ports=("http",), sources=(TRAINER, APP)))
+        if cfg.mlflow_login:
+            inside.append(Flow(TRACKING, ports=("http",), **users))
     outside = []
     if cfg.store_endpoint is None:
         inside.append(Flow(STORE, ports=("api",), sources=clients))
@@ -195,7 +197,8 @@ def _tracking(cfg: StackConfig, namespace, store: pod.StoreRef, buckets: Buckets
         "mlflow",
         MlflowArgs(namespace=namespace, store=store, bucket=cfg.tracking_bucket,
                    image=cfg.mlflow_image or DEFAULT_MLFLOW_IMAGE,
-                   storage_class=cfg.mlflow_storage_class, depends_on=[buckets]),
+                   storage_class=cfg.mlflow_storage_class, depends_on=[buckets],
+                   login=cfg.mlflow_login),
         opts=gitops.options("mlflow", render),
     )
 

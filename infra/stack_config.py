@@ -74,6 +74,7 @@ class StackConfig:
     network_policy: str = "ingress"  # NETWORK_POLICY_MODES
     mlflow: bool = True  # an MLflow tracking server; workloads get MLFLOW_TRACKING_URI
     mlflow_image: str | None = None  # None: infra.mlflow_server.DEFAULT_IMAGE (mlflow only)
+    mlflow_access: str | None = None  # None: port-forward (infra.mlflow_auth.MODES)
     mlflow_storage_class: str | None = None  # its PVC's; None: the cluster's default
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
@@ -104,6 +105,11 @@ class StackConfig:
     def ingests(self) -> bool:
         """Whether the ingest Job runs (digits needs none: it ships with the trainer)."""
         return self.ingest_source is not None or self.dataset_source_secret is not None
+
+    @property
+    def mlflow_login(self) -> bool:
+        """MLflow open to users, behind its login (`mlflowAccess login`)."""
+        return self.mlflow and self.mlflow_access == "login"
 
     @property
     def image_repository(self) -> str:
@@ -303,11 +309,15 @@ def _check_inference_access(cfg: StackConfig) -> None:
 def _check_mlflow(cfg: StackConfig) -> None:
     if not cfg.mlflow:
         for key, value in (("mlflowImage", cfg.mlflow_image),
-                           ("mlflowStorageClass", cfg.mlflow_storage_class)):
+                           ("mlflowStorageClass", cfg.mlflow_storage_class),
+                           ("mlflowAccess", cfg.mlflow_access)):
             if value is not None:
                 raise invalid(key, "unset when mlflow is false (no MLflow server is deployed)",
                               value)
         return
+    if cfg.mlflow_login and cfg.render_yaml_to:
+        raise invalid("mlflowAccess", f"port-forward when renderYamlTo is set (the login is a "
+                      f"generated Secret: {PLAINTEXT_IN_FILES})", cfg.mlflow_access)
     if cfg.mlflow_image is not None:
         _check_pinned_reference("mlflowImage", cfg.mlflow_image,
                                 "ghcr.io/mlflow/mlflow:<tag>@sha256:<64 hex digits>")

@@ -19,7 +19,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import pod
+from infra import mlflow_auth, pod
 from infra.mlflow_server import TRACKING_CONFIG_MAP
 from infra.workloads import INGEST, TRAINER
 
@@ -117,7 +117,7 @@ def tracking_env() -> list[k8s.core.v1.EnvFromSourceArgs]:
     """MLFLOW_TRACKING_URI from the MLflow server's ConfigMap, when it exists: rank 0 logs
     the run there."""
     return [k8s.core.v1.EnvFromSourceArgs(config_map_ref=k8s.core.v1.ConfigMapEnvSourceArgs(
-        name=TRACKING_CONFIG_MAP, optional=True))]
+        name=TRACKING_CONFIG_MAP, optional=True)), *mlflow_auth.client_env()]
 
 
 def pod_template(

@@ -44,8 +44,10 @@ def pods(cluster: LocalCluster) -> dict[str, Endpoint]:
             for i, p in enumerate(cluster.rendered_pods())}
 
 
-def unwanted(cluster: LocalCluster, traffic: Traffic) -> list[Connection]:
-    """Connections no workload needs, which the fences must deny."""
+def unwanted(cluster: LocalCluster, traffic: Traffic, mlflow_login: bool = False
+             ) -> list[Connection]:
+    """Connections no workload needs, which the fences must deny. Users reach MLflow
+    only behind its login (`mlflowAccess login`); by default only the stack's pods do."""
     everyone = pods(cluster)
     by_name = {e.labels.get(NAME): [] for e in everyone.values()}
     for e in everyone.values():
@@ -76,6 +78,9 @@ def unwanted(cluster: LocalCluster, traffic: Traffic) -> list[Connection]:
         flows += [Connection(stranger, tracking, http), Connection(jobs[0], tracking, http)]
         flows += [Connection(tracking, t, t.ports["pytorchjob-port"][0]) for t in trainers]
         flows += [Connection(tracking, app, app.ports["http"][0])]
+        if not mlflow_login:
+            flows += [Connection(USER, tracking, http),
+                      Connection(replace(spoof, labels={NAME: "ingress-nginx"}), tracking, http)]
     return flows
 
 
@@ -93,7 +98,8 @@ def assert_fenced(cluster: LocalCluster, traffic: Traffic, config: dict[str, str
         assert not unselecting, f"{mode}: policies that select no pod: {unselecting}"
         blocked = denied(fences, traffic.connections)
         assert not blocked, f"{mode}: recorded connections the policies deny: {blocked}"
-        allowed = [str(c) for c in unwanted(cluster, traffic) if fences.allowed(c)]
+        login = config.get("mlflowAccess") == "login"
+        allowed = [str(c) for c in unwanted(cluster, traffic, login) if fences.allowed(c)]
         assert allowed == [], f"{mode}: flows nobody needs are allowed: {allowed}"
         checked[mode] = fences
     return checked

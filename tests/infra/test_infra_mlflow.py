@@ -145,8 +145,8 @@ def test_workloads_get_the_tracking_uri_and_the_bucket_job_makes_its_bucket(stac
     assert tracking == {TRACKING_URI_ENV: URI}
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         (container,) = replica["template"]["spec"]["containers"]
-        assert container["envFrom"] == [
-            {"configMapRef": {"name": "mlflow-tracking", "optional": True}}]
+        assert container["envFrom"][0] == {
+            "configMapRef": {"name": "mlflow-tracking", "optional": True}}
     # Created only once the server is up (the old env's Output dependency, kept).
     assert stack.urn_of("Deployment", "mlflow") in stack.registration(
         "PyTorchJob", job["metadata"]["name"]).dependencies
@@ -290,17 +290,22 @@ TRACKING_POD = endpoint("mlflow", "10.0.0.9", http=(5000, "TCP"))
 USER = Endpoint("a user", "198.51.100.7")
 
 
-def test_only_trainers_the_app_and_users_reach_mlflow():
-    """Users, as the app's: anything outside the namespace (an Ingress controller's pods,
-    NodePort/LoadBalancer clients); inside it only the trainers and the app."""
-    fences = fences_of(EGRESS)
+OTHER_NAMESPACE_POD = endpoint("ingress", "10.0.1.2", "elsewhere")
+LOGIN = {"mlflowAccess": "login"}
+
+
+@pytest.mark.parametrize("mode", [PUSHED, EGRESS], ids=["ingress", "egress"])
+def test_by_default_only_the_stacks_pods_reach_mlflow(mode):
+    """No login by default, so no user reaches it through the fences: the trainers and
+    the app only (users come through `kubectl port-forward`, which needs no rule)."""
+    fences = fences_of(mode)
     store = endpoint("minio", "10.0.0.8", api=(9000, "TCP"))
     allowed = [Connection(endpoint("trainer", "10.0.0.2"), TRACKING_POD, 5000),
                Connection(endpoint("inference", "10.0.0.3"), TRACKING_POD, 5000),
-               Connection(USER, TRACKING_POD, 5000),
-               Connection(endpoint("ingress", "10.0.1.2", "elsewhere"), TRACKING_POD, 5000),
                Connection(TRACKING_POD, store, 9000)]
-    denied = [Connection(endpoint("trainstack-buckets", "10.0.0.4"), TRACKING_POD, 5000),
+    denied = [Connection(USER, TRACKING_POD, 5000),
+              Connection(OTHER_NAMESPACE_POD, TRACKING_POD, 5000),
+              Connection(endpoint("trainstack-buckets", "10.0.0.4"), TRACKING_POD, 5000),
               Connection(endpoint("stranger", "10.0.0.5"), TRACKING_POD, 5000),
               Connection(TRACKING_POD, endpoint("inference", "10.0.0.3", http=(7860, "TCP")),
                          7860),
@@ -308,10 +313,19 @@ def test_only_trainers_the_app_and_users_reach_mlflow():
                   "pytorchjob-port": (23456, "TCP")}), 23456)]
     assert [str(c) for c in allowed if not fences.allowed(c)] == []
     assert [str(c) for c in denied if fences.allowed(c)] == []
+    rule_peers = str(render(mode).objects["NetworkPolicy/mlflow"]["spec"]["ingress"])
+    assert "0.0.0.0/0" not in rule_peers and "namespaceSelector" not in rule_peers
+
+
+def test_with_a_login_users_reach_it_as_the_app():
+    fences = fences_of({**EGRESS, **LOGIN})
+    for user in (USER, OTHER_NAMESPACE_POD):
+        assert fences.allowed(Connection(user, TRACKING_POD, 5000))
+    assert not fences.allowed(Connection(endpoint("stranger", "10.0.0.5"), TRACKING_POD, 5000))
 
 
 def test_behind_an_ingress_only_its_namespace_reaches_the_ui():
-    fences = fences_of({**EGRESS, "inferenceServiceType": "ClusterIP",
+    fences = fences_of({**EGRESS, **LOGIN, "inferenceServiceType": "ClusterIP",
                         "inferenceIngressNamespace": "ingress-nginx"})
     controller = endpoint("ingress-nginx-controller", "10.0.2.2", "ingress-nginx")
     assert fences.allowed(Connection(controller, TRACKING_POD, 5000))
@@ -320,8 +334,43 @@ def test_behind_an_ingress_only_its_namespace_reaches_the_ui():
                                          5000))
 
 
+def test_a_login_is_asked_with_generated_credentials_by_reference_only():
+    rendering = render({**PUSHED, **LOGIN})
+    _, container = server(rendering)
+    assert argument(container, "--app-name") == "basic-auth"
+    env = env_of(container)
+    for name in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[name] == {"secretKeyRef": {"name": "mlflow-auth", "key": name}}
+    ini = rendering.objects["ConfigMap/mlflow-auth-config"]["data"]["basic_auth.ini"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert env["MLFLOW_AUTH_CONFIG_PATH"].rsplit("/", 1)[0] in mounts
+    # A fresh auth database at each start (/tmp): the Secret's password always works.
+    assert "database_uri = sqlite:////tmp/" in ini and "password" not in ini
+    for name in ("mlflow-auth", "mlflow-client"):
+        registration = rendering.registration("Secret", name)
+        assert "stringData" in registration.secret_props
+    client = rendering.objects["Secret/mlflow-client"]["stringData"]
+    assert client["MLFLOW_TRACKING_USERNAME"] == "trainstack"
+    assert client["MLFLOW_TRACKING_PASSWORD"] == rendering.objects["Secret/mlflow-auth"][
+        "stringData"]["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    for replica in pytorchjob(rendering)["spec"]["pytorchReplicaSpecs"].values():
+        (trainer,) = replica["template"]["spec"]["containers"]
+        assert {"secretRef": {"name": "mlflow-client", "optional": True}} in trainer["envFrom"]
+    # The app's links are unchanged: port-forward works with a login too.
+    (app,) = rendering.objects["Deployment/inference"]["spec"]["template"]["spec"]["containers"]
+    assert env_of(app)[MLFLOW_UI_URL_ENV] == "http://localhost:5000"
+    # Without a login nothing of it exists, and the training pods' template is the same.
+    plain = render(PUSHED)
+    assert not [k for k in plain.objects if k.startswith(("Secret/mlflow", "ConfigMap/mlflow-auth"))]
+    assert "--app-name" not in server(plain)[1]["command"]
+    assert pytorchjob(plain)["spec"] == pytorchjob(rendering)["spec"]
+
+
 @pytest.mark.parametrize("config, key", [
     ({"mlflow": "maybe"}, "mlflow"),
+    ({"mlflowAccess": "open"}, "mlflowAccess"),
+    ({"mlflow": "false", "mlflowAccess": "login"}, "mlflowAccess"),
+    ({**RENDERED, "mlflowAccess": "login"}, "mlflowAccess"),
     ({"mlflow": "false", "mlflowImage": DEFAULT_IMAGE}, "mlflowImage"),
     ({"mlflow": "false", "mlflowStorageClass": "fast"}, "mlflowStorageClass"),
     ({"mlflowImage": "mlflow/mlflow:v3.17.2-full"}, "mlflowImage"),  # no registry host
