@@ -15,7 +15,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from infra import pod
+from infra import pod, rotation
 from infra.workloads import STORE
 
 # Pinned: a MinIO server release (the last community image with the console), by the
@@ -48,6 +48,7 @@ class MinIOArgs:
     root_password: pulumi.Input[str] | None = None  # secret; generated when None
     credentials_secret: str | None = None  # an existing Secret instead of the stack's
     bucket_prefix: str = ""  # what every workload's store ref carries
+    versions: rotation.SecretVersions | None = None  # digests of the stack's Secret
 
 
 class MinIO(pulumi.ComponentResource):
@@ -60,26 +61,36 @@ class MinIO(pulumi.ComponentResource):
     def __init__(self, name: str, args: MinIOArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("trainstack:index:MinIO", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        secret_name = args.credentials_secret or self._secret(args, child).metadata.name
+        version = None
+        if args.credentials_secret:
+            secret_name: pulumi.Input[str] = args.credentials_secret
+        else:
+            secret, credentials = self._secret(args, child)
+            secret_name = secret.metadata.name
+            version = args.versions.of(credentials) if args.versions else None
         pvc = self._pvc(args, child)
         account = pod.service_account(STORE, args.namespace, child)
-        deployment = self._deployment(args, secret_name, pvc, account, child)
+        deployment = self._deployment(args, secret_name, pvc, account, version, child)
         service = self._service(args, child)
         host = pulumi.Output.concat(SERVICE_NAME, ".", args.namespace, ".svc")
         self.endpoint = pulumi.Output.concat(host, f":{API_PORT}")
         self.store = pod.StoreRef(url=pulumi.Output.concat("s3://", self.endpoint),
-                                  secret_name=secret_name, bucket_prefix=args.bucket_prefix)
+                                  secret_name=secret_name, bucket_prefix=args.bucket_prefix,
+                                  version=version)
         self.ready = [deployment, service]
         self.register_outputs({"endpoint": self.endpoint, "secret_name": secret_name})
 
-    def _secret(self, args: MinIOArgs, opts: pulumi.ResourceOptions) -> k8s.core.v1.Secret:
+    def _secret(self, args: MinIOArgs, opts: pulumi.ResourceOptions
+                ) -> tuple[k8s.core.v1.Secret, pulumi.Output]:
+        """The stack's Secret, and its content (for its version digest)."""
         password = args.root_password
         if password is None:
             password = random.RandomPassword(
                 "minio-root-password", length=32, special=False, opts=opts
             ).result
-        return pod.credentials_secret(SECRET_NAME, args.namespace, ROOT_USER, password,
-                                      "minio", opts)
+        secret = pod.credentials_secret(SECRET_NAME, args.namespace, ROOT_USER, password,
+                                        "minio", opts)
+        return secret, pulumi.Output.all(ROOT_USER, password)
 
     def _pvc(self, args: MinIOArgs, opts: pulumi.ResourceOptions):
         return k8s.core.v1.PersistentVolumeClaim(
@@ -104,7 +115,8 @@ class MinIO(pulumi.ComponentResource):
             opts=opts,
         )
 
-    def _deployment(self, args, secret_name, pvc, account, opts) -> k8s.apps.v1.Deployment:
+    def _deployment(self, args, secret_name, pvc, account, version, opts
+                    ) -> k8s.apps.v1.Deployment:
         data = k8s.core.v1.VolumeArgs(
             name="data",
             persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
@@ -134,7 +146,9 @@ class MinIO(pulumi.ComponentResource):
                 strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=STORE.labels),
                 template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=STORE.labels),
+                    # MinIO reads its root credentials once, at start.
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=STORE.labels, annotations=(
+                        rotation.annotations({rotation.STORE_CREDENTIALS: version}))),
                     spec=pod.pod_spec(account.metadata.name, [_server_container()],
                                       scratch=[TMP], volumes=[data, credentials],
                                       uid=MINIO_UID),

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import pod
+from infra import pod, rotation
 from infra.mlflow_auth import MlflowLogin
 from infra.workloads import TRACKING
 from trainer.tracking import TRACKING_URI_ENV
@@ -78,6 +78,7 @@ class MlflowArgs:
     storage_class: str | None = None  # None: the cluster's default StorageClass
     depends_on: Sequence[pulumi.Resource] = field(default_factory=list)  # the bucket Job
     login: bool = False  # MLflow's basic-auth app with a generated login (infra/mlflow_auth.py)
+    versions: rotation.SecretVersions | None = None  # digests of the login's Secret
 
 
 def allowed_hosts(namespace: str) -> list[str]:
@@ -211,8 +212,13 @@ class MlflowServer(pulumi.ComponentResource):
         pvc = self._pvc(args, child)
         login = MlflowLogin(args.namespace, child) if args.login else None
         volumes = _volumes(args, pvc.metadata.name, config_map.metadata.name)
+        login_version = (args.versions.of(login.secret_values)
+                         if login is not None and args.versions else None)
+        # It reads the store's credentials (boto3 keeps them once read) and its login at start.
         template = k8s.core.v1.PodTemplateSpecArgs(
-            metadata=k8s.meta.v1.ObjectMetaArgs(labels=TRACKING.labels),
+            metadata=k8s.meta.v1.ObjectMetaArgs(labels=TRACKING.labels, annotations=(
+                rotation.annotations({rotation.STORE_CREDENTIALS: args.store.version,
+                                      rotation.MLFLOW_LOGIN: login_version}))),
             spec=pod.pod_spec(account.metadata.name, [_container(args, login)], scratch=[TMP],
                               volumes=volumes + ([login.volume()] if login else []),
                               uid=MLFLOW_UID))

@@ -50,6 +50,9 @@ class StoreRef:
     secret_name: pulumi.Input[str]  # keys ACCESS_KEY_ID, SECRET_ACCESS_KEY
     region: str | None = None  # AWS_REGION
     bucket_prefix: str = ""  # TRAINSTACK_BUCKET_PREFIX
+    # A digest of the Secret's content when the stack made it (infra/rotation.py): the
+    # templates of pods that keep running carry it, so a new value rolls them.
+    version: pulumi.Input[str] | None = None
 
 
 def s3_endpoint_url(store_url: pulumi.Input[str]) -> pulumi.Output[str]:

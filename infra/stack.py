@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import gitops, pod
+from infra import gitops, pod, rotation
 from infra.buckets import Buckets, BucketsArgs, StoreCredentials, StoreCredentialsArgs
 from infra.config import StackConfig, StackSecrets
 from infra.fences import FencesArgs, Flow, NetworkFences, OutsideFlow, service_namespace
@@ -37,9 +37,10 @@ def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
         opts=gitops.options("namespace", render),
     )
     namespace = ns.metadata.name
+    versions = rotation.SecretVersions()
     fences = _fences(cfg, namespace, render)
     image, built = _image(cfg)
-    store, store_ready = _store(cfg, secrets, namespace, render)
+    store, store_ready = _store(cfg, secrets, namespace, render, versions)
     # Every client of the store starts after the bucket Job, which starts after the
     # fences: no connection is cut by a default-deny that lands before its allow rule.
     buckets = Buckets(
@@ -50,7 +51,7 @@ def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
                     tracking=cfg.mlflow),
         opts=gitops.options("buckets", render),
     )
-    tracking = _tracking(cfg, namespace, store, buckets, render)
+    tracking = _tracking(cfg, namespace, store, buckets, render, versions)
     tracking_uri = tracking.url if tracking else None
     operator = None
     if cfg.install_training_operator:
@@ -74,6 +75,7 @@ def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
             auth_secret=cfg.inference_auth_secret,
             tracking_uri=tracking_uri,
             mlflow_ui_url=tracking.ui_url if tracking else None,
+            versions=versions,
         ),
         opts=gitops.options("inference", render),
     )
@@ -152,8 +154,8 @@ def _image(cfg: StackConfig) -> tuple[ImageRef, list[pulumi.Resource]]:
     return ImageRef(image.ref, image.pull_policy), [image]
 
 
-def _store(cfg: StackConfig, secrets: StackSecrets, namespace, render
-           ) -> tuple[pod.StoreRef, list[pulumi.Resource]]:
+def _store(cfg: StackConfig, secrets: StackSecrets, namespace, render,
+           versions: rotation.SecretVersions) -> tuple[pod.StoreRef, list[pulumi.Resource]]:
     """The workloads' StoreRef and what must be ready before the bucket Job runs."""
     opts = gitops.options("store", render)
     if cfg.store_endpoint is None:
@@ -163,12 +165,13 @@ def _store(cfg: StackConfig, secrets: StackSecrets, namespace, render
                       storage_class=cfg.minio_storage_class,
                       root_password=secrets.minio_root_password,
                       credentials_secret=cfg.store_credentials_secret,
-                      bucket_prefix=cfg.bucket_prefix),
+                      bucket_prefix=cfg.bucket_prefix, versions=versions),
             opts=opts,
         )
         return minio.store, minio.ready
     secret_name: pulumi.Input[str] | None = cfg.store_credentials_secret
     ready: list[pulumi.Resource] = []
+    version = None
     if secret_name is None:
         credentials = StoreCredentials(
             "store-credentials",
@@ -177,8 +180,10 @@ def _store(cfg: StackConfig, secrets: StackSecrets, namespace, render
             opts=opts,
         )
         secret_name, ready = credentials.secret_name, [credentials]
+        version = versions.of(pulumi.Output.all(cfg.store_access_key, secrets.store_secret_key))
     store = pod.StoreRef(url=store_url(cfg.store_endpoint), secret_name=secret_name,
-                         region=cfg.store_region, bucket_prefix=cfg.bucket_prefix)
+                         region=cfg.store_region, bucket_prefix=cfg.bucket_prefix,
+                         version=version)
     return store, ready
 
 
@@ -189,7 +194,7 @@ def store_url(endpoint: str) -> str:
 
 
 def _tracking(cfg: StackConfig, namespace, store: pod.StoreRef, buckets: Buckets,
-              render) -> MlflowServer | None:
+              render, versions: rotation.SecretVersions) -> MlflowServer | None:
     """The MLflow server (`mlflow`), after the bucket Job made its artifact bucket."""
     if not cfg.mlflow:
         return None
@@ -198,7 +203,7 @@ def _tracking(cfg: StackConfig, namespace, store: pod.StoreRef, buckets: Buckets
         MlflowArgs(namespace=namespace, store=store, bucket=cfg.tracking_bucket,
                    image=cfg.mlflow_image or DEFAULT_MLFLOW_IMAGE,
                    storage_class=cfg.mlflow_storage_class, depends_on=[buckets],
-                   login=cfg.mlflow_login),
+                   login=cfg.mlflow_login, versions=versions),
         opts=gitops.options("mlflow", render),
     )
 

@@ -19,7 +19,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import mlflow_auth, pod
+from infra import mlflow_auth, pod, rotation
 from infra.mlflow_server import TRACKING_CONFIG_MAP
 from infra.workloads import INGEST, TRAINER
 
@@ -147,8 +147,12 @@ def pod_template(
     config_volume = k8s.core.v1.VolumeArgs(
         name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map)
     )
+    # The store's credentials are env vars, read at start: a new value must restart the
+    # job (it resumes from its checkpoint), or its next upload would be refused.
+    versions = {rotation.STORE_CREDENTIALS: args.store.version}
     return k8s.core.v1.PodTemplateSpecArgs(
-        metadata=k8s.meta.v1.ObjectMetaArgs(labels=TRAINER.labels),
+        metadata=k8s.meta.v1.ObjectMetaArgs(labels=TRAINER.labels,
+                                            annotations=rotation.annotations(versions)),
         spec=pod.pod_spec(
             account, [pod.container(spec)], scratch=spec.scratch, volumes=[config_volume],
             **pod.scheduling(args.gpus_per_worker, args.node_selector, args.tolerations),

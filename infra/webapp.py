@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import pod
+from infra import pod, rotation
 from infra.workloads import APP
 from trainer.layout import AUTH_TOKEN_ENV, MLFLOW_UI_URL_ENV
 from trainer.tracking import TRACKING_URI_ENV
@@ -41,6 +41,7 @@ class InferenceArgs:
     auth_secret: str | None = None  # or: the user's Secret (key AUTH_TOKEN_ENV)
     tracking_uri: pulumi.Input[str] | None = None  # MLFLOW_TRACKING_URI (config `mlflow`)
     mlflow_ui_url: str | None = None  # where users' browsers open MLflow (the app's links)
+    versions: rotation.SecretVersions | None = None  # digests of the token's Secret
 
 
 def _probe(path: str, delay: int, failures: int) -> k8s.core.v1.ProbeArgs:
@@ -96,13 +97,17 @@ def _container(args: InferenceArgs, token_secret: pulumi.Input[str] | None
 
 
 def _deployment_spec(args: InferenceArgs, account: pulumi.Input[str],
-                     token_secret: pulumi.Input[str] | None) -> k8s.apps.v1.DeploymentSpecArgs:
+                     token_secret: pulumi.Input[str] | None,
+                     token_version: pulumi.Input[str] | None) -> k8s.apps.v1.DeploymentSpecArgs:
     spec = _container(args, token_secret)
+    versions = {rotation.STORE_CREDENTIALS: args.store.version,
+                rotation.AUTH_TOKEN: token_version}
     return k8s.apps.v1.DeploymentSpecArgs(
         replicas=args.replicas,
         selector=k8s.meta.v1.LabelSelectorArgs(match_labels=APP.labels),
         template=k8s.core.v1.PodTemplateSpecArgs(
-            metadata=k8s.meta.v1.ObjectMetaArgs(labels=APP.labels),
+            metadata=k8s.meta.v1.ObjectMetaArgs(labels=APP.labels,
+                                                annotations=rotation.annotations(versions)),
             spec=pod.pod_spec(account, [pod.container(spec)], scratch=spec.scratch),
         ),
     )
@@ -130,10 +135,13 @@ class Inference(pulumi.ComponentResource):
         metadata = k8s.meta.v1.ObjectMetaArgs(name=NAME, namespace=args.namespace,
                                               labels=APP.labels)
         account = pod.service_account(APP, args.namespace, child)
+        token_secret = self._token_secret(args, child)
+        token_version = (args.versions.of(args.auth_token)
+                         if args.versions and args.auth_token is not None else None)
         self.deployment = k8s.apps.v1.Deployment(
             NAME,
             metadata=metadata,
-            spec=_deployment_spec(args, account.metadata.name, self._token_secret(args, child)),
+            spec=_deployment_spec(args, account.metadata.name, token_secret, token_version),
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
         )
         self.service = k8s.core.v1.Service(

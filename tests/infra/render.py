@@ -151,7 +151,11 @@ def _strings(value: Any) -> list[str]:
 
 
 class _Mocks(pulumi.runtime.Mocks):
-    """Outputs a real deployment would fill in (digests, generated passwords)."""
+    """Outputs a real deployment would fill in (digests, generated passwords). `rotated`:
+    the RandomPasswords (by name) whose result is regenerated, as `pulumi up --replace`."""
+
+    def __init__(self, rotated: tuple[str, ...] = ()):
+        self.rotated = rotated
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         state = dict(args.inputs)
@@ -160,7 +164,8 @@ class _Mocks(pulumi.runtime.Mocks):
             digest = hashlib.sha256(state["imageName"].encode()).hexdigest()
             state.update(repoDigest=f"{repo}@sha256:{digest}", baseImageName=state["imageName"])
         elif args.typ == "random:index/randomPassword:RandomPassword":
-            state["result"] = MOCK_RANDOM_PASSWORD
+            state["result"] = (f"{MOCK_RANDOM_PASSWORD}-rotated" if args.name in self.rotated
+                               else MOCK_RANDOM_PASSWORD)
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -210,9 +215,11 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         self.registrations[registration.urn] = registration
 
 
-def render(config: dict[str, str], secrets: tuple[str, ...] = SECRET_KEYS) -> Rendering:
-    """Run the program (infra/__main__.py's load + build_stack) under mocks."""
-    mocks = _Mocks()
+def render(config: dict[str, str], secrets: tuple[str, ...] = SECRET_KEYS,
+           rotated: tuple[str, ...] = ()) -> Rendering:
+    """Run the program (infra/__main__.py's load + build_stack) under mocks; `rotated`
+    names generated passwords that get a new value."""
+    mocks = _Mocks(rotated)
     monitor = _RecordingMonitor(mocks)
     pulumi_settings.ROOT.set(None)  # a fresh root stack per rendering
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=STACK, preview=False, monitor=monitor)

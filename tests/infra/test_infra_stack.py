@@ -47,11 +47,13 @@ def test_defaults_render_every_resource(default_stack):
         "NetworkPolicy/trainstack-ingest", "NetworkPolicy/trainer", "NetworkPolicy/inference",
         # the MLflow server (`mlflow` true): SQLite on its volume, boto3's config, fenced
         "ServiceAccount/mlflow", "PersistentVolumeClaim/mlflow-data",
-        "ConfigMap/mlflow-aws-config", "Deployment/mlflow", "Service/mlflow",
+        "ConfigMap/mlflow-aws-config", "ConfigMap/mlflow-tracking", "Deployment/mlflow",
+        "Service/mlflow",
         "NetworkPolicy/mlflow",
     ])
     assert len(default_stack.by_type(IMAGE)) == 1
-    assert len(default_stack.by_type("random:index/randomPassword:RandomPassword")) == 1
+    # MinIO's root password, and the key of the secret versions (infra/rotation.py).
+    assert len(default_stack.by_type("random:index/randomPassword:RandomPassword")) == 2
     (operator,) = default_stack.by_type(DIRECTORY)
     assert operator.remote  # provider-side component: nothing fetched by this program
     # v1.8.1, pinned to the commit its tag named when it was checked.
@@ -68,7 +70,8 @@ def test_every_resource_is_parented_to_a_typed_component(default_stack):
         "trainstack:index:TrainingOperator", "trainstack:index:MinIO",
         "trainstack:index:TrainerImage", "trainstack:index:Training",
         "trainstack:index:Inference", "trainstack:index:Buckets",
-        "trainstack:index:NetworkFences", "trainstack:index:MlflowServer"}
+        "trainstack:index:NetworkFences", "trainstack:index:MlflowServer",
+        "trainstack:index:SecretVersionKey"}
     operator_manifests = {r.urn for r in default_stack.by_type(DIRECTORY)}
     for r in default_stack.resources.values():
         if r.parent in operator_manifests:
@@ -274,7 +277,8 @@ def test_minio(default_stack, gpu_stack):
                       "AWS_SECRET_ACCESS_KEY": MOCK_RANDOM_PASSWORD}  # generated: not configured
     gpu_secret = gpu_stack.objects["Secret/minio-credentials"]["stringData"]
     assert gpu_secret["AWS_SECRET_ACCESS_KEY"] == PASSWORD
-    assert gpu_stack.by_type("random:index/randomPassword:RandomPassword") == []
+    assert [r.name for r in gpu_stack.by_type("random:index/randomPassword:RandomPassword")
+            ] == ["secret-version-key"]  # no generated MinIO password
     for rendering in (default_stack, gpu_stack):
         assert "minioadmin" not in json.dumps(rendering.objects)
 

@@ -35,7 +35,8 @@ def external_keys():
 
 
 MLFLOW_OBJECTS = ("ServiceAccount/mlflow", "PersistentVolumeClaim/mlflow-data",
-                  "ConfigMap/mlflow-aws-config", "Deployment/mlflow", "Service/mlflow",
+                  "ConfigMap/mlflow-aws-config", "ConfigMap/mlflow-tracking",
+                  "Deployment/mlflow", "Service/mlflow",
                   "NetworkPolicy/mlflow")  # its own volume, whatever the store
 
 

@@ -108,13 +108,14 @@ def test_destroy_order_of_the_whole_stack(default_stack):
                     if default_stack.resources[u].custom)
              for s in default_stack.destroy_order()]
     order = [s for s in order if s]
-    # the app's and MLflow's Services, the PyTorchJob
-    assert order[0] == ["inference", "mlflow", "pytorchjob"]
+    # the PyTorchJob (created after the MLflow server: its rank 0 logs there)
+    assert order[0] == ["pytorchjob"]
+    assert order[1] == ["inference", "mlflow"]  # the app's and MLflow's Services
     # the app's and MLflow's Deployments (MLflow writes to MinIO), the ingest Job
-    assert order[1] == ["inference", "mlflow", INGEST]
-    assert order[2] == [BUCKETS]
-    assert order[3] == ["minio"]  # MinIO's Deployment: its pods are gone before the volume
-    assert set(order[4]) >= {"minio-credentials", "training-operator-kubeflow/training-operator",
+    assert order[2] == ["inference", "mlflow", INGEST]
+    assert order[3] == [BUCKETS]
+    assert order[4] == ["minio"]  # MinIO's Deployment: its pods are gone before the volume
+    assert set(order[5]) >= {"minio-credentials", "training-operator-kubeflow/training-operator",
                              "training-operator-pytorchjobs.kubeflow.org"}
     assert order[-1] == ["namespace"] or "namespace" in order[-1]
 
