@@ -33,7 +33,7 @@ PORT ?= 7860
 CIFAR10_SOURCE ?=
 SOURCE ?= $(CIFAR10_SOURCE)
 
-.PHONY: demo test test-fast bench lint chromium strace clean help
+.PHONY: demo test test-fast bench lint chromium strace clean help gitops-drift
 help:
 	@echo "make demo   train on $(DATASET) with 2 local DDP processes, then serve the app"
 	@echo "make test   set up .venv and run the whole test suite (browser tests included)"
@@ -97,6 +97,12 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/train_memory.py
 	$(BIN)/python bench/inference_latency.py
 	$(if $(CIFAR10_SOURCE),$(BIN)/python bench/time_to_accuracy.py --data $(CIFAR10_SOURCE))
+
+# Render mode: do the committed files match what the program renders? (docs/operations.md,
+# GitOps; `pulumi preview --expect-no-changes` cannot tell there.) Needs the pulumi CLI.
+GITOPS_STACK ?= gitops
+gitops-drift: $(RUNTIME_STAMP)
+	$(BIN)/python -m infra.drift --stack $(GITOPS_STACK)
 
 clean:
 	rm -rf $(VENV) $(MLFLOW_VENV) $(CHECKOV_VENV) $(DEMO_STORE) .pytest_cache
