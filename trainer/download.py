@@ -26,7 +26,10 @@ CHUNK = 1024 * 1024
 
 def redacted_url(url: str) -> str:
     """``url`` for logs and errors: scheme, host, port and path only. Userinfo and the
-    query (a presigned URL's signature, a token) are credentials."""
+    query (a presigned URL's signature, a token) are credentials. A local path (no
+    ``://``) is returned as it is."""
+    if "://" not in url:
+        return url
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from trainer import cifar
 from trainer.config import CIFAR10_URL
-from trainer.download import CHUNK, fetch
+from trainer.download import CHUNK, fetch, redacted_url
 from trainer.errors import IngestError, ObjectNotFound
 from trainer.layout import cifar10_key
 from trainer.storage import Store
@@ -65,6 +65,7 @@ def _stored_digest(store: Store, key: str) -> str | None:
 
 
 def _ingest_cifar10(store: Store, source: str, expected_md5: str | None) -> str:
+    shown = redacted_url(source)  # what logs and errors say: a URL's credentials stay out
     key = cifar10_key()
     name = PurePosixPath(key).name
     if expected_md5 and store.exists(key) and _stored_digest(store, key + ".md5") == expected_md5:
@@ -74,21 +75,21 @@ def _ingest_cifar10(store: Store, source: str, expected_md5: str | None) -> str:
         path = fetch(source, Path(tmp) / name)
         md5, sha256 = file_digests(path)
         if expected_md5:
-            verify_md5(md5, expected_md5, source)
+            verify_md5(md5, expected_md5, shown)
         if store.exists(key) and _stored_digest(store, key + ".sha256") == sha256:
             log.info("%s already ingested in %s (sha256 %s): nothing to do", key, store.url, sha256)
             return key
         if not expected_md5:
             with path.open("rb") as f:  # a custom source: prove it is the right format
-                train_x, _, test_x, _, _ = cifar.read_archive(f, source)
+                train_x, _, test_x, _, _ = cifar.read_archive(f, shown)
             log.info("%s is a valid CIFAR-10 archive: %d train / %d test images",
-                     source, len(train_x), len(test_x))
+                     shown, len(train_x), len(test_x))
         log.info("uploading %s (%.1f MB) to %s", key, path.stat().st_size / 1e6, store.url)
         store.put_file(key, path)
         # The digests go last: their presence means the object is complete.
         store.put_bytes(key + ".md5", f"{md5}  {name}\n".encode())
         store.put_bytes(key + ".sha256", f"{sha256}  {name}\n".encode())
-    log.info("ingested %s into %s/%s", source, store.url, key)
+    log.info("ingested %s into %s/%s", shown, store.url, key)
     return key
 
 

@@ -23,9 +23,9 @@ import logging
 import tarfile
 import tempfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from trainer.download import fetch
+from trainer.download import fetch, redacted_url
 from trainer.errors import IngestError, ObjectNotFound
 from trainer.imagefolder import check_image_name, decode_image, imagefolder_layout
 from trainer.layout import manifest_key
@@ -62,7 +62,8 @@ def ingest_folder(store: Store, source: str, prefix: str = PREFIX) -> str:
                 return prefix
         except ObjectNotFound:
             pass
-        log.info("uploading %d images from %s to %s/%s", len(files), source, store.url, prefix)
+        log.info("uploading %d images from %s to %s/%s", len(files), redacted_url(source),
+                 store.url, prefix)
         for path, name in zip(files, rel):
             store.put_file(f"{prefix}/{name}", path)
         store.put_bytes(manifest_at, manifest)  # last: its presence means "complete"
@@ -74,20 +75,23 @@ def _unpack(source: str, tmp: Path) -> Path:
     local = Path(source).expanduser()
     if "://" not in source and local.is_dir():
         return local
-    if not source.lower().endswith(ARCHIVES):
-        raise IngestError(f"imagefolder source {source!r}: expected a directory or one of "
+    # A URL's query is no part of the file's name (a presigned URL's signature), and with
+    # its userinfo it stays out of every message.
+    shown = redacted_url(source)
+    if not shown.lower().endswith(ARCHIVES):
+        raise IngestError(f"imagefolder source {shown!r}: expected a directory or one of "
                           f"{', '.join(ARCHIVES)}")
-    archive = fetch(source, tmp / Path(source).name, max_bytes=MAX_ARCHIVE_BYTES)
+    archive = fetch(source, tmp / PurePosixPath(shown).name, max_bytes=MAX_ARCHIVE_BYTES)
     out = tmp / "unpacked"
     out.mkdir()
-    limits = _Limits(source, archive.stat().st_size)
+    limits = _Limits(shown, archive.stat().st_size)
     try:
-        if source.lower().endswith(".zip"):
+        if shown.lower().endswith(".zip"):
             _unzip(archive, out, limits)
         else:
             _untar(archive, out, limits)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
-        raise IngestError(f"imagefolder source {source!r}: cannot unpack ({e})") from None
+        raise IngestError(f"imagefolder source {shown!r}: cannot unpack ({e})") from None
     entries = [p for p in out.iterdir() if not p.name.startswith(".")]
     if len(entries) == 1 and entries[0].is_dir() and entries[0].name not in ("train", "test"):
         children = [p for p in entries[0].iterdir() if not p.name.startswith(".")]
