@@ -172,6 +172,9 @@ class LocalCluster:
         raise ClusterError(f"{kind} {name!r} is referenced but neither rendered nor existing; "
                            f"the stack renders {sorted(self.objects)}")
 
+    def _has(self, kind: str, name: str) -> bool:
+        return f"{kind}/{name}" in self.objects or f"{kind}/{name}" in self.existing
+
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [o for key, o in sorted(self.objects.items()) if key.startswith(f"{kind}/")]
 
@@ -194,6 +197,10 @@ class LocalCluster:
              injected: dict[str, str]) -> dict[str, str]:
         env: dict[str, str] = {}
         for source in container.get("envFrom") or []:
+            ref = source.get("secretRef") or source.get("configMapRef")
+            if ref.get("optional") and not self._has(
+                    "Secret" if "secretRef" in source else "ConfigMap", ref["name"]):
+                continue  # as the kubelet: an optional source that does not exist adds nothing
             if "secretRef" in source:
                 secret = self.get("Secret", source["secretRef"]["name"])
                 env.update({k: self._secret_value(secret["metadata"]["name"], k)
