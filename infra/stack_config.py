@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from infra.values import Default, invalid, parse_image_reference
+from infra.config_errors import Default
+from infra.values import invalid, parse_image_reference
 
 # The trainer's own contracts (stdlib-only modules: no torch in the Pulumi program).
 from trainer.config import CIFAR10_URL
