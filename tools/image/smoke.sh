@@ -120,14 +120,14 @@ main() {
   mkdir -p "$CACHE"
   ensure_base_image
   ensure_wheelhouse
-  local image ctr
+  local image
   image=$(image_name)
   build_image "$image"
-  log "image size: $("${BUILDAH[@]}" inspect --type image --format '{{.Size}}' "$image" \
-        | awk '{printf "%.2f GB", $1 / 1e9}') (stand-in base + PyPI's CUDA torch)"
-  ctr=$("${BUILDAH[@]}" from --quiet "$image")
-  trap '"${BUILDAH[@]}" rm "$ctr" >/dev/null 2>&1 || true' EXIT
-  PORT=$PORT LOCK=$LOCK PYTHON=$PYTHON "$HERE/run_checks.sh" "${BUILDAH[@]}" -- "$ctr"
+  log "image size: $("${BUILDAH[@]}" images --noheading --format '{{.Size}}' "$image")" \
+      "(stand-in base + PyPI's CUDA torch)"
+  CTR=$("${BUILDAH[@]}" from --quiet "$image")
+  trap '"${BUILDAH[@]}" rm "$CTR" >/dev/null 2>&1 || true' EXIT
+  PORT=$PORT LOCK=$LOCK PYTHON=$PYTHON "$HERE/run_checks.sh" "${BUILDAH[@]}" -- "$CTR"
   log "passed in $((SECONDS - START)) s"
 }
 
