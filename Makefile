@@ -16,7 +16,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 # Every venv installs from a hashed lock (`make lock` rewrites them from the requirements
 # files; docs/operations.md "Locked dependencies"), so every machine gets the same files.
-# TORCH=cpu: PyTorch's CPU wheel from its own index for .venv (no 3.2 GB of CUDA libraries;
+# TORCH=cpu: PyTorch's CPU wheel from its own index for .venv (no ~4 GB of CUDA libraries;
 # README "Setup size"); the default, pypi, is the lock's torch from PyPI (a CUDA build).
 # A .venv keeps the choice it was made with (recorded in its stamp).
 TORCH ?= $(or $(shell cat $(RUNTIME_STAMP) 2>/dev/null),pypi)

@@ -91,7 +91,7 @@ ensure_wheelhouse() {
 image_name() {
   local sum
   sum=$( (cd "$REPO" && cat trainer/Dockerfile .dockerignore requirements-image.lock \
-            tools/lock/torch_split.py && find trainer inference -name '*.py' -print0 \
+            tools/lock/torch_split.py && find trainer inference -type f ! -path '*/__pycache__/*' -print0 \
             | sort -z | xargs -0 cat; cat "$BASE_TAR") | sha256sum | cut -c1-12)
   echo "localhost/trainstack-trainer:smoke-$sum"
 }
