@@ -75,4 +75,8 @@ PNG=$(mktemp --suffix .png)
 answer=$(curl -sf -F "file=@$PNG;type=image/png" "http://127.0.0.1:$PORT/predict") \
   || die "/predict"
 rm -f "$PNG"
-case $answer in *'"prediction"'*) log "/predict: $answer" ;; *) die "/predict: $answer" ;; esac
+summary=$(echo "$answer" | "$PYTHON" -c 'import json, sys
+answer = json.load(sys.stdin)
+print("class %(prediction)s (%(confidence).2f) by %(model_version)s" % answer)') \
+  || die "/predict: $answer"
+log "/predict: $summary"
