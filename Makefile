@@ -14,6 +14,14 @@ MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHROMIUM := /usr/bin/chromium
+# Every venv installs from a hashed lock (`make lock` rewrites them from the requirements
+# files; docs/operations.md "Locked dependencies"), so every machine gets the same files.
+# TORCH=cpu: PyTorch's CPU wheel from its own index for .venv (no ~4 GB of CUDA libraries;
+# README "Setup size"); the default, pypi, is the lock's torch from PyPI (a CUDA build).
+# A .venv keeps the choice it was made with (recorded in its stamp).
+TORCH ?= $(or $(shell cat $(RUNTIME_STAMP) 2>/dev/null),pypi)
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+LOCK_FLAGS := --quiet --universal --python-version 3.11 --generate-hashes $(if $(UPGRADE),--upgrade)
 # The e2e test records every connection its workloads make with strace.
 STRACE := /usr/bin/strace
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -38,30 +46,70 @@ help:
 	@echo "make demo   train on $(DATASET) with 2 local DDP processes, then serve the app"
 	@echo "make test   set up .venv and run the whole test suite (browser tests included)"
 	@echo "make bench  print training and inference benchmark figures (CIFAR10_SOURCE=... adds time to accuracy)"
+	@echo "make lock   rewrite the hashed locks after changing a requirements*.txt"
+	@echo "make image-smoke  build the trainer image with buildah and run it (part of make test)"
 
 # One venv for everything, so any documented order works (`make demo` then `pulumi up`,
 # `make test` then `pulumi up`): the trainer's and app's requirements, the Pulumi program's
-# (requirements.txt, which also installs this project editable: `import trainer, inference,
-# infra` from any directory).
-$(RUNTIME_STAMP): trainer/requirements.txt inference/requirements.txt requirements.txt pyproject.toml
+# and the test tools, all from requirements.lock; then this project, editable (`import
+# trainer, inference, infra` from any directory). --no-deps: the lock is the whole closure,
+# and `pip check` proves it.
+$(RUNTIME_STAMP): requirements.lock pyproject.toml tools/lock/torch_split.py | torch-choice
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -r requirements.txt -r trainer/requirements.txt \
-	  -r inference/requirements.txt
+ifeq ($(TORCH),cpu)
+	$(PYTHON) tools/lock/torch_split.py requirements.lock cpu $(VENV)/torch-cpu
+	$(BIN)/pip install --quiet --no-deps --index-url $(TORCH_CPU_INDEX) -r $(VENV)/torch-cpu/torch.txt
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r $(VENV)/torch-cpu/rest.lock
+else
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements.lock
+endif
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
+	echo $(TORCH) > $@
+
+$(DEV_STAMP): $(RUNTIME_STAMP)
 	touch $@
 
-$(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
-	$(BIN)/pip install --quiet -r requirements-dev.txt
-	touch $@
+# A .venv made with one torch cannot become the other in place (the CUDA libraries stay).
+.PHONY: torch-choice
+torch-choice:
+	@case "$(TORCH)" in pypi|cpu) ;; *) echo "TORCH=$(TORCH): expected pypi (the lock's torch" \
+	  "from PyPI, a CUDA build) or cpu (PyTorch's CPU wheel)" >&2; exit 2 ;; esac
+	@made=$$(cat $(RUNTIME_STAMP) 2>/dev/null) || exit 0; \
+	if [ "$${made:-pypi}" != "$(TORCH)" ]; then echo "$(VENV) was made with TORCH=$${made:-pypi};" \
+	  "for TORCH=$(TORCH) remove it first (make clean)" >&2; exit 2; fi
 
-$(MLFLOW_STAMP): requirements-mlflow-server.txt
+$(MLFLOW_STAMP): requirements-mlflow-server.lock
 	[ -x $(MLFLOW_VENV)/bin/python ] || $(PYTHON) -m venv $(MLFLOW_VENV)
-	$(MLFLOW_VENV)/bin/pip install --quiet -r requirements-mlflow-server.txt
+	$(MLFLOW_VENV)/bin/pip install --quiet --no-deps --require-hashes -r requirements-mlflow-server.lock
 	touch $@
 
-$(CHECKOV_STAMP): requirements-checkov.txt
+$(CHECKOV_STAMP): requirements-checkov.lock
 	[ -x $(CHECKOV_VENV)/bin/python ] || $(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
+	$(CHECKOV_VENV)/bin/pip install --quiet --no-deps --require-hashes -r requirements-checkov.lock
 	touch $@
+
+# After changing a requirements*.txt: rewrite the locks (uv, pinned in requirements-dev.txt).
+# Pins already in a lock stay unless a requirement needs another; UPGRADE=1 takes the newest
+# allowed. The image's lock is the image's part of requirements.lock (same files, same hashes).
+.PHONY: lock
+lock: $(DEV_STAMP)
+	$(BIN)/uv pip compile $(LOCK_FLAGS) --no-emit-package trainstack requirements-dev.txt \
+	  -o requirements.lock
+	$(BIN)/uv pip compile $(LOCK_FLAGS) trainer/requirements.txt inference/requirements.txt \
+	  -c requirements.lock -o requirements-image.lock
+	$(BIN)/uv pip compile $(LOCK_FLAGS) requirements-mlflow-server.txt -o requirements-mlflow-server.lock
+	$(BIN)/uv pip compile $(LOCK_FLAGS) requirements-checkov.txt -o requirements-checkov.lock
+
+# Builds trainer/Dockerfile with buildah and runs the image as a pod would (tools/image/);
+# `make test` runs it. Needs root (debootstrap, mounts); caches in ~/.cache/trainstack/image.
+.PHONY: image-smoke buildah
+image-smoke: $(DEV_STAMP) buildah
+	$(SUDO) tools/image/smoke.sh
+
+buildah:
+	@[ -x /usr/bin/buildah ] && [ -x /usr/sbin/debootstrap ] || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq buildah debootstrap >/dev/null; }
 
 chromium:
 	@[ -x $(CHROMIUM) ] || { $(SUDO) apt-get update -qq && \
@@ -71,7 +119,7 @@ strace:
 	@[ -x $(STRACE) ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq strace >/dev/null; }
 
-test: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) chromium strace
+test: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) chromium strace image-smoke
 	$(BIN)/python -m pytest
 
 test-fast: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) strace

@@ -18,14 +18,23 @@ import pulumi_docker as docker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # What the Dockerfile copies: a change to any of these must produce a new image tag.
-BUILD_INPUTS = ("trainer", "inference", ".dockerignore")
+BUILD_INPUTS = ("trainer", "inference", ".dockerignore", "requirements-image.lock",
+                "tools/lock/torch_split.py")
 CUDA_VARIANT = "cu130"
 CPU_VARIANT = "cpu"
+# CPU images take torch from PyTorch's CPU index (no CUDA libraries); GPU images the lock's
+# own torch from PyPI (empty index: hashed like the rest), which is the cu130 build.
+TORCH_INDEX_URLS = {CPU_VARIANT: "https://download.pytorch.org/whl/cpu", CUDA_VARIANT: ""}
 
 
 def torch_variant(gpus_per_worker: int) -> str:
     """The PyTorch wheel index to build against: CPU images must not carry CUDA."""
     return CUDA_VARIANT if gpus_per_worker > 0 else CPU_VARIANT
+
+
+def build_args(variant: str) -> dict[str, str]:
+    """trainer/Dockerfile's build args for a torch variant (BASE_IMAGE keeps its default)."""
+    return {"TORCH_VARIANT": variant, "TORCH_INDEX_URL": TORCH_INDEX_URLS[variant]}
 
 
 def source_hash(root: Path = REPO_ROOT, inputs: tuple[str, ...] = BUILD_INPUTS) -> str:
@@ -85,7 +94,7 @@ class TrainerImage(pulumi.ComponentResource):
             build=docker.DockerBuildArgs(
                 context=context,
                 dockerfile=os.path.join(context, "trainer", "Dockerfile"),
-                args={"TORCH_VARIANT": variant},
+                args=build_args(variant),
                 platform=args.platform,
             ),
             skip_push=not args.push,

@@ -130,7 +130,8 @@ def test_workers_shape_the_replicas(workers, expected):
 
 def test_cpu_pods(default_stack):
     image = default_stack.by_type(IMAGE)[0].inputs
-    assert image["build"]["args"] == {"TORCH_VARIANT": "cpu"}
+    assert image["build"]["args"] == {
+        "TORCH_VARIANT": "cpu", "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu"}
     for replica in pytorchjob(default_stack)["spec"]["pytorchReplicaSpecs"].values():
         pod = replica["template"]["spec"]
         container = pod["containers"][0]
@@ -143,7 +144,8 @@ def test_cpu_pods(default_stack):
 
 def test_gpus_on_every_replica_cuda_build_and_torchrun(gpu_stack):
     image = gpu_stack.by_type(IMAGE)[0].inputs
-    assert image["build"]["args"] == {"TORCH_VARIANT": "cu130"}
+    # The lock's torch from PyPI (the cu130 build): no index of its own.
+    assert image["build"]["args"] == {"TORCH_VARIANT": "cu130", "TORCH_INDEX_URL": ""}
     assert image["imageName"].split(":")[-1].startswith("cu130-")
     replicas = pytorchjob(gpu_stack)["spec"]["pytorchReplicaSpecs"]
     assert {k: v["replicas"] for k, v in replicas.items()} == {"Master": 1, "Worker": 2}

@@ -42,7 +42,7 @@ def test_pulumi_installs_the_stack_requirements_from_the_program_directory():
 @pytest.mark.parametrize("target", ["demo", "test", "test-fast", "lint", "bench"])
 def test_every_make_target_that_creates_the_venv_installs_the_stack_requirements(target):
     """`make -n -B` prints the recipes it would run: the venv Pulumi.yaml names is created
-    and gets requirements.txt before anything runs in it."""
+    and gets requirements.txt's pins (from the lock) before anything runs in it."""
     venv = yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())["runtime"]["options"][
         "virtualenv"]
     result = subprocess.run(["make", "-n", "-B", target], cwd=REPO_ROOT, capture_output=True,
@@ -51,9 +51,13 @@ def test_every_make_target_that_creates_the_venv_installs_the_stack_requirements
     recipe = result.stdout.replace("\\\n", " ")
     lines = [line for line in recipe.splitlines() if line.strip()]
     creates = next(i for i, line in enumerate(lines) if f"-m venv {venv}" in line)
+    # requirements.lock holds every pin of requirements.txt (tests/test_locks.py), then
+    # requirements.txt's `-e .`: the project itself.
     installs = next(i for i, line in enumerate(lines)
-                    if re.search(rf"{re.escape(venv)}/bin/pip install .*-r requirements\.txt(\s|$)",
+                    if re.search(rf"{re.escape(venv)}/bin/pip install .*-r requirements\.lock(\s|$)",
                                  line))
+    assert any(re.search(rf"{re.escape(venv)}/bin/pip install .*-e \.$", line)
+               for line in lines[installs:])
     first_use = next(i for i, line in enumerate(lines)
                      if f"{venv}/bin/" in line and "pip install" not in line
                      and "-m venv" not in line)
