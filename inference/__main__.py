@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -22,8 +24,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     serve = sub.add_parser("serve", help="run the Gradio UI and the REST API")
     serve.add_argument("--store", default=os.environ.get("TRAINSTACK_STORE"),
                        help="s3://HOST:PORT or a local directory [$TRAINSTACK_STORE]")
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--host", default="0.0.0.0",
+                       help="address to listen on: 0.0.0.0 every interface (a pod, a LAN), "
+                            "127.0.0.1 this machine only [0.0.0.0]")
+    serve.add_argument("--port", type=int, default=7860,
+                       help="TCP port to listen on; 0 picks a free one [7860]")
     serve.add_argument("--model-name", default=os.environ.get("TRAINSTACK_MODEL_NAME") or None,
                        help="<model>-<dataset> to serve [$TRAINSTACK_MODEL_NAME; "
                             "default: the newest model under models/*/latest.json]")
@@ -110,6 +115,42 @@ def serving_settings(args: argparse.Namespace) -> dict:
             **{k: v for k, v in optional.items() if v is not None}}
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything loads: a port in use fails at once.
+    ServeError names the address and what to do."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, OverflowError) as e:
+        raise ServeError(f"cannot listen on {host}:{port}: {e}; allowed: --host an address "
+                         "of this machine (0.0.0.0, 127.0.0.1, ...), --port 0-65535") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ServeError(f"{host}:{port} is in use (another app, or an earlier `make "
+                             "demo` still running?): stop it or pick another port (--port; "
+                             "make demo PORT=...)") from None
+        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return sock
+
+
+class ServeError(Exception):
+    """The server cannot start: one line for the user."""
+
+
+def listening_at(sock: socket.socket) -> str:
+    """Where the bound socket listens, as a user opens it."""
+    host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):
+        return (f"every interface, port {port}: http://localhost:{port}/ on this machine, "
+                f"http://<this machine's address>:{port}/ from others")
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -118,6 +159,16 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no store given: pass --store or set TRAINSTACK_STORE "
                   "(s3://HOST:PORT or a local directory)")
         return 2
+    try:
+        sock = listen(args.host, args.port)
+    except ServeError as e:
+        log.error("%s", e)
+        return 2
+    with sock:
+        return serve(args, sock)
+
+
+def serve(args: argparse.Namespace, sock: socket.socket) -> int:
     import uvicorn
 
     from trainer.errors import TrainstackError
@@ -126,19 +177,20 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = Settings(
-            store=args.store, host=args.host, port=args.port, model_name=args.model_name,
-            poll_seconds=args.poll_seconds, max_upload_mb=args.max_upload_mb,
-            cache_dir=args.cache_dir, concurrency=args.concurrency,
-            auth_token=os.environ.get(AUTH_TOKEN_ENV), mlflow_ui_url=args.mlflow_ui_url,
-            **serving_settings(args))
+            store=args.store, host=args.host, port=sock.getsockname()[1],
+            model_name=args.model_name, poll_seconds=args.poll_seconds,
+            max_upload_mb=args.max_upload_mb, cache_dir=args.cache_dir,
+            concurrency=args.concurrency, auth_token=os.environ.get(AUTH_TOKEN_ENV),
+            mlflow_ui_url=args.mlflow_ui_url, **serving_settings(args))
         app = create_app(settings)
     except TrainstackError as e:  # misconfiguration (bad URL, missing credentials): say so
         log.error("%s", e)
         return 2
-    log.info("web app on http://%s:%d/ (REST: POST /predict, GET /healthz /readyz /metrics)",
-             "localhost" if settings.host == "0.0.0.0" else settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
-                timeout_graceful_shutdown=5)
+    log.info("web app listening on %s (REST: POST /predict, GET /healthz /readyz /metrics)",
+             listening_at(sock))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
+                                           timeout_graceful_shutdown=5))
+    server.run(sockets=[sock])
     return 0
 
 

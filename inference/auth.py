@@ -26,7 +26,7 @@ from typing import Any
 from starlette.datastructures import Secret
 
 from trainer.errors import ConfigError
-from trainer.layout import AUTH_TOKEN_ENV
+from trainer.layout import AUTH_TOKEN_ALLOWED, AUTH_TOKEN_ENV, auth_token_problem
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 LOGIN_MESSAGE = ("This app is protected. Enter any user name and the app's access token "
@@ -36,17 +36,15 @@ LOGIN_MESSAGE = ("This app is protected. Enter any user name and the app's acces
 def check_token(token: str | None) -> str | None:
     """The token to require, or None for no access control (unset or empty).
 
-    A token must fit an HTTP header as it is: visible ASCII only. The error never shows
-    the token itself (it may be a near miss of the real one).
+    The stack's rule (trainer.layout.auth_token_problem): long enough not to be guessed,
+    visible ASCII so it fits an HTTP header as it is. The error never shows the token.
     """
     if not token:
         return None
-    bad = [c for c in token if not "!" <= c <= "~"]
-    if bad:
-        kinds = sorted({"whitespace" if c.isspace() else "non-ASCII or control" for c in bad})
-        raise ConfigError(f"{AUTH_TOKEN_ENV} contains {' and '.join(kinds)} characters "
-                          "(a trailing newline from a file?); allowed: visible ASCII "
-                          "characters only", key=AUTH_TOKEN_ENV)
+    problem = auth_token_problem(token)
+    if problem:
+        raise ConfigError(f"{AUTH_TOKEN_ENV} {problem}; allowed: {AUTH_TOKEN_ALLOWED}",
+                          key=AUTH_TOKEN_ENV)
     return token
 
 
