@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import socket
@@ -12,7 +11,8 @@ from pathlib import Path
 
 from trainer.layout import AUTH_TOKEN_ENV, MLFLOW_UI_URL_ENV
 
-from .app import Settings
+from . import democheck
+from .listening import ServeError, listen, listening_at
 
 log = logging.getLogger("inference")
 
@@ -47,6 +47,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add_serving_args(serve)
     serve.add_argument("--log-level", default=os.environ.get("TRAINSTACK_LOG_LEVEL", "INFO"),
                        help="logging level, as for the trainer [$TRAINSTACK_LOG_LEVEL or INFO]")
+    check = sub.add_parser("demo-check", help="check `make demo`'s knobs before it starts")
+    democheck.add_arguments(check)
     return parser.parse_args(argv)
 
 
@@ -115,44 +117,11 @@ def serving_settings(args: argparse.Namespace) -> dict:
             **{k: v for k, v in optional.items() if v is not None}}
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """The server's socket, bound before anything loads: a port in use fails at once.
-    ServeError names the address and what to do."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-    except (OSError, OverflowError) as e:
-        raise ServeError(f"cannot listen on {host}:{port}: {e}; allowed: --host an address "
-                         "of this machine (0.0.0.0, 127.0.0.1, ...), --port 0-65535") from None
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-        sock.bind(address)
-    except OSError as e:
-        sock.close()
-        if e.errno == errno.EADDRINUSE:
-            raise ServeError(f"{host}:{port} is in use (another app, or an earlier `make "
-                             "demo` still running?): stop it or pick another port (--port; "
-                             "make demo PORT=...)") from None
-        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    return sock
-
-
-class ServeError(Exception):
-    """The server cannot start: one line for the user."""
-
-
-def listening_at(sock: socket.socket) -> str:
-    """Where the bound socket listens, as a user opens it."""
-    host, port = sock.getsockname()[:2]
-    if host in ("0.0.0.0", "::"):
-        return (f"every interface, port {port}: http://localhost:{port}/ on this machine, "
-                f"http://<this machine's address>:{port}/ from others")
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "demo-check":
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+        return democheck.main(args)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.store:
@@ -173,7 +142,7 @@ def serve(args: argparse.Namespace, sock: socket.socket) -> int:
 
     from trainer.errors import TrainstackError
 
-    from .app import create_app
+    from .app import Settings, create_app
 
     try:
         settings = Settings(

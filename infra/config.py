@@ -21,15 +21,13 @@ from infra.stack_config import StackConfig, warnings
 
 # The trainer's own lists (stdlib-only modules: no torch in the Pulumi program), so a
 # model or dataset added there cannot be forgotten here.
+from trainer.config import BENCHMARK_DATASETS
 from trainer.config import DATASETS as TRAINER_DATASETS
 from trainer.config import MODELS
 from trainer.errors import ConfigError
 from trainer.layout import AUTH_TOKEN_ALLOWED, auth_token_problem
 
 NAMESPACE = "trainstack"
-# `synthetic` is random data for benchmarks: a cluster run on it would publish a model
-# that the app serves as if it had learned something.
-BENCHMARK_DATASETS = ("synthetic",)
 DATASETS = tuple(d for d in TRAINER_DATASETS if d not in BENCHMARK_DATASETS)
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 SECRET_KEYS = ("minioRootPassword", "storeSecretKey", "inferenceAuthToken")
