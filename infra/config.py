@@ -21,9 +21,8 @@ from infra.stack_config import StackConfig, warnings
 
 # The trainer's own lists (stdlib-only modules: no torch in the Pulumi program), so a
 # model or dataset added there cannot be forgotten here.
-from trainer.config import BENCHMARK_DATASETS
+from trainer.config import BENCHMARK_DATASETS, MODELS
 from trainer.config import DATASETS as TRAINER_DATASETS
-from trainer.config import MODELS
 from trainer.errors import ConfigError
 from trainer.layout import AUTH_TOKEN_ALLOWED, auth_token_problem
 

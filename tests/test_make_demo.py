@@ -72,8 +72,8 @@ def own_lines(result: subprocess.CompletedProcess) -> list[str]:
 
 
 @pytest.mark.parametrize("knob, said", [
-    ("DATASET=mnist", "DATASET='mnist' is not a dataset `make demo` trains; allowed: "
-                      "cifar10, imagefolder, digits"),
+    ("DATASET=mnist", ("DATASET='mnist' is not a dataset `make demo` trains; allowed: "
+                       "cifar10, imagefolder, digits")),
     ("DATASET=synthetic", "DATASET='synthetic' is not a dataset"),
     ("DATASET=imagefolder", "DATASET=imagefolder needs SOURCE="),
     ("MODEL=resnet", "MODEL='resnet': allowed: resnet18, resnet18-imagenet, smallcnn"),
