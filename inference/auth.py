@@ -100,3 +100,44 @@ class BearerAuthMiddleware:
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"www-authenticate", b'Bearer realm="trainstack"')]})
         await send({"type": "http.response.body", "body": body})
+
+
+LOGIN_TITLE = "trainstack · sign in"
+
+
+class LoginTitleMiddleware:
+    """Pure ASGI: gives Gradio's login page a title (its own has none: the login page's
+    config carries no app title). Only HTML pages of the UI without a <title> of their own
+    are touched; once signed in, Gradio sets the app's title itself."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "GET" or scope["path"] != "/":
+            await self.app(scope, receive, send)
+            return
+        start: dict = {}
+        chunks: list[bytes] = []
+
+        async def hold(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = _with_title(b"".join(chunks), dict(start.get("headers", [])))
+            headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
+            await send({**start, "headers": [*headers,
+                                             (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, hold)
+
+
+def _with_title(body: bytes, headers: dict[bytes, bytes]) -> bytes:
+    if (not headers.get(b"content-type", b"").startswith(b"text/html")
+            or b"<title" in body or b'"auth_required":true' not in body.replace(b" ", b"")):
+        return body
+    return body.replace(b"<head>", f"<head><title>{LOGIN_TITLE}</title>".encode(), 1)
