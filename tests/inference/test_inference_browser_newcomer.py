@@ -17,9 +17,8 @@ from tests.inference.test_inference_browser import (  # noqa: F401 (a fixture)
 TOKEN = "newcomer-" + "0123456789abcdef" * 2
 
 
-def test_runs_so_far_and_the_published_curves_are_readable(local_store, tmp_path,
-                                                          browser_page):
-    page = browser_page
+def test_runs_so_far_and_the_published_curves_are_readable(local_store, tmp_path, request):
+    page = request.getfixturevalue("browser_page")
     with serve_app(local_store.url, tmp_path / "cache") as (base, app):
         app.state.progress.refresh_seconds = 0
         write_progress(local_store, "onepoch", epoch=1, epochs=5)
@@ -54,8 +53,8 @@ def test_runs_so_far_and_the_published_curves_are_readable(local_store, tmp_path
 
 
 def test_a_named_model_with_nothing_yet_says_so_and_the_login_page_has_a_title(
-        local_store, tmp_path, browser_page):
-    page = browser_page
+        local_store, tmp_path, request):
+    page = request.getfixturevalue("browser_page")
     publish_version(local_store, V1)
     with serve_app(local_store.url, tmp_path / "cache", model_name="smallcnn-digits",
                    auth_token=TOKEN) as (base, _):
