@@ -104,11 +104,15 @@ demo: $(RUNTIME_STAMP)
 	$(if $(filter yes,$(SERVE)),exec $(BIN)/python -m inference serve --store $(DEMO_STORE) \
 	  --model-name $(MODEL)-$(DATASET) --host $(HOST) --port $(PORT))
 
+# Each part says when it starts and how long it took (minutes each on 2 CPU cores).
 bench: $(DEV_STAMP)
-	$(BIN)/python bench/train_throughput.py
-	$(BIN)/python bench/train_memory.py
-	$(BIN)/python bench/inference_latency.py
-	$(if $(CIFAR10_SOURCE),$(BIN)/python bench/time_to_accuracy.py --data $(CIFAR10_SOURCE))
+	@$(call timed,bench/train_throughput.py)
+	@$(call timed,bench/train_memory.py)
+	@$(call timed,bench/inference_latency.py)
+	@$(if $(CIFAR10_SOURCE),$(call timed,bench/time_to_accuracy.py --data $(CIFAR10_SOURCE)))
+
+timed = echo "== $(1): started $$(date +%T)"; start=$$SECONDS; $(BIN)/python $(1) && \
+  echo "== $(1): took $$((SECONDS - start)) s"
 
 clean:
 	rm -rf $(VENV) $(MLFLOW_VENV) $(CHECKOV_VENV) $(DEMO_STORE) .pytest_cache
