@@ -38,8 +38,12 @@ def fetch(source: str, dest: Path, max_bytes: int | None = None,
     if "://" in source:
         raise IngestError(f"source {source!r}: only http://, https:// or a local path are allowed")
     path = Path(source).expanduser()
+    if not path.exists():
+        raise IngestError(f"source {source!r} does not exist; expected a local file or an "
+                          "http(s) URL")
     if not path.is_file():
-        raise IngestError(f"source {source!r}: no such file")
+        raise IngestError(f"source {source!r} is not a file; expected a local file or an "
+                          "http(s) URL")
     if max_bytes is not None and path.stat().st_size > max_bytes:
         raise IngestError(f"source {source!r} is larger than {max_bytes:,} bytes")
     return path
