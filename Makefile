@@ -90,7 +90,7 @@ demo: $(RUNTIME_STAMP)
 	@# Every knob (and the port) before anything starts: one line naming what is wrong.
 	@$(BIN)/python -m inference demo-check --dataset '$(DATASET)' --model '$(MODEL)' \
 	  --epochs '$(EPOCHS)' --batch-size '$(BATCH_SIZE)' --lr '$(LR)' --host '$(HOST)' \
-	  --port '$(PORT)' --source '$(SOURCE)'
+	  --port '$(PORT)' --source '$(SOURCE)' --serve '$(SERVE)'
 	$(BIN)/python -m trainer buckets --store $(DEMO_STORE)
 	$(if $(filter cifar10 imagefolder,$(DATASET)),$(BIN)/python -m trainer ingest --store $(DEMO_STORE) \
 	  --dataset $(DATASET) $(if $(SOURCE),--source '$(SOURCE)'))

@@ -22,6 +22,7 @@ log = logging.getLogger("make demo")
 
 DEMO_DATASETS = tuple(d for d in DATASETS if d not in BENCHMARK_DATASETS)
 NEEDS_SOURCE = ("imagefolder",)
+SERVE_VALUES = ("yes", "no")  # the Makefile serves on "yes" only
 
 
 class DemoKnobError(Exception):
@@ -30,7 +31,8 @@ class DemoKnobError(Exception):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every knob as the Makefile gives it: a string, checked here, not by argparse."""
-    for knob in ("dataset", "model", "epochs", "batch-size", "lr", "host", "port", "source"):
+    for knob in ("dataset", "model", "epochs", "batch-size", "lr", "host", "port", "source",
+                 "serve"):
         parser.add_argument(f"--{knob}", default="")
 
 
@@ -65,6 +67,8 @@ def check_knobs(args: argparse.Namespace) -> None:
     if args.dataset in NEEDS_SOURCE and not args.source:
         raise DemoKnobError(f"DATASET={args.dataset} needs SOURCE=path/to/folder-or-archive "
                             "(one subfolder per class, or a .zip/.tar.gz of them)")
+    if args.serve not in SERVE_VALUES:
+        raise DemoKnobError(f"SERVE={args.serve!r}: allowed: {', '.join(SERVE_VALUES)}")
     if args.model not in MODELS:
         raise DemoKnobError(f"MODEL={args.model!r}: allowed: {', '.join(MODELS)}")
     values = {"dataset": args.dataset, "model": args.model,

@@ -81,6 +81,7 @@ def own_lines(result: subprocess.CompletedProcess) -> list[str]:
     ("BATCH_SIZE=0", "BATCH_SIZE='0': allowed: an integer >= 1"),
     ("LR=fast", "LR='fast': allowed: a number > 0"),
     ("PORT=70000", "PORT='70000': allowed: an integer from 0 to 65535"),
+    ("SERVE=maybe", "SERVE='maybe': allowed: yes, no"),
 ])
 def test_a_wrong_knob_fails_with_one_line_before_anything_starts(tmp_path, knob, said):
     store = tmp_path / "store"
