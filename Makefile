@@ -27,7 +27,8 @@ STRACE := /usr/bin/strace
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Demo knobs: `make demo DATASET=cifar10 CIFAR10_SOURCE=path/to/cifar-10-python.tar.gz`,
-# `make demo DATASET=imagefolder SOURCE=path/to/folder-or-archive` (one subfolder per class)
+# `make demo DATASET=imagefolder SOURCE=path/to/folder-or-archive` (one subfolder per class),
+# HOST, PORT, SERVE=no (below); `inference demo-check` checks them all before anything runs.
 # Images default to fastcifar, the best accuracy per minute on CPU (README, "Models"): with
 # 2 processes, 32 images each per step; MODEL=resnet18 BATCH_SIZE=128 LR=0.1 EPOCHS=10 for
 # the ResNet-18.
@@ -37,7 +38,12 @@ EPOCHS ?= $(if $(filter digits,$(DATASET)),12,$(if $(filter fastcifar,$(MODEL)),
 BATCH_SIZE ?= $(if $(filter digits,$(DATASET)),64,$(if $(filter fastcifar,$(MODEL)),32,128))
 LR ?= $(if $(filter fastcifar,$(MODEL)),0.2,0.1)
 DEMO_STORE ?= $(CURDIR)/demo-store
+# 127.0.0.1: the demo app is open (no access token), so only this machine reaches it;
+# HOST=0.0.0.0 opens it to the network.
+HOST ?= 127.0.0.1
 PORT ?= 7860
+# SERVE=no: train, publish and stop (scripts, CI) instead of serving until Ctrl-C.
+SERVE ?= yes
 CIFAR10_SOURCE ?=
 SOURCE ?= $(CIFAR10_SOURCE)
 
@@ -129,22 +135,32 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff check trainer inference infra tests bench docs __main__.py
 
 demo: $(RUNTIME_STAMP)
+	@# Every knob (and the port) before anything starts: one line naming what is wrong.
+	@$(BIN)/python -m inference demo-check --dataset '$(DATASET)' --model '$(MODEL)' \
+	  --epochs '$(EPOCHS)' --batch-size '$(BATCH_SIZE)' --lr '$(LR)' --host '$(HOST)' \
+	  --port '$(PORT)' --source '$(SOURCE)' --serve '$(SERVE)'
 	$(BIN)/python -m trainer buckets --store $(DEMO_STORE)
-	$(if $(filter imagefolder,$(DATASET)),$(if $(SOURCE),,$(error DATASET=imagefolder needs SOURCE=path/to/folder-or-archive)))
 	$(if $(filter cifar10 imagefolder,$(DATASET)),$(BIN)/python -m trainer ingest --store $(DEMO_STORE) \
-	  --dataset $(DATASET) $(if $(SOURCE),--source $(SOURCE)))
+	  --dataset $(DATASET) $(if $(SOURCE),--source '$(SOURCE)'))
 	@# One thread per process: two DDP processes share the 2 cores of a small machine.
-	OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc_per_node 2 -m trainer train \
-	  --store $(DEMO_STORE) --dataset $(DATASET) --model $(MODEL) --epochs $(EPOCHS) \
-	  --batch-size $(BATCH_SIZE) --lr $(LR)
-	@# The app serves the newest published model of the store: the one just trained.
-	exec $(BIN)/python -m inference serve --store $(DEMO_STORE) --port $(PORT)
+	@# trainer.launch is torchrun with a one-line ending (Ctrl-C, a failed rank).
+	OMP_NUM_THREADS=1 $(BIN)/python -m trainer.launch --standalone --nproc_per_node 2 \
+	  -m trainer train --store $(DEMO_STORE) --dataset $(DATASET) --model $(MODEL) \
+	  --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) --lr $(LR)
+	@# The model just trained, <model>-<dataset> (trainer.layout.model_name), not the newest
+	@# of the store: every dataset's demo shares it.
+	$(if $(filter yes,$(SERVE)),exec $(BIN)/python -m inference serve --store $(DEMO_STORE) \
+	  --model-name $(MODEL)-$(DATASET) --host $(HOST) --port $(PORT))
 
+# Each part says when it starts and how long it took (minutes each on 2 CPU cores).
 bench: $(DEV_STAMP)
-	$(BIN)/python bench/train_throughput.py
-	$(BIN)/python bench/train_memory.py
-	$(BIN)/python bench/inference_latency.py
-	$(if $(CIFAR10_SOURCE),$(BIN)/python bench/time_to_accuracy.py --data $(CIFAR10_SOURCE))
+	@$(call timed,bench/train_throughput.py)
+	@$(call timed,bench/train_memory.py)
+	@$(call timed,bench/inference_latency.py)
+	@$(if $(CIFAR10_SOURCE),$(call timed,bench/time_to_accuracy.py --data $(CIFAR10_SOURCE)))
+
+timed = echo "== $(1): started $$(date +%T)"; start=$$SECONDS; $(BIN)/python $(1) && \
+  echo "== $(1): took $$((SECONDS - start)) s"
 
 # Render mode: do the committed files match what the program renders? (docs/operations.md,
 # GitOps; `pulumi preview --expect-no-changes` cannot tell there.) Needs the pulumi CLI.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import os
 import pickle
 import re
@@ -19,6 +20,7 @@ import socket
 import tarfile
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,7 @@ from trainer.storage import LocalStore
 from trainer.train import build_training
 
 MIB = 1024 * 1024
+log = logging.getLogger("train_memory")
 
 
 def parse_args() -> argparse.Namespace:
@@ -89,10 +92,12 @@ def write_random_cifar(path: Path, per_batch: int = 10_000) -> None:
 
 def phases(args, store: LocalStore, env: distributed.DistEnv) -> dict[str, tuple[int, int]]:
     """``{phase: (VmHWM, peak RssAnon)}`` after each phase, in bytes."""
-    anon, report = AnonPeak(), {}
+    anon, report, start = AnonPeak(), {}, time.monotonic()
 
     def mark(name: str) -> None:
         report[name] = (_status("VmHWM"), anon.peak)
+        if env.is_main:  # progress: the whole run takes minutes on 2 cores
+            log.info("rank 0: %s done at %.0f s", name, time.monotonic() - start)
 
     mark("start")
     cfg = TrainConfig(dataset="cifar10", model=args.model, batch_size=args.batch_size,
@@ -126,6 +131,7 @@ def _rank(rank: int, world: int, port: int, args, root: str, results) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                        "WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(rank),
                        "LOCAL_WORLD_SIZE": str(world)})
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     env = distributed.process_env()
     distributed.configure_cpu_threads(env)
     try:
@@ -136,12 +142,16 @@ def _rank(rank: int, world: int, port: int, args, root: str, results) -> None:
 
 def main() -> None:
     args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     with tempfile.TemporaryDirectory(prefix="train-memory-") as root:
         store = LocalStore(root)
         store.ensure_buckets()
         archive = Path(args.data) if args.data else Path(root) / "cifar.tar.gz"
         if not args.data:
+            log.info("writing a CIFAR-10-size archive of random pixels")
             write_random_cifar(archive, args.batch_images)
+        log.info("%d processes, each: load the data, build the model, %d training steps, "
+                 "evaluate; rank 0 then checkpoints and exports", args.world, args.steps)
         store.put_file(cifar10_key(), archive)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

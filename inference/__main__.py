@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
 from trainer.layout import AUTH_TOKEN_ENV, MLFLOW_UI_URL_ENV
 
-from .app import Settings
+from . import democheck
+from .listening import ServeError, listen, listening_at
 
 log = logging.getLogger("inference")
 
@@ -22,8 +24,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     serve = sub.add_parser("serve", help="run the Gradio UI and the REST API")
     serve.add_argument("--store", default=os.environ.get("TRAINSTACK_STORE"),
                        help="s3://HOST:PORT or a local directory [$TRAINSTACK_STORE]")
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--host", default="0.0.0.0",
+                       help="address to listen on: 0.0.0.0 every interface (a pod, a LAN), "
+                            "127.0.0.1 this machine only [0.0.0.0]")
+    serve.add_argument("--port", type=int, default=7860,
+                       help="TCP port to listen on; 0 picks a free one [7860]")
     serve.add_argument("--model-name", default=os.environ.get("TRAINSTACK_MODEL_NAME") or None,
                        help="<model>-<dataset> to serve [$TRAINSTACK_MODEL_NAME; "
                             "default: the newest model under models/*/latest.json]")
@@ -42,6 +47,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add_serving_args(serve)
     serve.add_argument("--log-level", default=os.environ.get("TRAINSTACK_LOG_LEVEL", "INFO"),
                        help="logging level, as for the trainer [$TRAINSTACK_LOG_LEVEL or INFO]")
+    check = sub.add_parser("demo-check", help="check `make demo`'s knobs before it starts")
+    democheck.add_arguments(check)
     return parser.parse_args(argv)
 
 
@@ -112,33 +119,47 @@ def serving_settings(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "demo-check":
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+        return democheck.main(args)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.store:
         log.error("no store given: pass --store or set TRAINSTACK_STORE "
                   "(s3://HOST:PORT or a local directory)")
         return 2
+    try:
+        sock = listen(args.host, args.port)
+    except ServeError as e:
+        log.error("%s", e)
+        return 2
+    with sock:
+        return serve(args, sock)
+
+
+def serve(args: argparse.Namespace, sock: socket.socket) -> int:
     import uvicorn
 
     from trainer.errors import TrainstackError
 
-    from .app import create_app
+    from .app import Settings, create_app
 
     try:
         settings = Settings(
-            store=args.store, host=args.host, port=args.port, model_name=args.model_name,
-            poll_seconds=args.poll_seconds, max_upload_mb=args.max_upload_mb,
-            cache_dir=args.cache_dir, concurrency=args.concurrency,
-            auth_token=os.environ.get(AUTH_TOKEN_ENV), mlflow_ui_url=args.mlflow_ui_url,
-            **serving_settings(args))
+            store=args.store, host=args.host, port=sock.getsockname()[1],
+            model_name=args.model_name, poll_seconds=args.poll_seconds,
+            max_upload_mb=args.max_upload_mb, cache_dir=args.cache_dir,
+            concurrency=args.concurrency, auth_token=os.environ.get(AUTH_TOKEN_ENV),
+            mlflow_ui_url=args.mlflow_ui_url, **serving_settings(args))
         app = create_app(settings)
     except TrainstackError as e:  # misconfiguration (bad URL, missing credentials): say so
         log.error("%s", e)
         return 2
-    log.info("web app on http://%s:%d/ (REST: POST /predict, GET /healthz /readyz /metrics)",
-             "localhost" if settings.host == "0.0.0.0" else settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
-                timeout_graceful_shutdown=5)
+    log.info("web app listening on %s (REST: POST /predict, GET /healthz /readyz /metrics)",
+             listening_at(sock))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
+                                           timeout_graceful_shutdown=5))
+    server.run(sockets=[sock])
     return 0
 
 

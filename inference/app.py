@@ -27,7 +27,13 @@ from trainer.layout import AUTH_TOKEN_ENV
 from trainer.storage import open_store
 
 from .api import build_router
-from .auth import LOGIN_MESSAGE, BearerAuthMiddleware, check_token, gradio_login
+from .auth import (
+    LOGIN_MESSAGE,
+    BearerAuthMiddleware,
+    LoginTitleMiddleware,
+    check_token,
+    gradio_login,
+)
 from .engine import Engine, EngineConfig
 from .metrics import Metrics
 from .predict import DEFAULT_MAX_PIXELS
@@ -176,6 +182,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
                      if isinstance(route, Route)}
         # Secret: Starlette's repr of the middleware list shows "**********", not the token.
         app.add_middleware(BearerAuthMiddleware, token=Secret(token), api_paths=api_paths)
+        app.add_middleware(LoginTitleMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.state.access_control = token is not None
     return app

@@ -26,7 +26,7 @@ from typing import Any
 from starlette.datastructures import Secret
 
 from trainer.errors import ConfigError
-from trainer.layout import AUTH_TOKEN_ENV
+from trainer.layout import AUTH_TOKEN_ALLOWED, AUTH_TOKEN_ENV, auth_token_problem
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 LOGIN_MESSAGE = ("This app is protected. Enter any user name and the app's access token "
@@ -36,17 +36,15 @@ LOGIN_MESSAGE = ("This app is protected. Enter any user name and the app's acces
 def check_token(token: str | None) -> str | None:
     """The token to require, or None for no access control (unset or empty).
 
-    A token must fit an HTTP header as it is: visible ASCII only. The error never shows
-    the token itself (it may be a near miss of the real one).
+    The stack's rule (trainer.layout.auth_token_problem): long enough not to be guessed,
+    visible ASCII so it fits an HTTP header as it is. The error never shows the token.
     """
     if not token:
         return None
-    bad = [c for c in token if not "!" <= c <= "~"]
-    if bad:
-        kinds = sorted({"whitespace" if c.isspace() else "non-ASCII or control" for c in bad})
-        raise ConfigError(f"{AUTH_TOKEN_ENV} contains {' and '.join(kinds)} characters "
-                          "(a trailing newline from a file?); allowed: visible ASCII "
-                          "characters only", key=AUTH_TOKEN_ENV)
+    problem = auth_token_problem(token)
+    if problem:
+        raise ConfigError(f"{AUTH_TOKEN_ENV} {problem}; allowed: {AUTH_TOKEN_ALLOWED}",
+                          key=AUTH_TOKEN_ENV)
     return token
 
 
@@ -102,3 +100,44 @@ class BearerAuthMiddleware:
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"www-authenticate", b'Bearer realm="trainstack"')]})
         await send({"type": "http.response.body", "body": body})
+
+
+LOGIN_TITLE = "trainstack · sign in"
+
+
+class LoginTitleMiddleware:
+    """Pure ASGI: gives Gradio's login page a title (its own has none: the login page's
+    config carries no app title). Only HTML pages of the UI without a <title> of their own
+    are touched; once signed in, Gradio sets the app's title itself."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "GET" or scope["path"] != "/":
+            await self.app(scope, receive, send)
+            return
+        start: dict = {}
+        chunks: list[bytes] = []
+
+        async def hold(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = _with_title(b"".join(chunks), dict(start.get("headers", [])))
+            headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
+            await send({**start, "headers": [*headers,
+                                             (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, hold)
+
+
+def _with_title(body: bytes, headers: dict[bytes, bytes]) -> bytes:
+    if (not headers.get(b"content-type", b"").startswith(b"text/html")
+            or b"<title" in body or b'"auth_required":true' not in body.replace(b" ", b"")):
+        return body
+    return body.replace(b"<head>", f"<head><title>{LOGIN_TITLE}</title>".encode(), 1)

@@ -47,6 +47,10 @@ CSS = """
 /* CIFAR-sized uploads (32x32) would show as a speck: scale them up, keeping pixels crisp. */
 #input-image img { min-width: 60%; min-height: 60%; object-fit: contain;
   image-rendering: pixelated; }
+/* Gradio floats an image's download/fullscreen/share buttons over its top corner, where
+   the published figures have their titles and legends: a row of their own above it. */
+#curves .icon-button-wrapper, #confusion .icon-button-wrapper { position: static !important;
+  margin-left: auto; width: fit-content; box-shadow: none; }
 """
 
 HEADER = """# trainstack image classifier
@@ -60,6 +64,25 @@ Nothing has been trained into this store so far. Start a training run:
 
 This page refreshes itself and switches to the classifier as soon as the first model
 is published. No need to reload."""
+
+NO_MODEL_NAMED = """## No model published yet as {name}
+This app serves {name} only (`--model-name`), and nothing has been published under that
+name in this store so far. {others}
+
+This page refreshes itself and switches to the classifier as soon as {name} is
+published. No need to reload."""
+
+
+def no_model_markdown(registry: Registry) -> str:
+    """The empty page: with ``--model-name``, that name has nothing, and which models do."""
+    if not registry.model_name:
+        return NO_MODEL
+    others = sorted(registry.known_names() - {registry.model_name})
+    listed = (f"Models published here: {', '.join(literal(n) for n in others)}; serve one "
+              "with `--model-name` (or leave it out for the newest)." if others
+              else "Nothing has been published into this store at all yet.")
+    return NO_MODEL_NAMED.format(name=literal(registry.model_name), others=listed)
+
 
 def status_markdown(current: ModelVersion | None, store_url: str = "") -> str:
     if current is None:
@@ -101,6 +124,7 @@ def make_refresh(registry: Registry, board: ProgressBoard,
             return gr.skip()
         if current is None:
             return {ui.shown: "", ui.status: status_markdown(None, registry.store.url),
+                    ui.no_model: no_model_markdown(registry),
                     ui.empty: gr.Column(visible=True), ui.main: gr.Column(visible=False)}
         samples = [[str(p)] for p in current.examples if p.is_file()]
         return {
@@ -133,6 +157,7 @@ class Layout:
 
     shown: Any = None
     status: Any = None
+    no_model: Any = None
     empty: Any = None
     main: Any = None
     image: Any = None
@@ -153,7 +178,7 @@ class Layout:
     @property
     def outputs(self) -> list[Any]:
         """Every component ``make_refresh`` may redraw."""
-        return [self.shown, self.status, self.empty, self.main, self.examples, self.curves,
+        return [self.shown, self.status, self.no_model, self.empty, self.main, self.examples, self.curves,
                 self.confusion, self.epochs, self.details, self.versions, self.summary]
 
 
@@ -178,7 +203,7 @@ def build_layout() -> Layout:
     ui = Layout(shown=gr.State("?"), progress_shown=gr.State("?"))  # "?": redraw on load
     gr.Markdown(HEADER, elem_id="header")
     with gr.Column(visible=True, elem_id="no-model") as ui.empty:
-        gr.Markdown(NO_MODEL)
+        ui.no_model = gr.Markdown(NO_MODEL)
         ui.progress_panels.append(progress_panel("progress-first-run"))
     with gr.Column(visible=False) as ui.main:
         ui.status = gr.Markdown(elem_id="model-status")

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from trainer.layout import model_name
 from trainer.schema import EpochRecord, RunProgress, VersionMetrics
@@ -28,7 +29,10 @@ EPOCH_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "s
 VERSION_COLUMNS = ["version", "created", "test accuracy", "epochs", "run id", "MLflow",
                    "serving"]
 VERSION_TYPES = ["str", "str", "str", "number", "str", "markdown", "str"]
-STATES = {"training": "training", "publishing": "every epoch done, publishing"}
+STATES = {"training": "training", "publishing": "every epoch done, publishing",
+          "interrupted": "**interrupted** (Ctrl-C): run the same training again (`make demo` "
+                         "with the same knobs, or the same job) to resume from its last "
+                         "checkpoint"}
 
 
 def pct(value: Any) -> str:
@@ -98,13 +102,16 @@ class ProgressPanel:
 
 def progress_panel(elem_id: str) -> ProgressPanel:
     with gr.Column(visible=False, elem_id=elem_id) as column:
-        gr.Markdown("### Training now")
+        gr.Markdown("### Runs not published yet")
         summary = gr.Markdown(elem_classes=["run-progress"])
         with gr.Row():
-            loss = gr.LinePlot(x="epoch", y="value", color="curve", label="Loss so far",
-                               height=240)
-            accuracy = gr.LinePlot(x="epoch", y="value", color="curve",
-                                   label="Accuracy so far", height=240)
+            # gr.Plot of a matplotlib figure: a legend, whole-epoch ticks and a marker per
+            # epoch (a line plot of one epoch would draw nothing). Titled in the figure: a
+            # floating label would cover its corner.
+            loss = gr.Plot(label="Loss so far", show_label=False,
+                           elem_classes=["curves-so-far"])
+            accuracy = gr.Plot(label="Accuracy so far", show_label=False,
+                               elem_classes=["curves-so-far"])
     return ProgressPanel(column, summary, loss, accuracy)
 
 
@@ -124,11 +131,25 @@ def run_line(run: RunProgress, board: ProgressBoard) -> str:
     return " · ".join(parts)
 
 
-def curves(history: list[EpochRecord], kind: str) -> pd.DataFrame:
-    """Long format for gr.LinePlot: one row per (epoch, curve)."""
-    rows = [{"epoch": e.epoch, "value": getattr(e, f"{split}_{kind}"), "curve": split}
-            for e in history for split in ("train", "test")]
-    return pd.DataFrame(rows, columns=["epoch", "value", "curve"])
+def curves(history: list[EpochRecord], kind: str) -> Figure:
+    """``kind`` ("loss" or "acc") of the train and test splits per epoch so far."""
+    figure = Figure(figsize=(5.5, 3.2), dpi=100, layout="constrained")
+    axes = figure.subplots()
+    epochs = [e.epoch for e in history]
+    for split in ("train", "test"):
+        axes.plot(epochs, [getattr(e, f"{split}_{kind}") for e in history], marker="o",
+                  label=split)
+    what = "accuracy" if kind == "acc" else "loss"
+    axes.set(title=f"{what.capitalize()} so far", xlabel="epoch",
+             ylabel="accuracy" if kind == "acc" else "cross-entropy loss")
+    if kind == "acc":
+        axes.set_ylim(0, 1)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(epochs) == 1:  # a lone point in the middle of a sensible axis
+        axes.set_xlim(epochs[0] - 1, epochs[0] + 1)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best")
+    return figure
 
 
 def make_refresh_progress(board: ProgressBoard, panels: list[ProgressPanel],
@@ -166,7 +187,8 @@ def training_tab(ui: Any) -> None:
                 ui.curves = gr.Image(show_label=False, interactive=False, elem_id="curves")
             with gr.Column():
                 gr.Markdown("**Confusion matrix (test set)**")
-                ui.confusion = gr.Image(show_label=False, interactive=False)
+                ui.confusion = gr.Image(show_label=False, interactive=False,
+                                        elem_id="confusion")
         ui.epochs = gr.Dataframe(headers=EPOCH_COLUMNS, label="Per-epoch metrics",
                                  interactive=False)
         with gr.Accordion("Run configuration", open=False):

@@ -22,20 +22,15 @@ from infra.stack_config import StackConfig, warnings
 
 # The trainer's own lists (stdlib-only modules: no torch in the Pulumi program), so a
 # model or dataset added there cannot be forgotten here.
+from trainer.config import BENCHMARK_DATASETS, MODELS
 from trainer.config import DATASETS as TRAINER_DATASETS
-from trainer.config import MODELS
 from trainer.errors import ConfigError
+from trainer.layout import AUTH_TOKEN_ALLOWED, auth_token_problem
 
 NAMESPACE = "trainstack"
-# `synthetic` is random data for benchmarks: a cluster run on it would publish a model
-# that the app serves as if it had learned something.
-BENCHMARK_DATASETS = ("synthetic",)
 DATASETS = tuple(d for d in TRAINER_DATASETS if d not in BENCHMARK_DATASETS)
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 SECRET_KEYS = ("minioRootPassword", "storeSecretKey", "inferenceAuthToken")
-# A bearer token is guessed only by brute force: 32 characters of `openssl rand -hex 16`
-# carry 128 bits. Visible ASCII only: it travels in an HTTP Authorization header.
-AUTH_TOKEN_MIN = 32
 invalid = v.invalid  # re-exported: the error every check raises
 
 
@@ -191,10 +186,8 @@ def _check_secret(key: str, value: str, is_secret: bool) -> None:
                       value, secret=True)
     if key == "storeSecretKey" and not value.strip():
         raise invalid(key, "a non-empty secret access key", value, secret=True)
-    if key == "inferenceAuthToken" and (
-            len(value) < AUTH_TOKEN_MIN or not all("!" <= c <= "~" for c in value)):
-        raise invalid(key, f"at least {AUTH_TOKEN_MIN} visible ASCII characters, no spaces "
-                           "(e.g. openssl rand -hex 16)", value, secret=True)
+    if key == "inferenceAuthToken" and auth_token_problem(value):
+        raise invalid(key, AUTH_TOKEN_ALLOWED, value, secret=True)
 
 
 __all__ = ["ConfigError", "StackConfig", "StackSecrets", "invalid", "load", "parse_config"]

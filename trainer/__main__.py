@@ -12,9 +12,10 @@ def main() -> int:
     logging.basicConfig(level=os.environ.get("TRAINSTACK_LOG_LEVEL", "INFO"),
                         format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s")
     log = logging.getLogger("trainer")
-    from trainer import cli, distributed
+    from trainer import cli, distributed, stopping
     from trainer.errors import TrainstackError
 
+    stopping.install()
     try:
         cli.main()
         return 0
@@ -25,6 +26,9 @@ def main() -> int:
         log.error("%s", e)
         return 1
     except Exception as e:
+        if stopping.interrupted():  # e.g. a peer stopped first and broke a collective
+            log.error("interrupted (%s)", type(e).__name__)
+            return 130
         log.error("unexpected %s (traceback follows): %s", type(e).__name__, e)
         raise
     finally:

@@ -23,6 +23,9 @@ from trainer.layout import model_name
 
 # The single source of these names: trainer.data, trainer.models and infra import them.
 DATASETS = ("cifar10", "imagefolder", "digits", "synthetic")
+# `synthetic` is random data for benchmarks: a real run on it (the stack's, `make demo`'s)
+# would publish a model that the app serves as if it had learned something.
+BENCHMARK_DATASETS = ("synthetic",)
 MODELS = ("resnet18", "resnet18-imagenet", "smallcnn", "fastcifar")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 AUGMENTATIONS = ("auto", "none", "crop", "flip", "crop+flip")

@@ -6,8 +6,10 @@ Shared by the CIFAR-10 and imagefolder ingests (trainer.ingest, trainer.ingest_f
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,26 +48,36 @@ def _scrubbed(text: str, url: str) -> str:
     return text
 
 
-def fetch(source: str, dest: Path, max_bytes: int | None = None) -> Path:
+def fetch(source: str, dest: Path, max_bytes: int | None = None,
+          offline_hint: str = "") -> Path:
     """An http(s) URL is downloaded to ``dest``; a local path is used where it lies. Either
-    may be at most ``max_bytes`` long (IngestError otherwise, before the disk fills)."""
+    may be at most ``max_bytes`` long (IngestError otherwise, before the disk fills).
+    ``offline_hint`` ends the error of a download that could not connect (what to do
+    without a network)."""
     if source.startswith(("http://", "https://")):
-        download(source, dest, max_bytes)
+        download(source, dest, max_bytes, offline_hint)
         return dest
     if "://" in source:
         raise IngestError(f"source {redacted_url(source)!r}: only http://, https:// or a local path are allowed")
     path = Path(source).expanduser()
+    if not path.exists():
+        raise IngestError(f"source {source!r} does not exist; expected a local file or an "
+                          "http(s) URL")
     if not path.is_file():
-        raise IngestError(f"source {source!r}: no such file")
+        raise IngestError(f"source {source!r} is not a file; expected a local file or an "
+                          "http(s) URL")
     if max_bytes is not None and path.stat().st_size > max_bytes:
         raise IngestError(f"source {source!r} is larger than {max_bytes:,} bytes")
     return path
 
 
 def _session() -> requests.Session:
-    # Status and connection failures are retried by urllib3 with exponential backoff
-    # (the first retry is immediate, then 2 s, 4 s, ...; Retry-After is honoured).
-    retry = Retry(total=5, backoff_factor=1.0, status_forcelist=(429, 500, 502, 503, 504),
+    # Status failures are retried by urllib3 with exponential backoff (the first retry is
+    # immediate, then 2 s, 4 s, ...; Retry-After is honoured). Connection failures are not
+    # (connect=0, read=0): download() retries those itself, with one short line each, and
+    # not at all when the host name does not resolve (no network: retrying cannot help).
+    retry = Retry(total=5, connect=0, read=0, other=0, backoff_factor=1.0,
+                  status_forcelist=(429, 500, 502, 503, 504),
                   allowed_methods=frozenset({"GET"}), raise_on_status=False)
     session = requests.Session()
     session.mount("http://", HTTPAdapter(max_retries=retry))
@@ -73,9 +85,11 @@ def _session() -> requests.Session:
     return session
 
 
-def download(url: str, dest: Path, max_bytes: int | None = None) -> None:
-    """Stream ``url`` to ``dest`` with progress; restart if the body breaks off."""
+def download(url: str, dest: Path, max_bytes: int | None = None, offline_hint: str = "") -> None:
+    """Stream ``url`` to ``dest`` with progress; restart if the connection fails or the
+    body breaks off (STREAM_ATTEMPTS in all), except when the host name does not resolve."""
     shown = redacted_url(url)
+    hint = f"; {offline_hint}" if offline_hint else ""
     with _session() as session:
         for attempt in range(1, STREAM_ATTEMPTS + 1):
             try:
@@ -83,13 +97,53 @@ def download(url: str, dest: Path, max_bytes: int | None = None) -> None:
                 return
             except (requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError) as e:
+                reason = _scrubbed(failure_reason(e), url)
+                if _unresolvable(e):
+                    raise IngestError(f"download of {shown} failed: cannot resolve "
+                                      f"{urlsplit(url).hostname} (no network or no DNS?)"
+                                      f"{hint}") from None
                 if attempt == STREAM_ATTEMPTS:
                     raise IngestError(f"download of {shown} failed after {attempt} attempts: "
-                                      f"{_scrubbed(str(e), url)}") from None
+                                      f"{reason}{hint}") from None
                 delay = 2.0 * attempt
-                log.warning("download of %s broke off (%s); retrying in %.0fs", shown,
-                            _scrubbed(str(e), url), delay)
+                log.warning("download of %s: %s; retry %d of %d in %.0f s", shown, reason,
+                            attempt, STREAM_ATTEMPTS - 1, delay)
                 time.sleep(delay)
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and what it wraps: requests -> urllib3's MaxRetryError -> its reason -> the
+    socket error (``args[0]``, ``reason``, ``__cause__``, ``__context__``)."""
+    seen: set[int] = set()
+    todo = [error]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None),
+                  current.args[0] if current.args else None]
+        todo.extend(e for e in linked if isinstance(e, BaseException))
+
+
+def _unresolvable(error: BaseException) -> bool:
+    return any(isinstance(e, socket.gaierror) for e in _causes(error))
+
+
+def failure_reason(error: BaseException) -> str:
+    """A few words for a failed connection, not urllib3's nested reprs."""
+    causes = list(_causes(error))
+    for kind, words in ((ConnectionRefusedError, "connection refused"),
+                        (ConnectionResetError, "connection reset"),
+                        (TimeoutError, "timed out"), (socket.gaierror, "name not resolved")):
+        if any(isinstance(e, kind) for e in causes):
+            return words
+    if isinstance(error, requests.Timeout):
+        return "timed out"
+    if isinstance(error, requests.exceptions.ChunkedEncodingError):
+        return f"the download broke off ({str(error)[:100]})"
+    return str(error)[:160]
 
 
 def _download_once(session: requests.Session, url: str, dest: Path,

@@ -40,24 +40,47 @@ DATASET_MEMORY_SHARE = 0.25
 DECODE_THREADS = 8
 
 
+def accepted_layouts(root: str) -> str:
+    """The two layouts an imagefolder may have, spelled out under ``root``."""
+    return (f"{root}/<class>/<image> (a share of each class held out for testing), or "
+            f"{root}/train/<class>/<image> and {root}/test/<class>/<image>")
+
+
 def imagefolder_layout(keys: list[str], prefix: str) -> dict[str, list[tuple[str, str]]]:
-    """Group keys into ``{"all"|"train"|"test": [(class, key), ...]}``."""
+    """Group keys into ``{"all"|"train"|"test": [(class, key), ...]}``, refusing any folder
+    training would refuse (the one rule for ingest and the reader): errors name ``prefix``,
+    the user's folder at ingest, the store's prefix in the reader."""
     rel = [(k, PurePosixPath(k[len(prefix) + 1:])) for k in keys]
     rel = [(k, p) for k, p in rel if not any(part.startswith(".") for part in p.parts)]
     if not rel:
-        raise DatasetError(f"no images under {prefix!r}: expected {prefix}/<class>/<image> "
-                           f"or {prefix}/train|test/<class>/<image>")
+        raise DatasetError(f"no images under {prefix!r}: expected {accepted_layouts(prefix)}")
     has_split = all(len(p.parts) == 3 and p.parts[0] in ("train", "test") for _, p in rel)
     groups: dict[str, list[tuple[str, str]]] = {}
     for key, path in rel:
         if len(path.parts) != (3 if has_split else 2):
-            raise DatasetError(f"{key}: not in a class folder; expected {prefix}/<class>/<image>"
-                               f" or {prefix}/train|test/<class>/<image>")
+            raise DatasetError(f"{key}: not in a class folder; expected "
+                               f"{accepted_layouts(prefix)}")
         group = path.parts[0] if has_split else "all"
         groups.setdefault(group, []).append((path.parts[-2], key))
     if has_split and set(groups) != {"train", "test"}:
         raise DatasetError(f"{prefix}: has {'/'.join(groups)} but needs both train/ and test/")
+    _check_trainable(groups, prefix)
     return groups
+
+
+def _check_trainable(groups: dict[str, list[tuple[str, str]]], prefix: str) -> None:
+    classes = sorted({cls for items in groups.values() for cls, _ in items})
+    if len(classes) < 2:
+        raise DatasetError(f"{prefix}: found {len(classes)} class {classes}, need at least 2 "
+                           f"class folders: {accepted_layouts(prefix)}")
+    if "all" in groups:
+        counts: dict[str, int] = {}
+        for cls, _ in groups["all"]:
+            counts[cls] = counts.get(cls, 0) + 1
+        if max(counts.values()) < 2:  # single-image classes stay in train (stratified_split)
+            raise DatasetError(f"{prefix}: one image per class leaves nothing to test on; "
+                               "give a class at least 2 images, or add test/ folders: "
+                               f"{accepted_layouts(prefix)}")
 
 
 def check_image_name(name: str) -> None:
@@ -208,8 +231,6 @@ def load_imagefolder(store: Store, prefix: str, image_size: int, seed: int,
     listing = imagefolder_keys(store, prefix)
     groups = imagefolder_layout(listing.keys, prefix)
     classes = sorted({cls for items in groups.values() for cls, _ in items})
-    if len(classes) < 2:
-        raise DatasetError(f"{prefix}: found classes {classes}, need at least 2 class folders")
     items, labels, n_train = _split_order(groups, classes, seed)
     _decoded_size_check(len(items), image_size, max_decoded_bytes)
     # One array; the splits are views of it (the training split first).

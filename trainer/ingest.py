@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 DEFAULT_CIFAR10_URL = CIFAR10_URL
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 NO_INGEST = ("digits", "synthetic")
+# What a failed CIFAR-10 download suggests: a copy of the archive from elsewhere.
+OFFLINE_HINT = ("without internet access, use a local copy of the archive: --source "
+                "path/to/cifar-10-python.tar.gz (make demo: "
+                "CIFAR10_SOURCE=path/to/cifar-10-python.tar.gz)")
 
 
 def ingest(store: Store, dataset: str, source: str | None = None, *,
@@ -72,7 +76,7 @@ def _ingest_cifar10(store: Store, source: str, expected_md5: str | None) -> str:
         log.info("%s already ingested in %s (md5 %s): nothing to do", key, store.url, expected_md5)
         return key
     with tempfile.TemporaryDirectory(prefix="trainstack-ingest-") as tmp:
-        path = fetch(source, Path(tmp) / name)
+        path = fetch(source, Path(tmp) / name, offline_hint=OFFLINE_HINT)
         md5, sha256 = file_digests(path)
         if expected_md5:
             verify_md5(md5, expected_md5, shown)

@@ -52,7 +52,10 @@ def ingest_folder(store: Store, source: str, prefix: str = PREFIX) -> str:
         files = sorted(p for p in root.rglob("*") if p.is_file()
                        and not any(part.startswith(".") for part in p.relative_to(root).parts))
         rel = [p.relative_to(root).as_posix() for p in files]
-        imagefolder_layout([f"{prefix}/{r}" for r in rel], prefix)  # raises on a bad layout
+        # Before anything is uploaded: a folder training would refuse never replaces the
+        # stored dataset. Errors name the user's source, not the store's prefix.
+        shown = source.rstrip("/") or source
+        imagefolder_layout([f"{shown}/{r}" for r in rel], shown)
         digests = [_checked_digest(path, name) for path, name in zip(files, rel)]
         manifest = "".join(f"{d}  {r}\n" for d, r in zip(digests, rel)).encode()
         manifest_at = manifest_key(prefix)
@@ -78,6 +81,9 @@ def _unpack(source: str, tmp: Path) -> Path:
     # A URL's query is no part of the file's name (a presigned URL's signature), and with
     # its userinfo it stays out of every message.
     shown = redacted_url(source)
+    if "://" not in source and not local.exists():
+        raise IngestError(f"imagefolder source {source!r} does not exist; expected a "
+                          f"directory of <class>/<image> folders or one of {', '.join(ARCHIVES)}")
     if not shown.lower().endswith(ARCHIVES):
         raise IngestError(f"imagefolder source {shown!r}: expected a directory or one of "
                           f"{', '.join(ARCHIVES)}")

@@ -35,6 +35,23 @@ BUCKET_PREFIX_ENV = "TRAINSTACK_BUCKET_PREFIX"
 # The web app's settings the stack passes (infra/ writes them, inference/ reads them).
 # The access token (optional), by secretKeyRef only; also the key of its Secret.
 AUTH_TOKEN_ENV = "TRAINSTACK_AUTH_TOKEN"
+# A bearer token is guessed only by brute force: 32 characters of `openssl rand -hex 16`
+# carry 128 bits. Visible ASCII only: it travels in an HTTP Authorization header.
+AUTH_TOKEN_MIN = 32
+AUTH_TOKEN_ALLOWED = (f"at least {AUTH_TOKEN_MIN} visible ASCII characters, no spaces "
+                      "(e.g. openssl rand -hex 16)")
+
+
+def auth_token_problem(token: str) -> str | None:
+    """What makes ``token`` unfit as the app's access token (None: fine); the one rule of
+    the stack's config and the app. Never quotes the token (it may be a near miss)."""
+    bad = [c for c in token if not "!" <= c <= "~"]
+    if bad:
+        kinds = sorted({"whitespace" if c.isspace() else "non-ASCII or control" for c in bad})
+        return f"contains {' and '.join(kinds)} characters (a trailing newline from a file?)"
+    if len(token) < AUTH_TOKEN_MIN:
+        return f"is shorter than {AUTH_TOKEN_MIN} characters"
+    return None
 # Where users' browsers open MLflow (the links to each version's run); the trainer's
 # MLFLOW_TRACKING_URI is an in-cluster name a browser cannot reach.
 MLFLOW_UI_URL_ENV = "TRAINSTACK_MLFLOW_UI_URL"

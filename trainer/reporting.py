@@ -79,6 +79,10 @@ class RunReporter:
             state.mlflow_run_id = self.tracker.run_id or state.mlflow_run_id
         self._write_progress(state.history)
 
+    def interrupted(self, state: TrainingState) -> None:
+        """Stopped by Ctrl-C (trainer.stopping): the record says so until the run resumes."""
+        self._write_progress(state.history, interrupted=True)
+
     def published(self, version: str) -> None:
         """After publication (also when a restart finds the run already published)."""
         try:
@@ -118,9 +122,10 @@ class RunReporter:
                 self._started_at = self.clock()
         return self._started_at
 
-    def _write_progress(self, history: list[EpochRecord], version: str | None = None) -> None:
+    def _write_progress(self, history: list[EpochRecord], version: str | None = None,
+                        interrupted: bool = False) -> None:
         epoch = history[-1].epoch if history else 0
-        state = ("published" if version is not None
+        state = ("published" if version is not None else "interrupted" if interrupted
                  else "publishing" if epoch >= self.cfg.epochs else "training")
         tracker = self.tracker
         try:
@@ -144,6 +149,9 @@ class SilentReporter:
         return None
 
     def epoch_ended(self, state: TrainingState) -> None:
+        return None
+
+    def interrupted(self, state: TrainingState) -> None:
         return None
 
     def published(self, version: str) -> None:

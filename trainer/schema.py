@@ -220,7 +220,7 @@ class VersionMeta:
         return list(dict.fromkeys([MODEL_FILE, *self.files, *self.examples]))
 
 
-RUN_STATES = ("training", "publishing", "published")
+RUN_STATES = ("training", "publishing", "published", "interrupted")
 # MLflow's own rule for run ids (its experiment ids, digits, pass it too): nothing a link
 # built from them could be steered by.
 _MLFLOW_ID = re.compile(r"[a-zA-Z0-9][\w\-]{0,255}")
@@ -257,7 +257,8 @@ class RunProgress:
     model: str
     dataset: str
     state: str
-    """'training', 'publishing' (every epoch done, the version being written), 'published'."""
+    """'training', 'publishing' (every epoch done, the version being written), 'published',
+    'interrupted' (stopped by Ctrl-C after ``epoch`` epochs; a restart resumes it)."""
     epoch: int
     """Epochs done (0 before the first one ends)."""
     epochs: int

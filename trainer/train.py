@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer import checkpoint, distributed, reporting
+from trainer import checkpoint, distributed, reporting, stopping
 from trainer.augment import Normalizer
 from trainer.checkpoint import TrainingState, UnusableCheckpoint
 from trainer.config import RunIdentity, TrainConfig
@@ -164,15 +164,20 @@ def train_remaining(store: Store, identity: RunIdentity, env, model, optimizer, 
         device_ids = [env.device.index] if env.device.type == "cuda" else None
         train_model = DistributedDataParallel(model, device_ids=device_ids)
     runner = EpochRunner(cfg, env, train_model, optimizer, bundle)
-    for epoch in range(state.epoch + 1, cfg.epochs + 1):
-        record, confusion = run_epoch(runner, model, epoch)
-        state.record_epoch(record, confusion, env.world_size)
-        if env.is_main:
-            state.capture(model, optimizer, env.device)
-            checkpoint.save_checkpoint(store, keys.checkpoint(identity.run_id, epoch), state)
-            checkpoint.prune_checkpoints(store, cfg.model_name, identity.run_id,
-                                         cfg.keep_checkpoints)
-            reporter.epoch_ended(state)
+    try:
+        for epoch in range(state.epoch + 1, cfg.epochs + 1):
+            record, confusion = run_epoch(runner, model, epoch)
+            state.record_epoch(record, confusion, env.world_size)
+            if env.is_main:
+                state.capture(model, optimizer, env.device)
+                checkpoint.save_checkpoint(store, keys.checkpoint(identity.run_id, epoch), state)
+                checkpoint.prune_checkpoints(store, cfg.model_name, identity.run_id,
+                                             cfg.keep_checkpoints)
+                reporter.epoch_ended(state)
+    except BaseException:
+        if stopping.interrupted():  # Ctrl-C: the app shows the run as stopped, not training
+            reporter.interrupted(state)
+        raise
 
 
 def finish_alone(store: Store, identity: RunIdentity, env, bundle,

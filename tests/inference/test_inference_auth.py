@@ -100,7 +100,9 @@ def test_without_a_token_nothing_is_asked(local_store, tmp_path):
 
 
 @pytest.mark.parametrize("bad, what", [(TOKEN + "\n", "whitespace"),
-                                       ("tök" + TOKEN, "non-ASCII")])
+                                       ("tök" + TOKEN, "non-ASCII"),
+                                       # Issue 24: the stack's rule, not a laxer local one.
+                                       (TOKEN[:31], "at least 32")])
 def test_a_token_that_cannot_be_sent_is_refused_at_start_without_echoing_it(
         local_store, tmp_path, bad, what):
     env = {"TRAINSTACK_AUTH_TOKEN": bad, "PATH": "/usr/bin:/bin"}

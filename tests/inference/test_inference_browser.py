@@ -98,7 +98,7 @@ def test_ui_shows_runs_in_progress_and_links_versions_to_mlflow(local_store, tmp
         first = page.locator("#progress-first-run")
         first.get_by_text("epoch 2 of 5").wait_for()
         # The curves so far are drawn (the plot renders after the text: wait, don't count).
-        first.locator("svg, canvas").first.wait_for()
+        first.locator(".curves-so-far img").first.wait_for()
         page.screenshot(path=str(tmp_path / "first-run.png"), full_page=True)
 
         version = publish_version(local_store, f"{V1}-firstrun", run_id="firstrun")

@@ -61,7 +61,7 @@ def test_python_m_inference_serve(local_store, tmp_path, how):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    assert "web app on http://127.0.0.1" in (tmp_path / "serve.log").read_text()
+    assert "web app listening on http://127.0.0.1" in (tmp_path / "serve.log").read_text()
 
 
 def test_serve_without_store_says_how_to_fix(tmp_path):

@@ -97,12 +97,35 @@ def test_an_unreadable_record_is_skipped_and_warned_about_once(tmp_path, caplog)
     assert len([r for r in caplog.records if "progress/bad.json" in r.getMessage()]) == 1
 
 
-def test_curves_so_far_are_one_row_per_epoch_and_split(tmp_path):
-    record = write_progress(LocalStore(tmp_path / "store"), "r", epoch=3)
-    frame = curves(record.history, "acc")
-    assert list(frame.columns) == ["epoch", "value", "curve"]
-    assert len(frame) == 6 and set(frame["curve"]) == {"train", "test"}
-    assert list(frame[frame.curve == "test"]["value"]) == [e.test_acc for e in record.history]
+def test_curves_so_far_have_a_legend_whole_epochs_and_show_a_single_epoch(tmp_path):
+    """Issue 24: train and test told apart, no fractional epochs, one epoch not empty."""
+    store = LocalStore(tmp_path / "store")
+    for epochs_done in (1, 3):
+        record = write_progress(store, "r", epoch=epochs_done)
+        for kind in ("loss", "acc"):
+            axes = curves(record.history, kind).axes[0]
+            assert [t.get_text() for t in axes.get_legend().get_texts()] == ["train", "test"]
+            train, test = axes.get_lines()
+            assert list(test.get_ydata()) == [getattr(e, f"test_{kind}")
+                                              for e in record.history]
+            assert len(train.get_xdata()) == epochs_done and train.get_marker() == "o"
+            lo, hi = axes.get_xlim()
+            ticks = [t for t in axes.get_xticks() if lo <= t <= hi]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks
+            assert all(lo < e < hi for e in train.get_xdata())  # a lone point is visible
+
+
+def test_an_interrupted_run_says_so_and_how_to_resume(tmp_path):
+    from inference.ui_training import run_line
+
+    store = LocalStore(tmp_path / "store")
+    record = write_progress(store, "stopped", epoch=2, state="interrupted")
+    registry = Registry(store, tmp_path / "cache")
+    registry.check_once()  # discovers the progress record's model
+    board = ProgressBoard(registry, refresh_seconds=0)
+    assert [r.state for r in board.running()] == ["interrupted"]
+    line = run_line(record, board)
+    assert "**interrupted**" in line and "resume" in line and "training ·" not in line
 
 
 def test_text_of_a_hostile_progress_record_is_shown_as_text(tmp_path):

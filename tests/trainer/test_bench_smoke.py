@@ -45,6 +45,9 @@ def test_memory_bench_reports_every_phase_of_every_rank_and_the_summary_line_las
     assert MEMORY_LINE.fullmatch(lines[-1]), lines[-1]
     for rank, phase in [(0, "export"), (0, "checkpoint"), (1, "evaluate")]:
         assert any(line.startswith(f"rank {rank} after {phase}") for line in lines), lines
+    # Issue 24: progress while it runs (minutes on 2 cores), on stderr.
+    for phase in ("load", "train", "export"):
+        assert f"rank 0: {phase} done at" in result.stderr, result.stderr[-2000:]
 
 
 TTA_LINE = re.compile(

@@ -1,0 +1,47 @@
+"""``python -m trainer.launch [torchrun's arguments]``: torchrun for ``make demo``, with a
+short ending.
+
+torchrun itself answers Ctrl-C with a ~30-line traceback and a failed worker with a
+"Root Cause" report, after the workers have already said what happened in one line each
+(trainer.__main__). This runs the same launcher (torch.distributed.run) and ends with one
+line instead: interrupted (and how to resume), or which rank failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+log = logging.getLogger("trainer.launch")
+
+RESUME_HINT = ("run the same command again (`make demo` with the same knobs) to resume "
+               "from the last epoch's checkpoint")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                                                   "%(message)s")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    # The launcher's own warnings while it stops the workers repeat what they said; its
+    # loggers set their own levels at import, so each is quietened here, after it.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        run(parse_args(sys.argv[1:] if argv is None else argv))
+        return 0
+    except (SignalException, KeyboardInterrupt):
+        log.error("training interrupted; %s", RESUME_HINT)
+        return 130
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        log.error("training failed: rank %d exited with code %s (its error is above)", rank,
+                  failure.exitcode)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
