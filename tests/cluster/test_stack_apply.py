@@ -21,7 +21,7 @@ from tests.cluster.stack_apply import (
     volumes_for,
     workload_of,
 )
-from tests.infra.infra_helpers import EXTERNAL, PASSWORD, PUSHED
+from tests.infra.infra_helpers import EXTERNAL, PASSWORD, PUSHED, RENDERED
 from tests.infra.render import render
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,13 @@ CONFIGS = {
     "auth-fenced": {**PUSHED, "inferenceAuthToken": "cluster-tier-token-5f1e0a9b8c7d6e5f4a3b",
                     "networkPolicy": "ingress-egress", "minioRootPassword": PASSWORD},
     "no-mlflow": {**PUSHED, "mlflow": "false"},
+    # renderYamlTo: the files a GitOps tool applies in one go (`kubectl apply --server-side`)
+    "gitops": RENDERED,
 }
-USER_SECRETS = {"external-s3": EXTERNAL["storeCredentialsSecret"]}
+USER_SECRETS = {"external-s3": EXTERNAL["storeCredentialsSecret"],
+                "gitops": RENDERED["storeCredentialsSecret"]}
+# The operator's contract with the trainer (trainer/distributed.py reads these).
+OPERATOR_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +93,11 @@ def test_every_object_accepted_and_every_pod_placed(storage, name):
     if name in USER_SECRETS:
         create_user_secret(cp, ns, USER_SECRETS[name])
     cp.apply(volumes_for(rendering))
-    accepted = apply_stack(cp, rendering)
+    if "renderYamlTo" in CONFIGS[name]:  # one apply of every file, the Namespace first
+        everything = sorted(rendering.objects.values(), key=lambda o: o["kind"] != "Namespace")
+        accepted = cp.apply(everything).stdout.split()
+    else:
+        accepted = apply_stack(cp, rendering)
     log.info("%s: %d objects and patches applied", name, len(accepted))
     assert len(accepted) == len(rendering.objects) + len(rendering.patches)
     found = wait_all_placed(cp, rendering)
@@ -96,6 +105,48 @@ def test_every_object_accepted_and_every_pod_placed(storage, name):
         on_gpu = workload.startswith("PyTorchJob/") and int(
             CONFIGS[name].get("gpusPerWorker", "0")) > 0
         assert {p["spec"]["nodeName"] for p in pods} == {GPU_NODE if on_gpu else CPU_NODE}
+    for workload, pods in found.items():
+        if workload.startswith("PyTorchJob/"):
+            check_operator_env(workload.split("/", 1)[1], pods)
     ns_labels = cp.get("namespace", ns)["metadata"]["labels"]
     assert ns_labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    delete_namespace_leaves_nothing(cp, ns)
+
+
+def check_operator_env(job: str, pods: list[dict]) -> None:
+    """What the real operator put in each `pytorch` container: the trainer's contract."""
+    ranks = []
+    for pod in pods:
+        (container,) = [c for c in pod["spec"]["containers"] if c["name"] == "pytorch"]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert set(OPERATOR_ENV) <= set(env), pod["metadata"]["name"]
+        assert env["MASTER_ADDR"] == f"{job}-master-0"
+        (port,) = [p["containerPort"] for p in container["ports"]
+                   if p["name"] == "pytorchjob-port"] or [None]
+        assert env["MASTER_PORT"] == str(port)
+        assert env["WORLD_SIZE"] == str(len(pods))
+        ranks.append(int(env["RANK"]))
+        if pod["metadata"]["name"].endswith("-master-0"):
+            assert env["RANK"] == "0"
+    assert sorted(ranks) == list(range(len(pods)))
+
+
+def test_a_gpu_count_no_node_has_stays_pending_and_says_why(storage):
+    cp = storage
+    rendering = render({**PUSHED, "workers": "2", "gpusPerWorker": "8", **GPU_SCHEDULING,
+                        "namespace": "ts-too-many-gpus"})
+    ns = namespace_of(rendering)
+    cp.apply(volumes_for(rendering))
+    apply_stack(cp, rendering)
+
+    def unschedulable():
+        events = cp.get("events", "-n", ns)["items"]
+        return [e for e in events if e["reason"] == "FailedScheduling"
+                and "Insufficient nvidia.com/gpu" in e["message"]]
+
+    assert cp.wait_for("FailedScheduling for the GPUs", unschedulable, namespace=ns)
+    job_pods = pods_by_workload(cp, ns)
+    (job,) = [w for w in job_pods if w.startswith("PyTorchJob/")]
+    assert {p["status"]["phase"] for p in job_pods[job]} == {"Pending"}
+    assert not any(p["spec"].get("nodeName") for p in job_pods[job])
     delete_namespace_leaves_nothing(cp, ns)
