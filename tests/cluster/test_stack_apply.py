@@ -13,7 +13,6 @@ from infra.pod import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 from tests.cluster.nodes import CPU_NODE, GPU_LABELS, GPU_NODE, GPU_TAINT
 from tests.cluster.stack_apply import (
     apply_stack,
-    default_storage_class,
     dev_stack_config,
     expected_pods,
     namespace_of,
@@ -44,12 +43,6 @@ USER_SECRETS = {"external-s3": EXTERNAL["storeCredentialsSecret"],
                 "gitops": RENDERED["storeCredentialsSecret"]}
 # The operator's contract with the trainer (trainer/distributed.py reads these).
 OPERATOR_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")
-
-
-@pytest.fixture(scope="module")
-def storage(operator):
-    operator.apply([default_storage_class()])
-    return operator
 
 
 def pods_by_workload(cp, ns: str) -> dict[str, list[dict]]:
@@ -149,4 +142,30 @@ def test_a_gpu_count_no_node_has_stays_pending_and_says_why(storage):
     (job,) = [w for w in job_pods if w.startswith("PyTorchJob/")]
     assert {p["status"]["phase"] for p in job_pods[job]} == {"Pending"}
     assert not any(p["spec"].get("nodeName") for p in job_pods[job])
+    delete_namespace_leaves_nothing(cp, ns)
+
+
+def test_a_rescale_leaves_exactly_the_new_jobs_pods(storage):
+    """`workers 3` + `pulumi up`: the old PyTorchJob is deleted, then the new one created."""
+    cp = storage
+    config = {**PUSHED, "namespace": "ts-rescale", "mlflow": "false"}
+    before = render(config)
+    ns = namespace_of(before)
+    cp.apply(volumes_for(before))
+    apply_stack(cp, before)
+    wait_all_placed(cp, before)
+    after = render({**config, "workers": "3"})
+    (old,) = [o["metadata"]["name"] for o in before.objects.values() if o["kind"] == "PyTorchJob"]
+    (new,) = [o["metadata"]["name"] for o in after.objects.values() if o["kind"] == "PyTorchJob"]
+    assert old != new
+    cp.kubectl("delete", "pytorchjob", old, "-n", ns, "--timeout=60s")
+    apply_stack(cp, after)
+    wait_all_placed(cp, after)
+
+    def only_new():
+        jobs = {w: len(p) for w, p in pods_by_workload(cp, ns).items()
+                if w.startswith("PyTorchJob/")}
+        return jobs if jobs == {f"PyTorchJob/{new}": 3} else None
+
+    cp.wait_for("the old job's pods to be gone", only_new, namespace=ns)
     delete_namespace_leaves_nothing(cp, ns)
