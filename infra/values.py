@@ -15,14 +15,21 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from infra import labels
 from infra.config_errors import invalid
+from infra.labels import (
+    LABEL_KEY_RULE,
+    LABEL_VALUE_RULE,
+    is_label_key,
+    is_label_value,
+    toleration_problem,
+)
 from trainer.layout import bucket_names
 
 CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
 BYTES = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-DNS_SUBDOMAIN = re.compile(
-    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS_SUBDOMAIN = labels.DNS_SUBDOMAIN
 DURATION = re.compile(r"^(\d+)(s|m|h)$")
 # The Training Operator's v1 line from the first release that has PyTorchJob (v1.3.0).
 OPERATOR_VERSION = re.compile(r"^v1\.(\d+)\.(\d+)$")
@@ -122,6 +129,30 @@ def nonzero_quantity(regex: re.Pattern, allowed: str) -> Parser:
         text = base(key, raw)
         if float(re.match(r"[\d.]+", text).group()) <= 0:
             raise invalid(key, allowed, raw)
+        return text
+
+    return parse
+
+
+_BYTE_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+               "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
+               "Ei": 2**60}
+
+
+def byte_count(text: str) -> float:
+    """A BYTES quantity ("512Mi", "1.5Gi", "2G") in bytes."""
+    number, unit = re.fullmatch(r"([\d.]+)([A-Za-z]*)", text).groups()
+    return float(number) * _BYTE_UNITS[unit]
+
+
+def memory_at_least(minimum: str, allowed: str) -> Parser:
+    """A memory quantity no smaller than `minimum` (e.g. "1" is one byte, not one GiB)."""
+    base = pattern(BYTES, allowed)
+
+    def parse(key: str, raw: Any) -> str:
+        text = base(key, raw)
+        if byte_count(text) < byte_count(minimum):
+            raise invalid(key, f"{allowed}, at least {minimum} (a bare number is bytes)", raw)
         return text
 
     return parse
@@ -248,6 +279,12 @@ def node_selector(key: str, raw: Any) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise invalid(key, allowed, raw)
+    for label, label_value in value.items():
+        if not is_label_key(label):
+            raise invalid(key, f"label keys only: {label!r} is not one ({LABEL_KEY_RULE})", raw)
+        if not is_label_value(label_value):
+            raise invalid(key, f"label values only: {label_value!r} (for {label!r}) is not one "
+                               f"({LABEL_VALUE_RULE})", raw)
     return value
 
 
@@ -267,4 +304,7 @@ def tolerations(key: str, raw: Any) -> list[dict[str, Any]]:
             or item.get("effect", "NoSchedule") not in TOLERATION_EFFECTS
         ):
             raise invalid(key, allowed, raw)
+        problem = toleration_problem(item)
+        if problem:
+            raise invalid(key, f"{allowed}; {problem}", raw)
     return value

@@ -50,7 +50,10 @@ def test_defaults_render_every_resource(default_stack):
         "ConfigMap/mlflow-aws-config", "ConfigMap/mlflow-tracking", "Deployment/mlflow",
         "Service/mlflow",
         "NetworkPolicy/mlflow",
+        # the operator's init-container template (none: infra/training_operator.py)
+        "ConfigMap/training-operator-init-container",
     ])
+    assert sorted(default_stack.patches) == ["Deployment/training-operator"]
     assert len(default_stack.by_type(IMAGE)) == 1
     # MinIO's root password, and the key of the secret versions (infra/rotation.py).
     assert len(default_stack.by_type("random:index/randomPassword:RandomPassword")) == 2
