@@ -40,7 +40,7 @@ def saver(store: Store, identity: RunIdentity, state: TrainingState, model, opti
     keys, cfg = ModelKeys(identity.config.model_name), identity.config
 
     def save(position: EpochPosition) -> None:
-        state.position = position.to_dict()
+        state.position, state.world_size = position.to_dict(), env.world_size
         state.capture(model, optimizer, env.device)
         key = keys.mid_epoch_checkpoint(identity.run_id, state.epoch, position.trained)
         checkpoint.save_checkpoint(store, key, state)
