@@ -20,11 +20,10 @@ from pathlib import Path
 from trainer.errors import DatasetError, ObjectNotFound
 from trainer.storage import Store
 from trainer.streaming.format import ShardInfo
+from trainer.streaming.settings import CACHE_BYTES_ENV, CACHE_DIR_ENV
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR_ENV = "TRAINSTACK_DATA_CACHE_DIR"
-CACHE_BYTES_ENV = "TRAINSTACK_DATA_CACHE_BYTES"
 DEFAULT_CACHE_BYTES = 1 << 30
 
 
