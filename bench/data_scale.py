@@ -11,8 +11,8 @@ Then the 16x dataset trains again, is killed at its first mid-epoch checkpoint, 
 with one rank fewer and publishes.
 
 The last line: ``rss_1x_mib=... rss_16x_mib=... rss_ratio=... stream_vs_memory_img_s=...
-over_memory_trained=true|false``. Usage: python bench/data_scale.py [--base 2000]
-[--world 2] [--memory-mib 64] [--epochs 3]
+over_memory_trained=true|false``. Usage: python bench/data_scale.py [--base 500]
+[--world 2] [--memory-mib 16] [--epochs 2]
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ CLASSES = 10
 SIZE = 32
 SCALES = (1, 4, 16)
 SHARD_MIB = 4
+BATCH = 64
 # Every training run gets its own seed, so its own run_id: none finds another's published.
 SEEDS = itertools.count(1)
 
@@ -120,7 +121,7 @@ def events(output: str, kind: str) -> list[tuple[float, dict]]:
 def train(store: Path, prefix: str, loading: str, epochs: int, args, env: dict,
           workdir: Path) -> dict:
     config = {"dataset": "imagefolder", "data_prefix": prefix, "model": "fastcifar",
-              "epochs": epochs, "batch_size": 64, "lr": 0.2, "image_size": SIZE,
+              "epochs": epochs, "batch_size": BATCH, "lr": 0.2, "image_size": SIZE,
               "log_every": 1, "data_loading": loading, "seed": next(SEEDS)}
     procs, started = launch(store, config, args.world, env, workdir)
     output, peaks = finish(procs)
@@ -131,35 +132,40 @@ def train(store: Path, prefix: str, loading: str, epochs: int, args, env: dict,
             "first_step_s": first_step - started}
 
 
-def killed_and_resumed(store: Path, prefix: str, args, env: dict, workdir: Path) -> bool:
-    """Train ``prefix`` streaming, kill every rank at the first mid-epoch checkpoint, resume
-    with one rank fewer (at least one); True once that run published."""
+def killed_and_resumed(store: Path, prefix: str, train_images: int, args, env: dict,
+                       workdir: Path) -> bool:
+    """Train ``prefix`` streaming, kill every rank at the first mid-epoch checkpoint (a
+    quarter into the epoch), resume with one rank fewer (at least one); True once that run
+    published after resuming mid-epoch."""
+    every = max(1, train_images // (BATCH * args.world) // 4)
     config = {"dataset": "imagefolder", "data_prefix": prefix, "model": "fastcifar",
-              "epochs": 1, "batch_size": 64, "lr": 0.2, "image_size": SIZE,
-              "checkpoint_every_steps": 20, "seed": next(SEEDS)}
+              "epochs": 1, "batch_size": BATCH, "lr": 0.2, "image_size": SIZE,
+              "checkpoint_every_steps": every, "seed": next(SEEDS)}
     procs, _ = launch(store, config, args.world, env, workdir)
+    killed = False
     for line in procs[0].stdout:
         if "checkpoint written" in line and "+" in line.rsplit("/", 1)[-1]:
+            killed = True
             break
     for proc in procs:
         proc.send_signal(signal.SIGKILL)
-    finish_killed = [proc.wait() for proc in procs]
-    log.info("killed at a mid-epoch checkpoint: exit codes %s", finish_killed)
+        proc.wait()
+    log.info("killed at a mid-epoch checkpoint: %s", killed)
     procs, _ = launch(store, config, max(1, args.world - 1), env, workdir)
     output, _ = finish(procs)
     resumed = events(output, "resume")
-    ok = bool(resumed and resumed[0][1].get("samples_trained") and events(output, "done"))
+    ok = bool(killed and resumed and resumed[0][1].get("samples_trained") and events(output, "done"))
     log.info("killed mid-epoch, resumed: %s", resumed[0][1] if resumed else None)
     return ok
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", type=int, default=2000, help="images at 1x")
+    parser.add_argument("--base", type=int, default=500, help="images at 1x")
     parser.add_argument("--world", type=int, default=2)
-    parser.add_argument("--memory-mib", type=int, default=64,
+    parser.add_argument("--memory-mib", type=int, default=16,
                         help="the memory limit the trainer is given")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory(prefix="data-scale-") as tmp:
@@ -180,7 +186,8 @@ def run(args, tmp: Path) -> None:
             tmp / "all", tmp / f"x{scale}", args.base * scale)
         prefix = f"datasets/scale-{scale}x"
         ingest_folder(store, str(source), prefix, image_size=SIZE, shard_bytes=SHARD_MIB * MIB)
-        decoded[scale] = open_sharded(store, prefix, SIZE).index.decoded_bytes()
+        index = open_sharded(store, prefix, SIZE).index
+        decoded[scale], train_images = index.decoded_bytes(), index.count("train")
         if scale == 1:  # CIFAR-size images both ways, epochs long enough to warm up
             results["memory"] = train(store_dir, prefix, "memory", args.epochs, args, env, tmp)
             results[1] = train(store_dir, prefix, "stream", args.epochs, args, env, tmp)
@@ -191,8 +198,8 @@ def run(args, tmp: Path) -> None:
                  json.dumps(results[scale]))
     log.info("1x in memory: %s", json.dumps(results["memory"]))
     over = decoded[SCALES[-1]] > args.memory_mib * MIB and results[SCALES[-1]]["loading"] == \
-        "stream" and killed_and_resumed(store_dir, f"datasets/scale-{SCALES[-1]}x", args, env,
-                                        tmp)
+        "stream" and killed_and_resumed(store_dir, f"datasets/scale-{SCALES[-1]}x",
+                                        train_images, args, env, tmp)
     rss_1x, rss_16x = results[1]["rss_mib"], results[SCALES[-1]]["rss_mib"]
     print(f"rss_1x_mib={rss_1x:.0f} rss_16x_mib={rss_16x:.0f} rss_ratio={rss_16x / rss_1x:.3f} "
           f"stream_vs_memory_img_s={results[1]['img_s'] / results['memory']['img_s']:.3f} "
