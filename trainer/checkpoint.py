@@ -3,8 +3,9 @@
 :class:`TrainingState` is the one owner of everything a run carries from epoch to epoch;
 a checkpoint is its ``torch.save`` at ``models/<name>/runs/<run_id>/checkpoints/
 epoch-0007.pt`` (the state after epoch 7; epochs count from 1, trainer.layout spells the
-key). The store's put is atomic, so a checkpoint key exists only once its content is
-complete. A checkpoint whose content is damaged, or that does not fit the run (another
+key); a mid-epoch one, ``epoch-0006+0000012800.pt``, also holds its position in epoch 7
+(``position``: trainer.streaming.position), from which the epoch resumes. The store's put
+is atomic, so a checkpoint key exists only once its content is complete. A checkpoint whose content is damaged, or that does not fit the run (another
 identity or config, other parameter shapes), is skipped in favour of the one before it; a
 store that fails while one is read is an outage and is raised, never skipped. A run keeps
 its newest ``keep_checkpoints`` checkpoints while it trains and none once it is published.
