@@ -18,6 +18,7 @@ remaining sample once and nothing twice.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -97,32 +98,43 @@ class EpochPlan:
                                "ranks: every rank needs at least one; use fewer workers")
         return cls(epoch, cut(segments, world), batch_size, done, total)
 
+    @functools.cached_property
+    def counts(self) -> list[int]:
+        """Samples in each rank's share."""
+        return [sum(end - begin for _, begin, end in share) for share in self.shares]
+
     def count(self, rank: int) -> int:
-        return sum(end - begin for _, begin, end in self.shares[rank])
+        return self.counts[rank]
 
     @property
     def steps(self) -> int:
-        return math.ceil(max(self.count(r) for r in range(len(self.shares))) / self.batch_size)
+        return math.ceil(max(self.counts) / self.batch_size)
 
     def batch_sizes(self, rank: int) -> list[int]:
         count, steps = self.count(rank), self.steps
         return [count // steps + (1 if step < count % steps else 0) for step in range(steps)]
 
+    def consumed(self, rank: int, step: int) -> int:
+        """Samples rank ``rank`` trained in this plan's first ``step`` steps (in O(1): the
+        loop asks every step)."""
+        count, steps = self.count(rank), self.steps
+        return step * (count // steps) + min(step, count % steps)
+
     def trained(self, step: int) -> int:
         """Samples of the epoch trained, over every rank, once this plan's ``step`` steps ran."""
-        return self.done + sum(sum(self.batch_sizes(r)[:step]) for r in range(len(self.shares)))
+        return self.done + sum(self.consumed(rank, step) for rank in range(len(self.shares)))
 
     def rest(self, step: int, world: int) -> EpochPlan:
         """The epoch after this plan's first ``step`` steps, dealt to ``world`` ranks."""
         segments = [segment for rank, share in enumerate(self.shares)
-                    for segment in skip(share, sum(self.batch_sizes(rank)[:step]))]
+                    for segment in skip(share, self.consumed(rank, step))]
         return EpochPlan.of(segments, epoch=self.epoch, world=world,
                             batch_size=self.batch_size, done=self.trained(step), total=self.total)
 
     def batches(self, rank: int, start: int = 0) -> Iterator[list[Segment]]:
         """Rank ``rank``'s batches from step ``start`` on, each as the segments it is cut from."""
         sizes = self.batch_sizes(rank)
-        share = skip(self.shares[rank], sum(sizes[:start]))
+        share = skip(self.shares[rank], self.consumed(rank, start))
         for size in sizes[start:]:
             batch: list[Segment] = []
             while size:
