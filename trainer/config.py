@@ -1,9 +1,9 @@
 """The training configuration: one dataclass, validated on construction.
 
 ``train.json`` (the stack's ConfigMap) holds ``dataset``, ``model``, ``epochs``,
-``batch_size``, ``lr``, ``seed`` and ``checkpoint_every_steps``; every other field has a sensible default. The recipe
-fields (label smoothing, schedule, warm-up, crop padding, test-time flip) default to
-``"auto"``: the values the chosen model was tuned with (MODEL_RECIPES), else DEFAULT_RECIPE.
+``batch_size``, ``lr``, ``seed`` and ``checkpoint_every_steps``; every other field has a
+sensible default. The recipe fields (label smoothing, schedule, warm-up, crop padding,
+test-time flip) default to ``"auto"``: the values the chosen model was tuned with (MODEL_RECIPES), else DEFAULT_RECIPE.
 
 Stdlib only: the Pulumi program imports ``DATASETS``, ``MODELS`` and ``CIFAR10_URL``
 from here, and its environment has no torch.
