@@ -12,7 +12,7 @@ with one rank fewer and publishes.
 
 The last line: ``rss_1x_mib=... rss_16x_mib=... rss_ratio=... stream_vs_memory_img_s=...
 over_memory_trained=true|false``. Usage: python bench/data_scale.py [--base 500]
-[--world 2] [--memory-mib 16] [--epochs 2]
+[--world 2] [--memory-mib 16] [--epochs 4]
 """
 
 from __future__ import annotations
@@ -165,7 +165,8 @@ def main() -> None:
     parser.add_argument("--world", type=int, default=2)
     parser.add_argument("--memory-mib", type=int, default=16,
                         help="the memory limit the trainer is given")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=4,
+                        help="epochs of the 1x runs (their best epoch counts)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory(prefix="data-scale-") as tmp:
