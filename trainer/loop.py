@@ -134,6 +134,7 @@ class EpochRunner:
                     and step < plan.steps:
                 self._checkpoint(position, step, totals, time.perf_counter() - start, save)
         batches.close()
+        trace.close()
         progress.close()
         all_reduce_sum(totals)
         seconds = time.perf_counter() - start + position.seconds

@@ -63,3 +63,7 @@ class SampleTrace:
         if self.file is not None:
             self.file.write(f"{self.prefix} {step} {' '.join(map(str, ids.tolist()))}\n")
             self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
