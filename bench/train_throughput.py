@@ -84,9 +84,9 @@ class ComputeBench:
         model, self.optimizer = build_training(cfg, env, bundle)
         self.runner = EpochRunner(cfg, env, model, self.optimizer, bundle)
         self.model = self.runner.model  # compiled with --compile
-        images = self.runner.normalize(self.runner.train_images[:args.batch_size])
+        images = self.runner.normalize(self.runner.data.images[:args.batch_size])
         self.images = images.contiguous(memory_format=torch.channels_last)
-        self.labels = self.runner.train_labels[:args.batch_size]
+        self.labels = self.runner.data.labels[:args.batch_size]
         self.device = env.device
         self.measure(args.warmup)
 

@@ -90,6 +90,9 @@ FIELDS: dict[str, tuple[str, v.Parser]] = {
     "bucketsTimeout": ("buckets_timeout", v.duration),
     "ingestTimeout": ("ingest_timeout", v.duration),
     "ingestStorage": ("ingest_storage", v.nonzero_quantity(v.BYTES, "a size such as 4Gi")),
+    "dataCacheSize": ("data_cache_size", v.nonzero_quantity(
+        v.BYTES, "a size such as 4Gi, at least a few of the dataset's shards (128 MiB each)")),
+    "checkpointEverySteps": ("checkpoint_every_steps", v.int_at_least(0)),
     "inferenceReplicas": ("inference_replicas", v.int_at_least(1)),
     "inferenceServiceType": ("inference_service_type", v.choice(SERVICE_TYPES)),
     "inferenceIngressNamespace": (

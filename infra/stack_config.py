@@ -68,6 +68,10 @@ class StackConfig:
     buckets_timeout: str = "15m"  # how long `pulumi up` waits for the bucket Job
     ingest_timeout: str = "30m"  # ... and for the ingest Job (170 MB download + image pull)
     ingest_storage: str = "4Gi"  # ephemeral storage of the ingest Job: download + unpacked
+    # Streaming datasets (trainer.streaming): each training pod's read-ahead of shards on
+    # local disk (an emptyDir), and the steps between mid-epoch checkpoints.
+    data_cache_size: str = "4Gi"
+    checkpoint_every_steps: int = 500
     inference_replicas: int = 1
     inference_service_type: str = "NodePort"
     inference_ingress_namespace: str | None = None  # only its pods reach the app
@@ -145,6 +149,7 @@ class StackConfig:
             "batch_size": self.batch_size,
             "lr": self.learning_rate,
             "seed": 0,
+            "checkpoint_every_steps": self.checkpoint_every_steps,
         }
 
 

@@ -21,7 +21,9 @@ import pulumi_kubernetes as k8s
 
 from infra import mlflow_auth, pod, rotation
 from infra.mlflow_server import TRACKING_CONFIG_MAP
+from infra.values import quantity_bytes
 from infra.workloads import INGEST, TRAINER
+from trainer.streaming.settings import CACHE_BYTES_ENV, CACHE_DIR_ENV
 
 CONFIG_DIR = "/etc/trainstack"
 CONFIG_FILE = f"{CONFIG_DIR}/train.json"
@@ -33,6 +35,7 @@ MASTER_PORT = TRAINER.port("pytorchjob-port")
 DATASET_SOURCE_ENV = "TRAINSTACK_DATASET_SOURCE"
 # /tmp of a training pod: matplotlib's and the compilers' caches, the figures it publishes.
 TRAIN_TMP_SIZE = "2Gi"
+DATA_CACHE_DIR = "/data-cache"
 
 
 @dataclass
@@ -50,6 +53,7 @@ class TrainingArgs:
     ingest_source_secret: str | None = None  # a Secret with the URL (key DATASET_SOURCE_ENV)
     ingest_timeout: str = "30m"  # how long `pulumi up` waits for the ingest Job
     ingest_storage: str = "4Gi"  # the ingest Job's ephemeral storage (download + unpacked)
+    data_cache_size: str = "4Gi"  # each training pod's read-ahead of dataset shards (emptyDir)
     image_pull_policy: str = "IfNotPresent"
     backoff_limit: int = 3
     node_selector: dict[str, str] = field(default_factory=dict)
@@ -103,11 +107,27 @@ def train_command(gpus: int) -> list[str]:
     ]
 
 
+def train_storage(args: TrainingArgs) -> str:
+    """A training pod's ephemeral storage: /tmp and the data cache, in MiB (rounded up)."""
+    total = quantity_bytes(TRAIN_TMP_SIZE) + quantity_bytes(args.data_cache_size)
+    return f"{-(-total // 2**20)}Mi"
+
+
+def data_cache(args: TrainingArgs) -> pod.Scratch:
+    """The emptyDir a training pod reads dataset shards ahead into (trainer.streaming.cache)."""
+    return pod.Scratch("data-cache", DATA_CACHE_DIR, args.data_cache_size)
+
+
 def train_env(args: TrainingArgs) -> dict[str, pulumi.Input[str]]:
     # No OMP_NUM_THREADS: the trainer sizes its thread pool from the pod's cgroup CPU quota
     # divided by its local processes (torchrun); a fixed value here would give every torchrun
     # process all the pod's cores and truncate fractional CPUs ("1500m") to 1.
-    env: dict[str, pulumi.Input[str]] = {"PYTHONUNBUFFERED": "1"}
+    env: dict[str, pulumi.Input[str]] = {
+        "PYTHONUNBUFFERED": "1",
+        CACHE_DIR_ENV: DATA_CACHE_DIR,
+        # A tenth below the emptyDir's sizeLimit: the kubelet evicts a pod that passes it.
+        CACHE_BYTES_ENV: str(quantity_bytes(args.data_cache_size) * 9 // 10),
+    }
     if args.gpus_per_worker > 0:
         env["NCCL_DEBUG"] = "WARN"  # NCCL is the backend on GPUs: surface its errors
     return env
@@ -140,8 +160,8 @@ def pod_template(
         env_from=tracking_env(),
         ports=[k8s.core.v1.ContainerPortArgs(name=MASTER_PORT.name,
                                              container_port=MASTER_PORT.number)],
-        ephemeral_storage=TRAIN_TMP_SIZE,
-        scratch=[pod.tmp(TRAIN_TMP_SIZE), pod.shm(args.memory)],
+        ephemeral_storage=train_storage(args),
+        scratch=[pod.tmp(TRAIN_TMP_SIZE), pod.shm(args.memory), data_cache(args)],
         volume_mounts=[config_mount],
     )
     config_volume = k8s.core.v1.VolumeArgs(

@@ -122,6 +122,17 @@ def pattern(regex: re.Pattern, allowed: str) -> Parser:
     return parse
 
 
+_BYTE_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+               "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
+               "Ei": 2**60}
+
+
+def quantity_bytes(text: str) -> int:
+    """Bytes of a BYTES quantity (``4Gi`` -> 4294967296)."""
+    number, unit = re.fullmatch(r"([\d.]+)([A-Za-z]*)", text).groups()
+    return int(float(number) * _BYTE_UNITS[unit])
+
+
 def nonzero_quantity(regex: re.Pattern, allowed: str) -> Parser:
     base = pattern(regex, allowed)
 

@@ -10,9 +10,11 @@ import textwrap
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# trainer.tracking too: the stack reads its env contract (MLFLOW_TRACKING_URI) from there.
+# trainer.tracking too: the stack reads its env contract (MLFLOW_TRACKING_URI) from there;
+# trainer.streaming.settings: the data cache's (TRAINSTACK_DATA_CACHE_*).
 CONTRACT_MODULES = ("trainer.errors", "trainer.layout", "trainer.schema", "trainer.cpus",
-                    "trainer.config", "trainer.tracking", "trainer.mlflow_layout")
+                    "trainer.config", "trainer.tracking", "trainer.mlflow_layout",
+                    "trainer.streaming.settings")
 HEAVY = ("torch", "numpy", "PIL", "gradio", "pulumi", "minio", "matplotlib", "mlflow")
 
 

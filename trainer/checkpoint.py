@@ -3,8 +3,9 @@
 :class:`TrainingState` is the one owner of everything a run carries from epoch to epoch;
 a checkpoint is its ``torch.save`` at ``models/<name>/runs/<run_id>/checkpoints/
 epoch-0007.pt`` (the state after epoch 7; epochs count from 1, trainer.layout spells the
-key). The store's put is atomic, so a checkpoint key exists only once its content is
-complete. A checkpoint whose content is damaged, or that does not fit the run (another
+key); a mid-epoch one, ``epoch-0006+0000012800.pt``, also holds its position in epoch 7
+(``position``: trainer.streaming.position), from which the epoch resumes. The store's put
+is atomic, so a checkpoint key exists only once its content is complete. A checkpoint whose content is damaged, or that does not fit the run (another
 identity or config, other parameter shapes), is skipped in favour of the one before it; a
 store that fails while one is read is an outage and is raised, never skipped. A run keeps
 its newest ``keep_checkpoints`` checkpoints while it trains and none once it is published.
@@ -23,9 +24,10 @@ import torch
 
 from trainer.config import RunIdentity, TrainConfig
 from trainer.errors import ConfigError, MetaError
-from trainer.layout import ModelKeys, checkpoint_epoch
+from trainer.layout import ModelKeys, checkpoint_epoch, checkpoint_position
 from trainer.schema import EpochRecord
 from trainer.storage import Store
+from trainer.streaming.position import EpochPosition
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,9 @@ class TrainingState:
     mlflow_run_id: str | None = None
     """The run's MLflow run once MLflow answered (trainer.tracking): a resumed run goes on
     logging into it. Optional: older checkpoints lack it."""
+    position: dict[str, Any] | None = None
+    """A mid-epoch checkpoint's place in epoch ``epoch + 1`` (trainer.streaming.position.
+    EpochPosition.to_dict()); None at an epoch's end. Optional: older checkpoints lack it."""
 
     @classmethod
     def fresh(cls, identity: RunIdentity) -> TrainingState:
@@ -94,7 +99,7 @@ class TrainingState:
                 "config": self.config, "model": self.model, "optimizer": self.optimizer,
                 "rng": self.rng, "history": [e.to_dict() for e in self.history],
                 "confusion": self.confusion, "world_size": self.world_size,
-                "mlflow_run_id": self.mlflow_run_id}
+                "mlflow_run_id": self.mlflow_run_id, "position": self.position}
 
     @classmethod
     def from_checkpoint(cls, raw: Any, where: str) -> TrainingState:
@@ -110,7 +115,8 @@ class TrainingState:
                        history=history, confusion=raw["confusion"],
                        world_size=raw["world_size"], model=raw["model"],
                        optimizer=raw["optimizer"], rng=raw["rng"],
-                       mlflow_run_id=_optional_id(raw.get("mlflow_run_id")))
+                       mlflow_run_id=_optional_id(raw.get("mlflow_run_id")),
+                       position=_optional_position(raw.get("position")))
         except (KeyError, TypeError, ValueError, MetaError) as e:
             raise UnusableCheckpoint(f"{where}: incomplete {FORMAT} checkpoint ({e})") from None
 
@@ -126,7 +132,7 @@ class TrainingState:
         if saved_config != identity.config.defining_fields():
             raise UnusableCheckpoint(f"{where} does not fit: it was trained with config "
                                      f"{saved_config}")
-        if not 1 <= self.epoch <= identity.config.epochs:
+        if not (0 if self.position else 1) <= self.epoch <= identity.config.epochs:
             raise UnusableCheckpoint(f"{where} does not fit: epoch {self.epoch} of "
                                      f"{identity.config.epochs}")
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -136,6 +142,16 @@ class TrainingState:
                             if expected.get(k) != saved.get(k))
             raise UnusableCheckpoint(f"{where} does not fit the model: parameters "
                                      f"{differ[:5]} differ")
+
+
+def _optional_position(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        EpochPosition.from_dict(value)
+    except (KeyError, TypeError, ValueError) as e:
+        raise TypeError(f"position: {e!r}") from None
+    return value
 
 
 def _optional_id(value: Any) -> str | None:
@@ -215,8 +231,20 @@ def load_checkpoint(store: Store, key: str) -> TrainingState:
     return TrainingState.from_checkpoint(raw, key)
 
 
+def all_checkpoints(store: Store, model_name: str, run_id: str
+                    ) -> list[tuple[tuple[int, int], str]]:
+    """((epochs done, samples of the next epoch), key) of every checkpoint of the run,
+    mid-epoch ones included, newest first."""
+    found = []
+    for key in store.list(ModelKeys(model_name).checkpoints(run_id)):
+        position = checkpoint_position(key)
+        if position is not None:
+            found.append((position, key))
+    return sorted(found, reverse=True)
+
+
 def checkpoint_epochs(store: Store, model_name: str, run_id: str) -> list[tuple[int, str]]:
-    """(epoch, key) of every checkpoint of the run, newest first."""
+    """(epoch, key) of every end-of-epoch checkpoint of the run, newest first."""
     found = []
     for key in store.list(ModelKeys(model_name).checkpoints(run_id)):
         epoch = checkpoint_epoch(key)
@@ -237,7 +265,7 @@ def newest_resumable(store: Store, identity: RunIdentity,
                      model: torch.nn.Module) -> tuple[str, TrainingState] | None:
     """The newest checkpoint of the run that loads and fits ``model``; others are reported
     and skipped. Store failures are raised: an outage must not silently cost epochs."""
-    for _, key in checkpoint_epochs(store, identity.config.model_name, identity.run_id):
+    for _, key in all_checkpoints(store, identity.config.model_name, identity.run_id):
         try:
             return key, load_fitting(store, key, identity, model)
         except UnusableCheckpoint as e:
@@ -247,7 +275,7 @@ def newest_resumable(store: Store, identity: RunIdentity,
 
 def prune_checkpoints(store: Store, model_name: str, run_id: str, keep: int) -> list[str]:
     """Delete all but the newest ``keep`` checkpoints of the run; return the deleted keys."""
-    deleted = [key for _, key in checkpoint_epochs(store, model_name, run_id)[keep:]]
+    deleted = [key for _, key in all_checkpoints(store, model_name, run_id)[keep:]]
     for key in deleted:
         store.delete(key)
     if deleted:

@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--source", help="URL or local path of the archive "
                                          "(default: the official CIFAR-10 URL)")
     ingest.add_argument("--store", help=store_help)
+    ingest.add_argument("--image-size", type=int, default=32,
+                        help="imagefolder: side the shards' images are decoded to, the "
+                             "training config's image_size (default: 32)")
+    ingest.add_argument("--shard-mib", type=int, default=128,
+                        help="imagefolder: most MiB of pixels per shard (default: 128)")
 
     train = sub.add_parser(
         "train", help="train (resuming the run if it has checkpoints) and publish",
@@ -83,7 +88,8 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     from trainer.ingest import ingest
 
     store = open_store(args.store)
-    key = ingest(store, args.dataset, args.source)
+    key = ingest(store, args.dataset, args.source, image_size=args.image_size,
+                 shard_bytes=args.shard_mib * 1024**2)
     if key:
         log.info("dataset %s is in the store at %s", args.dataset, key)
 

@@ -1,9 +1,9 @@
 """The training configuration: one dataclass, validated on construction.
 
 ``train.json`` (the stack's ConfigMap) holds ``dataset``, ``model``, ``epochs``,
-``batch_size``, ``lr`` and ``seed``; every other field has a sensible default. The recipe
-fields (label smoothing, schedule, warm-up, crop padding, test-time flip) default to
-``"auto"``: the values the chosen model was tuned with (MODEL_RECIPES), else DEFAULT_RECIPE.
+``batch_size``, ``lr``, ``seed`` and ``checkpoint_every_steps``; every other field has a
+sensible default. The recipe fields (label smoothing, schedule, warm-up, crop padding,
+test-time flip) default to ``"auto"``: the values the chosen model was tuned with (MODEL_RECIPES), else DEFAULT_RECIPE.
 
 Stdlib only: the Pulumi program imports ``DATASETS``, ``MODELS`` and ``CIFAR10_URL``
 from here, and its environment has no torch.
@@ -67,8 +67,11 @@ LATER_RECIPE_FIELDS = ("warmup", "crop_padding", "test_flip")
 MIN_IMAGE_SIZE = {"fastcifar": 2}
 # Fields that only change how a run is carried out, not its result: left out of run_id.
 # precision follows the hardware (like the world size), so a run can move between node kinds.
-OPERATIONAL_FIELDS = ("log_every", "precision", "keep_checkpoints", "compile")
+# data_loading: memory and stream train on the same samples in the same order.
+OPERATIONAL_FIELDS = ("log_every", "precision", "keep_checkpoints", "compile", "data_loading",
+                      "checkpoint_every_steps")
 PRECISIONS = ("auto", "fp32", "bf16")
+DATA_LOADINGS = ("auto", "memory", "stream")
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,13 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the training step's model (GPUs: fewer, fused kernels); evaluation,
     checkpoints and the export use the module itself. Not part of the run's identity."""
+    data_loading: str = "auto"
+    """'memory': decode the whole dataset into memory; 'stream': read an imagefolder's shards
+    as training goes (trainer.streaming); 'auto': stream when the decoded dataset would take
+    more than its share of the memory limit. Not part of the run's identity."""
+    checkpoint_every_steps: int = 500
+    """Steps between mid-epoch checkpoints, which hold the exact position in the epoch
+    (0: at the end of each epoch only). Not part of the run's identity."""
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
@@ -129,6 +139,11 @@ class TrainConfig:
         _check_choice("augment", self.augment, AUGMENTATIONS)
         _check_choice("schedule", self.schedule, (AUTO, *SCHEDULES))
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("data_loading", self.data_loading, DATA_LOADINGS)
+        _check_int("checkpoint_every_steps", self.checkpoint_every_steps, minimum=0)
+        if self.data_loading == "stream" and self.dataset != "imagefolder":
+            raise ConfigError(f"data_loading: 'stream' reads an imagefolder's shards; dataset "
+                              f"{self.dataset!r} is held in memory: use 'auto' or 'memory'")
         for key in ("epochs", "batch_size", "image_size", "synthetic_size", "log_every",
                     "keep_checkpoints"):
             _check_int(key, getattr(self, key), minimum=1)

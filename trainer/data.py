@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 
 import numpy as np
@@ -40,14 +41,16 @@ __all__ = ["DATASETS", "DatasetBundle", "Split", "channel_stats", "load_dataset"
 
 def load_dataset(name: str, store: Store | None, *, prefix: str | None = None,
                  image_size: int = 32, synthetic_size: int = 2048, seed: int = 0,
-                 max_decoded_bytes: int | None = None) -> DatasetBundle:
+                 max_decoded_bytes: int | None = None, loading: str = "auto"):
     """Load ``name`` (one of :data:`DATASETS`) into memory.
 
     ``cifar10`` and ``imagefolder`` read from ``store`` under ``prefix`` (default
     ``datasets/<name>``); ``digits`` and ``synthetic`` need no store. ``seed`` fixes
     every random choice (held-out splits, synthetic pixels). An imagefolder larger than
     ``max_decoded_bytes`` decoded (default: trainer.imagefolder.DATASET_MEMORY_SHARE of the
-    memory limit) is refused before decoding.
+    memory limit) is refused before decoding, unless an ingest wrote it as shards at
+    ``image_size``: then it streams (a trainer.streaming.source.StreamedBundle) when
+    ``loading`` is 'stream', or 'auto' and it is larger than that.
     """
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -57,17 +60,47 @@ def load_dataset(name: str, store: Store | None, *, prefix: str | None = None,
     if name == "cifar10":
         bundle = _load_cifar10(store, cifar10_key(prefix))
     elif name == "imagefolder":
-        from trainer.imagefolder import load_imagefolder
-
-        bundle = load_imagefolder(store, prefix, image_size, seed, max_decoded_bytes)
+        bundle = _load_imagefolder(store, prefix, image_size, seed, max_decoded_bytes, loading)
     elif name == "digits":
         bundle = _load_digits(seed)
     else:
         bundle = _synthetic(synthetic_size, image_size, seed)
-    log.info("dataset %s: %d train / %d test images of %s, %d classes, %s", name,
-             len(bundle.train), len(bundle.test), tuple(bundle.train.images.shape[1:]),
-             len(bundle.classes), bundle.fingerprint)
+    if isinstance(bundle, DatasetBundle):
+        log.info("dataset %s: %d train / %d test images of %s, %d classes, %s", name,
+                 len(bundle.train), len(bundle.test), tuple(bundle.train.images.shape[1:]),
+                 len(bundle.classes), bundle.fingerprint)
     return bundle
+
+
+def _load_imagefolder(store: Store, prefix: str, image_size: int, seed: int,
+                      max_decoded_bytes: int | None, loading: str):
+    """From the ingest's shards when there are some at ``image_size`` (in memory or
+    streamed), else from the files (in memory)."""
+    from trainer.imagefolder import DATASET_MEMORY_SHARE, load_imagefolder
+    from trainer.memlimit import memory_limit_bytes
+    from trainer.streaming.source import open_sharded
+
+    sharded = open_sharded(store, prefix, image_size)
+    if sharded is None:
+        if loading == "stream":
+            raise DatasetError(f"data_loading: 'stream' needs {prefix} ingested as shards of "
+                               f"{image_size}px images: run `python -m trainer ingest --dataset "
+                               f"imagefolder --image-size {image_size} --source ...`")
+        return load_imagefolder(store, prefix, image_size, seed, max_decoded_bytes)
+    if max_decoded_bytes is None:
+        max_decoded_bytes = int(memory_limit_bytes() * DATASET_MEMORY_SHARE)
+    decoded = sharded.index.decoded_bytes()
+    stream = loading == "stream" or (loading == "auto" and decoded > max_decoded_bytes)
+    log.info(json.dumps({"event": "data", "dataset": prefix, "loading": "stream" if stream
+                         else "memory", "decoded_bytes": decoded, "memory_share_bytes":
+                         max_decoded_bytes, "train": sharded.index.count("train"),
+                         "test": sharded.index.count("test"), "fingerprint":
+                         sharded.index.fingerprint}))
+    if not stream and decoded > max_decoded_bytes:
+        raise DatasetError(f"data_loading: 'memory', but {prefix} decodes to {decoded:,} bytes, "
+                           f"more than the {max_decoded_bytes:,} this process may hold: use "
+                           "'auto' or 'stream', or give the pods more memory")
+    return sharded.streamed() if stream else sharded.in_memory()
 
 
 class _Hashing(io.RawIOBase):

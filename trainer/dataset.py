@@ -32,6 +32,9 @@ class DatasetBundle:
     std: tuple[float, ...]
     fingerprint: str
     """``sha256:<hex>`` of the content decoded (or a generator's revision)."""
+    shard_sizes: list[int] | None = None
+    """Images per shard of the training split when it was read from shards (in order), so
+    an epoch visits them as a streamed run would (trainer.streaming.plan); None: one shard."""
 
 
 def split_of(images: np.ndarray, labels: np.ndarray) -> Split:

@@ -35,7 +35,8 @@ OFFLINE_HINT = ("without internet access, use a local copy of the archive: --sou
 
 
 def ingest(store: Store, dataset: str, source: str | None = None, *,
-           expected_md5: str | None = None) -> str:
+           expected_md5: str | None = None, image_size: int = 32,
+           shard_bytes: int | None = None) -> str:
     """Ingest ``dataset`` from ``source``; return its store key ('' when none is needed).
 
     ``expected_md5`` defaults to the published digest when ``source`` is the official
@@ -51,7 +52,11 @@ def ingest(store: Store, dataset: str, source: str | None = None, *,
         if not source:
             raise IngestError("imagefolder needs --source: a local directory, .zip or "
                               ".tar.gz of <class>/<image> folders")
-        return ingest_folder(store, source)
+        if image_size < 1 or (shard_bytes is not None and shard_bytes < 1):
+            raise IngestError(f"--image-size ({image_size}) and --shard-mib "
+                              f"({shard_bytes and shard_bytes // 1024**2}) must be >= 1")
+        sizes = {"image_size": image_size, **({"shard_bytes": shard_bytes} if shard_bytes else {})}
+        return ingest_folder(store, source, **sizes)
     if dataset != "cifar10":
         raise IngestError(f"unknown dataset {dataset!r}; ingest knows cifar10 and "
                           f"imagefolder ({', '.join(NO_INGEST)} need no ingest)")

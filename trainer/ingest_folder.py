@@ -30,6 +30,7 @@ from trainer.errors import IngestError, ObjectNotFound
 from trainer.imagefolder import check_image_name, decode_image, imagefolder_layout
 from trainer.layout import manifest_key
 from trainer.storage import Store
+from trainer.streaming.ingest import DEFAULT_SHARD_BYTES, shards_current, write_shards
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,10 @@ RATIO_FLOOR_BYTES = 4 * 1024**2
 CHECK_SIZE = 32
 
 
-def ingest_folder(store: Store, source: str, prefix: str = PREFIX) -> str:
-    """Upload the image folders in ``source`` under ``prefix``; return the prefix."""
+def ingest_folder(store: Store, source: str, prefix: str = PREFIX, *, image_size: int = 32,
+                  shard_bytes: int = DEFAULT_SHARD_BYTES) -> str:
+    """Upload the image folders in ``source`` under ``prefix``, then write their shards at
+    ``image_size`` pixels (trainer.streaming.ingest); return the prefix."""
     with tempfile.TemporaryDirectory(prefix="trainstack-ingest-") as tmp:
         root = _unpack(source, Path(tmp))
         files = sorted(p for p in root.rglob("*") if p.is_file()
@@ -54,22 +57,25 @@ def ingest_folder(store: Store, source: str, prefix: str = PREFIX) -> str:
         rel = [p.relative_to(root).as_posix() for p in files]
         # Before anything is uploaded: a folder training would refuse never replaces the
         # stored dataset. Errors name the user's source, not the store's prefix.
-        shown = source.rstrip("/") or source
+        shown = redacted_url(source).rstrip("/") or source
         imagefolder_layout([f"{shown}/{r}" for r in rel], shown)
         digests = [_checked_digest(path, name) for path, name in zip(files, rel)]
         manifest = "".join(f"{d}  {r}\n" for d, r in zip(digests, rel)).encode()
         manifest_at = manifest_key(prefix)
         try:
-            if store.get_bytes(manifest_at) == manifest:
-                log.info("%s already ingested in %s: nothing to do", prefix, store.url)
-                return prefix
+            uploaded = store.get_bytes(manifest_at) == manifest
         except ObjectNotFound:
-            pass
-        log.info("uploading %d images from %s to %s/%s", len(files), redacted_url(source),
-                 store.url, prefix)
-        for path, name in zip(files, rel):
-            store.put_file(f"{prefix}/{name}", path)
-        store.put_bytes(manifest_at, manifest)  # last: its presence means "complete"
+            uploaded = False
+        if uploaded and shards_current(store, prefix, image_size):
+            log.info("%s already ingested in %s: nothing to do", prefix, store.url)
+            return prefix
+        if not uploaded:
+            log.info("uploading %d images from %s to %s/%s", len(files), redacted_url(source),
+                     store.url, prefix)
+            for path, name in zip(files, rel):
+                store.put_file(f"{prefix}/{name}", path)
+            store.put_bytes(manifest_at, manifest)  # last: its presence means "complete"
+        write_shards(store, prefix, files, rel, image_size=image_size, shard_bytes=shard_bytes)
     return prefix
 
 

@@ -8,6 +8,7 @@ store keeps it as a directory. Stdlib only.
 ```
 datasets/<dataset>/...                                   ingested data
 models/<name>/runs/<run_id>/checkpoints/epoch-0007.pt    full training state
+models/<name>/runs/<run_id>/checkpoints/epoch-0007+0000012800.pt   ... mid-epoch (12800 of epoch 8 done)
 models/<name>/versions/<version>/claim.json             created exclusively, first
 models/<name>/versions/<version>/{model.pt2, meta.json, metrics.json, *.png, examples/}
 models/<name>/progress/<run_id>.json                     a run's progress, rewritten each epoch
@@ -79,6 +80,7 @@ PROGRESS_SUFFIX = ".json"
 VERSION_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
 _CHECKPOINT = re.compile(r"/epoch-(\d{4,})\.pt$")
+_MID_EPOCH_CHECKPOINT = re.compile(r"/epoch-(\d{4,})\+(\d{10,})\.pt$")
 _BUCKET_CHARS = re.compile(r"^[a-z0-9.-]+$")
 _IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 _RESERVED_STARTS = ("xn--", "sthree-", "amzn-s3-demo-")
@@ -209,6 +211,10 @@ class ModelKeys:
     def checkpoint(self, run_id: str, epoch: int) -> str:
         return f"{self.checkpoints(run_id)}epoch-{epoch:04d}.pt"
 
+    def mid_epoch_checkpoint(self, run_id: str, epochs_done: int, trained: int) -> str:
+        """The state after ``epochs_done`` epochs and ``trained`` samples of the next one."""
+        return f"{self.checkpoints(run_id)}epoch-{epochs_done:04d}+{trained:010d}.pt"
+
     def version(self, version: str) -> str:
         return f"{self.versions}{version}/"
 
@@ -238,6 +244,16 @@ def checkpoint_epoch(key: str) -> int | None:
     """The epoch of a checkpoint key (``.../epoch-0007.pt`` -> 7), else None."""
     match = _CHECKPOINT.search(key)
     return int(match.group(1)) if match else None
+
+
+def checkpoint_position(key: str) -> tuple[int, int] | None:
+    """``(epochs done, samples of the next epoch trained)`` of any checkpoint key
+    (``.../epoch-0007.pt`` -> (7, 0), ``.../epoch-0007+0000012800.pt`` -> (7, 12800))."""
+    epoch = checkpoint_epoch(key)
+    if epoch is not None:
+        return epoch, 0
+    match = _MID_EPOCH_CHECKPOINT.search(key)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def name_of_latest_key(key: str) -> str | None:

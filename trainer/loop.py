@@ -1,11 +1,10 @@
-"""One epoch of training and one evaluation pass, on tensors already in memory.
+"""One epoch of training and one evaluation pass, from memory or streamed from shards.
 
-Each rank trains on its own shard of a per-epoch permutation that every rank derives
-from (seed, epoch), so shards are disjoint without any communication, and the same
-run can resume with a different world size. Like torch's DistributedSampler, the
-permutation is padded by wrapping around to a multiple of the world size, so every rank
-gets ceil(n / world) examples and runs the same number of steps, and no example is
-left out of an epoch.
+Each rank trains its share of an epoch plan (trainer.streaming.plan) that every rank derives
+from (seed, epoch): shares are disjoint without any communication, every rank runs the same
+number of steps, and no sample is repeated or left out. Every ``checkpoint_every_steps``
+steps the position in the plan goes to a checkpoint, from which the rest of the epoch
+resumes, with any world size, exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -27,6 +27,10 @@ from trainer.config import TrainConfig
 from trainer.distributed import DistEnv, all_reduce_sum
 from trainer.errors import ConfigError
 from trainer.models import served_model
+from trainer.streaming.batches import MemoryBatches, StreamBatches
+from trainer.streaming.plan import EpochPlan, epoch_seed
+from trainer.streaming.position import EpochPosition, SampleTrace
+from trainer.streaming.source import StreamedBundle
 
 log = logging.getLogger(__name__)
 
@@ -42,35 +46,6 @@ def lr_at(cfg: TrainConfig, progress: float) -> float:
         if recipe.schedule == "linear":
             return cfg.lr * (1.0 - min(1.0, progress))
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def shard_indices(n: int, *, seed: int, epoch: int, rank: int, world: int) -> torch.Tensor:
-    """This rank's ceil(n / world) examples of epoch ``epoch``'s permutation of ``range(n)``,
-    padded by wrapping around (the last ranks repeat at most world - 1 examples)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    per_rank = math.ceil(n / world)
-    order = torch.randperm(n, generator=generator)
-    if per_rank * world > n:
-        order = order.repeat(math.ceil(per_rank * world / n))[:per_rank * world]
-    return order[rank * per_rank:(rank + 1) * per_rank]
-
-
-def batches_of(indices: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Every index, in batches of at most ``batch_size`` and at least half of it.
-
-    BatchNorm normalizes a batch by the batch's own statistics and folds them into the
-    running statistics that evaluation and the exported model use; a batch of a few images
-    gives noisy ones. So a last partial batch of at least half a batch is kept as it is, and
-    a smaller remainder is split evenly with the full batch before it (two batches of at
-    least half a batch each). A shard smaller than a batch is one batch.
-    """
-    if len(indices) <= batch_size:
-        return [indices]
-    batches = list(indices.split(batch_size))
-    if len(batches[-1]) * 2 < batch_size:
-        merged = torch.cat(batches[-2:])
-        batches[-2:] = [merged[:len(merged) // 2], merged[len(merged) // 2:]]
-    return batches
 
 
 def precision_for(device: torch.device, precision: str = "auto") -> str:
@@ -116,55 +91,84 @@ class EpochRunner:
             require_compiler(env.device)
         self.model = torch.compile(model) if cfg.compile else model
         device = env.device
-        self.train_images = bundle.train.images.to(device)
-        self.train_labels = bundle.train.labels.to(device)
-        self.test_images = bundle.test.images.to(device)
-        self.test_labels = bundle.test.labels.to(device)
+        self.data = (StreamBatches(bundle.sharded, device) if isinstance(bundle, StreamedBundle)
+                     else MemoryBatches(bundle, device))
         self.num_classes = len(bundle.classes)
-        recipe = cfg.recipe
-        self.augment = BatchAugmenter(self.train_images, cfg.resolved_augment,
-                                      bundle.mean, bundle.std, recipe.crop_padding)
+        self.mean, self.std = bundle.mean, bundle.std
         self.normalize = Normalizer(bundle.mean, bundle.std, device)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-        self.test_flip = recipe.test_flip
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.recipe.label_smoothing)
+        self.test_flip = cfg.recipe.test_flip
         # Resolved once: "auto" probes oneDNN, which the training step need not repeat.
         self.precision = precision_for(device, cfg.precision)
 
-    def train_epoch(self, epoch: int, max_steps: int | None = None) -> dict[str, float]:
-        """Train epoch ``epoch`` (1-based); metrics are summed over every rank."""
+    def plan(self, epoch: int) -> EpochPlan:
+        """Epoch ``epoch``'s plan from its start, for this world size."""
+        return EpochPlan.fresh(self.data.shard_sizes, seed=self.cfg.seed, epoch=epoch,
+                               world=self.env.world_size, batch_size=self.cfg.batch_size)
+
+    def train_epoch(self, epoch: int, max_steps: int | None = None,
+                    resume: EpochPosition | None = None,
+                    save: Callable[[EpochPosition], None] | None = None) -> dict[str, float]:
+        """Train epoch ``epoch`` (1-based), from ``resume`` if given; metrics are summed over
+        every rank. Every ``checkpoint_every_steps`` steps, ``save`` (rank 0's) gets the
+        position, the metric totals so far included."""
         cfg, env = self.cfg, self.env
         self.model.train()
-        shard = shard_indices(len(self.train_labels), seed=cfg.seed, epoch=epoch,
-                              rank=env.rank, world=env.world_size)
-        batches = batches_of(shard.to(env.device), cfg.batch_size)[:max_steps]
+        position = resume or EpochPosition(self.plan(epoch), 0)
+        plan, first = position.plan, position.step
+        steps = min(plan.steps, first + max_steps) if max_steps else plan.steps
         generator = torch.Generator(device=env.device)
-        generator.manual_seed((cfg.seed * 1_000_003 + epoch) * 4096 + env.rank)
+        generator.manual_seed((epoch_seed(cfg.seed, epoch) * 4096 + env.rank) * 1_000_033
+                              + plan.trained(first))
         totals = torch.zeros(3, dtype=torch.float64, device=env.device)  # loss sum, correct, n
-        totals[2] = sum(len(index) for index in batches)
-        progress = Progress(cfg, env, epoch, len(batches))
+        progress = Progress(cfg, env, epoch, plan.steps)
+        trace = SampleTrace.open(env.rank, epoch, plan.done)
         start = time.perf_counter()
-        for step, index in enumerate(batches):
-            lr = lr_at(cfg, (epoch - 1 + step / len(batches)) / cfg.epochs)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            images = self.augment(index, generator)
-            labels = self.train_labels[index]
-            with autocast_for(env.device, self.precision):
-                logits = self.model(images)
-                loss = self.criterion(logits, labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            with torch.no_grad():
-                totals[0] += loss.detach().double() * len(labels)
-                totals[1] += (logits.argmax(1) == labels).sum()
-            progress.update(step + 1, loss, lr)
+        batches = self.data.train(plan, env.rank, first, cfg.seed)
+        for step, (pixels, index, labels, ids) in zip(range(first + 1, steps + 1), batches):
+            lr = lr_at(cfg, (epoch - 1 + plan.trained(step - 1) / plan.total) / cfg.epochs)
+            loss = self._step(pixels, index, labels, lr, generator, totals)
+            trace.write(step, ids)
+            progress.update(step, loss, lr)
+            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 \
+                    and step < plan.steps:
+                self._checkpoint(position, step, totals, time.perf_counter() - start, save)
+        batches.close()
+        trace.close()
         progress.close()
         all_reduce_sum(totals)
-        seconds = time.perf_counter() - start
-        loss_sum, correct, count = totals.tolist()
+        seconds = time.perf_counter() - start + position.seconds
+        loss_sum, correct, count = (totals.cpu() + torch.tensor(position.totals,
+                                                                dtype=torch.float64)).tolist()
         return {"train_loss": loss_sum / count, "train_acc": correct / count,
                 "img_per_s": count / seconds, "train_seconds": seconds}
+
+    def _step(self, pixels, index, labels, lr: float, generator, totals) -> torch.Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        augment = BatchAugmenter(pixels, self.cfg.resolved_augment, self.mean, self.std,
+                                 self.cfg.recipe.crop_padding)
+        images = augment(index, generator)
+        with autocast_for(self.env.device, self.precision):
+            logits = self.model(images)
+            loss = self.criterion(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            totals[0] += loss.detach().double() * len(labels)
+            totals[1] += (logits.argmax(1) == labels).sum()
+            totals[2] += len(labels)
+        return loss
+
+    def _checkpoint(self, position: EpochPosition, step: int, totals: torch.Tensor,
+                    seconds: float, save) -> None:
+        """Every rank: sum the totals so far (a collective); rank 0: ``save`` the position."""
+        summed = totals.clone()
+        all_reduce_sum(summed)
+        if save is not None:
+            so_far = [a + b for a, b in zip(position.totals, summed.tolist())]
+            save(EpochPosition(position.plan, step, so_far, position.seconds + seconds))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batch_size: int | None = None
@@ -176,20 +180,19 @@ class EpochRunner:
         batch_size = batch_size or self.cfg.batch_size
         model = served_model(model, self.test_flip).eval()
         env, classes = self.env, self.num_classes
-        shard = torch.arange(env.rank, len(self.test_labels), env.world_size, device=env.device)
-        totals = torch.zeros(2, dtype=torch.float64, device=env.device)  # loss sum, correct
+        totals = torch.zeros(3, dtype=torch.float64, device=env.device)  # loss sum, correct, n
         confusion = torch.zeros(classes * classes, dtype=torch.float64, device=env.device)
-        for index in shard.split(batch_size):
-            images = self.normalize(self.test_images[index])
-            labels = self.test_labels[index]
+        for pixels, labels in self.data.test(env.rank, env.world_size, batch_size):
+            images = self.normalize(pixels)
             logits = model(images.contiguous(memory_format=torch.channels_last))
             predicted = logits.argmax(1)
             totals[0] += nn.functional.cross_entropy(logits, labels, reduction="sum").double()
             totals[1] += (predicted == labels).sum()
+            totals[2] += len(labels)
             confusion += torch.bincount(labels * classes + predicted, minlength=classes ** 2)
         all_reduce_sum(totals)
         all_reduce_sum(confusion)
-        count = len(self.test_labels)
+        count = totals[2].item()
         matrix = confusion.long().view(classes, classes).tolist()
         return {"test_loss": totals[0].item() / count, "test_acc": totals[1].item() / count}, matrix
 
@@ -221,3 +224,4 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+

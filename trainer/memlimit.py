@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from trainer.cpus import CGROUP_ROOT
+from trainer.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -18,9 +19,24 @@ log = logging.getLogger(__name__)
 _UNLIMITED = 1 << 60
 
 
+# A lower limit the trainer obeys as if it were its cgroup's (benchmarks, tests).
+MEMORY_LIMIT_ENV = "TRAINSTACK_MEMORY_LIMIT_BYTES"
+
+
 def memory_limit_bytes(cgroup_root: Path = CGROUP_ROOT) -> int:
     """The cgroup memory limit (v2 ``memory.max``, v1 ``memory.limit_in_bytes``), or the
-    machine's physical memory when there is none."""
+    machine's physical memory when there is none; $TRAINSTACK_MEMORY_LIMIT_BYTES if lower."""
+    limit = _cgroup_or_physical(cgroup_root)
+    raw = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ConfigError(f"environment variable {MEMORY_LIMIT_ENV}={raw!r} must be a "
+                             "positive number of bytes")
+        limit = min(limit, int(raw))
+    return limit
+
+
+def _cgroup_or_physical(cgroup_root: Path) -> int:
     for path in (cgroup_root / "memory.max", cgroup_root / "memory" / "memory.limit_in_bytes"):
         try:
             text = path.read_text().strip()

@@ -36,6 +36,7 @@ from trainer.onepixel import use_one_pixel_convs
 from trainer.publish import TrainingResult, finish_publication, publish, published_version_of
 from trainer.schema import EpochRecord
 from trainer.storage import Store
+from trainer.streaming import mid_epoch
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def resume(store: Store, identity: RunIdentity, env, model, optimizer) -> Traini
     state.restore(model, optimizer, env.device)
     log.info(json.dumps({"event": "resume", "run_id": identity.run_id, "checkpoint": key,
                          "epoch": state.epoch, "saved_world_size": state.world_size,
-                         "world_size": env.world_size}))
+                         "world_size": env.world_size, **mid_epoch.resumed(state)}))
     return state
 
 
@@ -126,7 +127,8 @@ def run_training(cfg: TrainConfig, store: Store) -> str | None:
     env = distributed.process_env()
     threads = distributed.configure_cpu_threads(env) if env.device.type == "cpu" else None
     bundle = load_dataset(cfg.dataset, store, prefix=cfg.data_prefix, image_size=cfg.image_size,
-                          synthetic_size=cfg.synthetic_size, seed=cfg.seed)
+                          synthetic_size=cfg.synthetic_size, seed=cfg.seed,
+                          loading=cfg.data_loading)
     identity = RunIdentity(cfg, bundle.fingerprint, model_revision(cfg.model))
     log.info(json.dumps({"event": "start", **identity.to_dict(), "model": cfg.model_name,
                          "rank": env.rank, "world_size": env.world_size,
@@ -166,7 +168,11 @@ def train_remaining(store: Store, identity: RunIdentity, env, model, optimizer, 
     runner = EpochRunner(cfg, env, train_model, optimizer, bundle)
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
-            record, confusion = run_epoch(runner, model, epoch)
+            # Mid-epoch checkpoints (trainer.streaming.mid_epoch): where a stopped epoch goes on.
+            resume_at = mid_epoch.position_for(state, env.world_size)
+            save = mid_epoch.saver(store, identity, state, model, optimizer, env)
+            record, confusion = run_epoch(runner, model, epoch, resume_at, save)
+            state.position = None
             state.record_epoch(record, confusion, env.world_size)
             if env.is_main:
                 state.capture(model, optimizer, env.device)
@@ -225,10 +231,11 @@ def _done(store: Store, identity: RunIdentity, version: str, moved: bool | None,
     return version
 
 
-def run_epoch(runner: EpochRunner, model: nn.Module, epoch: int) -> tuple[EpochRecord, list]:
-    """Train + evaluate one epoch and log its structured line."""
+def run_epoch(runner: EpochRunner, model: nn.Module, epoch: int, resume_at=None,
+              save=None) -> tuple[EpochRecord, list]:
+    """Train (from ``resume_at`` if given) + evaluate one epoch and log its structured line."""
     start = time.perf_counter()
-    train = runner.train_epoch(epoch)
+    train = runner.train_epoch(epoch, resume=resume_at, save=save)
     # DDP keeps gradients in sync but each rank updates BatchNorm stats on its own shard.
     distributed.average_buffers(model)
     test, confusion = runner.evaluate(model)

@@ -121,6 +121,8 @@ INVALID = [
     ("ingestTimeout", "0m", "a duration > 0"),
     ("bucketsTimeout", "1d", "a duration > 0"),
     ("ingestStorage", "lots", "a size such as 4Gi"),
+    ("dataCacheSize", "0Gi", "a size such as 4Gi, at least a few of the dataset's shards"),
+    ("checkpointEverySteps", "-1", "an integer >= 0"),
     ("inferenceReplicas", "0", "an integer >= 1"),
     ("inferenceServiceType", "Ingress", "ClusterIP, NodePort, LoadBalancer"),
     ("networkPolicy", "strict", "ingress-egress (egress fenced too), none (no NetworkPolicy)"),

@@ -141,8 +141,24 @@ def test_cpu_pods(default_stack):
         assert container["command"] == [
             "python", "-m", "trainer", "train", "--config", "/etc/trainstack/train.json"]
         assert container["resources"]["requests"] == container["resources"]["limits"] == {
-            "cpu": "1", "memory": "3Gi", "ephemeral-storage": "2Gi"}
+            "cpu": "1", "memory": "3Gi", "ephemeral-storage": "6144Mi"}  # /tmp + data cache
         assert "tolerations" not in pod and "nodeSelector" not in pod
+
+
+def test_training_pods_get_the_data_cache_and_checkpoint_every_steps():
+    rendering = render({**PUSHED, "dataCacheSize": "1500Mi", "checkpointEverySteps": "100"})
+    for replica in pytorchjob(rendering)["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["resources"]["limits"]["ephemeral-storage"] == "3548Mi"
+        (cache,) = [v for v in pod["volumes"] if v["name"] == "data-cache"]
+        assert cache["emptyDir"] == {"sizeLimit": "1500Mi"}
+        assert {"name": "data-cache", "mountPath": "/data-cache"} in container["volumeMounts"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["TRAINSTACK_DATA_CACHE_DIR"] == "/data-cache"
+        assert env["TRAINSTACK_DATA_CACHE_BYTES"] == str(1500 * 2**20 * 9 // 10)
+    train_json = rendering.objects["ConfigMap/trainstack-train"]["data"]["train.json"]
+    assert json.loads(train_json)["checkpoint_every_steps"] == 100
 
 
 def test_gpus_on_every_replica_cuda_build_and_torchrun(gpu_stack):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from trainer.augment import BatchAugmenter, Normalizer
 from trainer.config import TrainConfig
-from trainer.loop import batches_of, lr_at, shard_indices
+from trainer.loop import lr_at
 from trainer.models import build_model
 
 
@@ -63,39 +63,6 @@ def test_augmenter_returns_normalized_channels_last_floats():
         torch.arange(8), torch.Generator().manual_seed(1))
     assert out.dtype == torch.float32 and out.shape == (8, 3, 32, 32)
     assert out.is_contiguous(memory_format=torch.channels_last)
-
-
-@pytest.mark.parametrize("n, batch, world", [(1000, 256, w) for w in (1, 2, 3, 4)]
-                         + [(1438, 64, w) for w in (1, 2, 3, 5)] + [(100, 32, 3), (7, 4, 3)])
-def test_every_example_is_trained_every_epoch_in_equal_steps_on_every_rank(n, batch, world):
-    """Wrap-around padding gives each rank ceil(n/world) examples; nothing is dropped."""
-    shards = [shard_indices(n, seed=0, epoch=1, rank=r, world=world) for r in range(world)]
-    assert {len(s) for s in shards} == {math.ceil(n / world)}
-    per_rank = [batches_of(s, batch) for s in shards]
-    assert len({len(b) for b in per_rank}) == 1, "every rank runs the same number of steps"
-    sizes = [[len(b) for b in batches] for batches in per_rank]
-    assert all(s == sizes[0] for s in sizes), "DDP averages equal-sized batches step by step"
-    trained = torch.cat([torch.cat(batches) for batches in per_rank])
-    assert set(trained.tolist()) == set(range(n)), "examples were dropped this epoch"
-    assert len(trained) - n < world, "only the padding repeats examples"
-    smallest = min(batch, math.ceil(n / world))
-    assert all(smallest / 2 <= size <= batch for size in sizes[0]), sizes[0]
-
-
-def test_shards_are_disjoint_before_padding_and_change_every_epoch():
-    shards = [shard_indices(100, seed=0, epoch=1, rank=r, world=4) for r in range(4)]
-    assert len(set(torch.cat(shards).tolist())) == 100
-    assert not torch.equal(shard_indices(100, seed=0, epoch=2, rank=0, world=4), shards[0])
-
-
-def test_batches_keep_a_big_enough_tail_and_split_a_small_one_with_the_batch_before():
-    """A tail of at least half a batch is its own batch; a smaller one would give BatchNorm
-    noisy statistics, so it and the last full batch become two halves."""
-    assert [len(b) for b in batches_of(torch.arange(80), 32)] == [32, 32, 16]
-    assert [len(b) for b in batches_of(torch.arange(70), 32)] == [32, 19, 19]
-    assert [len(b) for b in batches_of(torch.arange(64), 32)] == [32, 32]
-    assert [len(b) for b in batches_of(torch.arange(20), 32)] == [20]
-    assert torch.equal(torch.cat(batches_of(torch.arange(70), 32)), torch.arange(70))
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "linear", "cosine"])
