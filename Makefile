@@ -142,7 +142,7 @@ test-fast: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) strace controlplane
 	$(BIN)/python -m pytest -m "not browser"
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check trainer inference infra tests bench docs __main__.py
+	$(BIN)/ruff check trainer inference infra tests bench docs tools __main__.py
 
 demo: $(RUNTIME_STAMP)
 	@# Every knob (and the port) before anything starts: one line naming what is wrong.
