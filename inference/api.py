@@ -29,8 +29,9 @@ def error(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
 
 
 def no_model_message(registry: Registry) -> str:
-    where = registry.model_name or "any model under models/*/latest.json"
-    return (f"No model is published yet ({where} in store {registry.store.url}). "
+    """For clients: the store's address stays out (the app's log names it)."""
+    where = registry.model_name or "any model"
+    return (f"No model is published yet ({where}). "
             "Train one: `make demo` on this machine, or `pulumi up` on a cluster; "
             f"this app checks every {registry.poll_seconds:g}s and loads it without a restart.")
 
@@ -123,14 +124,15 @@ def build_router(registry: Registry, metrics: Metrics, engine: Engine,
         # Ready = serving what the store holds. Before the first model is published the
         # pod serves its "no model yet" page, so it must be Ready or the Service would
         # hide that page for the whole first training run. Not ready while a published
-        # version is still loading or the store can't be reached.
+        # version is still loading or the store can't be reached. Open to anyone (the
+        # kubelet's probe has no token): "up" and the served version only, never the
+        # store's address or its error text (the app's log has both).
         current = registry.current
         if current is None and registry.nothing_published:
-            return JSONResponse({"status": "waiting", "model": None, "version": None,
-                                 "detail": no_model_message(registry)})
+            return JSONResponse({"status": "waiting", "model": None, "version": None})
         if current is None:
-            return error(503, "no_model", no_model_message(registry),
-                         store_error=registry.last_error)
+            return JSONResponse({"status": "unavailable", "model": None, "version": None},
+                                status_code=503)
         return JSONResponse({"status": "ready", "model": current.name,
                              "version": current.version})
 
