@@ -12,7 +12,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # trainer.tracking too: the stack reads its env contract (MLFLOW_TRACKING_URI) from there.
 CONTRACT_MODULES = ("trainer.errors", "trainer.layout", "trainer.schema", "trainer.cpus",
-                    "trainer.config", "trainer.tracking", "trainer.mlflow_layout")
+                    "trainer.config", "trainer.tracking", "trainer.mlflow_layout", "trainer.urls")
 HEAVY = ("torch", "numpy", "PIL", "gradio", "pulumi", "minio", "matplotlib", "mlflow")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from trainer.errors import MetaError
 from trainer.layout import META_FILE, METRICS_FILE, MODEL_FILE, is_safe_relative
+from trainer.urls import display_url
 
 
 def _number(value: Any) -> bool:
@@ -243,7 +244,9 @@ def mlflow_run_page(base_url: str, experiment_id: str, run_id: str) -> str | Non
     if not (base_url.startswith(_WEB_SCHEMES) and _is_mlflow_id(experiment_id)
             and _is_mlflow_id(run_id)):
         return None
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    # Credentials in the URL (basic auth of an external MLflow) are never part of a link.
+    base = display_url(base_url).split("#", 1)[0].rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 @dataclass(frozen=True)
@@ -328,8 +331,8 @@ class RunProgress:
     def mlflow_page(self, base_url: str | None = None) -> str | None:
         """The run's MLflow UI page on ``base_url`` (the address the reader opens MLflow
         at), else as the trainer saw it; None while MLflow has not named the run."""
-        if base_url is None:
-            return self.mlflow_url
+        if base_url is None:  # a record written before links were cleaned may hold some
+            return display_url(self.mlflow_url) if self.mlflow_url else None
         if self.mlflow_run_id is None or self.mlflow_experiment_id is None:
             return None
         return mlflow_run_page(base_url, self.mlflow_experiment_id, self.mlflow_run_id)

@@ -26,6 +26,7 @@ from typing import Any
 from trainer.errors import ConfigError
 from trainer.mlflow_layout import METRIC_KEYS, RunInfo
 from trainer.schema import EpochRecord, mlflow_run_page
+from trainer.urls import display_url, redact_urls
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class Tracker:
 
     def __init__(self, info: RunInfo, uri: str, *, timeout_s: float | None = None):
         self.info, self.uri = info, uri
+        # What log lines say: the URI may carry basic-auth credentials (trainer.urls).
+        self.shown_uri = display_url(uri)
         self.timeout_s = tracking_timeout() if timeout_s is None else timeout_s
         self._client: Any = None
         self._progress = _Progress()
@@ -179,7 +182,7 @@ class Tracker:
             # HTTP timeouts; it warns if it fails.
             level = logging.DEBUG if self._failing else logging.INFO
             log.log(level, "MLflow at %s has not answered within %.0f s: training goes on "
-                    "without waiting", self.uri, seconds)
+                    "without waiting", self.shown_uri, seconds)
 
     def _attempt(self, job: Callable[[], None]) -> None:
         try:
@@ -192,7 +195,7 @@ class Tracker:
         with self._lock:
             recovered, self._failing = self._failing, False
         if recovered:
-            log.warning("MLflow at %s answers again: run %s is up to date", self.uri,
+            log.warning("MLflow at %s answers again: run %s is up to date", self.shown_uri,
                         self.run_id)
 
     def _failed_once(self, error: BaseException) -> None:
@@ -200,10 +203,10 @@ class Tracker:
             first, self._failing = not self._failing, True
         if first:
             log.warning("MLflow at %s failed (%s: %s); training goes on, the epochs MLflow "
-                        "misses are logged once it answers again", self.uri,
-                        type(error).__name__, str(error)[:300])
+                        "misses are logged once it answers again", self.shown_uri,
+                        type(error).__name__, redact_urls(str(error))[:300])
         else:
-            log.debug("MLflow still failing: %s", error)
+            log.debug("MLflow still failing: %s", redact_urls(str(error)))
 
     def _connect(self) -> Any:
         if self._client is None:
