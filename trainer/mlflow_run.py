@@ -113,18 +113,25 @@ class MlflowRuns:
 
     def _describe(self, run, info: RunInfo) -> None:
         """Params the run lacks (MLflow params never change: a resume keeps the first
-        start's values), the trainstack tags and the world sizes it trained with."""
+        start's values) and the trainstack tags. The world sizes are added by
+        :meth:`note_world_size` once an epoch trained with one."""
         params = [Param(key, str(value)) for key, value in info.params.items()
                   if key not in run.data.params]
-        sizes = [s for s in run.data.tags.get(WORLD_SIZES_TAG, "").split(",") if s]
-        if not sizes or sizes[-1] != str(info.world_size):
-            sizes.append(str(info.world_size))
-        tags = {**info.tags, RUN_ID_TAG: info.run_id, MODEL_TAG: info.model_name,
-                WORLD_SIZES_TAG: ",".join(sizes)}
+        tags = {**info.tags, RUN_ID_TAG: info.run_id, MODEL_TAG: info.model_name}
         tag_list = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
         for i in range(0, max(len(params), len(tag_list)), BATCH_PARAMS):
             self.client.log_batch(run.info.run_id, params=params[i:i + BATCH_PARAMS],
                                   tags=tag_list[i:i + BATCH_PARAMS])
+
+    def note_world_size(self, run_id: str, world_size: int, *, only_if_none: bool = False) -> None:
+        """Add ``world_size`` to the run's :data:`WORLD_SIZES_TAG` (``2,1``: trained with 2
+        processes, then 1) unless it is the last one named; ``only_if_none``: only where the
+        tag names none yet (a run first reported at its publication)."""
+        tags = self.client.get_run(run_id).data.tags
+        sizes = [size for size in tags.get(WORLD_SIZES_TAG, "").split(",") if size]
+        if (sizes and only_if_none) or (sizes and sizes[-1] == str(world_size)):
+            return
+        self.client.set_tag(run_id, WORLD_SIZES_TAG, ",".join([*sizes, str(world_size)]))
 
     # Metrics ------------------------------------------------------------------------
     def logged_steps(self, run_id: str, keys: tuple[str, ...]) -> set[tuple[str, int]]:

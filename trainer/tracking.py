@@ -118,6 +118,9 @@ class Tracker:
         self._background = _Background()
         self._failing = False
         self._resuming = False
+        # World sizes: only one that trained an epoch is named (trainstack.world_sizes).
+        self._trained_here = False
+        self._size_noted = False
         # Before mlflow is imported (in the background thread): it reads them then.
         for key, value in {**MLFLOW_HTTP_DEFAULTS, **MLFLOW_TELEMETRY_DEFAULT}.items():
             os.environ.setdefault(key, value)
@@ -132,6 +135,7 @@ class Tracker:
 
     def epoch_ended(self, history: list[EpochRecord]) -> None:
         """After an epoch's checkpoint: log every epoch of ``history`` MLflow lacks."""
+        self._trained_here = True  # this process's world size trained an epoch
         if self._background.busy():
             log.debug("MLflow still busy with an earlier call: epoch %d waits for the next",
                       history[-1].epoch if history else 0)
@@ -238,6 +242,13 @@ class Tracker:
             for key in METRIC_KEYS:
                 if (key, record.epoch) not in progress.logged:
                     missing.append((key, getattr(record, key), stamp, record.epoch))
+        if not self._size_noted and (self._trained_here or version is not None):
+            # A job that trained nothing (a published run re-run with more workers, a
+            # start that died before its first epoch) adds no world size; at publication
+            # (info.world_size is then the one that trained) only where none is named.
+            client.note_world_size(progress.run_id, self.info.world_size,
+                                   only_if_none=not self._trained_here)
+            self._size_noted = True
         if missing:
             client.log_metrics(progress.run_id, missing)
             with self._lock:

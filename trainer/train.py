@@ -28,13 +28,13 @@ from trainer import checkpoint, distributed, reporting
 from trainer.augment import Normalizer
 from trainer.checkpoint import TrainingState, UnusableCheckpoint
 from trainer.config import RunIdentity, TrainConfig
-from trainer.errors import DatasetError, StoreError
-from trainer.layout import ModelKeys
+from trainer.errors import DatasetError, MetaError, StoreError, TrainstackError
+from trainer.layout import METRICS_FILE, ModelKeys
 from trainer.loop import EpochRunner
 from trainer.models import build_model, model_revision
 from trainer.onepixel import use_one_pixel_convs
 from trainer.publish import TrainingResult, finish_publication, publish, published_version_of
-from trainer.schema import EpochRecord
+from trainer.schema import EpochRecord, VersionMetrics
 from trainer.storage import Store
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,12 @@ def finish_alone(store: Store, identity: RunIdentity, env, bundle,
                          kind: where}))
     if not env.is_main:
         return None
-    reporter = reporting.open_reporter(store, identity, is_main=True, world_size=env.world_size)
+    # Reported with the world size that trained (this job trains nothing): a re-run with
+    # `workers 3` of a run trained by 2 processes still says 2.
     if kind == "published":
+        reporter = reporting.open_reporter(store, identity, is_main=True,
+                                           world_size=published_world_size(store, identity,
+                                                                           where, env))
         return _done(store, identity, where, finish_publication(store, identity.config.model_name,
                                                                 where), reporter)
     model, _ = build_training(identity.config, env, bundle)
@@ -195,7 +199,19 @@ def finish_alone(store: Store, identity: RunIdentity, env, bundle,
         raise StoreError(f"the run's final checkpoint cannot be used ({e}); delete it to train "
                          "the last epoch again") from None
     model.load_state_dict(state.model)
+    reporter = reporting.open_reporter(store, identity, is_main=True, world_size=state.world_size)
     return publish_run(store, TrainingResult(identity, model, bundle, state), reporter)
+
+
+def published_world_size(store: Store, identity: RunIdentity, version: str, env) -> int:
+    """The world size that trained ``version`` (its metrics.json); this job's if unreadable
+    (the reporter then reports nothing anyway)."""
+    keys = ModelKeys(identity.config.model_name)
+    try:
+        return VersionMetrics.from_json(store.get_bytes(
+            keys.version_file(version, METRICS_FILE))).world_size
+    except (TrainstackError, MetaError):
+        return env.world_size
 
 
 def publish_run(store: Store, result: TrainingResult, reporter) -> str:
