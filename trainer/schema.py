@@ -53,8 +53,12 @@ class EpochRecord:
 
     epoch: int
     train_loss: float
+    """Mean plain cross-entropy of the epoch's training batches (augmented, train mode, as
+    each step saw them before its update): the same quantity as ``test_loss``, whatever
+    label smoothing the optimizer minimises."""
     train_acc: float
     test_loss: float
+    """Mean plain cross-entropy on the test split (the served model, eval mode)."""
     test_acc: float
     img_per_s: float
     """Training images per second over all ranks."""
