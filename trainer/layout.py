@@ -8,6 +8,7 @@ store keeps it as a directory. Stdlib only.
 ```
 datasets/<dataset>/...                                   ingested data
 models/<name>/runs/<run_id>/checkpoints/epoch-0007.pt    full training state
+models/<name>/runs/<run_id>/lease.json                  which job trains the run (conditional writes)
 models/<name>/versions/<version>/claim.json             created exclusively, first
 models/<name>/versions/<version>/{model.pt2, meta.json, metrics.json, *.png, examples/}
 models/<name>/progress/<run_id>.json                     a run's progress, rewritten each epoch
@@ -57,6 +58,7 @@ MODEL_FILE = "model.pt2"
 LATEST_FILE = "latest.json"
 CLAIM_FILE = "claim.json"
 SEQUENCE_FILE = "sequence.json"
+LEASE_FILE = "lease.json"
 # Runs: models/<name>/progress/<run_id>.json
 PROGRESS_SUFFIX = ".json"
 VERSION_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -185,6 +187,10 @@ class ModelKeys:
             return None
         run_id = key[len(self.progresses):-len(PROGRESS_SUFFIX)]
         return run_id if run_id and "/" not in run_id else None
+
+    def lease(self, run_id: str) -> str:
+        """The run's lease (trainer.schema.RunLeaseRecord): one job trains a run at a time."""
+        return f"{self.run(run_id)}{LEASE_FILE}"
 
     def checkpoints(self, run_id: str) -> str:
         return f"{self.run(run_id)}checkpoints/"

@@ -407,3 +407,44 @@ class SequenceCounter:
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()
+
+
+@dataclass(frozen=True)
+class RunLeaseRecord:
+    """``models/<name>/runs/<run_id>/lease.json``: which job trains (or publishes) the run.
+
+    Taken and renewed by conditional writes only (trainer.lease). Expiry is judged by the
+    waiting job's own monotonic clock (the record, hence its tag, unchanged for
+    ``ttl_s``), never by comparing pods' wall clocks; ``renewals`` makes every renewal a
+    new content, so a store whose tag is a content hash sees it change too."""
+
+    run_id: str
+    holder: str
+    """A random id of the holding process."""
+    place: str
+    """Where it runs: the pod's name in a cluster (a successor in the same pod, such as a
+    restarted Master, takes over at once), else ``host:pid``."""
+    renewals: int
+    ttl_s: float
+    released: bool = False
+    """Set by an orderly exit: the next job takes the lease at once."""
+    since: str = ""
+    """UTC, ISO 8601, by the holder's clock: for people reading it only."""
+
+    def __post_init__(self) -> None:
+        for name in ("run_id", "holder", "place"):
+            _require(isinstance(getattr(self, name), str) and bool(getattr(self, name)),
+                     f"lease.json {name}", "a non-empty string", getattr(self, name))
+        _require(type(self.renewals) is int and self.renewals >= 0, "lease.json renewals",
+                 "an integer >= 0", self.renewals)
+        _require(_number(self.ttl_s) and self.ttl_s > 0, "lease.json ttl_s", "a number > 0",
+                 self.ttl_s)
+        _require(isinstance(self.released, bool), "lease.json released", "true or false",
+                 self.released)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> RunLeaseRecord:
+        return _record(cls, data, "lease.json")
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self)).encode()

@@ -30,6 +30,7 @@ from trainer.checkpoint import TrainingState, UnusableCheckpoint
 from trainer.config import RunIdentity, TrainConfig
 from trainer.errors import DatasetError, MetaError, StoreError, TrainstackError
 from trainer.layout import METRICS_FILE, ModelKeys
+from trainer.lease import RunLease, run_lease
 from trainer.loop import EpochRunner
 from trainer.models import build_model, model_revision
 from trainer.onepixel import use_one_pixel_convs
@@ -135,7 +136,21 @@ def run_training(cfg: TrainConfig, store: Store) -> str | None:
     finished = finished_run(store, identity)
     if finished is not None:
         return finish_alone(store, identity, env, bundle, finished)
-    distributed.join(env)
+    # One job trains a run at a time: rank 0 waits here while another job holds the lease.
+    with run_lease(store, cfg.model_name, identity.run_id, env.is_main) as lease:
+        distributed.join(env)
+        # Another job may have finished the run while this one waited for the lease.
+        finished = distributed.broadcast_object(finished_run(store, identity)
+                                                if env.is_main else None)
+        if finished is not None:
+            return finish_alone(store, identity, env, bundle, finished, lease)
+        return train_and_publish(store, identity, env, bundle, lease)
+
+
+def train_and_publish(store: Store, identity: RunIdentity, env, bundle,
+                      lease: RunLease | None) -> str | None:
+    """Every rank, joined: train the remaining epochs, then rank 0 publishes."""
+    cfg = identity.config
     check_same_data(bundle.fingerprint, env)
     model, optimizer = build_training(cfg, env, bundle)
     state = resume(store, identity, env, model, optimizer)
@@ -144,7 +159,7 @@ def run_training(cfg: TrainConfig, store: Store) -> str | None:
     reporter = reporting.open_reporter(store, identity, is_main=env.is_main,
                                        world_size=env.world_size)
     reporter.started(state)
-    train_remaining(store, identity, env, model, optimizer, bundle, state, reporter)
+    train_remaining(store, identity, env, model, optimizer, bundle, state, reporter, lease)
     # No rank may succeed before the run's final checkpoint is durable: the operator never
     # restarts a replica that exited 0, and a restarted Master publishes from that checkpoint.
     distributed.barrier()
@@ -152,11 +167,13 @@ def run_training(cfg: TrainConfig, store: Store) -> str | None:
                          "epochs": len(state.history), "weights_sha256": weights_digest(model)}))
     if not env.is_main:
         return None
+    if lease is not None:
+        lease.check()
     return publish_run(store, TrainingResult(identity, model, bundle, state), reporter)
 
 
 def train_remaining(store: Store, identity: RunIdentity, env, model, optimizer, bundle,
-                    state: TrainingState, reporter) -> None:
+                    state: TrainingState, reporter, lease: RunLease | None = None) -> None:
     """Every epoch after ``state.epoch``; rank 0 checkpoints each (keeping the newest few)."""
     cfg, keys = identity.config, ModelKeys(identity.config.model_name)
     train_model = model
@@ -168,6 +185,8 @@ def train_remaining(store: Store, identity: RunIdentity, env, model, optimizer, 
         record, confusion = run_epoch(runner, model, epoch)
         state.record_epoch(record, confusion, env.world_size)
         if env.is_main:
+            if lease is not None:
+                lease.check()  # taken over by another job: write nothing more
             state.capture(model, optimizer, env.device)
             checkpoint.save_checkpoint(store, keys.checkpoint(identity.run_id, epoch), state)
             checkpoint.prune_checkpoints(store, cfg.model_name, identity.run_id,
@@ -176,7 +195,7 @@ def train_remaining(store: Store, identity: RunIdentity, env, model, optimizer, 
 
 
 def finish_alone(store: Store, identity: RunIdentity, env, bundle,
-                 finished: tuple[str, str]) -> str | None:
+                 finished: tuple[str, str], lease: RunLease | None = None) -> str | None:
     """A run that needs no more training: rank 0 publishes it (or finishes its publication)
     without any peer; every other rank has nothing to do."""
     kind, where = finished
@@ -192,6 +211,9 @@ def finish_alone(store: Store, identity: RunIdentity, env, bundle,
                                                                            where, env))
         return _done(store, identity, where, finish_publication(store, identity.config.model_name,
                                                                 where), reporter)
+    if lease is None:  # two Masters restarted alone must not publish the run twice
+        with run_lease(store, identity.config.model_name, identity.run_id, True) as held:
+            return finish_alone(store, identity, env, bundle, finished, held)
     model, _ = build_training(identity.config, env, bundle)
     try:
         state = checkpoint.load_fitting(store, where, identity, model)
