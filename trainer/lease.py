@@ -12,7 +12,8 @@ clock belongs to a dead job and is taken over by a conditional write on that ver
 waiters cannot both win). So a crashed job's lease is free about a minute (the default
 ``ttl_s``) after its last renewal, a deleted job's too (a rescale), and a released one at
 once. A successor in the same place (the same pod: the operator restarted the Master in
-place) takes over at once, since its predecessor is gone.
+place) takes over at once, since its predecessor is gone; so does a local run started
+again after its process on this machine exited.
 
 While another job holds the lease and renews it, this job waits, logging every minute, up
 to ``TRAINSTACK_LEASE_WAIT_S`` (600 s), then stops with :class:`RunLeaseHeld`. A holder
@@ -81,6 +82,22 @@ def this_place() -> str:
     return host if os.environ.get("KUBERNETES_SERVICE_HOST") else f"{host}:{os.getpid()}"
 
 
+def _gone_from_this_host(place: str) -> bool:
+    """Whether ``place`` is a ``host:pid`` of this machine whose process has exited (a
+    local run killed and started again need not wait for the lease to expire)."""
+    host, _, pid = place.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or os.environ.get(
+            "KUBERNETES_SERVICE_HOST"):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
 class RunLease:
     """Rank 0's lease on one run; see the module docstring."""
 
@@ -120,7 +137,7 @@ class RunLease:
             if seen is None or seen[0] != tag:
                 seen = (tag, now)  # renewed (or first seen): its holder is alive
             if current is None or current.released or current.place == self.place \
-                    or now - seen[1] >= current.ttl_s:
+                    or _gone_from_this_host(current.place) or now - seen[1] >= current.ttl_s:
                 why = self._why_free(current, now - seen[1])
                 if self._try(lambda tag=tag: self.store.put_if_match(self.key, self._record(),
                                                                      tag)):
@@ -146,6 +163,8 @@ class RunLease:
             return "unreadable record"
         if current.released:
             return f"released by {current.place}"
+        if _gone_from_this_host(current.place):
+            return f"its process {current.place} has exited"
         if unchanged_s >= current.ttl_s:
             return f"{current.place} did not renew it for {unchanged_s:.0f} s"
         return f"a predecessor in the same place {current.place}"

@@ -94,3 +94,14 @@ def test_bad_settings_are_config_errors_naming_them(local_store, monkeypatch):
     with pytest.raises(ConfigError, match=r"TRAINSTACK_LEASE_TTL_S: must be a number of "
                        r"seconds > 0, got 'soon'"):
         RunLease(local_store, NAME, RUN)
+
+
+def test_a_local_run_whose_process_exited_is_taken_over_at_once(local_store):
+    """Outside a cluster the place is host:pid: a killed local run's lease is free as soon
+    as its process is gone (here: a pid that cannot exist), without waiting for ttl_s."""
+    import socket
+
+    lease(local_store, f"{socket.gethostname()}:{2**22 + 7}").acquire(wait_s=1)
+    time = FakeTime()
+    lease(local_store, "elsewhere", time).acquire(wait_s=1)
+    assert time.now == 1000.0 and record(local_store).place == "elsewhere"
