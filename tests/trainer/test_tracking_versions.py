@@ -22,6 +22,9 @@ IDLE_S = 180
 
 def test_two_versions_of_one_mlflow_run_keep_their_own_files(mlflow_env, s3_store, monkeypatch):
     monkeypatch.setenv("TRAINSTACK_TRACKING_TIMEOUT_S", str(IDLE_S))
+    # Uploads on a busy test machine: patient HTTP calls, or the test tests the load.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     s3_store.ensure_buckets()
     run = a_run()
     first = open_reporter(s3_store, run, is_main=True, world_size=2)
