@@ -79,7 +79,6 @@ async def classify_upload(engine: Engine, current: Any, request: Request, body: 
                           max_bytes: int) -> dict[str, Any] | JSONResponse:
     """The answer for one received body, or the 4xx response explaining why not."""
     data = await parse_upload(request, body, max_bytes)
-    del body  # the parsed file is what is kept
     if isinstance(data, JSONResponse):
         return data
     try:
