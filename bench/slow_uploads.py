@@ -102,8 +102,9 @@ def stall(port: int, sent_mib: int) -> socket.socket:
     return sock
 
 
-def answer(sock: socket.socket, wait_s: float) -> str:
-    sock.settimeout(wait_s)
+def answer(sock: socket.socket, deadline: float) -> str:
+    """The status the server answered with by ``deadline`` (time.monotonic())."""
+    sock.settimeout(max(0.01, deadline - time.monotonic()))
     try:
         head = sock.recv(64)
     except (TimeoutError, ConnectionResetError):
@@ -118,7 +119,8 @@ def measure(store: Path, name: str, label: str, settings: dict, args) -> None:
         sockets = [stall(port, args.sent_mib) for _ in range(args.clients)]
         time.sleep(2)  # let the server read what was sent
         held = rss(pid)
-        answers = [answer(sock, args.answer_wait_s) for sock in sockets]
+        deadline = time.monotonic() + args.answer_wait_s  # one wait for all of them
+        answers = [answer(sock, deadline) for sock in sockets]
     counts = {a: answers.count(a) for a in sorted(set(answers))}
     print(f"{label}: {args.clients} clients x {args.sent_mib} MiB sent of 10 MB, stalled: "
           f"server RSS {before / MIB:.0f} -> {held / MIB:.0f} MiB (+{(held - before) / MIB:.0f} "

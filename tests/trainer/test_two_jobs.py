@@ -46,8 +46,9 @@ def test_a_second_job_stops_or_waits_and_the_run_publishes_one_version(job, loca
     try:
         impatient = run_trainer(args, trainer_env({"TRAINSTACK_LEASE_WAIT_S": "2"}))
         assert impatient.returncode != 0
-        assert f"run {run_id} is being trained by another job" in impatient.stdout
-        assert "Traceback" not in impatient.stdout
+        said = impatient.stdout + impatient.stderr
+        assert f"run {run_id} is being trained by another job" in said
+        assert "Traceback" not in said
         patient = start_trainer(args, trainer_env({"TRAINSTACK_LEASE_WAIT_S": "600"}))
         waited: list[str] = []
         for line in patient.stdout:  # it says it waits, then waits
