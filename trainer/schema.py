@@ -411,7 +411,7 @@ class SequenceCounter:
 
 @dataclass(frozen=True)
 class RunLeaseRecord:
-    """``models/<name>/runs/<run_id>/lease.json``: which job trains (or publishes) the run.
+    """``models/<name>/leases/<run_id>.json``: which job trains (or publishes) the run.
 
     Taken and renewed by conditional writes only (trainer.lease). Expiry is judged by the
     waiting job's own monotonic clock (the record, hence its tag, unchanged for
@@ -434,17 +434,17 @@ class RunLeaseRecord:
     def __post_init__(self) -> None:
         for name in ("run_id", "holder", "place"):
             _require(isinstance(getattr(self, name), str) and bool(getattr(self, name)),
-                     f"lease.json {name}", "a non-empty string", getattr(self, name))
-        _require(type(self.renewals) is int and self.renewals >= 0, "lease.json renewals",
+                     f"run lease {name}", "a non-empty string", getattr(self, name))
+        _require(type(self.renewals) is int and self.renewals >= 0, "run lease renewals",
                  "an integer >= 0", self.renewals)
-        _require(_number(self.ttl_s) and self.ttl_s > 0, "lease.json ttl_s", "a number > 0",
+        _require(_number(self.ttl_s) and self.ttl_s > 0, "run lease ttl_s", "a number > 0",
                  self.ttl_s)
-        _require(isinstance(self.released, bool), "lease.json released", "true or false",
+        _require(isinstance(self.released, bool), "run lease released", "true or false",
                  self.released)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> RunLeaseRecord:
-        return _record(cls, data, "lease.json")
+        return _record(cls, data, "run lease")
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()
