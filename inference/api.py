@@ -1,8 +1,9 @@
 """The REST API: POST /predict, GET /healthz, /readyz, /metrics.
 
 Every client mistake gets a 4xx with ``{"error": code, "detail": message}``; 500 is left
-for our own bugs. The request body is read with a hard cap before multipart parsing, so
-an oversized upload is refused without spooling it to disk.
+for our own bugs. The request body is read within the upload limits (inference.bodies: a
+hard cap, a memory budget shared by every body in flight, read timeouts) before multipart
+parsing, so an oversized upload is refused without spooling it to disk.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
+from .bodies import BodyReader, UploadRefused
 from .engine import Engine
 from .metrics import Metrics
 from .predict import BadImage
@@ -21,45 +23,25 @@ from .registry import Registry
 
 log = logging.getLogger(__name__)
 
-MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers on top of the file itself
-
-
-def error(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail, **extra}, status_code=status)
+def error(status: int, code: str, detail: str, headers: dict | None = None,
+          **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail, **extra}, status_code=status,
+                        headers=headers)
 
 
 def no_model_message(registry: Registry) -> str:
-    where = registry.model_name or "any model under models/*/latest.json"
-    return (f"No model is published yet ({where} in store {registry.store.url}). "
+    """For clients: the store's address stays out (the app's log names it)."""
+    where = registry.model_name or "any model"
+    return (f"No model is published yet ({where}). "
             "Train one: `make demo` on this machine, or `pulumi up` on a cluster; "
             f"this app checks every {registry.poll_seconds:g}s and loads it without a restart.")
 
 
-class TooLarge(Exception):
-    pass
-
-
-async def read_capped_body(request: Request, cap: int) -> bytes:
-    """The raw body, refusing (TooLarge) as soon as it exceeds ``cap`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > cap:
-        raise TooLarge
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise TooLarge
-    return bytes(body)
-
-
-async def parse_upload(request: Request, max_bytes: int) -> bytes | JSONResponse:
-    """The bytes of the multipart field ``file``, or the 4xx response explaining why not."""
-    limit_mb = max_bytes / 1e6
-    too_large = error(413, "file_too_large", f"the upload exceeds the {limit_mb:g} MB limit")
-    try:
-        body = await read_capped_body(request, max_bytes + MULTIPART_OVERHEAD)
-    except TooLarge:
-        return too_large
+async def parse_upload(request: Request, body: bytes,
+                       max_bytes: int) -> bytes | JSONResponse:
+    """The bytes of the multipart field ``file`` of ``body``, or the 4xx response explaining
+    why not."""
+    too_large = error(413, "file_too_large", f"the upload exceeds the {max_bytes / 1e6:g} MB limit")
 
     async def replay() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
@@ -93,8 +75,20 @@ async def read_file_field(form: Any, max_bytes: int, too_large: JSONResponse) ->
     return too_large if len(data) > max_bytes else data
 
 
+async def classify_upload(engine: Engine, current: Any, request: Request, body: bytes,
+                          max_bytes: int) -> dict[str, Any] | JSONResponse:
+    """The answer for one received body, or the 4xx response explaining why not."""
+    data = await parse_upload(request, body, max_bytes)
+    if isinstance(data, JSONResponse):
+        return data
+    try:
+        return await engine.classify(current, data)
+    except BadImage as e:
+        return error(e.status, "image_too_large" if e.status == 413 else "bad_image", str(e))
+
+
 def build_router(registry: Registry, metrics: Metrics, engine: Engine,
-                 max_upload_bytes: int) -> APIRouter:
+                 bodies: BodyReader) -> APIRouter:
     router = APIRouter()
 
     @router.post("/predict", summary="Classify one image (multipart field 'file')")
@@ -102,15 +96,17 @@ def build_router(registry: Registry, metrics: Metrics, engine: Engine,
         current = registry.current  # one read: this request uses one version throughout
         if current is None:
             return error(503, "no_model", no_model_message(registry))
-        with engine.request():  # from before the upload is read: see Engine._run_batch
-            data = await parse_upload(request, max_upload_bytes)
-            if isinstance(data, JSONResponse):
-                return data
+        # In flight from before the upload is read (see Engine._run_batch); the body's
+        # share of the upload budget is held until the answer (inference.bodies).
+        with engine.request():
             try:
-                result = await engine.classify(current, data)
-            except BadImage as e:
-                return error(e.status, "image_too_large" if e.status == 413 else "bad_image",
-                             str(e))
+                async with bodies.body(request) as body:
+                    result = await classify_upload(engine, current, request, body,
+                                                   bodies.limits.max_bytes)
+            except UploadRefused as e:
+                return error(e.status, e.code, e.detail, headers=e.headers)
+        if isinstance(result, JSONResponse):
+            return result
         metrics.observe_prediction(current.version, result["prediction"], "api")
         return JSONResponse(result)
 
@@ -123,14 +119,15 @@ def build_router(registry: Registry, metrics: Metrics, engine: Engine,
         # Ready = serving what the store holds. Before the first model is published the
         # pod serves its "no model yet" page, so it must be Ready or the Service would
         # hide that page for the whole first training run. Not ready while a published
-        # version is still loading or the store can't be reached.
+        # version is still loading or the store can't be reached. Open to anyone (the
+        # kubelet's probe has no token): "up" and the served version only, never the
+        # store's address or its error text (the app's log has both).
         current = registry.current
         if current is None and registry.nothing_published:
-            return JSONResponse({"status": "waiting", "model": None, "version": None,
-                                 "detail": no_model_message(registry)})
+            return JSONResponse({"status": "waiting", "model": None, "version": None})
         if current is None:
-            return error(503, "no_model", no_model_message(registry),
-                         store_error=registry.last_error)
+            return JSONResponse({"status": "unavailable", "model": None, "version": None},
+                                status_code=503)
         return JSONResponse({"status": "ready", "model": current.name,
                              "version": current.version})
 

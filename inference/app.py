@@ -34,6 +34,7 @@ from .auth import (
     check_token,
     gradio_login,
 )
+from .bodies import BodyReader, UploadLimits
 from .engine import Engine, EngineConfig
 from .metrics import Metrics
 from .predict import DEFAULT_MAX_PIXELS
@@ -90,6 +91,11 @@ class Settings:
     upload_cache_mb: float = 256.0  # Gradio's uploads kept on disk, at most
     upload_cache_max_age_s: float = 600.0  # uploads older than this are deleted
     upload_cache_sweep_s: float = 30.0  # how often both limits are applied
+    # POST /predict bodies in flight (inference.bodies): their memory together, the
+    # longest a body may send nothing, and the longest a whole body may take.
+    upload_memory_mb: float = 128.0
+    upload_idle_timeout_s: float = 10.0
+    upload_read_timeout_s: float = 60.0
     # $TRAINSTACK_AUTH_TOKEN (inference.auth); None or "": no access control. Never a flag
     # (argv is visible to every process) and never in a repr or a log line.
     auth_token: str | None = field(default=None, repr=False)
@@ -101,6 +107,15 @@ class Settings:
         if self.mlflow_ui_url and not self.mlflow_ui_url.startswith(("http://", "https://")):
             raise ConfigError(f"invalid mlflow_ui_url {self.mlflow_ui_url!r}: allowed: an "
                               "http:// or https:// address", key="mlflow_ui_url")
+
+    def upload_limits(self) -> UploadLimits:
+        try:
+            return UploadLimits(max_bytes=int(self.max_upload_mb * 1e6),
+                                memory_bytes=int(self.upload_memory_mb * 2**20),
+                                idle_timeout_s=self.upload_idle_timeout_s,
+                                read_timeout_s=self.upload_read_timeout_s)
+        except ValueError as e:
+            raise ConfigError(f"{e}; allowed: a number > 0", key="upload limits") from None
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -173,7 +188,10 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
                                                         token is not None, owned_cache))
     app.state.registry, app.state.metrics, app.state.settings = registry, metrics, settings
     app.state.engine, app.state.demo, app.state.progress = engine, demo, board
-    router = build_router(registry, metrics, engine, int(settings.max_upload_mb * 1e6))
+    bodies = BodyReader(settings.upload_limits())
+    metrics.upload_budget.set(bodies.limits.memory_bytes)
+    metrics.upload_reserved.set_function(lambda: bodies.budget.used)
+    router = build_router(registry, metrics, engine, bodies)
     app.include_router(router)
     mount_ui(app, demo, settings, registry, token)
     if token:

@@ -65,3 +65,20 @@ class MemoryBudget:
             with self._free:
                 self.used -= nbytes
                 self._free.notify_all()
+
+    @contextlib.contextmanager
+    def hold_if_free(self, nbytes: int) -> Iterator[bool]:
+        """Hold ``nbytes`` for the ``with`` block if they are free now (True); else hold
+        nothing (False). Never waits: for the event loop (request bodies in flight)."""
+        with self._free:
+            held = self.used + nbytes <= self.capacity
+            if held:
+                self.used += nbytes
+                self.peak = max(self.peak, self.used)
+        try:
+            yield held
+        finally:
+            if held:
+                with self._free:
+                    self.used -= nbytes
+                    self._free.notify_all()

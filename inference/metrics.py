@@ -78,6 +78,12 @@ class Metrics:
         self.decode_reserved = Gauge(
             "trainstack_decode_memory_reserved_bytes",
             "Decode memory reserved right now", registry=self.registry)
+        self.upload_budget = Gauge(
+            "trainstack_upload_memory_budget_bytes",
+            "Memory budget shared by POST /predict bodies in flight", registry=self.registry)
+        self.upload_reserved = Gauge(
+            "trainstack_upload_memory_reserved_bytes",
+            "Upload memory reserved right now", registry=self.registry)
         self.threads = Gauge(
             "trainstack_serving_threads", "Threads serving predictions: intra_op (forward "
             "pass), lone_request (a forward pass of a request alone) and decode", ["kind"],

@@ -13,10 +13,11 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.errors import ObjectNotFound, StoreError
-from trainer.layout import ModelKeys
+from trainer.errors import MetaError, ObjectNotFound, StoreError
+from trainer.layout import META_FILE, ModelKeys
 from trainer.schema import Latest, VersionMeta
 from trainer.storage import Store
 
@@ -32,13 +33,34 @@ from .versions import (
     read_meta,
 )
 
-__all__ = ["BrokenVersion", "ModelVersion", "Registry"]
+__all__ = ["BrokenVersion", "ModelVersion", "RefusedLatest", "Registry"]
 
 log = logging.getLogger(__name__)
 
 # Finding model names lists all of models/ (every run's checkpoints too): do it at most
 # this often; each known model's small latest.json is still read on every poll.
 DISCOVERY_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class RefusedLatest:
+    """latest.json names ``version``, which this app cannot serve (``reason``): it serves
+    ``serving``, the last published version before it that loads."""
+
+    name: str
+    version: str
+    reason: str
+    serving: str
+
+
+def _cached_order(folder: Path) -> tuple[int, str]:
+    """A cached version's publication order, from the meta.json downloaded with it
+    (unreadable: first of all)."""
+    try:
+        meta = VersionMeta.from_json((folder / META_FILE).read_bytes())
+    except (OSError, MetaError):
+        return -1, folder.name
+    return publication_order(meta.sequence, meta.version)
 
 
 class Registry:
@@ -63,6 +85,7 @@ class Registry:
         # exception rejects the version like a broken file.
         self.prepare: Callable[[ModelVersion], None] | None = None
         self._settled: tuple[tuple[str, str], ModelVersion | None] | None = None
+        self._target: tuple[str, Latest] | None = None  # what latest.json named last
         self._meta_cache: dict[str, VersionMeta | None] = {}  # None: broken
         self.discovery_seconds = DISCOVERY_SECONDS
         self._names: set[str] = set()  # model names found by the last discovery
@@ -109,11 +132,12 @@ class Registry:
             self.nothing_published = target is None
             if target is None:
                 return False
+            self._target = target
             loaded = self._newest_loadable(*target)
             if loaded is None:
                 return False
-            self.current = loaded  # the atomic swap: one reference assignment
-            self._prune(loaded)
+            before, self.current = self.current, loaded  # the atomic swap: one assignment
+            self._prune(loaded, before)
         log.info("now serving %s version %s", loaded.name, loaded.version)
         for callback in self.on_swap:
             callback(loaded)
@@ -165,13 +189,37 @@ class Registry:
                                     f"{e}") from e
         return loaded
 
-    def _prune(self, keep: ModelVersion) -> None:
-        """Keep the served version and the one before (a page may still show its files)."""
+    @property
+    def refused_latest(self) -> RefusedLatest | None:
+        """The version ``latest.json`` names (and MLflow's alias ``current``), while this
+        app cannot serve it and serves an older one instead; None otherwise."""
+        target, current = self._target, self.current
+        if target is None or current is None:
+            return None
+        name, latest = target
+        reason = self.rejected.get((name, latest.version))
+        if reason is None or (current.name, current.version) == (name, latest.version):
+            return None
+        return RefusedLatest(name, latest.version, reason, current.version)
+
+    def _prune(self, keep: ModelVersion, before: ModelVersion | None) -> None:
+        """Keep the served version and the one served just before it (a page may still
+        show its files); without one (a new process on an old cache dir), the cached
+        version published last before the served one. Publication order is the sequence
+        in meta.json: version names carry the publishing pods' clocks, which may disagree."""
         model_dir = self.cache_dir / keep.name
-        versions = sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-        for old in versions[:-2]:
-            if old != keep.directory:
-                shutil.rmtree(old, ignore_errors=True)
+        folders = [p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        kept = {keep.directory}
+        if before is not None and before.name == keep.name:
+            kept.add(before.directory)
+        else:
+            mine = publication_order(keep.meta.sequence, keep.version)
+            earlier = [(order, p) for p in folders if (order := _cached_order(p)) < mine]
+            if earlier:
+                kept.add(max(earlier)[1])
+        for folder in folders:
+            if folder not in kept:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="model-poller", daemon=True)

@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # trainer.streaming.settings: the data cache's (TRAINSTACK_DATA_CACHE_*).
 CONTRACT_MODULES = ("trainer.errors", "trainer.layout", "trainer.schema", "trainer.cpus",
                     "trainer.config", "trainer.tracking", "trainer.mlflow_layout",
-                    "trainer.streaming.settings")
+                    "trainer.streaming.settings", "trainer.urls")
 HEAVY = ("torch", "numpy", "PIL", "gradio", "pulumi", "minio", "matplotlib", "mlflow")
 
 

@@ -21,6 +21,10 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+# train_loss and test_loss are both plain cross-entropy (trainer.loop): comparable.
+LOSS_LABEL = "cross-entropy (no label smoothing)"
+
+
 def curves_png(history: list[EpochRecord], title: str) -> bytes:
     epochs = [e.epoch for e in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
@@ -29,7 +33,7 @@ def curves_png(history: list[EpochRecord], title: str) -> bytes:
                      label=split)
         acc_ax.plot(epochs, [getattr(e, f"{split}_acc") for e in history], marker="o",
                     label=split)
-    loss_ax.set(title=f"{title}: loss", xlabel="epoch", ylabel="cross-entropy")
+    loss_ax.set(title=f"{title}: loss", xlabel="epoch", ylabel=LOSS_LABEL)
     acc_ax.set(title=f"{title}: accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)

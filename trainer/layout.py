@@ -9,6 +9,7 @@ store keeps it as a directory. Stdlib only.
 datasets/<dataset>/...                                   ingested data
 models/<name>/runs/<run_id>/checkpoints/epoch-0007.pt    full training state
 models/<name>/runs/<run_id>/checkpoints/epoch-0007+0000012800.pt   ... mid-epoch (12800 of epoch 8 done)
+models/<name>/leases/<run_id>.json                      which job trains the run (conditional writes)
 models/<name>/versions/<version>/claim.json             created exclusively, first
 models/<name>/versions/<version>/{model.pt2, meta.json, metrics.json, *.png, examples/}
 models/<name>/progress/<run_id>.json                     a run's progress, rewritten each epoch
@@ -75,6 +76,7 @@ MODEL_FILE = "model.pt2"
 LATEST_FILE = "latest.json"
 CLAIM_FILE = "claim.json"
 SEQUENCE_FILE = "sequence.json"
+LEASE_SUFFIX = ".json"
 # Runs: models/<name>/progress/<run_id>.json
 PROGRESS_SUFFIX = ".json"
 VERSION_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -204,6 +206,11 @@ class ModelKeys:
             return None
         run_id = key[len(self.progresses):-len(PROGRESS_SUFFIX)]
         return run_id if run_id and "/" not in run_id else None
+
+    def lease(self, run_id: str) -> str:
+        """The run's lease (trainer.schema.RunLeaseRecord): one job trains a run at a time.
+        Outside ``runs/<run_id>/``, which a published run leaves empty."""
+        return f"models/{self.name}/leases/{run_id}{LEASE_SUFFIX}"
 
     def checkpoints(self, run_id: str) -> str:
         return f"{self.run(run_id)}checkpoints/"

@@ -156,7 +156,10 @@ class EpochRunner:
         loss.backward()
         self.optimizer.step()
         with torch.no_grad():
-            totals[0] += loss.detach().double() * len(labels)
+            # Logged: plain cross-entropy, as test_loss (label smoothing is the optimizer's
+            # objective only; both share one chart).
+            totals[0] += nn.functional.cross_entropy(logits.detach().float(), labels,
+                                                     reduction="sum").double()
             totals[1] += (logits.argmax(1) == labels).sum()
             totals[2] += len(labels)
         return loss

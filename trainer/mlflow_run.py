@@ -113,18 +113,25 @@ class MlflowRuns:
 
     def _describe(self, run, info: RunInfo) -> None:
         """Params the run lacks (MLflow params never change: a resume keeps the first
-        start's values), the trainstack tags and the world sizes it trained with."""
+        start's values) and the trainstack tags. The world sizes are added by
+        :meth:`note_world_size` once an epoch trained with one."""
         params = [Param(key, str(value)) for key, value in info.params.items()
                   if key not in run.data.params]
-        sizes = [s for s in run.data.tags.get(WORLD_SIZES_TAG, "").split(",") if s]
-        if not sizes or sizes[-1] != str(info.world_size):
-            sizes.append(str(info.world_size))
-        tags = {**info.tags, RUN_ID_TAG: info.run_id, MODEL_TAG: info.model_name,
-                WORLD_SIZES_TAG: ",".join(sizes)}
+        tags = {**info.tags, RUN_ID_TAG: info.run_id, MODEL_TAG: info.model_name}
         tag_list = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
         for i in range(0, max(len(params), len(tag_list)), BATCH_PARAMS):
             self.client.log_batch(run.info.run_id, params=params[i:i + BATCH_PARAMS],
                                   tags=tag_list[i:i + BATCH_PARAMS])
+
+    def note_world_size(self, run_id: str, world_size: int, *, only_if_none: bool = False) -> None:
+        """Add ``world_size`` to the run's :data:`WORLD_SIZES_TAG` (``2,1``: trained with 2
+        processes, then 1) unless it is the last one named; ``only_if_none``: only where the
+        tag names none yet (a run first reported at its publication)."""
+        tags = self.client.get_run(run_id).data.tags
+        sizes = [size for size in tags.get(WORLD_SIZES_TAG, "").split(",") if size]
+        if (sizes and only_if_none) or (sizes and sizes[-1] == str(world_size)):
+            return
+        self.client.set_tag(run_id, WORLD_SIZES_TAG, ",".join([*sizes, str(world_size)]))
 
     # Metrics ------------------------------------------------------------------------
     def logged_steps(self, run_id: str, keys: tuple[str, ...]) -> set[tuple[str, int]]:
@@ -142,16 +149,22 @@ class MlflowRuns:
                 latest: Callable[[], str | None]) -> None:
         """Artifacts, the version tag, the registered version, the alias, the run's end."""
         run = self.client.get_run(run_id)
+        # One run publishes one version (trainer.lease). Should a second version reach the
+        # same MLflow run anyway, its files go to a folder of their own and the run's tag
+        # keeps naming the first: every registered version points at its own files.
+        first = run.data.tags.get(VERSION_TAG)
+        folder_name = ARTIFACT_DIR if first in (None, version) else f"{ARTIFACT_DIR}-{version}"
         with tempfile.TemporaryDirectory(prefix="trainstack-mlflow-") as tmp:
-            folder = Path(tmp) / ARTIFACT_DIR
+            folder = Path(tmp) / folder_name
             for rel, data in files.items():
                 if not is_safe_relative(rel):
                     raise ValueError(f"{rel!r} is not a safe artifact path")
                 (folder / rel).parent.mkdir(parents=True, exist_ok=True)
                 (folder / rel).write_bytes(data)
-            self.client.log_artifacts(run_id, str(folder), artifact_path=ARTIFACT_DIR)
-        self.client.set_tag(run_id, VERSION_TAG, version)
-        registered = self._register(info, run, version)
+            self.client.log_artifacts(run_id, str(folder), artifact_path=folder_name)
+        if first is None:
+            self.client.set_tag(run_id, VERSION_TAG, version)
+        registered = self._register(info, run, version, folder_name)
         log.info("MLflow: version %s of %s registered as %s/%s", version, info.model_name,
                  info.model_name, registered)
         self.follow_latest(info.model_name, latest)
@@ -161,7 +174,7 @@ class MlflowRuns:
         return list(self.client.search_model_versions(
             f"name = '{name}' and tags.`{VERSION_TAG}` = '{version}'"))
 
-    def _register(self, info: RunInfo, run, version: str) -> str:
+    def _register(self, info: RunInfo, run, version: str, folder_name: str) -> str:
         name = info.model_name
         try:
             self.client.create_registered_model(name)
@@ -172,7 +185,7 @@ class MlflowRuns:
         if found:  # registered by an earlier attempt
             return found[0].version
         created = self.client.create_model_version(
-            name, f"{run.info.artifact_uri}/{ARTIFACT_DIR}", run_id=run.info.run_id,
+            name, f"{run.info.artifact_uri}/{folder_name}", run_id=run.info.run_id,
             tags={VERSION_TAG: version, RUN_ID_TAG: info.run_id},
             await_creation_for=0)  # a tracking server's versions are READY at once
         return created.version

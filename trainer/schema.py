@@ -16,6 +16,7 @@ from typing import Any
 
 from trainer.errors import MetaError
 from trainer.layout import META_FILE, METRICS_FILE, MODEL_FILE, is_safe_relative
+from trainer.urls import display_url
 
 
 def _number(value: Any) -> bool:
@@ -52,8 +53,12 @@ class EpochRecord:
 
     epoch: int
     train_loss: float
+    """Mean plain cross-entropy of the epoch's training batches (augmented, train mode, as
+    each step saw them before its update): the same quantity as ``test_loss``, whatever
+    label smoothing the optimizer minimises."""
     train_acc: float
     test_loss: float
+    """Mean plain cross-entropy on the test split (the served model, eval mode)."""
     test_acc: float
     img_per_s: float
     """Training images per second over all ranks."""
@@ -243,7 +248,9 @@ def mlflow_run_page(base_url: str, experiment_id: str, run_id: str) -> str | Non
     if not (base_url.startswith(_WEB_SCHEMES) and _is_mlflow_id(experiment_id)
             and _is_mlflow_id(run_id)):
         return None
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    # Credentials in the URL (basic auth of an external MLflow) are never part of a link.
+    base = display_url(base_url).split("#", 1)[0].rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 @dataclass(frozen=True)
@@ -329,8 +336,8 @@ class RunProgress:
     def mlflow_page(self, base_url: str | None = None) -> str | None:
         """The run's MLflow UI page on ``base_url`` (the address the reader opens MLflow
         at), else as the trainer saw it; None while MLflow has not named the run."""
-        if base_url is None:
-            return self.mlflow_url
+        if base_url is None:  # a record written before links were cleaned may hold some
+            return display_url(self.mlflow_url) if self.mlflow_url else None
         if self.mlflow_run_id is None or self.mlflow_experiment_id is None:
             return None
         return mlflow_run_page(base_url, self.mlflow_experiment_id, self.mlflow_run_id)
@@ -398,6 +405,47 @@ class SequenceCounter:
     @classmethod
     def from_json(cls, data: bytes | str) -> SequenceCounter:
         return _record(cls, data, "sequence.json")
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self)).encode()
+
+
+@dataclass(frozen=True)
+class RunLeaseRecord:
+    """``models/<name>/leases/<run_id>.json``: which job trains (or publishes) the run.
+
+    Taken and renewed by conditional writes only (trainer.lease). Expiry is judged by the
+    waiting job's own monotonic clock (the record, hence its tag, unchanged for
+    ``ttl_s``), never by comparing pods' wall clocks; ``renewals`` makes every renewal a
+    new content, so a store whose tag is a content hash sees it change too."""
+
+    run_id: str
+    holder: str
+    """A random id of the holding process."""
+    place: str
+    """Where it runs: the pod's name in a cluster (a successor in the same pod, such as a
+    restarted Master, takes over at once), else ``host:pid``."""
+    renewals: int
+    ttl_s: float
+    released: bool = False
+    """Set by an orderly exit: the next job takes the lease at once."""
+    since: str = ""
+    """UTC, ISO 8601, by the holder's clock: for people reading it only."""
+
+    def __post_init__(self) -> None:
+        for name in ("run_id", "holder", "place"):
+            _require(isinstance(getattr(self, name), str) and bool(getattr(self, name)),
+                     f"run lease {name}", "a non-empty string", getattr(self, name))
+        _require(type(self.renewals) is int and self.renewals >= 0, "run lease renewals",
+                 "an integer >= 0", self.renewals)
+        _require(_number(self.ttl_s) and self.ttl_s > 0, "run lease ttl_s", "a number > 0",
+                 self.ttl_s)
+        _require(isinstance(self.released, bool), "run lease released", "true or false",
+                 self.released)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> RunLeaseRecord:
+        return _record(cls, data, "run lease")
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()

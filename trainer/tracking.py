@@ -26,6 +26,7 @@ from typing import Any
 from trainer.errors import ConfigError
 from trainer.mlflow_layout import METRIC_KEYS, RunInfo
 from trainer.schema import EpochRecord, mlflow_run_page
+from trainer.urls import display_url, redact_urls
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class Tracker:
 
     def __init__(self, info: RunInfo, uri: str, *, timeout_s: float | None = None):
         self.info, self.uri = info, uri
+        # What log lines say: the URI may carry basic-auth credentials (trainer.urls).
+        self.shown_uri = display_url(uri)
         self.timeout_s = tracking_timeout() if timeout_s is None else timeout_s
         self._client: Any = None
         self._progress = _Progress()
@@ -115,6 +118,9 @@ class Tracker:
         self._background = _Background()
         self._failing = False
         self._resuming = False
+        # World sizes: only one that trained an epoch is named (trainstack.world_sizes).
+        self._trained_here = False
+        self._size_noted = False
         # Before mlflow is imported (in the background thread): it reads them then.
         for key, value in {**MLFLOW_HTTP_DEFAULTS, **MLFLOW_TELEMETRY_DEFAULT}.items():
             os.environ.setdefault(key, value)
@@ -129,6 +135,7 @@ class Tracker:
 
     def epoch_ended(self, history: list[EpochRecord]) -> None:
         """After an epoch's checkpoint: log every epoch of ``history`` MLflow lacks."""
+        self._trained_here = True  # this process's world size trained an epoch
         if self._background.busy():
             log.debug("MLflow still busy with an earlier call: epoch %d waits for the next",
                       history[-1].epoch if history else 0)
@@ -179,7 +186,7 @@ class Tracker:
             # HTTP timeouts; it warns if it fails.
             level = logging.DEBUG if self._failing else logging.INFO
             log.log(level, "MLflow at %s has not answered within %.0f s: training goes on "
-                    "without waiting", self.uri, seconds)
+                    "without waiting", self.shown_uri, seconds)
 
     def _attempt(self, job: Callable[[], None]) -> None:
         try:
@@ -192,7 +199,7 @@ class Tracker:
         with self._lock:
             recovered, self._failing = self._failing, False
         if recovered:
-            log.warning("MLflow at %s answers again: run %s is up to date", self.uri,
+            log.warning("MLflow at %s answers again: run %s is up to date", self.shown_uri,
                         self.run_id)
 
     def _failed_once(self, error: BaseException) -> None:
@@ -200,10 +207,10 @@ class Tracker:
             first, self._failing = not self._failing, True
         if first:
             log.warning("MLflow at %s failed (%s: %s); training goes on, the epochs MLflow "
-                        "misses are logged once it answers again", self.uri,
-                        type(error).__name__, str(error)[:300])
+                        "misses are logged once it answers again", self.shown_uri,
+                        type(error).__name__, redact_urls(str(error))[:300])
         else:
-            log.debug("MLflow still failing: %s", error)
+            log.debug("MLflow still failing: %s", redact_urls(str(error)))
 
     def _connect(self) -> Any:
         if self._client is None:
@@ -235,6 +242,13 @@ class Tracker:
             for key in METRIC_KEYS:
                 if (key, record.epoch) not in progress.logged:
                     missing.append((key, getattr(record, key), stamp, record.epoch))
+        if not self._size_noted and (self._trained_here or version is not None):
+            # A job that trained nothing (a published run re-run with more workers, a
+            # start that died before its first epoch) adds no world size; at publication
+            # (info.world_size is then the one that trained) only where none is named.
+            client.note_world_size(progress.run_id, self.info.world_size,
+                                   only_if_none=not self._trained_here)
+            self._size_noted = True
         if missing:
             client.log_metrics(progress.run_id, missing)
             with self._lock:

@@ -28,13 +28,14 @@ from trainer import checkpoint, distributed, reporting, stopping
 from trainer.augment import Normalizer
 from trainer.checkpoint import TrainingState, UnusableCheckpoint
 from trainer.config import RunIdentity, TrainConfig
-from trainer.errors import DatasetError, StoreError
-from trainer.layout import ModelKeys
+from trainer.errors import DatasetError, MetaError, StoreError, TrainstackError
+from trainer.layout import METRICS_FILE, ModelKeys
+from trainer.lease import RunLease, run_lease
 from trainer.loop import EpochRunner
 from trainer.models import build_model, model_revision
 from trainer.onepixel import use_one_pixel_convs
 from trainer.publish import TrainingResult, finish_publication, publish, published_version_of
-from trainer.schema import EpochRecord
+from trainer.schema import EpochRecord, VersionMetrics
 from trainer.storage import Store
 from trainer.streaming import mid_epoch
 
@@ -137,7 +138,21 @@ def run_training(cfg: TrainConfig, store: Store) -> str | None:
     finished = finished_run(store, identity)
     if finished is not None:
         return finish_alone(store, identity, env, bundle, finished)
-    distributed.join(env)
+    # One job trains a run at a time: rank 0 waits here while another job holds the lease.
+    with run_lease(store, cfg.model_name, identity.run_id, env.is_main) as lease:
+        distributed.join(env)
+        # Another job may have finished the run while this one waited for the lease.
+        finished = distributed.broadcast_object(finished_run(store, identity)
+                                                if env.is_main else None)
+        if finished is not None:
+            return finish_alone(store, identity, env, bundle, finished, lease)
+        return train_and_publish(store, identity, env, bundle, lease)
+
+
+def train_and_publish(store: Store, identity: RunIdentity, env, bundle,
+                      lease: RunLease | None) -> str | None:
+    """Every rank, joined: train the remaining epochs, then rank 0 publishes."""
+    cfg = identity.config
     check_same_data(bundle.fingerprint, env)
     model, optimizer = build_training(cfg, env, bundle)
     state = resume(store, identity, env, model, optimizer)
@@ -146,7 +161,7 @@ def run_training(cfg: TrainConfig, store: Store) -> str | None:
     reporter = reporting.open_reporter(store, identity, is_main=env.is_main,
                                        world_size=env.world_size)
     reporter.started(state)
-    train_remaining(store, identity, env, model, optimizer, bundle, state, reporter)
+    train_remaining(store, identity, env, model, optimizer, bundle, state, reporter, lease)
     # No rank may succeed before the run's final checkpoint is durable: the operator never
     # restarts a replica that exited 0, and a restarted Master publishes from that checkpoint.
     distributed.barrier()
@@ -154,11 +169,13 @@ def run_training(cfg: TrainConfig, store: Store) -> str | None:
                          "epochs": len(state.history), "weights_sha256": weights_digest(model)}))
     if not env.is_main:
         return None
+    if lease is not None:
+        lease.check()
     return publish_run(store, TrainingResult(identity, model, bundle, state), reporter)
 
 
 def train_remaining(store: Store, identity: RunIdentity, env, model, optimizer, bundle,
-                    state: TrainingState, reporter) -> None:
+                    state: TrainingState, reporter, lease: RunLease | None = None) -> None:
     """Every epoch after ``state.epoch``; rank 0 checkpoints each (keeping the newest few)."""
     cfg, keys = identity.config, ModelKeys(identity.config.model_name)
     train_model = model
@@ -170,11 +187,13 @@ def train_remaining(store: Store, identity: RunIdentity, env, model, optimizer, 
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
             # Mid-epoch checkpoints (trainer.streaming.mid_epoch): where a stopped epoch goes on.
             resume_at = mid_epoch.position_for(state, env.world_size)
-            save = mid_epoch.saver(store, identity, state, model, optimizer, env)
+            save = mid_epoch.saver(store, identity, state, model, optimizer, env, lease)
             record, confusion = run_epoch(runner, model, epoch, resume_at, save)
             state.position = None
             state.record_epoch(record, confusion, env.world_size)
             if env.is_main:
+                if lease is not None:
+                    lease.check()  # taken over by another job: write nothing more
                 state.capture(model, optimizer, env.device)
                 checkpoint.save_checkpoint(store, keys.checkpoint(identity.run_id, epoch), state)
                 checkpoint.prune_checkpoints(store, cfg.model_name, identity.run_id,
@@ -187,7 +206,7 @@ def train_remaining(store: Store, identity: RunIdentity, env, model, optimizer, 
 
 
 def finish_alone(store: Store, identity: RunIdentity, env, bundle,
-                 finished: tuple[str, str]) -> str | None:
+                 finished: tuple[str, str], lease: RunLease | None = None) -> str | None:
     """A run that needs no more training: rank 0 publishes it (or finishes its publication)
     without any peer; every other rank has nothing to do."""
     kind, where = finished
@@ -195,10 +214,17 @@ def finish_alone(store: Store, identity: RunIdentity, env, bundle,
                          kind: where}))
     if not env.is_main:
         return None
-    reporter = reporting.open_reporter(store, identity, is_main=True, world_size=env.world_size)
+    # Reported with the world size that trained (this job trains nothing): a re-run with
+    # `workers 3` of a run trained by 2 processes still says 2.
     if kind == "published":
+        reporter = reporting.open_reporter(store, identity, is_main=True,
+                                           world_size=published_world_size(store, identity,
+                                                                           where, env))
         return _done(store, identity, where, finish_publication(store, identity.config.model_name,
                                                                 where), reporter)
+    if lease is None:  # two Masters restarted alone must not publish the run twice
+        with run_lease(store, identity.config.model_name, identity.run_id, True) as held:
+            return finish_alone(store, identity, env, bundle, finished, held)
     model, _ = build_training(identity.config, env, bundle)
     try:
         state = checkpoint.load_fitting(store, where, identity, model)
@@ -206,7 +232,19 @@ def finish_alone(store: Store, identity: RunIdentity, env, bundle,
         raise StoreError(f"the run's final checkpoint cannot be used ({e}); delete it to train "
                          "the last epoch again") from None
     model.load_state_dict(state.model)
+    reporter = reporting.open_reporter(store, identity, is_main=True, world_size=state.world_size)
     return publish_run(store, TrainingResult(identity, model, bundle, state), reporter)
+
+
+def published_world_size(store: Store, identity: RunIdentity, version: str, env) -> int:
+    """The world size that trained ``version`` (its metrics.json); this job's if unreadable
+    (the reporter then reports nothing anyway)."""
+    keys = ModelKeys(identity.config.model_name)
+    try:
+        return VersionMetrics.from_json(store.get_bytes(
+            keys.version_file(version, METRICS_FILE))).world_size
+    except (TrainstackError, MetaError):
+        return env.world_size
 
 
 def publish_run(store: Store, result: TrainingResult, reporter) -> str:

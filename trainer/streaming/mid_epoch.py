@@ -32,14 +32,17 @@ def resumed(state: TrainingState) -> dict:
 
 
 def saver(store: Store, identity: RunIdentity, state: TrainingState, model, optimizer,
-          env) -> Callable[[EpochPosition], None] | None:
+          env, lease=None) -> Callable[[EpochPosition], None] | None:
     """Rank 0's way to checkpoint ``state`` at a position in its next epoch (None on the
-    other ranks: only rank 0 writes)."""
+    other ranks: only rank 0 writes). With ``lease`` (trainer.lease.RunLease), a job whose
+    lease another job took over writes nothing."""
     if not env.is_main:
         return None
     keys, cfg = ModelKeys(identity.config.model_name), identity.config
 
     def save(position: EpochPosition) -> None:
+        if lease is not None:
+            lease.check()
         state.position, state.world_size = position.to_dict(), env.world_size
         state.capture(model, optimizer, env.device)
         key = keys.mid_epoch_checkpoint(identity.run_id, state.epoch, position.trained)
