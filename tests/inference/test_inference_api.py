@@ -123,6 +123,7 @@ def test_no_model_yet_predict_is_503_and_the_waiting_page_is_ready(any_store, tm
         from gradio_client import Client
         status = Client(base + "/", verbose=False).predict(api_name="/status")
         assert "No model loaded yet" in status
+        assert any_store.url not in status and "store" not in status  # no address for anyone
 
 
 def tiff(image: Image.Image) -> bytes:
