@@ -8,7 +8,7 @@ any resource is registered, naming the key to change and what is allowed there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from infra.values import invalid, parse_image_reference
@@ -25,6 +25,8 @@ from trainer.layout import (
 )
 
 DEFAULT_REPOSITORY = "trainstack-trainer"
+# The PyTorchJob of the Training Operator v1, or the TrainJob of Kubeflow Trainer v2.
+TRAINING_APIS = ("pytorchjob", "trainjob")
 DEFAULT_MINIO_SIZE = "10Gi"
 
 
@@ -52,7 +54,8 @@ class StackConfig:
     build_image: bool = True  # False: `image` is a prebuilt reference, run as given
     image: str | None = None  # build: repository (default trainstack-trainer); else reference
     push_image: bool | None = None  # build only; None: true
-    install_training_operator: bool = True
+    training_api: str = "pytorchjob"  # TRAINING_APIS
+    install_training_operator: bool = True  # the training_api's operator
     training_operator_version: str = "v1.8.1"
     store_endpoint: str | None = None  # None: the in-cluster MinIO
     store_region: str | None = None
@@ -145,6 +148,7 @@ def check_combinations(cfg: StackConfig) -> None:
         _check_render(cfg)
     _check_inference_access(cfg)
     _check_mlflow(cfg)
+    _check_training_api(cfg)
 
 
 def warnings(cfg: StackConfig) -> list[str]:
@@ -241,8 +245,10 @@ def _check_in_cluster_store(cfg: StackConfig) -> None:
 
 def _check_render(cfg: StackConfig) -> None:
     if cfg.install_training_operator:
+        operator = ("Training Operator" if cfg.training_api == "pytorchjob"
+                    else "Kubeflow Trainer v2")
         raise invalid("installTrainingOperator", "false when renderYamlTo is set: install the "
-                      "Training Operator with your GitOps tool from its pinned overlay "
+                      f"{operator} with your GitOps tool from its pinned overlay "
                       "(docs/operations.md, GitOps)", True)
     for key in ("minioRootPassword", "storeSecretKey"):
         if key in cfg.secrets:
@@ -290,3 +296,14 @@ def _check_mlflow(cfg: StackConfig) -> None:
     if cfg.mlflow_image is not None:
         _check_pinned_reference("mlflowImage", cfg.mlflow_image,
                                 "ghcr.io/mlflow/mlflow:<tag>@sha256:<64 hex digits>")
+
+
+def _check_training_api(cfg: StackConfig) -> None:
+    default_version = next(f.default for f in fields(StackConfig)
+                           if f.name == "training_operator_version")
+    # Trainer v2 is installed at the one version the stack is checked with.
+    if cfg.training_api == "trainjob" and cfg.training_operator_version != default_version:
+        raise invalid("trainingOperatorVersion", "unset when trainingApi is trainjob (it "
+                      "pins the Training Operator v1; Kubeflow Trainer v2 is installed at "
+                      "the version the stack is checked with, see docs/operations.md)",
+                      cfg.training_operator_version)

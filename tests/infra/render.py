@@ -35,14 +35,26 @@ from infra.stack import build_stack
 PROJECT, STACK = "trainstack", "dev"
 MOCK_RANDOM_PASSWORD = "mock-random-password-7d1f0c2b9e8a4f5d"
 DIRECTORY_TYPE = "kubernetes:kustomize/v2:Directory"
-# What pulumi-kubernetes' Construct registers under the operator's kustomize Directory
+# What pulumi-kubernetes' Construct registers under an operator's kustomize Directory
 # (a remote component: under mocks nobody constructs it), parented to it and registered
-# before the Directory's own registration returns, as the provider does.
-OPERATOR_CHILDREN = (
-    ("kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition",
-     "training-operator-pytorchjobs.kubeflow.org"),
-    ("kubernetes:apps/v1:Deployment", "training-operator-kubeflow/training-operator"),
-)
+# before the Directory's own registration returns, as the provider does. By Directory name.
+OPERATOR_CHILDREN = {
+    "training-operator": (
+        ("kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition",
+         "training-operator-pytorchjobs.kubeflow.org"),
+        ("kubernetes:apps/v1:Deployment", "training-operator-kubeflow/training-operator"),
+    ),
+    "kubeflow-trainer": (
+        ("kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition",
+         "kubeflow-trainer-trainjobs.trainer.kubeflow.org"),
+        ("kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition",
+         "kubeflow-trainer-jobsets.jobset.x-k8s.io"),
+        ("kubernetes:apps/v1:Deployment",
+         "kubeflow-trainer-kubeflow-system/kubeflow-trainer-controller-manager"),
+        ("kubernetes:apps/v1:Deployment",
+         "kubeflow-trainer-kubeflow-system/jobset-controller-manager"),
+    ),
+}
 
 
 @dataclass
@@ -180,7 +192,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         raw = rpc.deserialize_properties(request.object)
         secret_props = [k for k, v in raw.items() if rpc.is_rpc_secret(v)]
         if request.remote and request.type == DIRECTORY_TYPE:
-            for typ, name in OPERATOR_CHILDREN:  # registered by Construct, before the reply
+            for typ, name in OPERATOR_CHILDREN[request.name]:  # by Construct, before the reply
                 urn = self.make_urn(response.urn, typ, name)
                 self._record(Registration(urn, typ, name, response.urn, True, False, {}, [], [],
                                           False, [], provider=request.provider))
