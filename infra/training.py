@@ -189,7 +189,7 @@ class Training(pulumi.ComponentResource):
                 self, args.namespace, pod_template(args, config_map.metadata.name,
                                                    account.metadata.name),
                 self.job_name, pod.labels("trainer"), args.workers, args.gpus_per_worker,
-                args.backoff_limit, deps)
+                args.backoff_limit, deps, args.operator)
         else:
             self.job = self._pytorchjob(args, config_map, account, deps)
         self.register_outputs({"job_name": self.job_name, "config_map": config_map.metadata.name})

@@ -124,15 +124,17 @@ def trainjob_spec(template: k8s.core.v1.PodTemplateSpecArgs, workers: int, gpus:
 def declare(parent: pulumi.Resource, namespace: pulumi.Input[str],
             template: k8s.core.v1.PodTemplateSpecArgs, name: pulumi.Input[str],
             labels: dict[str, str], workers: int, gpus: int, max_restarts: int,
-            depends_on: list[pulumi.Resource]) -> k8s.apiextensions.CustomResource:
-    """The runtime and the TrainJob (children of `parent`); returns the TrainJob."""
+            depends_on: list[pulumi.Resource], operator: pulumi.Resource | None
+            ) -> k8s.apiextensions.CustomResource:
+    """The runtime (after the operator: its CRD and webhook) and the TrainJob (after
+    `depends_on` too), children of `parent`; returns the TrainJob."""
     runtime = k8s.apiextensions.CustomResource(
         "trainingruntime",
         api_version=API_VERSION,
         kind="TrainingRuntime",
         metadata=k8s.meta.v1.ObjectMetaArgs(name=RUNTIME, namespace=namespace, labels=labels),
         spec=runtime_spec(template, max_restarts),
-        opts=pulumi.ResourceOptions(parent=parent, depends_on=depends_on),
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[operator] if operator else []),
     )
     return k8s.apiextensions.CustomResource(
         "trainjob",

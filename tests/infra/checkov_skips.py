@@ -15,8 +15,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# Everything that runs the trainer image (the PyTorchJob's replicas are scanned as Pods).
-TRAINING_PODS = r"Pod\.[^.]+\.train-.*-(master|worker)-\d+"
+# Everything that runs the trainer image (the PyTorchJob's replicas, a TrainJob's nodes are
+# scanned as Pods).
+TRAINING_PODS = r"Pod\.[^.]+\.train-.*-((master|worker)-\d+|node-0-\d+)"
 TRAINER_IMAGE_PODS = (r"(Job\.[^.]+\.trainstack-(buckets|ingest-\w+)"
                       rf"|Deployment\.[^.]+\.inference|{TRAINING_PODS})")
 

@@ -13,21 +13,24 @@ fi
 CACHE=${TRAINSTACK_CONTROLPLANE_CACHE:-$HOME/.cache/trainstack/controlplane}
 DEST="$CACHE/trainer-$TRAINER_VERSION-jobset-$JOBSET_VERSION"
 mkdir -p "$DEST/bin"
-build() {  # $1 module@version path, $2 output binary name
-  local out="$DEST/bin/$2"
+MODCACHE=$("$GO" env GOMODCACHE)
+# Built inside the module's own source tree (its go.mod and go.sum, as released): `go
+# install mod@version` also asks the proxy for the module's version list, which it may
+# refuse (403 for sigs.k8s.io/jobset), and a wrapper module could resolve other versions.
+build() {  # $1 module, $2 version, $3 package dir in the module, $4 output binary name
+  local out="$DEST/bin/$4"
   if [ -x "$out" ]; then return; fi
   local start=$SECONDS
-  GOBIN="$DEST/bin.tmp" nice -n 10 "$GO" install -trimpath "$1"
-  mv "$DEST/bin.tmp/$(basename "${1%@*}")" "$out"
-  echo "built $2 in $((SECONDS - start)) s" >&2
+  (cd "$DEST" && "$GO" mod download "$1@$2")
+  (cd "$MODCACHE/$1@$2" && nice -n 10 "$GO" build -trimpath -o "$out.tmp" "./$3")
+  mv "$out.tmp" "$out"
+  echo "built $4 in $((SECONDS - start)) s" >&2
 }
-build "github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager@$TRAINER_VERSION" trainer-controller-manager
-build "sigs.k8s.io/jobset@$JOBSET_VERSION" jobset-controller
+build github.com/kubeflow/trainer/v2 "$TRAINER_VERSION" cmd/trainer-controller-manager \
+  trainer-controller-manager
+build sigs.k8s.io/jobset "$JOBSET_VERSION" . jobset-controller
 # CRDs and webhook configurations come from the same pinned modules.
-MODDIR=$("$GO" env GOMODCACHE)
-for mod in "github.com/kubeflow/trainer/v2@$TRAINER_VERSION" "sigs.k8s.io/jobset@$JOBSET_VERSION"; do
-  (cd "$DEST" && GOFLAGS=-mod=mod "$GO" mod download "$mod" >/dev/null 2>&1 || true)
-done
-ln -sfn "$MODDIR/github.com/kubeflow/trainer/v2@$TRAINER_VERSION/manifests" "$DEST/trainer-manifests"
-ln -sfn "$MODDIR/sigs.k8s.io/jobset@$JOBSET_VERSION/config" "$DEST/jobset-config"
+ln -sfn "$MODCACHE/github.com/kubeflow/trainer/v2@$TRAINER_VERSION/manifests" \
+  "$DEST/trainer-manifests"
+ln -sfn "$MODCACHE/sigs.k8s.io/jobset@$JOBSET_VERSION/config" "$DEST/jobset-config"
 echo "$DEST"
