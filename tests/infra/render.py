@@ -75,6 +75,7 @@ class Registration:
     provider: str = ""  # "<provider urn>::<id>"; "" = the default provider
     property_dependencies: dict[str, list[str]] = field(default_factory=dict)
     custom_timeouts: dict[str, str] = field(default_factory=dict)  # create/update/delete
+    aliases: list[tuple[str, str]] = field(default_factory=list)  # (name, type) it was before
     order: int = 0  # position in the state (registration order)
 
     @property
@@ -214,6 +215,8 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                                    for k, v in request.propertyDependencies.items()},
             custom_timeouts={k: getattr(timeouts, k) for k in ("create", "update", "delete")
                              if getattr(timeouts, k)},
+            aliases=[(a.spec.name, a.spec.type) for a in request.aliases
+                     if a.WhichOneof("alias") == "spec"],
         ))
         return response
 
