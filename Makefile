@@ -33,7 +33,7 @@ PORT ?= 7860
 CIFAR10_SOURCE ?=
 SOURCE ?= $(CIFAR10_SOURCE)
 
-.PHONY: demo test test-fast bench lint chromium strace clean help
+.PHONY: demo test test-fast bench lint chromium strace clean help controlplane test-cluster
 help:
 	@echo "make demo   train on $(DATASET) with 2 local DDP processes, then serve the app"
 	@echo "make test   set up .venv and run the whole test suite (browser tests included)"
@@ -71,10 +71,20 @@ strace:
 	@[ -x $(STRACE) ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq strace >/dev/null; }
 
-test: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) chromium strace
+test: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) chromium strace controlplane
 	$(BIN)/python -m pytest
 
-test-fast: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) strace
+# The cluster tier's control plane (tests/cluster): kube-apiserver, controller-manager,
+# scheduler, kubectl, etcd, kwok and the Training Operator, built from pinned Go modules
+# into ~/.cache/trainstack/controlplane (reused once built). Prints how long setup took.
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+controlplane:
+	@GO=$(GO) tools/controlplane/build.sh
+
+test-cluster: $(DEV_STAMP) controlplane
+	$(BIN)/python -m pytest -m cluster tests/cluster
+
+test-fast: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) strace controlplane
 	$(BIN)/python -m pytest -m "not browser"
 
 lint: $(DEV_STAMP)

@@ -24,6 +24,13 @@ from trainer.layout import BUCKET_PREFIX_ENV
 # even when an image's USER is a name. Above 10000: no clash with a node's own users.
 APP_UID = 10001
 GPU_RESOURCE = "nvidia.com/gpu"
+# The namespace's Pod Security admission labels: every pod the stack or the Training
+# Operator creates must meet `restricted`, which container_security/pod_security give; a
+# pod that doesn't is refused by the API server, not started with more rights.
+POD_SECURITY_LABELS = {
+    f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")
+} | {f"pod-security.kubernetes.io/{mode}-version": "latest"
+     for mode in ("enforce", "audit", "warn")}
 SHM_VOLUME = "dshm"
 TMP = "/tmp"
 # Where the image's tools write under a read-only root: all below /tmp, an emptyDir in every

@@ -34,7 +34,8 @@ def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
     ns = k8s.core.v1.Namespace(
         "namespace",
         metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=cfg.namespace, labels={"app.kubernetes.io/part-of": "trainstack"}
+            name=cfg.namespace,
+            labels={"app.kubernetes.io/part-of": "trainstack", **pod.POD_SECURITY_LABELS},
         ),
         opts=gitops.options("namespace", render),
     )

@@ -11,6 +11,18 @@ RANK into the `pytorch` container, and puts no finalizer on a PyTorchJob (its po
 removed by Kubernetes' garbage collector through their owner references). For these the
 overlay is fetched at the commit the tag named when it was checked, so a moved tag cannot
 change what is installed; any other v1 tag is fetched by tag, with a warning.
+
+Pod Security: the stack's namespace enforces `restricted` (infra/stack.py). v1.8.1 adds an
+`init-pytorch` init container to every Worker pod (`alpine:3.10` by tag, no
+securityContext: `restricted` refuses the pod, the job never gets its Workers). It only
+waits for the Master's DNS name, which torch's rendezvous already does (the TCPStore
+client retries an unresolvable MASTER_ADDR until the process group's timeout), so the
+stack turns it off: the operator reads its init-container template from
+/etc/config/initContainer.yaml when that file exists (pkg/controller.v1/pytorch/
+initcontainer.go, `--pytorch-init-container-template-file`'s default), and an empty list
+there means no init container. A ConfigMap holds that template and a server-side-apply
+patch of the operator's Deployment mounts it; the operator's other fields stay the
+overlay's. tests/cluster shows the Workers admitted on a real API server.
 """
 
 from __future__ import annotations
@@ -18,11 +30,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pulumi
+import pulumi_kubernetes as k8s
 from pulumi_kubernetes.kustomize import v2 as kustomize
 
 REPO = "https://github.com/kubeflow/training-operator"
 OVERLAY = "manifests/overlays/standalone"
 OPERATOR_NAMESPACE = "kubeflow"
+OPERATOR_DEPLOYMENT = "training-operator"  # the overlay's Deployment and its container
+INIT_TEMPLATE_CONFIGMAP = "training-operator-init-container"
+INIT_TEMPLATE_DIR = "/etc/config"  # v1.8.1 config.PyTorchInitContainerTemplateFileDefault
+INIT_TEMPLATE_FILE = "initContainer.yaml"
+NO_INIT_CONTAINERS = "[]\n"  # the template: a YAML list of containers, here none
 # tag -> the commit it named when checked (v1.8.0 added the admission webhook).
 CHECKED_RELEASES = {
     "v1.3.0": "3aa19beb58b8f37c9e24d9f04d02446937ea1a29",
@@ -76,7 +94,42 @@ class TrainingOperator(pulumi.ComponentResource):
             directory=overlay_url(args.version),
             opts=pulumi.ResourceOptions(parent=self),
         )
+        self.init_template = _init_template(self.manifests, self)
         self.register_outputs(
             {"version": args.version, "namespace": OPERATOR_NAMESPACE,
              "source": overlay_url(args.version)}
         )
+
+
+def _init_template(manifests: kustomize.Directory, parent: pulumi.Resource
+                   ) -> k8s.apps.v1.DeploymentPatch:
+    """The empty init-container template, mounted where the operator reads it."""
+    opts = pulumi.ResourceOptions(parent=parent, depends_on=[manifests])
+    config_map = k8s.core.v1.ConfigMap(
+        INIT_TEMPLATE_CONFIGMAP,
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=INIT_TEMPLATE_CONFIGMAP,
+                                            namespace=OPERATOR_NAMESPACE),
+        data={INIT_TEMPLATE_FILE: NO_INIT_CONTAINERS},
+        opts=opts,
+    )
+    volume = "init-container-template"
+    return k8s.apps.v1.DeploymentPatch(
+        "training-operator-init-template",
+        metadata=k8s.meta.v1.ObjectMetaPatchArgs(name=OPERATOR_DEPLOYMENT,
+                                                 namespace=OPERATOR_NAMESPACE),
+        spec=k8s.apps.v1.DeploymentSpecPatchArgs(
+            template=k8s.core.v1.PodTemplateSpecPatchArgs(
+                spec=k8s.core.v1.PodSpecPatchArgs(
+                    volumes=[k8s.core.v1.VolumePatchArgs(
+                        name=volume,
+                        config_map=k8s.core.v1.ConfigMapVolumeSourcePatchArgs(
+                            name=INIT_TEMPLATE_CONFIGMAP))],
+                    containers=[k8s.core.v1.ContainerPatchArgs(
+                        name=OPERATOR_DEPLOYMENT,
+                        volume_mounts=[k8s.core.v1.VolumeMountPatchArgs(
+                            name=volume, mount_path=INIT_TEMPLATE_DIR, read_only=True)])],
+                ),
+            ),
+        ),
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[manifests, config_map]),
+    )

@@ -89,6 +89,9 @@ class Rendering:
     resources: dict[str, Registration]  # urn -> registration
     exports: dict[str, Any]
     secret_values: list[str] = field(default_factory=list)  # every secret string seen
+    # "Kind/name" -> the fields a server-side-apply patch (DeploymentPatch, ...) sets on an
+    # object someone else made: not whole objects, so not in `objects`.
+    patches: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def by_type(self, type_token: str) -> list[Registration]:
         return [r for r in self.resources.values() if r.type == type_token]
@@ -245,13 +248,12 @@ def render(config: dict[str, str], secrets: tuple[str, ...] = SECRET_KEYS) -> Re
 
     program()
     registrations = monitor.registrations
-    objects = {
-        _key(r.inputs): r.inputs
-        for r in registrations.values()
-        if r.custom and r.type.startswith("kubernetes:") and _key(r.inputs)
-    }
+    kube = [r for r in registrations.values()
+            if r.custom and r.type.startswith("kubernetes:") and _key(r.inputs)]
+    objects = {_key(r.inputs): r.inputs for r in kube if not r.type.endswith("Patch")}
+    patches = {_key(r.inputs): r.inputs for r in kube if r.type.endswith("Patch")}
     secret_values = monitor.secret_values + [config[k] for k in secrets if k in config]
-    return Rendering(objects, registrations, exports, sorted(set(secret_values)))
+    return Rendering(objects, registrations, exports, sorted(set(secret_values)), patches)
 
 
 def render_stack(config: dict[str, str]) -> dict[str, dict[str, Any]]:

@@ -49,7 +49,10 @@ def test_defaults_render_every_resource(default_stack):
         "ServiceAccount/mlflow", "PersistentVolumeClaim/mlflow-data",
         "ConfigMap/mlflow-aws-config", "Deployment/mlflow", "Service/mlflow",
         "NetworkPolicy/mlflow",
+        # the operator's init-container template (none: infra/training_operator.py)
+        "ConfigMap/training-operator-init-container",
     ])
+    assert sorted(default_stack.patches) == ["Deployment/training-operator"]
     assert len(default_stack.by_type(IMAGE)) == 1
     assert len(default_stack.by_type("random:index/randomPassword:RandomPassword")) == 1
     (operator,) = default_stack.by_type(DIRECTORY)

@@ -112,8 +112,10 @@ def test_destroy_order_of_the_whole_stack(default_stack):
     assert order[0] == ["inference", "mlflow", "pytorchjob"]
     # the app's and MLflow's Deployments (MLflow writes to MinIO), the ingest Job
     assert order[1] == ["inference", "mlflow", INGEST]
-    assert order[2] == [BUCKETS]
-    assert order[3] == ["minio"]  # MinIO's Deployment: its pods are gone before the volume
+    # the bucket Job; the patch that mounts the operator's init-container template
+    assert order[2] == sorted([BUCKETS, "training-operator-init-template"])
+    # MinIO's Deployment (its pods are gone before the volume); the template's ConfigMap
+    assert order[3] == ["minio", "training-operator-init-container"]
     assert set(order[4]) >= {"minio-credentials", "training-operator-kubeflow/training-operator",
                              "training-operator-pytorchjobs.kubeflow.org"}
     assert order[-1] == ["namespace"] or "namespace" in order[-1]

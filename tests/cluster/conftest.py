@@ -1,0 +1,25 @@
+"""The cluster tier's fixtures: one real control plane per session (tests/cluster).
+
+    def test_x(control_plane):      # a ControlPlane with kwok's nodes (controlplane.py)
+    def test_y(operator):           # the same, plus the Training Operator running
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.nodes import add_nodes
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/cluster/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory) -> ControlPlane:
+    with ControlPlane.started(tmp_path_factory.mktemp("controlplane")) as cp:
+        add_nodes(cp)
+        yield cp
