@@ -14,6 +14,7 @@ only the new job's pods, and their 3 ranks resume from that checkpoint and finis
 from __future__ import annotations
 
 import copy
+import json
 import re
 import signal
 import subprocess
@@ -26,16 +27,21 @@ import pytest
 from infra import trainjob as tj
 from tests.cluster import trainer_v2
 from tests.cluster.controlplane import ControlPlane
+from tests.cluster.nodes import node
 from tests.e2e.cluster import LocalCluster, Process
 from tests.infra.infra_helpers import trainjob_pods
 from tests.infra.render import Rendering, render
 from tests.trainer.trainer_procs import events
 
 EPOCHS = 6
+# The TrainJob's pods go to a node of their own (the runtime patch's nodeSelector), which
+# reports ephemeral storage as a kubelet does (the pods request their /tmp).
+POOL = {"trainstack.test/pool": "trainjob"}
+NODE_NAME = "trainstack-trainjob-0"
 CONFIG = {"pushImage": "false", "model": "smallcnn", "dataset": "digits",
           "epochs": str(EPOCHS), "batchSize": "32", "learningRate": "0.05",
           "cpuPerWorker": "1", "memoryPerWorker": "2Gi", "mlflow": "false",
-          "trainingApi": "trainjob"}
+          "trainingApi": "trainjob", "nodeSelector": json.dumps(POOL)}
 WAIT_S = 240  # generous upper bound for one step on a loaded 2-core machine
 CHECKPOINTS = "models/smallcnn-digits/runs/"
 # What the kubelet and the controllers add to a pod that the stack's template does not
@@ -46,6 +52,8 @@ ADDED_ENV = set(tj.TORCH_ENV) | {"JOB_COMPLETION_INDEX"}
 @pytest.fixture(scope="module")
 def trainer(control_plane: ControlPlane, tmp_path_factory) -> ControlPlane:
     started = time.monotonic()
+    capacity = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "200Gi"}
+    control_plane.apply([node(NODE_NAME, capacity, POOL)])
     trainer_v2.install(control_plane, tmp_path_factory.mktemp("trainer-v2"))
     print(f"Trainer v2 {trainer_v2.TRAINER.version} and JobSet {trainer_v2.JOBSET.version} "
           f"ready in {time.monotonic() - started:.1f} s")
@@ -125,6 +133,7 @@ def test_the_controllers_make_the_pods_the_stack_declares(trainer: ControlPlane)
         assert not {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"} & set(env)
         # Rank 0's DNS name: the JobSet's headless Service and the pod's hostname.
         assert (spec["hostname"], spec["subdomain"]) == (f"{name}-{tj.NODE}-0-{rank}", name)
+        assert spec["nodeName"] == NODE_NAME
     cp.get("service", "-n", namespace, name)
     # kwok completes Job pods: the TrainJob reaches a condition `pulumi`'s docs tell to wait for.
     status = cp.wait_for("the TrainJob to finish", lambda: _finished(cp, namespace, name),
