@@ -29,7 +29,7 @@ from tests.cluster import trainer_v2
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.nodes import node
 from tests.e2e.cluster import LocalCluster, Process
-from tests.infra.infra_helpers import trainjob_pods
+from tests.infra.infra_helpers import pytorchjob, trainjob_pods
 from tests.infra.render import Rendering, render
 from tests.trainer.trainer_procs import events
 
@@ -218,25 +218,20 @@ def log_of(logs: Path, proc: Process) -> str:
     return (logs / f"{proc.name}.log").read_text()
 
 
-def test_a_trainjob_trains_rescales_and_resumes(trainer, s3_store, s3_endpoint, tmp_path):
-    cp, logs = trainer, tmp_path / "logs"
-    logs.mkdir()
-    two = render({**CONFIG, "namespace": "trainjob-run", "workers": "2"})
-    first = apply_stack(cp, two)
-    name, namespace = first["metadata"]["name"], first["metadata"]["namespace"]
-    cluster = local_cluster(two, tmp_path / "pods-2", s3_endpoint)
+def run_buckets(cluster: LocalCluster, logs: Path) -> None:
     buckets = cluster.process(cluster.job_pod("trainstack-buckets"))
     assert buckets.start(logs).wait(timeout=WAIT_S) == 0, log_of(logs, buckets)
 
-    # 1. The controller's 2 pods train until the first checkpoint, then the job ends.
-    ranks = local_processes(cluster, scheduled_pods(cp, namespace, name, 2))
-    assert [p.argv[1:] for p in ranks] == [["-m", "trainer", "train", "--config", str(
-        tmp_path / "pods-2" / p.name / "volumes" / "config" / "train.json")] for p in ranks]
+
+def train_until_the_first_checkpoint(ranks: list[Process], s3_store, logs: Path
+                                     ) -> tuple[str, int]:
+    """Every rank trains; once the first checkpoint is saved the job ends (its pods are
+    killed, as a replaced job's are). Returns the run and the checkpoint's epoch."""
     procs = [p.start(logs) for p in ranks]
     try:
         saved = wait_for(lambda: [k for k in s3_store.list(CHECKPOINTS) if k.endswith(".pt")],
                          "the first checkpoint", procs)
-        procs[1].send_signal(signal.SIGSTOP)  # rank 0 cannot train on without rank 1
+        procs[-1].send_signal(signal.SIGSTOP)  # rank 0 cannot train on without it
     finally:
         stop(procs)
     run_id = saved[0].removeprefix(CHECKPOINTS).split("/")[0]
@@ -244,21 +239,12 @@ def test_a_trainjob_trains_rescales_and_resumes(trainer, s3_store, s3_endpoint, 
     killed_at = int(saved[-1].rsplit("epoch-", 1)[1].split(".")[0])
     assert killed_at < EPOCHS, "training finished before the job was replaced"
     started = [e for p in ranks for e in events(log_of(logs, p), "start")]
-    assert {e["world_size"] for e in started} == {2} and len(started) == 2
+    assert {e["world_size"] for e in started} == {len(ranks)} and len(started) == len(ranks)
+    return run_id, killed_at
 
-    # 2. `workers 3`: the stack deletes the TrainJob, then creates the new one.
-    three = render({**CONFIG, "namespace": "trainjob-run", "workers": "3"})
-    delete_trainjob(cp, namespace, name)
-    second = apply_stack(cp, three)
-    assert second["metadata"]["name"] != name
-    pods = scheduled_pods(cp, namespace, second["metadata"]["name"], 3)
-    everything = cp.get("pods", "-n", namespace, "-l", tj.JOBSET_NAME_LABEL)["items"]
-    assert {p["metadata"]["uid"] for p in everything} == {p["metadata"]["uid"] for p in pods}
 
-    # 3. Its 3 ranks resume the run from the checkpoint and finish it.
-    cluster = local_cluster(three, tmp_path / "pods-3", s3_endpoint)
-    ranks = local_processes(cluster, pods)
-    assert {p.env["PET_NNODES"] for p in ranks} == {"3"}
+def resume_and_finish(ranks: list[Process], logs: Path, run_id: str, killed_at: int) -> None:
+    """Every rank resumes the run from the checkpoint and the run finishes, published."""
     procs = [p.start(logs) for p in ranks]
     try:
         for proc, rank in zip(procs, ranks, strict=True):
@@ -270,5 +256,58 @@ def test_a_trainjob_trains_rescales_and_resumes(trainer, s3_store, s3_endpoint, 
     assert resumed["run_id"] == run_id and resumed["epoch"] == killed_at
     assert [e["epoch"] for e in events(output, "epoch")] == list(range(killed_at + 1,
                                                                        EPOCHS + 1))
-    assert {e["world_size"] for p in ranks for e in events(log_of(logs, p), "start")} == {3}
+    started = {e["world_size"] for p in ranks for e in events(log_of(logs, p), "start")}
+    assert started == {len(ranks)}
     assert events(output, "published")
+
+
+def test_a_trainjob_trains_rescales_and_resumes(trainer, s3_store, s3_endpoint, tmp_path):
+    cp, logs = trainer, tmp_path / "logs"
+    logs.mkdir()
+    two = render({**CONFIG, "namespace": "trainjob-run", "workers": "2"})
+    first = apply_stack(cp, two)
+    name, namespace = first["metadata"]["name"], first["metadata"]["namespace"]
+    cluster = local_cluster(two, tmp_path / "pods-2", s3_endpoint)
+    run_buckets(cluster, logs)
+
+    # 1. The controller's 2 pods train until the first checkpoint, then the job ends.
+    ranks = local_processes(cluster, scheduled_pods(cp, namespace, name, 2))
+    assert [p.argv[1:] for p in ranks] == [["-m", "trainer", "train", "--config", str(
+        tmp_path / "pods-2" / p.name / "volumes" / "config" / "train.json")] for p in ranks]
+    run_id, killed_at = train_until_the_first_checkpoint(ranks, s3_store, logs)
+
+    # 2. `workers 3`: the stack deletes the TrainJob, then creates the new one.
+    three = render({**CONFIG, "namespace": "trainjob-run", "workers": "3"})
+    delete_trainjob(cp, namespace, name)
+    second = apply_stack(cp, three)
+    assert second["metadata"]["name"] != name
+    pods = scheduled_pods(cp, namespace, second["metadata"]["name"], 3)
+    everything = cp.get("pods", "-n", namespace, "-l", tj.JOBSET_NAME_LABEL)["items"]
+    assert {p["metadata"]["uid"] for p in everything} == {p["metadata"]["uid"] for p in pods}
+
+    # 3. Its 3 ranks resume the run from the checkpoint and finish it.
+    ranks = local_processes(local_cluster(three, tmp_path / "pods-3", s3_endpoint), pods)
+    assert {p.env["PET_NNODES"] for p in ranks} == {"3"}
+    resume_and_finish(ranks, logs, run_id, killed_at)
+
+
+def test_a_run_started_as_a_pytorchjob_resumes_as_a_trainjob(trainer, s3_store, s3_endpoint,
+                                                            tmp_path):
+    """`trainingApi: trainjob` on a stack whose PyTorchJob is training: the same run
+    (same train.json, same store) resumes on Trainer v2. The PyTorchJob's ranks run as
+    tests/e2e does (the operator's env from its rendering)."""
+    cp, logs = trainer, tmp_path / "logs"
+    logs.mkdir()
+    config = {**CONFIG, "namespace": "trainjob-migrate", "workers": "2"}
+    v1 = render({k: v for k, v in config.items() if k != "trainingApi"})
+    cluster = local_cluster(v1, tmp_path / "pods-v1", s3_endpoint)
+    run_buckets(cluster, logs)
+    run_id, killed_at = train_until_the_first_checkpoint(
+        cluster.pytorchjob_processes(pytorchjob(v1)), s3_store, logs)
+
+    v2 = render(config)
+    assert v2.objects["ConfigMap/trainstack-train"] == v1.objects["ConfigMap/trainstack-train"]
+    job = apply_stack(cp, v2)
+    pods = scheduled_pods(cp, job["metadata"]["namespace"], job["metadata"]["name"], 2)
+    ranks = local_processes(local_cluster(v2, tmp_path / "pods-v2", s3_endpoint), pods)
+    resume_and_finish(ranks, logs, run_id, killed_at)
