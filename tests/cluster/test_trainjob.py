@@ -28,6 +28,7 @@ from infra import trainjob as tj
 from tests.cluster import trainer_v2
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.nodes import node
+from tests.cluster.sockets import sockets_of
 from tests.e2e.cluster import LocalCluster, Process
 from tests.infra.infra_helpers import pytorchjob, trainjob_pods
 from tests.infra.render import Rendering, render
@@ -148,6 +149,13 @@ def _finished(cp: ControlPlane, namespace: str, name: str) -> str | None:
                  if c["type"] in tj.FINISHED and c["status"] == "True"), None)
 
 
+def test_the_controllers_listen_and_dial_on_loopback_only(trainer: ControlPlane):
+    for name in ("trainer-controller-manager", "jobset-controller"):
+        sockets = sockets_of(trainer.processes.started[name].pid)
+        assert [s for s in sockets if not s.stays_on_loopback()] == [], name
+        assert any(s.listening for s in sockets) and any(not s.listening for s in sockets)
+
+
 @pytest.mark.parametrize(("env", "refused"), [
     ({"name": "PET_NNODES", "value": "4"}, "must not have reserved envs"),
     ({"name": "PET_MASTER_ADDR", "value": "elsewhere"}, "must not have reserved envs"),
@@ -232,6 +240,8 @@ def train_until_the_first_checkpoint(ranks: list[Process], s3_store, logs: Path
         saved = wait_for(lambda: [k for k in s3_store.list(CHECKPOINTS) if k.endswith(".pt")],
                          "the first checkpoint", procs)
         procs[-1].send_signal(signal.SIGSTOP)  # rank 0 cannot train on without it
+        assert_on_loopback({p.pid: r.name for p, r in zip(procs, ranks, strict=True)},
+                           int(ranks[0].env.get("PET_MASTER_PORT") or ranks[0].env["MASTER_PORT"]))
     finally:
         stop(procs)
     run_id = saved[0].removeprefix(CHECKPOINTS).split("/")[0]
@@ -241,6 +251,39 @@ def train_until_the_first_checkpoint(ranks: list[Process], s3_store, logs: Path
     started = [e for p in ranks for e in events(log_of(logs, p), "start")]
     assert {e["world_size"] for e in started} == {len(ranks)} and len(started) == len(ranks)
     return run_id, killed_at
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (torchrun's workers run in sessions of their own)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, frontier = [pid], [pid]
+    while frontier:
+        current = frontier.pop()
+        children = [c for c, parent in parents.items() if parent == current]
+        tree += children
+        frontier += children
+    return tree
+
+
+def assert_on_loopback(pods: dict[int, str], rendezvous_port: int) -> None:
+    """Every connection of every process of the pods (agent, trainer, Gloo) is between
+    127.0.0.0/8 addresses, and so is every listening socket but one: torch's TCPStore (the
+    rendezvous store rank 0's torchrun hosts, as a PyTorchJob's Master hosts it for
+    env://) binds the wildcard address, and torch has no setting for its bind address.
+    Nothing connects to it from outside: every rank dials it at 127.0.0.1."""
+    held = {name: [s for p in process_tree(pid) for s in sockets_of(p)]
+            for pid, name in pods.items()}
+    for name, sockets in held.items():
+        outside = [s for s in sockets if not s.stays_on_loopback()
+                   and not (s.listening and s.local.is_unspecified
+                            and s.local_port == rendezvous_port)]
+        assert outside == [], f"{name} holds sockets beyond 127.0.0.0/8: {outside}"
+    assert any(s.listening for s in next(iter(held.values())))
 
 
 def resume_and_finish(ranks: list[Process], logs: Path, run_id: str, killed_at: int) -> None:
