@@ -146,10 +146,13 @@ def test_the_trainjob_runs_the_pytorchjobs_pod(config):
     for pod in pods:
         assert without_api(pod["spec"]) == without_api(master["spec"])
         assert TRAINER.labels.items() <= pod["metadata"]["labels"].items()
-    # Everything else in the stack is the same object.
-    others = {k: o for k, o in v1.objects.items() if o["kind"] != "PyTorchJob"}
-    assert others == {k: o for k, o in v2.objects.items()
-                      if o["kind"] not in ("TrainJob", "TrainingRuntime")}
+    # Everything else in the stack's namespace is the same object.
+    def stack_objects(rendering, job_kinds):
+        return {k: o for k, o in rendering.objects.items() if o["kind"] not in job_kinds
+                and o["metadata"].get("namespace", "trainstack") == "trainstack"}
+
+    assert stack_objects(v1, ("PyTorchJob",)) == stack_objects(
+        v2, ("TrainJob", "TrainingRuntime"))
 
 
 def test_scheduling_reaches_the_pods_through_the_runtime_patch(gpu):
