@@ -48,6 +48,7 @@ CHECKPOINTS = "models/smallcnn-digits/runs/"
 # What the kubelet and the controllers add to a pod that the stack's template does not
 # set; everything else in the pod must be the stack's (infra_helpers.trainjob_pods).
 ADDED_ENV = set(tj.TORCH_ENV) | {"JOB_COMPLETION_INDEX"}
+JOBSET = "jobset.sigs.k8s.io/"
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +155,39 @@ def test_the_controllers_listen_and_dial_on_loopback_only(trainer: ControlPlane)
         sockets = sockets_of(trainer.processes.started[name].pid)
         assert [s for s in sockets if not s.stays_on_loopback()] == [], name
         assert any(s.listening for s in sockets) and any(not s.listening for s in sockets)
+
+
+def test_a_failed_pod_restarts_every_rank_until_max_restarts(trainer: ControlPlane):
+    """The stack's runtime on the real JobSet: one failed pod fails its Job (backoffLimit
+    0) and JobSet recreates every rank's pod, up to maxRestarts; then the TrainJob is
+    Failed. The pods wait unscheduled (a node pool no node has), so whether one fails is
+    this test's to say: it sets a pod's phase as a kubelet would."""
+    cp = trainer
+    config = {**CONFIG, "namespace": "trainjob-failing", "workers": "2",
+              "nodeSelector": json.dumps({"trainstack.test/pool": "none"})}
+    job = apply_stack(cp, render(config))
+    name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+    max_restarts = cp.get("trainingruntime", "-n", namespace, tj.RUNTIME)[
+        "spec"]["template"]["spec"]["failurePolicy"]["maxRestarts"]
+    seen: set[str] = set()
+    for attempt in range(max_restarts + 1):
+        def ranks_of_attempt(attempt=attempt):
+            pods = [p for p in pods_of(cp, namespace, name)
+                    if p["metadata"]["labels"][f"{JOBSET}restart-attempt"] == str(attempt)
+                    and "deletionTimestamp" not in p["metadata"]]
+            return pods if len(pods) == 2 else None
+        pods = cp.wait_for(f"every rank's pod of attempt {attempt}", ranks_of_attempt,
+                           timeout_s=WAIT_S)
+        uids = {p["metadata"]["uid"] for p in pods}
+        assert not uids & seen  # every rank got a new pod, not only the failed one
+        seen |= uids
+        assert _finished(cp, namespace, name) is None
+        cp.kubectl("patch", "pod", pods[1]["metadata"]["name"], "-n", namespace,
+                   "--subresource=status", "--type=merge", "-p",
+                   json.dumps({"status": {"phase": "Failed"}}))
+    assert cp.wait_for("the TrainJob to fail", lambda: _finished(cp, namespace, name),
+                       timeout_s=WAIT_S) == "Failed"
+    assert cp.get("jobset", "-n", namespace, name)["status"]["restarts"] == max_restarts
 
 
 @pytest.mark.parametrize(("env", "refused"), [
