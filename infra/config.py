@@ -53,6 +53,9 @@ _DATASETS_ALLOWED = (
 )
 _QTY_CPU = "a CPU quantity > 0 such as 1, 0.5 or 500m"
 _QTY_MEM = "a memory quantity > 0 such as 2Gi, 512Mi or 1G"
+# A training process imports torch and holds a batch and the model: below this the kernel
+# OOM-kills it before its first step, so a smaller value is a typo ("1" is one byte).
+MIN_WORKER_MEMORY = "512Mi"
 _STORAGE_CLASS = ("a StorageClass name: a DNS-1123 subdomain (a-z, 0-9, '-', '.'), such as "
                   "gp3 or ceph.rbd.fast")
 
@@ -61,7 +64,7 @@ FIELDS: dict[str, tuple[str, v.Parser]] = {
     "workers": ("workers", v.int_at_least(1)),
     "gpusPerWorker": ("gpus_per_worker", v.int_at_least(0)),
     "cpuPerWorker": ("cpu_per_worker", v.nonzero_quantity(v.CPU, _QTY_CPU)),
-    "memoryPerWorker": ("memory_per_worker", v.nonzero_quantity(v.BYTES, _QTY_MEM)),
+    "memoryPerWorker": ("memory_per_worker", v.memory_at_least(MIN_WORKER_MEMORY, _QTY_MEM)),
     "epochs": ("epochs", v.int_at_least(1)),
     "batchSize": ("batch_size", v.int_at_least(1)),
     "learningRate": ("learning_rate", v.positive_float),

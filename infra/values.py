@@ -46,6 +46,11 @@ RESERVED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease
                        "kubeflow-system")
 TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_KEY_RULE = ("an optional DNS prefix and '/', then 1-63 letters, digits, '-', '_' or '.', "
+                   "starting and ending with a letter or digit, e.g. nvidia.com/gpu.product")
+_LABEL_VALUE_RULE = ("empty or 1-63 letters, digits, '-', '_' or '.', starting and ending with "
+                     "a letter or digit, e.g. NVIDIA-A100-SXM4-80GB")
 
 Parser = Callable[[str, Any], Any]
 
@@ -135,6 +140,30 @@ def nonzero_quantity(regex: re.Pattern, allowed: str) -> Parser:
         text = base(key, raw)
         if float(re.match(r"[\d.]+", text).group()) <= 0:
             raise invalid(key, allowed, raw)
+        return text
+
+    return parse
+
+
+_BYTE_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+               "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
+               "Ei": 2**60}
+
+
+def byte_count(text: str) -> float:
+    """A BYTES quantity ("512Mi", "1.5Gi", "2G") in bytes."""
+    number, unit = re.fullmatch(r"([\d.]+)([A-Za-z]*)", text).groups()
+    return float(number) * _BYTE_UNITS[unit]
+
+
+def memory_at_least(minimum: str, allowed: str) -> Parser:
+    """A memory quantity no smaller than `minimum` (e.g. "1" is one byte, not one GiB)."""
+    base = pattern(BYTES, allowed)
+
+    def parse(key: str, raw: Any) -> str:
+        text = base(key, raw)
+        if byte_count(text) < byte_count(minimum):
+            raise invalid(key, f"{allowed}, at least {minimum} (a bare number is bytes)", raw)
         return text
 
     return parse
@@ -232,6 +261,21 @@ def _json(key: str, raw: Any, allowed: str) -> Any:
         raise invalid(key, allowed, raw) from None
 
 
+def is_label_key(text: str) -> bool:
+    """A qualified name, as the API server checks label, nodeSelector and toleration keys:
+    an optional DNS-subdomain prefix and '/', then 1-63 of [A-Za-z0-9-_.], alphanumeric at
+    both ends (k8s.io/apimachinery validation.IsQualifiedName)."""
+    prefix, _, name = text.rpartition("/")
+    if "/" in text and not (prefix and DNS_SUBDOMAIN.fullmatch(prefix)):
+        return False
+    return bool(_LABEL_NAME.fullmatch(name))
+
+
+def is_label_value(text: str) -> bool:
+    """Empty or 1-63 of [A-Za-z0-9-_.], alphanumeric at both ends (IsValidLabelValue)."""
+    return text == "" or bool(_LABEL_NAME.fullmatch(text))
+
+
 def node_selector(key: str, raw: Any) -> dict[str, str]:
     allowed = 'a JSON object of label strings, e.g. {"nvidia.com/gpu.present": "true"}'
     value = _json(key, raw, allowed)
@@ -239,6 +283,12 @@ def node_selector(key: str, raw: Any) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise invalid(key, allowed, raw)
+    for label, label_value in value.items():
+        if not is_label_key(label):
+            raise invalid(key, f"label keys only: {label!r} is not one ({_LABEL_KEY_RULE})", raw)
+        if not is_label_value(label_value):
+            raise invalid(key, f"label values only: {label_value!r} (for {label!r}) is not one "
+                               f"({_LABEL_VALUE_RULE})", raw)
     return value
 
 
@@ -258,4 +308,27 @@ def tolerations(key: str, raw: Any) -> list[dict[str, Any]]:
             or item.get("effect", "NoSchedule") not in TOLERATION_EFFECTS
         ):
             raise invalid(key, allowed, raw)
+        problem = _toleration_problem(item)
+        if problem:
+            raise invalid(key, f"{allowed}; {problem}", raw)
     return value
+
+
+def _toleration_problem(item: dict[str, Any]) -> str | None:
+    """What the API server would refuse in one toleration (core/v1 validateTolerations)."""
+    operator, toleration_key = item.get("operator", "Equal"), item.get("key", "")
+    if not isinstance(toleration_key, str) or not isinstance(item.get("value", ""), str):
+        return "key and value are strings"
+    if toleration_key and not is_label_key(toleration_key):
+        return f"key {toleration_key!r} is not a label key ({_LABEL_KEY_RULE})"
+    if operator == "Exists" and item.get("value"):
+        return "operator Exists takes no value (it matches any value of the key)"
+    if operator == "Equal" and not toleration_key:
+        return "operator Equal needs a key (only Exists may leave it out: tolerate every taint)"
+    if operator == "Equal" and not is_label_value(item.get("value", "")):
+        return f"value {item['value']!r} is not a label value ({_LABEL_VALUE_RULE})"
+    if "tolerationSeconds" in item and (
+            item.get("effect") != "NoExecute" or isinstance(item["tolerationSeconds"], bool)
+            or not isinstance(item["tolerationSeconds"], int)):
+        return "tolerationSeconds (an integer) only with effect NoExecute"
+    return None

@@ -20,7 +20,9 @@ def _key() -> rsa.RSAPrivateKey:
 
 
 def key_pem(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    # PKCS#1 ("RSA PRIVATE KEY"): the operator's cert-controller parses no other form
+    return key.private_bytes(serialization.Encoding.PEM,
+                             serialization.PrivateFormat.TraditionalOpenSSL,
                              serialization.NoEncryption())
 
 
@@ -56,6 +58,9 @@ class Authority:
             .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + self.valid)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            # cert-controller (the operator's rotator) keeps a CA only if it is valid for its
+            # own name as a DNS name, as the CAs it makes are
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
             .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False,
                                          False), critical=True)
             .sign(self._key, hashes.SHA256())

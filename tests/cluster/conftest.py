@@ -23,3 +23,14 @@ def control_plane(tmp_path_factory) -> ControlPlane:
     with ControlPlane.started(tmp_path_factory.mktemp("controlplane")) as cp:
         add_nodes(cp)
         yield cp
+
+
+@pytest.fixture(scope="session")
+def operator(control_plane, tmp_path_factory) -> ControlPlane:
+    """The control plane with the Training Operator installed as the stack installs it,
+    reading the init-container template the stack mounts for it."""
+    from infra.training_operator import NO_INIT_CONTAINERS
+    from tests.cluster.operator import install
+
+    install(control_plane, NO_INIT_CONTAINERS, tmp_path_factory.mktemp("operator"))
+    return control_plane

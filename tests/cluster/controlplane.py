@@ -122,11 +122,17 @@ class ControlPlane:
         return done
 
     def apply(self, objects: list[dict[str, Any]], dry_run: bool = False,
-              field_manager: str = FIELD_MANAGER, check: bool = True
+              field_manager: str = FIELD_MANAGER, check: bool = True, patch: bool = False
               ) -> subprocess.CompletedProcess:
-        """`kubectl apply --server-side` of the objects as one List (dry_run: dryRun=All)."""
+        """`kubectl apply --server-side` of the objects as one List (dry_run: dryRun=All).
+
+        patch: the objects are partial (a Pulumi *Patch resource): kubectl's client-side
+        schema check, which wants whole objects, is skipped; the server validates the
+        merged object as it does for Pulumi's own server-side apply."""
         args = ["apply", "--server-side", f"--field-manager={field_manager}",
                 "--force-conflicts", "-o", "name", "-f", "-"]
+        if patch:
+            args.append("--validate=false")
         if dry_run:
             args.append("--dry-run=server")
         listing = {"apiVersion": "v1", "kind": "List", "items": objects}
@@ -135,15 +141,22 @@ class ControlPlane:
     def get(self, *args: str) -> dict[str, Any]:
         return json.loads(self.kubectl("get", "-o", "json", *args).stdout)
 
-    def wait_for(self, what: str, ready: Callable[[], Any], timeout_s: float = 60) -> Any:
-        """Poll until `ready()` returns something truthy; return it."""
+    def wait_for(self, what: str, ready: Callable[[], Any], timeout_s: float = 60,
+                 namespace: str | None = None) -> Any:
+        """Poll until `ready()` returns something truthy; return it. On a timeout the
+        error carries the namespace's pods and events (what a user would look at)."""
         deadline = time.monotonic() + timeout_s
         while True:
             found = ready()
             if found:
                 return found
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+                seen = ""
+                if namespace:
+                    seen = "\n" + "\n".join(self.kubectl(
+                        "get", kind, "-n", namespace, "-o", "wide", check=False).stdout
+                        for kind in ("pods", "events"))
+                raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{seen}")
             time.sleep(0.3)
 
     # -- the components --------------------------------------------------------------------

@@ -34,8 +34,10 @@ def node(name: str, capacity: dict[str, str], labels: dict[str, str] | None = No
 
 def test_nodes() -> list[dict[str, Any]]:
     return [
-        node(CPU_NODE, {"cpu": "32", "memory": "128Gi", "pods": "110"}),
+        node(CPU_NODE, {"cpu": "32", "memory": "128Gi", "pods": "110",
+                        "ephemeral-storage": "500Gi"}),
         node(GPU_NODE, {"cpu": "32", "memory": "256Gi", "pods": "110",
+                        "ephemeral-storage": "500Gi",
                         "nvidia.com/gpu": str(GPUS_PER_NODE)}, GPU_LABELS, [GPU_TAINT]),
     ]
 
