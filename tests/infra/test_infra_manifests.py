@@ -33,7 +33,7 @@ CONFIGS = {
     "gpu": {**PUSHED, "workers": "3", "gpusPerWorker": "2", "minioRootPassword": PASSWORD,
             "nodeSelector": '{"nvidia.com/gpu.present": "true"}',
             "tolerations": '[{"key": "dedicated", "operator": "Equal", "value": "ml", '
-                           '"effect": "NoSchedule", "tolerationSeconds": 60}]'},
+                           '"effect": "NoExecute", "tolerationSeconds": 60}]'},
     "single": {"workers": "1", "inferenceReplicas": "2", "inferenceServiceType": "ClusterIP",
                "pushImage": "false", "minioStorageClass": "standard", "dataset": "digits",
                "model": "smallcnn", "cpuPerWorker": "500m", "memoryPerWorker": "1536Mi"},
