@@ -44,7 +44,8 @@ SKIPS = (
     Skip("CKV_K8S_8", TRAINING_PODS,
          "Training pods serve no endpoint a liveness probe could ask. A hung collective ends "
          "the process after the trainer's collective timeout (TRAINSTACK_DIST_TIMEOUT_S) and "
-         "the operator restarts the pod (restartPolicy OnFailure)."),
+         "the operator restarts the pod (restartPolicy OnFailure; a TrainJob's JobSet restarts "
+         "every rank)."),
     Skip("CKV_K8S_9", TRAINING_PODS,
          "Training pods serve nothing a readiness probe could ask, and the operator's "
          "per-replica headless Service publishes only ready pods: a probe the trainer cannot "
