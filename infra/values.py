@@ -15,14 +15,21 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from infra import labels
+from infra.labels import (
+    LABEL_KEY_RULE,
+    LABEL_VALUE_RULE,
+    is_label_key,
+    is_label_value,
+    toleration_problem,
+)
 from trainer.errors import ConfigError
 from trainer.layout import bucket_names
 
 CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
 BYTES = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-DNS_SUBDOMAIN = re.compile(
-    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS_SUBDOMAIN = labels.DNS_SUBDOMAIN
 DURATION = re.compile(r"^(\d+)(s|m|h)$")
 # The Training Operator's v1 line from the first release that has PyTorchJob (v1.3.0).
 OPERATOR_VERSION = re.compile(r"^v1\.(\d+)\.(\d+)$")
@@ -46,11 +53,6 @@ RESERVED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease
                        "kubeflow-system")
 TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_LABEL_KEY_RULE = ("an optional DNS prefix and '/', then 1-63 letters, digits, '-', '_' or '.', "
-                   "starting and ending with a letter or digit, e.g. nvidia.com/gpu.product")
-_LABEL_VALUE_RULE = ("empty or 1-63 letters, digits, '-', '_' or '.', starting and ending with "
-                     "a letter or digit, e.g. NVIDIA-A100-SXM4-80GB")
 
 Parser = Callable[[str, Any], Any]
 
@@ -261,21 +263,6 @@ def _json(key: str, raw: Any, allowed: str) -> Any:
         raise invalid(key, allowed, raw) from None
 
 
-def is_label_key(text: str) -> bool:
-    """A qualified name, as the API server checks label, nodeSelector and toleration keys:
-    an optional DNS-subdomain prefix and '/', then 1-63 of [A-Za-z0-9-_.], alphanumeric at
-    both ends (k8s.io/apimachinery validation.IsQualifiedName)."""
-    prefix, _, name = text.rpartition("/")
-    if "/" in text and not (prefix and DNS_SUBDOMAIN.fullmatch(prefix)):
-        return False
-    return bool(_LABEL_NAME.fullmatch(name))
-
-
-def is_label_value(text: str) -> bool:
-    """Empty or 1-63 of [A-Za-z0-9-_.], alphanumeric at both ends (IsValidLabelValue)."""
-    return text == "" or bool(_LABEL_NAME.fullmatch(text))
-
-
 def node_selector(key: str, raw: Any) -> dict[str, str]:
     allowed = 'a JSON object of label strings, e.g. {"nvidia.com/gpu.present": "true"}'
     value = _json(key, raw, allowed)
@@ -285,10 +272,10 @@ def node_selector(key: str, raw: Any) -> dict[str, str]:
         raise invalid(key, allowed, raw)
     for label, label_value in value.items():
         if not is_label_key(label):
-            raise invalid(key, f"label keys only: {label!r} is not one ({_LABEL_KEY_RULE})", raw)
+            raise invalid(key, f"label keys only: {label!r} is not one ({LABEL_KEY_RULE})", raw)
         if not is_label_value(label_value):
             raise invalid(key, f"label values only: {label_value!r} (for {label!r}) is not one "
-                               f"({_LABEL_VALUE_RULE})", raw)
+                               f"({LABEL_VALUE_RULE})", raw)
     return value
 
 
@@ -308,27 +295,7 @@ def tolerations(key: str, raw: Any) -> list[dict[str, Any]]:
             or item.get("effect", "NoSchedule") not in TOLERATION_EFFECTS
         ):
             raise invalid(key, allowed, raw)
-        problem = _toleration_problem(item)
+        problem = toleration_problem(item)
         if problem:
             raise invalid(key, f"{allowed}; {problem}", raw)
     return value
-
-
-def _toleration_problem(item: dict[str, Any]) -> str | None:
-    """What the API server would refuse in one toleration (core/v1 validateTolerations)."""
-    operator, toleration_key = item.get("operator", "Equal"), item.get("key", "")
-    if not isinstance(toleration_key, str) or not isinstance(item.get("value", ""), str):
-        return "key and value are strings"
-    if toleration_key and not is_label_key(toleration_key):
-        return f"key {toleration_key!r} is not a label key ({_LABEL_KEY_RULE})"
-    if operator == "Exists" and item.get("value"):
-        return "operator Exists takes no value (it matches any value of the key)"
-    if operator == "Equal" and not toleration_key:
-        return "operator Equal needs a key (only Exists may leave it out: tolerate every taint)"
-    if operator == "Equal" and not is_label_value(item.get("value", "")):
-        return f"value {item['value']!r} is not a label value ({_LABEL_VALUE_RULE})"
-    if "tolerationSeconds" in item and (
-            item.get("effect") != "NoExecute" or isinstance(item["tolerationSeconds"], bool)
-            or not isinstance(item["tolerationSeconds"], int)):
-        return "tolerationSeconds (an integer) only with effect NoExecute"
-    return None

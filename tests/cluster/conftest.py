@@ -34,3 +34,13 @@ def operator(control_plane, tmp_path_factory) -> ControlPlane:
 
     install(control_plane, NO_INIT_CONTAINERS, tmp_path_factory.mktemp("operator"))
     return control_plane
+
+
+@pytest.fixture(scope="session")
+def storage(operator) -> ControlPlane:
+    """The operator's control plane with a default StorageClass (no provisioner: the tests
+    make a PersistentVolume per claim, tests/cluster/stack_apply.py)."""
+    from tests.cluster.stack_apply import default_storage_class
+
+    operator.apply([default_storage_class()])
+    return operator

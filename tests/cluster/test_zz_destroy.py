@@ -1,0 +1,56 @@
+"""`pulumi destroy`'s order on the real API server: the stack's objects step by step
+(Rendering.destroy_order: custom resources, then the operator's patch, the operator and its
+CRDs, the namespace last) leaves no finalizer stuck and nothing behind.
+
+It removes the Training Operator, so it runs last in the session (the module name sorts
+after the others; run alone it installs the operator first, as the fixture does)."""
+
+from __future__ import annotations
+
+from tests.cluster.operator import in_apply_order, overlay_objects
+from tests.cluster.stack_apply import apply_stack, namespace_of, volumes_for
+from tests.cluster.test_stack_apply import wait_all_placed
+from tests.infra.infra_helpers import PUSHED
+from tests.infra.render import render
+
+
+def delete(cp, obj: dict) -> None:
+    meta = obj["metadata"]
+    args = ["delete", f"{obj['kind'].lower()}.{obj['apiVersion'].split('/')[0]}"
+            if "/" in obj["apiVersion"] else obj["kind"].lower(), meta["name"],
+            "--ignore-not-found", "--timeout=90s"]
+    if meta.get("namespace"):
+        args += ["-n", meta["namespace"]]
+    cp.kubectl(*args)
+
+
+def test_destroy_order_leaves_no_finalizer_stuck(storage):
+    cp = storage
+    rendering = render({**PUSHED, "namespace": "ts-destroy"})
+    ns = namespace_of(rendering)
+    cp.apply(volumes_for(rendering))
+    apply_stack(cp, rendering)
+    wait_all_placed(cp, rendering)
+    operator_removed = False
+    for step in rendering.destroy_order():
+        for urn in sorted(step):
+            registration = rendering.resources[urn]
+            if not registration.custom or not registration.type.startswith("kubernetes:"):
+                continue
+            inputs = registration.inputs
+            if not inputs:  # the operator's kustomize children: the real overlay goes
+                if not operator_removed:
+                    cp.processes.stop("training-operator")
+                    for batch in reversed(in_apply_order(overlay_objects())):
+                        for obj in batch:
+                            delete(cp, obj)
+                    operator_removed = True
+                continue
+            if registration.type.endswith("Patch"):
+                continue  # Pulumi gives the fields back; the Deployment goes with the overlay
+            delete(cp, inputs)
+    assert operator_removed
+    crds = cp.kubectl("get", "crd", "-o", "name").stdout.split()
+    assert not [c for c in crds if "kubeflow.org" in c], crds
+    namespaces = cp.kubectl("get", "namespace", "-o", "name").stdout.split()
+    assert f"namespace/{ns}" not in namespaces and "namespace/kubeflow" not in namespaces
