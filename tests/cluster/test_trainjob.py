@@ -143,3 +143,30 @@ def test_the_webhook_refuses_the_torch_env_in_the_trainjob(trainer, env, refused
     broken["spec"]["trainer"]["env"].append(env)
     out = cp.apply([broken], dry_run=True, check=False)
     assert out.returncode != 0 and refused in out.stderr, out.stderr
+
+
+def test_destroy_order_deletes_the_trainjob_its_runtime_and_the_namespace(trainer):
+    """`pulumi destroy`'s steps (Rendering.destroy_order) on the real controllers: the
+    TrainJob (its JobSet and pods with it), the runtime (no finalizer of Trainer's left
+    on it), then the rest and the namespace: nothing stays."""
+    cp = trainer
+    rendering = render({**CONFIG, "namespace": "trainjob-destroy",
+                        "installTrainingOperator": "false"})
+    job = apply_stack(cp, rendering)
+    namespace = job["metadata"]["namespace"]
+    scheduled_pods(cp, namespace, job["metadata"]["name"], 2)
+    for step in rendering.destroy_order():
+        for urn in sorted(step):
+            inputs = rendering.resources[urn].inputs
+            if "kind" not in inputs or "metadata" not in inputs:
+                continue  # components, the image, the generated password
+            meta = inputs["metadata"]
+            target = [f"{inputs['kind'].lower()}.{inputs['apiVersion'].split('/')[0]}"
+                      if "/" in inputs["apiVersion"] else inputs["kind"].lower(), meta["name"]]
+            if meta.get("namespace"):
+                target += ["-n", meta["namespace"]]
+            cp.kubectl("delete", *target, "--cascade=foreground", "--timeout=120s")
+    gone = cp.kubectl("get", "namespace", namespace, check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr
+    assert all(j["metadata"]["namespace"] != namespace
+               for j in cp.get("jobsets", "-A")["items"])
