@@ -129,11 +129,13 @@ test: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) chromium strace controlplane
 	$(BIN)/python -m pytest
 
 # The cluster tier's control plane (tests/cluster): kube-apiserver, controller-manager,
-# scheduler, kubectl, etcd, kwok and the Training Operator, built from pinned Go modules
+# scheduler, kubectl, etcd, kwok, the Training Operator, Kubeflow Trainer v2 and JobSet,
+# built from pinned Go modules
 # into ~/.cache/trainstack/controlplane (reused once built). Prints how long setup took.
 GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 controlplane:
 	@GO=$(GO) tools/controlplane/build.sh
+	@GO=$(GO) tools/controlplane/trainer-v2/build.sh
 
 test-cluster: $(DEV_STAMP) controlplane
 	$(BIN)/python -m pytest -m cluster tests/cluster

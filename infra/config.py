@@ -18,7 +18,7 @@ import pulumi
 from infra import values as v
 from infra.fences import MODES as NETWORK_POLICY_MODES
 from infra.mlflow_auth import MODES as MLFLOW_ACCESS_MODES
-from infra.stack_config import StackConfig, warnings
+from infra.stack_config import TRAINING_APIS, StackConfig, warnings
 
 # The trainer's own lists (stdlib-only modules: no torch in the Pulumi program), so a
 # model or dataset added there cannot be forgotten here.
@@ -73,6 +73,9 @@ FIELDS: dict[str, tuple[str, v.Parser]] = {
     "buildImage": ("build_image", v.boolean),
     "image": ("image", v.image_reference),
     "pushImage": ("push_image", v.boolean),
+    "trainingApi": ("training_api", v.choice(
+        TRAINING_APIS, "pytorchjob (Kubeflow Training Operator v1) or trainjob (Kubeflow "
+                       "Trainer v2)")),
     "installTrainingOperator": ("install_training_operator", v.boolean),
     "trainingOperatorVersion": ("training_operator_version", v.operator_version),
     "storeEndpoint": ("store_endpoint", v.store_endpoint),

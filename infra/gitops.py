@@ -7,7 +7,7 @@ never contacts a cluster, so nothing is awaited and Pulumi's dependency order is
 What the files carry instead, for a GitOps tool to apply them in the same order:
 
 - `argocd.argoproj.io/sync-wave`: namespace, NetworkPolicies and store 0, bucket Job 1, ingest
-  Job, the app and the MLflow server 2, the PyTorchJob 3. Argo CD applies a wave only after the previous one is healthy
+  Job, the app, the MLflow server and a TrainingRuntime 2, the PyTorchJob or TrainJob 3. Argo CD applies a wave only after the previous one is healthy
   (a Job is healthy once complete). Flux applies one directory at once (docs/operations.md).
 - Jobs: `argocd.argoproj.io/sync-options: Force=true,Replace=true` and
   `kustomize.toolkit.fluxcd.io/force: enabled`, because a Job's pod template is immutable
@@ -27,7 +27,9 @@ PYTORCHJOB_TYPE = "kubernetes:kubeflow.org/v1:PyTorchJob"
 # A component's objects go in its wave; these types in their own.
 WAVES = {"namespace": 0, "fences": 0, "store": 0, "buckets": 1, "inference": 2, "training": 2,
          "mlflow": 2}
-TYPE_WAVES = {PYTORCHJOB_TYPE: 3}
+TRAINJOB_TYPE = "kubernetes:trainer.kubeflow.org/v1alpha1:TrainJob"
+# The job after the app and the TrainJob's runtime (wave 2), which its webhook looks up.
+TYPE_WAVES = {PYTORCHJOB_TYPE: 3, TRAINJOB_TYPE: 3}
 FORCE_REPLACE = {
     "argocd.argoproj.io/sync-options": "Force=true,Replace=true",
     "kustomize.toolkit.fluxcd.io/force": "enabled",

@@ -21,8 +21,10 @@ from infra.image import ImageRef, TrainerImage, TrainerImageArgs, prebuilt
 from infra.minio_server import MinIO, MinIOArgs
 from infra.mlflow_server import DEFAULT_IMAGE as DEFAULT_MLFLOW_IMAGE
 from infra.mlflow_server import MlflowArgs, MlflowServer
+from infra.trainer_v2 import TrainerV2, TrainerV2Args
 from infra.training import Training, TrainingArgs
 from infra.training_operator import TrainingOperator, TrainingOperatorArgs
+from infra.trainjob import COMPLETION_INDEX_LABEL, JOBSET_NAME_LABEL
 from infra.webapp import Inference, InferenceArgs
 from infra.workloads import APP, BUCKETS, INGEST, STORE, TRACKING, TRAINER, Workload
 
@@ -54,11 +56,7 @@ def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
     )
     tracking = _tracking(cfg, namespace, store, buckets, render, versions)
     tracking_uri = tracking.url if tracking else None
-    operator = None
-    if cfg.install_training_operator:
-        operator = TrainingOperator(
-            "training-operator", TrainingOperatorArgs(version=cfg.training_operator_version)
-        )
+    operator = _operator(cfg)
     training = _training(cfg, namespace, image, store, [buckets, *built], operator, render,
                          tracking)
     inference = Inference(
@@ -209,8 +207,18 @@ def _tracking(cfg: StackConfig, namespace, store: pod.StoreRef, buckets: Buckets
     )
 
 
+def _operator(cfg: StackConfig) -> pulumi.Resource | None:
+    """The controller of `trainingApi`'s jobs, when the stack installs it."""
+    if not cfg.install_training_operator:
+        return None
+    if cfg.training_api == "trainjob":
+        return TrainerV2("kubeflow-trainer", TrainerV2Args())
+    return TrainingOperator(
+        "training-operator", TrainingOperatorArgs(version=cfg.training_operator_version))
+
+
 def _training(cfg: StackConfig, namespace, image: ImageRef, store: pod.StoreRef,
-              depends_on: list[pulumi.Resource], operator: TrainingOperator | None,
+              depends_on: list[pulumi.Resource], operator: pulumi.Resource | None,
               render, tracking: MlflowServer | None) -> Training:
     return Training(
         "training",
@@ -235,6 +243,7 @@ def _training(cfg: StackConfig, namespace, image: ImageRef, store: pod.StoreRef,
             depends_on=depends_on,
             operator=operator,
             tracking=tracking,
+            api=cfg.training_api,
         ),
         opts=gitops.options("training", render),
     )
@@ -243,20 +252,13 @@ def _training(cfg: StackConfig, namespace, image: ImageRef, store: pod.StoreRef,
 def _exports(cfg: StackConfig, job: pulumi.Output[str], store: pod.StoreRef,
              inference: Inference, tracking: MlflowServer | None) -> dict[str, Any]:
     ns = cfg.namespace
-    selector = pulumi.Output.concat("training.kubeflow.org/job-name=", job)
     exports = {
         "namespace": ns,
         "store": store.url,
         "buckets": cfg.buckets,
         "inferenceUrl": inference.url,
         "inferenceAccess": inference.access,
-        "pytorchJobName": job,
-        "followLogs": pulumi.Output.concat(
-            f"kubectl -n {ns} logs -f -l ", selector, " --prefix --max-log-requests 64"),
-        "masterLogs": pulumi.Output.concat(f"kubectl -n {ns} logs -f ", job, "-master-0"),
-        "jobStatus": pulumi.Output.concat(
-            f"kubectl -n {ns} get pytorchjob ", job, f" -o wide && kubectl -n {ns} get pods -l ",
-            selector),
+        **_job_exports(cfg, job),
     }
     if cfg.store_endpoint is None:
         exports["minioEndpoint"] = pulumi.Output.from_input(store.url).apply(
@@ -267,3 +269,26 @@ def _exports(cfg: StackConfig, job: pulumi.Output[str], store: pod.StoreRef,
     if cfg.render_yaml_to:
         exports["renderedTo"] = cfg.render_yaml_to
     return exports
+
+
+def _job_exports(cfg: StackConfig, job: pulumi.Output[str]) -> dict[str, Any]:
+    """The job's name and the kubectl commands that follow it, for `trainingApi`'s kind."""
+    ns = cfg.namespace
+    if cfg.training_api == "trainjob":
+        name_key, kind = "trainJobName", "trainjob"
+        selector = pulumi.Output.concat(f"{JOBSET_NAME_LABEL}=", job)
+        # Rank 0: completion index 0 of the replicated job `node`.
+        rank0 = pulumi.Output.concat("-l ", selector, f",{COMPLETION_INDEX_LABEL}=0")
+    else:
+        name_key, kind = "pytorchJobName", "pytorchjob"
+        selector = pulumi.Output.concat("training.kubeflow.org/job-name=", job)
+        rank0 = pulumi.Output.concat(job, "-master-0")
+    return {
+        name_key: job,
+        "followLogs": pulumi.Output.concat(
+            f"kubectl -n {ns} logs -f -l ", selector, " --prefix --max-log-requests 64"),
+        "masterLogs": pulumi.Output.concat(f"kubectl -n {ns} logs -f ", rank0),
+        "jobStatus": pulumi.Output.concat(
+            f"kubectl -n {ns} get {kind} ", job, f" -o wide && kubectl -n {ns} get pods -l ",
+            selector),
+    }

@@ -8,7 +8,7 @@ any resource is registered, naming the key to change and what is allowed there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from infra.config_errors import Default
@@ -26,6 +26,8 @@ from trainer.layout import (
 )
 
 DEFAULT_REPOSITORY = "trainstack-trainer"
+# The PyTorchJob of the Training Operator v1, or the TrainJob of Kubeflow Trainer v2.
+TRAINING_APIS = ("pytorchjob", "trainjob")
 DEFAULT_MINIO_SIZE = "10Gi"
 
 
@@ -55,7 +57,8 @@ class StackConfig:
     build_image: bool = True  # False: `image` is a prebuilt reference, run as given
     image: str | None = None  # build: repository (default trainstack-trainer); else reference
     push_image: bool | None = None  # build only; None: true
-    install_training_operator: bool = True
+    training_api: str = "pytorchjob"  # TRAINING_APIS
+    install_training_operator: bool = True  # the training_api's operator
     training_operator_version: str = "v1.8.1"
     store_endpoint: str | None = None  # None: the in-cluster MinIO
     store_region: str | None = None
@@ -171,6 +174,7 @@ def check_combinations(cfg: StackConfig) -> None:
     _check_inference_access(cfg)
     _check_mlflow(cfg)
     _check_dataset_source(cfg)
+    _check_training_api(cfg)
 
 
 def _as_set(cfg: StackConfig, key: str, value: Any) -> Any:
@@ -272,8 +276,10 @@ def _check_in_cluster_store(cfg: StackConfig) -> None:
 
 def _check_render(cfg: StackConfig) -> None:
     if cfg.install_training_operator:
+        operator = ("Training Operator" if cfg.training_api == "pytorchjob"
+                    else "Kubeflow Trainer v2")
         raise invalid("installTrainingOperator", "false when renderYamlTo is set: install the "
-                      "Training Operator with your GitOps tool from its pinned overlay "
+                      f"{operator} with your GitOps tool from its pinned overlay "
                       "(docs/operations.md, GitOps)",
                       _as_set(cfg, "installTrainingOperator", True))
     for key in ("minioRootPassword", "storeSecretKey"):
@@ -338,3 +344,14 @@ def _check_dataset_source(cfg: StackConfig) -> None:
     if cfg.dataset == "digits":
         raise invalid("datasetSourceSecret", "unset with dataset digits (it ships with the "
                       "trainer: nothing is downloaded)", cfg.dataset_source_secret)
+
+
+def _check_training_api(cfg: StackConfig) -> None:
+    default_version = next(f.default for f in fields(StackConfig)
+                           if f.name == "training_operator_version")
+    # Trainer v2 is installed at the one version the stack is checked with.
+    if cfg.training_api == "trainjob" and cfg.training_operator_version != default_version:
+        raise invalid("trainingOperatorVersion", "unset when trainingApi is trainjob (it "
+                      "pins the Training Operator v1; Kubeflow Trainer v2 is installed at "
+                      "the version the stack is checked with, see docs/operations.md)",
+                      cfg.training_operator_version)

@@ -1,4 +1,4 @@
-"""Training: train.json ConfigMap, the dataset ingest Job and the PyTorchJob.
+"""Training: train.json ConfigMap, the dataset ingest Job and the PyTorchJob (or TrainJob).
 
 The PyTorchJob is replaced, never patched: the operator does not reconcile a running
 job's replica counts, resources or pod template, so its name carries a hash of everything
@@ -19,7 +19,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import mlflow_auth, pod, rotation
+from infra import mlflow_auth, pod, rotation, trainjob
 from infra.mlflow_server import TRACKING_CONFIG_MAP
 from infra.values import quantity_bytes
 from infra.workloads import INGEST, TRAINER
@@ -36,6 +36,7 @@ DATASET_SOURCE_ENV = "TRAINSTACK_DATASET_SOURCE"
 # /tmp of a training pod: matplotlib's and the compilers' caches, the figures it publishes.
 TRAIN_TMP_SIZE = "2Gi"
 DATA_CACHE_DIR = "/data-cache"
+TRAINJOB_TYPE = f"kubernetes:{trainjob.API_VERSION}:TrainJob"
 
 
 @dataclass
@@ -66,6 +67,7 @@ class TrainingArgs:
     # MLFLOW_TRACKING_URI from the server's optional ConfigMap, so their template does not
     # depend on it (docs/operations.md, "Experiment tracking").
     tracking: pulumi.Resource | None = None
+    api: str = "pytorchjob"  # config trainingApi: pytorchjob or trainjob
 
 
 def job_name(args: TrainingArgs, image: str) -> str:
@@ -147,19 +149,23 @@ def pod_template(
     config_mount = k8s.core.v1.VolumeMountArgs(
         name="config", mount_path=CONFIG_DIR, read_only=True
     )
+    v1 = args.api == "pytorchjob"
     spec = pod.ContainerSpec(
-        name="pytorch",  # the operator finds the training container by this name
+        # The operator finds the training container by its name (v1 "pytorch", v2 "node").
+        name="pytorch" if v1 else trainjob.NODE,
         image=args.image,
         image_pull_policy=args.image_pull_policy,
-        command=train_command(args.gpus_per_worker),
+        command=(train_command(args.gpus_per_worker) if v1
+                 else trainjob.command(CONFIG_FILE)),
         store=args.store,
         cpu=args.cpu,
         memory=args.memory,
         gpus=args.gpus_per_worker,
         env=train_env(args),
         env_from=tracking_env(),
+        # Trainer v2's torch plugin adds its own port (PET_MASTER_PORT).
         ports=[k8s.core.v1.ContainerPortArgs(name=MASTER_PORT.name,
-                                             container_port=MASTER_PORT.number)],
+                                             container_port=MASTER_PORT.number)] if v1 else [],
         ephemeral_storage=train_storage(args),
         scratch=[pod.tmp(TRAIN_TMP_SIZE), pod.shm(args.memory), data_cache(args)],
         volume_mounts=[config_mount],
@@ -218,7 +224,20 @@ class Training(pulumi.ComponentResource):
             deps.append(self._ingest(args))
         self.job_name = pulumi.Output.from_input(args.image).apply(
             lambda image: job_name(args, image))
-        self.job = k8s.apiextensions.CustomResource(
+        if args.api == "trainjob":
+            self.job = trainjob.declare(
+                self, args.namespace, pod_template(args, config_map.metadata.name,
+                                                   account.metadata.name),
+                self.job_name, pod.labels("trainer"), args.workers, args.gpus_per_worker,
+                args.backoff_limit, deps, args.operator)
+        else:
+            self.job = self._pytorchjob(args, config_map, account, deps)
+        self.register_outputs({"job_name": self.job_name, "config_map": config_map.metadata.name})
+
+    def _pytorchjob(self, args: TrainingArgs, config_map: k8s.core.v1.ConfigMap,
+                    account: k8s.core.v1.ServiceAccount, deps: list[pulumi.Resource]
+                    ) -> k8s.apiextensions.CustomResource:
+        return k8s.apiextensions.CustomResource(
             "pytorchjob",
             api_version="kubeflow.org/v1",
             kind="PyTorchJob",
@@ -238,9 +257,10 @@ class Training(pulumi.ComponentResource):
                 # write the same checkpoints at once).
                 replace_on_changes=["spec"],
                 delete_before_replace=True,
+                # A stack switching back from the TrainJob deletes it first (trainjob.py).
+                aliases=[pulumi.Alias(name="trainjob", type_=TRAINJOB_TYPE)],
             ),
         )
-        self.register_outputs({"job_name": self.job_name, "config_map": config_map.metadata.name})
 
     def _ingest(self, args: TrainingArgs) -> k8s.batch.v1.Job:
         command = ["python", "-m", "trainer", "ingest", "--dataset", args.dataset]

@@ -47,8 +47,10 @@ _REFERENCE = re.compile(
     r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}))?$"
 )
 # Namespaces the stack must not take over: it creates its namespace, fences every pod in it
-# with default-deny and deletes it on destroy. kubeflow: the Training Operator's (webhook).
-RESERVED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease", "kubeflow")
+# with default-deny and deletes it on destroy. kubeflow: the Training Operator's (webhook);
+# kubeflow-system: Kubeflow Trainer v2's and JobSet's.
+RESERVED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease", "kubeflow",
+                       "kubeflow-system")
 TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 

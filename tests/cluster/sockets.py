@@ -16,6 +16,7 @@ class Socket:
     local: ipaddress.IPv4Address | ipaddress.IPv6Address
     remote: ipaddress.IPv4Address | ipaddress.IPv6Address
     listening: bool
+    local_port: int = 0
 
     def stays_on_loopback(self) -> bool:
         ends = [self.local] if self.listening else [self.local, self.remote]
@@ -60,5 +61,6 @@ def sockets_of(pid: int) -> list[Socket]:
             local, remote = (_address(f.split(":")[0]) for f in fields[1:3])
             listening = table.startswith("tcp") and fields[3] == LISTEN or (
                 table.startswith("udp") and remote.packed == bytes(len(remote.packed)))
-            found.append(Socket(table, local, remote, listening))
+            found.append(Socket(table, local, remote, listening,
+                                int(fields[1].split(":")[1], 16)))
     return found

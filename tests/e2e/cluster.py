@@ -63,15 +63,17 @@ class ClusterError(AssertionError):
 
 
 class PodProcess(subprocess.Popen):
-    """A started container: signals go to its whole process group (a tracer and the
-    container's processes die together, as a pod's do)."""
+    """A started container: signals go to its whole process group and to the groups of
+    its descendants (a tracer and the container's processes die together, as a pod's do;
+    torchrun starts each worker in a session of its own)."""
 
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:
-            try:
-                os.killpg(self.pid, sig)
-            except ProcessLookupError:
-                pass
+            for group in {self.pid, *_descendant_groups(self.pid)}:
+                try:
+                    os.killpg(group, sig)
+                except ProcessLookupError:
+                    pass
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -347,6 +349,23 @@ class LocalCluster:
             if port.get("name") == OPERATOR_PORT_NAME:
                 return port["containerPort"]
         return OPERATOR_DEFAULT_PORT
+
+
+def _descendant_groups(pid: int) -> set[int]:
+    """The process groups of every descendant of `pid` (from /proc; empty elsewhere)."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[1:3]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(int(ppid), []).append((int(stat.parent.name), int(pgrp)))
+    groups, frontier = set(), [pid]
+    while frontier:
+        for child, group in children.get(frontier.pop(), []):
+            groups.add(group)
+            frontier.append(child)
+    return groups
 
 
 def container_port(container: dict, port: int | str) -> int:

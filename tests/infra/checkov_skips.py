@@ -15,8 +15,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# Everything that runs the trainer image (the PyTorchJob's replicas are scanned as Pods).
-TRAINING_PODS = r"Pod\.[^.]+\.train-.*-(master|worker)-\d+"
+# Everything that runs the trainer image (the PyTorchJob's replicas, a TrainJob's nodes are
+# scanned as Pods).
+TRAINING_PODS = r"Pod\.[^.]+\.train-.*-((master|worker)-\d+|node-0-\d+)"
 TRAINER_IMAGE_PODS = (r"(Job\.[^.]+\.trainstack-(buckets|ingest-\w+)"
                       rf"|Deployment\.[^.]+\.inference|{TRAINING_PODS})")
 
@@ -43,7 +44,8 @@ SKIPS = (
     Skip("CKV_K8S_8", TRAINING_PODS,
          "Training pods serve no endpoint a liveness probe could ask. A hung collective ends "
          "the process after the trainer's collective timeout (TRAINSTACK_DIST_TIMEOUT_S) and "
-         "the operator restarts the pod (restartPolicy OnFailure)."),
+         "the operator restarts the pod (restartPolicy OnFailure; a TrainJob's JobSet restarts "
+         "every rank)."),
     Skip("CKV_K8S_9", TRAINING_PODS,
          "Training pods serve nothing a readiness probe could ask, and the operator's "
          "per-replica headless Service publishes only ready pods: a probe the trainer cannot "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from tests.infra.render import Rendering
@@ -41,7 +42,7 @@ def pytorchjob(rendering: Rendering) -> dict[str, Any]:
 
 
 def pod_specs(rendering: Rendering) -> dict[str, dict[str, Any]]:
-    """Every pod spec: Deployments, Jobs and each PyTorchJob replica."""
+    """Every pod spec: Deployments, Jobs, each PyTorchJob replica, a TrainJob's pod."""
     specs = {}
     for key, obj in rendering.objects.items():
         if obj["kind"] in ("Deployment", "Job"):
@@ -49,6 +50,8 @@ def pod_specs(rendering: Rendering) -> dict[str, dict[str, Any]]:
         elif obj["kind"] == "PyTorchJob":
             for rtype, replica in obj["spec"]["pytorchReplicaSpecs"].items():
                 specs[f"{key}/{rtype}"] = replica["template"]["spec"]
+        elif obj["kind"] == "TrainJob":
+            specs[f"{key}/node"] = trainjob_pods(rendering.objects, obj, per_job=True)[0]["spec"]
     return specs
 
 
@@ -110,4 +113,50 @@ def replica_pods(job: dict[str, Any], per_type: bool = False) -> list[dict[str, 
                          "metadata": {"name": f"{name}-{kind}-{index}", "namespace": namespace,
                                       "labels": labels},
                          "spec": replica["template"]["spec"]})
+    return pods
+
+
+# What Trainer v2 (v2.3.0) and JobSet make of a TrainJob on its TrainingRuntime, by our
+# reading of their sources (tests/cluster compares it with what the real controllers make).
+JOBSET_LABEL = "jobset.sigs.k8s.io/"
+
+
+def _merge_named(base: list[dict], patch: list[dict]) -> list[dict]:
+    """A strategic merge of lists keyed by `name` (containers, volumes, env)."""
+    merged = {item["name"]: dict(item) for item in base}
+    for item in patch:
+        merged[item["name"]] = {**merged.get(item["name"], {}), **item}
+    return list(merged.values())
+
+
+def trainjob_pods(objects: dict[str, dict[str, Any]], job: dict[str, Any],
+                  per_job: bool = False) -> list[dict[str, Any]]:
+    """The Pods of a TrainJob (`<job>-node-0-<rank>`, PET_* env not included): the runtime's
+    pod template, spec.trainer on container `node`, then the runtime patches;
+    `per_job`: rank 0 only."""
+    name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+    runtime = objects[f"TrainingRuntime/{job['spec']['runtimeRef']['name']}"]
+    (rjob,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    template = rjob["template"]["spec"]["template"]
+    spec = copy.deepcopy(template["spec"])
+    trainer = job["spec"]["trainer"]
+    for container in spec["containers"]:
+        if container["name"] == "node":
+            container.update(image=trainer["image"], command=trainer["command"],
+                             env=trainer.get("env", []), resources=trainer["resourcesPerNode"])
+    for patch in job["spec"].get("runtimePatches", []):
+        for rpatch in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]:
+            pod_patch = copy.deepcopy(rpatch["template"]["spec"]["template"]["spec"])
+            spec["containers"] = _merge_named(spec["containers"], pod_patch.pop("containers", []))
+            spec["volumes"] = _merge_named(spec.get("volumes", []), pod_patch.pop("volumes", []))
+            spec.update(pod_patch)
+    pods = []
+    for rank in range(1 if per_job else trainer["numNodes"]):
+        labels = {**template["metadata"]["labels"], f"{JOBSET_LABEL}jobset-name": name,
+                  f"{JOBSET_LABEL}replicatedjob-name": "node",
+                  "batch.kubernetes.io/job-completion-index": str(rank)}
+        pods.append({"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"name": f"{name}-node-0-{rank}", "namespace": namespace,
+                                  "labels": labels},
+                     "spec": spec})
     return pods

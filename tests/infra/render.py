@@ -35,14 +35,26 @@ from infra.stack import build_stack
 PROJECT, STACK = "trainstack", "dev"
 MOCK_RANDOM_PASSWORD = "mock-random-password-7d1f0c2b9e8a4f5d"
 DIRECTORY_TYPE = "kubernetes:kustomize/v2:Directory"
-# What pulumi-kubernetes' Construct registers under the operator's kustomize Directory
+# What pulumi-kubernetes' Construct registers under an operator's kustomize Directory
 # (a remote component: under mocks nobody constructs it), parented to it and registered
-# before the Directory's own registration returns, as the provider does.
-OPERATOR_CHILDREN = (
-    ("kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition",
-     "training-operator-pytorchjobs.kubeflow.org"),
-    ("kubernetes:apps/v1:Deployment", "training-operator-kubeflow/training-operator"),
-)
+# before the Directory's own registration returns, as the provider does. By Directory name.
+OPERATOR_CHILDREN = {
+    "training-operator": (
+        ("kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition",
+         "training-operator-pytorchjobs.kubeflow.org"),
+        ("kubernetes:apps/v1:Deployment", "training-operator-kubeflow/training-operator"),
+    ),
+    "kubeflow-trainer": (
+        ("kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition",
+         "kubeflow-trainer-trainjobs.trainer.kubeflow.org"),
+        ("kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition",
+         "kubeflow-trainer-jobsets.jobset.x-k8s.io"),
+        ("kubernetes:apps/v1:Deployment",
+         "kubeflow-trainer-kubeflow-system/kubeflow-trainer-controller-manager"),
+        ("kubernetes:apps/v1:Deployment",
+         "kubeflow-trainer-kubeflow-system/jobset-controller-manager"),
+    ),
+}
 
 
 @dataclass
@@ -63,6 +75,7 @@ class Registration:
     provider: str = ""  # "<provider urn>::<id>"; "" = the default provider
     property_dependencies: dict[str, list[str]] = field(default_factory=dict)
     custom_timeouts: dict[str, str] = field(default_factory=dict)  # create/update/delete
+    aliases: list[tuple[str, str]] = field(default_factory=list)  # (name, type) it was before
     order: int = 0  # position in the state (registration order)
 
     @property
@@ -188,7 +201,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         raw = rpc.deserialize_properties(request.object)
         secret_props = [k for k, v in raw.items() if rpc.is_rpc_secret(v)]
         if request.remote and request.type == DIRECTORY_TYPE:
-            for typ, name in OPERATOR_CHILDREN:  # registered by Construct, before the reply
+            for typ, name in OPERATOR_CHILDREN[request.name]:  # by Construct, before the reply
                 urn = self.make_urn(response.urn, typ, name)
                 self._record(Registration(urn, typ, name, response.urn, True, False, {}, [], [],
                                           False, [], provider=request.provider))
@@ -210,6 +223,8 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                                    for k, v in request.propertyDependencies.items()},
             custom_timeouts={k: getattr(timeouts, k) for k in ("create", "update", "delete")
                              if getattr(timeouts, k)},
+            aliases=[(a.spec.name, a.spec.type) for a in request.aliases
+                     if a.WhichOneof("alias") == "spec"],
         ))
         return response
 

@@ -22,6 +22,7 @@ from tests.infra.infra_helpers import (
     PUSHED,
     RENDERED,
     replica_pods,
+    trainjob_pods,
 )
 from tests.infra.render import render
 
@@ -39,6 +40,9 @@ CONFIGS = {
     # minikube's path: an unpushed image (the two skips scoped to this configuration)
     "single": {"workers": "1", "inferenceReplicas": "2", "pushImage": "false"},
     "external": {**EXTERNAL, "networkPolicy": "ingress-egress", "mlflowImage": MLFLOW_IMAGE},
+    # Trainer v2 on GPUs behind egress fences.
+    "trainjob": {**PUSHED, "trainingApi": "trainjob", "workers": "3", "gpusPerWorker": "2",
+                 "networkPolicy": "ingress-egress", "mlflowImage": MLFLOW_IMAGE},
     "rendered": {**RENDERED, "inferenceAuthSecret": "app-token",
                  "inferenceServiceType": "ClusterIP",
                  "inferenceIngressNamespace": "ingress-nginx", "mlflowImage": MLFLOW_IMAGE},
@@ -46,13 +50,16 @@ CONFIGS = {
 
 
 def scan_manifests(objects: dict[str, dict]) -> dict[str, dict]:
-    """File name -> manifest: every object, a PyTorchJob as the Pods of its replicas."""
+    """File name -> manifest: every object, a PyTorchJob as the Pods of its replicas, a
+    TrainJob as its pod on the stack's TrainingRuntime (which is scanned in it)."""
     files = {}
     for key, obj in objects.items():
-        if obj["kind"] == "PyTorchJob":
-            for pod in replica_pods(obj, per_type=True):
+        if obj["kind"] in ("PyTorchJob", "TrainJob"):
+            pods = (replica_pods(obj, per_type=True) if obj["kind"] == "PyTorchJob"
+                    else trainjob_pods(objects, obj, per_job=True))
+            for pod in pods:
                 files[f"Pod-{pod['metadata']['name']}.yaml"] = pod
-        else:
+        elif obj["kind"] != "TrainingRuntime":
             files[f"{key.replace('/', '-')}.yaml"] = obj
     return files
 

@@ -70,6 +70,7 @@ def test_string_values_are_converted():
     assert cfg.tolerations[0]["value"] == "ml"
 
 
+RESERVED = "not default, kube-system, kube-public, kube-node-lease, kubeflow or kubeflow-system"
 INVALID = [
     ("workers", "0", "an integer >= 1"),
     ("workers", "three", "an integer >= 1"),
@@ -138,9 +139,9 @@ INVALID = [
     # The stack owns its namespace: default-deny there would cut off whatever else runs in
     # it (kube-system: the cluster's DNS; kubeflow: the operator's webhook), and destroy
     # would delete it.
-    ("namespace", "default", "not default, kube-system, kube-public, kube-node-lease or kubeflow"),
-    ("namespace", "kube-system", "not default, kube-system, kube-public, kube-node-lease or kubeflow"),
-    ("namespace", "kubeflow", "not default, kube-system, kube-public, kube-node-lease or kubeflow"),
+    ("namespace", "default", RESERVED),
+    ("namespace", "kube-system", RESERVED),
+    ("namespace", "kubeflow", RESERVED),
 ]
 
 

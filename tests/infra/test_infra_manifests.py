@@ -21,6 +21,7 @@ from tests.infra.infra_helpers import (
     S3_SECRET_KEY,
     pod_specs,
     pytorchjob,
+    trainjob_pods,
 )
 from tests.infra.render import MOCK_RANDOM_PASSWORD, render
 
@@ -45,6 +46,9 @@ CONFIGS = {
     "fenced": {**PUSHED, "networkPolicy": "ingress-egress", "inferenceServiceType": "ClusterIP",
                "inferenceIngressNamespace": "ingress-nginx", "inferenceAuthToken": AUTH_TOKEN},
 }
+# The same configurations on Kubeflow Trainer v2 (a TrainJob on the stack's runtime).
+CONFIGS.update({f"{name}-trainjob": {**CONFIGS[name], "trainingApi": "trainjob"}
+                for name in ("gpu", "single", "external-keys", "rendered", "fenced")})
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
@@ -62,6 +66,12 @@ def test_every_kubernetes_object_passes_strict_schema_validation(rendering):
                      "metadata": {"name": f"{obj['metadata']['name']}-{rtype.lower()}"},
                      "template": replica["template"]},
                     K8S_VERSION, strict=True)
+            continue
+        if obj["kind"] in ("TrainJob", "TrainingRuntime"):
+            # CRDs: the pods the controller makes of both are checked as Pods.
+            if obj["kind"] == "TrainJob":
+                for pod in trainjob_pods(rendering.objects, obj, per_job=True):
+                    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
             continue
         try:
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
@@ -86,6 +96,8 @@ def _prune(value):
 
 
 def test_pytorchjob_round_trips_through_the_training_sdk(rendering):
+    if "TrainJob" in {o["kind"] for o in rendering.objects.values()}:
+        pytest.skip("a trainingApi trainjob rendering (tests/infra/test_infra_trainjob.py)")
     job = pytorchjob(rendering)
     client = ApiClient()
     response = SimpleNamespace(data=json.dumps(job))
@@ -143,6 +155,9 @@ def test_every_container_is_bounded_and_unprivileged(rendering):
 
 
 def test_training_pods_have_guaranteed_resources(rendering):
-    for replica in pytorchjob(rendering)["spec"]["pytorchReplicaSpecs"].values():
-        resources = replica["template"]["spec"]["containers"][0]["resources"]
+    specs = [s for key, s in pod_specs(rendering).items()
+             if key.startswith(("PyTorchJob/", "TrainJob/"))]
+    assert specs
+    for spec in specs:
+        resources = spec["containers"][0]["resources"]
         assert resources["requests"] == resources["limits"]

@@ -26,9 +26,13 @@ FORCE = {"argocd.argoproj.io/sync-options": "Force=true,Replace=true",
          "kustomize.toolkit.fluxcd.io/force": "enabled"}
 
 
-@pytest.fixture(scope="module", params=["minio", "external"])
+RENDER_CONFIGS = {"minio": RENDERED, "external": RENDERED_EXTERNAL,
+                  "trainjob": {**RENDERED, "trainingApi": "trainjob"}}
+
+
+@pytest.fixture(scope="module", params=sorted(RENDER_CONFIGS))
 def rendered(request):
-    return render(RENDERED if request.param == "minio" else RENDERED_EXTERNAL)
+    return render(RENDER_CONFIGS[request.param])
 
 
 def kubernetes_resources(rendering):
@@ -70,6 +74,7 @@ def test_no_secret_is_written_and_credentials_come_from_the_named_secret(rendere
 def test_no_operator_overlay_in_render_mode(rendered):
     assert rendered.by_type("kubernetes:kustomize/v2:Directory") == []
     assert rendered.by_type("trainstack:index:TrainingOperator") == []
+    assert rendered.by_type("trainstack:index:TrainerV2") == []
 
 
 def wave(obj) -> int:
@@ -89,7 +94,8 @@ def test_sync_waves_follow_what_pulumi_would_wait_for(rendered):
             if must_precede:
                 assert wave(obj) > wave(before), f"{r.name} is not after {before['metadata']}"
             assert wave(obj) >= wave(before), f"{r.name} before {before['metadata']}"
-    jobs = {k: wave(o) for k, o in rendered.objects.items() if o["kind"] in ("Job", "PyTorchJob")}
+    jobs = {k: wave(o) for k, o in rendered.objects.items()
+            if o["kind"] in ("Job", "PyTorchJob", "TrainJob")}
     ingest = jobs["Job/trainstack-ingest-cifar10"]
     assert jobs["Job/trainstack-buckets"] < ingest < max(jobs.values())
 

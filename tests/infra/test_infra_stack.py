@@ -218,7 +218,7 @@ def test_train_json_is_hyperparameters_only_and_mounted(default_stack):
     assert set(config_map["data"]) == {"train.json"}
     assert json.loads(config_map["data"]["train.json"]) == {
         "dataset": "cifar10", "model": "resnet18", "epochs": 10, "batch_size": 128,
-        "lr": 0.1, "seed": 0}
+        "lr": 0.1, "seed": 0, "checkpoint_every_steps": 500}
     pod = next(iter(pytorchjob(default_stack)["spec"]["pytorchReplicaSpecs"].values()))
     spec = pod["template"]["spec"]
     assert {"name": "config", "configMap": {"name": "trainstack-train"}} in spec["volumes"]

@@ -1,0 +1,87 @@
+"""What the TrainJob tests on the real control plane share (tests/cluster/test_trainjob*.py):
+the stack's config, Trainer v2 and JobSet installed once per control plane (with a node of
+their own), and `pulumi up`'s and the rescale's steps against the API server."""
+
+from __future__ import annotations
+
+import json
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+from infra import trainjob as tj
+from tests.cluster import trainer_v2
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.nodes import node
+from tests.infra.render import Rendering
+
+EPOCHS = 6
+# The TrainJob's pods go to a node of their own (the runtime patch's nodeSelector), which
+# reports ephemeral storage as a kubelet does (the pods request their /tmp).
+POOL = {"trainstack.test/pool": "trainjob"}
+NODE_NAME = "trainstack-trainjob-0"
+CONFIG = {"pushImage": "false", "model": "smallcnn", "dataset": "digits",
+          "epochs": str(EPOCHS), "batchSize": "32", "learningRate": "0.05",
+          "cpuPerWorker": "1", "memoryPerWorker": "2Gi", "mlflow": "false",
+          "trainingApi": "trainjob", "nodeSelector": json.dumps(POOL)}
+WAIT_S = 240  # generous upper bound for one step on a loaded 2-core machine
+CHECKPOINTS = "models/smallcnn-digits/runs/"
+JOBSET = "jobset.sigs.k8s.io/"  # JobSet's label and annotation prefix
+
+
+_INSTALLED: weakref.WeakSet = weakref.WeakSet()
+
+
+def installed(cp: ControlPlane, workdir: Path) -> ControlPlane:
+    """Trainer v2 and JobSet on `cp`, and the TrainJobs' node: once per control plane."""
+    if cp not in _INSTALLED:
+        started = time.monotonic()
+        capacity = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "200Gi"}
+        cp.apply([node(NODE_NAME, capacity, POOL)])
+        trainer_v2.install(cp, workdir)
+        _INSTALLED.add(cp)
+        print(f"Trainer v2 {trainer_v2.TRAINER.version} and JobSet "
+              f"{trainer_v2.JOBSET.version} ready in {time.monotonic() - started:.1f} s")
+    return cp
+
+
+def apply_stack(cp: ControlPlane, rendering: Rendering) -> dict[str, Any]:
+    """What `pulumi up` applies, in its order: the namespace, everything but the job,
+    the TrainJob (after its runtime and the Jobs it waits for). Returns the TrainJob."""
+    objects = list(rendering.objects.values())
+    (namespace,) = [o for o in objects if o["kind"] == "Namespace"]
+    (job,) = [o for o in objects if o["kind"] == "TrainJob"]
+    cp.apply([namespace])
+    cp.apply([o for o in objects if o is not namespace and o is not job])
+    cp.apply([job])
+    return job
+
+
+def pods_of(cp: ControlPlane, namespace: str, job: str) -> list[dict[str, Any]]:
+    pods = cp.get("pods", "-n", namespace, "-l", f"{tj.JOBSET_NAME_LABEL}={job}")["items"]
+    return sorted(pods, key=lambda p: int(p["metadata"]["labels"][tj.COMPLETION_INDEX_LABEL]))
+
+
+def scheduled_pods(cp: ControlPlane, namespace: str, job: str, count: int
+                   ) -> list[dict[str, Any]]:
+    def ready():
+        pods = pods_of(cp, namespace, job)
+        return pods if len(pods) == count and all(p["spec"].get("nodeName") for p in pods) \
+            else None
+    return cp.wait_for(f"{count} scheduled pods of {job}", ready, timeout_s=WAIT_S)
+
+
+def delete_trainjob(cp: ControlPlane, namespace: str, job: str) -> None:
+    """As pulumi-kubernetes deletes a replaced job: foreground, awaited (its pods go)."""
+    cp.kubectl("delete", "trainjob", job, "-n", namespace, "--cascade=foreground",
+               "--wait=true", "--timeout=120s")
+    cp.wait_for(f"{job}'s pods to be gone", lambda: not pods_of(cp, namespace, job),
+                timeout_s=WAIT_S)
+
+
+def finished(cp: ControlPlane, namespace: str, name: str) -> str | None:
+    conditions = cp.get("trainjob", "-n", namespace, name).get("status", {}).get(
+        "conditions", [])
+    return next((c["type"] for c in conditions
+                 if c["type"] in tj.FINISHED and c["status"] == "True"), None)
