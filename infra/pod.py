@@ -17,6 +17,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import workloads
+from infra.quantities import canonical
 from infra.workloads import Workload
 from trainer.layout import BUCKET_PREFIX_ENV
 
@@ -225,6 +226,10 @@ def resources(spec: ContainerSpec) -> k8s.core.v1.ResourceRequirementsArgs:
         # Extended resources: the scheduler needs the limit; a request must equal it.
         requests[GPU_RESOURCE] = str(spec.gpus)
         limits[GPU_RESOURCE] = str(spec.gpus)
+    # As the server writes them back: a TrainJob re-applied with `6144Mi` where the
+    # server keeps `6Gi` is refused (its spec.trainer is immutable).
+    requests, limits = ({k: canonical(v) if isinstance(v, str) else v for k, v in d.items()}
+                        for d in (requests, limits))
     return k8s.core.v1.ResourceRequirementsArgs(requests=requests, limits=limits)
 
 

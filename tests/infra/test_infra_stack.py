@@ -141,7 +141,7 @@ def test_cpu_pods(default_stack):
         assert container["command"] == [
             "python", "-m", "trainer", "train", "--config", "/etc/trainstack/train.json"]
         assert container["resources"]["requests"] == container["resources"]["limits"] == {
-            "cpu": "1", "memory": "3Gi", "ephemeral-storage": "6144Mi"}  # /tmp + data cache
+            "cpu": "1", "memory": "3Gi", "ephemeral-storage": "6Gi"}  # /tmp + data cache
         assert "tolerations" not in pod and "nodeSelector" not in pod
 
 
