@@ -125,10 +125,10 @@ def test_a_resumed_run_takes_the_stem_from_its_checkpoint(local_store, monkeypat
     real_run_epoch, real_init = train.run_epoch, FastCIFAR.init_from_data
     inits = []
 
-    def first_epoch_only(runner, model, epoch):
+    def first_epoch_only(runner, model, epoch, *position):
         if epoch == 2:
             raise StopAfter
-        return real_run_epoch(runner, model, epoch)
+        return real_run_epoch(runner, model, epoch, *position)
 
     def counted_init(self, batches):
         batches = list(batches)
