@@ -7,9 +7,12 @@ runs this module.
 
 import pulumi
 
-from infra.config import load
+from infra.config import cluster_access, load
+from infra.preflight import check_storage
 from infra.stack import build_stack
 
 settings, secrets = load()
+# A volume that can never bind would make `up` wait in silence until the provider's timeout.
+check_storage(settings, cluster_access())
 for key, value in build_stack(settings, secrets).items():
     pulumi.export(key, value)

@@ -18,6 +18,7 @@ import pulumi
 from infra import values as v
 from infra.fences import MODES as NETWORK_POLICY_MODES
 from infra.mlflow_auth import MODES as MLFLOW_ACCESS_MODES
+from infra.preflight import ClusterAccess
 from infra.stack_config import TRAINING_APIS, StackConfig, warnings
 
 # The trainer's own lists (stdlib-only modules: no torch in the Pulumi program), so a
@@ -176,6 +177,15 @@ def load() -> tuple[StackConfig, StackSecrets]:
     )
 
 
+def cluster_access() -> ClusterAccess:
+    """How the default Kubernetes provider reaches the cluster (its own config keys; the
+    kubeconfig may be a secret, so it is read raw, never logged)."""
+    from pulumi.runtime import config as runtime_config
+
+    return ClusterAccess(kubeconfig=runtime_config.get_config("kubernetes:kubeconfig"),
+                         context=runtime_config.get_config("kubernetes:context"))
+
+
 def _is_secret(full_key: str) -> bool:
     from pulumi.runtime import config as runtime_config
 
@@ -199,4 +209,5 @@ def _check_secret(key: str, value: str, is_secret: bool) -> None:
         raise invalid(key, AUTH_TOKEN_ALLOWED, value, secret=True)
 
 
-__all__ = ["ConfigError", "StackConfig", "StackSecrets", "invalid", "load", "parse_config"]
+__all__ = ["ConfigError", "StackConfig", "StackSecrets", "cluster_access", "invalid", "load",
+           "parse_config"]

@@ -33,6 +33,7 @@ API_PORT = API.number
 CONSOLE_PORT = CONSOLE.number
 SERVICE_NAME = "minio"
 SECRET_NAME = "minio-credentials"
+PVC_NAME = "minio-data"
 ROOT_USER = "trainstack-admin"
 CREDENTIALS_DIR = "/etc/minio/credentials"  # the Secret, as files MinIO reads
 ROOT_USER_FILE = f"{CREDENTIALS_DIR}/root-user"
@@ -94,9 +95,9 @@ class MinIO(pulumi.ComponentResource):
 
     def _pvc(self, args: MinIOArgs, opts: pulumi.ResourceOptions):
         return k8s.core.v1.PersistentVolumeClaim(
-            "minio-data",
+            PVC_NAME,
             metadata=k8s.meta.v1.ObjectMetaArgs(
-                name="minio-data",
+                name=PVC_NAME,
                 namespace=args.namespace,
                 labels=STORE.labels,
                 # With a WaitForFirstConsumer StorageClass (most clouds' default) the claim

@@ -4,6 +4,7 @@ anywhere, and the Pulumi program runs the way the Pulumi CLI runs it."""
 from __future__ import annotations
 
 import json
+import string
 import subprocess
 import sys
 import textwrap
@@ -74,7 +75,7 @@ def test_no_part_rewrites_sys_path():
 # What `pulumi up` does: run the program directory (Pulumi.yaml sets no `main`: the project
 # root, whose __main__.py runs infra/__main__.py) with runpy, which puts that directory
 # first on sys.path, in the project's venv, from that directory; here under Pulumi's mocks.
-PULUMI_RUN = """
+PULUMI_RUN = string.Template("""
     import runpy
     import pulumi
     from pulumi.runtime.config import set_all_config
@@ -99,7 +100,7 @@ PULUMI_RUN = """
             return super().new_resource(args)
 
     pulumi.runtime.set_mocks(Recording(), project="trainstack", stack="dev", preview=False)
-    set_all_config({"trainstack:image": "registry.example.com/t/trainstack-trainer"})
+    set_all_config($config)
 
     @pulumi.runtime.test
     def program():
@@ -107,11 +108,21 @@ PULUMI_RUN = """
 
     program()
     print(json.dumps(registered))
-"""
+""")
 
 
-def test_pulumi_program_runs_as_the_cli_runs_it():
-    result = run_python("import json\n" + textwrap.dedent(PULUMI_RUN), REPO_ROOT, timeout=300)
+def run_program(config: dict[str, str]) -> subprocess.CompletedProcess:
+    """The program as `pulumi up` runs it, under mocks, with this engine config (full keys:
+    `trainstack:workers`, `kubernetes:kubeconfig`); prints the registered types."""
+    code = textwrap.dedent(PULUMI_RUN.substitute(config=repr(config)))
+    return run_python("import json\n" + code, REPO_ROOT, timeout=300)
+
+
+def test_pulumi_program_runs_as_the_cli_runs_it(tmp_path):
+    # A kubeconfig that is not there: the storage check (infra/preflight.py) asks no
+    # cluster, whatever ~/.kube/config this machine has.
+    result = run_program({"trainstack:image": "registry.example.com/t/trainstack-trainer",
+                          "kubernetes:kubeconfig": str(tmp_path / "no-kubeconfig")})
     assert result.returncode == 0, result.stderr[-3000:]
     registered = json.loads(result.stdout.strip().splitlines()[-1])
     assert "kubernetes:apps/v1:Deployment" in registered

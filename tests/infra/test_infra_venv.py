@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STACK_PACKAGES = ("pulumi", "pulumi-kubernetes", "pulumi-docker", "pulumi-random")
+STACK_PACKAGES = ("pulumi", "pulumi-kubernetes", "pulumi-docker", "pulumi-random", "kubernetes")
 
 
 def pinned_requirements() -> dict[str, str]:

@@ -1,0 +1,109 @@
+"""The storage check before `pulumi up` (infra/preflight.py): which claims, and when they
+can never bind. The same check against a real API server: tests/cluster/test_storage_check.py."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import yaml
+
+from infra.config import parse_config
+from infra.config_errors import StackConfigError
+from infra.preflight import (
+    Claim,
+    ClusterAccess,
+    ClusterStorage,
+    check_storage,
+    claims_problem,
+    stack_claims,
+)
+from tests.infra.infra_helpers import EXTERNAL, PUSHED, RENDERED
+
+MINIO = Claim("minioStorageClass", "MinIO's volume", "minio-data", None)
+MLFLOW_FAST = Claim("mlflowStorageClass", "MLflow's volume", "mlflow-data", "fast")
+
+
+def storage(classes=None, classless=0, bound=()):
+    return ClusterStorage(classes or {}, classless, frozenset(bound))
+
+
+def test_the_dev_stack_claims_minio_and_mlflow_volumes_with_the_default_class():
+    claims = stack_claims(parse_config(PUSHED))
+    assert [(c.key, c.name, c.storage_class) for c in claims] == [
+        ("minioStorageClass", "minio-data", None), ("mlflowStorageClass", "mlflow-data", None)]
+
+
+def test_named_classes_external_store_no_mlflow_and_render_mode_change_the_claims():
+    named = parse_config({**PUSHED, "minioStorageClass": "fast", "mlflowStorageClass": "slow"})
+    assert [c.storage_class for c in stack_claims(named)] == ["fast", "slow"]
+    external = parse_config({**EXTERNAL, "mlflow": "false"})
+    assert stack_claims(external) == []
+    rendered = parse_config(RENDERED)
+    assert stack_claims(rendered) == []
+
+
+def test_no_default_class_stops_naming_the_key_and_the_classes_there_are():
+    error = claims_problem([MINIO], storage({"slow": False, "fast": False}))
+    assert isinstance(error, StackConfigError) and error.key == "minioStorageClass"
+    text = str(error)
+    assert "MinIO's volume (PersistentVolumeClaim minio-data) would wait Pending forever" in text
+    assert "no default StorageClass (it has: fast, slow)" in text
+    assert "pulumi config set minioStorageClass <name>" in text
+    assert "storageclass.kubernetes.io/is-default-class" in text
+
+
+def test_a_cluster_without_any_class_says_none():
+    assert "(it has: none)" in str(claims_problem([MINIO], storage()))
+
+
+def test_a_named_class_that_does_not_exist_is_an_invalid_key():
+    error = claims_problem([MINIO, MLFLOW_FAST], storage({"standard": True}))
+    assert error.key == "mlflowStorageClass"
+    assert str(error) == ("invalid config trainstack:mlflowStorageClass = 'fast': the cluster "
+                          "has no StorageClass of that name (it has: standard)")
+
+
+@pytest.mark.parametrize("cluster", [
+    storage({"standard": True}),  # a default class
+    storage({"slow": False}, classless=1),  # static provisioning: a classless volume
+    storage({}, bound={"minio-data"}),  # the second `up`: the claim is already bound
+], ids=["default-class", "classless-volume", "already-bound"])
+def test_claims_that_can_bind_pass(cluster):
+    assert claims_problem([MINIO], cluster) is None
+
+
+def test_a_named_class_that_exists_needs_no_default():
+    assert claims_problem([MLFLOW_FAST], storage({"fast": False})) is None
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed once the socket is: nothing listens there
+
+
+def _kubeconfig(server: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "c", "cluster": {"server": server}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}
+
+
+def test_a_cluster_that_cannot_be_reached_is_left_to_the_provider(tmp_path):
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(_kubeconfig(f"http://127.0.0.1:{_closed_port()}")))
+    cfg = parse_config(PUSHED)
+    assert check_storage(cfg, ClusterAccess(kubeconfig=str(path))) is None
+    # The provider's key may hold the kubeconfig itself rather than a path.
+    assert check_storage(cfg, ClusterAccess(kubeconfig=path.read_text())) is None
+
+
+def test_no_kubeconfig_at_all_is_left_to_the_provider(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert check_storage(parse_config(PUSHED), ClusterAccess()) is None
+    # An unknown context is the provider's error to report, not ours.
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(_kubeconfig("http://127.0.0.1:1")))
+    assert check_storage(parse_config(PUSHED), ClusterAccess(str(path), "elsewhere")) is None
