@@ -32,16 +32,25 @@ pytestmark = pytest.mark.skipif(
     reason="needs make and the project's .venv (`make test` sets it up)")
 
 
+def user_env() -> dict[str, str]:
+    """The environment of a user at a shell: under `make test` the parent make's own
+    variables (MAKELEVEL: `make[1]: ***` instead of `make: ***`; MAKEFLAGS: its jobserver)
+    would reach the `make demo` under test."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
+
+
 def run_make(*knobs: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(["make", "--no-print-directory", "demo", *knobs], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+                          capture_output=True, text=True, timeout=timeout, check=False,
+                          env=user_env())
 
 
 def start_make(log: Path, *knobs: str) -> subprocess.Popen:
     """`make demo` in a session of its own: a signal to its group is a Ctrl-C at a terminal."""
     return subprocess.Popen(["make", "--no-print-directory", "demo", *knobs], cwd=ROOT,
                             stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, env=user_env())
 
 
 def wait_for(check, what: str, proc: subprocess.Popen, log: Path, deadline_s: float = 240):
