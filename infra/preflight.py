@@ -126,8 +126,10 @@ def read_cluster_storage(access: ClusterAccess, namespace: str,
     try:
         api = _api_client(access)
     except (ConfigException, OSError, ValueError, yaml.YAMLError) as exc:
-        # No kubeconfig, an unknown context: the provider reports those itself.
-        pulumi.log.debug(f"storage check skipped: no cluster configuration ({exc})")
+        # No kubeconfig, an unknown context: the provider reports those itself. Only
+        # ConfigException's own words: a YAML error quotes the line, maybe a token.
+        said = str(exc) if isinstance(exc, ConfigException) else type(exc).__name__
+        pulumi.log.debug(f"storage check skipped: no cluster configuration ({said})")
         return None
     with api:
         storage_api, core = client.StorageV1Api(api), client.CoreV1Api(api)

@@ -107,3 +107,6 @@ def test_no_kubeconfig_at_all_is_left_to_the_provider(tmp_path, monkeypatch):
     path = tmp_path / "kubeconfig"
     path.write_text(yaml.safe_dump(_kubeconfig("http://127.0.0.1:1")))
     assert check_storage(parse_config(PUSHED), ClusterAccess(str(path), "elsewhere")) is None
+    # Not YAML, or YAML that is no kubeconfig: skipped as well.
+    assert check_storage(parse_config(PUSHED), ClusterAccess("token: s3cret\n  bad: [")) is None
+    assert check_storage(parse_config(PUSHED), ClusterAccess("- a\n- b\n")) is None
