@@ -2,6 +2,8 @@
 
 Each process runs in its own session (its own process group), logs to `<logs>/<name>.log`
 and is stopped by its own id: SIGTERM to its group, then SIGKILL after a grace period.
+Should pytest itself be killed (a cancelled CI job, Ctrl-C twice), Linux sends each of them
+SIGTERM (PR_SET_PDEATHSIG, set by setpriv), so no etcd or API server outlives the session.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ class StartupFailed(RuntimeError):
     pass
 
 
+# util-linux's setpriv (Essential in Debian) sets the signal and execs the process (same
+# pid); a preexec_fn would run Python between fork and exec in a threaded pytest.
+DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM", "--"]
+
+
 class Processes:
     def __init__(self, logs: Path):
         self.logs = logs
@@ -37,8 +44,8 @@ class Processes:
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         out = (self.logs / f"{name}.log").open("ab")
         self.started[name] = subprocess.Popen(
-            [str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, start_new_session=True)
+            [*DIE_WITH_PARENT, *(str(a) for a in argv)], stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}, start_new_session=True)
         out.close()
         log.info("started %s (pid %d)", name, self.started[name].pid)
 
