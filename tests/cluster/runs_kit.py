@@ -9,8 +9,6 @@ from __future__ import annotations
 import copy
 import re
 import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from tests.cluster.sockets import sockets_of
 from tests.cluster.trainjob_kit import CHECKPOINTS, EPOCHS, WAIT_S
 from tests.e2e.cluster import LocalCluster, Process
 from tests.infra.render import Rendering
+from tests.testkit import stop, wait_for
 from tests.trainer.trainer_procs import events
 
 
@@ -39,25 +38,6 @@ def local_cluster(rendering: Rendering, workdir: Path, s3_endpoint: str) -> Loca
     port = int(s3_endpoint.rsplit(":", 1)[1])
     workdir.mkdir(parents=True, exist_ok=True)
     return LocalCluster(rendering.objects, workdir, {("minio", 9000): port})
-
-
-def wait_for(predicate, what: str, procs=(), timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        dead = [p for p in procs if p.poll() not in (None, 0)]
-        assert not dead, f"a rank died while waiting for {what}"
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
 
 
 def log_of(logs: Path, proc: Process) -> str:

@@ -15,6 +15,7 @@ from tests.cluster import trainer_v2
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.nodes import node
 from tests.infra.render import Rendering
+from tests.testkit import WAIT_S
 
 EPOCHS = 6
 # The TrainJob's pods go to a node of their own (the runtime patch's nodeSelector), which
@@ -25,10 +26,9 @@ CONFIG = {"pushImage": "false", "model": "smallcnn", "dataset": "digits",
           "epochs": str(EPOCHS), "batchSize": "32", "learningRate": "0.05",
           "cpuPerWorker": "1", "memoryPerWorker": "2Gi", "mlflow": "false",
           "trainingApi": "trainjob", "nodeSelector": json.dumps(POOL)}
-WAIT_S = 240  # generous upper bound for one step on a loaded 2-core machine
+
 CHECKPOINTS = "models/smallcnn-digits/runs/"
 JOBSET = "jobset.sigs.k8s.io/"  # JobSet's label and annotation prefix
-
 
 _INSTALLED: weakref.WeakSet = weakref.WeakSet()
 

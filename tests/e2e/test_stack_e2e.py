@@ -34,7 +34,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import boto3
@@ -46,7 +45,7 @@ from tests.e2e import fence_checks
 from tests.e2e.cluster import LocalCluster, Process, container_port
 from tests.e2e.traffic import USER, Recorder, Traffic
 from tests.infra.render import render
-from tests.testkit import free_port
+from tests.testkit import WAIT_S, free_port, stop, wait_for
 from tests.trainer.cifar_fixtures import make_batches, write_archive
 from tests.trainer.tracking_kit import client, runs_of, steps_logged
 from tests.trainer.trainer_procs import events
@@ -60,7 +59,6 @@ EPOCHS = 4
 USER_CONFIG = {"pushImage": "false", "model": "smallcnn", "epochs": str(EPOCHS), "batchSize": "32",
                "learningRate": "0.05", "cpuPerWorker": "1", "memoryPerWorker": "2Gi",
                "minioRootPassword": "e2e-Secret-Passw0rd-4f1c"}
-WAIT_S = 240  # generous upper bound for any one step on a loaded 2-core machine
 
 
 @pytest.fixture
@@ -129,26 +127,6 @@ def run_job(cluster: LocalCluster, name: str, log_dir: Path,
     output = (log_dir / f"{name}.log").read_text()
     assert rc == 0, f"Job {name} failed ({rc}):\n{output}"
     return output
-
-
-def wait_for(predicate, what: str, procs=(), timeout: float = WAIT_S):
-    """Poll until ``predicate()`` is truthy; fail early if a watched process dies."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        dead = [p for p in procs if p.poll() not in (None, 0)]
-        assert not dead, f"a process died while waiting for {what}: {[p.args for p in dead]}"
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
 
 
 def job_of(cluster: LocalCluster) -> dict:

@@ -11,6 +11,7 @@ from tests.testkit import free_port
 from tests.trainer.runs import identity_of
 from tests.trainer.trainer_procs import (
     events,
+    kill_when_written,
     operator_env,
     run_trainer,
     start_trainer,
@@ -29,18 +30,7 @@ CONFIG = {"dataset": "digits", "model": "smallcnn", "epochs": 5, "batch_size": 1
 
 def kill_after_checkpoint(procs, epoch: int) -> str:
     """Read rank 0's log until checkpoint ``epoch`` is written, then SIGKILL every rank."""
-    marker = f"checkpoints/epoch-{epoch:04d}.pt"
-    lines = []
-    for line in procs[0].stdout:
-        lines.append(line)
-        if "checkpoint written" in line and marker in line:
-            break
-    for proc in procs:
-        proc.send_signal(signal.SIGKILL)
-    for proc in procs:
-        proc.wait(timeout=30)
-    assert any(marker in line for line in lines), "".join(lines[-30:])
-    return "".join(lines)
+    return kill_when_written(procs, f"checkpoints/epoch-{epoch:04d}.pt")
 
 
 @pytest.mark.parametrize("store_kind", ["s3"])

@@ -4,14 +4,13 @@ mid-epoch with 2 processes resumes that epoch with 3, training every sample of i
 from __future__ import annotations
 
 import json
-import signal
 from collections import Counter
 
 import pytest
 
 from tests.testkit import free_port
 from tests.trainer.image_trees import image_tree
-from tests.trainer.trainer_procs import events, operator_env, start_trainer
+from tests.trainer.trainer_procs import events, kill_when_written, operator_env, start_trainer
 from trainer.checkpoint import all_checkpoints, load_checkpoint
 from trainer.config import TrainConfig
 from trainer.ingest import ingest
@@ -35,18 +34,7 @@ MEMORY_LIMIT = 16 * 1024
 def kill_at_mid_epoch_checkpoint(procs, epochs_done: int) -> str:
     """Read rank 0's log until a checkpoint inside epoch ``epochs_done + 1`` is written,
     then SIGKILL every rank."""
-    marker = f"checkpoints/epoch-{epochs_done:04d}+"
-    lines = []
-    for line in procs[0].stdout:
-        lines.append(line)
-        if "checkpoint written" in line and marker in line:
-            break
-    for proc in procs:
-        proc.send_signal(signal.SIGKILL)
-    for proc in procs:
-        proc.wait(timeout=30)
-    assert any(marker in line for line in lines), "".join(lines[-30:])
-    return "".join(lines)
+    return kill_when_written(procs, f"checkpoints/epoch-{epochs_done:04d}+")
 
 
 def traced(folder, epoch: int, last_step: int | None = None) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,19 @@ def events(output: str, kind: str | None = None) -> list[dict]:
             if kind is None or event["event"] == kind:
                 found.append(event)
     return found
+
+
+def kill_when_written(procs: list[subprocess.Popen], marker: str) -> str:
+    """Read rank 0's log until it writes a checkpoint whose key holds ``marker``, then
+    SIGKILL every rank; returns what rank 0 printed."""
+    lines = []
+    for line in procs[0].stdout:
+        lines.append(line)
+        if "checkpoint written" in line and marker in line:
+            break
+    for proc in procs:
+        proc.send_signal(signal.SIGKILL)
+    for proc in procs:
+        proc.wait(timeout=30)
+    assert any(marker in line for line in lines), "".join(lines[-30:])
+    return "".join(lines)
