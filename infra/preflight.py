@@ -125,9 +125,11 @@ def read_cluster_storage(access: ClusterAccess, namespace: str,
     unanswered = (ApiException, urllib3.exceptions.HTTPError, OSError)
     try:
         api = _api_client(access)
-    except (ConfigException, OSError, ValueError, yaml.YAMLError) as exc:
-        # No kubeconfig, an unknown context: the provider reports those itself. Only
-        # ConfigException's own words: a YAML error quotes the line, maybe a token.
+    except (ConfigException, OSError, ValueError, yaml.YAMLError,
+            TypeError, AttributeError, KeyError, IndexError) as exc:
+        # No kubeconfig, an unknown context, a kubeconfig of the wrong shape (the client
+        # trips over a number where it wants a mapping): the provider reports those itself.
+        # Only ConfigException's own words: a YAML error quotes the line, maybe a token.
         said = str(exc) if isinstance(exc, ConfigException) else type(exc).__name__
         pulumi.log.debug(f"storage check skipped: no cluster configuration ({said})")
         return None

@@ -110,3 +110,20 @@ def test_no_kubeconfig_at_all_is_left_to_the_provider(tmp_path, monkeypatch):
     # Not YAML, or YAML that is no kubeconfig: skipped as well.
     assert check_storage(parse_config(PUSHED), ClusterAccess("token: s3cret\n  bad: [")) is None
     assert check_storage(parse_config(PUSHED), ClusterAccess("- a\n- b\n")) is None
+
+
+@pytest.mark.parametrize("text", [
+    "42\n",  # YAML, but a number
+    "contexts: [1]\ncurrent-context: x\n",  # a context that is no mapping
+    "current-context: c\ncontexts: [{name: c, context: 5}]\n",
+    "current-context: c\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    "clusters: [{name: c, cluster: {server: 5}}]\nusers: [{name: u, user: {token: t}}]\n",
+], ids=["number", "context-item", "context-value", "server-number"])
+def test_kubeconfig_of_the_wrong_shape_is_left_to_the_provider(text, tmp_path):
+    # Before: TypeError / AttributeError out of the kubernetes client stopped `pulumi up`
+    # with a traceback instead of leaving the malformed kubeconfig to the provider.
+    cfg = parse_config(PUSHED)
+    assert check_storage(cfg, ClusterAccess(text)) is None
+    path = tmp_path / "kubeconfig"
+    path.write_text(text)
+    assert check_storage(cfg, ClusterAccess(str(path))) is None
