@@ -122,7 +122,10 @@ def read_cluster_storage(access: ClusterAccess, namespace: str,
     from kubernetes.client.rest import ApiException
     from kubernetes.config import ConfigException
 
-    unanswered = (ApiException, urllib3.exceptions.HTTPError, OSError)
+    # ...or an answer that is not what an API server sends (an auth proxy's 200 login
+    # page, JSON of another shape): the client's models raise ValueError or TypeError.
+    unanswered = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError, TypeError,
+                  AttributeError, KeyError)
     try:
         api = _api_client(access)
     except (ConfigException, OSError, ValueError, yaml.YAMLError,
@@ -174,11 +177,11 @@ def _classless_volumes(core, classes: Mapping[str, bool], unanswered) -> int:
         return 0  # not needed: a default class exists
     try:
         volumes = core.list_persistent_volume(_request_timeout=TIMEOUT_S).items
+        return sum(1 for pv in volumes if not pv.spec.storage_class_name and pv.status
+                   and pv.status.phase == "Available")
     except unanswered as exc:  # may not list volumes: assume some, do not stop
         pulumi.log.debug(f"cannot list PersistentVolumes ({_reason(exc)})")
         return 1
-    return sum(1 for pv in volumes
-               if not pv.spec.storage_class_name and pv.status and pv.status.phase == "Available")
 
 
 def _bound_claims(core, namespace: str, names: list[str], unanswered) -> frozenset[str]:
@@ -187,10 +190,10 @@ def _bound_claims(core, namespace: str, names: list[str], unanswered) -> frozens
         try:
             claim = core.read_namespaced_persistent_volume_claim(
                 name, namespace, _request_timeout=TIMEOUT_S)
+            if claim.status and claim.status.phase == "Bound":
+                bound.add(name)
         except unanswered:  # absent (the first `up`) or not readable: not bound
-            claim = None
-        if claim and claim.status and claim.status.phase == "Bound":
-            bound.add(name)
+            pass
     return frozenset(bound)
 
 

@@ -127,3 +127,37 @@ def test_kubeconfig_of_the_wrong_shape_is_left_to_the_provider(text, tmp_path):
     path = tmp_path / "kubeconfig"
     path.write_text(text)
     assert check_storage(cfg, ClusterAccess(str(path))) is None
+
+
+@pytest.mark.parametrize("body", [
+    b"<html>sign in</html>",  # an auth proxy's login page, 200
+    b"{}",  # JSON, but no list
+    b'{"items": [{"metadata": null}]}',  # a list of things that are no StorageClasses
+    b'{"items": 5}',
+], ids=["html", "empty-object", "no-classes", "items-number"])
+def test_a_server_that_answers_no_storage_class_list_is_left_to_the_provider(body):
+    """Before: ValueError/TypeError out of the client's model classes stopped `pulumi up`
+    with a traceback, although the check only stops when it knows."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the stdlib's name)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        access = ClusterAccess(yaml.safe_dump(
+            _kubeconfig(f"http://127.0.0.1:{server.server_port}")))
+        assert check_storage(parse_config(PUSHED), access) is None
+    finally:
+        server.shutdown()
+        server.server_close()
