@@ -27,6 +27,7 @@ from infra.stack_config import StackConfig
 DEFAULT_CLASS_ANNOTATIONS = ("storageclass.kubernetes.io/is-default-class",
                              "storageclass.beta.kubernetes.io/is-default-class")
 TIMEOUT_S = 10
+UNKNOWN_VOLUMES = 2**31  # PersistentVolumes that cannot be listed: assume enough
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ def claims_problem(claims: Iterable[Claim], storage: ClusterStorage
     """The error for the first claim that cannot bind on `storage`; None when all can."""
     names = ", ".join(sorted(storage.classes)) or "none"
     defaults = [name for name, is_default in storage.classes.items() if is_default]
+    classless = storage.classless_volumes  # each binds one claim
     for claim in claims:
         if claim.name in storage.bound_claims:
             continue
@@ -86,7 +88,10 @@ def claims_problem(claims: Iterable[Claim], storage: ClusterStorage
                     f"invalid config trainstack:{claim.key} = '{claim.storage_class}': the "
                     f"cluster has no StorageClass of that name (it has: {names})", key=claim.key)
             continue
-        if defaults or storage.classless_volumes:
+        if defaults:
+            continue
+        if classless > 0:
+            classless -= 1
             continue
         return StackConfigError(
                 f"{claim.owner} (PersistentVolumeClaim {claim.name}) would wait Pending "
@@ -181,7 +186,7 @@ def _classless_volumes(core, classes: Mapping[str, bool], unanswered) -> int:
                    and pv.status.phase == "Available")
     except unanswered as exc:  # may not list volumes: assume some, do not stop
         pulumi.log.debug(f"cannot list PersistentVolumes ({_reason(exc)})")
-        return 1
+        return UNKNOWN_VOLUMES
 
 
 def _bound_claims(core, namespace: str, names: list[str], unanswered) -> frozenset[str]:
