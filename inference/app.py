@@ -115,6 +115,10 @@ class Settings:
                                 idle_timeout_s=self.upload_idle_timeout_s,
                                 read_timeout_s=self.upload_read_timeout_s)
         except ValueError as e:
+            if "must hold one whole upload" in str(e):
+                raise ConfigError(f"upload_memory_mb {self.upload_memory_mb:g} is too small for "
+                                  f"max_upload_mb {self.max_upload_mb:g}: {e}",
+                                  key="upload_memory_mb") from None
             raise ConfigError(f"{e}; allowed: a number > 0", key="upload limits") from None
 
     def engine_config(self) -> EngineConfig:

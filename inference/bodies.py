@@ -40,6 +40,12 @@ class UploadLimits:
         for name in ("max_bytes", "memory_bytes", "idle_timeout_s", "read_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"upload limit {name} must be > 0, got {getattr(self, name)!r}")
+        if self.memory_bytes < self.body_cap:
+            # Else every bigger upload, and every chunked one (it reserves the cap), is
+            # refused as "busy" on an idle server, forever.
+            raise ValueError(f"the upload memory budget ({self.memory_bytes / 2**20:g} MiB) must "
+                             f"hold one whole upload ({self.body_cap / 2**20:g} MiB: the "
+                             "largest file plus multipart overhead)")
 
     @property
     def body_cap(self) -> int:

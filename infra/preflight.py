@@ -27,6 +27,7 @@ from infra.stack_config import StackConfig
 DEFAULT_CLASS_ANNOTATIONS = ("storageclass.kubernetes.io/is-default-class",
                              "storageclass.beta.kubernetes.io/is-default-class")
 TIMEOUT_S = 10
+UNKNOWN_VOLUMES = 2**31  # PersistentVolumes that cannot be listed: assume enough
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ def claims_problem(claims: Iterable[Claim], storage: ClusterStorage
     """The error for the first claim that cannot bind on `storage`; None when all can."""
     names = ", ".join(sorted(storage.classes)) or "none"
     defaults = [name for name, is_default in storage.classes.items() if is_default]
+    classless = storage.classless_volumes  # each binds one claim
     for claim in claims:
         if claim.name in storage.bound_claims:
             continue
@@ -86,7 +88,10 @@ def claims_problem(claims: Iterable[Claim], storage: ClusterStorage
                     f"invalid config trainstack:{claim.key} = '{claim.storage_class}': the "
                     f"cluster has no StorageClass of that name (it has: {names})", key=claim.key)
             continue
-        if defaults or storage.classless_volumes:
+        if defaults:
+            continue
+        if classless > 0:
+            classless -= 1
             continue
         return StackConfigError(
                 f"{claim.owner} (PersistentVolumeClaim {claim.name}) would wait Pending "
@@ -122,12 +127,17 @@ def read_cluster_storage(access: ClusterAccess, namespace: str,
     from kubernetes.client.rest import ApiException
     from kubernetes.config import ConfigException
 
-    unanswered = (ApiException, urllib3.exceptions.HTTPError, OSError)
+    # ...or an answer that is not what an API server sends (an auth proxy's 200 login
+    # page, JSON of another shape): the client's models raise ValueError or TypeError.
+    unanswered = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError, TypeError,
+                  AttributeError, KeyError)
     try:
         api = _api_client(access)
-    except (ConfigException, OSError, ValueError, yaml.YAMLError) as exc:
-        # No kubeconfig, an unknown context: the provider reports those itself. Only
-        # ConfigException's own words: a YAML error quotes the line, maybe a token.
+    except (ConfigException, OSError, ValueError, yaml.YAMLError,
+            TypeError, AttributeError, KeyError, IndexError) as exc:
+        # No kubeconfig, an unknown context, a kubeconfig of the wrong shape (the client
+        # trips over a number where it wants a mapping): the provider reports those itself.
+        # Only ConfigException's own words: a YAML error quotes the line, maybe a token.
         said = str(exc) if isinstance(exc, ConfigException) else type(exc).__name__
         pulumi.log.debug(f"storage check skipped: no cluster configuration ({said})")
         return None
@@ -172,11 +182,11 @@ def _classless_volumes(core, classes: Mapping[str, bool], unanswered) -> int:
         return 0  # not needed: a default class exists
     try:
         volumes = core.list_persistent_volume(_request_timeout=TIMEOUT_S).items
+        return sum(1 for pv in volumes if not pv.spec.storage_class_name and pv.status
+                   and pv.status.phase == "Available")
     except unanswered as exc:  # may not list volumes: assume some, do not stop
         pulumi.log.debug(f"cannot list PersistentVolumes ({_reason(exc)})")
-        return 1
-    return sum(1 for pv in volumes
-               if not pv.spec.storage_class_name and pv.status and pv.status.phase == "Available")
+        return UNKNOWN_VOLUMES
 
 
 def _bound_claims(core, namespace: str, names: list[str], unanswered) -> frozenset[str]:
@@ -185,10 +195,10 @@ def _bound_claims(core, namespace: str, names: list[str], unanswered) -> frozens
         try:
             claim = core.read_namespaced_persistent_volume_claim(
                 name, namespace, _request_timeout=TIMEOUT_S)
+            if claim.status and claim.status.phase == "Bound":
+                bound.add(name)
         except unanswered:  # absent (the first `up`) or not readable: not bound
-            claim = None
-        if claim and claim.status and claim.status.phase == "Bound":
-            bound.add(name)
+            pass
     return frozenset(bound)
 
 

@@ -207,6 +207,10 @@ class RunLease:
             try:
                 self._tag = self.store.put_if_match(self.key, self._record(), self._tag)
             except PreconditionFailed:
+                ours = self._own_tag()
+                if ours is not None:  # a retried PUT whose first try landed: still ours
+                    self._tag = ours
+                    return True
                 self._lost = True
                 log.error("run %s: lease %s was taken over by another job", self.run_id,
                           self.key)
@@ -214,6 +218,18 @@ class RunLease:
             except StoreError as e:  # an outage: the next renewal tries again
                 log.warning("run %s: lease not renewed (%s)", self.run_id, e)
         return True
+
+    def _own_tag(self) -> str | None:
+        """The record's tag when it is still this holder's latest renewal (a conditional
+        PUT retried after a timeout or a 5xx fails with 412 when its first try landed)."""
+        try:
+            current, tag = self._read()
+        except StoreError:
+            return None
+        if current is not None and current.holder == self.holder and not current.released \
+                and current.renewals == self._renewals:
+            return tag
+        return None
 
     def check(self) -> None:
         """RunLeaseLost if another job took the lease over (then write nothing more)."""

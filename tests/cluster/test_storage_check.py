@@ -85,7 +85,11 @@ def test_a_classless_available_volume_lets_the_claim_bind(control_plane, access)
         try:
             control_plane.wait_for("the volume Available", lambda: control_plane.get(
                 "pv", "ts-check-static").get("status", {}).get("phase") == "Available")
-            check_storage(parse_config(PUSHED), access)
+            check_storage(parse_config({**PUSHED, "mlflow": "false"}), access)  # one claim
+            # Two claims (MinIO's and MLflow's), one volume: MLflow's would wait forever.
+            with pytest.raises(StackConfigError) as stopped:
+                check_storage(parse_config(PUSHED), access)
+            assert stopped.value.key == "mlflowStorageClass"
         finally:
             control_plane.kubectl("delete", "pv", "ts-check-static", "--ignore-not-found")
 

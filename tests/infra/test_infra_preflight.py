@@ -110,3 +110,66 @@ def test_no_kubeconfig_at_all_is_left_to_the_provider(tmp_path, monkeypatch):
     # Not YAML, or YAML that is no kubeconfig: skipped as well.
     assert check_storage(parse_config(PUSHED), ClusterAccess("token: s3cret\n  bad: [")) is None
     assert check_storage(parse_config(PUSHED), ClusterAccess("- a\n- b\n")) is None
+
+
+@pytest.mark.parametrize("text", [
+    "42\n",  # YAML, but a number
+    "contexts: [1]\ncurrent-context: x\n",  # a context that is no mapping
+    "current-context: c\ncontexts: [{name: c, context: 5}]\n",
+    "current-context: c\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    "clusters: [{name: c, cluster: {server: 5}}]\nusers: [{name: u, user: {token: t}}]\n",
+], ids=["number", "context-item", "context-value", "server-number"])
+def test_kubeconfig_of_the_wrong_shape_is_left_to_the_provider(text, tmp_path):
+    # Before: TypeError / AttributeError out of the kubernetes client stopped `pulumi up`
+    # with a traceback instead of leaving the malformed kubeconfig to the provider.
+    cfg = parse_config(PUSHED)
+    assert check_storage(cfg, ClusterAccess(text)) is None
+    path = tmp_path / "kubeconfig"
+    path.write_text(text)
+    assert check_storage(cfg, ClusterAccess(str(path))) is None
+
+
+@pytest.mark.parametrize("body", [
+    b"<html>sign in</html>",  # an auth proxy's login page, 200
+    b"{}",  # JSON, but no list
+    b'{"items": [{"metadata": null}]}',  # a list of things that are no StorageClasses
+    b'{"items": 5}',
+], ids=["html", "empty-object", "no-classes", "items-number"])
+def test_a_server_that_answers_no_storage_class_list_is_left_to_the_provider(body):
+    """Before: ValueError/TypeError out of the client's model classes stopped `pulumi up`
+    with a traceback, although the check only stops when it knows."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the stdlib's name)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        access = ClusterAccess(yaml.safe_dump(
+            _kubeconfig(f"http://127.0.0.1:{server.server_port}")))
+        assert check_storage(parse_config(PUSHED), access) is None
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_one_classless_volume_binds_one_claim_not_two():
+    """Before: one Available classless volume passed both default-class claims (MinIO's
+    and MLflow's, the dev stack's), and MLflow's waited Pending forever."""
+    mlflow = Claim("mlflowStorageClass", "MLflow's volume", "mlflow-data", None)
+    error = claims_problem([MINIO, mlflow], storage({"slow": False}, classless=1))
+    assert error is not None and error.key == "mlflowStorageClass"
+    assert "MLflow's volume (PersistentVolumeClaim mlflow-data) would wait Pending" in str(error)
+    assert claims_problem([MINIO, mlflow], storage({"slow": False}, classless=2)) is None
+    # One already bound (to the one volume): the other needs one more.
+    assert claims_problem([MINIO, mlflow], storage({}, classless=1, bound={"minio-data"})) is None

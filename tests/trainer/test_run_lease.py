@@ -105,3 +105,25 @@ def test_a_local_run_whose_process_exited_is_taken_over_at_once(local_store):
     time = FakeTime()
     lease(local_store, "elsewhere", time).acquire(wait_s=1)
     assert time.now == 1000.0 and record(local_store).place == "elsewhere"
+
+
+def test_a_renewal_whose_retry_finds_its_own_write_keeps_the_lease(local_store):
+    """S3Store._call (and urllib3 under minio) retries a conditional PUT after a timeout
+    or a 5xx; when the first try did land, the retry's If-Match names the old tag and
+    gets 412. Before: the holder took its own renewal for a takeover and stopped with
+    RunLeaseLost, leaving nobody training the run."""
+    holder = lease(local_store, "job-a")
+    holder.acquire(wait_s=1)
+    real_put = local_store.put_if_match
+
+    def landed_then_412(key, data, tag):
+        real_put(key, data, tag)  # the first try landed; its answer was lost
+        return real_put(key, data, tag)  # the retry: PreconditionFailed
+
+    local_store.put_if_match = landed_then_412
+    assert holder.renew()
+    local_store.put_if_match = real_put
+    holder.check()  # still its own
+    assert holder.renew() and record(local_store).holder == holder.holder
+    holder.release()
+    assert record(local_store).released
