@@ -144,9 +144,15 @@ def declare(parent: pulumi.Resource, namespace: pulumi.Input[str],
         kind="TrainJob",
         metadata=k8s.meta.v1.ObjectMetaArgs(
             name=name, namespace=namespace, labels=labels,
-            # As the PyTorchJob: `pulumi up` returns once the job exists; its deletion is
-            # awaited, so a replaced job's pods are gone before the new job starts.
-            annotations={"pulumi.com/skipAwait": "true"},
+            # As the PyTorchJob, `pulumi up` returns once the job exists. Its deletion is
+            # background, not the provider's foreground: Trainer (v2.3, still on main)
+            # reconciles a TrainJob whose deletion is pending and recreates the JobSet
+            # the garbage collector has just deleted, so a foreground delete loops on new
+            # pods until a race ends it (seen for minutes). Gone at once, the TrainJob
+            # cannot be reconciled; its pods go after it, and the run lease keeps the next
+            # job from training until they have (docs/operations.md, rescale).
+            annotations={"pulumi.com/skipAwait": "true",
+                         "pulumi.com/deletionPropagationPolicy": "background"},
         ),
         spec=trainjob_spec(template, workers, gpus),
         opts=pulumi.ResourceOptions(

@@ -112,11 +112,11 @@ class ControlPlane:
     def custom(self) -> kubernetes.client.CustomObjectsApi:
         return kubernetes.client.CustomObjectsApi(self.api)
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True
-                ) -> subprocess.CompletedProcess:
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                timeout_s: float = 120) -> subprocess.CompletedProcess:
         argv = [str(bin_path("kube", "kubectl")), f"--kubeconfig={self.kubeconfig}", *args]
-        done = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=120,
-                              check=False)
+        done = subprocess.run(argv, input=input, capture_output=True, text=True,
+                              timeout=timeout_s, check=False)
         if check and done.returncode != 0:
             raise KubectlFailed(f"kubectl {' '.join(args)} failed:\n{done.stderr}")
         return done

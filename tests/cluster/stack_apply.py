@@ -16,8 +16,10 @@ import yaml
 
 from tests.cluster.controlplane import FIELD_MANAGER, ControlPlane
 from tests.infra.render import Rendering
+from tests.testkit import WAIT_S
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PROPAGATION_ANNOTATION = "pulumi.com/deletionPropagationPolicy"
 DEFAULT_CLASS = "standard"
 
 
@@ -85,6 +87,23 @@ def apply_stack(cp: ControlPlane, rendering: Rendering) -> list[str]:
             manager = f"{FIELD_MANAGER}-patch-{patch['metadata']['name']}"
             accepted += cp.apply([patch], field_manager=manager, patch=True).stdout.split()
     return accepted
+
+
+def resource_of(obj: dict[str, Any]) -> list[str]:
+    """kubectl's words for one declared object: `kind.group name [-n namespace]`."""
+    meta, api = obj["metadata"], obj["apiVersion"]
+    kind = f"{obj['kind'].lower()}.{api.split('/')[0]}" if "/" in api else obj["kind"].lower()
+    return [kind, meta["name"], *(["-n", meta["namespace"]] if meta.get("namespace") else [])]
+
+
+def delete_as_pulumi(cp: ControlPlane, obj: dict[str, Any]) -> None:
+    """Delete one declared object as pulumi-kubernetes does: with the propagation its
+    `pulumi.com/deletionPropagationPolicy` annotation names (foreground when it names
+    none), awaited until the object is gone (the provider's own limit is 10 min)."""
+    annotations = obj["metadata"].get("annotations") or {}
+    cascade = annotations.get(PROPAGATION_ANNOTATION, "foreground").lower()
+    cp.kubectl("delete", *resource_of(obj), f"--cascade={cascade}", "--ignore-not-found",
+               "--wait=true", f"--timeout={WAIT_S}s", timeout_s=WAIT_S + 30)
 
 
 def namespace_of(rendering: Rendering) -> str:

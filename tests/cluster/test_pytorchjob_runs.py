@@ -19,9 +19,10 @@ from tests.cluster.runs_kit import (
     train_until_the_first_checkpoint,
     with_downward_api,
 )
-from tests.cluster.stack_apply import apply_stack, volumes_for
+from tests.cluster.stack_apply import apply_stack, delete_as_pulumi, volumes_for
 from tests.cluster.trainjob_kit import CONFIG, WAIT_S
 from tests.e2e.cluster import LocalCluster, Process
+from tests.infra.infra_helpers import pytorchjob
 from tests.infra.render import Rendering, render
 
 JOB_LABEL = "training.kubeflow.org/job-name"
@@ -83,8 +84,7 @@ def test_a_pytorchjob_trains_rescales_and_resumes(storage, s3_store, s3_endpoint
     three = render({**PYTORCHJOB, "namespace": "pytorchjob-run", "workers": "3"})
     _, new = job_of(three)
     assert new != name
-    cp.kubectl("delete", "pytorchjob", name, "-n", namespace, "--cascade=foreground",
-               "--wait=true", "--timeout=120s")
+    delete_as_pulumi(cp, pytorchjob(two))
     apply_stack(cp, three)
     pods = operator_pods(cp, namespace, new, 3)
     everything = cp.get("pods", "-n", namespace, "-l", JOB_LABEL)["items"]

@@ -13,6 +13,7 @@ from infra.pod import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 from tests.cluster.nodes import CPU_NODE, GPU_LABELS, GPU_NODE, GPU_TAINT
 from tests.cluster.stack_apply import (
     apply_stack,
+    delete_as_pulumi,
     dev_stack_config,
     expected_pods,
     namespace_of,
@@ -155,10 +156,10 @@ def test_a_rescale_leaves_exactly_the_new_jobs_pods(storage):
     apply_stack(cp, before)
     wait_all_placed(cp, before)
     after = render({**config, "workers": "3"})
-    (old,) = [o["metadata"]["name"] for o in before.objects.values() if o["kind"] == "PyTorchJob"]
+    (old,) = [o for o in before.objects.values() if o["kind"] == "PyTorchJob"]
     (new,) = [o["metadata"]["name"] for o in after.objects.values() if o["kind"] == "PyTorchJob"]
-    assert old != new
-    cp.kubectl("delete", "pytorchjob", old, "-n", ns, "--timeout=60s")
+    assert old["metadata"]["name"] != new
+    delete_as_pulumi(cp, old)
     apply_stack(cp, after)
     wait_all_placed(cp, after)
 

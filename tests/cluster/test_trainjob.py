@@ -19,6 +19,7 @@ import pytest
 from infra import trainjob as tj
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.sockets import sockets_of
+from tests.cluster.stack_apply import delete_as_pulumi
 from tests.cluster.trainjob_kit import (
     CONFIG,
     JOBSET,
@@ -27,6 +28,7 @@ from tests.cluster.trainjob_kit import (
     apply_stack,
     finished,
     installed,
+    jobsets_made,
     pods_of,
     scheduled_pods,
 )
@@ -145,6 +147,29 @@ def test_the_webhook_refuses_the_torch_env_in_the_trainjob(trainer, env, refused
     assert out.returncode != 0 and refused in out.stderr, out.stderr
 
 
+def test_deleting_a_running_trainjob_as_the_stack_does_never_remakes_its_jobset(trainer):
+    """Trainer (v2.3) reconciles a TrainJob whose foreground deletion is pending and
+    recreates the JobSet the garbage collector has just deleted, with new pods, until a
+    race ends it (each remade JobSet is a new uid). The stack deletes its TrainJob in the
+    background (its annotation): the one JobSet and its pods go, and nothing is remade.
+    The job is running (its pods wait for a node pool no node has), as a rescale finds it."""
+    cp = trainer
+    config = {**CONFIG, "namespace": "trainjob-deleted", "workers": "2",
+              "nodeSelector": json.dumps({"trainstack.test/pool": "none"})}
+    job = apply_stack(cp, render(config))
+    name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+    cp.wait_for("the JobSet's 2 pods", lambda: len(pods_of(cp, namespace, name)) == 2,
+                timeout_s=WAIT_S, namespace=namespace)
+    assert finished(cp, namespace, name) is None
+    first = cp.get("jobset", "-n", namespace, name)["metadata"]["uid"]
+    with jobsets_made(cp, namespace, first) as uids:
+        delete_as_pulumi(cp, job)
+        cp.wait_for("the JobSet and its pods to be gone", lambda: not pods_of(
+            cp, namespace, name) and not cp.get("jobsets", "-n", namespace)["items"],
+            timeout_s=WAIT_S, namespace=namespace)
+    assert uids == [first], f"{len(uids) - 1} JobSets remade after the TrainJob's deletion"
+
+
 def test_destroy_order_deletes_the_trainjob_its_runtime_and_the_namespace(trainer):
     """`pulumi destroy`'s steps (Rendering.destroy_order) on the real controllers: the
     TrainJob (its JobSet and pods with it), the runtime (no finalizer of Trainer's left
@@ -160,12 +185,7 @@ def test_destroy_order_deletes_the_trainjob_its_runtime_and_the_namespace(traine
             inputs = rendering.resources[urn].inputs
             if "kind" not in inputs or "metadata" not in inputs:
                 continue  # components, the image, the generated password
-            meta = inputs["metadata"]
-            target = [f"{inputs['kind'].lower()}.{inputs['apiVersion'].split('/')[0]}"
-                      if "/" in inputs["apiVersion"] else inputs["kind"].lower(), meta["name"]]
-            if meta.get("namespace"):
-                target += ["-n", meta["namespace"]]
-            cp.kubectl("delete", *target, "--cascade=foreground", "--timeout=120s")
+            delete_as_pulumi(cp, inputs)
     gone = cp.kubectl("get", "namespace", namespace, check=False)
     assert gone.returncode != 0 and "NotFound" in gone.stderr
     assert all(j["metadata"]["namespace"] != namespace

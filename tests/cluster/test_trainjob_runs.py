@@ -69,7 +69,7 @@ def test_a_trainjob_trains_rescales_and_resumes(trainer, s3_store, s3_endpoint, 
 
     # 2. `workers 3`: the stack deletes the TrainJob, then creates the new one.
     three = render({**CONFIG, "namespace": "trainjob-run", "workers": "3"})
-    delete_trainjob(cp, namespace, name)
+    delete_trainjob(cp, first)
     second = apply_stack(cp, three)
     assert second["metadata"]["name"] != name
     pods = scheduled_pods(cp, namespace, second["metadata"]["name"], 3)

@@ -8,20 +8,10 @@ after the others; run alone it installs the operator first, as the fixture does)
 from __future__ import annotations
 
 from tests.cluster.operator import in_apply_order, overlay_objects
-from tests.cluster.stack_apply import apply_stack, namespace_of, volumes_for
+from tests.cluster.stack_apply import apply_stack, delete_as_pulumi, namespace_of, volumes_for
 from tests.cluster.test_stack_apply import wait_all_placed
 from tests.infra.infra_helpers import PUSHED
 from tests.infra.render import render
-
-
-def delete(cp, obj: dict) -> None:
-    meta = obj["metadata"]
-    args = ["delete", f"{obj['kind'].lower()}.{obj['apiVersion'].split('/')[0]}"
-            if "/" in obj["apiVersion"] else obj["kind"].lower(), meta["name"],
-            "--ignore-not-found", "--timeout=90s"]
-    if meta.get("namespace"):
-        args += ["-n", meta["namespace"]]
-    cp.kubectl(*args)
 
 
 def test_destroy_order_leaves_no_finalizer_stuck(storage):
@@ -43,12 +33,12 @@ def test_destroy_order_leaves_no_finalizer_stuck(storage):
                     cp.processes.stop("training-operator")
                     for batch in reversed(in_apply_order(overlay_objects())):
                         for obj in batch:
-                            delete(cp, obj)
+                            delete_as_pulumi(cp, obj)
                     operator_removed = True
                 continue
             if registration.type.endswith("Patch"):
                 continue  # Pulumi gives the fields back; the Deployment goes with the overlay
-            delete(cp, inputs)
+            delete_as_pulumi(cp, inputs)
     assert operator_removed
     crds = cp.kubectl("get", "crd", "-o", "name").stdout.split()
     # The operator's CRDs (group kubeflow.org); Trainer v2's (trainer.kubeflow.org, from

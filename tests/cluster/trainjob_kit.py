@@ -4,16 +4,22 @@ their own), and `pulumi up`'s and the rescale's steps against the API server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import tempfile
 import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from infra import trainjob as tj
 from tests.cluster import trainer_v2
+from tests.cluster.components import bin_path
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.nodes import node
+from tests.cluster.stack_apply import delete_as_pulumi
 from tests.infra.render import Rendering
 from tests.testkit import WAIT_S
 
@@ -72,12 +78,41 @@ def scheduled_pods(cp: ControlPlane, namespace: str, job: str, count: int
     return cp.wait_for(f"{count} scheduled pods of {job}", ready, timeout_s=WAIT_S)
 
 
-def delete_trainjob(cp: ControlPlane, namespace: str, job: str) -> None:
-    """As pulumi-kubernetes deletes a replaced job: foreground, awaited (its pods go)."""
-    cp.kubectl("delete", "trainjob", job, "-n", namespace, "--cascade=foreground",
-               "--wait=true", "--timeout=120s")
-    cp.wait_for(f"{job}'s pods to be gone", lambda: not pods_of(cp, namespace, job),
-                timeout_s=WAIT_S)
+def delete_trainjob(cp: ControlPlane, job: dict[str, Any]) -> None:
+    """As pulumi-kubernetes deletes a replaced job (its annotation: in the background),
+    then until its pods are gone (the garbage collector's work, after `pulumi up` went on)."""
+    name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+    delete_as_pulumi(cp, job)
+    cp.wait_for(f"{name}'s pods to be gone", lambda: not pods_of(cp, namespace, name),
+                timeout_s=WAIT_S, namespace=namespace)
+
+
+@contextlib.contextmanager
+def jobsets_made(cp: ControlPlane, namespace: str, first: str) -> Iterator[list[str]]:
+    """The uids of every JobSet the namespace has while the block runs (a watch from
+    before it starts: a JobSet made and deleted between two polls is seen too). `first`:
+    the uid of one that already exists, seen once the watch is running."""
+    with tempfile.TemporaryFile("w+") as out:
+        watch = subprocess.Popen(
+            [str(bin_path("kube", "kubectl")), f"--kubeconfig={cp.kubeconfig}", "get",
+             "jobsets.jobset.x-k8s.io", "-n", namespace, "--watch", "--output-watch-events",
+             "--no-headers", "-o", "custom-columns=TYPE:.type,UID:.object.metadata.uid"],
+            stdout=out, stderr=subprocess.STDOUT, text=True)
+        uids: list[str] = []
+
+        def seen() -> list[str]:
+            out.seek(0)
+            lines = [line.split() for line in out.read().splitlines()]
+            uids[:] = list(dict.fromkeys(uid for kind, uid in lines if kind == "ADDED"))
+            return uids
+        try:
+            cp.wait_for("the JobSet watch to start", lambda: first in seen())
+            yield uids
+            time.sleep(1)  # events of the block's last moments
+            seen()
+        finally:
+            watch.terminate()
+            watch.wait(timeout=30)
 
 
 def finished(cp: ControlPlane, namespace: str, name: str) -> str | None:

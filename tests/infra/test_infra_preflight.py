@@ -116,8 +116,8 @@ def test_no_kubeconfig_at_all_is_left_to_the_provider(tmp_path, monkeypatch):
     "42\n",  # YAML, but a number
     "contexts: [1]\ncurrent-context: x\n",  # a context that is no mapping
     "current-context: c\ncontexts: [{name: c, context: 5}]\n",
-    "current-context: c\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
-    "clusters: [{name: c, cluster: {server: 5}}]\nusers: [{name: u, user: {token: t}}]\n",
+    ("current-context: c\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+     "clusters: [{name: c, cluster: {server: 5}}]\nusers: [{name: u, user: {token: t}}]\n"),
 ], ids=["number", "context-item", "context-value", "server-number"])
 def test_kubeconfig_of_the_wrong_shape_is_left_to_the_provider(text, tmp_path):
     # Before: TypeError / AttributeError out of the kubernetes client stopped `pulumi up`
@@ -142,7 +142,7 @@ def test_a_server_that_answers_no_storage_class_list_is_left_to_the_provider(bod
     import threading
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (the stdlib's name)
+        def do_GET(self):
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

@@ -176,7 +176,14 @@ def test_a_rescale_or_any_spec_change_replaces_the_trainjob_under_a_new_name(cpu
     registration = cpu.registration("TrainJob", name)
     assert registration.replace_on_changes == ["spec"]
     assert registration.delete_before_replace  # never two runs on one checkpoint
-    assert registration.inputs["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
+    annotations = registration.inputs["metadata"]["annotations"]
+    assert annotations["pulumi.com/skipAwait"] == "true"
+    # Deleted in the background: Trainer recreates the JobSet of a TrainJob whose
+    # foreground deletion is pending (tests/cluster/test_trainjob.py). The PyTorchJob's
+    # operator does not, so it keeps the provider's foreground delete (pods gone first).
+    assert annotations["pulumi.com/deletionPropagationPolicy"] == "background"
+    v1 = pytorchjob(render(PUSHED))
+    assert "pulumi.com/deletionPropagationPolicy" not in v1["metadata"].get("annotations", {})
     # The runtime is not replaced with the job (shared by every run of the stack).
     assert cpu.registration("TrainingRuntime", tj.RUNTIME).replace_on_changes == []
 
