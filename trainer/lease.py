@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 TTL_ENV, WAIT_ENV = "TRAINSTACK_LEASE_TTL_S", "TRAINSTACK_LEASE_WAIT_S"
 DEFAULT_TTL_S, DEFAULT_WAIT_S = 60.0, 600.0
 REPORT_EVERY_S = 60.0
+RACE_BACKOFF_S = 0.5  # after a second lost race in a row, then longer each time
+RELEASE_WAIT_S = 10.0  # for a renewal in flight: well inside a pod's 30 s grace period
 
 
 class RunLeaseHeld(TrainstackError):
@@ -109,6 +111,7 @@ class RunLease:
         self.holder = uuid.uuid4().hex
         self.clock, self.sleep = clock, sleep
         self._tag: str | None = None
+        self._confirmed_at: float | None = None  # our clock when the last write began
         self._renewals = 0
         self._lost = False
         self._lock = threading.Lock()
@@ -127,13 +130,15 @@ class RunLease:
         start = self.clock()
         seen: tuple[str, float] | None = None  # (tag, when this process first saw it)
         reported: float | None = None
+        lost_races = 0
         while True:
             current, tag = self._read()
+            now = self.clock()
             if tag is None:
                 if self._try(lambda: self.store.put_if_absent(self.key, self._record())):
                     return
+                lost_races = self._after_a_lost_race(lost_races, start, wait_s)
                 continue
-            now = self.clock()
             if seen is None or seen[0] != tag:
                 seen = (tag, now)  # renewed (or first seen): its holder is alive
             if current is None or current.released or current.place == self.place \
@@ -143,6 +148,7 @@ class RunLease:
                                                                      tag)):
                     log.info("run %s: lease taken over (%s)", self.run_id, why)
                     return
+                lost_races = self._after_a_lost_race(lost_races, start, wait_s)
                 continue
             if now - start >= wait_s:
                 raise RunLeaseHeld(
@@ -156,6 +162,22 @@ class RunLease:
                             wait_s - (now - start))
                 reported = now
             self.sleep(min(5.0, self.ttl_s / 4))
+
+    def _after_a_lost_race(self, lost_races: int, start: float, wait_s: float) -> int:
+        """Another job wrote first: read again at once, but not forever. A store whose
+        reads and conditional writes disagree (a read says absent, the write says present)
+        would otherwise spin here without sleeping and without ever reaching ``wait_s``."""
+        lost_races += 1
+        if lost_races > 1:
+            if self.clock() - start >= wait_s:
+                raise RunLeaseHeld(
+                    f"run {self.run_id}: could not take its lease {self.key}: {lost_races} "
+                    f"conditional writes were refused in {wait_s:g} s ({WAIT_ENV}) while "
+                    "reads showed it free; the store answers reads and writes "
+                    "inconsistently, or other jobs keep taking it. This job stops "
+                    "without training")
+            self.sleep(min(RACE_BACKOFF_S * lost_races, self.ttl_s / 4))
+        return lost_races
 
     @staticmethod
     def _why_free(current: RunLeaseRecord | None, unchanged_s: float) -> str:
@@ -181,10 +203,12 @@ class RunLease:
             return None, tag
 
     def _try(self, write) -> bool:
+        began = self.clock()
         try:
             self._tag = write()
         except PreconditionFailed:
             return False  # another job moved first: read again
+        self._confirmed_at = began
         log.info("run %s: lease %s taken (%s)", self.run_id, self.key, self.place)
         return True
 
@@ -204,12 +228,14 @@ class RunLease:
             if self._lost or self._tag is None:
                 return not self._lost
             self._renewals += 1
+            began = self.clock()
             try:
                 self._tag = self.store.put_if_match(self.key, self._record(), self._tag)
+                self._confirmed_at = began
             except PreconditionFailed:
                 ours = self._own_tag()
                 if ours is not None:  # a retried PUT whose first try landed: still ours
-                    self._tag = ours
+                    self._tag, self._confirmed_at = ours, began
                     return True
                 self._lost = True
                 log.error("run %s: lease %s was taken over by another job", self.run_id,
@@ -232,18 +258,37 @@ class RunLease:
         return None
 
     def check(self) -> None:
-        """RunLeaseLost if another job took the lease over (then write nothing more)."""
+        """RunLeaseLost if another job took the lease over, or may have: a lease this job
+        has not renewed for ``ttl_s`` by its own clock is one a waiter may take (it waits
+        that long after seeing our last renewal), so it renews first and writes nothing
+        unless that renewal is still its own."""
+        if not self._lost and self._tag is not None and self._confirmed_at is not None \
+                and self.clock() - self._confirmed_at >= self.ttl_s:
+            self.renew()
+            if not self._lost and self.clock() - self._confirmed_at >= self.ttl_s:
+                raise RunLeaseLost(
+                    f"run {self.run_id}: its lease {self.key} could not be renewed for "
+                    f"{self.clock() - self._confirmed_at:.0f} s (ttl {self.ttl_s:g} s), so "
+                    "another job may have taken the run over; this job stops without "
+                    "writing (a restart resumes from the last checkpoint)")
         if self._lost:
             raise RunLeaseLost(f"run {self.run_id}: another job took over its lease "
                                f"({self.key}) while this one could not renew it; this job "
                                "stops without writing (the other one goes on)")
 
-    def release(self) -> None:
-        """An orderly exit: the next job takes the lease at once."""
+    def release(self, wait_s: float = RELEASE_WAIT_S) -> None:
+        """An orderly exit: the next job takes the lease at once. Bounded: a renewal stuck
+        in a store call must not eat a deleted pod's grace period (the lease then expires
+        after ``ttl_s`` instead)."""
         self._stop.set()
+        deadline = time.monotonic() + wait_s
         if self._thread is not None:
-            self._thread.join(timeout=30)
-        with self._lock:
+            self._thread.join(timeout=wait_s)
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            log.warning("run %s: lease not released (a renewal is still waiting for the "
+                        "store); it expires in %g s", self.run_id, self.ttl_s)
+            return
+        try:
             if self._lost or self._tag is None:
                 return
             try:
@@ -253,6 +298,8 @@ class RunLease:
                 log.warning("run %s: lease not released (%s); it expires in %g s",
                             self.run_id, e, self.ttl_s)
             self._tag = None
+        finally:
+            self._lock.release()
 
 
 @contextlib.contextmanager

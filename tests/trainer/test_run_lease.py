@@ -127,3 +127,101 @@ def test_a_renewal_whose_retry_finds_its_own_write_keeps_the_lease(local_store):
     assert holder.renew() and record(local_store).holder == holder.holder
     holder.release()
     assert record(local_store).released
+
+
+def test_a_holder_that_could_not_renew_for_ttl_writes_nothing_more(local_store):
+    """A store outage seen by the holder only (a partition): after ttl_s of failed
+    renewals a waiter takes the run over. Before, the holder learned it only at its next
+    background renewal (up to ttl_s / 4 later) and in between its epoch's check passed,
+    so it wrote a checkpoint of a run another job was training."""
+    from trainer.errors import StoreError
+
+    holder_time = FakeTime()
+    holder = lease(local_store, "job-a", holder_time)
+    holder.acquire(wait_s=1)
+    real_put = local_store.put_if_match
+
+    def outage(key, data, tag):
+        raise StoreError("connection refused")
+
+    local_store.put_if_match = outage
+    for _ in range(4):  # every renewal of a whole ttl fails
+        holder_time.now += 15
+        assert holder.renew()  # an outage: not (yet) lost
+    local_store.put_if_match = real_put
+    taker = lease(local_store, "job-b")
+    taker.acquire(wait_s=600)  # the record stayed unchanged for ttl_s: taken over
+    holder_time.now += 1  # the holder's epoch ends before its next renewal
+    with pytest.raises(RunLeaseLost, match="another job took over its lease"):
+        holder.check()
+    taker.check()
+
+
+def test_a_holder_still_cut_off_after_ttl_stops_and_one_renewed_goes_on(local_store):
+    from trainer.errors import StoreError
+
+    time = FakeTime()
+    holder = lease(local_store, "job-a", time)
+    holder.acquire(wait_s=1)
+    real_put = local_store.put_if_match
+
+    def outage(key, data, tag):
+        raise StoreError("connection refused")
+
+    local_store.put_if_match = outage
+    time.now += 30
+    holder.check()  # half a ttl without a renewal: still safely its own
+    time.now += 31
+    with pytest.raises(RunLeaseLost, match=r"could not be renewed for 61 s \(ttl 60 s\), so "
+                       "another job may have taken the run over"):
+        holder.check()
+    local_store.put_if_match = real_put  # the store is back, nobody took it: goes on
+    holder.check()
+    assert record(local_store).holder == holder.holder
+
+
+def test_a_store_that_disagrees_with_itself_is_not_spun_on(local_store):
+    """Reads say the lease is absent, conditional creates say it exists: before, acquire
+    looped at full speed, never sleeping and never reaching its wait limit."""
+    from trainer.errors import ObjectNotFound, PreconditionFailed
+
+    time = FakeTime()
+    taker = lease(local_store, "job-a", time)
+
+    def absent(key):
+        raise ObjectNotFound(key)
+
+    def exists(key, data):
+        raise PreconditionFailed(key)
+
+    local_store.get_tagged, local_store.put_if_absent = absent, exists
+    with pytest.raises(RunLeaseHeld, match=r"conditional writes were refused in 30 s "
+                       r"\(TRAINSTACK_LEASE_WAIT_S\) while reads showed it free"):
+        taker.acquire(wait_s=30)
+    assert 30 <= time.now - 1000.0 <= 30 + 15
+
+
+def test_release_does_not_wait_for_a_renewal_stuck_in_the_store(local_store, caplog):
+    """A deleted pod has 30 s before SIGKILL: a renewal hanging in a store call must not
+    keep release (and the trainer's other exits) waiting; the lease expires instead."""
+    import threading
+
+    holder = lease(local_store, "job-a")
+    holder.acquire(wait_s=1)
+    real_put, entered, unblock = local_store.put_if_match, threading.Event(), threading.Event()
+
+    def hangs(key, data, tag):
+        entered.set()
+        unblock.wait(30)
+        return real_put(key, data, tag)
+
+    local_store.put_if_match = hangs
+    renewing = threading.Thread(target=holder.renew)
+    renewing.start()
+    assert entered.wait(10)
+    holder.release(wait_s=0.2)
+    assert any("lease not released (a renewal is still waiting" in r.getMessage()
+               for r in caplog.records)
+    unblock.set()
+    renewing.join(10)
+    assert not record(local_store).released  # it expires after ttl_s instead
