@@ -47,6 +47,7 @@ PORT = HTTP.number
 DATA_DIR = "/var/lib/mlflow"  # the PVC: the SQLite database
 BACKEND_STORE_URI = f"sqlite:///{DATA_DIR}/mlflow.db"
 PVC_NAME = "mlflow-data"
+VOLUME_SIZE = "1Gi"  # its database: the runs' params and metrics
 CONFIG_MAP = "mlflow-aws-config"
 # MLFLOW_TRACKING_URI for the training pods, which read it with `optional: true`: their
 # template is the same with and without MLflow, so turning `mlflow` on or off does not
@@ -74,7 +75,7 @@ class MlflowArgs:
     store: pod.StoreRef  # where the artifact bucket is, and the Secret to reach it
     bucket: str  # the artifact bucket's name in the store (`<prefix>mlflow`)
     image: str = DEFAULT_IMAGE
-    storage_size: str = "1Gi"
+    storage_size: str = VOLUME_SIZE
     storage_class: str | None = None  # None: the cluster's default StorageClass
     depends_on: Sequence[pulumi.Resource] = field(default_factory=list)  # the bucket Job
     login: bool = False  # MLflow's basic-auth app with a generated login (infra/mlflow_auth.py)

@@ -9,8 +9,10 @@ timeout. So the program asks the cluster first, the way the provider would reach
 stops with one line naming the key to set when a claim can never bind.
 
 It only stops when it knows: a cluster it cannot reach, or whose StorageClasses it may not
-list, is left to the provider (logged). A claim that is already Bound, or a cluster with
-an Available PersistentVolume of no class (static provisioning), passes.
+list, is left to the provider (logged). A claim that is already Bound passes, and so does
+one an Available PersistentVolume of no class (static provisioning) would bind: as the
+volume binder does, each such volume binds one claim it fits (ReadWriteOnce, a filesystem,
+at least the claim's size, not reserved for another claim), the smallest that fits first.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from infra.stack_config import StackConfig
 DEFAULT_CLASS_ANNOTATIONS = ("storageclass.kubernetes.io/is-default-class",
                              "storageclass.beta.kubernetes.io/is-default-class")
 TIMEOUT_S = 10
-UNKNOWN_VOLUMES = 2**31  # PersistentVolumes that cannot be listed: assume enough
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,23 @@ class Claim:
     owner: str  # who needs it, for the message: "MinIO's volume"
     name: str  # the claim's name in the stack's namespace
     storage_class: str | None  # None: the cluster's default class
+    size: str  # its request, a quantity such as 10Gi
+
+
+@dataclass(frozen=True)
+class Volume:
+    """An Available PersistentVolume of no class, as far as binding a claim goes."""
+
+    name: str
+    capacity: int  # bytes
+    read_write_once: bool  # its access modes include ReadWriteOnce (the stack's claims')
+    filesystem: bool  # volumeMode Filesystem (the default), not Block
+    reserved_for: str | None  # a claim of the stack's namespace its claimRef names
+
+    def binds(self, claim: Claim) -> bool:
+        return (self.read_write_once and self.filesystem
+                and self.reserved_for in (None, claim.name)
+                and self.capacity >= _bytes(claim.size))
 
 
 @dataclass(frozen=True)
@@ -45,7 +63,9 @@ class ClusterStorage:
     """What the cluster has, as far as the claims are concerned."""
 
     classes: Mapping[str, bool]  # StorageClass name -> is it marked default
-    classless_volumes: int  # Available PersistentVolumes with no storageClassName
+    # Available PersistentVolumes with no storageClassName; None: they could not be listed
+    # (then they are assumed to fit: the check only stops when it knows)
+    classless_volumes: tuple[Volume, ...] | None
     bound_claims: frozenset[str]  # the stack's claims that exist and are Bound
 
 
@@ -66,10 +86,10 @@ def stack_claims(cfg: StackConfig) -> list[Claim]:
     claims = []
     if not cfg.store_endpoint:
         claims.append(Claim("minioStorageClass", "MinIO's volume", minio_server.PVC_NAME,
-                            cfg.minio_storage_class))
+                            cfg.minio_storage_class, cfg.minio_volume_size))
     if cfg.mlflow:
         claims.append(Claim("mlflowStorageClass", "MLflow's volume", mlflow_server.PVC_NAME,
-                            cfg.mlflow_storage_class))
+                            cfg.mlflow_storage_class, mlflow_server.VOLUME_SIZE))
     return claims
 
 
@@ -78,7 +98,7 @@ def claims_problem(claims: Iterable[Claim], storage: ClusterStorage
     """The error for the first claim that cannot bind on `storage`; None when all can."""
     names = ", ".join(sorted(storage.classes)) or "none"
     defaults = [name for name, is_default in storage.classes.items() if is_default]
-    classless = storage.classless_volumes  # each binds one claim
+    free = None if storage.classless_volumes is None else list(storage.classless_volumes)
     for claim in claims:
         if claim.name in storage.bound_claims:
             continue
@@ -88,19 +108,42 @@ def claims_problem(claims: Iterable[Claim], storage: ClusterStorage
                     f"invalid config trainstack:{claim.key} = '{claim.storage_class}': the "
                     f"cluster has no StorageClass of that name (it has: {names})", key=claim.key)
             continue
-        if defaults:
+        if defaults or free is None:
             continue
-        if classless > 0:
-            classless -= 1
+        fitting = sorted((v for v in free if v.binds(claim)),
+                         key=lambda v: (v.reserved_for != claim.name, v.capacity))
+        if fitting:
+            free.remove(fitting[0])  # it binds this claim and no other
             continue
         return StackConfigError(
                 f"{claim.owner} (PersistentVolumeClaim {claim.name}) would wait Pending "
-                f"forever: the cluster has no default StorageClass (it has: {names}). Set "
-                f"one for the stack: pulumi config set {claim.key} <name>, or mark one "
-                "default: kubectl patch storageclass <name> -p '{\"metadata\": "
+                f"forever: the cluster has no default StorageClass (it has: {names})"
+                f"{_volumes_note(claim, free)}. Set one for the stack: pulumi config set "
+                f"{claim.key} <name>, or mark one default: kubectl patch storageclass <name> "
+                "-p '{\"metadata\": "
                 f"{{\"annotations\": {{\"{DEFAULT_CLASS_ANNOTATIONS[0]}\": \"true\"}}}}}}'"
                 " (docs/operations.md, \"Storage\")", key=claim.key)
     return None
+
+
+def _volumes_note(claim: Claim, free: list[Volume]) -> str:
+    """Why the Available volumes of no class the cluster does have do not bind it."""
+    if not free:
+        return ""
+    largest = max(free, key=lambda v: v.capacity)
+    return (f" and none of its {len(free)} Available PersistentVolume(s) of no class fits "
+            f"the claim (ReadWriteOnce, a filesystem, at least {claim.size}; the largest: "
+            f"{largest.name}, {_gib(largest.capacity)})")
+
+
+def _bytes(quantity: str) -> int:
+    from kubernetes.utils import parse_quantity
+
+    return int(parse_quantity(quantity))
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.3g}Gi"
 
 
 def check_storage(cfg: StackConfig, access: ClusterAccess) -> None:
@@ -152,8 +195,9 @@ def read_cluster_storage(access: ClusterAccess, namespace: str,
             pulumi.log.info("the stack's volumes were not checked: cannot list StorageClasses "
                             f"({_reason(exc)})")
             return None
-        return ClusterStorage(classes, _classless_volumes(core, classes, unanswered),
-                              _bound_claims(core, namespace, claim_names, unanswered))
+        return ClusterStorage(
+            classes, _classless_volumes(core, classes, namespace, claim_names, unanswered),
+            _bound_claims(core, namespace, claim_names, unanswered))
 
 
 def _api_client(access: ClusterAccess):
@@ -177,16 +221,28 @@ def _is_default(annotations: Mapping[str, str]) -> bool:
     return any(annotations.get(key) == "true" for key in DEFAULT_CLASS_ANNOTATIONS)
 
 
-def _classless_volumes(core, classes: Mapping[str, bool], unanswered) -> int:
+def _classless_volumes(core, classes: Mapping[str, bool], namespace: str,
+                       claim_names: list[str], unanswered) -> tuple[Volume, ...] | None:
     if any(classes.values()):
-        return 0  # not needed: a default class exists
+        return ()  # not needed: a default class exists
     try:
-        volumes = core.list_persistent_volume(_request_timeout=TIMEOUT_S).items
-        return sum(1 for pv in volumes if not pv.spec.storage_class_name and pv.status
-                   and pv.status.phase == "Available")
-    except unanswered as exc:  # may not list volumes: assume some, do not stop
+        listed = core.list_persistent_volume(_request_timeout=TIMEOUT_S).items
+        volumes = []
+        for pv in listed:
+            if pv.spec.storage_class_name or not pv.status or pv.status.phase != "Available":
+                continue
+            ref = pv.spec.claim_ref
+            if ref is not None and (ref.namespace != namespace or ref.name not in claim_names):
+                continue  # reserved for a claim that is not the stack's
+            volumes.append(Volume(
+                pv.metadata.name, _bytes((pv.spec.capacity or {}).get("storage", "0")),
+                "ReadWriteOnce" in (pv.spec.access_modes or []),
+                (pv.spec.volume_mode or "Filesystem") == "Filesystem",
+                ref.name if ref is not None else None))
+        return tuple(volumes)
+    except unanswered as exc:  # may not list volumes: assume they fit, do not stop
         pulumi.log.debug(f"cannot list PersistentVolumes ({_reason(exc)})")
-        return UNKNOWN_VOLUMES
+        return None
 
 
 def _bound_claims(core, namespace: str, names: list[str], unanswered) -> frozenset[str]:

@@ -147,15 +147,6 @@ def nonzero_quantity(regex: re.Pattern, allowed: str) -> Parser:
     return parse
 
 
-_BYTE_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
-               "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
-               "Ei": 2**60}
-
-
-def byte_count(text: str) -> float:
-    """A BYTES quantity ("512Mi", "1.5Gi", "2G") in bytes."""
-    number, unit = re.fullmatch(r"([\d.]+)([A-Za-z]*)", text).groups()
-    return float(number) * _BYTE_UNITS[unit]
 
 
 def memory_at_least(minimum: str, allowed: str) -> Parser:
@@ -164,7 +155,7 @@ def memory_at_least(minimum: str, allowed: str) -> Parser:
 
     def parse(key: str, raw: Any) -> str:
         text = base(key, raw)
-        if byte_count(text) < byte_count(minimum):
+        if quantity_bytes(text) < quantity_bytes(minimum):
             raise invalid(key, f"{allowed}, at least {minimum} (a bare number is bytes)", raw)
         return text
 

@@ -14,6 +14,7 @@ from infra.config_errors import StackConfigError
 from infra.preflight import DEFAULT_CLASS_ANNOTATIONS, ClusterAccess, check_storage
 from tests.infra.infra_helpers import PUSHED
 from tests.test_package import run_program
+from tests.testkit import WAIT_S
 
 FAST = "ts-check-fast"
 
@@ -92,6 +93,48 @@ def test_a_classless_available_volume_lets_the_claim_bind(control_plane, access)
             assert stopped.value.key == "mlflowStorageClass"
         finally:
             control_plane.kubectl("delete", "pv", "ts-check-static", "--ignore-not-found")
+
+
+def test_a_classless_volume_smaller_than_the_claim_stops_the_stack(control_plane, access):
+    """The real binder never binds a volume smaller than the claim: MinIO's 10Gi claim
+    stays Pending beside an Available 5Gi volume of no class (its event says so), and the
+    check stops the stack before that. Before, any such volume passed."""
+    cp, ns = control_plane, "ts-check-size"
+    small = {"apiVersion": "v1", "kind": "PersistentVolume",
+             "metadata": {"name": "ts-check-small"},
+             "spec": {"capacity": {"storage": "5Gi"}, "accessModes": ["ReadWriteOnce"],
+                      "storageClassName": "", "hostPath": {"path": "/nonexistent/small"}}}
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             "metadata": {"name": "minio-data", "namespace": ns},
+             "spec": {"accessModes": ["ReadWriteOnce"],
+                      "resources": {"requests": {"storage": "10Gi"}}}}
+    with no_default_class(cp):
+        cp.apply([small, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}])
+        try:
+            cp.wait_for("the volume Available", lambda: cp.get("pv", "ts-check-small").get(
+                "status", {}).get("phase") == "Available")
+            config = parse_config({**PUSHED, "mlflow": "false", "namespace": ns})
+            with pytest.raises(StackConfigError) as stopped:
+                check_storage(config, access)
+            assert "none of its 1 Available PersistentVolume(s) of no class fits the claim " \
+                   "(ReadWriteOnce, a filesystem, at least 10Gi; the largest: " \
+                   "ts-check-small, 5Gi)" in str(stopped.value)
+            cp.apply([claim])
+            cp.wait_for("the binder's verdict on the claim", lambda: any(
+                e["reason"] == "FailedBinding" for e in cp.get(
+                    "events", "-n", ns, "--field-selector",
+                    "involvedObject.name=minio-data")["items"]))
+            assert cp.get("pvc", "-n", ns, "minio-data")["status"]["phase"] == "Pending"
+            assert cp.get("pv", "ts-check-small")["status"]["phase"] == "Available"
+            # With the claim's size, the same volume binds it, and the check passes.
+            cp.kubectl("delete", "pv", "ts-check-small")
+            cp.apply([{**small, "spec": {**small["spec"], "capacity": {"storage": "10Gi"}}}])
+            check_storage(config, access)
+            cp.wait_for("the claim Bound", lambda: cp.get("pvc", "-n", ns, "minio-data")[
+                "status"]["phase"] == "Bound", timeout_s=WAIT_S)
+        finally:
+            cp.kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false")
+            cp.kubectl("delete", "pv", "ts-check-small", "--ignore-not-found", "--wait=false")
 
 
 def test_the_program_stops_before_registering_anything(control_plane):

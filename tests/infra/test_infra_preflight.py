@@ -7,6 +7,7 @@ import socket
 
 import pytest
 import yaml
+from kubernetes.utils import parse_quantity
 
 from infra.config import parse_config
 from infra.config_errors import StackConfigError
@@ -14,24 +15,35 @@ from infra.preflight import (
     Claim,
     ClusterAccess,
     ClusterStorage,
+    Volume,
     check_storage,
     claims_problem,
     stack_claims,
 )
 from tests.infra.infra_helpers import EXTERNAL, PUSHED, RENDERED
 
-MINIO = Claim("minioStorageClass", "MinIO's volume", "minio-data", None)
-MLFLOW_FAST = Claim("mlflowStorageClass", "MLflow's volume", "mlflow-data", "fast")
+MINIO = Claim("minioStorageClass", "MinIO's volume", "minio-data", None, "10Gi")
+MLFLOW = Claim("mlflowStorageClass", "MLflow's volume", "mlflow-data", None, "1Gi")
+MLFLOW_FAST = Claim("mlflowStorageClass", "MLflow's volume", "mlflow-data", "fast", "1Gi")
 
 
-def storage(classes=None, classless=0, bound=()):
-    return ClusterStorage(classes or {}, classless, frozenset(bound))
+def volume(size="10Gi", name="pv", rwo=True, filesystem=True, reserved_for=None) -> Volume:
+    return Volume(name, int(parse_quantity(size)), rwo, filesystem, reserved_for)
+
+
+def storage(classes=None, classless=0, bound=(), volumes=None):
+    volumes = tuple(volumes) if volumes is not None else tuple(
+        volume(name=f"pv-{i}") for i in range(classless))
+    return ClusterStorage(classes or {}, volumes, frozenset(bound))
 
 
 def test_the_dev_stack_claims_minio_and_mlflow_volumes_with_the_default_class():
     claims = stack_claims(parse_config(PUSHED))
-    assert [(c.key, c.name, c.storage_class) for c in claims] == [
-        ("minioStorageClass", "minio-data", None), ("mlflowStorageClass", "mlflow-data", None)]
+    assert [(c.key, c.name, c.storage_class, c.size) for c in claims] == [
+        ("minioStorageClass", "minio-data", None, "10Gi"),
+        ("mlflowStorageClass", "mlflow-data", None, "1Gi")]
+    sized = stack_claims(parse_config({**PUSHED, "minioStorageSize": "50Gi"}))
+    assert sized[0].size == "50Gi"
 
 
 def test_named_classes_external_store_no_mlflow_and_render_mode_change_the_claims():
@@ -166,10 +178,39 @@ def test_a_server_that_answers_no_storage_class_list_is_left_to_the_provider(bod
 def test_one_classless_volume_binds_one_claim_not_two():
     """Before: one Available classless volume passed both default-class claims (MinIO's
     and MLflow's, the dev stack's), and MLflow's waited Pending forever."""
-    mlflow = Claim("mlflowStorageClass", "MLflow's volume", "mlflow-data", None)
+    mlflow = MLFLOW
     error = claims_problem([MINIO, mlflow], storage({"slow": False}, classless=1))
     assert error is not None and error.key == "mlflowStorageClass"
     assert "MLflow's volume (PersistentVolumeClaim mlflow-data) would wait Pending" in str(error)
     assert claims_problem([MINIO, mlflow], storage({"slow": False}, classless=2)) is None
     # One already bound (to the one volume): the other needs one more.
     assert claims_problem([MINIO, mlflow], storage({}, classless=1, bound={"minio-data"})) is None
+
+
+def test_a_classless_volume_binds_only_a_claim_it_fits():
+    """Before: any Available classless volume counted, so a 5Gi one passed MinIO's 10Gi
+    claim, which then waited Pending forever (the binder never binds a smaller volume)."""
+    error = claims_problem([MINIO], storage(volumes=[volume("5Gi", "small")]))
+    assert error is not None and error.key == "minioStorageClass"
+    assert ("none of its 1 Available PersistentVolume(s) of no class fits the claim "
+            "(ReadWriteOnce, a filesystem, at least 10Gi; the largest: small, 5Gi)") in str(error)
+    for unfit in (volume(rwo=False), volume(filesystem=False),
+                  volume(reserved_for="mlflow-data")):
+        assert claims_problem([MINIO], storage(volumes=[unfit])) is not None, unfit
+    assert claims_problem([MINIO], storage(volumes=[volume("10Gi")])) is None
+    assert claims_problem([MINIO], storage(volumes=[volume(reserved_for="minio-data")])) is None
+
+
+def test_each_claim_gets_the_smallest_volume_that_fits_as_the_binder_does():
+    """A 1Gi and a 20Gi volume bind MLflow's 1Gi claim and MinIO's 10Gi one, whichever
+    comes first; two 1Gi volumes cannot hold MinIO's."""
+    volumes = [volume("20Gi", "big"), volume("1Gi", "small")]
+    assert claims_problem([MLFLOW, MINIO], storage(volumes=volumes)) is None
+    assert claims_problem([MINIO, MLFLOW], storage(volumes=volumes)) is None
+    error = claims_problem([MINIO, MLFLOW], storage(volumes=[volume("1Gi", "a"),
+                                                              volume("1Gi", "b")]))
+    assert error is not None and error.key == "minioStorageClass"
+
+
+def test_volumes_that_cannot_be_listed_are_assumed_to_fit():
+    assert claims_problem([MINIO, MLFLOW], ClusterStorage({}, None, frozenset())) is None
