@@ -147,8 +147,6 @@ def nonzero_quantity(regex: re.Pattern, allowed: str) -> Parser:
     return parse
 
 
-
-
 def memory_at_least(minimum: str, allowed: str) -> Parser:
     """A memory quantity no smaller than `minimum` (e.g. "1" is one byte, not one GiB)."""
     base = pattern(BYTES, allowed)

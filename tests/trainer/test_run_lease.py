@@ -4,8 +4,12 @@ stayed unchanged for ttl_s by the waiter's own clock, a released one at once."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 
+from trainer.errors import StoreError
 from trainer.layout import ModelKeys
 from trainer.lease import RunLease, RunLeaseHeld, RunLeaseLost
 from trainer.schema import RunLeaseRecord
@@ -34,6 +38,22 @@ def lease(store, place: str, time: FakeTime | None = None, ttl_s: float = 60.0) 
     time = time or FakeTime()
     return RunLease(store, NAME, RUN, ttl_s=ttl_s, place=place, clock=time.clock,
                     sleep=time.sleep)
+
+
+@contextlib.contextmanager
+def renewals_fail(store) -> Iterator[None]:
+    """The store refuses every conditional write while the block runs (an outage the
+    holder sees: its renewals fail with a StoreError)."""
+    real_put = store.put_if_match
+
+    def outage(key, data, tag):
+        raise StoreError("connection refused")
+
+    store.put_if_match = outage
+    try:
+        yield
+    finally:
+        store.put_if_match = real_put
 
 
 def record(store) -> RunLeaseRecord:
@@ -134,21 +154,13 @@ def test_a_holder_that_could_not_renew_for_ttl_writes_nothing_more(local_store):
     renewals a waiter takes the run over. Before, the holder learned it only at its next
     background renewal (up to ttl_s / 4 later) and in between its epoch's check passed,
     so it wrote a checkpoint of a run another job was training."""
-    from trainer.errors import StoreError
-
     holder_time = FakeTime()
     holder = lease(local_store, "job-a", holder_time)
     holder.acquire(wait_s=1)
-    real_put = local_store.put_if_match
-
-    def outage(key, data, tag):
-        raise StoreError("connection refused")
-
-    local_store.put_if_match = outage
-    for _ in range(4):  # every renewal of a whole ttl fails
-        holder_time.now += 15
-        assert holder.renew()  # an outage: not (yet) lost
-    local_store.put_if_match = real_put
+    with renewals_fail(local_store):
+        for _ in range(4):  # every renewal of a whole ttl fails
+            holder_time.now += 15
+            assert holder.renew()  # an outage: not (yet) lost
     taker = lease(local_store, "job-b")
     taker.acquire(wait_s=600)  # the record stayed unchanged for ttl_s: taken over
     holder_time.now += 1  # the holder's epoch ends before its next renewal
@@ -158,25 +170,17 @@ def test_a_holder_that_could_not_renew_for_ttl_writes_nothing_more(local_store):
 
 
 def test_a_holder_still_cut_off_after_ttl_stops_and_one_renewed_goes_on(local_store):
-    from trainer.errors import StoreError
-
     time = FakeTime()
     holder = lease(local_store, "job-a", time)
     holder.acquire(wait_s=1)
-    real_put = local_store.put_if_match
-
-    def outage(key, data, tag):
-        raise StoreError("connection refused")
-
-    local_store.put_if_match = outage
-    time.now += 30
-    holder.check()  # half a ttl without a renewal: still safely its own
-    time.now += 31
-    with pytest.raises(RunLeaseLost, match=r"could not be renewed for 61 s \(ttl 60 s\), so "
-                       "another job may have taken the run over"):
-        holder.check()
-    local_store.put_if_match = real_put  # the store is back, nobody took it: goes on
-    holder.check()
+    with renewals_fail(local_store):
+        time.now += 30
+        holder.check()  # half a ttl without a renewal: still safely its own
+        time.now += 31
+        with pytest.raises(RunLeaseLost, match=r"could not be renewed for 61 s \(ttl 60 s\), "
+                           "so another job may have taken the run over"):
+            holder.check()
+    holder.check()  # the store is back, nobody took it: goes on
     assert record(local_store).holder == holder.holder
 
 
