@@ -178,13 +178,12 @@ def test_a_server_that_answers_no_storage_class_list_is_left_to_the_provider(bod
 def test_one_classless_volume_binds_one_claim_not_two():
     """Before: one Available classless volume passed both default-class claims (MinIO's
     and MLflow's, the dev stack's), and MLflow's waited Pending forever."""
-    mlflow = MLFLOW
-    error = claims_problem([MINIO, mlflow], storage({"slow": False}, classless=1))
+    error = claims_problem([MINIO, MLFLOW], storage({"slow": False}, classless=1))
     assert error is not None and error.key == "mlflowStorageClass"
     assert "MLflow's volume (PersistentVolumeClaim mlflow-data) would wait Pending" in str(error)
-    assert claims_problem([MINIO, mlflow], storage({"slow": False}, classless=2)) is None
+    assert claims_problem([MINIO, MLFLOW], storage({"slow": False}, classless=2)) is None
     # One already bound (to the one volume): the other needs one more.
-    assert claims_problem([MINIO, mlflow], storage({}, classless=1, bound={"minio-data"})) is None
+    assert claims_problem([MINIO, MLFLOW], storage({}, classless=1, bound={"minio-data"})) is None
 
 
 def test_a_classless_volume_binds_only_a_claim_it_fits():
