@@ -5,8 +5,8 @@ MinIO's and MLflow's PersistentVolumeClaims name a StorageClass (`minioStorageCl
 cluster with no default class (a bare kubeadm cluster, a new on-prem one) such a claim
 stays Pending, its pod is never scheduled, and the provider waits in silence until its
 timeout. So the program asks the cluster first, the way the provider would reach it
-(`kubernetes:kubeconfig`, `kubernetes:context`, else KUBECONFIG or ~/.kube/config), and
-stops with one line naming the key to set when a claim can never bind.
+(`kubernetes:kubeconfig`, `kubernetes:context`, `kubernetes:cluster`, else KUBECONFIG or
+~/.kube/config), and stops with one line naming the key to set when a claim can never bind.
 
 It only stops when it knows: a cluster it cannot reach, or whose StorageClasses it may not
 list, is left to the provider (logged). A claim that is already Bound passes, and so does
@@ -72,10 +72,12 @@ class ClusterStorage:
 @dataclass(frozen=True)
 class ClusterAccess:
     """How the provider reaches the cluster: `kubernetes:kubeconfig` is a path or the
-    kubeconfig itself; None for both means KUBECONFIG or ~/.kube/config."""
+    kubeconfig itself; None for both means KUBECONFIG or ~/.kube/config. `cluster`
+    (`kubernetes:cluster`) replaces the context's cluster, as the provider's override does."""
 
     kubeconfig: str | None = None
     context: str | None = None
+    cluster: str | None = None
 
 
 def stack_claims(cfg: StackConfig) -> list[Claim]:
@@ -202,16 +204,26 @@ def read_cluster_storage(access: ClusterAccess, namespace: str,
 
 def _api_client(access: ClusterAccess):
     import yaml
-    from kubernetes import client, config
+    from kubernetes import client
+    from kubernetes.config import kube_config
 
     configuration = client.Configuration()
     text = access.kubeconfig
     if text and ("\n" in text or text.lstrip().startswith("{")):
-        config.load_kube_config_from_dict(yaml.safe_load(text), context=access.context,
-                                          client_configuration=configuration)
+        loaded = yaml.safe_load(text)
+        if loaded is None:
+            raise kube_config.ConfigException("Invalid kube-config dict. No configuration found.")
+        loader = kube_config._get_kube_config_loader(config_dict=loaded,
+                                                     active_context=access.context)
     else:
-        config.load_kube_config(config_file=text or None, context=access.context,
-                                client_configuration=configuration, persist_config=False)
+        loader = kube_config._get_kube_config_loader(
+            filename=text or kube_config.KUBE_CONFIG_DEFAULT_LOCATION,
+            active_context=access.context, persist_config=False)
+    if access.cluster:
+        # The provider's `kubernetes:cluster`: the context's user, this cluster. The client
+        # has no such override; a name the kubeconfig lacks raises ConfigException.
+        loader._cluster = loader._config["clusters"].get_with_name(access.cluster)["cluster"]
+    loader.load_and_set(configuration)
     # One try per request: an unreachable cluster costs one timeout, not four.
     configuration.retries = False
     return client.ApiClient(configuration)
