@@ -18,7 +18,7 @@ at least the claim's size, not reserved for another claim), the smallest that fi
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 
@@ -67,6 +67,9 @@ class ClusterStorage:
     # (then they are assumed to fit: the check only stops when it knows)
     classless_volumes: tuple[Volume, ...] | None
     bound_claims: frozenset[str]  # the stack's claims that exist and are Bound
+    # their storageClassName (a Bound claim stays only while the config names no other
+    # class: the field is immutable, so pulumi-kubernetes replaces a claim whose class changes)
+    bound_classes: Mapping[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,8 @@ def claims_problem(claims: Iterable[Claim], storage: ClusterStorage
     defaults = [name for name, is_default in storage.classes.items() if is_default]
     free = None if storage.classless_volumes is None else list(storage.classless_volumes)
     for claim in claims:
-        if claim.name in storage.bound_claims:
+        if claim.name in storage.bound_claims and claim.storage_class in (
+                None, storage.bound_classes.get(claim.name, claim.storage_class)):
             continue
         if claim.storage_class is not None:
             if claim.storage_class not in storage.classes:
@@ -197,9 +201,10 @@ def read_cluster_storage(access: ClusterAccess, namespace: str,
             pulumi.log.info("the stack's volumes were not checked: cannot list StorageClasses "
                             f"({_reason(exc)})")
             return None
+        bound = _bound_claims(core, namespace, claim_names, unanswered)
         return ClusterStorage(
             classes, _classless_volumes(core, classes, namespace, claim_names, unanswered),
-            _bound_claims(core, namespace, claim_names, unanswered))
+            frozenset(bound), bound)
 
 
 def _api_client(access: ClusterAccess):
@@ -257,17 +262,19 @@ def _classless_volumes(core, classes: Mapping[str, bool], namespace: str,
         return None
 
 
-def _bound_claims(core, namespace: str, names: list[str], unanswered) -> frozenset[str]:
-    bound = set()
+def _bound_claims(core, namespace: str, names: list[str], unanswered
+                  ) -> dict[str, str | None]:
+    """The Bound ones of the claims, with their storageClassName."""
+    bound = {}
     for name in names:
         try:
             claim = core.read_namespaced_persistent_volume_claim(
                 name, namespace, _request_timeout=TIMEOUT_S)
             if claim.status and claim.status.phase == "Bound":
-                bound.add(name)
+                bound[name] = claim.spec.storage_class_name if claim.spec else None
         except unanswered:  # absent (the first `up`) or not readable: not bound
             pass
-    return frozenset(bound)
+    return bound
 
 
 def _reason(exc: Exception) -> str:

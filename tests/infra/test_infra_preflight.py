@@ -216,8 +216,8 @@ def test_volumes_that_cannot_be_listed_are_assumed_to_fit():
     assert claims_problem([MINIO, MLFLOW], ClusterStorage({}, None, frozenset())) is None
 
 
-def _api_server(classes: list[dict]):
-    """A stand-in API server: these StorageClasses, no volumes, no claims."""
+def _api_server(classes: list[dict], claims: dict[str, dict] | None = None):
+    """A stand-in API server: these StorageClasses, no volumes, these claims (by name)."""
     import http.server
     import json
     import threading
@@ -230,6 +230,8 @@ def _api_server(classes: list[dict]):
             elif self.path.startswith("/api/v1/persistentvolumes"):
                 status, body = 200, {"kind": "PersistentVolumeList", "apiVersion": "v1",
                                      "metadata": {}, "items": []}
+            elif self.path.split("?")[0].rsplit("/", 1)[-1] in (claims or {}):
+                status, body = 200, claims[self.path.split("?")[0].rsplit("/", 1)[-1]]
             else:
                 status, body = 404, {"kind": "Status", "apiVersion": "v1", "code": 404,
                                      "status": "Failure", "reason": "NotFound"}
@@ -282,3 +284,29 @@ def test_the_provider_s_cluster_override_is_the_cluster_asked(tmp_path):
         for server in (other, target):
             server.shutdown()
             server.server_close()
+
+
+def test_a_bound_claim_whose_class_the_config_changes_is_checked_again():
+    """storageClassName is immutable: pulumi-kubernetes replaces a claim whose class
+    changes. Before, a Bound claim passed whatever the config named, so a mistyped
+    `minioStorageClass` on a running stack replaced MinIO's claim by one of a class that
+    does not exist, Pending forever."""
+    bound = {"kind": "PersistentVolumeClaim", "apiVersion": "v1",
+             "metadata": {"name": "minio-data", "namespace": "trainstack"},
+             "spec": {"storageClassName": "standard", "accessModes": ["ReadWriteOnce"]},
+             "status": {"phase": "Bound"}}
+    server = _api_server([{"metadata": {"name": "standard", "annotations": {
+        "storageclass.kubernetes.io/is-default-class": "true"}}, "provisioner": "x"}],
+        {"minio-data": bound})
+    try:
+        access = ClusterAccess(yaml.safe_dump(
+            _kubeconfig(f"http://127.0.0.1:{server.server_port}")))
+        with pytest.raises(StackConfigError, match="minioStorageClass = 'fsat'"):
+            check_storage(parse_config({**PUSHED, "minioStorageClass": "fsat"}), access)
+        # Its own class, or none named (the default it got): it stays as it is.
+        assert check_storage(parse_config({**PUSHED, "minioStorageClass": "standard"}),
+                             access) is None
+        assert check_storage(parse_config(PUSHED), access) is None
+    finally:
+        server.shutdown()
+        server.server_close()
