@@ -99,6 +99,10 @@ def add_serving_args(serve: argparse.ArgumentParser) -> None:
     group.add_argument("--decode-memory-mb", type=float, default=512.0,
                        help="memory that concurrent decodes may use together; a bigger "
                             "decode gets 413 [512]")
+    group.add_argument("--upload-memory-mb", type=float, default=None,
+                       help="memory that POST /predict bodies in flight may use together; "
+                            "at least one whole upload [128, or one --max-upload-mb upload "
+                            "when that is more]")
     group.add_argument("--upload-cache-mb", type=float, default=256.0,
                        help="UI uploads kept on disk at most; the oldest go first [256]")
     group.add_argument("--upload-cache-max-age-s", type=float, default=600.0,
@@ -107,7 +111,7 @@ def add_serving_args(serve: argparse.ArgumentParser) -> None:
 
 def serving_settings(args: argparse.Namespace) -> dict:
     optional = {"device": args.device, "decode_threads": args.decode_threads,
-                "lone_threads": args.lone_threads}
+                "lone_threads": args.lone_threads, "upload_memory_mb": args.upload_memory_mb}
     return {"batching": args.batching == "on", "max_batch": args.max_batch,
             "max_batch_wait_ms": args.max_batch_wait_ms, "precision": args.precision,
             "decode": args.decode, "program": args.program,

@@ -34,7 +34,7 @@ from .auth import (
     check_token,
     gradio_login,
 )
-from .bodies import BodyReader, UploadLimits
+from .bodies import MULTIPART_OVERHEAD, BodyReader, UploadLimits
 from .engine import Engine, EngineConfig
 from .metrics import Metrics
 from .predict import DEFAULT_MAX_PIXELS
@@ -57,6 +57,9 @@ def default_torch_threads(batching: bool = True) -> int:
     """
     cpus = usable_cpus()
     return max(1, min(16, cpus - 1)) if batching else max(1, min(4, cpus // 2))
+
+
+DEFAULT_UPLOAD_MEMORY_MB = 128  # POST /predict bodies in flight together, by default
 
 
 def default_device() -> str:
@@ -93,7 +96,8 @@ class Settings:
     upload_cache_sweep_s: float = 30.0  # how often both limits are applied
     # POST /predict bodies in flight (inference.bodies): their memory together, the
     # longest a body may send nothing, and the longest a whole body may take.
-    upload_memory_mb: float = 128.0
+    # None: 128 MiB, or one whole upload of max_upload_mb when that is more.
+    upload_memory_mb: float | None = None
     upload_idle_timeout_s: float = 10.0
     upload_read_timeout_s: float = 60.0
     # $TRAINSTACK_AUTH_TOKEN (inference.auth); None or "": no access control. Never a flag
@@ -109,9 +113,11 @@ class Settings:
                               "http:// or https:// address", key="mlflow_ui_url")
 
     def upload_limits(self) -> UploadLimits:
+        max_bytes = int(self.max_upload_mb * 1e6)
+        memory_bytes = (max(DEFAULT_UPLOAD_MEMORY_MB * 2**20, max_bytes + MULTIPART_OVERHEAD)
+                        if self.upload_memory_mb is None else int(self.upload_memory_mb * 2**20))
         try:
-            return UploadLimits(max_bytes=int(self.max_upload_mb * 1e6),
-                                memory_bytes=int(self.upload_memory_mb * 2**20),
+            return UploadLimits(max_bytes=max_bytes, memory_bytes=memory_bytes,
                                 idle_timeout_s=self.upload_idle_timeout_s,
                                 read_timeout_s=self.upload_read_timeout_s)
         except ValueError as e:

@@ -183,7 +183,8 @@ def cluster_access() -> ClusterAccess:
     from pulumi.runtime import config as runtime_config
 
     return ClusterAccess(kubeconfig=runtime_config.get_config("kubernetes:kubeconfig"),
-                         context=runtime_config.get_config("kubernetes:context"))
+                         context=runtime_config.get_config("kubernetes:context"),
+                         cluster=runtime_config.get_config("kubernetes:cluster"))
 
 
 def _is_secret(full_key: str) -> bool:

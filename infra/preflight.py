@@ -5,8 +5,8 @@ MinIO's and MLflow's PersistentVolumeClaims name a StorageClass (`minioStorageCl
 cluster with no default class (a bare kubeadm cluster, a new on-prem one) such a claim
 stays Pending, its pod is never scheduled, and the provider waits in silence until its
 timeout. So the program asks the cluster first, the way the provider would reach it
-(`kubernetes:kubeconfig`, `kubernetes:context`, else KUBECONFIG or ~/.kube/config), and
-stops with one line naming the key to set when a claim can never bind.
+(`kubernetes:kubeconfig`, `kubernetes:context`, `kubernetes:cluster`, else KUBECONFIG or
+~/.kube/config), and stops with one line naming the key to set when a claim can never bind.
 
 It only stops when it knows: a cluster it cannot reach, or whose StorageClasses it may not
 list, is left to the provider (logged). A claim that is already Bound passes, and so does
@@ -18,7 +18,7 @@ at least the claim's size, not reserved for another claim), the smallest that fi
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 
@@ -67,15 +67,20 @@ class ClusterStorage:
     # (then they are assumed to fit: the check only stops when it knows)
     classless_volumes: tuple[Volume, ...] | None
     bound_claims: frozenset[str]  # the stack's claims that exist and are Bound
+    # their storageClassName (a Bound claim stays only while the config names no other
+    # class: the field is immutable, so pulumi-kubernetes replaces a claim whose class changes)
+    bound_classes: Mapping[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ClusterAccess:
     """How the provider reaches the cluster: `kubernetes:kubeconfig` is a path or the
-    kubeconfig itself; None for both means KUBECONFIG or ~/.kube/config."""
+    kubeconfig itself; None for both means KUBECONFIG or ~/.kube/config. `cluster`
+    (`kubernetes:cluster`) replaces the context's cluster, as the provider's override does."""
 
     kubeconfig: str | None = None
     context: str | None = None
+    cluster: str | None = None
 
 
 def stack_claims(cfg: StackConfig) -> list[Claim]:
@@ -100,7 +105,8 @@ def claims_problem(claims: Iterable[Claim], storage: ClusterStorage
     defaults = [name for name, is_default in storage.classes.items() if is_default]
     free = None if storage.classless_volumes is None else list(storage.classless_volumes)
     for claim in claims:
-        if claim.name in storage.bound_claims:
+        if claim.name in storage.bound_claims and claim.storage_class in (
+                None, storage.bound_classes.get(claim.name, claim.storage_class)):
             continue
         if claim.storage_class is not None:
             if claim.storage_class not in storage.classes:
@@ -195,23 +201,34 @@ def read_cluster_storage(access: ClusterAccess, namespace: str,
             pulumi.log.info("the stack's volumes were not checked: cannot list StorageClasses "
                             f"({_reason(exc)})")
             return None
+        bound = _bound_claims(core, namespace, claim_names, unanswered)
         return ClusterStorage(
             classes, _classless_volumes(core, classes, namespace, claim_names, unanswered),
-            _bound_claims(core, namespace, claim_names, unanswered))
+            frozenset(bound), bound)
 
 
 def _api_client(access: ClusterAccess):
     import yaml
-    from kubernetes import client, config
+    from kubernetes import client
+    from kubernetes.config import kube_config
 
     configuration = client.Configuration()
     text = access.kubeconfig
     if text and ("\n" in text or text.lstrip().startswith("{")):
-        config.load_kube_config_from_dict(yaml.safe_load(text), context=access.context,
-                                          client_configuration=configuration)
+        loaded = yaml.safe_load(text)
+        if loaded is None:
+            raise kube_config.ConfigException("Invalid kube-config dict. No configuration found.")
+        loader = kube_config._get_kube_config_loader(config_dict=loaded,
+                                                     active_context=access.context)
     else:
-        config.load_kube_config(config_file=text or None, context=access.context,
-                                client_configuration=configuration, persist_config=False)
+        loader = kube_config._get_kube_config_loader(
+            filename=text or kube_config.KUBE_CONFIG_DEFAULT_LOCATION,
+            active_context=access.context, persist_config=False)
+    if access.cluster:
+        # The provider's `kubernetes:cluster`: the context's user, this cluster. The client
+        # has no such override; a name the kubeconfig lacks raises ConfigException.
+        loader._cluster = loader._config["clusters"].get_with_name(access.cluster)["cluster"]
+    loader.load_and_set(configuration)
     # One try per request: an unreachable cluster costs one timeout, not four.
     configuration.retries = False
     return client.ApiClient(configuration)
@@ -245,17 +262,19 @@ def _classless_volumes(core, classes: Mapping[str, bool], namespace: str,
         return None
 
 
-def _bound_claims(core, namespace: str, names: list[str], unanswered) -> frozenset[str]:
-    bound = set()
+def _bound_claims(core, namespace: str, names: list[str], unanswered
+                  ) -> dict[str, str | None]:
+    """The Bound ones of the claims, with their storageClassName."""
+    bound = {}
     for name in names:
         try:
             claim = core.read_namespaced_persistent_volume_claim(
                 name, namespace, _request_timeout=TIMEOUT_S)
             if claim.status and claim.status.phase == "Bound":
-                bound.add(name)
+                bound[name] = claim.spec.storage_class_name if claim.spec else None
         except unanswered:  # absent (the first `up`) or not readable: not bound
             pass
-    return frozenset(bound)
+    return bound
 
 
 def _reason(exc: Exception) -> str:

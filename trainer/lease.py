@@ -227,35 +227,44 @@ class RunLease:
         with self._lock:
             if self._lost or self._tag is None:
                 return not self._lost
-            self._renewals += 1
-            began = self.clock()
-            try:
-                self._tag = self.store.put_if_match(self.key, self._record(), self._tag)
-                self._confirmed_at = began
-            except PreconditionFailed:
-                ours = self._own_tag()
-                if ours is not None:  # a retried PUT whose first try landed: still ours
-                    self._tag, self._confirmed_at = ours, began
+            for _ in range(2):  # a second write only after an earlier one of ours landed
+                self._renewals += 1
+                began = self.clock()
+                try:
+                    self._tag = self.store.put_if_match(self.key, self._record(), self._tag)
+                    self._confirmed_at = began
                     return True
-                self._lost = True
-                log.error("run %s: lease %s was taken over by another job", self.run_id,
-                          self.key)
-                return False
-            except StoreError as e:  # an outage: the next renewal tries again
-                log.warning("run %s: lease not renewed (%s)", self.run_id, e)
+                except PreconditionFailed:
+                    renewals, tag = self._own_record()
+                    if renewals is None:
+                        self._lost = True
+                        log.error("run %s: lease %s was taken over by another job",
+                                  self.run_id, self.key)
+                        return False
+                    self._tag = tag
+                    if renewals == self._renewals:  # a retried PUT whose first try landed
+                        self._confirmed_at = began
+                        return True
+                    # An earlier renewal landed although the store reported it failed
+                    # (StoreError after its last retry): still ours, but when it landed is
+                    # unknown, so renew once more on its tag rather than trust it.
+                except StoreError as e:  # an outage: the next renewal tries again
+                    log.warning("run %s: lease not renewed (%s)", self.run_id, e)
+                    return True
         return True
 
-    def _own_tag(self) -> str | None:
-        """The record's tag when it is still this holder's latest renewal (a conditional
-        PUT retried after a timeout or a 5xx fails with 412 when its first try landed)."""
+    def _own_record(self) -> tuple[int | None, str | None]:
+        """(renewals, tag) of the record while it is still this holder's (a conditional PUT
+        retried after a timeout or a 5xx fails with 412 when its first try landed, and one
+        reported failed may have landed); (None, None) when another job's or unreadable."""
         try:
             current, tag = self._read()
         except StoreError:
-            return None
+            return None, None
         if current is not None and current.holder == self.holder and not current.released \
-                and current.renewals == self._renewals:
-            return tag
-        return None
+                and current.renewals <= self._renewals:
+            return current.renewals, tag
+        return None, None
 
     def check(self) -> None:
         """RunLeaseLost if another job took the lease over, or may have: a lease this job

@@ -21,3 +21,31 @@ def test_a_budget_that_holds_one_whole_upload_is_accepted():
     limits = Settings(store="/tmp/x").upload_limits()  # the defaults: 128 MiB, 10 MB
     assert limits.memory_bytes >= limits.body_cap
     UploadLimits(max_bytes=1000, memory_bytes=1000 + MULTIPART_OVERHEAD)
+
+
+def test_serve_with_a_big_max_upload_starts(monkeypatch, tmp_path):
+    """`serve --max-upload-mb 200` is a valid command line, and the CLI has no way to set the
+    upload memory budget (128 MiB). Before, it no longer started: exit 2, "upload_memory_mb
+    128 is too small for max_upload_mb 200", naming a setting no flag reaches."""
+    import socket
+
+    import inference.app
+    from inference.__main__ import parse_args, serve
+
+    class Started(Exception):
+        pass
+
+    seen = {}
+
+    def create_app(settings):
+        seen["limits"] = settings.upload_limits()
+        raise Started
+
+    monkeypatch.setattr(inference.app, "create_app", create_app)
+    args = parse_args(["serve", "--store", str(tmp_path), "--max-upload-mb", "200"])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        with pytest.raises(Started):
+            serve(args, sock)
+    limits = seen["limits"]
+    assert limits.max_bytes == 200_000_000 and limits.memory_bytes >= limits.body_cap

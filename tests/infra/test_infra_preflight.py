@@ -213,3 +213,99 @@ def test_each_claim_gets_the_smallest_volume_that_fits_as_the_binder_does():
 
 def test_volumes_that_cannot_be_listed_are_assumed_to_fit():
     assert claims_problem([MINIO, MLFLOW], ClusterStorage({}, None, frozenset())) is None
+
+
+def _api_server(classes: list[dict], claims: dict[str, dict] | None = None):
+    """A stand-in API server: these StorageClasses, no volumes, these claims (by name)."""
+    import http.server
+    import json
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/apis/storage.k8s.io/v1/storageclasses"):
+                status, body = 200, {"kind": "StorageClassList", "apiVersion":
+                                     "storage.k8s.io/v1", "metadata": {}, "items": classes}
+            elif self.path.startswith("/api/v1/persistentvolumes"):
+                status, body = 200, {"kind": "PersistentVolumeList", "apiVersion": "v1",
+                                     "metadata": {}, "items": []}
+            elif self.path.split("?")[0].rsplit("/", 1)[-1] in (claims or {}):
+                status, body = 200, claims[self.path.split("?")[0].rsplit("/", 1)[-1]]
+            else:
+                status, body = 404, {"kind": "Status", "apiVersion": "v1", "code": 404,
+                                     "status": "Failure", "reason": "NotFound"}
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_the_provider_s_cluster_override_is_the_cluster_asked(tmp_path):
+    """`kubernetes:cluster` makes the provider use that kubeconfig cluster with the current
+    context. Before, the check ignored it and asked the context's own cluster: here one
+    without a default StorageClass, so `pulumi up` stopped although the cluster the stack
+    goes to has one."""
+    from pulumi.runtime import config as runtime_config
+
+    from infra.config import cluster_access
+
+    other = _api_server([{"metadata": {"name": "slow"}, "provisioner": "x"}])
+    target = _api_server([{"metadata": {"name": "standard", "annotations": {
+        "storageclass.kubernetes.io/is-default-class": "true"}}, "provisioner": "x"}])
+    kubeconfig = _kubeconfig(f"http://127.0.0.1:{other.server_port}")
+    kubeconfig["clusters"].append(
+        {"name": "target", "cluster": {"server": f"http://127.0.0.1:{target.server_port}"}})
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(kubeconfig))
+    saved = runtime_config.CONFIG.get()
+    try:
+        runtime_config.set_all_config({"kubernetes:kubeconfig": str(path)})
+        with pytest.raises(StackConfigError):  # the context's own cluster: no default
+            check_storage(parse_config(PUSHED), cluster_access())
+        runtime_config.set_all_config({"kubernetes:kubeconfig": str(path),
+                                       "kubernetes:cluster": "target"})
+        assert check_storage(parse_config(PUSHED), cluster_access()) is None
+        # A cluster the kubeconfig does not have: the provider's error, not ours.
+        runtime_config.set_all_config({"kubernetes:kubeconfig": str(path),
+                                       "kubernetes:cluster": "absent"})
+        assert check_storage(parse_config(PUSHED), cluster_access()) is None
+    finally:
+        runtime_config.CONFIG.set(saved)
+        for server in (other, target):
+            server.shutdown()
+            server.server_close()
+
+
+def test_a_bound_claim_whose_class_the_config_changes_is_checked_again():
+    """storageClassName is immutable: pulumi-kubernetes replaces a claim whose class
+    changes. Before, a Bound claim passed whatever the config named, so a mistyped
+    `minioStorageClass` on a running stack replaced MinIO's claim by one of a class that
+    does not exist, Pending forever."""
+    bound = {"kind": "PersistentVolumeClaim", "apiVersion": "v1",
+             "metadata": {"name": "minio-data", "namespace": "trainstack"},
+             "spec": {"storageClassName": "standard", "accessModes": ["ReadWriteOnce"]},
+             "status": {"phase": "Bound"}}
+    server = _api_server([{"metadata": {"name": "standard", "annotations": {
+        "storageclass.kubernetes.io/is-default-class": "true"}}, "provisioner": "x"}],
+        {"minio-data": bound})
+    try:
+        access = ClusterAccess(yaml.safe_dump(
+            _kubeconfig(f"http://127.0.0.1:{server.server_port}")))
+        with pytest.raises(StackConfigError, match="minioStorageClass = 'fsat'"):
+            check_storage(parse_config({**PUSHED, "minioStorageClass": "fsat"}), access)
+        # Its own class, or none named (the default it got): it stays as it is.
+        assert check_storage(parse_config({**PUSHED, "minioStorageClass": "standard"}),
+                             access) is None
+        assert check_storage(parse_config(PUSHED), access) is None
+    finally:
+        server.shutdown()
+        server.server_close()

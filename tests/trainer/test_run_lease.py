@@ -229,3 +229,28 @@ def test_release_does_not_wait_for_a_renewal_stuck_in_the_store(local_store, cap
     unblock.set()
     renewing.join(10)
     assert not record(local_store).released  # it expires after ttl_s instead
+
+
+def test_a_renewal_that_landed_but_was_reported_as_failed_keeps_the_lease(local_store):
+    """S3Store._call gives up with StoreError after its last retry even when an earlier
+    try landed (its answer lost to a network blip). The holder kept the old tag, so its
+    next renewal got 412 and, its record's renewal count one behind the holder's, took
+    its own write for a takeover: RunLeaseLost, and nobody trained the run."""
+    from trainer.errors import StoreError
+
+    holder = lease(local_store, "job-a")
+    holder.acquire(wait_s=1)
+    real_put = local_store.put_if_match
+
+    def landed_then_unreachable(key, data, tag):
+        real_put(key, data, tag)  # landed...
+        raise StoreError("put: unreachable")  # ...but every answer was lost
+
+    local_store.put_if_match = landed_then_unreachable
+    assert holder.renew()  # an outage, as far as the holder knows
+    local_store.put_if_match = real_put
+    assert holder.renew(), "its own earlier renewal was taken for another job's takeover"
+    holder.check()
+    assert record(local_store).holder == holder.holder
+    holder.release()
+    assert record(local_store).released
