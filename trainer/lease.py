@@ -161,6 +161,7 @@ class RunLease:
                             "(up to %g s more)", self.run_id, current.place,
                             wait_s - (now - start))
                 reported = now
+            lost_races = 0  # only races lost in a row tell of a store that disagrees
             self.sleep(min(5.0, self.ttl_s / 4))
 
     def _after_a_lost_race(self, lost_races: int, start: float, wait_s: float) -> int:
@@ -222,35 +223,45 @@ class RunLease:
             if not self.renew():
                 return
 
-    def renew(self) -> bool:
-        """One renewal; False once the lease is lost (taken over by another job)."""
-        with self._lock:
-            if self._lost or self._tag is None:
-                return not self._lost
-            for _ in range(2):  # a second write only after an earlier one of ours landed
-                self._renewals += 1
-                began = self.clock()
-                try:
-                    self._tag = self.store.put_if_match(self.key, self._record(), self._tag)
+    def renew(self, wait_s: float = -1) -> bool:
+        """One renewal; False once the lease is lost (taken over by another job).
+        ``wait_s``: how long to wait for a renewal already in flight (-1: as long as it
+        takes); when that one does not end in time, nothing is written (True)."""
+        if not self._lock.acquire(timeout=wait_s):
+            return True
+        try:
+            return self._renew_holding_the_lock()
+        finally:
+            self._lock.release()
+
+    def _renew_holding_the_lock(self) -> bool:
+        """renew(), its lock held."""
+        if self._lost or self._tag is None:
+            return not self._lost
+        for _ in range(2):  # a second write only after an earlier one of ours landed
+            self._renewals += 1
+            began = self.clock()
+            try:
+                self._tag = self.store.put_if_match(self.key, self._record(), self._tag)
+                self._confirmed_at = began
+                return True
+            except PreconditionFailed:
+                renewals, tag = self._own_record()
+                if renewals is None:
+                    self._lost = True
+                    log.error("run %s: lease %s was taken over by another job",
+                              self.run_id, self.key)
+                    return False
+                self._tag = tag
+                if renewals == self._renewals:  # a retried PUT whose first try landed
                     self._confirmed_at = began
                     return True
-                except PreconditionFailed:
-                    renewals, tag = self._own_record()
-                    if renewals is None:
-                        self._lost = True
-                        log.error("run %s: lease %s was taken over by another job",
-                                  self.run_id, self.key)
-                        return False
-                    self._tag = tag
-                    if renewals == self._renewals:  # a retried PUT whose first try landed
-                        self._confirmed_at = began
-                        return True
-                    # An earlier renewal landed although the store reported it failed
-                    # (StoreError after its last retry): still ours, but when it landed is
-                    # unknown, so renew once more on its tag rather than trust it.
-                except StoreError as e:  # an outage: the next renewal tries again
-                    log.warning("run %s: lease not renewed (%s)", self.run_id, e)
-                    return True
+                # An earlier renewal landed although the store reported it failed
+                # (StoreError after its last retry): still ours, but when it landed is
+                # unknown, so renew once more on its tag rather than trust it.
+            except StoreError as e:  # an outage: the next renewal tries again
+                log.warning("run %s: lease not renewed (%s)", self.run_id, e)
+                return True
         return True
 
     def _own_record(self) -> tuple[int | None, str | None]:
@@ -266,14 +277,16 @@ class RunLease:
             return current.renewals, tag
         return None, None
 
-    def check(self) -> None:
+    def check(self, wait_s: float = RELEASE_WAIT_S) -> None:
         """RunLeaseLost if another job took the lease over, or may have: a lease this job
         has not renewed for ``ttl_s`` by its own clock is one a waiter may take (it waits
         that long after seeing our last renewal), so it renews first and writes nothing
         unless that renewal is still its own."""
         if not self._lost and self._tag is not None and self._confirmed_at is not None \
                 and self.clock() - self._confirmed_at >= self.ttl_s:
-            self.renew()
+            # Not longer than RELEASE_WAIT_S behind a renewal stuck in the store: one that
+            # does not end in time leaves the lease unconfirmed, and this job stops.
+            self.renew(wait_s=wait_s)
             if not self._lost and self.clock() - self._confirmed_at >= self.ttl_s:
                 raise RunLeaseLost(
                     f"run {self.run_id}: its lease {self.key} could not be renewed for "

@@ -254,3 +254,33 @@ def test_a_renewal_that_landed_but_was_reported_as_failed_keeps_the_lease(local_
     assert record(local_store).holder == holder.holder
     holder.release()
     assert record(local_store).released
+
+
+def test_a_check_does_not_wait_behind_a_renewal_stuck_in_the_store(local_store):
+    """An unconfirmed lease makes check() renew at once; behind a background renewal that
+    hangs in a store call (a client's timeouts and retries: minutes), it waited as long,
+    with training stopped. Now it waits a bounded time and stops without writing."""
+    import threading
+
+    time = FakeTime()
+    holder = lease(local_store, "job-a", time)
+    holder.acquire(wait_s=1)
+    real_put, entered, unblock = local_store.put_if_match, threading.Event(), threading.Event()
+
+    def hangs(key, data, tag):
+        entered.set()
+        unblock.wait(30)
+        return real_put(key, data, tag)
+
+    local_store.put_if_match = hangs
+    renewing = threading.Thread(target=holder.renew)
+    renewing.start()
+    try:
+        assert entered.wait(10)
+        time.now += 61  # no renewal confirmed for a whole ttl
+        with pytest.raises(RunLeaseLost, match="could not be renewed for 61 s"):
+            holder.check(wait_s=0.2)
+        assert renewing.is_alive()  # the stuck renewal is still in the store call
+    finally:
+        unblock.set()
+        renewing.join(10)
