@@ -159,7 +159,7 @@ demo: $(RUNTIME_STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m trainer.launch --standalone --nproc_per_node 2 \
 	  -m trainer train --store $(DEMO_STORE) --dataset $(DATASET) --model $(MODEL) \
 	  --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) --lr $(LR)
-	@# The model just trained, <model>-<dataset> (trainer.layout.model_name), not the newest
+	@# The model just trained, <model>-<dataset> (trainer.contract.layout.model_name), not the newest
 	@# of the store: every dataset's demo shares it.
 	$(if $(filter yes,$(SERVE)),exec $(BIN)/python -m inference serve --store $(DEMO_STORE) \
 	  --model-name $(MODEL)-$(DATASET) --host $(HOST) --port $(PORT))

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 from torchvision import models, transforms
 
-from trainer import cifar
+from trainer.data import cifar
 
 
 class PilDataset(torch.utils.data.Dataset):

@@ -4,7 +4,7 @@ One run, on the same cores: a synthetic imagefolder of CIFAR-size (32 px) PNGs a
 16x ``--base`` images is ingested (files, then shards) into a local store, and trained by
 ``python -m trainer train`` with ``--world`` ranks, the way the pods run it. The trainer is
 given ``--memory-mib`` as its memory limit (TRAINSTACK_MEMORY_LIMIT_BYTES, which it obeys as
-its cgroup's: the data choice in trainer.data), and the 16x dataset decodes to more than all
+its cgroup's: the data choice in trainer.data.loading), and the 16x dataset decodes to more than all
 of it. Per size: peak RSS per rank (the kernel's high-water mark, from wait4), img/s of the
 best epoch, seconds from launch to the first training step; at 1x the in-memory path too.
 Then the 16x dataset trains again, is killed at its first mid-epoch checkpoint, resumes
@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from trainer.ingest_folder import ingest_folder
-from trainer.storage import LocalStore
-from trainer.streaming.source import open_sharded
+from trainer.data.ingest_folder import ingest_folder
+from trainer.data.streaming.source import open_sharded
+from trainer.store import LocalStore
 
 log = logging.getLogger("data_scale")
 MIB = 1024 * 1024

@@ -57,12 +57,12 @@ BOUNDARY = "trainstack-bench-boundary"
 
 def publish_default_model(store_dir: Path) -> str:
     """The trainer's resnet18 (CIFAR stem, random weights), published as the trainer does."""
-    from trainer.cifar import MEAN, STD
-    from trainer.layout import METRICS_FILE, MODEL_FILE, model_name
-    from trainer.models import build_model
-    from trainer.publish import created_at, export_program, write_version
-    from trainer.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
-    from trainer.storage import LocalStore
+    from trainer.contract.layout import METRICS_FILE, MODEL_FILE, model_name
+    from trainer.contract.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
+    from trainer.data.cifar import MEAN, STD
+    from trainer.models.zoo import build_model
+    from trainer.publish.publication import created_at, export_program, write_version
+    from trainer.store import LocalStore
 
     store = LocalStore(store_dir)
     store.ensure_buckets()
@@ -207,9 +207,9 @@ def compute_limit(store: str, served: Served, batch: int, seconds: float = 5.0) 
     import numpy as np
     import torch
 
-    from inference.registry import Registry
-    from inference.runner import Runner
-    from trainer.storage import open_store
+    from inference.published.registry import Registry
+    from inference.serving.runner import Runner
+    from trainer.store import open_store
 
     torch.set_num_threads(served.threads)
     registry = Registry(open_store(store), Path(tempfile.mkdtemp()), served.model)
@@ -244,7 +244,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
-    from trainer.cpus import usable_cpus
+    from trainer.run.cpus import usable_cpus
 
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -3,10 +3,10 @@
 1. bf16: test accuracy of the published model on the CIFAR-10 test images, fp32 vs
    bf16 (the app's ``--precision bf16`` Runner), and how many predictions change.
 2. Reduced decode: every test image scaled up to photo sizes and saved as a JPEG, then
-   classified from ``trainer.pixels.to_pixels`` (DCT-scaled decode, integer reduce, one
+   classified from ``trainer.data.pixels.to_pixels`` (DCT-scaled decode, integer reduce, one
    resize) and from a full decode (every pixel decoded, one bilinear resize): the share of
    images given the same class, and the mean pixel difference; for scale, the same for
-   the app's decode before trainer.pixels existed (full decode, resize with reducing_gap 3).
+   the app's decode before trainer.data.pixels existed (full decode, resize with reducing_gap 3).
 
 Needs a store holding a model trained on cifar10 and the ingested archive, e.g.::
 
@@ -32,9 +32,9 @@ PHOTO_SIZES = [(640, 480), (1600, 1200), (4032, 3024)]
 
 
 def load(store_url: str, model_name: str):
-    from inference.registry import Registry
-    from trainer.data import load_dataset
-    from trainer.storage import open_store
+    from inference.published.registry import Registry
+    from trainer.data.loading import load_dataset
+    from trainer.store import open_store
 
     store = open_store(store_url)
     registry = Registry(store, __import__("tempfile").mkdtemp(), model_name)
@@ -45,7 +45,7 @@ def load(store_url: str, model_name: str):
 
 
 def classify(version, pixels: np.ndarray, bf16: bool, batch: int = 128) -> np.ndarray:
-    from inference.runner import Runner
+    from inference.serving.runner import Runner
 
     runner = Runner(version, "bf16" if bf16 else "fp32")
     probs = [runner(list(pixels[i:i + batch])) for i in range(0, len(pixels), batch)]
@@ -62,7 +62,7 @@ def full_decode(data: bytes, shape) -> np.ndarray:
 
 
 def full_decode_gap3(data: bytes, shape) -> np.ndarray:
-    """For scale: the app's decode before trainer.pixels (full decode, reducing_gap=3)."""
+    """For scale: the app's decode before trainer.data.pixels (full decode, reducing_gap=3)."""
     channels, height, width = shape
     with Image.open(io.BytesIO(data)) as image:
         image = image.convert("RGB" if channels == 3 else "L")
@@ -88,7 +88,7 @@ def precision_figures(version, images: np.ndarray, labels: np.ndarray) -> None:
 
 
 def decode_figures(version, images: np.ndarray, limit: int) -> None:
-    from trainer.pixels import to_pixels
+    from trainer.data.pixels import to_pixels
 
     shape = tuple(version.meta.input_size)
     for size in PHOTO_SIZES:

@@ -32,11 +32,11 @@ VERSION = "20260101T000000Z"
 
 
 def publish_small_model(store_dir: Path) -> str:
-    from trainer.layout import METRICS_FILE, MODEL_FILE, model_name
-    from trainer.models import build_model
-    from trainer.publish import created_at, export_program, write_version
-    from trainer.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
-    from trainer.storage import LocalStore
+    from trainer.contract.layout import METRICS_FILE, MODEL_FILE, model_name
+    from trainer.contract.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
+    from trainer.models.zoo import build_model
+    from trainer.publish.publication import created_at, export_program, write_version
+    from trainer.store import LocalStore
 
     store = LocalStore(store_dir)
     store.ensure_buckets()

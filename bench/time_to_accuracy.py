@@ -42,11 +42,11 @@ import numpy as np
 import torch
 from classic_recipe import train_classic  # bench/: the script's own directory
 
-from trainer.config import TrainConfig
-from trainer.cpus import usable_cpus
-from trainer.layout import cifar10_key, dataset_prefix
-from trainer.storage import LocalStore
-from trainer.train import run_training
+from trainer.contract.config import TrainConfig
+from trainer.contract.layout import cifar10_key, dataset_prefix
+from trainer.run.cpus import usable_cpus
+from trainer.run.train import run_training
+from trainer.store import LocalStore
 
 IMPORT_SECONDS = time.perf_counter() - IMPORT_START
 RECIPES = ("seed", "resnet18", "fast")

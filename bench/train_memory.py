@@ -27,16 +27,16 @@ import numpy as np
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer import checkpoint, distributed
-from trainer.checkpoint import TrainingState
-from trainer.config import RunIdentity, TrainConfig
-from trainer.data import load_dataset
-from trainer.layout import ModelKeys, cifar10_key
-from trainer.loop import EpochRunner
-from trainer.models import model_revision
-from trainer.publish import export_program
-from trainer.storage import LocalStore
-from trainer.train import build_training
+from trainer.contract.config import RunIdentity, TrainConfig
+from trainer.contract.layout import ModelKeys, cifar10_key
+from trainer.data.loading import load_dataset
+from trainer.models.zoo import model_revision
+from trainer.publish.publication import export_program
+from trainer.run import checkpoint, distributed
+from trainer.run.checkpoint import TrainingState
+from trainer.run.loop import EpochRunner
+from trainer.run.train import build_training
+from trainer.store import LocalStore
 
 MIB = 1024 * 1024
 log = logging.getLogger("train_memory")

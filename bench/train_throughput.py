@@ -23,13 +23,13 @@ from classic_recipe import PilDataset  # bench/: the script's own directory
 from torch import nn
 from torchvision import transforms
 
-from trainer import distributed
-from trainer.config import TrainConfig
-from trainer.data import load_dataset
-from trainer.loop import EpochRunner, autocast_for, precision_for
-from trainer.models import build_model
-from trainer.storage import LocalStore
-from trainer.train import build_training
+from trainer.contract.config import TrainConfig
+from trainer.data.loading import load_dataset
+from trainer.models.zoo import build_model
+from trainer.run import distributed
+from trainer.run.loop import EpochRunner, autocast_for, precision_for
+from trainer.run.train import build_training
+from trainer.store import LocalStore
 
 
 def parse_args() -> argparse.Namespace:

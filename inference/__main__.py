@@ -9,10 +9,9 @@ import socket
 import sys
 from pathlib import Path
 
-from trainer.layout import AUTH_TOKEN_ENV, MLFLOW_UI_URL_ENV
-
-from . import democheck
-from .listening import ServeError, listen, listening_at
+from inference import democheck
+from inference.edge.listening import ServeError, listen, listening_at
+from trainer.contract.layout import AUTH_TOKEN_ENV, MLFLOW_UI_URL_ENV
 
 log = logging.getLogger("inference")
 
@@ -144,9 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 def serve(args: argparse.Namespace, sock: socket.socket) -> int:
     import uvicorn
 
-    from trainer.errors import TrainstackError
-
-    from .app import Settings, create_app
+    from inference.app import Settings, create_app
+    from trainer.contract.errors import TrainstackError
 
     try:
         settings = Settings(

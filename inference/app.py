@@ -21,26 +21,25 @@ from fastapi import FastAPI
 from starlette.datastructures import Secret
 from starlette.routing import Route
 
-from trainer.cpus import usable_cpus
-from trainer.errors import ConfigError
-from trainer.layout import AUTH_TOKEN_ENV
-from trainer.storage import open_store
-
-from .api import build_router
-from .auth import (
+from inference.edge.api import build_router
+from inference.edge.auth import (
     LOGIN_MESSAGE,
     BearerAuthMiddleware,
     LoginTitleMiddleware,
     check_token,
     gradio_login,
 )
-from .bodies import MULTIPART_OVERHEAD, BodyReader, UploadLimits
-from .engine import Engine, EngineConfig
-from .metrics import Metrics
-from .predict import DEFAULT_MAX_PIXELS
-from .progress import ProgressBoard
-from .registry import ModelVersion, Registry
-from .uploads import keep_uploads_under
+from inference.edge.bodies import MULTIPART_OVERHEAD, BodyReader, UploadLimits
+from inference.edge.uploads import keep_uploads_under
+from inference.published.progress import ProgressBoard
+from inference.published.registry import ModelVersion, Registry
+from inference.serving.engine import Engine, EngineConfig
+from inference.serving.metrics import Metrics
+from inference.serving.predict import DEFAULT_MAX_PIXELS
+from trainer.contract.errors import ConfigError
+from trainer.contract.layout import AUTH_TOKEN_ENV
+from trainer.run.cpus import usable_cpus
+from trainer.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -85,22 +84,22 @@ class Settings:
     batching: bool = True  # False: each request runs its own forward pass (the baseline)
     max_batch: int = 32  # requests per forward pass at most
     max_batch_wait_ms: float = 5.0  # the longest a batch waits for requests on their way
-    precision: str = "auto"  # auto | fp32 | bf16 (inference.runner)
+    precision: str = "auto"  # auto | fp32 | bf16 (inference.serving.runner)
     decode: str = "draft"  # draft | full: every JPEG pixel decoded (the bench's baseline)
-    program: str = "frozen"  # frozen | eager: the program as published (inference.runner)
+    program: str = "frozen"  # frozen | eager: the program as published (inference.serving.runner)
     device: str = field(default_factory=default_device)  # cpu | cuda[:N]
     decode_threads: int = field(default_factory=usable_cpus)
     decode_memory_mb: float = 512.0  # decodes running at once share this much memory
     upload_cache_mb: float = 256.0  # Gradio's uploads kept on disk, at most
     upload_cache_max_age_s: float = 600.0  # uploads older than this are deleted
     upload_cache_sweep_s: float = 30.0  # how often both limits are applied
-    # POST /predict bodies in flight (inference.bodies): their memory together, the
+    # POST /predict bodies in flight (inference.edge.bodies): their memory together, the
     # longest a body may send nothing, and the longest a whole body may take.
     # None: 128 MiB, or one whole upload of max_upload_mb when that is more.
     upload_memory_mb: float | None = None
     upload_idle_timeout_s: float = 10.0
     upload_read_timeout_s: float = 60.0
-    # $TRAINSTACK_AUTH_TOKEN (inference.auth); None or "": no access control. Never a flag
+    # $TRAINSTACK_AUTH_TOKEN (inference.edge.auth); None or "": no access control. Never a flag
     # (argv is visible to every process) and never in a repr or a log line.
     auth_token: str | None = field(default=None, repr=False)
     # Where users open MLflow (http(s)); links to a version's MLflow run are built on it.
@@ -171,7 +170,7 @@ def create_registry(settings: Settings) -> Registry:
 
 def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     """The whole service. The poller starts with the app's lifespan (uvicorn/TestClient)."""
-    from .ui import build_demo
+    from inference.ui.blocks import build_demo
 
     config = settings.engine_config()
     token = check_token(settings.auth_token)  # before anything starts: a bad one is fatal
@@ -221,7 +220,7 @@ def mount_ui(app: FastAPI, demo: Any, settings: Settings, registry: Registry,
     """The Gradio UI at "/", behind Gradio's login when there is a token."""
     import gradio as gr
 
-    from .ui import CSS, THEME
+    from inference.ui.blocks import CSS, THEME
 
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=256)
     gr.mount_gradio_app(app, demo, path="/", theme=THEME, css=CSS,

@@ -13,10 +13,9 @@ import argparse
 import logging
 import math
 
-from trainer.config import BENCHMARK_DATASETS, DATASETS, MODELS, TrainConfig
-from trainer.errors import ConfigError
-
-from .listening import ServeError, listen
+from inference.edge.listening import ServeError, listen
+from trainer.contract.config import BENCHMARK_DATASETS, DATASETS, MODELS, TrainConfig
+from trainer.contract.errors import ConfigError
 
 log = logging.getLogger("make demo")
 

@@ -7,8 +7,9 @@ runs this module.
 
 import pulumi
 
-from infra.config import cluster_access, load
-from infra.preflight import check_storage
+from infra.config.cluster import cluster_access
+from infra.config.keys import load
+from infra.preflight.storage import check_storage
 from infra.stack import build_stack
 
 settings, secrets = load()

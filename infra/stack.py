@@ -13,20 +13,22 @@ from urllib.parse import urlsplit
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import gitops, pod, rotation
-from infra.buckets import Buckets, BucketsArgs, StoreCredentials, StoreCredentialsArgs
-from infra.config import StackConfig, StackSecrets
-from infra.fences import FencesArgs, Flow, NetworkFences, OutsideFlow, service_namespace
-from infra.image import ImageRef, TrainerImage, TrainerImageArgs, prebuilt
-from infra.minio_server import MinIO, MinIOArgs
-from infra.mlflow_server import DEFAULT_IMAGE as DEFAULT_MLFLOW_IMAGE
-from infra.mlflow_server import MlflowArgs, MlflowServer
-from infra.trainer_v2 import TrainerV2, TrainerV2Args
-from infra.training import Training, TrainingArgs
-from infra.training_operator import TrainingOperator, TrainingOperatorArgs
-from infra.trainjob import COMPLETION_INDEX_LABEL, JOBSET_NAME_LABEL
-from infra.webapp import Inference, InferenceArgs
-from infra.workloads import APP, BUCKETS, INGEST, STORE, TRACKING, TRAINER, Workload
+from infra import gitops
+from infra.config.keys import StackConfig, StackSecrets
+from infra.operators.trainer_v2 import TrainerV2, TrainerV2Args
+from infra.operators.training_operator import TrainingOperator, TrainingOperatorArgs
+from infra.security import rotation
+from infra.security.fences import FencesArgs, Flow, NetworkFences, OutsideFlow, service_namespace
+from infra.workloads import pod
+from infra.workloads.buckets import Buckets, BucketsArgs, StoreCredentials, StoreCredentialsArgs
+from infra.workloads.catalog import APP, BUCKETS, INGEST, STORE, TRACKING, TRAINER, Workload
+from infra.workloads.image import ImageRef, TrainerImage, TrainerImageArgs, prebuilt
+from infra.workloads.minio_server import MinIO, MinIOArgs
+from infra.workloads.mlflow_server import DEFAULT_IMAGE as DEFAULT_MLFLOW_IMAGE
+from infra.workloads.mlflow_server import MlflowArgs, MlflowServer
+from infra.workloads.training import Training, TrainingArgs
+from infra.workloads.trainjob import COMPLETION_INDEX_LABEL, JOBSET_NAME_LABEL
+from infra.workloads.webapp import Inference, InferenceArgs
 
 
 def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:

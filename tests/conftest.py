@@ -9,8 +9,8 @@ import pytest
 
 from tests.mlflow_server import ARTIFACT_BUCKET, start_server
 from tests.testkit import empty_s3, free_port
-from trainer.storage import LocalStore, S3Store, Store
-from trainer.tracking import MLFLOW_HTTP_DEFAULTS
+from trainer.store import LocalStore, S3Store, Store
+from trainer.tracking.tracker import MLFLOW_HTTP_DEFAULTS
 
 # moto's server logs every request at INFO: it buries the test's own output.
 logging.getLogger("werkzeug").setLevel(logging.WARNING)

@@ -1,4 +1,4 @@
-"""The contract layer (trainer.layout, trainer.schema, trainer.errors): one definition each,
+"""The contract layer (trainer.contract.layout, trainer.contract.schema, trainer.contract.errors): one definition each,
 used by the trainer to write and by the app to read."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from trainer.errors import (
+from trainer.contract.errors import (
     BucketNotFound,
     ConfigError,
     DatasetError,
@@ -17,7 +17,7 @@ from trainer.errors import (
     StoreError,
     TrainstackError,
 )
-from trainer.layout import (
+from trainer.contract.layout import (
     ModelKeys,
     checkpoint_epoch,
     cifar10_key,
@@ -26,14 +26,8 @@ from trainer.layout import (
     name_of_latest_key,
     name_of_progress_key,
 )
-from trainer.schema import (
-    EpochRecord,
-    MetricsSummary,
-    RunProgress,
-    VersionMeta,
-    VersionMetrics,
-    mlflow_run_page,
-)
+from trainer.contract.progress import RunProgress, mlflow_run_page
+from trainer.contract.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
 
 
 def test_model_keys_spell_the_documented_layout():

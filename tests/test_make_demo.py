@@ -22,7 +22,7 @@ import pytest
 
 from tests.inference.inference_helpers import free_port
 from tests.inference.modelkit import publish_version
-from trainer.storage import open_store
+from trainer.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = "smallcnn-digits"

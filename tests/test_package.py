@@ -11,11 +11,11 @@ import textwrap
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# trainer.tracking too: the stack reads its env contract (MLFLOW_TRACKING_URI) from there;
-# trainer.streaming.settings: the data cache's (TRAINSTACK_DATA_CACHE_*).
-CONTRACT_MODULES = ("trainer.errors", "trainer.layout", "trainer.schema", "trainer.cpus",
-                    "trainer.config", "trainer.tracking", "trainer.mlflow_layout",
-                    "trainer.streaming.settings", "trainer.urls")
+# trainer.tracking.tracker too: the stack reads its env contract (MLFLOW_TRACKING_URI) from there;
+# trainer.contract.env: the data cache's (TRAINSTACK_DATA_CACHE_*).
+CONTRACT_MODULES = ("trainer.contract.errors", "trainer.contract.layout", "trainer.contract.schema", "trainer.run.cpus",
+                    "trainer.contract.config", "trainer.tracking.tracker", "trainer.contract.mlflow_layout",
+                    "trainer.contract.env", "trainer.contract.urls")
 HEAVY = ("torch", "numpy", "PIL", "gradio", "pulumi", "minio", "matplotlib", "mlflow")
 
 
@@ -36,10 +36,10 @@ def test_contract_layer_imports_nothing_heavy(tmp_path):
 
 
 def test_a_heavy_import_would_be_caught(tmp_path):
-    """The check above can fail: trainer.publish (torch) is seen."""
+    """The check above can fail: trainer.publish.publication (torch) is seen."""
     result = run_python(f"""
         import json, sys
-        import trainer.publish
+        import trainer.publish.publication
         print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))
         """, tmp_path)
     assert "torch" in json.loads(result.stdout)
@@ -119,7 +119,7 @@ def run_program(config: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def test_pulumi_program_runs_as_the_cli_runs_it(tmp_path):
-    # A kubeconfig that is not there: the storage check (infra/preflight.py) asks no
+    # A kubeconfig that is not there: the storage check (infra/preflight/storage.py) asks no
     # cluster, whatever ~/.kube/config this machine has.
     result = run_program({"trainstack:image": "registry.example.com/t/trainstack-trainer",
                           "kubernetes:kubeconfig": str(tmp_path / "no-kubeconfig")})

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.predict import decode
-from trainer.data import load_dataset
-from trainer.schema import VersionMeta
-from trainer.storage import LocalStore
+from inference.serving.predict import decode
+from trainer.contract.schema import VersionMeta
+from trainer.data.loading import load_dataset
+from trainer.store import LocalStore
 
 SIZE = 32
 
@@ -111,7 +111,7 @@ def test_a_new_pixels_revision_is_new_data_for_the_run_identity(tmp_path, monkey
     """The imagefolder's pixels are what training computes on: when the pixels function
     changes what it makes of the same files (pixels.REVISION bumped), a run must not resume
     or republish the old run's checkpoints, so the data fingerprint changes with it."""
-    from trainer import pixels
+    from trainer.data import pixels
 
     store = LocalStore(tmp_path / "store")
     store.ensure_buckets()

@@ -12,8 +12,9 @@ def main() -> int:
     logging.basicConfig(level=os.environ.get("TRAINSTACK_LOG_LEVEL", "INFO"),
                         format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s")
     log = logging.getLogger("trainer")
-    from trainer import cli, distributed, stopping
-    from trainer.errors import TrainstackError
+    from trainer import cli
+    from trainer.contract.errors import TrainstackError
+    from trainer.run import distributed, stopping
 
     stopping.install()
     try:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from trainer.config import AUGMENTATIONS, DATASETS, MODELS, TrainConfig, read_json_file
-from trainer.layout import ALL_BUCKETS, BUCKET_PREFIX_ENV, BUCKETS, TRACKING_BUCKET
-from trainer.storage import STORE_ENV, open_store
+from trainer.contract.config import AUGMENTATIONS, DATASETS, MODELS, TrainConfig, read_json_file
+from trainer.contract.layout import ALL_BUCKETS, BUCKET_PREFIX_ENV, BUCKETS, TRACKING_BUCKET
+from trainer.store import STORE_ENV, open_store
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def cmd_buckets(args: argparse.Namespace) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-    from trainer.ingest import ingest
+    from trainer.data.ingest import ingest
 
     store = open_store(args.store)
     key = ingest(store, args.dataset, args.source, image_size=args.image_size,
@@ -95,7 +95,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from trainer.train import run_training
+    from trainer.run.train import run_training
 
     cfg = train_config_from_args(args)
     run_training(cfg, open_store(args.store))  # logs {"event": "done", ...} on rank 0

@@ -29,7 +29,7 @@ def control_plane(tmp_path_factory) -> ControlPlane:
 def operator(control_plane, tmp_path_factory) -> ControlPlane:
     """The control plane with the Training Operator installed as the stack installs it,
     reading the init-container template the stack mounts for it."""
-    from infra.training_operator import NO_INIT_CONTAINERS
+    from infra.operators.training_operator import NO_INIT_CONTAINERS
     from tests.cluster.operator import install
 
     install(control_plane, NO_INIT_CONTAINERS, tmp_path_factory.mktemp("operator"))

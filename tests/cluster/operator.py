@@ -1,6 +1,6 @@
 """The Kubeflow Training Operator on the test control plane, installed as the stack does.
 
-The objects are the standalone overlay the stack installs (infra/training_operator.py),
+The objects are the standalone overlay the stack installs (infra/operators/training_operator.py),
 built by kubectl's kustomize from the pinned module's manifests/ (build.sh copies them).
 Its Deployment is applied (kwok fakes its pod); the operator itself runs here as a local
 process (tools/controlplane/training-operator, bound to 127.0.0.1), so three parts of the
@@ -13,7 +13,7 @@ overlay are adapted to reach it, and nothing else:
   (/tmp/k8s-webhook-server/serving-certs, pkg/cert/cert.go): the Secret is created with a
   CA and serving pair and the files are written there. The pair is made once and kept in
   the component's cache, so sessions running side by side write identical files;
-- the init-container template the stack's patch mounts (infra/training_operator.py) is
+- the init-container template the stack's patch mounts (infra/operators/training_operator.py) is
   passed with --pytorch-init-container-template-file, the file the patch mounts it as.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.pod import POD_SECURITY_LABELS
+from infra.workloads.pod import POD_SECURITY_LABELS
 from tests.cluster.controlplane import KubectlFailed
 from tests.cluster.nodes import CPU_NODE
 from tests.cluster.sockets import sockets_of

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.pod import POD_SECURITY_LABELS
+from infra.workloads.pod import POD_SECURITY_LABELS
 from tests.cluster.controlplane import KubectlFailed
 
 

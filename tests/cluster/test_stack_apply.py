@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from infra.pod import ACCESS_KEY_ID, SECRET_ACCESS_KEY
+from infra.workloads.pod import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 from tests.cluster.nodes import CPU_NODE, GPU_LABELS, GPU_NODE, GPU_TAINT
 from tests.cluster.stack_apply import (
     apply_stack,
@@ -42,7 +42,7 @@ CONFIGS = {
 }
 USER_SECRETS = {"external-s3": EXTERNAL["storeCredentialsSecret"],
                 "gitops": RENDERED["storeCredentialsSecret"]}
-# The operator's contract with the trainer (trainer/distributed.py reads these).
+# The operator's contract with the trainer (trainer/run/distributed.py reads these).
 OPERATOR_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")
 
 

@@ -1,5 +1,5 @@
 """A cluster without a default StorageClass: the stack stops with one line naming the key,
-instead of `pulumi up` waiting in silence on MinIO's Pending claim (infra/preflight.py),
+instead of `pulumi up` waiting in silence on MinIO's Pending claim (infra/preflight/storage.py),
 asked of the real API server the way the provider reaches it (`kubernetes:kubeconfig`)."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from infra.config import parse_config
-from infra.config_errors import StackConfigError
-from infra.preflight import DEFAULT_CLASS_ANNOTATIONS, ClusterAccess, check_storage
+from infra.config.cluster import ClusterAccess
+from infra.config.errors import StackConfigError
+from infra.config.keys import parse_config
+from infra.preflight.storage import DEFAULT_CLASS_ANNOTATIONS, check_storage
 from tests.infra.infra_helpers import PUSHED
 from tests.test_package import run_program
 from tests.testkit import WAIT_S

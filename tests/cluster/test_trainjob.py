@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from infra import trainjob as tj
+from infra.workloads import trainjob as tj
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.sockets import sockets_of
 from tests.cluster.stack_apply import delete_as_pulumi

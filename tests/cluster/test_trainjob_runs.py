@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from infra import trainjob as tj
+from infra.workloads import trainjob as tj
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.runs_kit import (
     local_cluster,

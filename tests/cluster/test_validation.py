@@ -17,13 +17,13 @@ import logging
 
 import pytest
 
-from infra.config import parse_config
-from infra.pod import POD_SECURITY_LABELS
+from infra.config.keys import parse_config
+from infra.workloads.pod import POD_SECURITY_LABELS
 from tests.cluster.controlplane import KubectlFailed
 from tests.cluster.stack_apply import creation_steps
 from tests.infra.infra_helpers import PUSHED, replica_pods
 from tests.infra.render import render
-from trainer.errors import ConfigError
+from trainer.contract.errors import ConfigError
 
 log = logging.getLogger(__name__)
 NS = "ts-validate"

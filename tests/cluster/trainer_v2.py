@@ -1,7 +1,7 @@
 """Kubeflow Trainer v2 and JobSet on the test control plane, from their pinned modules.
 
 tools/controlplane/trainer-v2/build.sh builds both controllers (the versions of
-infra/trainer_v2.py) and links their modules' manifests. Applied here, as kustomize
+infra/operators/trainer_v2.py) and links their modules' manifests. Applied here, as kustomize
 renders them from those modules: Trainer's namespace, CRDs and webhook configurations
 (the manager overlay's `base/crds` and `base/webhook`), JobSet's CRD and webhook
 configurations (`config/components/crd/bases`, `config/components/webhook`). The
@@ -34,8 +34,8 @@ from typing import Any
 
 import yaml
 
-from infra.trainer_v2 import JOBSET_VERSION, TRAINER_NAMESPACE
-from infra.trainer_v2 import VERSION as TRAINER_VERSION
+from infra.operators.trainer_v2 import JOBSET_VERSION, TRAINER_NAMESPACE
+from infra.operators.trainer_v2 import VERSION as TRAINER_VERSION
 from tests.cluster import certs
 from tests.cluster.components import ComponentMissing, bin_path, cache_root
 from tests.cluster.controlplane import HOST, ControlPlane, _http_ok

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from infra import trainjob as tj
+from infra.workloads import trainjob as tj
 from tests.cluster import trainer_v2
 from tests.cluster.components import bin_path
 from tests.cluster.controlplane import ControlPlane

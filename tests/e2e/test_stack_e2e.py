@@ -49,9 +49,9 @@ from tests.testkit import WAIT_S, free_port, stop, wait_for
 from tests.trainer.cifar_fixtures import make_batches, write_archive
 from tests.trainer.tracking_kit import client, runs_of, steps_logged
 from tests.trainer.trainer_procs import events
-from trainer.layout import TRACKING_BUCKET
-from trainer.mlflow_layout import ALIAS, METRIC_KEYS, VERSION_TAG, WORLD_SIZES_TAG
-from trainer.storage import S3Store
+from trainer.contract.layout import TRACKING_BUCKET
+from trainer.contract.mlflow_layout import ALIAS, METRIC_KEYS, VERSION_TAG, WORLD_SIZES_TAG
+from trainer.store import S3Store
 
 EPOCHS = 4
 # A user's stack config, exactly as `pulumi config set` stores it.

@@ -1,9 +1,9 @@
 """Build and publish a tiny model through the trainer's own publication code and schema
-(trainer.publish.write_version, trainer.schema), so the app is tested without training.
+(trainer.publish.publication.write_version, trainer.contract.schema), so the app is tested without training.
 
 The model recognizes solid colours (red / green / blue): its logits are the mean of each
 normalized channel, so a red image is "red" with high confidence - a real assertion.
-Shaped like ``trainer.publish.publish`` so it can be swapped for it.
+Shaped like ``trainer.publish.publication.publish`` so it can be swapped for it.
 """
 
 from __future__ import annotations
@@ -14,16 +14,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from trainer.layout import METRICS_FILE, MODEL_FILE, ModelKeys
-from trainer.publish import created_at, finish_publication, write_version
-from trainer.schema import (
-    EpochRecord,
-    MetricsSummary,
-    RunProgress,
-    VersionMeta,
-    VersionMetrics,
-    mlflow_run_page,
-)
+from trainer.contract.layout import METRICS_FILE, MODEL_FILE, ModelKeys
+from trainer.contract.progress import RunProgress, mlflow_run_page
+from trainer.contract.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
+from trainer.publish.publication import created_at, finish_publication, write_version
 
 CLASSES = ["red", "green", "blue"]
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 40), "blue": (20, 40, 230)}
@@ -162,7 +156,7 @@ CNN_NAME = "smallcnn-cifar10"
 def publish_cnn(store, version: str, seed: int = 0) -> str:
     """The trainer's smallcnn (random weights, fixed by ``seed``) as a 32x32 RGB model:
     real convolutions, whose kernels differ by batch size, unlike ColourNet's mean."""
-    from trainer.models import build_model
+    from trainer.models.zoo import build_model
 
     torch.manual_seed(seed)
     model = build_model("smallcnn", in_channels=3, num_classes=len(CNN_CLASSES))
@@ -178,8 +172,8 @@ def write_progress(store, run_id: str, epoch: int, epochs: int = 5, *,
                    name: str = MODEL_NAME, state: str = "training",
                    version: str | None = None, mlflow: tuple[str, str] | None = None,
                    mlflow_base: str = "http://mlflow.trainstack.svc:5000") -> RunProgress:
-    """A run's progress record as rank 0 writes it (trainer.schema.RunProgress at
-    trainer.layout.ModelKeys.progress); ``mlflow`` = (experiment id, run id)."""
+    """A run's progress record as rank 0 writes it (trainer.contract.progress.RunProgress at
+    trainer.contract.layout.ModelKeys.progress); ``mlflow`` = (experiment id, run id)."""
     store.ensure_buckets()
     model_arch, _, dataset = name.partition("-")
     experiment, mlflow_run = mlflow or (None, None)

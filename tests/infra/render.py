@@ -29,7 +29,7 @@ from pulumi.runtime import rpc
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.config import set_all_config
 
-from infra.config import NAMESPACE, SECRET_KEYS, load
+from infra.config.keys import NAMESPACE, SECRET_KEYS, load
 from infra.stack import build_stack
 
 PROJECT, STACK = "trainstack", "dev"

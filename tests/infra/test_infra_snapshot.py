@@ -3,8 +3,9 @@
 A user's stack state must not see a resource renamed, retyped, reparented or changed by a
 move of code: every registration (URN, type, parent, inputs, options) of thirteen
 configurations is hashed and compared with tests/infra/render_snapshot.json. The image
-tag (a hash of the build inputs, which a code move rightly changes) and digests are
-normalised first.
+tag is a hash of the build inputs, which any code change rightly changes (and with it the
+digest and the training job's name): the test fixes it, so only what the program declares
+is compared.
 
 A change that is meant to change what is rendered updates the snapshot on purpose:
 
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from infra.workloads import image
 from tests.infra.infra_helpers import (
     EXTERNAL,
     EXTERNAL_KEYS,
@@ -93,7 +95,8 @@ def registrations(rendering: Rendering) -> dict[str, str]:
     return hashed
 
 
-def test_every_configuration_registers_what_the_snapshot_holds():
+def test_every_configuration_registers_what_the_snapshot_holds(monkeypatch):
+    monkeypatch.setattr(image, "source_hash", lambda *args, **kwargs: "0" * 16)
     rendered = {name: registrations(render(cfg)) for name, cfg in CONFIGS.items()}
     if os.environ.get("UPDATE_RENDER_SNAPSHOT"):
         SNAPSHOT.write_text(json.dumps(rendered, indent=1, sort_keys=True) + "\n")

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from infra.config import ConfigError
+from infra.config.keys import ConfigError
 from tests.infra.infra_helpers import IMAGE as REGISTRY_IMAGE
 from tests.infra.infra_helpers import (
     PASSWORD,
@@ -20,7 +20,7 @@ from tests.infra.infra_helpers import (
     workload_specs,
 )
 from tests.infra.render import MOCK_RANDOM_PASSWORD, render
-from trainer.config import CIFAR10_URL
+from trainer.contract.config import CIFAR10_URL
 
 DIRECTORY = "kubernetes:kustomize/v2:Directory"
 IMAGE = "docker:index/image:Image"
@@ -50,12 +50,12 @@ def test_defaults_render_every_resource(default_stack):
         "ConfigMap/mlflow-aws-config", "ConfigMap/mlflow-tracking", "Deployment/mlflow",
         "Service/mlflow",
         "NetworkPolicy/mlflow",
-        # the operator's init-container template (none: infra/training_operator.py)
+        # the operator's init-container template (none: infra/operators/training_operator.py)
         "ConfigMap/training-operator-init-container",
     ])
     assert sorted(default_stack.patches) == ["Deployment/training-operator"]
     assert len(default_stack.by_type(IMAGE)) == 1
-    # MinIO's root password, and the key of the secret versions (infra/rotation.py).
+    # MinIO's root password, and the key of the secret versions (infra/security/rotation.py).
     assert len(default_stack.by_type("random:index/randomPassword:RandomPassword")) == 2
     (operator,) = default_stack.by_type(DIRECTORY)
     assert operator.remote  # provider-side component: nothing fetched by this program

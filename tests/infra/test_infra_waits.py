@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from infra.training_operator import CHECKED_RELEASES
+from infra.operators.training_operator import CHECKED_RELEASES
 from tests.infra.infra_helpers import EXTERNAL, PUSHED, pytorchjob
 from tests.infra.render import Rendering, render
 

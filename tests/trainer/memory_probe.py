@@ -27,7 +27,7 @@ def _status(field: str) -> int:
 
 
 def _measure(step) -> tuple[int, str | None]:
-    from trainer.errors import DatasetError
+    from trainer.contract.errors import DatasetError
 
     gc.collect()
     before = _status("VmRSS")
@@ -45,8 +45,8 @@ def _measure(step) -> tuple[int, str | None]:
 def imagefolder(workdir: Path):
     from PIL import Image
 
-    from trainer.data import load_dataset
-    from trainer.storage import LocalStore
+    from trainer.data.loading import load_dataset
+    from trainer.store import LocalStore
 
     store = LocalStore(workdir / "store")
     store.ensure_buckets()
@@ -61,9 +61,9 @@ def imagefolder(workdir: Path):
 
 def cifar(workdir: Path):
     from tests.trainer.cifar_fixtures import archive_bytes, make_batches
-    from trainer.data import load_dataset
-    from trainer.layout import cifar10_key
-    from trainer.storage import LocalStore
+    from trainer.contract.layout import cifar10_key
+    from trainer.data.loading import load_dataset
+    from trainer.store import LocalStore
 
     store = LocalStore(workdir / "store")
     store.ensure_buckets()
@@ -76,7 +76,7 @@ def label_bomb(workdir: Path):
     import numpy as np
 
     from tests.trainer.cifar_fixtures import archive_bytes, make_batches
-    from trainer import cifar
+    from trainer.data import cifar
 
     labels: list = [1]
     for _ in range(24):  # each level doubles the leaves: 2**24 once flattened
@@ -90,7 +90,7 @@ def label_bomb(workdir: Path):
 def augment(workdir: Path):
     import torch
 
-    from trainer.augment import BatchAugmenter
+    from trainer.data.augment import BatchAugmenter
 
     images = torch.randint(0, 256, (20_000, 3, 32, 32), dtype=torch.uint8)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from trainer.config import RunIdentity, TrainConfig
-from trainer.data import load_dataset
-from trainer.models import model_revision
+from trainer.contract.config import RunIdentity, TrainConfig
+from trainer.data.loading import load_dataset
+from trainer.models.zoo import model_revision
 
 
 def identity_of(cfg: TrainConfig, store=None) -> RunIdentity:

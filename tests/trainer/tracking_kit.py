@@ -7,12 +7,18 @@ import json
 import uuid
 from datetime import UTC, datetime
 
-from trainer.checkpoint import TrainingState
-from trainer.config import RunIdentity, TrainConfig
-from trainer.layout import METRICS_FILE, MODEL_FILE, VERSION_TIME_FORMAT, ModelKeys, version_name
-from trainer.mlflow_layout import METRIC_KEYS
-from trainer.publish import created_at, write_version
-from trainer.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
+from trainer.contract.config import RunIdentity, TrainConfig
+from trainer.contract.layout import (
+    METRICS_FILE,
+    MODEL_FILE,
+    VERSION_TIME_FORMAT,
+    ModelKeys,
+    version_name,
+)
+from trainer.contract.mlflow_layout import METRIC_KEYS
+from trainer.contract.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
+from trainer.publish.publication import created_at, write_version
+from trainer.run.checkpoint import TrainingState
 
 CLASSES = ["0", "1"]
 FIGURES = ("curves.png", "confusion_matrix.png")
@@ -44,7 +50,7 @@ def train_epochs(reporter, state: TrainingState, epochs, world_size: int = 2) ->
 
 
 def publish_fake_version(store, run: RunIdentity, history: list[EpochRecord]) -> str:
-    """A complete version (fake model bytes) through trainer.publish.write_version."""
+    """A complete version (fake model bytes) through trainer.publish.publication.write_version."""
     cfg = run.config
     version = version_name(datetime.now(UTC).strftime(VERSION_TIME_FORMAT), run.run_id)
     metrics = VersionMetrics(epochs=history, confusion_matrix=[[1, 0], [0, 1]],

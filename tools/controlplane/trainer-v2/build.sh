@@ -4,7 +4,7 @@
 #   $TRAINSTACK_CACHE/controlplane/trainer-<version>/bin/trainer-controller-manager
 #   $TRAINSTACK_CACHE/controlplane/jobset-<version>/bin/jobset-controller
 # (TRAINSTACK_CACHE defaults to ~/.cache/trainstack), each with a link to its module's
-# manifests (CRDs, webhook configurations). The versions are infra/trainer_v2.py's.
+# manifests (CRDs, webhook configurations). The versions are infra/operators/trainer_v2.py's.
 # Nothing here listens or dials beyond the module proxy.
 set -euo pipefail
 TRAINER_VERSION=${TRAINER_VERSION:-v2.3.0}

@@ -1,0 +1,1 @@
+"""The Gradio UI: the Predict, Training and Models tabs (``blocks``, ``training``)."""

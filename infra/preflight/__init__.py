@@ -1,0 +1,1 @@
+"""Checks `pulumi up` runs against the cluster before it registers anything."""

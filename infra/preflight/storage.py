@@ -1,0 +1,272 @@
+"""Before `pulumi up` registers anything: can the stack's volumes bind on this cluster?
+
+MinIO's and MLflow's PersistentVolumeClaims name a StorageClass (`minioStorageClass`,
+`mlflowStorageClass`) or none, and then the cluster's default class provisions them. On a
+cluster with no default class (a bare kubeadm cluster, a new on-prem one) such a claim
+stays Pending, its pod is never scheduled, and the provider waits in silence until its
+timeout. So the program asks the cluster first, the way the provider would reach it
+(`kubernetes:kubeconfig`, `kubernetes:context`, `kubernetes:cluster`, else KUBECONFIG or
+~/.kube/config), and stops with one line naming the key to set when a claim can never bind.
+
+It only stops when it knows: a cluster it cannot reach, or whose StorageClasses it may not
+list, is left to the provider (logged). A claim that is already Bound passes, and so does
+one an Available PersistentVolume of no class (static provisioning) would bind: as the
+volume binder does, each such volume binds one claim it fits (ReadWriteOnce, a filesystem,
+at least the claim's size, not reserved for another claim), the smallest that fits first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import pulumi
+
+from infra.config.cluster import ClusterAccess
+from infra.config.errors import StackConfigError
+from infra.config.stack_config import StackConfig
+from infra.workloads import minio_server, mlflow_server
+
+DEFAULT_CLASS_ANNOTATIONS = ("storageclass.kubernetes.io/is-default-class",
+                             "storageclass.beta.kubernetes.io/is-default-class")
+TIMEOUT_S = 10
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One PersistentVolumeClaim the stack will create."""
+
+    key: str  # the stack key that names its StorageClass, e.g. minioStorageClass
+    owner: str  # who needs it, for the message: "MinIO's volume"
+    name: str  # the claim's name in the stack's namespace
+    storage_class: str | None  # None: the cluster's default class
+    size: str  # its request, a quantity such as 10Gi
+
+
+@dataclass(frozen=True)
+class Volume:
+    """An Available PersistentVolume of no class, as far as binding a claim goes."""
+
+    name: str
+    capacity: int  # bytes
+    read_write_once: bool  # its access modes include ReadWriteOnce (the stack's claims')
+    filesystem: bool  # volumeMode Filesystem (the default), not Block
+    reserved_for: str | None  # a claim of the stack's namespace its claimRef names
+
+    def binds(self, claim: Claim) -> bool:
+        return (self.read_write_once and self.filesystem
+                and self.reserved_for in (None, claim.name)
+                and self.capacity >= _bytes(claim.size))
+
+
+@dataclass(frozen=True)
+class ClusterStorage:
+    """What the cluster has, as far as the claims are concerned."""
+
+    classes: Mapping[str, bool]  # StorageClass name -> is it marked default
+    # Available PersistentVolumes with no storageClassName; None: they could not be listed
+    # (then they are assumed to fit: the check only stops when it knows)
+    classless_volumes: tuple[Volume, ...] | None
+    bound_claims: frozenset[str]  # the stack's claims that exist and are Bound
+    # their storageClassName (a Bound claim stays only while the config names no other
+    # class: the field is immutable, so pulumi-kubernetes replaces a claim whose class changes)
+    bound_classes: Mapping[str, str | None] = field(default_factory=dict)
+
+
+def stack_claims(cfg: StackConfig) -> list[Claim]:
+    """The claims `pulumi up` will create on the cluster; none in render mode (the cluster
+    that applies the files is not the one the provider would reach)."""
+    if cfg.render_yaml_to:
+        return []
+    claims = []
+    if not cfg.store_endpoint:
+        claims.append(Claim("minioStorageClass", "MinIO's volume", minio_server.PVC_NAME,
+                            cfg.minio_storage_class, cfg.minio_volume_size))
+    if cfg.mlflow:
+        claims.append(Claim("mlflowStorageClass", "MLflow's volume", mlflow_server.PVC_NAME,
+                            cfg.mlflow_storage_class, mlflow_server.VOLUME_SIZE))
+    return claims
+
+
+def claims_problem(claims: Iterable[Claim], storage: ClusterStorage
+                   ) -> StackConfigError | None:
+    """The error for the first claim that cannot bind on `storage`; None when all can."""
+    names = ", ".join(sorted(storage.classes)) or "none"
+    defaults = [name for name, is_default in storage.classes.items() if is_default]
+    free = None if storage.classless_volumes is None else list(storage.classless_volumes)
+    for claim in claims:
+        if claim.name in storage.bound_claims and claim.storage_class in (
+                None, storage.bound_classes.get(claim.name, claim.storage_class)):
+            continue
+        if claim.storage_class is not None:
+            if claim.storage_class not in storage.classes:
+                return StackConfigError(
+                    f"invalid config trainstack:{claim.key} = '{claim.storage_class}': the "
+                    f"cluster has no StorageClass of that name (it has: {names})", key=claim.key)
+            continue
+        if defaults or free is None:
+            continue
+        fitting = sorted((v for v in free if v.binds(claim)),
+                         key=lambda v: (v.reserved_for != claim.name, v.capacity))
+        if fitting:
+            free.remove(fitting[0])  # it binds this claim and no other
+            continue
+        return StackConfigError(
+                f"{claim.owner} (PersistentVolumeClaim {claim.name}) would wait Pending "
+                f"forever: the cluster has no default StorageClass (it has: {names})"
+                f"{_volumes_note(claim, free)}. Set one for the stack: pulumi config set "
+                f"{claim.key} <name>, or mark one default: kubectl patch storageclass <name> "
+                "-p '{\"metadata\": "
+                f"{{\"annotations\": {{\"{DEFAULT_CLASS_ANNOTATIONS[0]}\": \"true\"}}}}}}'"
+                " (docs/operations.md, \"Storage\")", key=claim.key)
+    return None
+
+
+def _volumes_note(claim: Claim, free: list[Volume]) -> str:
+    """Why the Available volumes of no class the cluster does have do not bind it."""
+    if not free:
+        return ""
+    largest = max(free, key=lambda v: v.capacity)
+    return (f" and none of its {len(free)} Available PersistentVolume(s) of no class fits "
+            f"the claim (ReadWriteOnce, a filesystem, at least {claim.size}; the largest: "
+            f"{largest.name}, {_gib(largest.capacity)})")
+
+
+def _bytes(quantity: str) -> int:
+    from kubernetes.utils import parse_quantity
+
+    return int(parse_quantity(quantity))
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.3g}Gi"
+
+
+def check_storage(cfg: StackConfig, access: ClusterAccess) -> None:
+    """Raise StackConfigError when one of the stack's claims can never bind on the
+    provider's cluster; return when all can, or when the cluster cannot be asked."""
+    claims = stack_claims(cfg)
+    if not claims:
+        return
+    storage = read_cluster_storage(access, cfg.namespace, [c.name for c in claims])
+    if storage is None:
+        return
+    problem = claims_problem(claims, storage)
+    if problem:
+        raise problem
+
+
+def read_cluster_storage(access: ClusterAccess, namespace: str,
+                         claim_names: list[str]) -> ClusterStorage | None:
+    """StorageClasses, classless Available volumes and Bound claims; None when the
+    cluster cannot be asked (unreachable, no kubeconfig, not allowed to list)."""
+    import urllib3
+    import yaml
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+    from kubernetes.config import ConfigException
+
+    # ...or an answer that is not what an API server sends (an auth proxy's 200 login
+    # page, JSON of another shape): the client's models raise ValueError or TypeError.
+    unanswered = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError, TypeError,
+                  AttributeError, KeyError)
+    try:
+        api = _api_client(access)
+    except (ConfigException, OSError, ValueError, yaml.YAMLError,
+            TypeError, AttributeError, KeyError, IndexError) as exc:
+        # No kubeconfig, an unknown context, a kubeconfig of the wrong shape (the client
+        # trips over a number where it wants a mapping): the provider reports those itself.
+        # Only ConfigException's own words: a YAML error quotes the line, maybe a token.
+        said = str(exc) if isinstance(exc, ConfigException) else type(exc).__name__
+        pulumi.log.debug(f"storage check skipped: no cluster configuration ({said})")
+        return None
+    with api:
+        storage_api, core = client.StorageV1Api(api), client.CoreV1Api(api)
+        try:
+            classes = {
+                item.metadata.name: _is_default(item.metadata.annotations or {})
+                for item in storage_api.list_storage_class(_request_timeout=TIMEOUT_S).items
+            }
+        except unanswered as exc:  # 403 for a namespaced user, an unreachable server
+            pulumi.log.info("the stack's volumes were not checked: cannot list StorageClasses "
+                            f"({_reason(exc)})")
+            return None
+        bound = _bound_claims(core, namespace, claim_names, unanswered)
+        return ClusterStorage(
+            classes, _classless_volumes(core, classes, namespace, claim_names, unanswered),
+            frozenset(bound), bound)
+
+
+def _api_client(access: ClusterAccess):
+    import yaml
+    from kubernetes import client
+    from kubernetes.config import kube_config
+
+    configuration = client.Configuration()
+    text = access.kubeconfig
+    if text and ("\n" in text or text.lstrip().startswith("{")):
+        loaded = yaml.safe_load(text)
+        if loaded is None:
+            raise kube_config.ConfigException("Invalid kube-config dict. No configuration found.")
+        loader = kube_config._get_kube_config_loader(config_dict=loaded,
+                                                     active_context=access.context)
+    else:
+        loader = kube_config._get_kube_config_loader(
+            filename=text or kube_config.KUBE_CONFIG_DEFAULT_LOCATION,
+            active_context=access.context, persist_config=False)
+    if access.cluster:
+        # The provider's `kubernetes:cluster`: the context's user, this cluster. The client
+        # has no such override; a name the kubeconfig lacks raises ConfigException.
+        loader._cluster = loader._config["clusters"].get_with_name(access.cluster)["cluster"]
+    loader.load_and_set(configuration)
+    # One try per request: an unreachable cluster costs one timeout, not four.
+    configuration.retries = False
+    return client.ApiClient(configuration)
+
+
+def _is_default(annotations: Mapping[str, str]) -> bool:
+    return any(annotations.get(key) == "true" for key in DEFAULT_CLASS_ANNOTATIONS)
+
+
+def _classless_volumes(core, classes: Mapping[str, bool], namespace: str,
+                       claim_names: list[str], unanswered) -> tuple[Volume, ...] | None:
+    if any(classes.values()):
+        return ()  # not needed: a default class exists
+    try:
+        listed = core.list_persistent_volume(_request_timeout=TIMEOUT_S).items
+        volumes = []
+        for pv in listed:
+            if pv.spec.storage_class_name or not pv.status or pv.status.phase != "Available":
+                continue
+            ref = pv.spec.claim_ref
+            if ref is not None and (ref.namespace != namespace or ref.name not in claim_names):
+                continue  # reserved for a claim that is not the stack's
+            volumes.append(Volume(
+                pv.metadata.name, _bytes((pv.spec.capacity or {}).get("storage", "0")),
+                "ReadWriteOnce" in (pv.spec.access_modes or []),
+                (pv.spec.volume_mode or "Filesystem") == "Filesystem",
+                ref.name if ref is not None else None))
+        return tuple(volumes)
+    except unanswered as exc:  # may not list volumes: assume they fit, do not stop
+        pulumi.log.debug(f"cannot list PersistentVolumes ({_reason(exc)})")
+        return None
+
+
+def _bound_claims(core, namespace: str, names: list[str], unanswered
+                  ) -> dict[str, str | None]:
+    """The Bound ones of the claims, with their storageClassName."""
+    bound = {}
+    for name in names:
+        try:
+            claim = core.read_namespaced_persistent_volume_claim(
+                name, namespace, _request_timeout=TIMEOUT_S)
+            if claim.status and claim.status.phase == "Bound":
+                bound[name] = claim.spec.storage_class_name if claim.spec else None
+        except unanswered:  # absent (the first `up`) or not readable: not bound
+            pass
+    return bound
+
+
+def _reason(exc: Exception) -> str:
+    status = getattr(exc, "status", None)
+    return f"HTTP {status} {getattr(exc, 'reason', '')}".strip() if status else type(exc).__name__

@@ -1,0 +1,3 @@
+"""The workloads of the namespace, one ComponentResource each: MinIO, the bucket Job, MLflow,
+the training job (PyTorchJob or TrainJob), the web app and the trainer image; ``catalog``
+names who runs there, ``pod`` the hardened pod template every one of them shares."""

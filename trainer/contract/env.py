@@ -1,0 +1,12 @@
+"""Environment variables the stack sets for the trainer and the app, named once.
+
+Stdlib only: the Pulumi program imports it, and its environment has no torch.
+"""
+
+CACHE_DIR_ENV = "TRAINSTACK_DATA_CACHE_DIR"
+"""Where a rank reads shards ahead into: the training pod's data-cache emptyDir
+(infra.workloads.training)."""
+CACHE_BYTES_ENV = "TRAINSTACK_DATA_CACHE_BYTES"
+"""How many bytes of shards the read-ahead may hold there."""
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+"""The MLflow server workloads log to (unset: no tracking, mlflow never imported)."""

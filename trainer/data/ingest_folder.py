@@ -1,0 +1,165 @@
+"""Ingest a custom image dataset: ``<class>/<image>`` folders into ``datasets/imagefolder/``.
+
+The source is a local directory, or a ``.zip`` / ``.tar.gz`` (local path or http(s)
+URL) holding one; ``train/`` and ``test/`` folders of classes are kept as they are.
+Every image is decoded, by the trainer's own decoder, before anything is uploaded (a
+truncated JPEG fails here, not on every rank at every restart). A manifest of per-file
+sha256 digests (a dot-file) goes last and makes re-runs a no-op. Objects are never
+deleted; the reader trains on exactly the files the manifest lists, so files removed from
+the source since an earlier ingest are ignored.
+
+An archive is a hostile input until proven otherwise: before anything is unpacked, a zip's
+index, and a tar's headers as they stream by, are held to MAX_FILES files, MAX_UNPACKED_BYTES
+in all, and (above RATIO_FLOOR_BYTES) MAX_RATIO times the archive's own size; a download
+stops at MAX_ARCHIVE_BYTES. Together (3.5 GiB) they fit the stack's default ingest Job
+ephemeral storage (`ingestStorage`, 4Gi), which must hold the archive plus what it unpacks
+to. A local directory is read where it lies: nothing is unpacked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from trainer.contract.errors import IngestError, ObjectNotFound
+from trainer.contract.layout import manifest_key
+from trainer.data.download import fetch, redacted_url
+from trainer.data.imagefolder import check_image_name, decode_image, imagefolder_layout
+from trainer.data.streaming.ingest import DEFAULT_SHARD_BYTES, shards_current, write_shards
+from trainer.store import Store
+
+log = logging.getLogger(__name__)
+
+PREFIX = "datasets/imagefolder"
+ARCHIVES = (".zip", ".tar.gz", ".tgz")
+MAX_ARCHIVE_BYTES = 1536 * 1024**2
+MAX_UNPACKED_BYTES = 2 * 1024**3
+MAX_FILES = 500_000
+# Image files are compressed already: a zip or tar.gz of them is close to 1:1.
+MAX_RATIO = 100
+RATIO_FLOOR_BYTES = 4 * 1024**2
+# Side length the ingest check decodes to: any size decodes the whole file.
+CHECK_SIZE = 32
+
+
+def ingest_folder(store: Store, source: str, prefix: str = PREFIX, *, image_size: int = 32,
+                  shard_bytes: int = DEFAULT_SHARD_BYTES) -> str:
+    """Upload the image folders in ``source`` under ``prefix``, then write their shards at
+    ``image_size`` pixels (trainer.data.streaming.ingest); return the prefix."""
+    with tempfile.TemporaryDirectory(prefix="trainstack-ingest-") as tmp:
+        root = _unpack(source, Path(tmp))
+        files = sorted(p for p in root.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        rel = [p.relative_to(root).as_posix() for p in files]
+        # Before anything is uploaded: a folder training would refuse never replaces the
+        # stored dataset. Errors name the user's source, not the store's prefix.
+        shown = redacted_url(source).rstrip("/") or source
+        imagefolder_layout([f"{shown}/{r}" for r in rel], shown)
+        digests = [_checked_digest(path, name) for path, name in zip(files, rel)]
+        manifest = "".join(f"{d}  {r}\n" for d, r in zip(digests, rel)).encode()
+        manifest_at = manifest_key(prefix)
+        try:
+            uploaded = store.get_bytes(manifest_at) == manifest
+        except ObjectNotFound:
+            uploaded = False
+        if uploaded and shards_current(store, prefix, image_size):
+            log.info("%s already ingested in %s: nothing to do", prefix, store.url)
+            return prefix
+        if not uploaded:
+            log.info("uploading %d images from %s to %s/%s", len(files), redacted_url(source),
+                     store.url, prefix)
+            for path, name in zip(files, rel):
+                store.put_file(f"{prefix}/{name}", path)
+            store.put_bytes(manifest_at, manifest)  # last: its presence means "complete"
+        write_shards(store, prefix, files, rel, image_size=image_size, shard_bytes=shard_bytes)
+    return prefix
+
+
+def _unpack(source: str, tmp: Path) -> Path:
+    """A directory to read ``<class>/...`` from (an archive's single top folder is skipped)."""
+    local = Path(source).expanduser()
+    if "://" not in source and local.is_dir():
+        return local
+    # A URL's query is no part of the file's name (a presigned URL's signature), and with
+    # its userinfo it stays out of every message.
+    shown = redacted_url(source)
+    if "://" not in source and not local.exists():
+        raise IngestError(f"imagefolder source {source!r} does not exist; expected a "
+                          f"directory of <class>/<image> folders or one of {', '.join(ARCHIVES)}")
+    if not shown.lower().endswith(ARCHIVES):
+        raise IngestError(f"imagefolder source {shown!r}: expected a directory or one of "
+                          f"{', '.join(ARCHIVES)}")
+    archive = fetch(source, tmp / PurePosixPath(shown).name, max_bytes=MAX_ARCHIVE_BYTES)
+    out = tmp / "unpacked"
+    out.mkdir()
+    limits = _Limits(shown, archive.stat().st_size)
+    try:
+        if shown.lower().endswith(".zip"):
+            _unzip(archive, out, limits)
+        else:
+            _untar(archive, out, limits)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
+        raise IngestError(f"imagefolder source {shown!r}: cannot unpack ({e})") from None
+    entries = [p for p in out.iterdir() if not p.name.startswith(".")]
+    if len(entries) == 1 and entries[0].is_dir() and entries[0].name not in ("train", "test"):
+        children = [p for p in entries[0].iterdir() if not p.name.startswith(".")]
+        if children and all(p.is_dir() for p in children):
+            return entries[0]
+    return out
+
+
+class _Limits:
+    """Running totals of what an archive unpacks to, checked before each file is written."""
+
+    def __init__(self, source: str, archive_bytes: int):
+        self.source, self.archive_bytes = source, max(1, archive_bytes)
+        self.files = self.total = 0
+
+    def add(self, size: int) -> None:
+        self.files += 1
+        self.total += size
+        if self.files > MAX_FILES:
+            raise IngestError(f"imagefolder source {self.source!r} holds {self.files:,} files, "
+                              f"more than {MAX_FILES:,}")
+        if self.total > MAX_UNPACKED_BYTES:
+            raise IngestError(f"imagefolder source {self.source!r} unpacks to more than "
+                              f"{MAX_UNPACKED_BYTES:,} bytes")
+        if self.total > RATIO_FLOOR_BYTES and self.total > MAX_RATIO * self.archive_bytes:
+            raise IngestError(f"imagefolder source {self.source!r} is compressed more than "
+                              f"{MAX_RATIO}:1 ({self.archive_bytes:,} bytes unpack to "
+                              f"{self.total:,} so far): not a folder of images")
+
+
+def _unzip(archive: Path, out: Path, limits: _Limits) -> None:
+    """Every limit is checked from the zip's index before one file is written; zipfile then
+    writes no member beyond the size its index gives, and drops absolute and '..' parts."""
+    with zipfile.ZipFile(archive) as zf:
+        members = [info for info in zf.infolist() if not info.is_dir()]
+        for info in members:
+            limits.add(info.file_size)
+        for info in members:
+            zf.extract(info, out)
+
+
+def _untar(archive: Path, out: Path, limits: _Limits) -> None:
+    """A tar.gz has no index: its members are streamed, each checked before it is written."""
+    with tarfile.open(archive, "r|gz") as tar:
+        for info in tar:
+            if info.isfile():
+                limits.add(info.size)
+            tar.extract(info, out, filter="data")  # refuses links and paths outside `out`
+
+
+def _checked_digest(path: Path, name: str) -> str:
+    """The file's sha256, once it decodes with the trainer's own decoder."""
+    check_image_name(name)
+    data = path.read_bytes()
+    decode_image(data, CHECK_SIZE, name)
+    return hashlib.sha256(data).hexdigest()
+
+
+
