@@ -31,6 +31,7 @@ from inference.edge.auth import (
 )
 from inference.edge.bodies import MULTIPART_OVERHEAD, BodyReader, UploadLimits
 from inference.edge.uploads import keep_uploads_under
+from inference.monitoring.monitor import Monitor
 from inference.published.progress import ProgressBoard
 from inference.published.registry import ModelVersion, Registry
 from inference.serving.engine import Engine, EngineConfig
@@ -105,6 +106,11 @@ class Settings:
     # Where users open MLflow (http(s)); links to a version's MLflow run are built on it.
     # None: the address the trainer saw (MLFLOW_TRACKING_URI in the training pods).
     mlflow_ui_url: str | None = None
+    # Drift monitoring (inference.monitoring): a check every `monitor_window` predictions
+    # or `monitor_window_s` seconds; off: nothing recorded.
+    monitor: bool = True
+    monitor_window: int = 256
+    monitor_window_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.mlflow_ui_url and not self.mlflow_ui_url.startswith(("http://", "https://")):
@@ -187,6 +193,11 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         metrics.set_model(loaded.name, loaded.version, runner.precision, runner.program)
 
     registry.on_swap.append(on_swap)
+    monitor = None
+    if settings.monitor:
+        monitor = Monitor(registry.store, metrics.registry, window_size=settings.monitor_window,
+                          window_seconds=settings.monitor_window_s)
+        engine.observers.append(monitor)
     if registry.current:
         on_swap(registry.current)
     board = ProgressBoard(registry, settings.mlflow_ui_url)
@@ -197,6 +208,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
                                                         token is not None, owned_cache))
     app.state.registry, app.state.metrics, app.state.settings = registry, metrics, settings
     app.state.engine, app.state.demo, app.state.progress = engine, demo, board
+    app.state.monitor = monitor
     bodies = BodyReader(settings.upload_limits())
     metrics.upload_budget.set(bodies.limits.memory_bytes)
     metrics.upload_reserved.set_function(lambda: bodies.budget.used)
@@ -249,6 +261,8 @@ def lifespan(settings: Settings, registry: Registry, engine: Engine, demo: Any,
         finally:
             registry.stop()
             engine.close()
+            if app.state.monitor is not None:
+                app.state.monitor.stop()
             if owned_cache:
                 shutil.rmtree(registry.cache_dir, ignore_errors=True)
                 log.debug("removed the model cache %s", registry.cache_dir)
