@@ -202,7 +202,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         on_swap(registry.current)
     board = ProgressBoard(registry, settings.mlflow_ui_url)
     demo = build_demo(registry, engine, metrics, delete_cache=(
-        settings.upload_cache_sweep_s, settings.upload_cache_max_age_s), board=board)
+        settings.upload_cache_sweep_s, settings.upload_cache_max_age_s), board=board,
+        monitor=monitor)
     app = FastAPI(title="trainstack inference", description="Classify images with the newest "
                   "published model.", lifespan=lifespan(settings, registry, engine, demo,
                                                         token is not None, owned_cache))

@@ -81,6 +81,7 @@ class Recorder:
         self._open: dict[tuple[str, str], _Open] = {}
         self._versions: dict[tuple[str, str], Any] = {}
         self._references: OrderedDict[tuple[str, str], Reference | None] = OrderedDict()
+        self._references_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="monitoring", daemon=True)
         self._thread.start()
@@ -98,11 +99,12 @@ class Recorder:
     def reference(self, version: Any) -> Reference | None:
         """The version's reference, read once; None (said once) for a version without."""
         key = (version.name, version.version)
-        if key not in self._references:
-            self._references[key] = _read_reference(version)
-            while len(self._references) > REFERENCES_KEPT:
-                self._references.popitem(last=False)
-        return self._references[key]
+        with self._references_lock:  # the recorder's thread and the UI's ask
+            if key not in self._references:
+                self._references[key] = _read_reference(version)
+                while len(self._references) > REFERENCES_KEPT:
+                    self._references.popitem(last=False)
+            return self._references[key]
 
     def _run(self) -> None:
         while not self._stop.is_set():
