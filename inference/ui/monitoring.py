@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from inference.monitoring.drift import MIN_PREDICTIONS
 from inference.published.progress import literal
@@ -52,8 +53,9 @@ def monitoring_tab() -> MonitoringPanel:
 
 
 def banner(colour: str, text: str) -> str:
+    bold = text.replace("<b>", '<b style="color:inherit">')  # Gradio darkens <b>
     return (f'<div class="drift-verdict" style="padding:0.7em 1em;border-radius:12px;'
-            f'color:white;background:{colour}" data-state="{colour}">{text}</div>')
+            f'color:white;background:{colour}" data-state="{colour}">{bold}</div>')
 
 
 def verdict_html(reference: Reference | None, reports: list[DriftReport], version: str) -> str:
@@ -95,6 +97,7 @@ def accuracy_figure(reports: list[DriftReport], test_accuracy: float | None) -> 
     if test_accuracy is not None:
         axes.axhline(test_accuracy, color=GREY, linestyle="--", label="test accuracy")
     axes.set(xlabel="check", ylabel="accuracy", ylim=(0, 1.02))
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.legend(loc="lower left")
     return figure
 
