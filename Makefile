@@ -83,7 +83,8 @@ torch-choice:
 	  "from PyPI, a CUDA build) or cpu (PyTorch's CPU wheel)" >&2; exit 2 ;; esac
 	@made=$$(cat $(RUNTIME_STAMP) 2>/dev/null) || exit 0; \
 	if [ "$${made:-pypi}" != "$(TORCH)" ]; then echo "$(VENV) was made with TORCH=$${made:-pypi};" \
-	  "for TORCH=$(TORCH) remove it first (make clean)" >&2; exit 2; fi
+	  "for TORCH=$(TORCH) remove it first (rm -rf $(VENV); make clean would also delete" \
+	  "$(DEMO_STORE), every model the demos trained)" >&2; exit 2; fi
 
 $(MLFLOW_STAMP): requirements-mlflow-server.lock
 	[ -x $(MLFLOW_VENV)/bin/python ] || $(PYTHON) -m venv $(MLFLOW_VENV)
