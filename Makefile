@@ -15,9 +15,9 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 # Every venv installs from a hashed lock (`make lock` rewrites them from the requirements
-# files; docs/operations.md "Locked dependencies"), so every machine gets the same files.
+# files; docs/dependencies.md "Locked dependencies"), so every machine gets the same files.
 # TORCH=cpu: PyTorch's CPU wheel from its own index for .venv (no ~4 GB of CUDA libraries;
-# README "Setup size"); the default, pypi, is the lock's torch from PyPI (a CUDA build).
+# docs/dependencies.md "Setup size"); the default, pypi, is the lock's torch from PyPI (a CUDA build).
 # A .venv keeps the choice it was made with (recorded in its stamp).
 TORCH ?= $(or $(shell cat $(RUNTIME_STAMP) 2>/dev/null),pypi)
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
@@ -29,7 +29,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Demo knobs: `make demo DATASET=cifar10 CIFAR10_SOURCE=path/to/cifar-10-python.tar.gz`,
 # `make demo DATASET=imagefolder SOURCE=path/to/folder-or-archive` (one subfolder per class),
 # HOST, PORT, SERVE=no (below); `inference demo-check` checks them all before anything runs.
-# Images default to fastcifar, the best accuracy per minute on CPU (README, "Models"): with
+# Images default to fastcifar, the best accuracy per minute on CPU (docs/models.md): with
 # 2 processes, 32 images each per step; MODEL=resnet18 BATCH_SIZE=128 LR=0.1 EPOCHS=10 for
 # the ResNet-18.
 DATASET ?= digits
@@ -83,7 +83,8 @@ torch-choice:
 	  "from PyPI, a CUDA build) or cpu (PyTorch's CPU wheel)" >&2; exit 2 ;; esac
 	@made=$$(cat $(RUNTIME_STAMP) 2>/dev/null) || exit 0; \
 	if [ "$${made:-pypi}" != "$(TORCH)" ]; then echo "$(VENV) was made with TORCH=$${made:-pypi};" \
-	  "for TORCH=$(TORCH) remove it first (make clean)" >&2; exit 2; fi
+	  "for TORCH=$(TORCH) remove it first (rm -rf $(VENV); make clean would also delete" \
+	  "$(DEMO_STORE), every model the demos trained)" >&2; exit 2; fi
 
 $(MLFLOW_STAMP): requirements-mlflow-server.lock
 	[ -x $(MLFLOW_VENV)/bin/python ] || $(PYTHON) -m venv $(MLFLOW_VENV)
@@ -174,8 +175,8 @@ bench: $(DEV_STAMP)
 timed = echo "== $(1): started $$(date +%T)"; start=$$SECONDS; $(BIN)/python $(1) && \
   echo "== $(1): took $$((SECONDS - start)) s"
 
-# Render mode: do the committed files match what the program renders? (docs/operations.md,
-# GitOps; `pulumi preview --expect-no-changes` cannot tell there.) Needs the pulumi CLI.
+# Render mode: do the committed files match what the program renders? (docs/gitops.md,
+# "Checking for drift"; `pulumi preview --expect-no-changes` cannot tell there.) Needs the pulumi CLI.
 GITOPS_STACK ?= gitops
 gitops-drift: $(RUNTIME_STAMP)
 	$(BIN)/python -m infra.drift --stack $(GITOPS_STACK)

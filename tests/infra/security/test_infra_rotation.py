@@ -37,7 +37,7 @@ ROTATIONS = [
      {**PUSHED, "inferenceAuthToken": TOKEN[::-1]}, (),
      {"Secret/inference-auth", "Deployment/inference"}),
     # The trainer's tracking never stops training: its pods get the new login at their
-    # next start (docs/operations.md, "Rotating secrets").
+    # next start (docs/security.md, "Rotating secrets").
     ("MLflow login", {**PUSHED, "mlflowAccess": "login"}, {**PUSHED, "mlflowAccess": "login"},
      ("mlflow-admin-password",),
      {"Secret/mlflow-auth", "Secret/mlflow-client", "Deployment/mlflow"}),
