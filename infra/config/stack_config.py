@@ -80,7 +80,8 @@ class StackConfig(KeyRules):
                          "accuracy per minute on CPU).", "resnet18")
     checkpoint_every_steps: int = setting(
         "checkpointEverySteps", "Training", v.int_at_least(0), "Steps between mid-epoch "
-        "checkpoints of a streamed dataset (0: at the end of each epoch only).", 500)
+        "checkpoints (0: at the end of each epoch only); a restarted run loses at most the "
+        "steps since the last one.", 500)
     dataset: str = setting("dataset", "Data", v.choice(DATASETS, (
         f"{', '.join(DATASETS)} ({', '.join(BENCHMARK_DATASETS)} is for benchmarks only: "
         "python -m trainer train --dataset synthetic, or bench/)")),
