@@ -47,7 +47,7 @@ SERVE ?= yes
 CIFAR10_SOURCE ?=
 SOURCE ?= $(CIFAR10_SOURCE)
 
-.PHONY: demo test test-fast bench lint chromium strace clean help gitops-drift controlplane test-cluster
+.PHONY: demo demo-traffic test test-fast bench lint chromium strace clean help gitops-drift controlplane test-cluster
 help:
 	@echo "make demo   train on $(DATASET) with 2 local DDP processes, then serve the app"
 	@echo "make test   set up .venv and run the whole test suite (browser tests included)"
@@ -164,6 +164,14 @@ demo: $(RUNTIME_STAMP)
 	@# of the store: every dataset's demo shares it.
 	$(if $(filter yes,$(SERVE)),exec $(BIN)/python -m inference serve --store $(DEMO_STORE) \
 	  --model-name $(MODEL)-$(DATASET) --host $(HOST) --port $(PORT))
+
+# With `make demo` serving (another terminal): 512 test-split images, then 512 shifted ones
+# (SHIFT=dark|noise|other); the app checks every 256 predictions, and its Monitoring tab
+# turns from green to red.
+SHIFT ?= dark
+demo-traffic: $(RUNTIME_STAMP)
+	$(BIN)/python -m inference traffic --url http://$(HOST):$(PORT) --store $(DEMO_STORE) --shift none
+	$(BIN)/python -m inference traffic --url http://$(HOST):$(PORT) --store $(DEMO_STORE) --shift $(SHIFT)
 
 # Each part says when it starts and how long it took (minutes each on 2 CPU cores).
 bench: $(DEV_STAMP)

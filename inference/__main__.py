@@ -13,6 +13,7 @@ from pathlib import Path
 from inference import democheck
 from inference.edge.listening import ServeError, listen, listening_at
 from inference.monitoring import cli as monitoring_cli
+from inference.monitoring import traffic
 from trainer.contract.layout import AUTH_TOKEN_ENV, MLFLOW_UI_URL_ENV
 
 log = logging.getLogger("inference")
@@ -53,6 +54,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     monitor = sub.add_parser("monitor", help="one drift check of the served version; prints "
                                              "drift=... estimated_accuracy=... n=...")
     monitoring_cli.add_arguments(monitor)
+    traffic_parser = sub.add_parser("traffic", help="send a running app its dataset's images, "
+                                                    "or shifted ones (make demo-traffic)")
+    traffic.add_arguments(traffic_parser)
     return parser.parse_args(argv)
 
 
@@ -142,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo-check":
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
         return democheck.main(args)
+    if args.command == "traffic":
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        return traffic.main(args)
     if args.command == "monitor":
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         return monitoring_cli.main(args)
