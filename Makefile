@@ -47,7 +47,7 @@ SERVE ?= yes
 CIFAR10_SOURCE ?=
 SOURCE ?= $(CIFAR10_SOURCE)
 
-.PHONY: demo demo-traffic test test-fast bench lint chromium strace clean help gitops-drift controlplane test-cluster
+.PHONY: demo demo-traffic test test-fast bench lint chromium strace prometheus clean help gitops-drift controlplane test-cluster
 help:
 	@echo "make demo   train on $(DATASET) with 2 local DDP processes, then serve the app"
 	@echo "make test   set up .venv and run the whole test suite (browser tests included)"
@@ -122,11 +122,17 @@ chromium:
 	@[ -x $(CHROMIUM) ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
+# The monitoring tests run a real Prometheus and promtool (Debian's 2.42; no service starts).
+PROMETHEUS := /usr/bin/prometheus
+prometheus:
+	@[ -x $(PROMETHEUS) ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
 strace:
 	@[ -x $(STRACE) ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq strace >/dev/null; }
 
-test: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) chromium strace controlplane image-smoke
+test: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) chromium strace prometheus controlplane image-smoke
 	$(BIN)/python -m pytest
 
 # The cluster tier's control plane (tests/cluster): kube-apiserver, controller-manager,
@@ -141,7 +147,7 @@ controlplane:
 test-cluster: $(DEV_STAMP) controlplane
 	$(BIN)/python -m pytest -m cluster tests/cluster
 
-test-fast: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) strace controlplane
+test-fast: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) strace prometheus controlplane
 	$(BIN)/python -m pytest -m "not browser"
 
 lint: $(DEV_STAMP)

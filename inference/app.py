@@ -31,6 +31,7 @@ from inference.edge.auth import (
 )
 from inference.edge.bodies import MULTIPART_OVERHEAD, BodyReader, UploadLimits
 from inference.edge.uploads import keep_uploads_under
+from inference.monitoring import training as training_states
 from inference.monitoring.monitor import Monitor
 from inference.published.progress import ProgressBoard
 from inference.published.registry import ModelVersion, Registry
@@ -201,6 +202,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     if registry.current:
         on_swap(registry.current)
     board = ProgressBoard(registry, settings.mlflow_ui_url)
+    training_states.register(metrics.registry, board)
     demo = build_demo(registry, engine, metrics, delete_cache=(
         settings.upload_cache_sweep_s, settings.upload_cache_max_age_s), board=board,
         monitor=monitor)

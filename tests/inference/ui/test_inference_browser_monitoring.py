@@ -18,8 +18,8 @@ from tests.inference.ui.test_inference_browser import (  # noqa: F401 (a fixture
 WINDOW = 48
 
 
-def test_the_monitoring_tab_turns_from_green_to_red(local_store, tmp_path, browser_page):
-    page = browser_page
+def test_the_monitoring_tab_turns_from_green_to_red(local_store, tmp_path, request):
+    page = request.getfixturevalue("browser_page")
     publish_version(local_store, V1, reference=True)
     with serve_app(local_store.url, tmp_path / "cache", monitor_window=WINDOW) as (base, app):
         wait_for_version(base, V1)
