@@ -47,10 +47,11 @@ def load_dataset(name: str, store: Store | None, *, prefix: str | None = None,
     ``cifar10`` and ``imagefolder`` read from ``store`` under ``prefix`` (default
     ``datasets/<name>``); ``digits`` and ``synthetic`` need no store. ``seed`` fixes
     every random choice (held-out splits, synthetic pixels). An imagefolder larger than
-    ``max_decoded_bytes`` decoded (default: trainer.data.imagefolder.DATASET_MEMORY_SHARE of the
-    memory limit) is refused before decoding, unless an ingest wrote it as shards at
-    ``image_size``: then it streams (a trainer.data.streaming.source.StreamedBundle) when
-    ``loading`` is 'stream', or 'auto' and it is larger than that.
+    ``max_decoded_bytes`` decoded (default: trainer.data.imagefolder.DATASET_MEMORY_SHARE of
+    this process's share of the memory limit, trainer.run.memlimit.process_memory_bytes) is
+    refused before decoding, unless an ingest wrote it as shards at ``image_size``: then it
+    streams (a trainer.data.streaming.source.StreamedBundle) when ``loading`` is 'stream', or
+    'auto' and it is larger than that.
     """
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -78,7 +79,7 @@ def _load_imagefolder(store: Store, prefix: str, image_size: int, seed: int,
     streamed), else from the files (in memory)."""
     from trainer.data.imagefolder import DATASET_MEMORY_SHARE, load_imagefolder
     from trainer.data.streaming.source import open_sharded
-    from trainer.run.memlimit import memory_limit_bytes
+    from trainer.run.memlimit import process_memory_bytes
 
     sharded = open_sharded(store, prefix, image_size)
     if sharded is None:
@@ -88,7 +89,7 @@ def _load_imagefolder(store: Store, prefix: str, image_size: int, seed: int,
                                f"imagefolder --image-size {image_size} --source ...`")
         return load_imagefolder(store, prefix, image_size, seed, max_decoded_bytes)
     if max_decoded_bytes is None:
-        max_decoded_bytes = int(memory_limit_bytes() * DATASET_MEMORY_SHARE)
+        max_decoded_bytes = int(process_memory_bytes() * DATASET_MEMORY_SHARE)
     decoded = sharded.index.decoded_bytes()
     stream = loading == "stream" or (loading == "auto" and decoded > max_decoded_bytes)
     log.info(json.dumps({"event": "data", "dataset": prefix, "loading": "stream" if stream

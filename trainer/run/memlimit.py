@@ -2,8 +2,9 @@
 
 The limit is that of the process's own cgroup, or of any cgroup above it, whichever is
 tightest (trainer.run.cgroup): a pod's, a ``systemd-run -p MemoryMax=`` scope's, a batch
-job's. The trainer refuses a dataset
-whose decoded images would take more than a part of it, with a message that says so,
+job's. The ranks of one pod (torchrun: LOCAL_WORLD_SIZE processes) share that limit, so
+each plans with its share (:func:`process_memory_bytes`). The trainer refuses a dataset
+whose decoded images would take more than a part of that, with a message that says so,
 instead of being OOM-killed on every restart.
 """
 
@@ -23,6 +24,8 @@ _UNLIMITED = 1 << 60
 
 # A lower limit the trainer obeys as if it were its cgroup's (benchmarks, tests).
 MEMORY_LIMIT_ENV = "TRAINSTACK_MEMORY_LIMIT_BYTES"
+# How many processes of this job share the pod (torchrun sets it; one without torchrun).
+LOCAL_PROCESSES_ENV = "LOCAL_WORLD_SIZE"
 
 
 def memory_limit_bytes(cgroup_root: CgroupView | Path | None = None) -> int:
@@ -52,6 +55,24 @@ def cgroup_memory_limit(cgroup_root: CgroupView | Path | None = None) -> int | N
         if text and text.isdigit() and int(text) < _UNLIMITED:
             limits.append(int(text))
     return min(limits, default=None)
+
+
+def local_processes() -> int:
+    """How many processes of the job run in this pod and share its limits ($LOCAL_WORLD_SIZE,
+    which torchrun sets; 1 for a process that is no rank of a job, as in
+    trainer.run.distributed.process_env)."""
+    raw = os.environ.get(LOCAL_PROCESSES_ENV, "").strip()
+    if not raw or not ("WORLD_SIZE" in os.environ and "RANK" in os.environ):
+        return 1
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"environment variable {LOCAL_PROCESSES_ENV}={raw!r} must be a "
+                          "positive integer (the processes torchrun starts in this pod)")
+    return int(raw)
+
+
+def process_memory_bytes() -> int:
+    """This process's share of the pod's memory limit: the limit over its local processes."""
+    return memory_limit_bytes() // local_processes()
 
 
 def _physical_memory() -> int:

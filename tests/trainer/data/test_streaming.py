@@ -179,3 +179,20 @@ def test_a_reingest_with_fewer_images_leaves_no_stray_shard(sharded_store, tmp_p
     stored = {k for k in sharded_store.list(shards_prefix(PREFIX, SIZE)) if k.endswith(".tar")}
     assert stored == listed
     _stream_all(sharded_store)
+
+
+def test_the_ranks_of_one_pod_decide_memory_or_stream_on_their_share_of_its_memory(
+        sharded_store, monkeypatch):
+    """36 images of 3x8x8 decode to 6,912 bytes: a quarter of 40,000 holds them, a quarter of
+    half of it (two torchrun processes in the pod) does not."""
+    monkeypatch.setenv("TRAINSTACK_MEMORY_LIMIT_BYTES", "40000")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    alone = load_dataset("imagefolder", sharded_store, image_size=SIZE)
+    assert not isinstance(alone, StreamedBundle)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    shared = load_dataset("imagefolder", sharded_store, image_size=SIZE)
+    assert isinstance(shared, StreamedBundle)
+    with pytest.raises(DatasetError, match="more than the 5,000 this process may hold"):
+        load_dataset("imagefolder", sharded_store, image_size=SIZE, loading="memory")
