@@ -1,8 +1,10 @@
 """The shard read-ahead on local disk (trainer.data.streaming.cache): the ranks of one pod
-share its emptyDir (issue 28 item 4), and a killed rank's read-ahead does not outlive it."""
+share its emptyDir (issue 28 item 4), a killed rank's read-ahead does not outlive it, and
+a shard object is read no further than its index entry says (item 10)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import signal
@@ -128,3 +130,56 @@ def test_a_shard_that_does_not_fit_the_process_share_says_so(local_store, tmp_pa
                                            r"process's share of the data cache \(230,400 bytes:"
                                            r" 460,800 shared by 2 local processes\)"):
         ShardCache(local_store, shards, folder, budget)
+
+
+class CountingStore:
+    """A store read through as it is, counting the bytes its object streams give."""
+
+    def __init__(self, store):
+        self.store, self.read = store, 0
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    @contextlib.contextmanager
+    def open_read(self, key):
+        with self.store.open_read(key) as stream:
+            outer = self
+
+            class Counted:
+                def read(self, size=-1):
+                    data = stream.read(size)
+                    outer.read += len(data)
+                    return data
+
+            yield Counted()
+
+
+def test_a_shard_object_larger_than_its_index_entry_is_not_downloaded(any_store, tmp_path):
+    """Index: 1 MiB; budget: 2 MiB; the object: 64 MiB. Reading stops past 1 MiB."""
+    any_store.ensure_buckets()
+    key = shard_key("datasets/cache-test", 8, "train", 0)
+    any_store.put_bytes(key, bytes(64 * MIB))
+    indexed = bytes(MIB)
+    store = CountingStore(any_store)
+    cache = ShardCache(store, [ShardInfo(key, 1, MIB, hashlib.sha256(indexed).hexdigest())],
+                       tmp_path / "cache", 2 * MIB)
+    try:
+        with pytest.raises(DatasetError, match=f"{key}: larger than the 1,048,576 bytes its "
+                                               "index entry says"):
+            cache.take(0)
+        assert store.read <= MIB + 1, f"read {store.read:,} bytes of a 1 MiB shard"
+        assert bytes_under(tmp_path / "cache") == 0
+    finally:
+        cache.close()
+
+
+def test_a_shard_object_of_its_indexed_size_is_read_whole(any_store, tmp_path):
+    shards = put_shards(any_store, 3, 3 * KIB + 7)
+    cache = ShardCache(any_store, shards, tmp_path / "cache", 4 * KIB)
+    try:
+        for number, shard in enumerate(shards):
+            assert cache.take(number).read_bytes() == bytes([number]) * shard.bytes
+            cache.release(number)
+    finally:
+        cache.close()

@@ -2,10 +2,11 @@
 
 One thread downloads a rank's shards, in the order the rank will read them, through the
 store seam (trainer.store.base: a local directory or S3), each checked against its index
-sha256 as it streams by. It stays at most ``budget_bytes`` ahead; the trainer takes a
-shard's file, reads it into memory and releases it at once, so the disk holds at most the
-read-ahead and memory at most one shard. A failed download is raised to the reader, never
-waited on for ever.
+sha256 as it streams by and read no further than the size its index entry gives (a larger
+object is refused, not written whole). It stays at most ``budget_bytes`` ahead; the trainer
+takes a shard's file, reads it into memory and releases it at once, so the disk holds at
+most the read-ahead and memory at most one shard. A failed download is raised to the
+reader, never waited on for ever.
 
 The ranks of one pod (torchrun's LOCAL_WORLD_SIZE processes) share its emptyDir: each
 takes an equal share of $TRAINSTACK_DATA_CACHE_BYTES (:func:`cache_budget`). Each
@@ -34,6 +35,7 @@ from trainer.store import Store
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 1 << 30
+CHUNK = 1 << 20
 FOLDER_PREFIX = "shard-cache-"
 OWNER_LOCK = ".owner"  # in each read-ahead's folder, flocked by its process
 FOLDERS_LOCK = ".shard-cache.lock"  # next to them: one process at a time makes or removes
@@ -102,16 +104,28 @@ class ShardCache:
 
     def _download(self, shard: ShardInfo, number: int) -> Path:
         path = self.folder / f"{number:06d}.tar"
-        digest = hashlib.sha256()
+        digest, written = hashlib.sha256(), 0
         try:
             with self.store.open_read(shard.key) as stream, path.open("wb") as out:
-                while chunk := stream.read(1 << 20):
+                # At most one byte past the indexed size: enough to know the object is larger.
+                while chunk := stream.read(min(CHUNK, shard.bytes + 1 - written)):
+                    written += len(chunk)
+                    if written > shard.bytes:
+                        raise DatasetError(
+                            f"{shard.key}: larger than the {shard.bytes:,} bytes its index "
+                            "entry says: replaced after the ingest, or from another dataset "
+                            "version than the index; re-run the ingest")
                     digest.update(chunk)
                     out.write(chunk)
         except ObjectNotFound:
+            path.unlink(missing_ok=True)
             raise DatasetError(f"{shard.key}: listed in the shard index but missing from "
                                f"{self.store.url}; re-run the ingest") from None
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         if digest.hexdigest() != shard.sha256:
+            path.unlink(missing_ok=True)
             raise DatasetError(f"{shard.key}: corrupt shard (sha256 {digest.hexdigest()}, the "
                                f"index says {shard.sha256}): damaged, or from another dataset "
                                "version than the index; re-run the ingest")
