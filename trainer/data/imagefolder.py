@@ -164,14 +164,18 @@ def decode_image(data: bytes, image_size: int, where: str) -> np.ndarray:
         raise DatasetError(f"{where}: cannot be decoded as an image ({e})") from None
 
 
-def _decoded_size_check(count: int, image_size: int, limit: int) -> None:
+# What a folder too large to decode into memory can change, unless the caller knows better.
+TOO_LARGE_ADVICE = ("lower image_size, use fewer images or give the training pods more memory "
+                    "(memoryPerWorker)")
+
+
+def _decoded_size_check(count: int, image_size: int, limit: int, advice: str) -> None:
     size = count * 3 * image_size * image_size
     if size > limit:
         raise DatasetError(
             f"imagefolder: {count} images of 3x{image_size}x{image_size} decode to {size:,} "
             f"bytes, more than the limit of {limit:,} bytes ({DATASET_MEMORY_SHARE:.0%} of this "
-            "process's share of the memory limit; the rest is for training): lower image_size, "
-            "use fewer images or give the training pods more memory (memoryPerWorker)")
+            f"process's share of the memory limit; the rest is for training): {advice}")
 
 
 def _split_order(groups, classes: list[str], seed: int) -> tuple[list, np.ndarray, int]:
@@ -225,15 +229,18 @@ def _folder_fingerprint(prefix: str, listing: FolderListing, items: list,
 
 
 def load_imagefolder(store: Store, prefix: str, image_size: int, seed: int,
-                     max_decoded_bytes: int | None = None) -> DatasetBundle:
-    """The folder under ``prefix`` as a bundle (held-out split fixed by ``seed``)."""
+                     max_decoded_bytes: int | None = None,
+                     too_large: str = TOO_LARGE_ADVICE) -> DatasetBundle:
+    """The folder under ``prefix`` as a bundle (held-out split fixed by ``seed``); one that
+    would decode to more than ``max_decoded_bytes`` is refused first, ``too_large`` saying
+    what to do instead."""
     if max_decoded_bytes is None:
         max_decoded_bytes = int(process_memory_bytes() * DATASET_MEMORY_SHARE)
     listing = imagefolder_keys(store, prefix)
     groups = imagefolder_layout(listing.keys, prefix)
     classes = sorted({cls for items in groups.values() for cls, _ in items})
     items, labels, n_train = _split_order(groups, classes, seed)
-    _decoded_size_check(len(items), image_size, max_decoded_bytes)
+    _decoded_size_check(len(items), image_size, max_decoded_bytes, too_large)
     # One array; the splits are views of it (the training split first).
     images = np.empty((len(items), 3, image_size, image_size), dtype=np.uint8)
     seen = _decode_all(store, items, listing, image_size, images)
