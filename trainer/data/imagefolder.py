@@ -159,9 +159,9 @@ def decode_image(data: bytes, image_size: int, where: str) -> np.ndarray:
     try:
         return pixels.to_pixels(data, (3, image_size, image_size))
     except pixels.ImageTooLarge as e:
-        raise DatasetError(f"{where}: too many pixels to decode safely ({e})") from None
-    except pixels.ImageError as e:
-        raise DatasetError(f"{where}: cannot be decoded as an image ({e})") from None
+        raise DatasetError(f"{where}: too many pixels to decode safely ({e.reason})") from None
+    except pixels.ImageError as e:  # its reason: the advice to the app's users is not for us
+        raise DatasetError(f"{where}: cannot be decoded as an image ({e.reason})") from None
 
 
 # What a folder too large to decode into memory can change, unless the caller knows better.

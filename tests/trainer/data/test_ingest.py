@@ -364,7 +364,7 @@ def test_a_truncated_jpeg_is_refused_at_ingest_not_by_every_rank_later(local_sto
     noisy.save(tree / "cat" / "photo.jpg", quality=90)
     data = (tree / "cat" / "photo.jpg").read_bytes()
     (tree / "cat" / "photo.jpg").write_bytes(data[: len(data) // 2])
-    with pytest.raises(DatasetError, match="cat/photo.jpg: cannot be decoded"):
+    with pytest.raises(DatasetError, match="cat/photo.jpg: the image is corrupt or truncated"):
         ingest(local_store, "imagefolder", str(tree))
     assert local_store.list("datasets/") == []
 
@@ -381,6 +381,49 @@ def test_a_truncated_photo_is_refused_although_it_is_decoded_at_reduced_size(loc
                                                              quality=90)
     data = (tree / "dog" / "big.jpg").read_bytes()
     (tree / "dog" / "big.jpg").write_bytes(data[: int(len(data) * 0.9)])
-    with pytest.raises(DatasetError, match="dog/big.jpg: cannot be decoded"):
+    with pytest.raises(DatasetError, match="dog/big.jpg: the image is corrupt or truncated"):
         ingest(local_store, "imagefolder", str(tree))
     assert local_store.list("datasets/") == []
+
+
+def test_an_ingest_names_every_unreadable_file_in_one_run_in_its_own_words(local_store,
+                                                                            tmp_path):
+    """Issue 28 item 15: four bad files, one run, one line naming all four; no advice meant
+    for the web app's users ("send a PNG ...")."""
+    from PIL import Image
+
+    local_store.ensure_buckets()
+    tree = _image_tree(tmp_path / "pets", bad=True)  # dog/readme.txt
+    Image.effect_noise((64, 64), 60).convert("RGB").save(tree / "cat" / "cut.jpg")
+    data = (tree / "cat" / "cut.jpg").read_bytes()
+    (tree / "cat" / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (tree / "dog" / "notes.png").write_text("a text file with an image's name")
+    (tree / "dog" / "empty.gif").write_bytes(b"")
+    with pytest.raises(IngestError) as refused:
+        ingest(local_store, "imagefolder", str(tree))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"imagefolder source {str(tree)!r}: 4 files are not images the trainer can read" \
+        in message, message
+    for named in ("cat/cut.jpg: the image is corrupt or truncated",
+                  "dog/empty.gif: the file is empty (0 bytes)",
+                  "dog/notes.png: not in a format the trainer reads (PNG, JPEG, GIF, BMP, TIFF or "
+                  + "WebP)",
+                  "dog/readme.txt: not an image file (allowed: .png, .jpg"):
+        assert named in message, message
+    assert "send" not in message, message
+    assert local_store.list("datasets/") == []
+
+
+def test_an_ingest_names_twenty_unreadable_files_and_counts_the_rest(local_store, tmp_path):
+    local_store.ensure_buckets()
+    tree = _image_tree(tmp_path / "pets")
+    for i in range(25):
+        (tree / "cat" / f"bad{i:02d}.png").write_bytes(b"not a png")
+    with pytest.raises(IngestError) as refused:
+        ingest(local_store, "imagefolder", str(tree))
+    message = str(refused.value)
+    assert "25 files are not images the trainer can read" in message, message
+    named = [f"cat/bad{i:02d}.png" for i in range(25) if f"cat/bad{i:02d}.png:" in message]
+    assert named == [f"cat/bad{i:02d}.png" for i in range(20)], message
+    assert message.endswith("; and 5 more"), message
