@@ -128,7 +128,8 @@ def test_a_shard_that_does_not_fit_the_process_share_says_so(local_store, tmp_pa
     assert budget == POD_BUDGET // 2
     with pytest.raises(DatasetError, match=r"a shard of 307,200 bytes does not fit this "
                                            r"process's share of the data cache \(230,400 bytes:"
-                                           r" 460,800 shared by 2 local processes\)"):
+                                           r" TRAINSTACK_DATA_CACHE_BYTES over 2 local "
+                                           r"processes\)"):
         ShardCache(local_store, shards, folder, budget)
 
 

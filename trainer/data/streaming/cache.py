@@ -61,7 +61,7 @@ def _share_of(budget_bytes: int) -> str:
     if processes == 1:
         return f"the data cache ({budget_bytes:,} bytes)"
     return (f"this process's share of the data cache ({budget_bytes:,} bytes: "
-            f"{budget_bytes * processes:,} shared by {processes} local processes)")
+            f"{CACHE_BYTES_ENV} over {processes} local processes)")
 
 
 class ShardCache:
