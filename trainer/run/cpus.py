@@ -2,7 +2,9 @@
 
 A pod limited to 2 CPUs on a 64-core node sees 64 cores in ``os.cpu_count()``; sizing
 thread pools from that oversubscribes the quota and the kernel throttles the pod. The
-trainer and the app size their threads from :func:`usable_cpus`. Stdlib only.
+quota is that of the process's own cgroup or of any above it, whichever is tightest
+(trainer.run.cgroup). The trainer and the app size their threads from :func:`usable_cpus`.
+Stdlib only.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import math
 import os
 from pathlib import Path
 
+from trainer.run.cgroup import CgroupView, read_limit_file
+
 log = logging.getLogger(__name__)
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
-
-def usable_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (pods)."""
+def usable_cpus(cgroup_root: CgroupView | Path | None = None) -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (pods).
+    ``cgroup_root``: where to read (default: this process's own cgroups; CgroupView.of)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -29,18 +32,33 @@ def usable_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
     return max(1, cpus)
 
 
-def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
-    """CPUs' worth of time the cgroup may use (limits.cpu of a pod), None if unlimited."""
-    v2 = root / "cpu.max"
-    try:
-        if v2.exists():
-            quota, period = v2.read_text().split()[:2]
-            return None if quota == "max" else int(quota) / int(period)
-        v1 = root / "cpu" / "cpu.cfs_quota_us"
-        if v1.exists():
-            quota = int(v1.read_text())
-            period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-            return None if quota <= 0 else quota / period
-    except (OSError, ValueError):
-        log.debug("could not read the cgroup CPU quota", exc_info=True)
-    return None
+def cgroup_cpu_quota(cgroup_root: CgroupView | Path | None = None) -> float | None:
+    """CPUs' worth of time this process may use (limits.cpu of a pod): the tightest quota
+    from its cgroup up to the root (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us``); None if unlimited."""
+    quotas = []
+    for version, folder in CgroupView.of(cgroup_root).folders("cpu"):
+        try:
+            quota = _v2_quota(folder) if version == 2 else _v1_quota(folder)
+        except ValueError:
+            log.debug("could not read the CPU quota in %s", folder, exc_info=True)
+            continue
+        if quota is not None:
+            quotas.append(quota)
+    return min(quotas, default=None)
+
+
+def _v2_quota(folder: Path) -> float | None:
+    text = read_limit_file(folder / "cpu.max")
+    if not text:
+        return None
+    quota, period = text.split()[:2]
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def _v1_quota(folder: Path) -> float | None:
+    quota, period = (read_limit_file(folder / name) for name in ("cpu.cfs_quota_us",
+                                                                 "cpu.cfs_period_us"))
+    if not quota or not period or int(quota) <= 0:
+        return None
+    return int(quota) / int(period)

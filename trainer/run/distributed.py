@@ -18,7 +18,8 @@ import torch
 import torch.distributed as dist
 
 from trainer.contract.errors import ConfigError
-from trainer.run.cpus import CGROUP_ROOT, usable_cpus
+from trainer.run.cgroup import CgroupView
+from trainer.run.cpus import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,9 @@ def average_buffers(model: torch.nn.Module) -> None:
             buf.div_(world)
 
 
-def configure_cpu_threads(env: DistEnv, cgroup_root: Path = CGROUP_ROOT) -> int:
-    """Give each local process its share of the usable CPUs (unless OMP_NUM_THREADS says)."""
+def configure_cpu_threads(env: DistEnv, cgroup_root: CgroupView | Path | None = None) -> int:
+    """Give each local process its share of the usable CPUs (unless OMP_NUM_THREADS says);
+    ``cgroup_root`` as in trainer.run.cpus.usable_cpus (default: this process's cgroups)."""
     if os.environ.get("OMP_NUM_THREADS"):
         threads = max(1, _env_int("OMP_NUM_THREADS", 1))
     else:
