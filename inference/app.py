@@ -40,7 +40,7 @@ from inference.serving.metrics import Metrics
 from inference.serving.predict import DEFAULT_MAX_PIXELS
 from trainer.contract.errors import ConfigError
 from trainer.contract.layout import AUTH_TOKEN_ENV
-from trainer.run.cpus import usable_cpus
+from trainer.limits.cpus import usable_cpus
 from trainer.store import open_store
 
 log = logging.getLogger(__name__)

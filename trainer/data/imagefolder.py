@@ -28,7 +28,7 @@ from trainer.contract.errors import DatasetError, ObjectNotFound
 from trainer.contract.layout import IMAGE_SUFFIXES, MANIFEST_NAME, is_image_name, manifest_key
 from trainer.data import pixels
 from trainer.data.dataset import DatasetBundle, Split, channel_stats, stratified_split
-from trainer.run.memlimit import process_memory_bytes
+from trainer.limits.memlimit import process_memory_bytes
 from trainer.store import Store
 
 log = logging.getLogger(__name__)

@@ -48,7 +48,7 @@ def load_dataset(name: str, store: Store | None, *, prefix: str | None = None,
     ``datasets/<name>``); ``digits`` and ``synthetic`` need no store. ``seed`` fixes
     every random choice (held-out splits, synthetic pixels). An imagefolder larger than
     ``max_decoded_bytes`` decoded (default: trainer.data.imagefolder.DATASET_MEMORY_SHARE of
-    this process's share of the memory limit, trainer.run.memlimit.process_memory_bytes) is
+    this process's share of the memory limit, trainer.limits.memlimit.process_memory_bytes) is
     refused before decoding, unless an ingest wrote it as shards at ``image_size``: then it
     streams (a trainer.data.streaming.source.StreamedBundle) when ``loading`` is 'stream', or
     'auto' and it is larger than that.
@@ -79,7 +79,7 @@ def _load_imagefolder(store: Store, prefix: str, image_size: int, seed: int,
     streamed), else from the files (in memory)."""
     from trainer.data.imagefolder import DATASET_MEMORY_SHARE
     from trainer.data.streaming.source import open_sharded
-    from trainer.run.memlimit import process_memory_bytes
+    from trainer.limits.memlimit import process_memory_bytes
 
     sharded = open_sharded(store, prefix, image_size)
     if sharded is None:

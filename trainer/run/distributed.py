@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 
 from trainer.contract.errors import ConfigError
-from trainer.run.cgroup import CgroupView
-from trainer.run.cpus import usable_cpus
+from trainer.limits.cgroup import CgroupView
+from trainer.limits.cpus import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def average_buffers(model: torch.nn.Module) -> None:
 
 def configure_cpu_threads(env: DistEnv, cgroup_root: CgroupView | Path | None = None) -> int:
     """Give each local process its share of the usable CPUs (unless OMP_NUM_THREADS says);
-    ``cgroup_root`` as in trainer.run.cpus.usable_cpus (default: this process's cgroups)."""
+    ``cgroup_root`` as in trainer.limits.cpus.usable_cpus (default: this process's cgroups)."""
     if os.environ.get("OMP_NUM_THREADS"):
         threads = max(1, _env_int("OMP_NUM_THREADS", 1))
     else:

@@ -29,7 +29,7 @@ from pathlib import Path
 from trainer.contract.env import CACHE_BYTES_ENV, CACHE_DIR_ENV
 from trainer.contract.errors import DatasetError, ObjectNotFound
 from trainer.data.streaming.format import ShardInfo
-from trainer.run.memlimit import local_processes
+from trainer.limits.memlimit import local_processes
 from trainer.store import Store
 
 log = logging.getLogger(__name__)

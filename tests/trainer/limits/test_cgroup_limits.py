@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.trainer.trainer_procs import REPO_ROOT
-from trainer.run.cgroup import CgroupView
-from trainer.run.cpus import cgroup_cpu_quota, usable_cpus
-from trainer.run.memlimit import MEMORY_LIMIT_ENV, cgroup_memory_limit, memory_limit_bytes
+from trainer.limits.cgroup import CgroupView
+from trainer.limits.cpus import cgroup_cpu_quota, usable_cpus
+from trainer.limits.memlimit import MEMORY_LIMIT_ENV, cgroup_memory_limit, memory_limit_bytes
 
 MIB = 1024 * 1024
 V1_UNLIMITED = "9223372036854771712\n"
@@ -129,8 +129,8 @@ import json, os, sys
 for procs in sys.argv[1:]:
     with open(procs, "w") as f:
         f.write(str(os.getpid()))
-from trainer.run.cpus import cgroup_cpu_quota
-from trainer.run.memlimit import memory_limit_bytes
+from trainer.limits.cpus import cgroup_cpu_quota
+from trainer.limits.memlimit import memory_limit_bytes
 print(json.dumps({"memory": memory_limit_bytes(), "cpu": cgroup_cpu_quota()}))
 """
 

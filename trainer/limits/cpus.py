@@ -3,7 +3,7 @@
 A pod limited to 2 CPUs on a 64-core node sees 64 cores in ``os.cpu_count()``; sizing
 thread pools from that oversubscribes the quota and the kernel throttles the pod. The
 quota is that of the process's own cgroup or of any above it, whichever is tightest
-(trainer.run.cgroup). The trainer and the app size their threads from :func:`usable_cpus`.
+(trainer.limits.cgroup). The trainer and the app size their threads from :func:`usable_cpus`.
 Stdlib only.
 """
 
@@ -14,7 +14,7 @@ import math
 import os
 from pathlib import Path
 
-from trainer.run.cgroup import CgroupView, read_limit_file
+from trainer.limits.cgroup import CgroupView, read_limit_file
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """How much memory this process may use: its cgroup's limit (a pod's limits.memory), else RAM.
 
 The limit is that of the process's own cgroup, or of any cgroup above it, whichever is
-tightest (trainer.run.cgroup): a pod's, a ``systemd-run -p MemoryMax=`` scope's, a batch
+tightest (trainer.limits.cgroup): a pod's, a ``systemd-run -p MemoryMax=`` scope's, a batch
 job's. The ranks of one pod (torchrun: LOCAL_WORLD_SIZE processes) share that limit, so
 each plans with its share (:func:`process_memory_bytes`). The trainer refuses a dataset
 whose decoded images would take more than a part of that, with a message that says so,
@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from trainer.contract.errors import ConfigError
-from trainer.run.cgroup import CgroupView, read_limit_file
+from trainer.limits.cgroup import CgroupView, read_limit_file
 
 log = logging.getLogger(__name__)
 
