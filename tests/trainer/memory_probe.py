@@ -101,8 +101,34 @@ def augment(workdir: Path):
     return step, 128 * 3 * 32 * 32 * 4
 
 
+def stream_shards(workdir: Path):
+    """An epoch streamed from two training shards of 48 MiB: the step crosses a shard."""
+    import torch
+
+    from tests.trainer.image_trees import image_tree
+    from trainer.data.ingest import ingest
+    from trainer.data.loading import load_dataset
+    from trainer.data.streaming.batches import StreamBatches
+    from trainer.data.streaming.plan import EpochPlan
+    from trainer.store import LocalStore
+
+    size, per_shard = 128, 1024
+    store = LocalStore(workdir / "store")
+    store.ensure_buckets()
+    tree = workdir / "tree"
+    image_tree(tree / "train", classes=("cat", "dog"), per_class=per_shard, size=size)
+    image_tree(tree / "test", classes=("cat", "dog"), per_class=4, size=size)
+    ingest(store, "imagefolder", str(tree), image_size=size,
+           shard_bytes=per_shard * 3 * size * size)
+    batches = StreamBatches(load_dataset("imagefolder", store, image_size=size,
+                                         loading="stream").sharded, torch.device("cpu"))
+    plan = EpochPlan.fresh(batches.shard_sizes, seed=0, epoch=1, world=1, batch_size=64)
+    step = lambda: sum(len(batch[2]) for batch in batches.train(plan, 0, 0, seed=0))
+    return step, per_shard * 3 * size * size
+
+
 SCENARIOS = {"imagefolder": imagefolder, "cifar": cifar, "label_bomb": label_bomb,
-             "augment": augment}
+             "augment": augment, "stream_shards": stream_shards}
 
 
 def probe(scenario: str, workdir: Path) -> dict:

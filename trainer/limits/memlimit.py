@@ -10,8 +10,11 @@ instead of being OOM-killed on every restart.
 
 from __future__ import annotations
 
+import atexit
+import json
 import logging
 import os
+import re
 from pathlib import Path
 
 from trainer.contract.errors import ConfigError
@@ -73,6 +76,36 @@ def local_processes() -> int:
 def process_memory_bytes() -> int:
     """This process's share of the pod's memory limit: the limit over its local processes."""
     return memory_limit_bytes() // local_processes()
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory so far (VmHWM); None where /proc has none."""
+    try:
+        found = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    except OSError:
+        return None
+    return int(found.group(1)) * 1024 if found else None
+
+
+_exit_report: dict = {}
+_exit_registered: list[bool] = []
+
+
+def report_peak_at_exit(**fields) -> None:
+    """Log ``{"event": "memory", "peak_rss_bytes": ..., **fields}`` when the process ends
+    normally (the latest ``fields`` given): what a run held against what it planned
+    (bench/memory_costs.py reads it). At exit, before the interpreter unloads its libraries,
+    which pages their code in again."""
+    if not _exit_registered:
+        atexit.register(_report)
+        _exit_registered.append(True)
+    _exit_report.clear()
+    _exit_report.update(fields)
+
+
+def _report() -> None:
+    log.info(json.dumps({"event": "memory", "peak_rss_bytes": peak_rss_bytes(),
+                         **_exit_report}))
 
 
 def _physical_memory() -> int:

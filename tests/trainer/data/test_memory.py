@@ -40,3 +40,12 @@ def test_a_cifar_label_amplification_bomb_is_refused_before_it_expands(tmp_path)
 def test_augmenting_needs_no_padded_copy_of_the_training_split(tmp_path):
     report = probe("augment", tmp_path)
     assert report["peak_growth"] <= 4 * report["payload"] + 8 * MIB, report
+
+
+def test_streaming_holds_one_shard_in_memory_even_where_it_changes_shard(tmp_path):
+    """A shard and the batches cut from it; not also the shard before, the new shard's tar
+    member and a copy of it (four shards and more, measured before the fix), where the
+    trainer's memory plan (trainer.limits.footprint) counts one."""
+    report = probe("stream_shards", tmp_path)
+    assert report["error"] is None
+    assert report["peak_growth"] <= 2 * report["payload"], report

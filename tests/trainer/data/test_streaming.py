@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +16,14 @@ from trainer.contract.errors import ConfigError, DatasetError
 from trainer.data.ingest import ingest
 from trainer.data.loading import load_dataset
 from trainer.data.streaming.batches import MemoryBatches, StreamBatches
-from trainer.data.streaming.format import index_key, shard_key, shards_prefix
+from trainer.data.streaming.format import (
+    ShardInfo,
+    file_sha256,
+    index_key,
+    shard_key,
+    shards_prefix,
+    write_shard,
+)
 from trainer.data.streaming.plan import EpochPlan
 from trainer.data.streaming.source import StreamedBundle, open_sharded
 
@@ -143,6 +151,24 @@ def test_a_corrupt_shard_stops_training_with_its_name(sharded_store):
     data[700] ^= 0xFF
     sharded_store.put_bytes(key, bytes(data))
     with pytest.raises(DatasetError, match=f"{key}: corrupt shard"):
+        _stream_all(sharded_store)
+
+
+def test_a_shard_whose_arrays_are_not_what_its_index_says_is_refused_before_it_is_read(
+        sharded_store, tmp_path):
+    """Its digest matches its index entry (an index written for it), its pixels do not: the
+    header is checked before an array of its size is allocated or read."""
+    index = open_sharded(sharded_store, PREFIX, SIZE).index
+    shard = index.shards["train"][1]
+    path = tmp_path / "other.tar"
+    write_shard(path, "other", np.zeros((shard.count, 3, 2 * SIZE, 2 * SIZE), np.uint8),
+                np.zeros(shard.count, np.int64))
+    sharded_store.put_file(shard.key, path)
+    index.shards["train"][1] = ShardInfo(shard.key, shard.count, path.stat().st_size,
+                                         file_sha256(path))
+    sharded_store.put_bytes(index_key(PREFIX, SIZE), index.to_json())
+    with pytest.raises(DatasetError, match=rf"{shard.key}: holds a uint8 C array of "
+                                           rf"\({shard.count}, 3, 16, 16\)"):
         _stream_all(sharded_store)
 
 

@@ -54,7 +54,7 @@ class MemoryBatches:
 
 class StreamBatches:
     """A sharded dataset read shard by shard through the read-ahead cache: at most one
-    shard of each split in memory at a time."""
+    shard in memory at a time (trainer.data.streaming.source.ShardedDataset.streaming_bytes)."""
 
     def __init__(self, sharded: ShardedDataset, device: torch.device):
         self.sharded, self.device = sharded, device
@@ -70,6 +70,8 @@ class StreamBatches:
             for shard, begin, end in segments:
                 if loaded is None or loaded[0] != shard:
                     position += 1
+                    # The shard before goes first: never two in memory at once.
+                    loaded = images = labels = None
                     images, labels = self.sharded.read(cache, position, split, shard)
                     loaded = (shard, torch.from_numpy(images), torch.from_numpy(labels),
                               order(shard))

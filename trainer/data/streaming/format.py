@@ -16,8 +16,8 @@ the run identity uses whether the shards are held in memory or streamed.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import math
 import re
 import tarfile
 from dataclasses import asdict, dataclass, field
@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 from webdataset import TarWriter
-from webdataset.tariterators import tar_file_iterator
 
 from trainer.contract.errors import DatasetError
 
@@ -126,25 +125,58 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_shard(path: Path, shard: ShardInfo, index: ShardIndex) -> tuple[np.ndarray, np.ndarray]:
-    """The pixels and labels of a downloaded shard, checked against its index entry; a
-    DatasetError naming the shard for anything that does not match."""
-    members: dict[str, bytes] = {}
+def read_shard(path: Path, shard: ShardInfo, index: ShardIndex, *, rows: int | None = None,
+               out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels and labels of a downloaded shard (its first ``rows`` images; the pixels
+    into ``out`` when given), checked against its index entry: a DatasetError naming the
+    shard for anything that does not match.
+
+    Each array's header is checked before anything is allocated, then the array is read
+    from the file straight into its memory: a shard takes its own size in memory once, not
+    the tar member's bytes and a copy of them (three times its size at a shard change)."""
+    rows = shard.count if rows is None else min(rows, shard.count)
+    shape = (shard.count, index.channels, index.image_size, index.image_size)
     try:
+        with tarfile.open(path) as tar:
+            members = {m.name.rsplit(".", 2)[-2]: m for m in tar.getmembers() if m.isfile()}
         with path.open("rb") as f:
-            for member in tar_file_iterator(f):
-                members[member["fname"].rsplit(".", 2)[-2]] = member["data"]
-        images = np.load(io.BytesIO(members["pixels"]), allow_pickle=False)
-        labels = np.load(io.BytesIO(members["labels"]), allow_pickle=False)
+            images = _read_npy(f, members["pixels"], np.uint8, shape, rows, out)
+            labels = _read_npy(f, members["labels"], np.int64, (shard.count,), rows, None)
+    except _Mismatch as e:
+        raise DatasetError(f"{shard.key}: holds {e}, the index says {shard.count} uint8 images "
+                           f"of {shape[1:]} with int64 labels; re-run the ingest") from None
     except (tarfile.TarError, KeyError, ValueError, OSError, EOFError) as e:
         raise DatasetError(f"{shard.key}: corrupt shard ({type(e).__name__}: {e}); re-run the "
                            "ingest") from None
-    shape = (shard.count, index.channels, index.image_size, index.image_size)
-    if (images.dtype != np.uint8 or images.shape != shape or labels.shape != (shard.count,)
-            or labels.dtype != np.int64 or (len(labels) and not
-                                            0 <= labels.min() <= labels.max() < len(index.classes))):
-        raise DatasetError(f"{shard.key}: holds {images.dtype} {images.shape} pixels and "
-                           f"{labels.dtype} {labels.shape} labels, the index says {shard.count} "
-                           f"uint8 images of {shape[1:]} with labels below {len(index.classes)}; "
-                           "re-run the ingest")
+    if len(labels) and not 0 <= labels.min() <= labels.max() < len(index.classes):
+        raise DatasetError(f"{shard.key}: holds labels from {labels.min()} to {labels.max()}, "
+                           f"the index says labels below {len(index.classes)}; re-run the ingest")
     return images, labels
+
+
+class _Mismatch(Exception):
+    """An array in a shard is not what its index entry says (the message: what it holds)."""
+
+
+def _read_npy(f, member: tarfile.TarInfo, dtype, shape: tuple[int, ...], rows: int,
+              out: np.ndarray | None) -> np.ndarray:
+    """The first ``rows`` rows of the .npy ``member`` of the tar open as ``f``, which must
+    hold a C-ordered ``dtype`` array of ``shape``."""
+    f.seek(member.offset_data)
+    version = np.lib.format.read_magic(f)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    found_shape, fortran, found_dtype = read_header(f, max_header_size=1024)
+    header = f.tell() - member.offset_data
+    if found_shape != shape or fortran or found_dtype != np.dtype(dtype) \
+            or member.size != header + math.prod(shape) * np.dtype(dtype).itemsize:
+        raise _Mismatch(f"a {found_dtype} {'Fortran' if fortran else 'C'} array of "
+                        f"{found_shape} in {member.size:,} bytes")
+    array = np.empty((rows, *shape[1:]), dtype) if out is None else out
+    if array.shape != (rows, *shape[1:]) or array.dtype != np.dtype(dtype) \
+            or not array.flags.c_contiguous:
+        raise ValueError(f"cannot read {rows} rows of {shape} into {array.dtype} {array.shape}")
+    view = memoryview(array).cast("B")
+    if f.readinto(view) != len(view):
+        raise EOFError(f"{member.name} ends early")
+    return array

@@ -31,11 +31,11 @@ from trainer.data.streaming.format import (
     write_shard,
 )
 from trainer.data.streaming.source import manifest_fingerprint
+from trainer.limits.footprint import DEFAULT_SHARD_BYTES
 from trainer.store import Store
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SHARD_BYTES = 128 * 1024**2
 INGEST_SEED = 0
 CHANNELS = 3
 

@@ -30,13 +30,14 @@ from trainer.data.streaming.format import (
     read_shard,
     shards_prefix,
 )
+from trainer.limits.footprint import STREAM_SAMPLE_IMAGES, streamed_bytes
 from trainer.store import Store
 
 log = logging.getLogger(__name__)
 
 # Training images a streamed bundle keeps in memory for a model's data-dependent
 # initialisation, and test images for the published examples: from the first shard only.
-SAMPLE_IMAGES = 1024
+SAMPLE_IMAGES = STREAM_SAMPLE_IMAGES
 
 
 def manifest_fingerprint(store: Store, prefix: str) -> str | None:
@@ -67,12 +68,23 @@ class ShardedDataset:
         return ShardCache(self.store, [self.index.shards[split][n] for n in numbers], folder,
                           budget)
 
-    def read(self, cache: ShardCache, position: int, split: str,
-             number: int) -> tuple[np.ndarray, np.ndarray]:
-        """Shard ``number`` of ``split``, the ``position``-th of ``cache``, into memory."""
+    def streaming_bytes(self) -> int:
+        """What streaming holds in memory: the largest shard's images and labels (one at a
+        time), and the samples :meth:`streamed` keeps."""
+        index = self.index
+        largest = max(s.count for split in SPLITS for s in index.shards[split])
+        samples = sum(min(SAMPLE_IMAGES, index.shards[split][0].count) for split in SPLITS)
+        return streamed_bytes(index.channels * index.image_size ** 2, largest, samples)
+
+    def read(self, cache: ShardCache, position: int, split: str, number: int, *,
+             rows: int | None = None, out: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Shard ``number`` of ``split``, the ``position``-th of ``cache``, into memory (its
+        first ``rows`` images; the pixels into ``out``: trainer.data.streaming.format.read_shard)."""
         path = cache.take(position)
         try:
-            return read_shard(path, self.index.shards[split][number], self.index)
+            return read_shard(path, self.index.shards[split][number], self.index, rows=rows,
+                              out=out)
         finally:
             cache.release(position)
 
@@ -87,8 +99,8 @@ class ShardedDataset:
             cache, row = self.cache(split, list(range(len(shards)))), 0
             try:
                 for number, shard in enumerate(shards):
-                    images[row:row + shard.count], labels[row:row + shard.count] = self.read(
-                        cache, number, split, number)
+                    _, labels[row:row + shard.count] = self.read(
+                        cache, number, split, number, out=images[row:row + shard.count])
                     row += shard.count
             finally:
                 cache.close()
@@ -101,12 +113,11 @@ class ShardedDataset:
         samples = {}
         for split in SPLITS:
             cache = self.cache(split, [0])
-            try:
-                images, labels = self.read(cache, 0, split, 0)
+            try:  # only the samples are read: the rest of the shard never takes memory
+                images, labels = self.read(cache, 0, split, 0, rows=SAMPLE_IMAGES)
             finally:
                 cache.close()
-            samples[split] = Split(torch.from_numpy(images[:SAMPLE_IMAGES].copy()),
-                                   torch.from_numpy(labels[:SAMPLE_IMAGES].copy()))
+            samples[split] = Split(torch.from_numpy(images), torch.from_numpy(labels))
         index = self.index
         return StreamedBundle("imagefolder", samples["train"], samples["test"], index.classes,
                               tuple(index.mean), tuple(index.std), index.fingerprint, self)
