@@ -8,9 +8,9 @@ fingerprint is that of the manifest an ingest of exactly those files would write
 Memory: the held-out split is chosen from the keys before anything is decoded, and every
 image is decoded straight into its row of one preallocated uint8 array, training split
 first, so train and test are views of it and loading peaks at about the decoded size. A
-folder whose decoded images would take more than DATASET_MEMORY_SHARE of the process's
-share of the memory limit (the pod's, over the processes torchrun starts in it) is refused
-before decoding, with a message saying what to change.
+folder whose decoded images would not fit the process's data budget (trainer.data.budget:
+its share of the pod's memory limit less what training takes) is refused before decoding,
+with a message saying what to change.
 """
 
 from __future__ import annotations
@@ -27,17 +27,15 @@ import torch
 from trainer.contract.errors import DatasetError, ObjectNotFound
 from trainer.contract.layout import IMAGE_SUFFIXES, MANIFEST_NAME, is_image_name, manifest_key
 from trainer.data import pixels
+from trainer.data.budget import DATASET_MEMORY_SHARE, DataBudget
 from trainer.data.dataset import DatasetBundle, Split, channel_stats, stratified_split
-from trainer.limits.memlimit import process_memory_bytes
+from trainer.limits.footprint import mib
 from trainer.store import Store
 
 log = logging.getLogger(__name__)
 
 # Share of each class held out for testing when there are no train/ and test/ folders.
 IMAGEFOLDER_TEST_FRACTION = 0.15
-# Decoded images may take at most this share of the memory limit: the rest is for the
-# model, its optimizer state, activations and DDP's buffers (ResNet-18 at batch 128: ~1 GiB).
-DATASET_MEMORY_SHARE = 0.25
 DECODE_THREADS = 8
 
 
@@ -169,13 +167,16 @@ TOO_LARGE_ADVICE = ("lower image_size, use fewer images or give the training pod
                     "(memoryPerWorker)")
 
 
-def _decoded_size_check(count: int, image_size: int, limit: int, advice: str) -> None:
+def _decoded_size_check(count: int, image_size: int, budget: DataBudget, advice: str) -> None:
     size = count * 3 * image_size * image_size
-    if size > limit:
+    budget.require(size, f"{count} images of 3x{image_size}x{image_size} decoded in memory: "
+                         f"{mib(size)}; {advice}")
+    if size > budget.allowance:  # a caller that does not train: its share of the limit
         raise DatasetError(
             f"imagefolder: {count} images of 3x{image_size}x{image_size} decode to {size:,} "
-            f"bytes, more than the limit of {limit:,} bytes ({DATASET_MEMORY_SHARE:.0%} of this "
-            f"process's share of the memory limit; the rest is for training): {advice}")
+            f"bytes, more than the limit of {budget.allowance:,} bytes "
+            f"({DATASET_MEMORY_SHARE:.0%} of this process's share of the memory limit, or "
+            f"the caller's): {advice}")
 
 
 def _split_order(groups, classes: list[str], seed: int) -> tuple[list, np.ndarray, int]:
@@ -229,18 +230,17 @@ def _folder_fingerprint(prefix: str, listing: FolderListing, items: list,
 
 
 def load_imagefolder(store: Store, prefix: str, image_size: int, seed: int,
-                     max_decoded_bytes: int | None = None,
+                     budget: DataBudget | None = None,
                      too_large: str = TOO_LARGE_ADVICE) -> DatasetBundle:
     """The folder under ``prefix`` as a bundle (held-out split fixed by ``seed``); one that
-    would decode to more than ``max_decoded_bytes`` is refused first, ``too_large`` saying
-    what to do instead."""
-    if max_decoded_bytes is None:
-        max_decoded_bytes = int(process_memory_bytes() * DATASET_MEMORY_SHARE)
+    would not fit ``budget`` decoded (default: this process's, for a caller that does not
+    train) is refused first, ``too_large`` saying what to do instead."""
+    budget = budget or DataBudget(None)
     listing = imagefolder_keys(store, prefix)
     groups = imagefolder_layout(listing.keys, prefix)
     classes = sorted({cls for items in groups.values() for cls, _ in items})
     items, labels, n_train = _split_order(groups, classes, seed)
-    _decoded_size_check(len(items), image_size, max_decoded_bytes, too_large)
+    _decoded_size_check(len(items), image_size, budget, too_large)
     # One array; the splits are views of it (the training split first).
     images = np.empty((len(items), 3, image_size, image_size), dtype=np.uint8)
     seen = _decode_all(store, items, listing, image_size, images)

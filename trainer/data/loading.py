@@ -26,7 +26,9 @@ from trainer.contract.config import DATASETS
 from trainer.contract.errors import DatasetError, ObjectNotFound
 from trainer.contract.layout import cifar10_key, dataset_prefix
 from trainer.data import cifar
+from trainer.data.budget import DataBudget
 from trainer.data.dataset import DatasetBundle, Split, channel_stats, split_of, stratified_split
+from trainer.limits.footprint import DECODED_BYTES, Footprint, mib
 from trainer.store import Store
 
 log = logging.getLogger(__name__)
@@ -41,67 +43,87 @@ __all__ = ["DATASETS", "DatasetBundle", "Split", "channel_stats", "load_dataset"
 
 def load_dataset(name: str, store: Store | None, *, prefix: str | None = None,
                  image_size: int = 32, synthetic_size: int = 2048, seed: int = 0,
-                 max_decoded_bytes: int | None = None, loading: str = "auto"):
+                 max_decoded_bytes: int | None = None, loading: str = "auto",
+                 footprint: Footprint | None = None):
     """Load ``name`` (one of :data:`DATASETS`) into memory.
 
     ``cifar10`` and ``imagefolder`` read from ``store`` under ``prefix`` (default
     ``datasets/<name>``); ``digits`` and ``synthetic`` need no store. ``seed`` fixes
-    every random choice (held-out splits, synthetic pixels). An imagefolder larger than
-    ``max_decoded_bytes`` decoded (default: trainer.data.imagefolder.DATASET_MEMORY_SHARE of
-    this process's share of the memory limit, trainer.limits.memlimit.process_memory_bytes) is
-    refused before decoding, unless an ingest wrote it as shards at ``image_size``: then it
-    streams (a trainer.data.streaming.source.StreamedBundle) when ``loading`` is 'stream', or
-    'auto' and it is larger than that.
+    every random choice (held-out splits, synthetic pixels).
+
+    ``footprint``: what the training run holds besides its data (trainer.limits.footprint).
+    With it, a dataset is held in memory only if the run fits this process's memory with
+    it (trainer.data.budget); an imagefolder that an ingest wrote as shards at
+    ``image_size`` streams (a trainer.data.streaming.source.StreamedBundle) when
+    ``loading`` is 'stream', or 'auto' and it would not fit; and a run that does not fit
+    either way stops here, before anything is decoded, naming the memory it needs. Without
+    one (a caller that does not train), an imagefolder may decode to ``max_decoded_bytes``
+    (default: DATASET_MEMORY_SHARE of this process's share of the memory limit).
     """
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if name in ("cifar10", "imagefolder") and store is None:
         raise DatasetError(f"dataset {name!r} is read from the object store, but no store was given")
     prefix = dataset_prefix(name, prefix)
+    budget = DataBudget(footprint, max_decoded_bytes)
+    if name == "imagefolder":
+        return _load_imagefolder(store, prefix, image_size, seed, budget, loading)
+    decoded = _decoded_in_memory(name, image_size, synthetic_size)
+    budget.require(decoded, f"{name} decoded in memory: {mib(decoded)}")
     if name == "cifar10":
         bundle = _load_cifar10(store, cifar10_key(prefix))
-    elif name == "imagefolder":
-        bundle = _load_imagefolder(store, prefix, image_size, seed, max_decoded_bytes, loading)
     elif name == "digits":
         bundle = _load_digits(seed)
     else:
         bundle = _synthetic(synthetic_size, image_size, seed)
-    if isinstance(bundle, DatasetBundle):
-        log.info("dataset %s: %d train / %d test images of %s, %d classes, %s", name,
-                 len(bundle.train), len(bundle.test), tuple(bundle.train.images.shape[1:]),
-                 len(bundle.classes), bundle.fingerprint)
+    budget.planned("memory", bundle.train.images.numel() + bundle.test.images.numel())
+    log.info("dataset %s: %d train / %d test images of %s, %d classes, %s", name,
+             len(bundle.train), len(bundle.test), tuple(bundle.train.images.shape[1:]),
+             len(bundle.classes), bundle.fingerprint)
     return bundle
 
 
+def _decoded_in_memory(name: str, image_size: int, synthetic_size: int) -> int:
+    """What a dataset held in memory decodes to, known before it is read."""
+    if name == "synthetic":
+        return (synthetic_size + _synthetic_test_size(synthetic_size)) * 3 * image_size ** 2
+    return DECODED_BYTES[name]
+
+
 def _load_imagefolder(store: Store, prefix: str, image_size: int, seed: int,
-                      max_decoded_bytes: int | None, loading: str):
+                      budget: DataBudget, loading: str):
     """From the ingest's shards when there are some at ``image_size`` (in memory or
     streamed), else from the files (in memory)."""
-    from trainer.data.imagefolder import DATASET_MEMORY_SHARE
     from trainer.data.streaming.source import open_sharded
-    from trainer.limits.memlimit import process_memory_bytes
 
     sharded = open_sharded(store, prefix, image_size)
     if sharded is None:
-        return _from_files(store, prefix, image_size, seed, max_decoded_bytes, loading)
-    if max_decoded_bytes is None:
-        max_decoded_bytes = int(process_memory_bytes() * DATASET_MEMORY_SHARE)
-    decoded = sharded.index.decoded_bytes()
-    stream = loading == "stream" or (loading == "auto" and decoded > max_decoded_bytes)
+        bundle = _from_files(store, prefix, image_size, seed, budget, loading)
+        budget.planned("memory", bundle.train.images.numel() + bundle.test.images.numel())
+        return bundle
+    decoded, streamed = sharded.index.decoded_bytes(), sharded.streaming_bytes()
+    stream = loading == "stream" or (loading == "auto" and not budget.fits(decoded))
     log.info(json.dumps({"event": "data", "dataset": prefix, "loading": "stream" if stream
                          else "memory", "decoded_bytes": decoded, "memory_share_bytes":
-                         max_decoded_bytes, "train": sharded.index.count("train"),
+                         budget.allowance, "train": sharded.index.count("train"),
                          "test": sharded.index.count("test"), "fingerprint":
                          sharded.index.fingerprint}))
-    if not stream and decoded > max_decoded_bytes:
+    if stream:
+        budget.require(streamed, f"{prefix} streamed: one shard and the samples it keeps, "
+                                 f"{mib(streamed)}")
+    elif budget.footprint is not None:
+        budget.require(decoded, f"{prefix} decoded in memory: {mib(decoded)}" + (
+            "; data_loading 'auto' streams it" if loading == "memory" else ""))
+    elif decoded > budget.allowance:
         raise DatasetError(f"data_loading: 'memory', but {prefix} decodes to {decoded:,} bytes, "
-                           f"more than the {max_decoded_bytes:,} this process may hold: use "
+                           f"more than the {budget.allowance:,} this process may hold: use "
                            "'auto' or 'stream', or give the pods more memory")
+    budget.planned("stream" if stream else "memory", streamed if stream else decoded)
     return sharded.streamed() if stream else sharded.in_memory()
 
 
 def _from_files(store: Store, prefix: str, image_size: int, seed: int,
-                max_decoded_bytes: int | None, loading: str) -> DatasetBundle:
+                budget: DataBudget, loading: str) -> DatasetBundle:
     """No shards at ``image_size``: the files, decoded into memory if they fit this process's
     share of it. Shards at another size are not resized to fit: their pixels are not what
     trainer.data.pixels makes of the files at ``image_size``, which is what the app serves."""
@@ -117,11 +139,11 @@ def _from_files(store: Store, prefix: str, image_size: int, seed: int,
         raise DatasetError(f"data_loading: 'stream', but {missing}: ingest it at that size: "
                            f"{ingest}")
     if not sizes:
-        return load_imagefolder(store, prefix, image_size, seed, max_decoded_bytes,
+        return load_imagefolder(store, prefix, image_size, seed, budget,
                                 f"{TOO_LARGE_ADVICE}; or ingest it to stream it: {ingest}")
     log.warning("%s: decoding its files at %dpx into memory; to stream them, ingest at that "
                 "size: %s", missing, image_size, ingest)
-    return load_imagefolder(store, prefix, image_size, seed, max_decoded_bytes,
+    return load_imagefolder(store, prefix, image_size, seed, budget,
                             f"{missing}: ingest it at that size to stream it ({ingest}), train "
                             f"at {sizes[0]}px, or give the training pods more memory "
                             "(memoryPerWorker)")
@@ -192,12 +214,16 @@ def _load_digits(seed: int) -> DatasetBundle:
                          [str(d) for d in range(10)], mean, std, f"sha256:{content.hexdigest()}")
 
 
+def _synthetic_test_size(size: int) -> int:
+    return max(10, size // 8)
+
+
 def _synthetic(size: int, image_size: int, seed: int) -> DatasetBundle:
     """Uniform random pixels and labels, CIFAR-shaped: for throughput benchmarks only."""
     if size < 1:
         raise DatasetError(f"synthetic_size must be >= 1, got {size}")
     gen = torch.Generator().manual_seed(seed)
-    test_size = max(10, size // 8)
+    test_size = _synthetic_test_size(size)
 
     def split(n: int) -> Split:
         images = torch.randint(0, 256, (n, 3, image_size, image_size), dtype=torch.uint8,

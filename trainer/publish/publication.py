@@ -42,6 +42,7 @@ from trainer.contract.layout import (
 )
 from trainer.contract.records import Latest, SequenceCounter, VersionClaim
 from trainer.contract.schema import MetricsSummary, VersionMeta, VersionMetrics
+from trainer.limits.footprint import evaluation_batch_size
 from trainer.models.zoo import served_model
 from trainer.run.checkpoint import TrainingState
 from trainer.store import Store
@@ -262,7 +263,8 @@ def publish(store: Store, result: TrainingResult) -> str:
     served = served_model(result.model, cfg.recipe.test_flip)
     reference = build_reference(served, bundle.test.images, bundle.test.labels,
                                 list(bundle.classes), bundle.mean, bundle.std,
-                                state.history[-1].test_acc, seed=cfg.seed)
+                                state.history[-1].test_acc, seed=cfg.seed,
+                                batch_size=evaluation_batch_size(cfg.batch_size))
     files = {
         MODEL_FILE: export_program(served, input_shape),
         METRICS_FILE: metrics.to_json(),

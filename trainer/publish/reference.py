@@ -30,6 +30,8 @@ from trainer.data.summaries import summarize
 log = logging.getLogger(__name__)
 
 ECE_BINS = 15
+# Images per forward pass unless the caller says (publication: the run's evaluation batch,
+# trainer.limits.footprint.evaluation_batch_size, which its memory plan counts).
 BATCH = 256
 # Real models fit 0.8-3. A test split the model gets entirely right has its NLL falling
 # as T -> 0 (every confidence -> 1, every entropy -> 0: nothing left to compare); the
@@ -74,14 +76,14 @@ def entropy(probabilities: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, images: torch.Tensor, mean, std) -> np.ndarray:
+def _logits(model: nn.Module, images: torch.Tensor, mean, std, batch: int) -> np.ndarray:
     device = next(model.parameters()).device
     normalize = Normalizer(mean, std, device)
     was_training = model.training
     model.eval()
     try:
-        out = [model(normalize(images[i:i + BATCH].to(device))).float().cpu()
-               for i in range(0, len(images), BATCH)]
+        out = [model(normalize(images[i:i + batch].to(device))).float().cpu()
+               for i in range(0, len(images), batch)]
     finally:
         model.train(was_training)
     return torch.cat(out).double().numpy()
@@ -89,13 +91,13 @@ def _logits(model: nn.Module, images: torch.Tensor, mean, std) -> np.ndarray:
 
 def build_reference(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                     classes: list[str], mean, std, test_accuracy: float,
-                    seed: int = 0) -> Reference:
+                    seed: int = 0, batch_size: int = BATCH) -> Reference:
     """The reference of the served ``model`` on the test split (``uint8`` N x C x H x W)."""
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.permutation(len(labels))[:MAX_REFERENCE_SAMPLES])
     subset = images[torch.from_numpy(chosen)]
     truth = labels[torch.from_numpy(chosen)].numpy()
-    logits = _logits(model, subset, mean, std)
+    logits = _logits(model, subset, mean, std, batch_size)
     temperature = fit_temperature(logits, truth)
     raw, probabilities = softmax(logits, axis=1), calibrated(logits, temperature)
     samples = {CONFIDENCE: probabilities.max(axis=1), ENTROPY: entropy(probabilities),

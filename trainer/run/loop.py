@@ -29,6 +29,7 @@ from trainer.data.streaming.batches import MemoryBatches, StreamBatches
 from trainer.data.streaming.plan import EpochPlan, epoch_seed
 from trainer.data.streaming.position import EpochPosition, SampleTrace
 from trainer.data.streaming.source import StreamedBundle
+from trainer.limits.footprint import evaluation_batch_size
 from trainer.models.zoo import served_model
 from trainer.run.distributed import DistEnv, all_reduce_sum
 
@@ -177,10 +178,9 @@ class EpochRunner:
     def evaluate(self, model: nn.Module, batch_size: int | None = None
                  ) -> tuple[dict, list[list[int]]]:
         """Test loss/accuracy and confusion matrix (rows = true class), over all ranks."""
-        # fp32, like the published model: the metrics describe what gets served. Batches of
-        # the training batch size: a forward pass without gradients then needs less memory
-        # than a training step, so evaluation never raises the process's peak.
-        batch_size = batch_size or self.cfg.batch_size
+        # fp32, like the published model: the metrics describe what gets served. Batches that
+        # the run's memory plan counts (trainer.limits.footprint.evaluation_batch_size).
+        batch_size = batch_size or evaluation_batch_size(self.cfg.batch_size)
         model = served_model(model, self.test_flip).eval()
         env, classes = self.env, self.num_classes
         totals = torch.zeros(3, dtype=torch.float64, device=env.device)  # loss sum, correct, n

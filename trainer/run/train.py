@@ -29,6 +29,7 @@ from trainer.contract.errors import DatasetError, MetaError, StoreError, Trainst
 from trainer.contract.layout import METRICS_FILE, ModelKeys
 from trainer.contract.schema import EpochRecord, VersionMetrics
 from trainer.data.augment import Normalizer
+from trainer.data.budget import training_footprint
 from trainer.data.streaming import mid_epoch
 from trainer.models.onepixel import use_one_pixel_convs
 from trainer.models.zoo import build_model, model_revision
@@ -135,7 +136,7 @@ def run_training(cfg: TrainConfig, store: Store) -> str | None:
     threads = distributed.configure_cpu_threads(env) if env.device.type == "cpu" else None
     bundle = load_dataset(cfg.dataset, store, prefix=cfg.data_prefix, image_size=cfg.image_size,
                           synthetic_size=cfg.synthetic_size, seed=cfg.seed,
-                          loading=cfg.data_loading)
+                          loading=cfg.data_loading, footprint=training_footprint(cfg, env))
     identity = RunIdentity(cfg, bundle.fingerprint, model_revision(cfg.model))
     log.info(json.dumps({"event": "start", **identity.to_dict(), "model": cfg.model_name,
                          "rank": env.rank, "world_size": env.world_size,
