@@ -13,8 +13,9 @@ from dataclasses import fields
 from typing import Any
 
 from infra.config.errors import Default
-from infra.config.values import invalid, parse_image_reference
+from infra.config.values import invalid, parse_image_reference, quantity_bytes
 from trainer.contract.layout import AUTH_TOKEN_ENV
+from trainer.limits.footprint import STACK_IMAGE_SIZES, Footprint, quantity, stack_data_bytes
 
 MINIO_ONLY = {"minioStorageSize": "minio_storage_size", "minioStorageClass": "minio_storage_class"}
 SECRET_SHAPE = "keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
@@ -50,6 +51,7 @@ class KeyRules:
         self._check_mlflow()
         self._check_dataset_source()
         self._check_training_api()
+        self._check_training_memory()
 
     def _as_set(self, key: str, value: Any) -> Any:
         """`value` of `key` for a message: marked as a default when the user never set it."""
@@ -207,3 +209,26 @@ class KeyRules:
                           "pins the Training Operator v1; Kubeflow Trainer v2 is installed at "
                           "the version the stack is checked with, see docs/operations.md)",
                           self.training_operator_version)
+
+    def _check_training_memory(self) -> None:
+        """A training pod with less memory than a training process of this model needs at
+        the dataset's image size and batchSize (trainer.limits.footprint) would be refused
+        by the trainer, or OOM-killed, on every restart. Measured on CPUs: a GPU process
+        keeps its activations on the GPU and its host memory is not measured."""
+        if self.gpus_per_worker > 0:
+            return
+        size = STACK_IMAGE_SIZES[self.dataset]
+        footprint = Footprint(self.model, size, self.batch_size, peers=self.workers > 1,
+                              tracking=self.mlflow)
+        data, holding = stack_data_bytes(self.dataset)
+        need = footprint.need(data)
+        if quantity_bytes(self.memory_per_worker) >= need:
+            return
+        mates = f", with {self.workers} workers (DDP)" if self.workers > 1 else ""
+        tracked = " and MLflow tracking" if self.mlflow else ""
+        raise invalid("memoryPerWorker", (
+            f"at least {quantity(need)} for model {self.model} with batchSize "
+            f"{self.batch_size} at {size} px (dataset {self.dataset}){mates}{tracked}: a "
+            f"training process needs about {-(-need // 2**20):,} MiB ({holding}; measured "
+            "figures in trainer/limits/footprint.py); or a smaller batchSize or model"),
+            self._as_set("memoryPerWorker", self.memory_per_worker))

@@ -38,7 +38,6 @@ def test_refused_naming_the_key(key, value, why):
     ("tolerations", [{"key": "k", "operator": "Exists", "effect": "NoExecute",
                       "tolerationSeconds": 30}]),
     ("nodeSelector", {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "pool": ""}),
-    ("memoryPerWorker", MIN_WORKER_MEMORY),
 ])
 def test_accepted(key, value):
     parse_config({**PUSHED, key: value if isinstance(value, str) else json.dumps(value)})
