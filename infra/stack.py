@@ -20,7 +20,13 @@ from infra.operators.training_operator import TrainingOperator, TrainingOperator
 from infra.security import rotation
 from infra.security.fences import FencesArgs, Flow, NetworkFences, OutsideFlow, service_namespace
 from infra.workloads import pod
-from infra.workloads.buckets import Buckets, BucketsArgs, StoreCredentials, StoreCredentialsArgs
+from infra.workloads.buckets import (
+    STORE_SECRET,
+    Buckets,
+    BucketsArgs,
+    StoreCredentials,
+    StoreCredentialsArgs,
+)
 from infra.workloads.catalog import APP, BUCKETS, INGEST, STORE, TRACKING, TRAINER, Workload
 from infra.workloads.image import ImageRef, TrainerImage, TrainerImageArgs, prebuilt
 from infra.workloads.minio_server import MinIO, MinIOArgs
@@ -172,19 +178,19 @@ def _store(cfg: StackConfig, secrets: StackSecrets, namespace, render,
         return minio.store, minio.ready
     secret_name: pulumi.Input[str] | None = cfg.store_credentials_secret
     ready: list[pulumi.Resource] = []
-    version = None
+    version, job_secret = None, None
     if secret_name is None:
         credentials = StoreCredentials(
             "store-credentials",
             StoreCredentialsArgs(namespace=namespace, access_key=cfg.store_access_key,
-                                 secret_key=secrets.store_secret_key),
+                                 secret_key=secrets.store_secret_key, versions=versions),
             opts=opts,
         )
         secret_name, ready = credentials.secret_name, [credentials]
-        version = versions.of(pulumi.Output.all(cfg.store_access_key, secrets.store_secret_key))
+        version, job_secret = credentials.version, STORE_SECRET
     store = pod.StoreRef(url=store_url(cfg.store_endpoint), secret_name=secret_name,
                          region=cfg.store_region, bucket_prefix=cfg.bucket_prefix,
-                         version=version)
+                         version=version, job_secret_name=job_secret)
     return store, ready
 
 
