@@ -30,7 +30,7 @@ RandomPassword, encrypted in the state): without that key a digest cannot be che
 against guesses, so it reveals nothing about even a short password, and it can stay in
 plain sight (a name, so diffs stay readable). Secrets the user manages (`storeCredentialsSecret`,
 `inferenceAuthSecret`, `datasetSourceSecret`) are not read by the stack: their rotation
-is the user's restart (docs/operations.md, "Rotating secrets").
+is the user's restart (docs/security.md, "Rotating secrets").
 """
 
 from __future__ import annotations
