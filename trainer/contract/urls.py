@@ -16,20 +16,35 @@ from urllib.parse import urlsplit, urlunsplit
 
 # A URL inside free text: scheme://, then up to whitespace or a quote.
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_AUTHORITY_END = re.compile(r"[/?#]")
 
 
 def display_url(url: str) -> str:
     """``url`` without userinfo (``user:password@``) and without its query string; the
-    scheme, host, port, path and fragment stay. Text that is no URL is returned as is."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # e.g. an unbalanced '[' in the host: show the scheme only
-        scheme, sep, _ = url.partition("://")
-        return f"{scheme}{sep}..." if sep else url
-    if not parts.scheme or not parts.netloc:
+    scheme, host, port, path and fragment stay. Text that is no URL is returned as is.
+
+    Userinfo ends at the *last* ``@`` after ``scheme://``: a password with an unencoded
+    ``/``, ``?`` or ``#`` (``https://u:pa/ss@host``) ends urlsplit's host early, so the
+    rest of it would look like a path or fragment. When that ``@`` lies past what urlsplit
+    takes for the host (such a password, or an ``@`` in a path or query), only what
+    follows it is certain: the shown URL starts ``scheme://...@`` to say something was
+    dropped there."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not _SCHEME.fullmatch(scheme):
         return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", parts.fragment))
+    authority = _AUTHORITY_END.split(rest, maxsplit=1)[0]  # as urlsplit reads it
+    if not authority:  # scheme:///path: no host, so no userinfo either
+        return url
+    _, at, tail = rest.rpartition("@")
+    try:
+        parts = urlsplit(f"{scheme}://{tail}")
+    except ValueError:  # e.g. an unbalanced '[' in the host: show the scheme only
+        return f"{scheme}://..."
+    if not parts.netloc:
+        return f"{scheme}://..."
+    marker = "...@" if at and "@" not in authority else ""
+    return urlunsplit((parts.scheme, marker + parts.netloc, parts.path, "", parts.fragment))
 
 
 def redact_urls(text: str) -> str:
