@@ -24,7 +24,7 @@ from infra.security import rotation
 from infra.workloads import mlflow_auth, pod, trainjob
 from infra.workloads.catalog import INGEST, TRAINER
 from infra.workloads.mlflow_server import TRACKING_CONFIG_MAP
-from trainer.contract.env import CACHE_BYTES_ENV, CACHE_DIR_ENV, DATASET_SOURCE_ENV
+from trainer.contract.env import CACHE_BYTES_ENV, CACHE_DIR_ENV, DATASET_SOURCE_ENV, POD_GPUS_ENV
 
 CONFIG_DIR = "/etc/trainstack"
 CONFIG_FILE = f"{CONFIG_DIR}/train.json"
@@ -130,6 +130,9 @@ def train_env(args: TrainingArgs) -> dict[str, pulumi.Input[str]]:
     }
     if args.gpus_per_worker > 0:
         env["NCCL_DEBUG"] = "WARN"  # NCCL is the backend on GPUs: surface its errors
+        # The trainer stops at once if torch sees fewer (a CPU build of the image) rather
+        # than train on the CPU with the GPUs idle.
+        env[POD_GPUS_ENV] = str(args.gpus_per_worker)
     return env
 
 
