@@ -1,4 +1,5 @@
-"""URLs as they may be shown: the one place that strips credentials from a URL.
+"""URLs as they may be shown (the one place that strips credentials from a URL), and the
+one rule for a dataset's download URL.
 
 A URL a user configures may carry secrets: basic-auth userinfo
 (``https://user:password@host``, e.g. an external MLflow's ``MLFLOW_TRACKING_URI``) or a
@@ -6,7 +7,8 @@ signed query string (``?X-Amz-Signature=...``). Whatever is logged, stored or sh
 lines, error messages, the progress record's MLflow link, the app's pages) goes through
 :func:`display_url` (one URL) or :func:`redact_urls` (every URL inside a text, such as a
 client library's error message); only the code that connects sees the URL itself.
-Stdlib only.
+:func:`download_url` is the rule the stack (`datasetSource`) and the ingest (`--source`)
+both check a download URL with, so one cannot take what the other refuses. Stdlib only.
 """
 
 from __future__ import annotations
