@@ -25,6 +25,7 @@ from infra.config.labels import (
     toleration_problem,
 )
 from trainer.contract.layout import bucket_names
+from trainer.contract.urls import DOWNLOAD_URL_RULE, BadURL, display_url, download_url
 
 CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
 BYTES = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
@@ -205,28 +206,33 @@ def duration(key: str, raw: Any) -> str:
 _CREDENTIAL_PARAM = re.compile(r"(?i)sig|token|key|credential|auth|pass|secret|session")
 
 
-def http_url(key: str, raw: Any) -> str:
-    parsed = urlsplit(str(raw))
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise invalid(key, "an http(s) URL of a file in the dataset's format", raw)
-    return str(raw)
+def _shown_url(raw: Any) -> str:
+    """A refused URL as its error shows it: without userinfo and query when it has either
+    (they may be credentials), control characters escaped (the error is one line)."""
+    text = str(raw)
+    if "@" in text or "?" in text:
+        text = f"{display_url(text)} (user:password and query not shown)"
+    return text.encode("unicode_escape").decode("ascii")
 
 
 @allows("an http(s) URL of a file in the dataset's format, without credentials (a URL "
         "with credentials goes in a Secret: datasetSourceSecret)")
 def dataset_url(key: str, raw: Any) -> str:
-    """An http(s) URL without credentials: they would be in the ingest Job's command, the
-    rendered YAML, the Pulumi state and the logs. Refused without echoing them."""
-    text = http_url(key, raw)
+    """trainer.contract.urls.download_url's rule (the ingest checks the same), and no
+    credentials: they would be in the ingest Job's command, the rendered YAML, the Pulumi
+    state and the logs. Refused without echoing them."""
+    try:
+        text = download_url(str(raw))
+    except BadURL as problem:
+        raise invalid(key, f"{DOWNLOAD_URL_RULE}, of a file in the dataset's format "
+                           f"(here: {problem})", _shown_url(raw)) from None
     parts = urlsplit(text)
     params = [name for name, _, _ in (p.partition("=") for p in parts.query.split("&"))]
     if "@" in parts.netloc or any(_CREDENTIAL_PARAM.search(n) for n in params if n):
-        host = parts.hostname or ""
-        shown_url = f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
         raise invalid(key, "a URL without credentials (no user:password@, no signed query "
                            "such as X-Amz-Signature, sig or token): put such a URL in a Secret "
                            "(key TRAINSTACK_DATASET_SOURCE) and set datasetSourceSecret",
-                      f"{shown_url} (credentials not shown)")
+                      _shown_url(raw))
     return text
 
 

@@ -90,19 +90,20 @@ def stack_claims(cfg: StackConfig) -> list[Claim]:
 
 def claims_problem(claims: Iterable[Claim], storage: ClusterStorage
                    ) -> StackConfigError | None:
-    """The error for the first claim that cannot bind on `storage`; None when all can."""
+    """One error naming every claim that cannot bind on `storage` (a `pulumi up` that stops
+    for one and then, fixed, for the next would cost a run each); None when all can."""
     names = ", ".join(sorted(storage.classes)) or "none"
     defaults = [name for name, is_default in storage.classes.items() if is_default]
     free = None if storage.classless_volumes is None else list(storage.classless_volumes)
+    unknown: list[Claim] = []  # name a StorageClass the cluster lacks
+    unbound: list[tuple[Claim, list[Volume]]] = []  # want the default: none, no volume fits
     for claim in claims:
         if claim.name in storage.bound_claims and claim.storage_class in (
                 None, storage.bound_classes.get(claim.name, claim.storage_class)):
             continue
         if claim.storage_class is not None:
             if claim.storage_class not in storage.classes:
-                return StackConfigError(
-                    f"invalid config trainstack:{claim.key} = '{claim.storage_class}': the "
-                    f"cluster has no StorageClass of that name (it has: {names})", key=claim.key)
+                unknown.append(claim)
             continue
         if defaults or free is None:
             continue
@@ -111,24 +112,37 @@ def claims_problem(claims: Iterable[Claim], storage: ClusterStorage
         if fitting:
             free.remove(fitting[0])  # it binds this claim and no other
             continue
-        return StackConfigError(
-                f"{claim.owner} (PersistentVolumeClaim {claim.name}) would wait Pending "
-                f"forever: the cluster has no default StorageClass (it has: {names})"
-                f"{_volumes_note(claim, free)}. Set one for the stack: pulumi config set "
-                f"{claim.key} <name>, or mark one default: kubectl patch storageclass <name> "
-                "-p '{\"metadata\": "
-                f"{{\"annotations\": {{\"{DEFAULT_CLASS_ANNOTATIONS[0]}\": \"true\"}}}}}}'"
-                " (docs/operations.md, \"Storage\")", key=claim.key)
-    return None
+        unbound.append((claim, list(free)))
+    parts = [f"invalid config trainstack:{claim.key} = '{claim.storage_class}': the cluster "
+             f"has no StorageClass of that name (it has: {names})" for claim in unknown]
+    if unbound:
+        parts.append(_pending_forever(unbound, names))
+    if not parts:
+        return None
+    return StackConfigError("; ".join(parts), key=(unknown or [unbound[0][0]])[0].key)
 
 
-def _volumes_note(claim: Claim, free: list[Volume]) -> str:
+def _pending_forever(unbound: list[tuple[Claim, list[Volume]]], names: str) -> str:
+    """Why claims that want the default StorageClass would never bind, and what to set."""
+    several = len(unbound) > 1
+    subjects = " and ".join(f"{c.owner} (PersistentVolumeClaim {c.name})" for c, _ in unbound)
+    notes = "".join(_volumes_note(c, free, several) for c, free in unbound)
+    settings = " and ".join(f"pulumi config set {c.key} <name>" for c, _ in unbound)
+    return (f"{subjects} would wait Pending forever: the cluster has no default StorageClass "
+            f"(it has: {names}){notes}. Set one for the stack: {settings}, or mark one "
+            "default: kubectl patch storageclass <name> -p '{\"metadata\": "
+            f"{{\"annotations\": {{\"{DEFAULT_CLASS_ANNOTATIONS[0]}\": \"true\"}}}}}}'"
+            " (docs/operations.md, \"Storage\")")
+
+
+def _volumes_note(claim: Claim, free: list[Volume], several: bool = False) -> str:
     """Why the Available volumes of no class the cluster does have do not bind it."""
     if not free:
         return ""
     largest = max(free, key=lambda v: v.capacity)
+    which = f"the claim of {claim.owner}" if several else "the claim"
     return (f" and none of its {len(free)} Available PersistentVolume(s) of no class fits "
-            f"the claim (ReadWriteOnce, a filesystem, at least {claim.size}; the largest: "
+            f"{which} (ReadWriteOnce, a filesystem, at least {claim.size}; the largest: "
             f"{largest.name}, {_gib(largest.capacity)})")
 
 

@@ -24,16 +24,13 @@ from infra.config.values import quantity_bytes
 from infra.workloads import mlflow_auth, pod, trainjob
 from infra.workloads.catalog import INGEST, TRAINER
 from infra.workloads.mlflow_server import TRACKING_CONFIG_MAP
-from trainer.contract.env import CACHE_BYTES_ENV, CACHE_DIR_ENV
+from trainer.contract.env import CACHE_BYTES_ENV, CACHE_DIR_ENV, DATASET_SOURCE_ENV, POD_GPUS_ENV
 
 CONFIG_DIR = "/etc/trainstack"
 CONFIG_FILE = f"{CONFIG_DIR}/train.json"
 CONFIG_MAP = "trainstack-train"
 # The operator's default port, under the name it looks up (the Master's MASTER_PORT).
 MASTER_PORT = TRAINER.port("pytorchjob-port")
-# The ingest Job's env var with the URL from datasetSourceSecret's Secret (same key):
-# Kubernetes expands $(VAR) in the command, so the URL is never in the spec.
-DATASET_SOURCE_ENV = "TRAINSTACK_DATASET_SOURCE"
 # /tmp of a training pod: matplotlib's and the compilers' caches, the figures it publishes.
 TRAIN_TMP_SIZE = "2Gi"
 DATA_CACHE_DIR = "/data-cache"
@@ -138,6 +135,9 @@ def train_env(args: TrainingArgs) -> dict[str, pulumi.Input[str]]:
     }
     if args.gpus_per_worker > 0:
         env["NCCL_DEBUG"] = "WARN"  # NCCL is the backend on GPUs: surface its errors
+        # The trainer stops at once if torch sees fewer (a CPU build of the image) rather
+        # than train on the CPU with the GPUs idle.
+        env[POD_GPUS_ENV] = str(args.gpus_per_worker)
     return env
 
 
@@ -271,7 +271,11 @@ class Training(pulumi.ComponentResource):
         command = ["python", "-m", "trainer", "ingest", "--dataset", args.dataset]
         secret_env = []
         if args.ingest_source_secret:
-            command += ["--source", f"$({DATASET_SOURCE_ENV})"]
+            # The URL from the Secret stays in the environment and the ingest reads it there:
+            # as `--source $(VAR)` the kubelet would expand it into the process's command
+            # line (ps, /proc/<pid>/cmdline, the runtime's inspect). An image older than
+            # --source-env refuses the flag rather than download the default dataset.
+            command += ["--source-env", DATASET_SOURCE_ENV]
             secret_env = [pod.secret_env(DATASET_SOURCE_ENV, args.ingest_source_secret,
                                          DATASET_SOURCE_ENV)]
         elif args.ingest_source:

@@ -170,7 +170,7 @@ def test_other_datasets(local_store, caplog):
     assert ingest(local_store, "synthetic") == ""
     with pytest.raises(IngestError, match="unknown dataset 'mnist'"):
         ingest(local_store, "mnist")
-    with pytest.raises(IngestError, match="only http://, https:// or a local path"):
+    with pytest.raises(IngestError, match="only http:// and https:// URLs are .* or a local path"):
         ingest(local_store, "cifar10", "ftp://example.org/c.tar.gz")
     with pytest.raises(IngestError, match="'/nonexistent/c.tar.gz' does not exist"):
         ingest(local_store, "cifar10", "/nonexistent/c.tar.gz")
