@@ -51,6 +51,7 @@ class KeyRules:
         self._check_mlflow()
         self._check_dataset_source()
         self._check_training_api()
+        self._check_monitoring()
 
     def _as_set(self, key: str, value: Any) -> Any:
         """`value` of `key` for a message: marked as a default when the user never set it."""
@@ -224,3 +225,14 @@ class KeyRules:
                           "pins the Training Operator v1; Kubeflow Trainer v2 is installed at "
                           "the version the stack is checked with, see docs/operations.md)",
                           self.training_operator_version)
+
+    def _check_monitoring(self) -> None:
+        if self.monitoring != "none":
+            return
+        for key, value in (("monitoringNamespace", self.monitoring_namespace),
+                           ("monitoringLabels", self.monitoring_labels or None),
+                           ("driftAlertWindows", self.drift_alert_windows),
+                           ("accuracyDropAlert", self.accuracy_drop_alert)):
+            if value is not None:
+                raise invalid(key, "unset when monitoring is none (it configures the "
+                              "Prometheus objects of monitoring prometheus-operator)", value)

@@ -127,6 +127,7 @@ class Inference(pulumi.ComponentResource):
     service: k8s.core.v1.Service
     url: pulumi.Output[str]  # in-cluster
     access: pulumi.Output[str]  # the command that shows how to reach it from outside
+    token_secret: pulumi.Input[str] | None  # the Secret with the access token; None: open
 
     def __init__(self, name: str, args: InferenceArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("trainstack:index:Inference", name, None, opts)
@@ -134,7 +135,7 @@ class Inference(pulumi.ComponentResource):
         metadata = k8s.meta.v1.ObjectMetaArgs(name=NAME, namespace=args.namespace,
                                               labels=APP.labels)
         account = pod.service_account(APP, args.namespace, child)
-        token_secret = self._token_secret(args, child)
+        token_secret = self.token_secret = self._token_secret(args, child)
         self.deployment = k8s.apps.v1.Deployment(
             NAME,
             metadata=metadata,
