@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -32,12 +33,14 @@ from inference.edge.auth import (
 from inference.edge.bodies import MULTIPART_OVERHEAD, BodyReader, UploadLimits
 from inference.edge.uploads import keep_uploads_under
 from inference.monitoring import training as training_states
+from inference.monitoring.mlflow_reports import ReportArtifacts
 from inference.monitoring.monitor import Monitor
 from inference.published.progress import ProgressBoard
 from inference.published.registry import ModelVersion, Registry
 from inference.serving.engine import Engine, EngineConfig
 from inference.serving.metrics import Metrics
 from inference.serving.predict import DEFAULT_MAX_PIXELS
+from trainer.contract.env import TRACKING_URI_ENV
 from trainer.contract.errors import ConfigError
 from trainer.contract.layout import AUTH_TOKEN_ENV
 from trainer.limits.cpus import usable_cpus
@@ -194,14 +197,15 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         metrics.set_model(loaded.name, loaded.version, runner.precision, runner.program)
 
     registry.on_swap.append(on_swap)
+    board = ProgressBoard(registry, settings.mlflow_ui_url)
     monitor = None
     if settings.monitor:
         monitor = Monitor(registry.store, metrics.registry, window_size=settings.monitor_window,
-                          window_seconds=settings.monitor_window_s)
+                          window_seconds=settings.monitor_window_s,
+                          artifacts=report_artifacts(registry, board))
         engine.observers.append(monitor)
     if registry.current:
         on_swap(registry.current)
-    board = ProgressBoard(registry, settings.mlflow_ui_url)
     training_states.register(metrics.registry, board)
     demo = build_demo(registry, engine, metrics, delete_cache=(
         settings.upload_cache_sweep_s, settings.upload_cache_max_age_s), board=board,
@@ -228,6 +232,21 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.state.access_control = token is not None
     return app
+
+
+def report_artifacts(registry: Registry, board: ProgressBoard) -> ReportArtifacts | None:
+    """Drift reports into the version's MLflow run, when the app has MLFLOW_TRACKING_URI."""
+    uri = os.environ.get(TRACKING_URI_ENV)
+    if not uri:
+        return None
+
+    def run_of(model: str, version: str) -> str | None:
+        current = registry.current
+        if current is None or (current.name, current.version) != (model, version):
+            return None
+        return board.mlflow_run_id(model, current.meta.run_id)
+
+    return ReportArtifacts(uri, run_of)
 
 
 def mount_ui(app: FastAPI, demo: Any, settings: Settings, registry: Registry,

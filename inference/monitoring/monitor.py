@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from inference.monitoring.drift import ALPHA, NoData, check
 from inference.monitoring.recorder import Recorder
-from inference.monitoring.records import report_key, window_key
+from inference.monitoring.records import record_id, report_key, window_key
 from trainer.contract.errors import StoreError
 from trainer.contract.monitoring import DriftReport, PredictionWindow
 from trainer.store import Store
@@ -83,8 +83,9 @@ class MonitoringMetrics:
 
 class Monitor:
     def __init__(self, store: Store, registry: CollectorRegistry, *, alpha: float = ALPHA,
-                 **recorder_options: Any):
-        self.store, self.alpha = store, alpha
+                 artifacts: Any = None, **recorder_options: Any):
+        """``artifacts``: where reports go besides the store (mlflow_reports.ReportArtifacts)."""
+        self.store, self.alpha, self.artifacts = store, alpha, artifacts
         self.metrics = MonitoringMetrics(registry)
         self._pending: deque[tuple[str, bytes]] = deque()
         self._reports: dict[tuple[str, str], deque[DriftReport]] = {}
@@ -124,7 +125,10 @@ class Monitor:
             self.metrics.show(report, in_a_row)
             log.info("monitoring: %s %s: %s%s", report.model, report.version, report.verdict(),
                      f" (fired: {', '.join(report.fired)})" if report.fired else "")
-            self._queue(report_key(report, self.recorder.replica), report.to_json())
+            report_id = record_id(self.recorder.replica)
+            self._queue(report_key(report, self.recorder.replica, report_id), report.to_json())
+            if self.artifacts is not None:
+                self.artifacts.add(report, report_id)
         self._write_pending()
 
     def _queue(self, key: str, data: bytes) -> None:
@@ -153,3 +157,5 @@ class Monitor:
     def stop(self) -> None:
         self.recorder.flush()
         self.recorder.stop()
+        if self.artifacts is not None:
+            self.artifacts.stop()

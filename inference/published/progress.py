@@ -105,6 +105,15 @@ class ProgressBoard:
                 return None
         return self.link_of(record) if record else None
 
+    def mlflow_run_id(self, name: str, run_id: str) -> str | None:
+        """The MLflow run the trainer recorded for ``run_id`` (None: none, or unreadable)."""
+        with self._lock:
+            try:
+                record = self._record(ModelKeys(name).progress(run_id))
+            except StoreError:
+                return None
+        return record.mlflow_run_id if record else None
+
     def link_of(self, record: RunProgress) -> str | None:
         return record.mlflow_page(self.mlflow_ui_url)
 
