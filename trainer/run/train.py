@@ -127,6 +127,19 @@ def finished_run(store: Store, identity: RunIdentity) -> tuple[str, str] | None:
     return ("trained", final) if store.exists(final) else None
 
 
+def still_finished(store: Store, identity: RunIdentity) -> tuple[str, str]:
+    """finished_run() again, for a Master alone that found the run finished (its peers
+    exited): StoreError if it no longer is, since this job cannot train it."""
+    finished = finished_run(store, identity)
+    if finished is None:
+        final = ModelKeys(identity.config.model_name).checkpoint(identity.run_id,
+                                                                 identity.config.epochs)
+        raise StoreError(f"run {identity.run_id}: its final checkpoint {final} is gone and no "
+                         "version of it is published (deleted while this job waited for the "
+                         "run's lease?); restart the whole job to train the run again")
+    return finished
+
+
 def run_training(cfg: TrainConfig, store: Store) -> str | None:
     """Train the run of ``cfg`` to the end; rank 0 returns the published version."""
     from trainer.data.loading import load_dataset
@@ -230,7 +243,10 @@ def finish_alone(store: Store, identity: RunIdentity, env, bundle,
                                                                 where), reporter)
     if lease is None:  # two Masters restarted alone must not publish the run twice
         with run_lease(store, identity.config.model_name, identity.run_id, True) as held:
-            return finish_alone(store, identity, env, bundle, finished, held)
+            # Look again: while this job waited for the lease, the one holding it may
+            # have published the run and dropped its checkpoints.
+            return finish_alone(store, identity, env, bundle, still_finished(store, identity),
+                                held)
     model, _ = build_training(identity.config, env, bundle)
     try:
         state = checkpoint.load_fitting(store, where, identity, model)
