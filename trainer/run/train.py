@@ -77,12 +77,13 @@ def build_training(cfg: TrainConfig, env: distributed.DistEnv, bundle):
     return model, optimizer
 
 
-def resume(store: Store, identity: RunIdentity, env, model, optimizer) -> TrainingState:
-    """The newest checkpoint that fits (chosen by rank 0) loaded into every rank, or a fresh state."""
+def resume(store: Store, identity: RunIdentity, env, model, optimizer) -> TrainingState | None:
+    """The newest checkpoint that fits (chosen by rank 0) loaded into every rank; None when
+    there is none (a fresh run)."""
     found = checkpoint.newest_resumable(store, identity, model) if env.is_main else None
     key = distributed.broadcast_object(found[0] if found else None)
     if key is None:
-        return TrainingState.fresh(identity)
+        return None
     state = found[1] if env.is_main else checkpoint.load_fitting(store, key, identity, model)
     state.restore(model, optimizer, env.device)
     log.info(json.dumps({"event": "resume", "run_id": identity.run_id, "checkpoint": key,
@@ -175,7 +176,8 @@ def train_and_publish(store: Store, identity: RunIdentity, env, bundle,
     check_same_data(bundle.fingerprint, env)
     model, optimizer = build_training(cfg, env, bundle)
     state = resume(store, identity, env, model, optimizer)
-    if state.epoch == 0:  # a fresh run; a resumed one restored these weights too
+    if state is None:  # a fresh run; a resumed one restored these weights too, even one
+        state = TrainingState.fresh(identity)  # stopped in its first epoch (epoch 0)
         init_from_training_data(model, bundle, env)
     reporter = reporting.open_reporter(store, identity, is_main=env.is_main,
                                        world_size=env.world_size)
