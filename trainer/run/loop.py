@@ -122,7 +122,7 @@ class EpochRunner:
         steps = min(plan.steps, first + max_steps) if max_steps else plan.steps
         generator = torch.Generator(device=env.device)  # seeded every step, see _step
         totals = torch.zeros(3, dtype=torch.float64, device=env.device)  # loss sum, correct, n
-        progress = Progress(cfg, env, epoch, plan.steps)
+        progress = Progress(cfg, env, epoch, plan.steps, first)
         trace = SampleTrace.open(env.rank, epoch, plan.done)
         start = time.perf_counter()
         batches = self.data.train(plan, env.rank, first, cfg.seed)
@@ -207,14 +207,15 @@ class EpochRunner:
 class Progress:
     """A tqdm bar on a terminal (rank 0), else one JSON line every ``log_every`` steps."""
 
-    def __init__(self, cfg: TrainConfig, env: DistEnv, epoch: int, steps: int):
+    def __init__(self, cfg: TrainConfig, env: DistEnv, epoch: int, steps: int, first: int = 0):
         self.cfg, self.epoch, self.steps = cfg, epoch, steps
         self.enabled = env.is_main
         self.bar = None
         if self.enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", leave=False)
+            self.bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch}/{cfg.epochs}",
+                            leave=False)
 
     def update(self, step: int, loss: torch.Tensor, lr: float) -> None:
         if not self.enabled:
