@@ -77,12 +77,13 @@ def build_training(cfg: TrainConfig, env: distributed.DistEnv, bundle):
     return model, optimizer
 
 
-def resume(store: Store, identity: RunIdentity, env, model, optimizer) -> TrainingState:
-    """The newest checkpoint that fits (chosen by rank 0) loaded into every rank, or a fresh state."""
+def resume(store: Store, identity: RunIdentity, env, model, optimizer) -> TrainingState | None:
+    """The newest checkpoint that fits (chosen by rank 0) loaded into every rank; None when
+    there is none (a fresh run)."""
     found = checkpoint.newest_resumable(store, identity, model) if env.is_main else None
     key = distributed.broadcast_object(found[0] if found else None)
     if key is None:
-        return TrainingState.fresh(identity)
+        return None
     state = found[1] if env.is_main else checkpoint.load_fitting(store, key, identity, model)
     state.restore(model, optimizer, env.device)
     log.info(json.dumps({"event": "resume", "run_id": identity.run_id, "checkpoint": key,
@@ -127,6 +128,19 @@ def finished_run(store: Store, identity: RunIdentity) -> tuple[str, str] | None:
     return ("trained", final) if store.exists(final) else None
 
 
+def still_finished(store: Store, identity: RunIdentity) -> tuple[str, str]:
+    """finished_run() again, for a Master alone that found the run finished (its peers
+    exited): StoreError if it no longer is, since this job cannot train it."""
+    finished = finished_run(store, identity)
+    if finished is None:
+        final = ModelKeys(identity.config.model_name).checkpoint(identity.run_id,
+                                                                 identity.config.epochs)
+        raise StoreError(f"run {identity.run_id}: its final checkpoint {final} is gone and no "
+                         "version of it is published (deleted while this job waited for the "
+                         "run's lease?); restart the whole job to train the run again")
+    return finished
+
+
 def run_training(cfg: TrainConfig, store: Store) -> str | None:
     """Train the run of ``cfg`` to the end; rank 0 returns the published version."""
     from trainer.data.loading import load_dataset
@@ -162,7 +176,8 @@ def train_and_publish(store: Store, identity: RunIdentity, env, bundle,
     check_same_data(bundle.fingerprint, env)
     model, optimizer = build_training(cfg, env, bundle)
     state = resume(store, identity, env, model, optimizer)
-    if state.epoch == 0:  # a fresh run; a resumed one restored these weights too
+    if state is None:  # a fresh run; a resumed one restored these weights too, even one
+        state = TrainingState.fresh(identity)  # stopped in its first epoch (epoch 0)
         init_from_training_data(model, bundle, env)
     reporter = reporting.open_reporter(store, identity, is_main=env.is_main,
                                        world_size=env.world_size)
@@ -230,7 +245,10 @@ def finish_alone(store: Store, identity: RunIdentity, env, bundle,
                                                                 where), reporter)
     if lease is None:  # two Masters restarted alone must not publish the run twice
         with run_lease(store, identity.config.model_name, identity.run_id, True) as held:
-            return finish_alone(store, identity, env, bundle, finished, held)
+            # Look again: while this job waited for the lease, the one holding it may
+            # have published the run and dropped its checkpoints.
+            return finish_alone(store, identity, env, bundle, still_finished(store, identity),
+                                held)
     model, _ = build_training(identity.config, env, bundle)
     try:
         state = checkpoint.load_fitting(store, where, identity, model)
