@@ -29,7 +29,6 @@ from trainer.contract.errors import DatasetError, MetaError, StoreError, Trainst
 from trainer.contract.layout import METRICS_FILE, ModelKeys
 from trainer.contract.schema import EpochRecord, VersionMetrics
 from trainer.data.augment import Normalizer
-from trainer.data.streaming import mid_epoch
 from trainer.models.onepixel import use_one_pixel_convs
 from trainer.models.zoo import build_model, model_revision
 from trainer.publish.publication import (
@@ -38,9 +37,10 @@ from trainer.publish.publication import (
     publish,
     published_version_of,
 )
-from trainer.run import checkpoint, distributed, stopping
-from trainer.run.checkpoint import TrainingState, UnusableCheckpoint
+from trainer.run import distributed, mid_epoch, stopping
 from trainer.run.loop import EpochRunner
+from trainer.state import checkpoint
+from trainer.state.checkpoint import TrainingState, UnusableCheckpoint
 from trainer.store import Store
 from trainer.store.lease import RunLease, run_lease
 from trainer.tracking import reporting
@@ -206,7 +206,7 @@ def train_remaining(store: Store, identity: RunIdentity, env, model, optimizer, 
     runner = EpochRunner(cfg, env, train_model, optimizer, bundle)
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
-            # Mid-epoch checkpoints (trainer.data.streaming.mid_epoch): where a stopped epoch goes on.
+            # Mid-epoch checkpoints (trainer.run.mid_epoch): where a stopped epoch goes on.
             resume_at = mid_epoch.position_for(state, env.world_size)
             save = mid_epoch.saver(store, identity, state, model, optimizer, env, lease)
             record, confusion = run_epoch(runner, model, epoch, resume_at, save)

@@ -27,7 +27,7 @@ from trainer.store import Store
 from trainer.tracking import tracker as tracking
 
 if TYPE_CHECKING:
-    from trainer.run.checkpoint import TrainingState
+    from trainer.state.checkpoint import TrainingState
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from trainer.data.ingest import ingest
 from trainer.data.streaming.format import index_key
 from trainer.data.streaming.position import SAMPLE_TRACE_ENV, EpochPosition
 from trainer.data.streaming.source import open_sharded
-from trainer.run.checkpoint import all_checkpoints, load_checkpoint
 from trainer.run.train import run_training
+from trainer.state.checkpoint import all_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.slow
 

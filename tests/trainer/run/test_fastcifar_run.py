@@ -22,9 +22,9 @@ from trainer.data.streaming.position import EpochPosition
 from trainer.models.fastcifar import FastCIFAR
 from trainer.models.zoo import FlipAveraged
 from trainer.run import distributed
-from trainer.run.checkpoint import TrainingState, save_checkpoint
 from trainer.run.loop import EpochRunner
 from trainer.run.train import build_training, init_from_training_data, run_training, weights_digest
+from trainer.state.checkpoint import TrainingState, save_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ from tests.trainer.runs import identity_of
 from trainer.contract.config import TrainConfig
 from trainer.contract.errors import StoreError
 from trainer.contract.layout import ModelKeys
-from trainer.run.checkpoint import all_checkpoints
 from trainer.run.train import run_training
+from trainer.state.checkpoint import all_checkpoints
 from trainer.store.lease import RunLease
 
 pytestmark = pytest.mark.slow

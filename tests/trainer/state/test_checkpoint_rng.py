@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trainer.contract.config import MODELS
-from trainer.run import checkpoint
+from trainer.state import checkpoint
 
 
 def _old_format_state(cuda_states) -> dict:
@@ -62,7 +62,7 @@ def test_old_list_uses_this_local_ranks_entry(monkeypatch):
 def test_old_list_without_this_ranks_entry_is_skipped_with_a_log_line(monkeypatch, caplog):
     """Saved on a pod with 1 GPU, resumed as local rank 1 of a pod with 2: no IndexError."""
     restored = _fake_cuda(monkeypatch)
-    caplog.set_level(logging.INFO, logger="trainer.run.checkpoint")
+    caplog.set_level(logging.INFO, logger="trainer.state.checkpoint")
     state = _old_format_state([torch.full((4,), 7, dtype=torch.uint8)])
     checkpoint.set_rng_state(state, torch.device("cuda", 1))
     assert restored == [] and "none for cuda:1" in caplog.text

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from trainer.contract.config import RunIdentity
 from trainer.contract.layout import ModelKeys
 from trainer.data.streaming.position import EpochPosition
-from trainer.run import checkpoint
-from trainer.run.checkpoint import TrainingState
+from trainer.state import checkpoint
+from trainer.state.checkpoint import TrainingState
 from trainer.store import Store
 
 log = logging.getLogger(__name__)
