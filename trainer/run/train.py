@@ -220,9 +220,11 @@ def train_remaining(store: Store, identity: RunIdentity, env, model, optimizer, 
                 checkpoint.prune_checkpoints(store, cfg.model_name, identity.run_id,
                                              cfg.keep_checkpoints)
                 reporter.epoch_ended(state)
-    except BaseException:
+    except BaseException as stopped:
         if stopping.interrupted():  # Ctrl-C: the app shows the run as stopped, not training
             reporter.interrupted(state)
+        elif isinstance(stopped, Exception):  # not SIGTERM (SystemExit): a rescale resumes
+            reporter.failed(state)  # the app's trainstack_training_failed, the alert's
         raise
 
 
