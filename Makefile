@@ -29,6 +29,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Demo knobs: `make demo DATASET=cifar10 CIFAR10_SOURCE=path/to/cifar-10-python.tar.gz`,
 # `make demo DATASET=imagefolder SOURCE=path/to/folder-or-archive` (one subfolder per class),
 # HOST, PORT, SERVE=no (below); `inference demo-check` checks them all before anything runs.
+# Each image folder is a dataset of its own, imagefolder-<label>: the label is DATASET_NAME,
+# else the folder's own name, so two folders never share a model name.
 # Images default to fastcifar, the best accuracy per minute on CPU (README, "Models"): with
 # 2 processes, 32 images each per step; MODEL=resnet18 BATCH_SIZE=128 LR=0.1 EPOCHS=10 for
 # the ResNet-18.
@@ -46,6 +48,9 @@ PORT ?= 7860
 SERVE ?= yes
 CIFAR10_SOURCE ?=
 SOURCE ?= $(CIFAR10_SOURCE)
+DATASET_NAME ?=
+# Another seed is another run: `make demo SEED=1` trains again what was published already.
+SEED ?= 0
 
 .PHONY: demo test test-fast bench lint chromium strace clean help gitops-drift controlplane test-cluster
 help:
@@ -146,23 +151,29 @@ test-fast: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) strace controlplane
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check trainer inference infra tests bench docs tools __main__.py
 
+# Every knob (and the port) before anything starts: one line naming what is wrong (stderr);
+# else the dataset's name (stdout). Expanded with the recipe, once .venv exists.
+demo_dataset_name = $(shell $(BIN)/python -m inference demo-check --dataset '$(DATASET)' \
+  --dataset-name '$(DATASET_NAME)' --model '$(MODEL)' --epochs '$(EPOCHS)' \
+  --batch-size '$(BATCH_SIZE)' --lr '$(LR)' --seed '$(SEED)' --host '$(HOST)' \
+  --port '$(PORT)' --source '$(SOURCE)' --serve '$(SERVE)')
+
 demo: $(RUNTIME_STAMP)
-	@# Every knob (and the port) before anything starts: one line naming what is wrong.
-	@$(BIN)/python -m inference demo-check --dataset '$(DATASET)' --model '$(MODEL)' \
-	  --epochs '$(EPOCHS)' --batch-size '$(BATCH_SIZE)' --lr '$(LR)' --host '$(HOST)' \
-	  --port '$(PORT)' --source '$(SOURCE)' --serve '$(SERVE)'
+	$(eval NAME_OF_DATASET := $(demo_dataset_name))
+	@[ -n '$(NAME_OF_DATASET)' ] || exit 2
 	$(BIN)/python -m trainer buckets --store $(DEMO_STORE)
 	$(if $(filter cifar10 imagefolder,$(DATASET)),$(BIN)/python -m trainer ingest --store $(DEMO_STORE) \
-	  --dataset $(DATASET) $(if $(SOURCE),--source '$(SOURCE)'))
+	  --dataset $(DATASET) --dataset-name $(NAME_OF_DATASET) $(if $(SOURCE),--source '$(SOURCE)'))
 	@# One thread per process: two DDP processes share the 2 cores of a small machine.
 	@# trainer.launch is torchrun with a one-line ending (Ctrl-C, a failed rank).
 	OMP_NUM_THREADS=1 $(BIN)/python -m trainer.launch --standalone --nproc_per_node 2 \
-	  -m trainer train --store $(DEMO_STORE) --dataset $(DATASET) --model $(MODEL) \
-	  --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) --lr $(LR)
-	@# The model just trained, <model>-<dataset> (trainer.contract.layout.model_name), not the newest
-	@# of the store: every dataset's demo shares it.
+	  -m trainer train --store $(DEMO_STORE) --dataset $(DATASET) \
+	  --dataset-name $(NAME_OF_DATASET) --model $(MODEL) --epochs $(EPOCHS) \
+	  --batch-size $(BATCH_SIZE) --lr $(LR) --seed $(SEED)
+	@# The model just trained, <model>-<dataset name> (trainer.contract.layout.model_name),
+	@# not the newest of the store: every dataset's demo shares it.
 	$(if $(filter yes,$(SERVE)),exec $(BIN)/python -m inference serve --store $(DEMO_STORE) \
-	  --model-name $(MODEL)-$(DATASET) --host $(HOST) --port $(PORT))
+	  --model-name $(MODEL)-$(NAME_OF_DATASET) --host $(HOST) --port $(PORT))
 
 # Each part says when it starts and how long it took (minutes each on 2 CPU cores).
 bench: $(DEV_STAMP)

@@ -12,7 +12,9 @@ from trainer.store import STORE_ENV, open_store
 log = logging.getLogger(__name__)
 
 # train flags that map onto TrainConfig keys (flag --batch-size -> key batch_size)
-TRAIN_FLAGS = ("dataset", "model", "epochs", "batch_size", "lr", "seed")
+TRAIN_FLAGS = ("dataset", "dataset_name", "model", "epochs", "batch_size", "lr", "seed")
+NAME_HELP = ("imagefolder: the dataset's own name, imagefolder-<label> (its data under "
+             "datasets/<name>, its models <model>-<name>); default: imagefolder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "are generated locally and need none)")
     ingest.add_argument("--source", help="URL or local path of the archive "
                                          "(default: the official CIFAR-10 URL)")
+    ingest.add_argument("--dataset-name", help=NAME_HELP)
+    ingest.add_argument("--replace", action="store_true", default=None,
+                        help="imagefolder: replace the images of --dataset-name even when "
+                             "they came from another source (the stack's imagefolder always "
+                             "takes its configured source)")
     ingest.add_argument("--store", help=store_help)
     ingest.add_argument("--image-size", type=int, default=32,
                         help="imagefolder: side the shards' images are decoded to, the "
@@ -56,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "('auto': the model's), compile, ...)")
     train.add_argument("--store", help=store_help)
     train.add_argument("--dataset", choices=DATASETS)
+    train.add_argument("--dataset-name", help=NAME_HELP)
     train.add_argument("--model", choices=MODELS)
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int, help="images per step per worker")
@@ -89,9 +97,10 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
     store = open_store(args.store)
     key = ingest(store, args.dataset, args.source, image_size=args.image_size,
-                 shard_bytes=args.shard_mib * 1024**2)
+                 shard_bytes=args.shard_mib * 1024**2, name=args.dataset_name,
+                 replace=args.replace)
     if key:
-        log.info("dataset %s is in the store at %s", args.dataset, key)
+        log.info("dataset %s is in the store at %s", args.dataset_name or args.dataset, key)
 
 
 def cmd_train(args: argparse.Namespace) -> None:

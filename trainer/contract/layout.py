@@ -7,6 +7,7 @@ store keeps it as a directory. Stdlib only.
 
 ```
 datasets/<dataset>/...                                   ingested data
+datasets/<dataset>/.source, .manifest.sha256              an image folder's origin, then its file list
 models/<name>/runs/<run_id>/checkpoints/epoch-0007.pt    full training state
 models/<name>/runs/<run_id>/checkpoints/epoch-0007+0000012800.pt   ... mid-epoch (12800 of epoch 8 done)
 models/<name>/leases/<run_id>.json                      which job trains the run (conditional writes)
@@ -18,7 +19,11 @@ models/<name>/latest.json                                {"version": ..., "seque
 metrics/<name>/<version>.json                            copy of metrics.json
 ```
 ``<name>`` is :func:`model_name` (``<model>-<dataset>``); ``<version>`` is
-:func:`version_name` (``<UTC %Y%m%dT%H%M%SZ>-<run_id>``).
+:func:`version_name` (``<UTC %Y%m%dT%H%M%SZ>-<run_id>``). ``<dataset>`` is the dataset's
+name: its kind (``cifar10``, ``digits``, ``imagefolder``: the stack's one image folder), or
+``imagefolder-<label>`` for each image folder of its own (:func:`folder_dataset_name`;
+`make demo` names one after its folder). Stores written before named image folders hold
+``imagefolder`` only, and read as they are.
 """
 
 from __future__ import annotations
@@ -67,6 +72,12 @@ BUCKET_NAME_RULES = (
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 # Written last by `trainer ingest --dataset imagefolder`: "<sha256>  <path under prefix>".
 MANIFEST_NAME = ".manifest.sha256"
+# Written before the manifest: where an image folder's files came from, without credentials.
+SOURCE_NAME = ".source"
+FOLDER_KIND = "imagefolder"
+DATASET_LABEL_RULE = ("1-40 characters of a-z, 0-9 and '-', starting and ending with a letter "
+                      "or digit")
+_DATASET_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 # Published versions
@@ -130,6 +141,27 @@ def model_name(model: str, dataset: str) -> str:
     return f"{model}-{dataset}"
 
 
+def folder_dataset_name(label: str) -> str:
+    """``imagefolder-<label>``: an image folder's own dataset name (ValueError if the label
+    breaks DATASET_LABEL_RULE)."""
+    if not isinstance(label, str) or not _DATASET_LABEL.fullmatch(label):
+        raise ValueError(f"dataset label {label!r}: allowed: {DATASET_LABEL_RULE}")
+    return f"{FOLDER_KIND}-{label}"
+
+
+def dataset_name_problem(kind: str, name: str) -> str | None:
+    """Why ``name`` cannot name a dataset of ``kind`` (None: it can). Every kind's name is
+    the kind itself; an image folder may also have its own (:func:`folder_dataset_name`)."""
+    if name == kind:
+        return None
+    if kind != FOLDER_KIND:
+        return f"a {kind} dataset is named {kind!r}; only imagefolder datasets have names of their own"
+    label = name[len(FOLDER_KIND) + 1:] if name.startswith(f"{FOLDER_KIND}-") else None
+    if label is None or not _DATASET_LABEL.fullmatch(label):
+        return f"expected 'imagefolder' or 'imagefolder-<label>', <label> {DATASET_LABEL_RULE}"
+    return None
+
+
 def version_name(timestamp: str, run_id: str) -> str:
     """``<UTC %Y%m%dT%H%M%SZ>-<run_id>``: sorts by time, unique per run."""
     return f"{timestamp}-{run_id}"
@@ -146,6 +178,10 @@ def cifar10_key(prefix: str | None = None) -> str:
 
 def manifest_key(prefix: str) -> str:
     return f"{prefix.rstrip('/')}/{MANIFEST_NAME}"
+
+
+def source_key(prefix: str) -> str:
+    return f"{prefix.rstrip('/')}/{SOURCE_NAME}"
 
 
 def is_image_name(name: str) -> bool:
