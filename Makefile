@@ -52,13 +52,43 @@ DATASET_NAME ?=
 # Another seed is another run: `make demo SEED=1` trains again what was published already.
 SEED ?= 0
 
-.PHONY: demo test test-fast bench lint chromium strace clean help gitops-drift controlplane test-cluster
+.PHONY: demo test test-fast bench lint chromium strace clean clean-store help gitops-drift controlplane test-cluster
 help:
-	@echo "make demo   train on $(DATASET) with 2 local DDP processes, then serve the app"
-	@echo "make test   set up .venv and run the whole test suite (browser tests included)"
-	@echo "make bench  print training and inference benchmark figures (CIFAR10_SOURCE=... adds time to accuracy)"
-	@echo "make lock   rewrite the hashed locks after changing a requirements*.txt"
-	@echo "make image-smoke  build the trainer image with buildah and run it (part of make test)"
+	@echo "make demo          train on DATASET with 2 local DDP processes, publish, serve the app"
+	@echo "make test          set up .venv and run every test (browser, image, control plane, e2e)"
+	@echo "make test-fast     every test but the browser tests"
+	@echo "make test-cluster  the cluster tier only, on a real control plane"
+	@echo "make bench         training and inference benchmark figures (CIFAR10_SOURCE=... adds"
+	@echo "                   time to accuracy)"
+	@echo "make lint          ruff on every Python file"
+	@echo "make lock          rewrite the hashed locks after changing a requirements*.txt"
+	@echo "                   (UPGRADE=1: the newest versions allowed)"
+	@echo "make image-smoke   build the trainer image with buildah and run it (part of make test)"
+	@echo "make controlplane  build the cluster tier's control plane into ~/.cache/trainstack"
+	@echo "                   (GO=$(GO))"
+	@echo "make gitops-drift  do the committed GitOps files match the program? (GITOPS_STACK=gitops)"
+	@echo "make clean         remove the venvs and test caches; keeps DEMO_STORE's models"
+	@echo "make clean-store   remove DEMO_STORE: every dataset and model make demo stored"
+	@echo ""
+	@echo "make demo's knobs (default):"
+	@echo "  DATASET=digits        digits, cifar10 or imagefolder (your own images: SOURCE=...)"
+	@echo "  SOURCE=               cifar10: an archive or URL (default: the official URL);"
+	@echo "                        imagefolder: a folder of <class>/<image>, or a .zip/.tar.gz"
+	@echo "  CIFAR10_SOURCE=       the same as SOURCE"
+	@echo "  DATASET_NAME=         imagefolder: the dataset is imagefolder-<DATASET_NAME>"
+	@echo "                        (default: the folder's own name)"
+	@echo "  MODEL=smallcnn        for digits; fastcifar for the others (also resnet18,"
+	@echo "                        resnet18-imagenet)"
+	@echo "  EPOCHS=12             for digits; 8 for fastcifar, 10 for the others"
+	@echo "  BATCH_SIZE=64         for digits; 32 for fastcifar, 128 for the others (per process)"
+	@echo "  LR=0.1                0.2 for fastcifar"
+	@echo "  SEED=0                another seed trains another run"
+	@echo "  HOST=127.0.0.1        where the app listens (no access token: 0.0.0.0 opens it)"
+	@echo "  PORT=7860             0: any free port"
+	@echo "  SERVE=yes             no: train, publish and stop"
+	@echo "  DEMO_STORE=./demo-store  the local store every demo shares"
+	@echo "  TORCH=pypi            cpu: PyTorch's CPU wheels, for a new .venv"
+	@echo "  PYTHON=python3        the Python that makes the venvs"
 
 # One venv for everything, so any documented order works (`make demo` then `pulumi up`,
 # `make test` then `pulumi up`): the trainer's and app's requirements, the Pulumi program's
@@ -191,5 +221,13 @@ GITOPS_STACK ?= gitops
 gitops-drift: $(RUNTIME_STAMP)
 	$(BIN)/python -m infra.drift --stack $(GITOPS_STACK)
 
+# The demo store holds every model `make demo` trained: removed only when asked by name.
 clean:
-	rm -rf $(VENV) $(MLFLOW_VENV) $(CHECKOV_VENV) $(DEMO_STORE) .pytest_cache
+	@echo "removing $(VENV) $(MLFLOW_VENV) $(CHECKOV_VENV) .pytest_cache"
+	@[ ! -d '$(DEMO_STORE)' ] || echo "keeping $(DEMO_STORE) (every model make demo trained;" \
+	  "make clean-store removes it)"
+	rm -rf $(VENV) $(MLFLOW_VENV) $(CHECKOV_VENV) .pytest_cache
+
+clean-store:
+	@echo "removing $(DEMO_STORE): every dataset and model make demo stored there"
+	rm -rf '$(DEMO_STORE)'

@@ -4,13 +4,15 @@ Wrong knobs and a taken port stop it with one line before anything starts; it se
 model it just trained, not the newest of the shared store; Ctrl-C during training ends with
 one line (no torchrun traceback), and the run's progress record says it was interrupted;
 a second run says in words that there is nothing to train; two image folders are two
-datasets, never served for each other. Everything listens on 127.0.0.1 only.
+datasets, never served for each other; `make help` lists every target and knob, and
+`make clean` keeps the demo store. Everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -218,3 +220,46 @@ def test_two_image_folders_are_two_datasets_and_neither_is_served_for_the_other(
     finally:
         stop(proc)
 
+
+def makefile_names() -> tuple[list[str], list[str]]:
+    """The Makefile's .PHONY targets a user runs, and its knobs (``NAME ?= default``)."""
+    text = (ROOT / "Makefile").read_text()
+    internal = {"chromium", "strace", "buildah", "torch-choice"}  # prerequisites only
+    targets = {t for line in text.splitlines() if line.startswith(".PHONY:")
+               for t in line.split(":", 1)[1].split()} - internal - {"help"}
+    knobs = re.findall(r"^([A-Z][A-Z0-9_]*) \?=", text, flags=re.MULTILINE)
+    return sorted(targets), knobs
+
+
+def test_make_help_lists_every_target_and_every_knob_with_its_default():
+    """Issue 28 #19: before, `make help` listed 5 targets and no knob."""
+    result = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT, check=True,
+                            capture_output=True, text=True, env=user_env())
+    targets, knobs = makefile_names()
+    missing = [t for t in targets if not re.search(rf"^make {re.escape(t)}\b", result.stdout,
+                                                   flags=re.MULTILINE)]
+    assert not missing, result.stdout
+    assert not [k for k in knobs if f"{k}=" not in result.stdout], result.stdout
+    for knob_line in ("DATASET=digits", "MODEL=smallcnn", "EPOCHS=12", "PORT=7860",
+                      "SERVE=yes", "SEED=0", "HOST=127.0.0.1"):
+        assert f"  {knob_line} " in result.stdout
+
+
+def test_make_clean_keeps_the_demo_store_and_clean_store_removes_it(tmp_path):
+    """Issue 28 #19: before, `make clean` deleted demo-store (every model) without a word.
+    Run on a directory of its own (-C): the project's own .venv stays untouched."""
+    for folder in (".venv", ".venv-mlflow", ".pytest_cache", "demo-store/models/m"):
+        (tmp_path / folder).mkdir(parents=True)
+    make = ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "-C", str(tmp_path)]
+    clean = subprocess.run([*make, "clean"], capture_output=True, text=True, check=False,
+                           env=user_env())
+    assert clean.returncode == 0, clean.stderr
+    assert not (tmp_path / ".venv").exists() and not (tmp_path / ".pytest_cache").exists()
+    assert (tmp_path / "demo-store" / "models" / "m").is_dir()
+    assert f"keeping {tmp_path}/demo-store" in clean.stdout
+    assert "make clean-store removes it" in clean.stdout
+    wiped = subprocess.run([*make, "clean-store"], capture_output=True, text=True, check=False,
+                           env=user_env())
+    assert wiped.returncode == 0, wiped.stderr
+    assert f"removing {tmp_path}/demo-store: every dataset and model" in wiped.stdout
+    assert not (tmp_path / "demo-store").exists()
