@@ -3,13 +3,15 @@
 Uploads keep the upload folder under its cap at once (not at the next sweep: the sweep
 here runs once an hour); bodies in flight share the memory budget of /predict, so uploads
 beyond it are refused at once (503); a stalled upload is dropped (408) and leaves nothing
-on disk; a body declared bigger than the cap is refused before it is read (413). The server
-runs as its own process with its own upload folder (GRADIO_TEMP_DIR): its size is this
-app's alone.
+on disk; a body declared bigger than the cap is refused before it is read (413); an API
+call's image sent as a data: URL (which Gradio writes to its folder and never deletes)
+leaves nothing behind. The server runs as its own process with its own upload folder
+(GRADIO_TEMP_DIR): its size is this app's alone.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import socket
@@ -21,7 +23,7 @@ import httpx
 
 from tests.inference.edge.test_inference_slow_uploads import server, status_of
 from tests.inference.inference_helpers import V1
-from tests.inference.modelkit import publish_version
+from tests.inference.modelkit import png, publish_version, solid
 
 MB = 10**6
 UPLOAD_BYTES = int(2.5 * MB)  # each file
@@ -116,3 +118,29 @@ def test_gradio_uploads_share_the_budget_and_stalled_ones_are_dropped(local_stor
                      b"Content-Length: 999999999\r\n\r\n")
         sock.settimeout(60)
         assert status_of(sock) == 413
+
+
+def predict_data_url(base: str, colour: str, seed: int) -> str:
+    """The app's Gradio API called with the image inline (a data: URL): the label."""
+    image = solid(colour, (40, 30))
+    image.putpixel((0, 0), (seed, seed, seed))  # a file of its own each time
+    url = "data:image/png;base64," + base64.b64encode(png(image)).decode()
+    started = httpx.post(f"{base}/gradio_api/call/predict", timeout=60, json={
+        "data": [{"url": url, "path": None, "meta": {"_type": "gradio.FileData"}}]})
+    with httpx.stream("GET", f"{base}/gradio_api/call/predict/{started.json()['event_id']}",
+                      timeout=60) as events:
+        text = "".join(events.iter_text())
+    assert "event: complete" in text, text
+    return text
+
+
+def test_images_sent_inline_to_gradios_api_leave_no_file_behind(local_store, tmp_path,
+                                                                  monkeypatch):
+    publish_version(local_store, V1)
+    folder = tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
+    with server(local_store.url, tmp_path) as (_port, base, _pid):
+        for seed, colour in enumerate(("red", "green", "blue")):
+            assert f'"label": "{colour}"' in predict_data_url(base, colour, seed)
+        # Before: one file per call, in no sweep's list: still there after shutdown.
+        assert folder_bytes(folder) == 0, [str(p) for p in folder.rglob("*")]
