@@ -15,9 +15,9 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 # Every venv installs from a hashed lock (`make lock` rewrites them from the requirements
-# files; docs/operations.md "Locked dependencies"), so every machine gets the same files.
+# files; docs/dependencies.md "Locked dependencies"), so every machine gets the same files.
 # TORCH=cpu: PyTorch's CPU wheel from its own index for .venv (no ~4 GB of CUDA libraries;
-# README "Setup size"); the default, pypi, is the lock's torch from PyPI (a CUDA build).
+# docs/dependencies.md "Setup size"); the default, pypi, is the lock's torch from PyPI (a CUDA build).
 # A .venv keeps the choice it was made with (recorded in its stamp).
 TORCH ?= $(or $(shell cat $(RUNTIME_STAMP) 2>/dev/null),pypi)
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
@@ -31,7 +31,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # HOST, PORT, SERVE=no (below); `inference demo-check` checks them all before anything runs.
 # Each image folder is a dataset of its own, imagefolder-<label>: the label is DATASET_NAME,
 # else the folder's own name, so two folders never share a model name.
-# Images default to fastcifar, the best accuracy per minute on CPU (README, "Models"): with
+# Images default to fastcifar, the best accuracy per minute on CPU (docs/models.md): with
 # 2 processes, 32 images each per step; MODEL=resnet18 BATCH_SIZE=128 LR=0.1 EPOCHS=10 for
 # the ResNet-18.
 DATASET ?= digits
@@ -52,9 +52,12 @@ DATASET_NAME ?=
 # Another seed is another run: `make demo SEED=1` trains again what was published already.
 SEED ?= 0
 
-.PHONY: demo test test-fast bench lint chromium strace clean clean-store help gitops-drift controlplane test-cluster
+.PHONY: demo demo-traffic test test-fast bench lint chromium strace prometheus clean clean-store help \
+  gitops-drift controlplane test-cluster
 help:
 	@echo "make demo          train on DATASET with 2 local DDP processes, publish, serve the app"
+	@echo "make demo-traffic  with make demo serving: its test images, then shifted ones"
+	@echo "                   (SHIFT=dark, noise or other): the Monitoring tab turns red"
 	@echo "make test          set up .venv and run every test (browser, image, control plane, e2e)"
 	@echo "make test-fast     every test but the browser tests"
 	@echo "make test-cluster  the cluster tier only, on a real control plane"
@@ -89,6 +92,7 @@ help:
 	@echo "  DEMO_STORE=./demo-store  the local store every demo shares"
 	@echo "  TORCH=pypi            cpu: PyTorch's CPU wheels, for a new .venv"
 	@echo "  PYTHON=python3        the Python that makes the venvs"
+	@echo "  SHIFT=dark            make demo-traffic's shifted images: dark, noise or other"
 
 # One venv for everything, so any documented order works (`make demo` then `pulumi up`,
 # `make test` then `pulumi up`): the trainer's and app's requirements, the Pulumi program's
@@ -118,7 +122,8 @@ torch-choice:
 	  "from PyPI, a CUDA build) or cpu (PyTorch's CPU wheel)" >&2; exit 2 ;; esac
 	@made=$$(cat $(RUNTIME_STAMP) 2>/dev/null) || exit 0; \
 	if [ "$${made:-pypi}" != "$(TORCH)" ]; then echo "$(VENV) was made with TORCH=$${made:-pypi};" \
-	  "for TORCH=$(TORCH) remove it first (make clean)" >&2; exit 2; fi
+	  "for TORCH=$(TORCH) remove it first (rm -rf $(VENV); make clean would also delete" \
+	  "$(DEMO_STORE), every model the demos trained)" >&2; exit 2; fi
 
 $(MLFLOW_STAMP): requirements-mlflow-server.lock
 	[ -x $(MLFLOW_VENV)/bin/python ] || $(PYTHON) -m venv $(MLFLOW_VENV)
@@ -156,11 +161,17 @@ chromium:
 	@[ -x $(CHROMIUM) ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
+# The monitoring tests run a real Prometheus and promtool (Debian's 2.42; no service starts).
+PROMETHEUS := /usr/bin/prometheus
+prometheus:
+	@[ -x $(PROMETHEUS) ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
 strace:
 	@[ -x $(STRACE) ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq strace >/dev/null; }
 
-test: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) chromium strace controlplane image-smoke
+test: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) chromium strace prometheus controlplane image-smoke
 	$(BIN)/python -m pytest
 
 # The cluster tier's control plane (tests/cluster): kube-apiserver, controller-manager,
@@ -175,7 +186,7 @@ controlplane:
 test-cluster: $(DEV_STAMP) controlplane
 	$(BIN)/python -m pytest -m cluster tests/cluster
 
-test-fast: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) strace controlplane
+test-fast: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) strace prometheus controlplane
 	$(BIN)/python -m pytest -m "not browser"
 
 lint: $(DEV_STAMP)
@@ -205,6 +216,14 @@ demo: $(RUNTIME_STAMP)
 	$(if $(filter yes,$(SERVE)),exec $(BIN)/python -m inference serve --store $(DEMO_STORE) \
 	  --model-name $(MODEL)-$(NAME_OF_DATASET) --host $(HOST) --port $(PORT))
 
+# With `make demo` serving (another terminal): 512 test-split images, then 512 shifted ones
+# (SHIFT=dark|noise|other); the app checks every 256 predictions, and its Monitoring tab
+# turns from green to red.
+SHIFT ?= dark
+demo-traffic: $(RUNTIME_STAMP)
+	$(BIN)/python -m inference traffic --url http://$(HOST):$(PORT) --store $(DEMO_STORE) --shift none
+	$(BIN)/python -m inference traffic --url http://$(HOST):$(PORT) --store $(DEMO_STORE) --shift $(SHIFT)
+
 # Each part says when it starts and how long it took (minutes each on 2 CPU cores).
 bench: $(DEV_STAMP)
 	@$(call timed,bench/train_throughput.py)
@@ -215,8 +234,8 @@ bench: $(DEV_STAMP)
 timed = echo "== $(1): started $$(date +%T)"; start=$$SECONDS; $(BIN)/python $(1) && \
   echo "== $(1): took $$((SECONDS - start)) s"
 
-# Render mode: do the committed files match what the program renders? (docs/operations.md,
-# GitOps; `pulumi preview --expect-no-changes` cannot tell there.) Needs the pulumi CLI.
+# Render mode: do the committed files match what the program renders? (docs/gitops.md,
+# "Checking for drift"; `pulumi preview --expect-no-changes` cannot tell there.) Needs the pulumi CLI.
 GITOPS_STACK ?= gitops
 gitops-drift: $(RUNTIME_STAMP)
 	$(BIN)/python -m infra.drift --stack $(GITOPS_STACK)

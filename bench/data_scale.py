@@ -63,8 +63,10 @@ def make_tree(root: Path, count: int, seed: int = 0) -> None:
 
 
 def linked_subset(source: Path, root: Path, count: int) -> Path:
-    """The first ``count`` images of ``source`` (hard links: no copies)."""
-    for path in sorted(source.rglob("*.png"))[:count]:
+    """The first ``count`` images make_tree made (hard links: no copies): every class in
+    turn, as it made them. Not the first in path order: those are all of class0, which the
+    ingest refuses (one class)."""
+    for path in sorted(source.rglob("*.png"), key=lambda p: p.name)[:count]:
         target = root / path.parent.name / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         os.link(path, target)

@@ -244,7 +244,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
-    from trainer.run.cpus import usable_cpus
+    from trainer.limits.cpus import usable_cpus
 
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

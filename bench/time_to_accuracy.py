@@ -44,7 +44,7 @@ from classic_recipe import train_classic  # bench/: the script's own directory
 
 from trainer.contract.config import TrainConfig
 from trainer.contract.layout import cifar10_key, dataset_prefix
-from trainer.run.cpus import usable_cpus
+from trainer.limits.cpus import usable_cpus
 from trainer.run.train import run_training
 from trainer.store import LocalStore
 

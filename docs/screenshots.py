@@ -1,6 +1,6 @@
 """Make the README's screenshots from a model trained on real CIFAR-10 images.
 
-    .venv/bin/python docs/screenshots.py --cifar ../shared/data/cifar10-sample/cifar-10-python.tar.gz
+    .venv/bin/python docs/screenshots.py --cifar path/to/cifar-10-python.tar.gz
 
 Runs the same commands a user runs (`python -m trainer buckets|ingest|train`, then
 `python -m inference serve`) in a scratch store, uploads one of the published test

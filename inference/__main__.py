@@ -1,4 +1,5 @@
-"""``python -m inference serve``: the web app and REST API on one port."""
+"""``python -m inference serve``: the web app and REST API on one port; ``monitor``: one
+drift check of the served version; ``demo-check``: `make demo`'s knobs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from inference import democheck
 from inference.edge.listening import ServeError, listen, listening_at
+from inference.monitoring import cli as monitoring_cli
+from inference.monitoring import traffic
 from trainer.contract.layout import AUTH_TOKEN_ENV, MLFLOW_UI_URL_ENV
 
 log = logging.getLogger("inference")
@@ -48,6 +51,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                        help="logging level, as for the trainer [$TRAINSTACK_LOG_LEVEL or INFO]")
     check = sub.add_parser("demo-check", help="check `make demo`'s knobs before it starts")
     democheck.add_arguments(check)
+    monitor = sub.add_parser("monitor", help="one drift check of the served version; prints "
+                                             "drift=... estimated_accuracy=... n=...")
+    monitoring_cli.add_arguments(monitor)
+    traffic_parser = sub.add_parser("traffic", help="send a running app its dataset's images, "
+                                                    "or shifted ones (make demo-traffic)")
+    traffic.add_arguments(traffic_parser)
     return parser.parse_args(argv)
 
 
@@ -106,6 +115,16 @@ def add_serving_args(serve: argparse.ArgumentParser) -> None:
                        help="UI uploads kept on disk at most; the oldest go first [256]")
     group.add_argument("--upload-cache-max-age-s", type=float, default=600.0,
                        help="UI uploads older than this are deleted [600]")
+    group.add_argument("--monitor", choices=["on", "off"],
+                       default=env("TRAINSTACK_MONITOR", "on"),
+                       help="on: record each prediction's summary (never the image) and check "
+                            "it for drift against the version's reference [on]")
+    group.add_argument("--monitor-window", type=int,
+                       default=env("TRAINSTACK_MONITOR_WINDOW", "256"),
+                       help="predictions per drift check [256]")
+    group.add_argument("--monitor-window-s", type=float,
+                       default=env("TRAINSTACK_MONITOR_WINDOW_S", "60"),
+                       help="a check at least this often while predictions come [60]")
 
 
 def serving_settings(args: argparse.Namespace) -> dict:
@@ -117,6 +136,8 @@ def serving_settings(args: argparse.Namespace) -> dict:
             "torch_threads": args.torch_threads, "decode_memory_mb": args.decode_memory_mb,
             "upload_cache_mb": args.upload_cache_mb,
             "upload_cache_max_age_s": args.upload_cache_max_age_s,
+            "monitor": args.monitor == "on", "monitor_window": args.monitor_window,
+            "monitor_window_s": args.monitor_window_s,
             **{k: v for k, v in optional.items() if v is not None}}
 
 
@@ -125,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo-check":
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
         return democheck.main(args)
+    if args.command == "traffic":
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        return traffic.main(args)
+    if args.command == "monitor":
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return monitoring_cli.main(args)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.store:

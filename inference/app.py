@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -31,14 +32,18 @@ from inference.edge.auth import (
 )
 from inference.edge.bodies import MULTIPART_OVERHEAD, BodyReader, BoundedBodies, UploadLimits
 from inference.edge.uploads import UploadCache, keep_uploads_under
+from inference.monitoring import training as training_states
+from inference.monitoring.mlflow_reports import ReportArtifacts
+from inference.monitoring.monitor import Monitor
 from inference.published.progress import ProgressBoard
 from inference.published.registry import ModelVersion, Registry
 from inference.serving.engine import Engine, EngineConfig
 from inference.serving.metrics import Metrics
 from inference.serving.predict import DEFAULT_MAX_PIXELS
+from trainer.contract.env import TRACKING_URI_ENV
 from trainer.contract.errors import ConfigError
 from trainer.contract.layout import AUTH_TOKEN_ENV
-from trainer.run.cpus import usable_cpus
+from trainer.limits.cpus import usable_cpus
 from trainer.store import open_store
 
 log = logging.getLogger(__name__)
@@ -105,6 +110,11 @@ class Settings:
     # Where users open MLflow (http(s)); links to a version's MLflow run are built on it.
     # None: the address the trainer saw (MLFLOW_TRACKING_URI in the training pods).
     mlflow_ui_url: str | None = None
+    # Drift monitoring (inference.monitoring): a check every `monitor_window` predictions
+    # or `monitor_window_s` seconds; off: nothing recorded.
+    monitor: bool = True
+    monitor_window: int = 256
+    monitor_window_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.mlflow_ui_url and not self.mlflow_ui_url.startswith(("http://", "https://")):
@@ -187,17 +197,26 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         metrics.set_model(loaded.name, loaded.version, runner.precision, runner.program)
 
     registry.on_swap.append(on_swap)
+    board = ProgressBoard(registry, settings.mlflow_ui_url)
+    monitor = None
+    if settings.monitor:
+        monitor = Monitor(registry.store, metrics.registry, window_size=settings.monitor_window,
+                          window_seconds=settings.monitor_window_s,
+                          artifacts=report_artifacts(registry, board))
+        engine.observers.append(monitor)
     if registry.current:
         on_swap(registry.current)
-    board = ProgressBoard(registry, settings.mlflow_ui_url)
+    training_states.register(metrics.registry, board)
     demo = build_demo(registry, engine, metrics, delete_cache=(
-        settings.upload_cache_sweep_s, settings.upload_cache_max_age_s), board=board)
+        settings.upload_cache_sweep_s, settings.upload_cache_max_age_s), board=board,
+        monitor=monitor)
     uploads = UploadCache(demo.upload_file_set, int(settings.upload_cache_mb * 1e6))
     app = FastAPI(title="trainstack inference", description="Classify images with the newest "
                   "published model.", lifespan=lifespan(settings, registry, engine, uploads,
                                                         token is not None, owned_cache))
     app.state.registry, app.state.metrics, app.state.settings = registry, metrics, settings
     app.state.engine, app.state.demo, app.state.progress = engine, demo, board
+    app.state.monitor = monitor
     bodies = BodyReader(settings.upload_limits())
     metrics.upload_budget.set(bodies.limits.memory_bytes)
     metrics.upload_reserved.set_function(lambda: bodies.budget.used)
@@ -218,6 +237,21 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.state.access_control = token is not None
     return app
+
+
+def report_artifacts(registry: Registry, board: ProgressBoard) -> ReportArtifacts | None:
+    """Drift reports into the version's MLflow run, when the app has MLFLOW_TRACKING_URI."""
+    uri = os.environ.get(TRACKING_URI_ENV)
+    if not uri:
+        return None
+
+    def run_of(model: str, version: str) -> str | None:
+        current = registry.current
+        if current is None or (current.name, current.version) != (model, version):
+            return None
+        return board.mlflow_run_id(model, current.meta.run_id)
+
+    return ReportArtifacts(uri, run_of)
 
 
 def mount_ui(app: FastAPI, demo: Any, settings: Settings, registry: Registry,
@@ -252,6 +286,8 @@ def lifespan(settings: Settings, registry: Registry, engine: Engine, uploads: Up
         finally:
             registry.stop()
             engine.close()
+            if app.state.monitor is not None:
+                app.state.monitor.stop()
             if owned_cache:
                 shutil.rmtree(registry.cache_dir, ignore_errors=True)
                 log.debug("removed the model cache %s", registry.cache_dir)

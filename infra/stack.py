@@ -15,12 +15,20 @@ import pulumi_kubernetes as k8s
 
 from infra import gitops
 from infra.config.keys import StackConfig, StackSecrets
+from infra.config.stack_config import DEFAULT_ACCURACY_DROP, DEFAULT_DRIFT_WINDOWS
+from infra.monitoring.component import Monitoring, MonitoringArgs
 from infra.operators.trainer_v2 import TrainerV2, TrainerV2Args
 from infra.operators.training_operator import TrainingOperator, TrainingOperatorArgs
 from infra.security import rotation
 from infra.security.fences import FencesArgs, Flow, NetworkFences, OutsideFlow, service_namespace
 from infra.workloads import pod
-from infra.workloads.buckets import Buckets, BucketsArgs, StoreCredentials, StoreCredentialsArgs
+from infra.workloads.buckets import (
+    STORE_SECRET,
+    Buckets,
+    BucketsArgs,
+    StoreCredentials,
+    StoreCredentialsArgs,
+)
 from infra.workloads.catalog import APP, BUCKETS, INGEST, STORE, TRACKING, TRAINER, Workload
 from infra.workloads.image import ImageRef, TrainerImage, TrainerImageArgs, prebuilt
 from infra.workloads.minio_server import MinIO, MinIOArgs
@@ -80,6 +88,8 @@ def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
         ),
         opts=gitops.options("inference", render),
     )
+    if cfg.monitors:
+        _monitoring(cfg, inference, render)
     return _exports(cfg, training.job_name, store, inference, tracking)
 
 
@@ -107,6 +117,8 @@ def flows(cfg: StackConfig) -> tuple[list[Flow], list[OutsideFlow]]:
         Flow(TRAINER, sources=(TRAINER,)),
         Flow(APP, ports=("http",), **users),
     ]
+    if cfg.monitors:  # Prometheus scrapes /metrics
+        inside.append(Flow(APP, ports=("http",), namespaces=(cfg.scrape_namespace,)))
     if cfg.mlflow:
         # Rank 0 logs its run; the app links versions to runs. Users open the UI through
         # `kubectl port-forward` (no rule needed), or, behind MLflow's login, as the app.
@@ -172,19 +184,19 @@ def _store(cfg: StackConfig, secrets: StackSecrets, namespace, render,
         return minio.store, minio.ready
     secret_name: pulumi.Input[str] | None = cfg.store_credentials_secret
     ready: list[pulumi.Resource] = []
-    version = None
+    version, job_secret = None, None
     if secret_name is None:
         credentials = StoreCredentials(
             "store-credentials",
             StoreCredentialsArgs(namespace=namespace, access_key=cfg.store_access_key,
-                                 secret_key=secrets.store_secret_key),
+                                 secret_key=secrets.store_secret_key, versions=versions),
             opts=opts,
         )
         secret_name, ready = credentials.secret_name, [credentials]
-        version = versions.of(pulumi.Output.all(cfg.store_access_key, secrets.store_secret_key))
+        version, job_secret = credentials.version, STORE_SECRET
     store = pod.StoreRef(url=store_url(cfg.store_endpoint), secret_name=secret_name,
                          region=cfg.store_region, bucket_prefix=cfg.bucket_prefix,
-                         version=version)
+                         version=version, job_secret_name=job_secret)
     return store, ready
 
 
@@ -251,6 +263,20 @@ def _training(cfg: StackConfig, namespace, image: ImageRef, store: pod.StoreRef,
     )
 
 
+def _monitoring(cfg: StackConfig, inference: Inference, render) -> Monitoring:
+    """`monitoring: prometheus-operator`: what Prometheus scrapes and alerts on, Grafana's
+    dashboard; the thresholds' defaults are infra.config.stack_config's."""
+    return Monitoring(
+        "monitoring",
+        MonitoringArgs(namespace=cfg.namespace, labels=cfg.monitoring_labels,
+                       drift_windows=cfg.drift_alert_windows or DEFAULT_DRIFT_WINDOWS,
+                       accuracy_drop=(cfg.accuracy_drop_alert if cfg.accuracy_drop_alert
+                                      is not None else DEFAULT_ACCURACY_DROP) / 100,
+                       auth_secret=inference.token_secret, depends_on=[inference]),
+        opts=gitops.options("monitoring", render),
+    )
+
+
 def _exports(cfg: StackConfig, job: pulumi.Output[str], store: pod.StoreRef,
              inference: Inference, tracking: MlflowServer | None) -> dict[str, Any]:
     ns = cfg.namespace
@@ -260,6 +286,9 @@ def _exports(cfg: StackConfig, job: pulumi.Output[str], store: pod.StoreRef,
         "buckets": cfg.buckets,
         "inferenceUrl": inference.url,
         "inferenceAccess": inference.access,
+        # One drift check of the served version from the app's pod (its store, its token).
+        "driftCheck": (f"kubectl -n {ns} exec deploy/{APP.name} -- python -m inference "
+                       f"monitor --model {cfg.model_name}"),
         **_job_exports(cfg, job),
     }
     if cfg.store_endpoint is None:

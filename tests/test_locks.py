@@ -1,6 +1,6 @@
 """The hashed locks: every pin of every requirements file is in its lock, the image's lock is
 the image's part of .venv's, and torch from PyTorch's CPU index leaves the CUDA libraries out.
-`make lock` rewrites them (docs/operations.md, "Locked dependencies")."""
+`make lock` rewrites them (docs/dependencies.md, "Locked dependencies")."""
 
 from __future__ import annotations
 

@@ -223,8 +223,8 @@ def test_two_image_folders_are_two_datasets_and_neither_is_served_for_the_other(
 
 def makefile_names() -> tuple[list[str], list[str]]:
     """The Makefile's .PHONY targets a user runs, and its knobs (``NAME ?= default``)."""
-    text = (ROOT / "Makefile").read_text()
-    internal = {"chromium", "strace", "buildah", "torch-choice"}  # prerequisites only
+    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")  # continued lines
+    internal = {"chromium", "strace", "prometheus", "buildah", "torch-choice"}  # prerequisites
     targets = {t for line in text.splitlines() if line.startswith(".PHONY:")
                for t in line.split(":", 1)[1].split()} - internal - {"help"}
     knobs = re.findall(r"^([A-Z][A-Z0-9_]*) \?=", text, flags=re.MULTILINE)

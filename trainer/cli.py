@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from trainer.contract.config import AUGMENTATIONS, DATASETS, MODELS, TrainConfig, read_json_file
+from trainer.contract.env import DATASET_SOURCE_ENV
+from trainer.contract.errors import IngestError
 from trainer.contract.layout import ALL_BUCKETS, BUCKET_PREFIX_ENV, BUCKETS, TRACKING_BUCKET
 from trainer.store import STORE_ENV, open_store
 
@@ -38,8 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--dataset", default="cifar10", choices=DATASETS,
                         help="dataset to ingest (default: cifar10; digits and synthetic "
                              "are generated locally and need none)")
-    ingest.add_argument("--source", help="URL or local path of the archive "
+    source = ingest.add_mutually_exclusive_group()
+    source.add_argument("--source", help="URL or local path of the archive "
                                          "(default: the official CIFAR-10 URL)")
+    source.add_argument("--source-env", metavar="VAR",
+                        help="read the URL or path from environment variable VAR instead "
+                             f"(the ingest Job's {DATASET_SOURCE_ENV}, from a Secret): a URL "
+                             "with credentials stays off the command line")
     ingest.add_argument("--dataset-name", help=NAME_HELP)
     ingest.add_argument("--replace", action="store_true", default=None,
                         help="imagefolder: replace the images of --dataset-name even when "
@@ -92,11 +100,24 @@ def cmd_buckets(args: argparse.Namespace) -> None:
              store.url, ", ".join(created) or "none")
 
 
+def ingest_source(args: argparse.Namespace) -> str | None:
+    """--source, or the value of --source-env's variable, or None (the dataset's default).
+    A variable that is unset or empty is an error, never the default: a Secret with an empty
+    key must not turn into a download of something else."""
+    if args.source_env is None:
+        return args.source
+    source = os.environ.get(args.source_env, "").strip()  # a Secret from a file ends in \n
+    if not source:
+        raise IngestError(f"--source-env {args.source_env}: the variable is unset or empty; "
+                          "it must hold the dataset's URL or local path")
+    return source
+
+
 def cmd_ingest(args: argparse.Namespace) -> None:
     from trainer.data.ingest import ingest
 
     store = open_store(args.store)
-    key = ingest(store, args.dataset, args.source, image_size=args.image_size,
+    key = ingest(store, args.dataset, ingest_source(args), image_size=args.image_size,
                  shard_bytes=args.shard_mib * 1024**2, name=args.dataset_name,
                  replace=args.replace)
     if key:

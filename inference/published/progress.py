@@ -63,6 +63,7 @@ class ProgressBoard:
         self.refresh_seconds = refresh_seconds
         self._records: dict[str, tuple[RunProgress | None, float]] = {}
         self._running: list[RunProgress] = []
+        self._newest: dict[str, RunProgress] = {}  # per model name, whatever its state
         self._listed_at: float | None = None
         self._warned: set[str] = set()
         self._lock = threading.Lock()
@@ -89,6 +90,12 @@ class ProgressBoard:
                     log.debug("progress records not refreshed: %s", e)
             return list(self._running)
 
+    def newest(self) -> dict[str, RunProgress]:
+        """The most recently updated run of each model name (refreshed like running())."""
+        self.running()
+        with self._lock:
+            return dict(self._newest)
+
     def mlflow_link(self, name: str, run_id: str) -> str | None:
         """The MLflow UI page of ``run_id``'s MLflow run, if the trainer recorded one."""
         with self._lock:
@@ -98,19 +105,34 @@ class ProgressBoard:
                 return None
         return self.link_of(record) if record else None
 
+    def mlflow_run_id(self, name: str, run_id: str) -> str | None:
+        """The MLflow run the trainer recorded for ``run_id`` (None: none, or unreadable)."""
+        with self._lock:
+            try:
+                record = self._record(ModelKeys(name).progress(run_id))
+            except StoreError:
+                return None
+        return record.mlflow_run_id if record else None
+
     def link_of(self, record: RunProgress) -> str | None:
         return record.mlflow_page(self.mlflow_ui_url)
 
     def _read_running(self) -> list[RunProgress]:
-        runs = []
+        runs, newest = [], {}
         for name in sorted(self.names()):
             keys = ModelKeys(name)
             for key in self.registry.store.list(keys.progresses):
                 if keys.run_of_progress_key(key) is None:
                     continue
                 record = self._record(key)
-                if record is not None and record.state != "published":
+                if record is None:
+                    continue
+                if record.state != "published":
                     runs.append(record)
+                if name not in newest or (record.updated_at, record.run_id) > (
+                        newest[name].updated_at, newest[name].run_id):
+                    newest[name] = record
+        self._newest = newest
         return sorted(runs, key=lambda r: (r.updated_at, r.run_id), reverse=True)
 
     def _record(self, key: str) -> RunProgress | None:

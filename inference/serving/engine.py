@@ -19,7 +19,7 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -97,6 +97,9 @@ class Engine:
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
         self.batcher: Batcher | None = None
+        # Called with (version, pixels, probabilities) of every answered prediction, on the
+        # request's thread: each must return at once (monitoring queues and returns).
+        self.observers: list[Callable[[ModelVersion, np.ndarray, list[float]], None]] = []
         if config.batching:
             self.batcher = Batcher(self._run_batch, config.max_batch,
                                    config.max_wait_ms / 1000.0, thread_setup=self._own_threads)
@@ -185,8 +188,9 @@ class Engine:
 
     def predict_alone(self, version: ModelVersion, data: bytes) -> dict[str, Any]:
         """The one-at-a-time path: decode and forward in the calling thread."""
-        probabilities = self.runner(version)([self.decode(version, data)])[0]
-        return self._answer(version, probabilities)
+        pixels = self.decode(version, data)
+        probabilities = self.runner(version)([pixels])[0]
+        return self._answer(version, pixels, probabilities)
 
     async def classify(self, version: ModelVersion, data: bytes) -> dict[str, Any]:
         """Classify one upload with ``version`` (raises BadImage for bad input)."""
@@ -196,7 +200,7 @@ class Engine:
         with self.batcher.expect() as ticket:
             pixels = await loop.run_in_executor(self.decode_pool, self.decode, version, data)
             future = ticket.submit(version, pixels)
-        return self._answer(version, await asyncio.wrap_future(future))
+        return self._answer(version, pixels, await asyncio.wrap_future(future))
 
     def classify_blocking(self, version: ModelVersion, data: bytes) -> dict[str, Any]:
         """:meth:`classify` for synchronous callers (the Gradio UI's worker threads)."""
@@ -205,10 +209,12 @@ class Engine:
         with self.batcher.expect() as ticket:
             pixels = self.decode_pool.submit(self.decode, version, data).result()
             future = ticket.submit(version, pixels)
-        return self._answer(version, future.result())
+        return self._answer(version, pixels, future.result())
 
-    @staticmethod
-    def _answer(version: ModelVersion, probabilities: list[float]) -> dict[str, Any]:
+    def _answer(self, version: ModelVersion, pixels: np.ndarray,
+                probabilities: list[float]) -> dict[str, Any]:
+        for observe in self.observers:
+            observe(version, pixels, probabilities)
         return {**answer(probabilities, list(version.meta.classes)),
                 "model_version": version.version}
 

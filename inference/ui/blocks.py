@@ -1,4 +1,5 @@
-"""The Gradio UI: Predict, Training and Models tabs, and a friendly page before any model.
+"""The Gradio UI: Predict, Training, Models and Monitoring tabs, and a friendly page before
+any model.
 
 Each browser tab remembers which version it shows (a gr.State); a gr.Timer compares it
 with the served one and redraws everything when the model was hot-swapped.
@@ -19,6 +20,7 @@ from inference.published.registry import ModelVersion, Registry
 from inference.serving.engine import Engine
 from inference.serving.metrics import Metrics
 from inference.serving.predict import BadImage
+from inference.ui.monitoring import MonitoringPanel, make_refresh_monitoring, monitoring_tab
 from inference.ui.training import (
     epoch_rows,
     make_refresh_progress,
@@ -196,6 +198,7 @@ class Layout:
     reload_versions: Any = None
     progress_shown: Any = None
     progress_panels: list[Any] = field(default_factory=list)
+    monitoring: MonitoringPanel | None = None
 
     @property
     def outputs(self) -> list[Any]:
@@ -233,17 +236,20 @@ def build_layout() -> Layout:
             predict_tab(ui)
             training_tab(ui)
             models_tab(ui)
+            ui.monitoring = monitoring_tab()
     return ui
 
 
 def wire_events(demo: gr.Blocks, ui: Layout, registry: Registry, engine: Engine,
-                metrics: Metrics | None, board: ProgressBoard) -> None:
+                metrics: Metrics | None, board: ProgressBoard, monitor: Any = None) -> None:
     refresh = make_refresh(registry, board, ui)
     progress = make_refresh_progress(board, ui.progress_panels, ui.progress_shown)
     progress_outputs = [ui.progress_shown] + [c for p in ui.progress_panels for c in p.outputs]
+    monitoring = make_refresh_monitoring(monitor, registry, ui.monitoring)
     timer = gr.Timer(REFRESH_SECONDS)
     for handler, state, outputs in ((refresh, ui.shown, ui.outputs),
-                                    (progress, ui.progress_shown, progress_outputs)):
+                                    (progress, ui.progress_shown, progress_outputs),
+                                    (monitoring, ui.monitoring.shown, ui.monitoring.outputs)):
         timer.tick(handler, state, outputs, show_progress="hidden", api_name=False,
                    queue=False)
         demo.load(handler, state, outputs, api_name=False, queue=False)
@@ -260,7 +266,7 @@ def wire_events(demo: gr.Blocks, ui: Layout, registry: Registry, engine: Engine,
 
 def build_demo(registry: Registry, engine: Engine, metrics: Metrics | None = None,
                delete_cache: tuple[float, float] | None = None,
-               board: ProgressBoard | None = None) -> gr.Blocks:
+               board: ProgressBoard | None = None, monitor: Any = None) -> gr.Blocks:
     """The Blocks app bound to one registry (tests build several in one process).
 
     ``delete_cache`` = (every s, older than s): Gradio deletes this app's uploads and
@@ -268,5 +274,6 @@ def build_demo(registry: Registry, engine: Engine, metrics: Metrics | None = Non
     """
     with gr.Blocks(title="trainstack · image classifier", delete_cache=delete_cache) as demo:
         ui = build_layout()
-        wire_events(demo, ui, registry, engine, metrics, board or ProgressBoard(registry))
+        wire_events(demo, ui, registry, engine, metrics, board or ProgressBoard(registry),
+                    monitor)
     return demo

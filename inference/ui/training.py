@@ -32,7 +32,9 @@ VERSION_TYPES = ["str", "str", "str", "number", "str", "markdown", "str"]
 STATES = {"training": "training", "publishing": "every epoch done, publishing",
           "interrupted": "**interrupted** (Ctrl-C): run the same training again (`make demo` "
                          "with the same knobs, or the same job) to resume from its last "
-                         "checkpoint"}
+                         "checkpoint",
+          "failed": "**failed**: its job stopped with an error (the job's logs say which); "
+                    "the same job run again resumes from its last checkpoint"}
 
 
 def pct(value: Any) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from infra.config.errors import Default
 from infra.config.values import invalid, parse_image_reference
+from trainer.contract.image import CPU_TORCH_VARIANT, GPU_TORCH_VARIANT
 from trainer.contract.layout import AUTH_TOKEN_ENV
 
 MINIO_ONLY = {"minioStorageSize": "minio_storage_size", "minioStorageClass": "minio_storage_class"}
@@ -50,6 +51,7 @@ class KeyRules:
         self._check_mlflow()
         self._check_dataset_source()
         self._check_training_api()
+        self._check_monitoring()
 
     def _as_set(self, key: str, value: Any) -> Any:
         """`value` of `key` for a message: marked as a default when the user never set it."""
@@ -57,11 +59,21 @@ class KeyRules:
 
     def warnings(self) -> list[str]:
         ref = parse_image_reference(self.image) if not self.build_image and self.image else None
+        found = []
         if ref and not ref.digest:
-            return [(f"trainstack:image {self.image!r} is a tag, not a digest: a tag can move, so "
-                    "pods started at different times may run different code; pods pull it on "
-                    "every start (imagePullPolicy Always). Prefer <image>@sha256:<digest>.")]
-        return []
+            found.append(f"trainstack:image {self.image!r} is a tag, not a digest: a tag can "
+                         "move, so pods started at different times may run different code; "
+                         "pods pull it on every start (imagePullPolicy Always). Prefer "
+                         "<image>@sha256:<digest>.")
+        if ref and self.gpus_per_worker > 0:
+            # The stack cannot look inside a prebuilt image; the trainer stops at start if
+            # it was given GPUs its torch cannot see.
+            found.append(f"trainstack:gpusPerWorker {self.gpus_per_worker} with buildImage "
+                         f"false: trainstack:image must be the GPU build of trainer/Dockerfile "
+                         f"(--build-arg TORCH_VARIANT={GPU_TORCH_VARIANT} --build-arg "
+                         "TORCH_INDEX_URL=); the default build is CPU-only, and its training "
+                         "pods stop at start with one line instead of training on the CPU.")
+        return found
 
     def _check_image(self) -> None:
         if self.build_image:
@@ -75,6 +87,12 @@ class KeyRules:
             raise invalid("image", f"a prebuilt image reference such as {example} "
                                    "(buildImage false runs it as given)", None)
         _check_pinned_reference("image", self.image, example)
+        tag = parse_image_reference(self.image).tag or ""
+        if self.gpus_per_worker > 0 and tag.split("-", 1)[0] == CPU_TORCH_VARIANT:
+            # `cpu-<hash>` is what the stack tags its own CPU builds: known not to use GPUs.
+            raise invalid("image", f"the GPU build of the trainer image when gpusPerWorker is "
+                          f"> 0 (TORCH_VARIANT={GPU_TORCH_VARIANT}); tag {tag!r} names the CPU "
+                          "build, whose torch has no CUDA", self.image)
 
     def _check_build_repository(self) -> None:
         ref = parse_image_reference(self.image_repository)
@@ -207,3 +225,14 @@ class KeyRules:
                           "pins the Training Operator v1; Kubeflow Trainer v2 is installed at "
                           "the version the stack is checked with, see docs/operations.md)",
                           self.training_operator_version)
+
+    def _check_monitoring(self) -> None:
+        if self.monitoring != "none":
+            return
+        for key, value in (("monitoringNamespace", self.monitoring_namespace),
+                           ("monitoringLabels", self.monitoring_labels or None),
+                           ("driftAlertWindows", self.drift_alert_windows),
+                           ("accuracyDropAlert", self.accuracy_drop_alert)):
+            if value is not None:
+                raise invalid(key, "unset when monitoring is none (it configures the "
+                              "Prometheus objects of monitoring prometheus-operator)", value)

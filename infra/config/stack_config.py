@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
+from infra.config import structured
 from infra.config import values as v
 from infra.config.combinations import KeyRules
 
@@ -30,6 +31,10 @@ NETWORK_POLICY_MODES = ("ingress", "ingress-egress", "none")
 # How users reach MLflow (infra/workloads/mlflow_auth.py).
 MLFLOW_ACCESS_MODES = ("port-forward", "login")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+MONITORING_MODES = ("none", "prometheus-operator")
+DEFAULT_MONITORING_NAMESPACE = "monitoring"
+DEFAULT_DRIFT_WINDOWS = 3
+DEFAULT_ACCURACY_DROP = 10.0  # percentage points
 DEFAULT_MINIO_SIZE = "10Gi"
 # A training process imports torch and holds a batch and the model: below this the kernel
 # OOM-kills it before its first step, so a smaller value is a typo ("1" is one byte).
@@ -80,7 +85,8 @@ class StackConfig(KeyRules):
                          "accuracy per minute on CPU).", "resnet18")
     checkpoint_every_steps: int = setting(
         "checkpointEverySteps", "Training", v.int_at_least(0), "Steps between mid-epoch "
-        "checkpoints of a streamed dataset (0: at the end of each epoch only).", 500)
+        "checkpoints (0: at the end of each epoch only); a restarted run loses at most the "
+        "steps since the last one.", 500)
     dataset: str = setting("dataset", "Data", v.choice(DATASETS, (
         f"{', '.join(DATASETS)} ({', '.join(BENCHMARK_DATASETS)} is for benchmarks only: "
         "python -m trainer train --dataset synthetic, or bench/)")),
@@ -110,11 +116,11 @@ class StackConfig(KeyRules):
     training_operator_version: str = setting(
         "trainingOperatorVersion", "Cluster", v.operator_version, "The Training Operator's "
         "release (pytorchjob only; Kubeflow Trainer v2 is pinned).", "v1.8.1")
-    node_selector: dict[str, str] = setting("nodeSelector", "Cluster", v.node_selector,
+    node_selector: dict[str, str] = setting("nodeSelector", "Cluster", structured.node_selector,
                                             "Node labels the training pods need.", factory=dict,
                                             shown_default="none")
     tolerations: list[dict[str, Any]] = setting(
-        "tolerations", "Cluster", v.tolerations, "Taints the training pods tolerate (the GPU "
+        "tolerations", "Cluster", structured.tolerations, "Taints the training pods tolerate (the GPU "
         "taint is tolerated without it).", factory=list, shown_default="none")
     buckets_timeout: str = setting("bucketsTimeout", "Cluster", v.duration, "How long `pulumi "
                                    "up` waits for the bucket Job.", "15m")
@@ -179,6 +185,30 @@ class StackConfig(KeyRules):
     mlflow_storage_class: str | None = setting(
         "mlflowStorageClass", "MLflow", _STORAGE_CLASS, "StorageClass of MLflow's volume (its "
         "SQLite database).", None, shown_default="the cluster's default")
+    monitoring: str = setting("monitoring", "Monitoring", v.choice(MONITORING_MODES, (
+        "none, or prometheus-operator (a ServiceMonitor, a PrometheusRule and a Grafana "
+        "dashboard ConfigMap: the cluster needs the Prometheus Operator's CRDs)")),
+        "What watches the app's /metrics: drift, estimated accuracy, errors and latency, "
+        "with alerts and a dashboard. The app checks drift either way (its Monitoring tab).",
+        "none")
+    monitoring_namespace: str | None = setting(
+        "monitoringNamespace", "Monitoring", v.pattern(v.DNS_LABEL, "a namespace name "
+                                                       "(DNS-1123 label)"),
+        "The namespace Prometheus scrapes from: the fences let it reach the app.", None,
+        shown_default=DEFAULT_MONITORING_NAMESPACE)
+    monitoring_labels: dict[str, str] = setting(
+        "monitoringLabels", "Monitoring", structured.label_map('{"release": "kube-prometheus"}'),
+        "Labels on the ServiceMonitor and PrometheusRule, for your Prometheus's selectors "
+        "(kube-prometheus-stack selects release=<its release name>).", factory=dict,
+        shown_default="none")
+    drift_alert_windows: int | None = setting(
+        "driftAlertWindows", "Monitoring", v.int_at_least(1), "Drift checks in a row (each of "
+        "256 predictions or a minute) before the drift alert fires.", None,
+        shown_default=str(DEFAULT_DRIFT_WINDOWS))
+    accuracy_drop_alert: float | None = setting(
+        "accuracyDropAlert", "Monitoring", v.percentage_points, "How far the estimated "
+        "accuracy may fall below the test accuracy before its alert fires.", None,
+        shown_default=f"{DEFAULT_ACCURACY_DROP:g}")
     render_yaml_to: str | None = setting("renderYamlTo", "GitOps", v.directory, "A directory: "
                                          "write every object as YAML instead of applying.", None)
     secrets: frozenset[str] = frozenset()  # which SECRET_KEYS were given (never their values)
@@ -237,6 +267,14 @@ class StackConfig(KeyRules):
     def tracking_bucket(self) -> str:
         """The MLflow server's artifact bucket in the store (`<prefix>mlflow`)."""
         return bucket_names(self.bucket_prefix, (TRACKING_BUCKET,))[TRACKING_BUCKET]
+
+    @property
+    def monitors(self) -> bool:
+        return self.monitoring != "none"
+
+    @property
+    def scrape_namespace(self) -> str:
+        return self.monitoring_namespace or DEFAULT_MONITORING_NAMESPACE
 
     def train_json(self) -> dict[str, Any]:
         """train.json: hyperparameters only (the trainer's TrainConfig keys); seed is fixed."""

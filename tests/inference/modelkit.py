@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from trainer.contract.layout import METRICS_FILE, MODEL_FILE, ModelKeys
+from trainer.contract.layout import METRICS_FILE, MODEL_FILE, REFERENCE_FILE, ModelKeys
 from trainer.contract.progress import RunProgress, mlflow_run_page
 from trainer.contract.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
 from trainer.publish.publication import created_at, finish_publication, write_version
@@ -102,12 +103,35 @@ def fake_history(epochs: int = 4, final_acc: float = 1.0) -> list[EpochRecord]:
             for e in range(epochs)]
 
 
+def colour_images(n: int, seed: int = 0, brightness: float = 1.0,
+                  noise: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` noisy solid-colour images (uint8 N x 3 x 8 x 8) and their labels: the colour
+    model's "test split", and what in-distribution traffic looks like. ``brightness`` < 1
+    darkens them (a shift)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(CLASSES), n)
+    base = np.array([COLOURS[c] for c in CLASSES], dtype=np.float64)[labels]
+    jitter = rng.uniform(0.7, 1.0, (n, 1))  # some light variation within the class
+    images = (base * jitter)[:, :, None, None] + rng.normal(0, noise, (n, 3, *INPUT_SIZE[1:]))
+    return np.clip(images * brightness, 0, 255).astype(np.uint8), labels
+
+
+def colour_reference(model: nn.Module | None = None, n: int = 400) -> bytes:
+    """The colour model's reference, computed by the trainer's own code on colour_images."""
+    from trainer.publish.reference import build_reference
+
+    images, labels = colour_images(n)
+    return build_reference(model or ColourNet(), torch.from_numpy(images),
+                           torch.from_numpy(labels), CLASSES, MEAN, STD, 1.0).to_json()
+
+
 def publish_version(store, version: str, *, model: nn.Module | None = None,
                     name: str = MODEL_NAME, test_acc: float = 1.0,
                     model_bytes: bytes | None = None, skip_files: tuple[str, ...] = (),
                     move_latest: bool = True, classes: list[str] = CLASSES,
                     input_size: list[int] = INPUT_SIZE, mean: list[float] = MEAN,
-                    std: list[float] = STD, run_id: str = "c0ffee42") -> str:
+                    std: list[float] = STD, run_id: str = "c0ffee42",
+                    reference: bool = False) -> str:
     """Upload every file of a version, then (last) move ``latest.json``, as the trainer does.
 
     ``model_bytes`` / ``skip_files`` / ``move_latest=False`` build deliberately broken or
@@ -125,6 +149,8 @@ def publish_version(store, version: str, *, model: nn.Module | None = None,
         "curves.png": curves_png(history),
         "confusion_matrix.png": confusion_png(confusion, classes),
     }
+    if reference:
+        files[REFERENCE_FILE] = colour_reference(model)
     examples = {f"examples/{i}-{c}.png": png(solid(c, (32, 32))) for i, c in enumerate(CLASSES)
                 if classes == CLASSES}
     model_arch, _, dataset = name.partition("-")
@@ -134,7 +160,7 @@ def publish_version(store, version: str, *, model: nn.Module | None = None,
         train_config={"model": "colournet", "dataset": "colours", "epochs": len(history),
                       "batch_size": 64, "lr": 0.1, "seed": 0},
         metrics=MetricsSummary.of(history), created_at=created_at(version), files=list(files),
-        examples=list(examples))
+        examples=list(examples), reference=REFERENCE_FILE if reference else "")
     if not skip_files and move_latest:
         write_version(store, meta, {**files, **examples})
         return version

@@ -1,7 +1,7 @@
 """The one list of checkov checks the stack does not pass, each with its reason.
 
 tests/infra/security/test_infra_checkov.py fails on any failed check that no entry here covers, and
-on an entry that covers no failure (a skip outlives its reason). docs/operations.md
+on an entry that covers no failure (a skip outlives its reason). docs/security.md
 ("What the policy scan skips") says what each one means for an operator; a test keeps
 every check id here named there.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 from tests.infra.render import Rendering
@@ -29,6 +30,15 @@ RENDERED = {**PREBUILT, "renderYamlTo": "rendered", "installTrainingOperator": "
             "storeCredentialsSecret": "minio-sealed"}
 RENDERED_EXTERNAL = {**EXTERNAL, "renderYamlTo": "/srv/gitops/trainstack",
                      "installTrainingOperator": "false"}
+
+
+def versioned(rendering: Rendering, kind: str, name: str) -> str:
+    """The name of the object `<name>-<digest>` of `kind`: a Secret or ConfigMap named by a
+    digest of its content (infra/security/rotation.py)."""
+    found = [o["metadata"]["name"] for o in rendering.objects.values() if o["kind"] == kind
+             and re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{16}}", o["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name}-<digest>, got {found}"
+    return found[0]
 
 
 def one(rendering: Rendering, kind: str) -> dict[str, Any]:

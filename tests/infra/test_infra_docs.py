@@ -1,4 +1,4 @@
-"""Every `pulumi config set` line of README.md and docs/*.md works as written with the
+"""Every `pulumi config set` line of README.md and docs/**/*.md works as written with the
 real Pulumi CLI, which refuses a plain value that "looks like a secret" (pulumi/pulumi
 pkg/cmd/pulumi/config: `looksLikeSecret`): the key's last part matches
 `(?i)passwd|pass|password|pwd|secret|token` and zxcvbn rates the value's first 16
@@ -16,7 +16,7 @@ import pytest
 from zxcvbn import zxcvbn
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").rglob("*.md"))]
 KEY_PATTERN = re.compile(r"(?i)passwd|pass|password|pwd|secret|token")
 MAX_ENTROPY_CHECK_LENGTH = 16
 ENTROPY_THRESHOLD = 80.0
@@ -52,7 +52,8 @@ def config_set_commands() -> list[tuple[str, list[str]]]:
                     words = shlex.split(rest)
                 except ValueError:  # "$(openssl rand -hex 16)" and the like: keep the words
                     words = rest.split()
-                found.append((f"{path.name}:{number}: {match.group(0).strip()}", words))
+                found.append((f"{path.relative_to(REPO_ROOT)}:{number}: {match.group(0).strip()}",
+                              words))
     return found
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build trainer/Dockerfile with buildah and run the image, as its user with a read-only
-# root, on a machine without Docker (`make image-smoke`; docs/operations.md "The image in
+# root, on a machine without Docker (`make image-smoke`; docs/testing.md "The image in
 # CI" says what this proves and what it does not).
 #
 # - Base: a stand-in for python:3.11-slim made from Debian packages (debootstrap +

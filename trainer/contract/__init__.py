@@ -4,5 +4,6 @@ Stdlib only: the Pulumi program imports these without torch, the app without the
 ``layout`` spells every store key, ``schema`` a published version (meta.json, metrics.json),
 ``progress`` and ``records`` what the trainer writes while it runs, ``errors`` the user-error
 hierarchy, ``config`` the TrainConfig and run identity, ``env`` the environment variables the
-stack sets, ``mlflow_layout`` MLflow names, ``urls`` credential-free URLs for display.
+stack sets, ``mlflow_layout`` MLflow names, ``urls`` credential-free URLs for display and the
+download-URL rule, ``image`` the trainer image's torch variants.
 """

@@ -17,6 +17,8 @@ models/<name>/progress/<run_id>.json                     a run's progress, rewri
 models/<name>/sequence.json                              last publication sequence handed out
 models/<name>/latest.json                                {"version": ..., "sequence": ...}, moved last
 metrics/<name>/<version>.json                            copy of metrics.json
+metrics/<name>/monitoring/windows/<version>/<window>.json   what the app saw (never images)
+metrics/<name>/monitoring/reports/<version>/<check>.json    each drift check's report
 ```
 ``<name>`` is :func:`model_name` (``<model>-<dataset>``); ``<version>`` is
 :func:`version_name` (``<UTC %Y%m%dT%H%M%SZ>-<run_id>``). ``<dataset>`` is the dataset's
@@ -84,6 +86,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 META_FILE = "meta.json"
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt2"
+# What monitoring compares the served predictions with (trainer.contract.monitoring.Reference).
+REFERENCE_FILE = "reference.json"
 LATEST_FILE = "latest.json"
 CLAIM_FILE = "claim.json"
 SEQUENCE_FILE = "sequence.json"
@@ -147,6 +151,12 @@ def folder_dataset_name(label: str) -> str:
     if not isinstance(label, str) or not _DATASET_LABEL.fullmatch(label):
         raise ValueError(f"dataset label {label!r}: allowed: {DATASET_LABEL_RULE}")
     return f"{FOLDER_KIND}-{label}"
+
+
+def dataset_kind(name: str) -> str:
+    """The kind of the dataset named ``name``: ``imagefolder`` for ``imagefolder-<label>``,
+    else the name itself (every other kind's one name)."""
+    return FOLDER_KIND if name.startswith(f"{FOLDER_KIND}-") else name
 
 
 def dataset_name_problem(kind: str, name: str) -> str | None:
@@ -274,6 +284,25 @@ class ModelKeys:
 
     def metrics_copy(self, version: str) -> str:
         return f"metrics/{self.name}/{version}.json"
+
+    @property
+    def monitoring(self) -> str:
+        return f"metrics/{self.name}/monitoring/"
+
+    def windows(self, version: str) -> str:
+        """Windows of predictions of ``version`` (trainer.contract.monitoring.PredictionWindow);
+        window names sort by time."""
+        return f"{self.monitoring}windows/{version}/"
+
+    def window(self, version: str, window_id: str) -> str:
+        return f"{self.windows(version)}{window_id}.json"
+
+    def reports(self, version: str) -> str:
+        """Drift reports of ``version`` (trainer.contract.monitoring.DriftReport)."""
+        return f"{self.monitoring}reports/{version}/"
+
+    def report(self, version: str, report_id: str) -> str:
+        return f"{self.reports(version)}{report_id}.json"
 
     def version_of_meta_key(self, key: str) -> str | None:
         """``<version>`` of ``models/<name>/versions/<version>/meta.json``, else None."""

@@ -14,7 +14,7 @@ from trainer.contract.schema import EpochRecord
 from trainer.contract.urls import display_url
 from trainer.contract.validate import known_fields, loads, require
 
-RUN_STATES = ("training", "publishing", "published", "interrupted")
+RUN_STATES = ("training", "publishing", "published", "interrupted", "failed")
 # MLflow's own rule for run ids (its experiment ids, digits, pass it too): nothing a link
 # built from them could be steered by.
 _MLFLOW_ID = re.compile(r"[a-zA-Z0-9][\w\-]{0,255}")
@@ -54,7 +54,8 @@ class RunProgress:
     dataset: str
     state: str
     """'training', 'publishing' (every epoch done, the version being written), 'published',
-    'interrupted' (stopped by Ctrl-C after ``epoch`` epochs; a restart resumes it)."""
+    'interrupted' (stopped by Ctrl-C after ``epoch`` epochs; a restart resumes it), 'failed'
+    (rank 0 stopped with an error; a restart resumes it too)."""
     epoch: int
     """Epochs done (0 before the first one ends)."""
     epochs: int

@@ -137,12 +137,15 @@ class VersionMeta:
     """The run's data fingerprint (trainer.contract.config.RunIdentity)."""
     model_revision: str = ""
     """The run's model-code revision, ``<model>@<n>``."""
+    reference: str = ""
+    """The version's monitoring reference file (REFERENCE_FILE, listed in ``files``); ""
+    for versions published before references existed: monitoring says so and serving goes on."""
 
     def __post_init__(self) -> None:
         require(type(self.sequence) is int and self.sequence >= 0, "meta.json sequence",
                  "an integer >= 0", self.sequence)
         for name in ("model", "dataset", "run_id", "created_at", "data_fingerprint",
-                     "model_revision"):
+                     "model_revision", "reference"):
             require(isinstance(getattr(self, name), str), f"meta.json {name}", "a string",
                      getattr(self, name))
         require(isinstance(self.version, str) and bool(self.version) and "/" not in self.version,
@@ -170,6 +173,8 @@ class VersionMeta:
                                                      and p != META_FILE for p in paths),
                      f"meta.json {name}", "a list of relative paths inside the version folder",
                      paths)
+        require(not self.reference or self.reference in self.files, "meta.json reference",
+                "empty or one of the version's files", self.reference)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> VersionMeta:

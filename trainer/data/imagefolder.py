@@ -9,7 +9,8 @@ Memory: the held-out split is chosen from the keys before anything is decoded, a
 image is decoded straight into its row of one preallocated uint8 array, training split
 first, so train and test are views of it and loading peaks at about the decoded size. A
 folder whose decoded images would take more than DATASET_MEMORY_SHARE of the process's
-memory limit is refused before decoding, with a message saying what to change.
+share of the memory limit (the pod's, over the processes torchrun starts in it) is refused
+before decoding, with a message saying what to change.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from trainer.contract.errors import DatasetError, ObjectNotFound
 from trainer.contract.layout import IMAGE_SUFFIXES, MANIFEST_NAME, is_image_name, manifest_key
 from trainer.data import pixels
 from trainer.data.dataset import DatasetBundle, Split, channel_stats, stratified_split
-from trainer.run.memlimit import memory_limit_bytes
+from trainer.limits.memlimit import process_memory_bytes
 from trainer.store import Store
 
 log = logging.getLogger(__name__)
@@ -158,19 +159,23 @@ def decode_image(data: bytes, image_size: int, where: str) -> np.ndarray:
     try:
         return pixels.to_pixels(data, (3, image_size, image_size))
     except pixels.ImageTooLarge as e:
-        raise DatasetError(f"{where}: too many pixels to decode safely ({e})") from None
-    except pixels.ImageError as e:
-        raise DatasetError(f"{where}: cannot be decoded as an image ({e})") from None
+        raise DatasetError(f"{where}: too many pixels to decode safely ({e.reason})") from None
+    except pixels.ImageError as e:  # its reason: the advice to the app's users is not for us
+        raise DatasetError(f"{where}: cannot be decoded as an image ({e.reason})") from None
 
 
-def _decoded_size_check(count: int, image_size: int, limit: int) -> None:
+# What a folder too large to decode into memory can change, unless the caller knows better.
+TOO_LARGE_ADVICE = ("lower image_size, use fewer images or give the training pods more memory "
+                    "(memoryPerWorker)")
+
+
+def _decoded_size_check(count: int, image_size: int, limit: int, advice: str) -> None:
     size = count * 3 * image_size * image_size
     if size > limit:
         raise DatasetError(
             f"imagefolder: {count} images of 3x{image_size}x{image_size} decode to {size:,} "
             f"bytes, more than the limit of {limit:,} bytes ({DATASET_MEMORY_SHARE:.0%} of this "
-            "process's memory limit; the rest is for training): lower image_size, use fewer "
-            "images or give the training pods more memory (memoryPerWorker)")
+            f"process's share of the memory limit; the rest is for training): {advice}")
 
 
 def _split_order(groups, classes: list[str], seed: int) -> tuple[list, np.ndarray, int]:
@@ -224,15 +229,18 @@ def _folder_fingerprint(prefix: str, listing: FolderListing, items: list,
 
 
 def load_imagefolder(store: Store, prefix: str, image_size: int, seed: int,
-                     max_decoded_bytes: int | None = None) -> DatasetBundle:
-    """The folder under ``prefix`` as a bundle (held-out split fixed by ``seed``)."""
+                     max_decoded_bytes: int | None = None,
+                     too_large: str = TOO_LARGE_ADVICE) -> DatasetBundle:
+    """The folder under ``prefix`` as a bundle (held-out split fixed by ``seed``); one that
+    would decode to more than ``max_decoded_bytes`` is refused first, ``too_large`` saying
+    what to do instead."""
     if max_decoded_bytes is None:
-        max_decoded_bytes = int(memory_limit_bytes() * DATASET_MEMORY_SHARE)
+        max_decoded_bytes = int(process_memory_bytes() * DATASET_MEMORY_SHARE)
     listing = imagefolder_keys(store, prefix)
     groups = imagefolder_layout(listing.keys, prefix)
     classes = sorted({cls for items in groups.values() for cls, _ in items})
     items, labels, n_train = _split_order(groups, classes, seed)
-    _decoded_size_check(len(items), image_size, max_decoded_bytes)
+    _decoded_size_check(len(items), image_size, max_decoded_bytes, too_large)
     # One array; the splits are views of it (the training split first).
     images = np.empty((len(items), 3, image_size, image_size), dtype=np.uint8)
     seen = _decode_all(store, items, listing, image_size, images)

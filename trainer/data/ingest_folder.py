@@ -10,7 +10,8 @@ Where the images came from (a path, or a URL without its credentials) is written
 The source is a local directory, or a ``.zip`` / ``.tar.gz`` (local path or http(s)
 URL) holding one; ``train/`` and ``test/`` folders of classes are kept as they are.
 Every image is decoded, by the trainer's own decoder, before anything is uploaded (a
-truncated JPEG fails here, not on every rank at every restart). A manifest of per-file
+truncated JPEG fails here, not on every rank at every restart), and one run names every
+file it cannot read (up to MAX_NAMED, then how many more). A manifest of per-file
 sha256 digests (a dot-file) goes last and makes re-runs a no-op. Objects are never
 deleted; the reader trains on exactly the files the manifest lists, so files removed from
 the source since an earlier ingest are ignored.
@@ -33,9 +34,10 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from trainer.contract.errors import IngestError, ObjectNotFound
-from trainer.contract.layout import manifest_key, source_key
+from trainer.contract.layout import IMAGE_SUFFIXES, is_image_name, manifest_key, source_key
+from trainer.data import pixels
 from trainer.data.download import fetch, redacted_url
-from trainer.data.imagefolder import check_image_name, decode_image, imagefolder_layout
+from trainer.data.imagefolder import imagefolder_layout
 from trainer.data.streaming.ingest import DEFAULT_SHARD_BYTES, shards_current, write_shards
 from trainer.store import Store
 
@@ -51,6 +53,8 @@ MAX_RATIO = 100
 RATIO_FLOOR_BYTES = 4 * 1024**2
 # Side length the ingest check decodes to: any size decodes the whole file.
 CHECK_SIZE = 32
+# Unreadable files an ingest names (then counts the rest): all of a few, a line of many.
+MAX_NAMED = 20
 
 
 def ingest_folder(store: Store, source: str, prefix: str = PREFIX, *, image_size: int = 32,
@@ -68,7 +72,7 @@ def ingest_folder(store: Store, source: str, prefix: str = PREFIX, *, image_size
         # stored dataset. Errors name the user's source, not the store's prefix.
         shown = redacted_url(source).rstrip("/") or source
         imagefolder_layout([f"{shown}/{r}" for r in rel], shown)
-        digests = [_checked_digest(path, name) for path, name in zip(files, rel)]
+        digests = _checked_digests(files, rel, shown)
         manifest = "".join(f"{d}  {r}\n" for d, r in zip(digests, rel)).encode()
         manifest_at = manifest_key(prefix)
         try:
@@ -216,12 +220,32 @@ def _untar(archive: Path, out: Path, limits: _Limits) -> None:
             tar.extract(info, out, filter="data")  # refuses links and paths outside `out`
 
 
-def _checked_digest(path: Path, name: str) -> str:
-    """The file's sha256, once it decodes with the trainer's own decoder."""
-    check_image_name(name)
-    data = path.read_bytes()
-    decode_image(data, CHECK_SIZE, name)
-    return hashlib.sha256(data).hexdigest()
+def _checked_digests(files: list[Path], rel: list[str], shown: str) -> list[str]:
+    """Every file's sha256, once each decodes with the trainer's own decoder; else one
+    IngestError naming the files that do not (MAX_NAMED of them, and how many more)."""
+    digests, unreadable = [], []
+    for path, name in zip(files, rel):
+        data = path.read_bytes()
+        reason = _unreadable(data, name)
+        if reason is not None:
+            unreadable.append(f"{name}: {reason}")
+        digests.append(hashlib.sha256(data).hexdigest())
+    if unreadable:
+        count = len(unreadable)
+        more = f"; and {count - MAX_NAMED} more" if count > MAX_NAMED else ""
+        what = ("1 file is not an image the trainer can read (remove or replace it" if count == 1
+                else f"{count} files are not images the trainer can read (remove or replace them")
+        raise IngestError(f"imagefolder source {shown!r}: {what}, then ingest again): "
+                          f"{'; '.join(unreadable[:MAX_NAMED])}{more}")
+    return digests
 
 
-
+def _unreadable(data: bytes, name: str) -> str | None:
+    """Why the file is no image the trainer can read; None when it is one."""
+    if not is_image_name(name):
+        return f"not an image file (allowed: {', '.join(IMAGE_SUFFIXES)})"
+    try:
+        pixels.to_pixels(data, (3, CHECK_SIZE, CHECK_SIZE))
+    except pixels.ImageError as e:
+        return e.reason
+    return None

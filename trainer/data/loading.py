@@ -47,10 +47,11 @@ def load_dataset(name: str, store: Store | None, *, prefix: str | None = None,
     ``cifar10`` and ``imagefolder`` read from ``store`` under ``prefix`` (default
     ``datasets/<name>``); ``digits`` and ``synthetic`` need no store. ``seed`` fixes
     every random choice (held-out splits, synthetic pixels). An imagefolder larger than
-    ``max_decoded_bytes`` decoded (default: trainer.data.imagefolder.DATASET_MEMORY_SHARE of the
-    memory limit) is refused before decoding, unless an ingest wrote it as shards at
-    ``image_size``: then it streams (a trainer.data.streaming.source.StreamedBundle) when
-    ``loading`` is 'stream', or 'auto' and it is larger than that.
+    ``max_decoded_bytes`` decoded (default: trainer.data.imagefolder.DATASET_MEMORY_SHARE of
+    this process's share of the memory limit, trainer.limits.memlimit.process_memory_bytes) is
+    refused before decoding, unless an ingest wrote it as shards at ``image_size``: then it
+    streams (a trainer.data.streaming.source.StreamedBundle) when ``loading`` is 'stream', or
+    'auto' and it is larger than that.
     """
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -76,19 +77,15 @@ def _load_imagefolder(store: Store, prefix: str, image_size: int, seed: int,
                       max_decoded_bytes: int | None, loading: str):
     """From the ingest's shards when there are some at ``image_size`` (in memory or
     streamed), else from the files (in memory)."""
-    from trainer.data.imagefolder import DATASET_MEMORY_SHARE, load_imagefolder
+    from trainer.data.imagefolder import DATASET_MEMORY_SHARE
     from trainer.data.streaming.source import open_sharded
-    from trainer.run.memlimit import memory_limit_bytes
+    from trainer.limits.memlimit import process_memory_bytes
 
     sharded = open_sharded(store, prefix, image_size)
     if sharded is None:
-        if loading == "stream":
-            raise DatasetError(f"data_loading: 'stream' needs {prefix} ingested as shards of "
-                               f"{image_size}px images: run `python -m trainer ingest --dataset "
-                               f"imagefolder --image-size {image_size} --source ...`")
-        return load_imagefolder(store, prefix, image_size, seed, max_decoded_bytes)
+        return _from_files(store, prefix, image_size, seed, max_decoded_bytes, loading)
     if max_decoded_bytes is None:
-        max_decoded_bytes = int(memory_limit_bytes() * DATASET_MEMORY_SHARE)
+        max_decoded_bytes = int(process_memory_bytes() * DATASET_MEMORY_SHARE)
     decoded = sharded.index.decoded_bytes()
     stream = loading == "stream" or (loading == "auto" and decoded > max_decoded_bytes)
     log.info(json.dumps({"event": "data", "dataset": prefix, "loading": "stream" if stream
@@ -101,6 +98,33 @@ def _load_imagefolder(store: Store, prefix: str, image_size: int, seed: int,
                            f"more than the {max_decoded_bytes:,} this process may hold: use "
                            "'auto' or 'stream', or give the pods more memory")
     return sharded.streamed() if stream else sharded.in_memory()
+
+
+def _from_files(store: Store, prefix: str, image_size: int, seed: int,
+                max_decoded_bytes: int | None, loading: str) -> DatasetBundle:
+    """No shards at ``image_size``: the files, decoded into memory if they fit this process's
+    share of it. Shards at another size are not resized to fit: their pixels are not what
+    trainer.data.pixels makes of the files at ``image_size``, which is what the app serves."""
+    from trainer.data.imagefolder import TOO_LARGE_ADVICE, load_imagefolder
+    from trainer.data.streaming.source import shard_image_sizes
+
+    ingest = (f"`python -m trainer ingest --dataset imagefolder --image-size {image_size} "
+              "--source ...`")
+    sizes = shard_image_sizes(store, prefix)
+    missing = f"{prefix}: no shards at {image_size}px" + (
+        f" (its shards are at {', '.join(f'{size}px' for size in sizes)})" if sizes else "")
+    if loading == "stream":
+        raise DatasetError(f"data_loading: 'stream', but {missing}: ingest it at that size: "
+                           f"{ingest}")
+    if not sizes:
+        return load_imagefolder(store, prefix, image_size, seed, max_decoded_bytes,
+                                f"{TOO_LARGE_ADVICE}; or ingest it to stream it: {ingest}")
+    log.warning("%s: decoding its files at %dpx into memory; to stream them, ingest at that "
+                "size: %s", missing, image_size, ingest)
+    return load_imagefolder(store, prefix, image_size, seed, max_decoded_bytes,
+                            f"{missing}: ingest it at that size to stream it ({ingest}), train "
+                            f"at {sizes[0]}px, or give the training pods more memory "
+                            "(memoryPerWorker)")
 
 
 class _Hashing(io.RawIOBase):

@@ -48,6 +48,8 @@ WIDE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 # Modes whose pixels cannot be averaged as they are (palette indices, 1-bit): converted
 # before shrinking, at full size (at most 4 bytes per pixel).
 UNREDUCIBLE = {"P": "RGB", "PA": "RGBA", "1": "L"}
+# The formats named to people (PIL reads a few more, but pictures come in these).
+READABLE = "PNG, JPEG, GIF, BMP, TIFF or WebP"
 # EXIF orientation -> the transpose that makes the picture upright.
 ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
@@ -56,7 +58,14 @@ ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180
 
 
 class ImageError(ValueError):
-    """The bytes are not a picture this function can turn into pixels (a client error)."""
+    """The bytes are not a picture this function can turn into pixels (a client error).
+
+    ``str()`` is said to whoever sent the picture (the app's users); ``reason`` only says
+    what is wrong with it (what an ingest says of a file in a folder it was given)."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class ImageTooLarge(ImageError):
@@ -146,8 +155,8 @@ class _open:
         except Image.DecompressionBombError as e:
             raise ImageTooLarge(f"image rejected as a decompression bomb: {e}") from None
         except UnidentifiedImageError:
-            raise ImageError("not an image format we can read "
-                             "(send a PNG, JPEG, GIF, BMP, TIFF or WebP)") from None
+            raise ImageError(f"not an image format we can read (send a {READABLE})",
+                             f"not in a format the trainer reads ({READABLE})") from None
         except Exception as e:  # noqa: BLE001  a decoder bug on a hostile header is bad input too
             raise ImageError(f"the image could not be decoded: {type(e).__name__}: {e}") from None
         width, height = self.image.size
@@ -251,5 +260,5 @@ def convert_mode(image: Image.Image, channels: int) -> Image.Image:
     except ImageError:
         raise
     except Exception as e:  # noqa: BLE001  whatever PIL refuses is the file's fault
-        raise ImageError(f"unsupported image mode {mode}: {type(e).__name__}: {e}; "
-                         "send an RGB or grayscale PNG/JPEG") from None
+        reason = f"unsupported image mode {mode}: {type(e).__name__}: {e}"
+        raise ImageError(f"{reason}; send an RGB or grayscale PNG/JPEG", reason) from None

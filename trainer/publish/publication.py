@@ -35,6 +35,7 @@ from trainer.contract.errors import MetaError, ObjectNotFound, PreconditionFaile
 from trainer.contract.layout import (
     METRICS_FILE,
     MODEL_FILE,
+    REFERENCE_FILE,
     VERSION_TIME_FORMAT,
     ModelKeys,
     version_name,
@@ -250,6 +251,7 @@ def write_version(store: Store, meta: VersionMeta, files: dict[str, bytes]) -> b
 
 def publish(store: Store, result: TrainingResult) -> str:
     from trainer.publish import figures
+    from trainer.publish.reference import build_reference
 
     identity, bundle, state = result.identity, result.bundle, result.state
     cfg, name = identity.config, identity.config.model_name
@@ -257,9 +259,14 @@ def publish(store: Store, result: TrainingResult) -> str:
     input_shape = tuple(bundle.test.images.shape[1:])
     metrics = VersionMetrics(epochs=state.history, confusion_matrix=state.confusion,
                              classes=list(bundle.classes), world_size=state.world_size)
+    served = served_model(result.model, cfg.recipe.test_flip)
+    reference = build_reference(served, bundle.test.images, bundle.test.labels,
+                                list(bundle.classes), bundle.mean, bundle.std,
+                                state.history[-1].test_acc, seed=cfg.seed)
     files = {
-        MODEL_FILE: export_program(served_model(result.model, cfg.recipe.test_flip), input_shape),
+        MODEL_FILE: export_program(served, input_shape),
         METRICS_FILE: metrics.to_json(),
+        REFERENCE_FILE: reference.to_json(),
         "curves.png": figures.curves_png(state.history, name),
         "confusion_matrix.png": figures.confusion_png(state.confusion, bundle.classes),
     }
@@ -270,7 +277,8 @@ def publish(store: Store, result: TrainingResult) -> str:
         classes=list(bundle.classes), input_size=list(input_shape), mean=list(bundle.mean),
         std=list(bundle.std), train_config=cfg.to_dict(), metrics=MetricsSummary.of(state.history),
         created_at=created_at(version), files=list(files), examples=list(examples),
-        data_fingerprint=identity.data_fingerprint, model_revision=identity.model_revision)
+        data_fingerprint=identity.data_fingerprint, model_revision=identity.model_revision,
+        reference=REFERENCE_FILE)
     moved = write_version(store, meta, {**files, **examples})
     log.info(json.dumps({"event": "published", "model": name, "version": version,
                          "run_id": identity.run_id, "latest_moved": moved,

@@ -1,3 +1,3 @@
 """One training run: ``train`` (load, resume, train every epoch, publish), ``loop`` (an
 epoch), ``checkpoint`` (the self-describing training state), ``distributed`` (env://),
-``stopping`` (signals), and the limits a pod gives a process (``cpus``, ``memlimit``)."""
+``stopping`` (signals)."""

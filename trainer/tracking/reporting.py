@@ -21,8 +21,8 @@ from trainer.contract.errors import MetaError, ObjectNotFound, TrainstackError
 from trainer.contract.layout import META_FILE, METRICS_FILE, ModelKeys
 from trainer.contract.progress import RunProgress
 from trainer.contract.schema import EpochRecord, VersionMeta, VersionMetrics
-from trainer.run.cpus import usable_cpus
-from trainer.run.memlimit import memory_limit_bytes
+from trainer.limits.cpus import usable_cpus
+from trainer.limits.memlimit import memory_limit_bytes
 from trainer.store import Store
 from trainer.tracking import tracker as tracking
 

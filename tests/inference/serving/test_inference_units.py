@@ -19,7 +19,7 @@ from inference.serving.predict import BadImage, decode
 from tests.inference.modelkit import MODEL_NAME, publish_version
 from trainer.contract.errors import MetaError
 from trainer.contract.schema import VersionMeta
-from trainer.run import cpus
+from trainer.limits import cpus
 from trainer.store import LocalStore
 
 

@@ -31,7 +31,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 CHECKOV = REPO_ROOT / ".venv-checkov" / "bin" / "checkov"
 DOCKERFILE = REPO_ROOT / "trainer" / "Dockerfile"
 AUTH_TOKEN = "checkov-scan-token-0123456789abcdef"  # as `pulumi config set --secret`
-# The MLflow server pinned by digest, as a GitOps or EKS user would (docs/operations.md).
+# The MLflow server pinned by digest, as a GitOps or EKS user would (docs/operations.md,
+# "Images").
 MLFLOW_IMAGE = "registry.example.com/mirror/mlflow:v3.17.2-full@sha256:" + "9f" * 32
 CONFIGS = {
     "cpu": PUSHED,
@@ -144,7 +145,7 @@ def test_every_skip_is_still_needed(scans):
 
 
 def test_every_skip_is_explained_to_operators():
-    docs = (REPO_ROOT / "docs" / "operations.md").read_text()
+    docs = (REPO_ROOT / "docs" / "security.md").read_text()
     section = docs.split("## What the policy scan skips", 1)[1].split("\n## ", 1)[0]
     for skip in SKIPS:
         assert skip.reason and f"`{skip.check}`" in section, skip.check

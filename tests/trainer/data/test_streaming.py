@@ -179,3 +179,41 @@ def test_a_reingest_with_fewer_images_leaves_no_stray_shard(sharded_store, tmp_p
     stored = {k for k in sharded_store.list(shards_prefix(PREFIX, SIZE)) if k.endswith(".tar")}
     assert stored == listed
     _stream_all(sharded_store)
+
+
+def test_the_ranks_of_one_pod_decide_memory_or_stream_on_their_share_of_its_memory(
+        sharded_store, monkeypatch):
+    """36 images of 3x8x8 decode to 6,912 bytes: a quarter of 40,000 holds them, a quarter of
+    half of it (two torchrun processes in the pod) does not."""
+    monkeypatch.setenv("TRAINSTACK_MEMORY_LIMIT_BYTES", "40000")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    alone = load_dataset("imagefolder", sharded_store, image_size=SIZE)
+    assert not isinstance(alone, StreamedBundle)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    shared = load_dataset("imagefolder", sharded_store, image_size=SIZE)
+    assert isinstance(shared, StreamedBundle)
+    with pytest.raises(DatasetError, match="more than the 5,000 this process may hold"):
+        load_dataset("imagefolder", sharded_store, image_size=SIZE, loading="memory")
+
+
+def test_training_at_a_size_the_shards_were_not_written_at_says_to_ingest_at_it(
+        sharded_store, monkeypatch, caplog):
+    """Shards at 8px, training at 16px: 36 files decode to 27,648 bytes. Past this process's
+    share of memory: one line saying to ingest at 16px, before anything is decoded."""
+    monkeypatch.setenv("TRAINSTACK_MEMORY_LIMIT_BYTES", "40000")
+    with pytest.raises(DatasetError) as refused:
+        load_dataset("imagefolder", sharded_store, image_size=16)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "no shards at 16px (its shards are at 8px)" in message, message
+    assert "python -m trainer ingest --dataset imagefolder --image-size 16" in message, message
+    with pytest.raises(DatasetError, match=r"data_loading: 'stream', but datasets/imagefolder: "
+                                           r"no shards at 16px \(its shards are at 8px\)"):
+        load_dataset("imagefolder", sharded_store, image_size=16, loading="stream")
+    # Within it, the files are decoded at 16px, and the log says streaming needs an ingest.
+    monkeypatch.setenv("TRAINSTACK_MEMORY_LIMIT_BYTES", str(1 << 30))
+    bundle = load_dataset("imagefolder", sharded_store, image_size=16)
+    assert tuple(bundle.train.images.shape[1:]) == (3, 16, 16)
+    assert "no shards at 16px (its shards are at 8px): decoding its files" in caplog.text

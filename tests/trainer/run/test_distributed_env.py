@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from trainer.contract.config import ConfigError
+from trainer.limits.cpus import cgroup_cpu_quota, usable_cpus
 from trainer.run import distributed
-from trainer.run.cpus import cgroup_cpu_quota, usable_cpus
 from trainer.run.distributed import DistEnv, configure_cpu_threads
 
 

@@ -33,12 +33,13 @@ from trainer.contract.errors import DatasetError
 FORMAT = "trainstack-shards/1"
 SPLITS = ("train", "test")
 INDEX_NAME = "index.json"
+SHARDS_FOLDER = ".shards"
 _SHARD_NAME = re.compile(r"^(train|test)-\d{5}\.tar$")
 
 
 def shards_prefix(prefix: str, image_size: int) -> str:
     """The folder of ``prefix``'s shards decoded at ``image_size`` pixels."""
-    return f"{prefix}/.shards/{image_size}px/"
+    return f"{prefix}/{SHARDS_FOLDER}/{image_size}px/"
 
 
 def index_key(prefix: str, image_size: int) -> str:

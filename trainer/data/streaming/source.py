@@ -21,6 +21,8 @@ from trainer.data import pixels
 from trainer.data.dataset import DatasetBundle, Split
 from trainer.data.streaming.cache import ShardCache, cache_budget
 from trainer.data.streaming.format import (
+    INDEX_NAME,
+    SHARDS_FOLDER,
     SPLITS,
     ShardIndex,
     index_key,
@@ -123,6 +125,16 @@ class StreamedBundle:
     std: tuple[float, ...]
     fingerprint: str
     sharded: ShardedDataset
+
+
+def shard_image_sizes(store: Store, prefix: str) -> list[int]:
+    """The image sizes an ingest wrote ``prefix``'s shards at (those with an index)."""
+    sizes = set()
+    for key in store.list(f"{prefix}/{SHARDS_FOLDER}/"):
+        size, _, name = key[len(prefix) + len(SHARDS_FOLDER) + 2:].partition("/")
+        if name == INDEX_NAME and size.endswith("px") and size[:-2].isdigit():
+            sizes.add(int(size[:-2]))
+    return sorted(sizes)
 
 
 def open_sharded(store: Store, prefix: str, image_size: int) -> ShardedDataset | None:
