@@ -9,7 +9,10 @@ Rooms, lowest first (a room imports only rooms before it in this list):
 - ``data``: dataset readers, the one pixels function, augmentation, download and ingest,
   ``data.streaming`` for datasets larger than memory.
 - ``models``: the model zoo.
-- ``run``: the training run itself (loop, checkpoints, distributed setup), and above it
-  ``publish`` (a trained run as a published version) and ``tracking`` (the progress record
-  and MLflow), which read run.checkpoint's training state; run.train drives them both.
+- ``state``: the training state and its checkpoints.
+- ``publish``: a trained run as a published version (program, meta.json, reference,
+  figures, latest.json last).
+- ``tracking``: the progress record and MLflow.
+- ``run``: the training run itself (loop, mid-epoch checkpoints, distributed setup,
+  signals), which drives all of the above.
 """

@@ -43,7 +43,7 @@ from trainer.contract.layout import (
 from trainer.contract.records import Latest, SequenceCounter, VersionClaim
 from trainer.contract.schema import MetricsSummary, VersionMeta, VersionMetrics
 from trainer.models.zoo import served_model
-from trainer.run.checkpoint import TrainingState
+from trainer.state.checkpoint import TrainingState
 from trainer.store import Store
 
 log = logging.getLogger(__name__)
