@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 from inference.edge.listening import ServeError, listen
 from trainer.contract.config import BENCHMARK_DATASETS, DATASETS, MODELS, TrainConfig
+from trainer.contract.datasets import DATASET_LABEL_RULE, FOLDER_KIND, folder_dataset_name
 from trainer.contract.errors import ConfigError
-from trainer.contract.layout import DATASET_LABEL_RULE, FOLDER_KIND, folder_dataset_name
 
 log = logging.getLogger("make demo")
 

@@ -73,7 +73,8 @@ def png(image: np.ndarray) -> bytes:
 
 
 def pictures(args: argparse.Namespace, dataset: str, shape: list[int]) -> np.ndarray:
-    from trainer.contract.layout import dataset_kind, dataset_prefix
+    from trainer.contract.datasets import dataset_kind
+    from trainer.contract.layout import dataset_prefix
     from trainer.data.loading import load_dataset
     from trainer.store import open_store
 

@@ -18,8 +18,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from trainer.contract.datasets import dataset_name_problem
 from trainer.contract.errors import ConfigError
-from trainer.contract.layout import dataset_name_problem, dataset_prefix, model_name
+from trainer.contract.layout import dataset_prefix, model_name
 
 # The single source of these names: trainer.data.loading, trainer.models.zoo and infra import them.
 DATASETS = ("cifar10", "imagefolder", "digits", "synthetic")

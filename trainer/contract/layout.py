@@ -23,7 +23,7 @@ metrics/<name>/monitoring/reports/<version>/<check>.json    each drift check's r
 ``<name>`` is :func:`model_name` (``<model>-<dataset>``); ``<version>`` is
 :func:`version_name` (``<UTC %Y%m%dT%H%M%SZ>-<run_id>``). ``<dataset>`` is the dataset's
 name: its kind (``cifar10``, ``digits``, ``imagefolder``: the stack's one image folder), or
-``imagefolder-<label>`` for each image folder of its own (:func:`folder_dataset_name`;
+``imagefolder-<label>`` for each image folder of its own (trainer.contract.datasets;
 `make demo` names one after its folder). Stores written before named image folders hold
 ``imagefolder`` only, and read as they are.
 """
@@ -76,10 +76,6 @@ CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 MANIFEST_NAME = ".manifest.sha256"
 # Written before the manifest: where an image folder's files came from, without credentials.
 SOURCE_NAME = ".source"
-FOLDER_KIND = "imagefolder"
-DATASET_LABEL_RULE = ("1-40 characters of a-z, 0-9 and '-', starting and ending with a letter "
-                      "or digit")
-_DATASET_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 # Published versions
@@ -143,33 +139,6 @@ def bucket_names(prefix: str = "", buckets: tuple[str, ...] = BUCKETS) -> dict[s
 def model_name(model: str, dataset: str) -> str:
     """``<model>-<dataset>``: the folder of a model's runs and versions, and what the app serves."""
     return f"{model}-{dataset}"
-
-
-def folder_dataset_name(label: str) -> str:
-    """``imagefolder-<label>``: an image folder's own dataset name (ValueError if the label
-    breaks DATASET_LABEL_RULE)."""
-    if not isinstance(label, str) or not _DATASET_LABEL.fullmatch(label):
-        raise ValueError(f"dataset label {label!r}: allowed: {DATASET_LABEL_RULE}")
-    return f"{FOLDER_KIND}-{label}"
-
-
-def dataset_kind(name: str) -> str:
-    """The kind of the dataset named ``name``: ``imagefolder`` for ``imagefolder-<label>``,
-    else the name itself (every other kind's one name)."""
-    return FOLDER_KIND if name.startswith(f"{FOLDER_KIND}-") else name
-
-
-def dataset_name_problem(kind: str, name: str) -> str | None:
-    """Why ``name`` cannot name a dataset of ``kind`` (None: it can). Every kind's name is
-    the kind itself; an image folder may also have its own (:func:`folder_dataset_name`)."""
-    if name == kind:
-        return None
-    if kind != FOLDER_KIND:
-        return f"a {kind} dataset is named {kind!r}; only imagefolder datasets have names of their own"
-    label = name[len(FOLDER_KIND) + 1:] if name.startswith(f"{FOLDER_KIND}-") else None
-    if label is None or not _DATASET_LABEL.fullmatch(label):
-        return f"expected 'imagefolder' or 'imagefolder-<label>', <label> {DATASET_LABEL_RULE}"
-    return None
 
 
 def version_name(timestamp: str, run_id: str) -> str:

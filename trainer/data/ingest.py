@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from trainer.contract.config import CIFAR10_URL
+from trainer.contract.datasets import dataset_name_problem
 from trainer.contract.errors import IngestError, ObjectNotFound
-from trainer.contract.layout import cifar10_key, dataset_name_problem, dataset_prefix
+from trainer.contract.layout import cifar10_key, dataset_prefix
 from trainer.data import cifar
 from trainer.data.download import CHUNK, fetch, redacted_url
 from trainer.store import Store

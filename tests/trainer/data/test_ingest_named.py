@@ -11,8 +11,9 @@ import pytest
 
 from tests.trainer.image_trees import image_tree
 from trainer.contract.config import RunIdentity, TrainConfig
+from trainer.contract.datasets import folder_dataset_name
 from trainer.contract.errors import ConfigError, IngestError
-from trainer.contract.layout import SOURCE_NAME, folder_dataset_name
+from trainer.contract.layout import SOURCE_NAME
 from trainer.data.imagefolder import load_imagefolder
 from trainer.data.ingest import ingest
 from trainer.data.ingest_folder import PREFIX, source_origin
