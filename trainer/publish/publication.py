@@ -273,7 +273,7 @@ def publish(store: Store, result: TrainingResult) -> str:
     examples = {f"examples/{file_name}": png for file_name, png
                 in figures.example_pngs(bundle.test, bundle.classes, EXAMPLES_PER_CLASS)}
     meta = VersionMeta(
-        model=cfg.model, dataset=cfg.dataset, version=version, run_id=identity.run_id,
+        model=cfg.model, dataset=cfg.resolved_dataset_name, version=version, run_id=identity.run_id,
         classes=list(bundle.classes), input_size=list(input_shape), mean=list(bundle.mean),
         std=list(bundle.std), train_config=cfg.to_dict(), metrics=MetricsSummary.of(state.history),
         created_at=created_at(version), files=list(files), examples=list(examples),

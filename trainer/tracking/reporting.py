@@ -136,7 +136,7 @@ class RunReporter:
         tracker = self.tracker
         try:
             record = RunProgress(
-                run_id=self.run_id, model=self.cfg.model, dataset=self.cfg.dataset,
+                run_id=self.run_id, model=self.cfg.model, dataset=self.cfg.resolved_dataset_name,
                 state=state, epoch=epoch, epochs=self.cfg.epochs, world_size=self.world_size,
                 started_at=self._started_at_value(), updated_at=self.clock(),
                 history=list(history), version=version,
