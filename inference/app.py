@@ -29,6 +29,7 @@ from inference.edge.auth import (
     LoginTitleMiddleware,
     check_token,
     gradio_login,
+    gradio_session,
 )
 from inference.edge.bodies import MULTIPART_OVERHEAD, BodyReader, BoundedBodies, UploadLimits
 from inference.edge.uploads import UploadCache, keep_uploads_under
@@ -226,7 +227,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     # Every other body (Gradio's routes) within the same limits, from the same budget; the
     # upload cache trimmed as soon as an upload is answered (inference.edge.uploads).
     app.add_middleware(BoundedBodies, reader=bodies, own_paths=READS_ITS_OWN_BODY,
-                       after=uploads.trim)
+                       after=uploads.trim, signed_in=gradio_session(app) if token else None)
     if token:
         # The FastAPI app's own routes (the API, /docs, /openapi.json), not Gradio's mount.
         api_paths = {route.path.rstrip("/") for route in [*router.routes, *app.routes]

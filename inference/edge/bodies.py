@@ -130,22 +130,43 @@ def has_body(scope: dict) -> bool:
     return False
 
 
+# With an access token, a browser that has not signed in may send only small bodies (the
+# login form), from a small budget of their own: it never takes the shared one from users.
+GUEST_LIMITS = UploadLimits(max_bytes=64 * 1024, memory_bytes=2 * 2**20,
+                            idle_timeout_s=10.0, read_timeout_s=30.0)
+
+
+class GuestReader(BodyReader):
+    """The guests' reader: a body too big for a guest is a request to sign in first."""
+
+    def _too_large(self) -> UploadRefused:
+        return UploadRefused(401, "unauthorized", "sign in to the app first: before that, "
+                             f"requests may send at most {self.limits.max_bytes // 1024} KiB")
+
+
 class BoundedBodies:
     """Pure ASGI middleware: each body reaches the app whole, read by ``reader`` (see the
     module docstring), except on ``own_paths``, whose routes read theirs with it themselves.
-    ``after`` runs once each such request is answered (the upload cache's trim)."""
+    ``after`` runs once each such request is answered (the upload cache's trim). With
+    ``signed_in`` (an access token is set), a request it says is not signed in is read by
+    a guest reader within GUEST_LIMITS instead."""
 
     def __init__(self, app: Any, reader: BodyReader, own_paths: frozenset[str],
-                 after: Callable[[], Any] = lambda: None):
+                 after: Callable[[], Any] = lambda: None,
+                 signed_in: Callable[[dict], bool] | None = None):
         self.app, self.reader, self.own_paths, self.after = app, reader, own_paths, after
+        self.signed_in = signed_in
+        self.guests = GuestReader(GUEST_LIMITS)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if (scope["type"] != "http" or not has_body(scope)
                 or scope["path"].rstrip("/") in self.own_paths):
             await self.app(scope, receive, send)
             return
+        reader = (self.reader if self.signed_in is None or self.signed_in(scope)
+                  else self.guests)
         try:
-            async with self.reader.body(Request(scope, receive)) as body:
+            async with reader.body(Request(scope, receive)) as body:
                 await self.app(scope, replay(body, receive), send)
         except UploadRefused as e:
             await JSONResponse({"error": e.code, "detail": e.detail}, status_code=e.status,

@@ -144,3 +144,31 @@ def test_images_sent_inline_to_gradios_api_leave_no_file_behind(local_store, tmp
             assert f'"label": "{colour}"' in predict_data_url(base, colour, seed)
         # Before: one file per call, in no sweep's list: still there after shutdown.
         assert folder_bytes(folder) == 0, [str(p) for p in folder.rglob("*")]
+
+
+TOKEN = "gradio-uploads-token-0123456789abcdef0123"
+
+
+def test_with_a_token_callers_not_signed_in_cannot_take_the_users_budget(local_store,
+                                                                          tmp_path,
+                                                                          monkeypatch):
+    """Bodies are read before Gradio checks its login: without a guest budget of their own,
+    two stalled uploads from nobody in particular held the budget and a signed-in user's
+    upload got 503."""
+    publish_version(local_store, V1)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    with server(local_store.url, tmp_path, max_upload_mb=MAX_UPLOAD_MB,
+                upload_memory_mb=BUDGET_MB, upload_idle_timeout_s=2.0,
+                auth_token=TOKEN) as (port, base, _pid):
+        stalled = [start_stalled_upload(port, STALLED_BYTES, sent=500_000) for _ in range(2)]
+        with httpx.Client(base_url=base, timeout=120) as user:
+            login = user.post("/login", data={"username": "me", "password": TOKEN})
+            assert login.status_code == 200, login.text
+            answer = user.post("/gradio_api/upload",
+                               files={"files": ("mine.png", os.urandom(UPLOAD_BYTES))})
+            assert answer.status_code == 200, answer.text
+        # A guest's big body: sign in first (before reading it), not a slot of the budget.
+        assert [status_of(sock) for sock in stalled] == [401, 401]
+        anonymous = httpx.post(f"{base}/gradio_api/upload", timeout=60,
+                               files={"files": ("x.png", os.urandom(UPLOAD_BYTES))})
+        assert anonymous.status_code == 401 and "sign in" in anonymous.json()["detail"]
