@@ -1,4 +1,5 @@
-"""trainstack trainer: `python -m trainer {buckets,ingest,train}` and `python -m trainer.launch`.
+"""trainstack trainer: `python -m trainer {buckets,ingest,train,promote,retrain}` and
+`python -m trainer.launch`.
 
 Rooms, lowest first (a room imports only rooms before it in this list):
 
@@ -12,4 +13,8 @@ Rooms, lowest first (a room imports only rooms before it in this list):
 - ``run``: the training run itself (loop, checkpoints, distributed setup), and above it
   ``publish`` (a trained run as a published version) and ``tracking`` (the progress record
   and MLflow), which read run.checkpoint's training state; run.train drives them both.
+  ``publish.gate`` is the promotion gate, ``publish.promote`` a person's promotion.
+- ``retrain``: the retrain CronJob's command (the training job it creates through the
+  Kubernetes API, one retrain of a model at a time); it reads ``publish.latest`` and
+  never imports ``run``.
 """

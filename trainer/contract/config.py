@@ -20,6 +20,7 @@ from typing import Any
 
 from trainer.contract.errors import ConfigError
 from trainer.contract.layout import model_name
+from trainer.contract.retrain import DRIFT, REASONS, RETRAIN_ID_RULE, RetrainTrigger, is_retrain_id
 
 # The single source of these names: trainer.data.loading, trainer.models.zoo and infra import them.
 DATASETS = ("cifar10", "imagefolder", "digits", "synthetic")
@@ -68,8 +69,11 @@ MIN_IMAGE_SIZE = {"fastcifar": 2}
 # Fields that only change how a run is carried out, not its result: left out of run_id.
 # precision follows the hardware (like the world size), so a run can move between node kinds.
 # data_loading: memory and stream train on the same samples in the same order.
+# retrain_reason, retrain_report: why a retrain trained the run, not what it trained.
 OPERATIONAL_FIELDS = ("log_every", "precision", "keep_checkpoints", "compile", "data_loading",
-                      "checkpoint_every_steps")
+                      "checkpoint_every_steps", "retrain_reason", "retrain_report")
+# Defining only when set: every run before retrains existed keeps its run_id.
+RETRAIN_FIELDS = ("retrain_id",)
 PRECISIONS = ("auto", "fp32", "bf16")
 DATA_LOADINGS = ("auto", "memory", "stream")
 
@@ -132,6 +136,15 @@ class TrainConfig:
     checkpoint_every_steps: int = 500
     """Steps between mid-epoch checkpoints, which hold the exact position in the epoch
     (0: at the end of each epoch only). Not part of the run's identity."""
+    retrain_id: str = ""
+    """A retrain's id (``python -m trainer retrain`` sets it, trainer.contract.retrain): the
+    same config on the same data trained again is a new run. '' for every other run."""
+    retrain_reason: str = ""
+    """Why the retrain started: schedule, drift or person ('' without retrain_id). Not part
+    of the run's identity."""
+    retrain_report: str = ""
+    """The store key of the drift report that triggered the retrain. Not part of the run's
+    identity."""
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
@@ -154,6 +167,7 @@ class TrainConfig:
         _check_float("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         _check_float("weight_decay", self.weight_decay, low=0.0)
         self._check_recipe_fields()
+        self._check_retrain_fields()
         if self.data_prefix is not None and not isinstance(self.data_prefix, str):
             raise ConfigError(f"data_prefix: must be a string, got {self.data_prefix!r}")
         smallest = MIN_IMAGE_SIZE.get(self.model, 1)
@@ -181,6 +195,26 @@ class TrainConfig:
         if self.warmup != AUTO and self.recipe.schedule == "cosine":
             raise ConfigError("warmup: the cosine schedule has no warm-up; use onecycle or "
                               "linear, or leave warmup 'auto'")
+
+    def _check_retrain_fields(self) -> None:
+        if self.retrain_id and not is_retrain_id(self.retrain_id):
+            raise ConfigError(f"retrain_id: {self.retrain_id!r} is not allowed; use "
+                              f"{RETRAIN_ID_RULE}")
+        if self.retrain_id:
+            _check_choice("retrain_reason", self.retrain_reason, REASONS)
+        elif self.retrain_reason or self.retrain_report:
+            raise ConfigError("retrain_reason, retrain_report: set only with retrain_id")
+        if not isinstance(self.retrain_report, str) or (
+                self.retrain_report and self.retrain_reason != DRIFT):
+            raise ConfigError("retrain_report: the store key of a drift report, set only "
+                              "when retrain_reason is drift")
+
+    @property
+    def retrain(self) -> RetrainTrigger | None:
+        """Why a retrain trains this run (None for any other run)."""
+        if not self.retrain_id:
+            return None
+        return RetrainTrigger(self.retrain_id, self.retrain_reason, self.retrain_report)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -217,6 +251,9 @@ class TrainConfig:
         defining["augment"] = self.resolved_augment
         for key in LATER_RECIPE_FIELDS:
             if defining[key] == getattr(DEFAULT_RECIPE, key):
+                del defining[key]
+        for key in RETRAIN_FIELDS:
+            if not defining[key]:
                 del defining[key]
         return defining
 
