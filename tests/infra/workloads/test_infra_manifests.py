@@ -45,10 +45,15 @@ CONFIGS = {
     "rendered-external": RENDERED_EXTERNAL,
     "fenced": {**PUSHED, "networkPolicy": "ingress-egress", "inferenceServiceType": "ClusterIP",
                "inferenceIngressNamespace": "ingress-nginx", "inferenceAuthToken": AUTH_TOKEN},
+    # Retraining (issue 30): the CronJobs, their Role, the manifest ConfigMap.
+    "retrain": {**EXTERNAL_KEYS, "dataset": "imagefolder",
+                "datasetSource": "https://example.com/photos.tar.gz",
+                "retrainSchedule": "30 2 * * MON-FRI", "monitoring": "prometheus-operator",
+                "retrainOnDrift": "true", "promotionTolerance": "0.5"},
 }
 # The same configurations on Kubeflow Trainer v2 (a TrainJob on the stack's runtime).
 CONFIGS.update({f"{name}-trainjob": {**CONFIGS[name], "trainingApi": "trainjob"}
-                for name in ("gpu", "single", "external-keys", "rendered", "fenced")})
+                for name in ("gpu", "single", "external-keys", "rendered", "fenced", "retrain")})
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
