@@ -45,9 +45,10 @@ def account_kubeconfig(cp: ControlPlane, namespace: str, path: Path) -> Path:
     return path
 
 
-def retrain_by_hand(cp: ControlPlane, namespace: str, job: str) -> dict[str, Any]:
+def retrain_by_hand(cp: ControlPlane, namespace: str, job: str, cronjob: str = CRONJOB
+                    ) -> dict[str, Any]:
     """`kubectl create job --from=cronjob/trainstack-retrain <job>`; returns the Job."""
-    cp.kubectl("create", "job", f"--from=cronjob/{CRONJOB}", job, "-n", namespace)
+    cp.kubectl("create", "job", f"--from=cronjob/{cronjob}", job, "-n", namespace)
     return cp.get("job", job, "-n", namespace)
 
 

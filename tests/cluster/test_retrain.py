@@ -3,11 +3,12 @@
 PyTorchJob owned by the CronJob, whose pods the real Training Operator made, run here as
 local processes, train and publish through the promotion gate; a second retrain by hand
 while the first trains trains nothing; deleting the CronJob (as `pulumi destroy` does)
-removes every Job, training job and pod it made."""
+removes every Job, training job and pod it made. The drift CronJob starts a retrain when
+the served version's newest drift checks found drift, once per report, naming it."""
 
 from __future__ import annotations
 
-from infra.workloads.retrain import CRONJOB
+from infra.workloads.retrain import CRONJOB, DRIFT_CRONJOB
 from tests.cluster.retrain_kit import (
     JOB_LABEL,
     account_kubeconfig,
@@ -33,6 +34,7 @@ from tests.infra.render import render
 from tests.testkit import WAIT_S, stop
 from tests.trainer.trainer_procs import events
 from trainer.contract.layout import ModelKeys
+from trainer.contract.monitoring import DriftReport
 from trainer.contract.retrain import FINISHED, SKIPPED, RetrainRecord
 from trainer.contract.schema import VersionMeta
 
@@ -41,6 +43,15 @@ MODEL = "smallcnn-digits"
 # Never due while the test runs (January 1st, 03:00 UTC): only retrains by hand.
 CONFIG = {**PYTORCHJOB, "namespace": NAMESPACE, "epochs": "2",
           "retrainSchedule": "0 3 1 1 *"}
+
+
+def drift_report(s3_store, version: str, minute: int) -> str:
+    """A drift check of ``version`` that found drift, as the app writes it."""
+    key = ModelKeys(MODEL).report(version, f"20261207T12{minute:02d}00000000Z-app-0")
+    s3_store.put_bytes(key, DriftReport(
+        model=MODEL, version=version, checked_at="2026-12-07T12:00:00Z", n=256, drift=True,
+        estimated_accuracy=0.5, test_accuracy=0.9, alpha=0.01, tests={}).to_json())
+    return key
 
 
 def records(s3_store) -> dict[str, RetrainRecord]:
@@ -107,10 +118,40 @@ def test_a_retrain_by_hand_trains_a_run_owned_by_the_cronjob(storage, s3_store, 
     assert found["retrain-by-hand-1"].training_job == name
     assert found["retrain-by-hand-2"].state == SKIPPED
 
-    # 5. `pulumi destroy` deletes the CronJob: every Job, training job and pod it made goes.
-    delete_as_pulumi(cp, rendering.objects[f"CronJob/{CRONJOB}"])
+    # 5. Drift: two drift checks in a row of the served version start a retrain, once.
+    drift = render({**CONFIG, "monitoring": "prometheus-operator", "retrainOnDrift": "true",
+                    "driftAlertWindows": "2"})
+    cp.apply([drift.objects[f"CronJob/{DRIFT_CRONJOB}"]])
+    report = [drift_report(s3_store, done["version"], minute) for minute in (1, 2)][-1]
+    cluster = local_cluster(drift, tmp_path / "pods-drift", s3_endpoint)
+    retrain_by_hand(cp, NAMESPACE, "drift-check-1", DRIFT_CRONJOB)
+    check = retrain_process(cluster, job_pod(cp, NAMESPACE, "drift-check-1"), kubeconfig)
+    running = check.start(logs)
+    try:
+        made = cp.wait_for("the drift retrain's PyTorchJob", lambda: [
+            j for j in training_jobs(cp, NAMESPACE, "pytorchjob", MODEL)
+            if j["metadata"]["name"] != name], timeout_s=WAIT_S, namespace=NAMESPACE)[0]
+        command = made["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"][
+            "containers"][0]["command"]
+        assert command[-4:] == ["--retrain-reason", "drift", "--retrain-report", report]
+        pods_succeeded(cp, NAMESPACE, operator_pods(cp, NAMESPACE, made["metadata"]["name"], 2))
+        assert running.wait(timeout=WAIT_S) == 0, log_of(logs, check)
+    finally:
+        stop([running])
+    assert records(s3_store)["drift-check-1"].report == report
+    retrain_by_hand(cp, NAMESPACE, "drift-check-2", DRIFT_CRONJOB)  # the same reports again
+    again = retrain_process(cluster, job_pod(cp, NAMESPACE, "drift-check-2"), kubeconfig)
+    assert again.start(logs).wait(timeout=WAIT_S) == 0, log_of(logs, again)
+    assert f"report {report} started retrain" in log_of(logs, again)
+    assert len(training_jobs(cp, NAMESPACE, "pytorchjob", MODEL)) == 2
+
+    # 6. `pulumi destroy` deletes the CronJobs: every Job, training job and pod they made goes.
+    for cronjob_name in (CRONJOB, DRIFT_CRONJOB):
+        delete_as_pulumi(cp, drift.objects[f"CronJob/{cronjob_name}"])
+    jobs = "retrain-by-hand-1,retrain-by-hand-2,drift-check-1,drift-check-2"
     cp.wait_for("the retrains' jobs and pods to be gone", lambda: gone(
-        cp, NAMESPACE, ("jobs", f"{JOB_LABEL} in (retrain-by-hand-1,retrain-by-hand-2)"),
-        ("pods", f"{JOB_LABEL} in (retrain-by-hand-1,retrain-by-hand-2)"),
+        cp, NAMESPACE, ("jobs", f"{JOB_LABEL} in ({jobs})"), ("pods", f"{JOB_LABEL} in ({jobs})"),
         ("pytorchjob", f"retrain.trainstack.io/model={MODEL}"),
-        ("pods", f"{PYTORCHJOB_LABEL}={name}")), timeout_s=WAIT_S, namespace=NAMESPACE)
+        ("pods", f"{PYTORCHJOB_LABEL}={name}"),
+        ("pods", f"{PYTORCHJOB_LABEL}={made['metadata']['name']}")),
+        timeout_s=WAIT_S, namespace=NAMESPACE)
