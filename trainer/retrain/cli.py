@@ -139,6 +139,14 @@ def _holder_running(cluster: Cluster):
 def retrain(args, store, cluster: Cluster, manifest: RetrainManifest, origin, trigger) -> None:
     requested = origin.created.strftime("%Y-%m-%dT%H:%M:%SZ")
     records = Records(store, manifest.name, trigger, origin.name, requested)
+    before = records.ended()
+    if before is not None:  # the pod restarted after its retrain ended: report it again
+        log.info("retrain %s of %s ended already: %s (%s)", trigger.id, manifest.name,
+                 before.state, before.message)
+        if before.state == FAILED:
+            raise RetrainError(f"retrain {trigger.id} of {manifest.name} failed: "
+                               f"{before.message}")
+        return
     slot = Slot(store, manifest.name, trigger.id, origin.name, _holder_running(cluster))
     holder = slot.take()
     if holder is not None:

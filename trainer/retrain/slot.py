@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from trainer.contract.errors import MetaError, ObjectNotFound, PreconditionFailed, TrainstackError
 from trainer.contract.layout import ModelKeys
-from trainer.contract.retrain import STARTING, RetrainRecord, RetrainSlot, RetrainTrigger
+from trainer.contract.retrain import ENDED, STARTING, RetrainRecord, RetrainSlot, RetrainTrigger
 from trainer.store import Store
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,15 @@ class Records:
         self.record = RetrainRecord(id=trigger.id, name=name, reason=trigger.reason,
                                     state=STARTING, requested_at=requested_at,
                                     updated_at=utc_now(), job=job, report=trigger.report)
+
+    def ended(self) -> RetrainRecord | None:
+        """This retrain's record when an earlier run of its pod saw it end (a restart after
+        its training job ended: nothing is done again)."""
+        try:
+            found = RetrainRecord.from_json(self.store.get_bytes(self.key))
+        except (ObjectNotFound, MetaError):
+            return None
+        return found if found.state in ENDED else None
 
     def write(self, state: str, message: str, **fields: str) -> None:
         self.record = dataclasses.replace(self.record, state=state, message=message,

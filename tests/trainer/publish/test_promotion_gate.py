@@ -162,3 +162,22 @@ def test_a_changed_dataset_has_the_served_version_evaluated_on_the_new_split(loc
                                                      verdict.tolerance) else "candidate")
     served = latest(local_store, name).version
     assert served == (second if verdict.decision == "promoted" else first)
+
+
+def test_a_version_judged_against_a_replaced_one_is_not_moved_to(local_store):
+    """Two publications at once: B and C were both compared with A; C moved first. B,
+    published after C (a higher sequence), would have moved under the old rule; it was
+    never compared with C, so latest.json stays on C and B waits for a person."""
+    from tests.inference.modelkit import MODEL_NAME, publish_version
+    from trainer.contract.promotion import PROMOTED, Promotion
+
+    def passed(against: str) -> Promotion:
+        return Promotion(PROMOTED, "a test's verdict", against=against, candidate_acc=0.9,
+                         current_acc=0.9, split="sha256:colours")
+
+    a = publish_version(local_store, "20261207T100000Z", promotion=passed(""))
+    c = publish_version(local_store, "20261207T100002Z", promotion=passed(a))
+    b = publish_version(local_store, "20261207T100001Z", promotion=passed(a))
+    b_meta = meta(local_store, b, MODEL_NAME)
+    assert b_meta.sequence > meta(local_store, c, MODEL_NAME).sequence
+    assert latest(local_store, MODEL_NAME).version == c

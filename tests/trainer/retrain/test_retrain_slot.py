@@ -84,3 +84,18 @@ def test_a_released_holder_cannot_release_its_successor(store):
 def test_a_damaged_slot_holds_nobody(store):
     store.put_bytes(ModelKeys(NAME).retrain_slot, b"{not json")
     assert slot(store, "20261207T120000Z-aaaaaa").take() is None
+
+
+def test_a_restarted_retrain_pod_sees_its_retrain_ended_and_does_nothing_again(store):
+    from trainer.contract.retrain import FAILED, TRAINING, RetrainTrigger
+    from trainer.retrain.slot import Records
+
+    trigger = RetrainTrigger("20261207T120000Z-aaaaaa", "schedule")
+    records = Records(store, NAME, trigger, "job-a", "2026-12-07T12:00:00Z")
+    assert records.ended() is None
+    records.write(TRAINING, "PyTorchJob retrain-x created", training_job="retrain-x")
+    assert records.ended() is None
+    records.write(FAILED, "PyTorchJob failed: BackoffLimitExceeded")
+    again = Records(store, NAME, trigger, "job-a", "2026-12-07T12:00:00Z")  # a new pod
+    ended = again.ended()
+    assert ended.state == FAILED and ended.training_job == "retrain-x"
