@@ -24,9 +24,8 @@ from infra.exports import stack_exports
 from infra.monitoring.component import Monitoring, MonitoringArgs
 from infra.operators.trainer_v2 import TrainerV2, TrainerV2Args
 from infra.operators.training_operator import TrainingOperator, TrainingOperatorArgs
-from infra.security import rotation
 from infra.security.fences import FencesArgs, Flow, NetworkFences, OutsideFlow, service_namespace
-from infra.workloads import pod
+from infra.workloads import pod, rotation
 from infra.workloads.buckets import (
     STORE_SECRET,
     Buckets,

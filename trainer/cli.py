@@ -18,8 +18,10 @@ from trainer.store import STORE_ENV, open_store
 log = logging.getLogger(__name__)
 
 # train flags that map onto TrainConfig keys (flag --batch-size -> key batch_size)
-TRAIN_FLAGS = ("dataset", "model", "epochs", "batch_size", "lr", "seed", "retrain_id",
-               "retrain_reason", "retrain_report")
+TRAIN_FLAGS = ("dataset", "dataset_name", "model", "epochs", "batch_size", "lr", "seed",
+               "retrain_id", "retrain_reason", "retrain_report")
+NAME_HELP = ("imagefolder: the dataset's own name, imagefolder-<label> (its data under "
+             "datasets/<name>, its models <model>-<name>); default: imagefolder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read the URL or path from environment variable VAR instead "
                              f"(the ingest Job's {DATASET_SOURCE_ENV}, from a Secret): a URL "
                              "with credentials stays off the command line")
+    ingest.add_argument("--dataset-name", help=NAME_HELP)
+    ingest.add_argument("--replace", action="store_true", default=None,
+                        help="imagefolder: replace the images of --dataset-name even when "
+                             "they came from another source (the stack's imagefolder always "
+                             "takes its configured source)")
     ingest.add_argument("--store", help=store_help)
     ingest.add_argument("--image-size", type=int, default=32,
                         help="imagefolder: side the shards' images are decoded to, the "
@@ -68,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "('auto': the model's), compile, ...)")
     train.add_argument("--store", help=store_help)
     train.add_argument("--dataset", choices=DATASETS)
+    train.add_argument("--dataset-name", help=NAME_HELP)
     train.add_argument("--model", choices=MODELS)
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int, help="images per step per worker")
@@ -133,9 +141,10 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
     store = open_store(args.store)
     key = ingest(store, args.dataset, ingest_source(args), image_size=args.image_size,
-                 shard_bytes=args.shard_mib * 1024**2)
+                 shard_bytes=args.shard_mib * 1024**2, name=args.dataset_name,
+                 replace=args.replace)
     if key:
-        log.info("dataset %s is in the store at %s", args.dataset, key)
+        log.info("dataset %s is in the store at %s", args.dataset_name or args.dataset, key)
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -1,6 +1,6 @@
 """The store's buckets (a Job running `python -m trainer buckets`) and, for an external
 store, the credentials Secrets the stack makes from storeAccessKey/storeSecretKey (one
-named by a digest of its content, one under a fixed name: infra/security/rotation.py)."""
+named by a digest of its content, one under a fixed name: infra/workloads/rotation.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.security import rotation
-from infra.workloads import pod
+from infra.workloads import pod, rotation
 from infra.workloads.catalog import BUCKETS
 
 JOB_NAME = "trainstack-buckets"

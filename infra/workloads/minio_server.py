@@ -3,7 +3,7 @@
 Only declared without `storeEndpoint`. Its root credentials are the store credentials
 every workload reads: Secrets the stack makes (generated or `minioRootPassword`), or the
 existing one `storeCredentialsSecret` names (required in render mode). The stack's are two
-with the same content (infra/security/rotation.py): `minio-credentials-<digest>`, which
+with the same content (infra/workloads/rotation.py): `minio-credentials-<digest>`, which
 MinIO and the clients that keep running read (a new password rolls them), and
 `minio-credentials`, which the Jobs and people read. MinIO reads them as files
 (MINIO_ROOT_*_FILE), not env vars; it runs as a high non-root uid with a read-only root
@@ -18,8 +18,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from infra.security import rotation
-from infra.workloads import pod
+from infra.workloads import pod, rotation
 from infra.workloads.catalog import STORE
 
 # Pinned: a MinIO server release (the last community image with the console), by the

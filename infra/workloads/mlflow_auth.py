@@ -7,7 +7,7 @@ login. The login is generated (pulumi-random) and kept in two Secrets:
 - `mlflow-auth-<digest>`: what the server reads, by secretKeyRef: the admin's password
   (MLFLOW_AUTH_ADMIN_PASSWORD) and the key that signs its CSRF tokens
   (MLFLOW_FLASK_SERVER_SECRET_KEY; basic-auth refuses to start without one). Named by a
-  digest of its content (infra/security/rotation.py): a new login rolls the server.
+  digest of its content (infra/workloads/rotation.py): a new login rolls the server.
 - `mlflow-client`: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, which the training
   pods read with `envFrom` (optional: the same template with and without the login), by
   its fixed name: a new login never restarts training (they read it at their next start).
@@ -25,8 +25,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from infra.security import rotation
-from infra.workloads import pod
+from infra.workloads import pod, rotation
 from infra.workloads.catalog import TRACKING
 
 ADMIN = "trainstack"

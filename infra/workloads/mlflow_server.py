@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.security import rotation
-from infra.workloads import pod
+from infra.workloads import pod, rotation
 from infra.workloads.catalog import TRACKING
 from infra.workloads.mlflow_auth import MlflowLogin
 from trainer.contract.env import TRACKING_URI_ENV

@@ -56,7 +56,7 @@ class StoreRef:
 
     url: pulumi.Input[str]  # s3://HOST:PORT or s3s://HOST[:PORT]
     # Keys ACCESS_KEY_ID, SECRET_ACCESS_KEY. The stack's own is named by a digest of its
-    # content (infra/security/rotation.py): pods that keep running name it, so a new
+    # content (infra/workloads/rotation.py): pods that keep running name it, so a new
     # value rolls them.
     secret_name: pulumi.Input[str]
     region: str | None = None  # AWS_REGION

@@ -74,7 +74,7 @@ def job_name(args: TrainingArgs, image: str, credentials: str | None = None) -> 
 
     The dataset source is in the hash: a new `datasetSource` re-runs the ingest Job and
     the job must start again after it, on the new data. So is `credentials`, the version
-    of the store credentials the stack made (infra/security/rotation.py): the ranks read
+    of the store credentials the stack made (infra/workloads/rotation.py): the ranks read
     them at start, so a new password restarts the job, which resumes from its checkpoint
     (with the user's Secret, None: that one's rotation is the user's restart).
     """

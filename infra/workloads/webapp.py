@@ -3,7 +3,7 @@
 With an access token (`inferenceAuthToken`, or the user's Secret `inferenceAuthSecret`) the
 app gets TRAINSTACK_AUTH_TOKEN by secretKeyRef only; the app requires it as a bearer token
 (docs/architecture.md, "Environment of every workload"). The stack's Secret is
-`inference-auth-<digest>` (infra/security/rotation.py): a new token rolls the app, and the
+`inference-auth-<digest>` (infra/workloads/rotation.py): a new token rolls the app, and the
 old token works until the old pods are gone.
 """
 
@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.security import rotation
-from infra.workloads import pod
+from infra.workloads import pod, rotation
 from infra.workloads.catalog import APP
 from trainer.contract.env import TRACKING_URI_ENV
 from trainer.contract.layout import AUTH_TOKEN_ENV, MLFLOW_UI_URL_ENV

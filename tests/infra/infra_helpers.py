@@ -34,7 +34,7 @@ RENDERED_EXTERNAL = {**EXTERNAL, "renderYamlTo": "/srv/gitops/trainstack",
 
 def versioned(rendering: Rendering, kind: str, name: str) -> str:
     """The name of the object `<name>-<digest>` of `kind`: a Secret or ConfigMap named by a
-    digest of its content (infra/security/rotation.py)."""
+    digest of its content (infra/workloads/rotation.py)."""
     found = [o["metadata"]["name"] for o in rendering.objects.values() if o["kind"] == kind
              and re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{16}}", o["metadata"]["name"])]
     assert len(found) == 1, f"expected one {kind} {name}-<digest>, got {found}"

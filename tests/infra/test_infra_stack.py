@@ -35,7 +35,7 @@ def deps(rendering, kind, name) -> set[str]:
 def test_defaults_render_every_resource(default_stack):
     kinds = sorted(default_stack.objects)
     job = pytorchjob(default_stack)["metadata"]["name"]
-    # Named by their content (infra/security/rotation.py): what pods that keep running read.
+    # Named by their content (infra/workloads/rotation.py): what pods that keep running read.
     secret, aws_config = (versioned(default_stack, "Secret", "minio-credentials"),
                           versioned(default_stack, "ConfigMap", "mlflow-aws-config"))
     assert kinds == sorted([
@@ -60,7 +60,7 @@ def test_defaults_render_every_resource(default_stack):
     ])
     assert sorted(default_stack.patches) == ["Deployment/training-operator"]
     assert len(default_stack.by_type(IMAGE)) == 1
-    # MinIO's root password, and the key of the secret versions (infra/security/rotation.py).
+    # MinIO's root password, and the key of the secret versions (infra/workloads/rotation.py).
     assert len(default_stack.by_type("random:index/randomPassword:RandomPassword")) == 2
     (operator,) = default_stack.by_type(DIRECTORY)
     assert operator.remote  # provider-side component: nothing fetched by this program

@@ -18,9 +18,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from trainer.contract.datasets import dataset_name_problem
 from trainer.contract.errors import ConfigError
-from trainer.contract.layout import model_name
-from trainer.contract.retrain import DRIFT, REASONS, RETRAIN_ID_RULE, RetrainTrigger, is_retrain_id
+from trainer.contract.layout import dataset_prefix, model_name
+from trainer.contract.retrain import RetrainTrigger, retrain_fields_problem
 
 # The single source of these names: trainer.data.loading, trainer.models.zoo and infra import them.
 DATASETS = ("cifar10", "imagefolder", "digits", "synthetic")
@@ -72,6 +73,10 @@ MIN_IMAGE_SIZE = {"fastcifar": 2}
 # retrain_reason, retrain_report: why a retrain trained the run, not what it trained.
 OPERATIONAL_FIELDS = ("log_every", "precision", "keep_checkpoints", "compile", "data_loading",
                       "checkpoint_every_steps", "retrain_reason", "retrain_report")
+# Where a run lives, not what it trains on: its data's content is in the run's identity
+# (RunIdentity.data_fingerprint), and left out, runs configured before names existed keep
+# their run_id.
+NAMING_FIELDS = ("dataset_name",)
 # Defining only when set: every run before retrains existed keeps its run_id.
 RETRAIN_FIELDS = ("retrain_id",)
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -112,8 +117,13 @@ class TrainConfig:
     test_flip: bool | str = AUTO
     """Average each test image's logits with its mirror image's, in evaluation and in the
     published model; needs flip augmentation. 'auto': the model's recipe when augment flips."""
+    dataset_name: str | None = None
+    """The dataset's name in the store, when it is not the kind's own: ``imagefolder-<label>``
+    for an image folder of its own (trainer.contract.layout.folder_dataset_name; `make demo`
+    names each folder so). It names the data's prefix ``datasets/<dataset_name>`` and the
+    model ``<model>-<dataset_name>``: two folders never share versions. None: ``dataset``."""
     data_prefix: str | None = None
-    """Store prefix of the dataset (default ``datasets/<dataset>``); imagefolder reads
+    """Store prefix of the dataset (default ``datasets/<dataset_name>``); imagefolder reads
     class subfolders under it."""
     image_size: int = 32
     """Side length imagefolder images are resized to."""
@@ -167,7 +177,15 @@ class TrainConfig:
         _check_float("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         _check_float("weight_decay", self.weight_decay, low=0.0)
         self._check_recipe_fields()
-        self._check_retrain_fields()
+        if self.dataset_name is not None:
+            problem = (dataset_name_problem(self.dataset, self.dataset_name)
+                       if isinstance(self.dataset_name, str) else "not a string")
+            if problem:
+                raise ConfigError(f"dataset_name: {self.dataset_name!r}: {problem}")
+        problem = retrain_fields_problem(self.retrain_id, self.retrain_reason,
+                                         self.retrain_report)
+        if problem:
+            raise ConfigError(problem)
         if self.data_prefix is not None and not isinstance(self.data_prefix, str):
             raise ConfigError(f"data_prefix: must be a string, got {self.data_prefix!r}")
         smallest = MIN_IMAGE_SIZE.get(self.model, 1)
@@ -195,19 +213,6 @@ class TrainConfig:
         if self.warmup != AUTO and self.recipe.schedule == "cosine":
             raise ConfigError("warmup: the cosine schedule has no warm-up; use onecycle or "
                               "linear, or leave warmup 'auto'")
-
-    def _check_retrain_fields(self) -> None:
-        if self.retrain_id and not is_retrain_id(self.retrain_id):
-            raise ConfigError(f"retrain_id: {self.retrain_id!r} is not allowed; use "
-                              f"{RETRAIN_ID_RULE}")
-        if self.retrain_id:
-            _check_choice("retrain_reason", self.retrain_reason, REASONS)
-        elif self.retrain_reason or self.retrain_report:
-            raise ConfigError("retrain_reason, retrain_report: set only with retrain_id")
-        if not isinstance(self.retrain_report, str) or (
-                self.retrain_report and self.retrain_reason != DRIFT):
-            raise ConfigError("retrain_report: the store key of a drift report, set only "
-                              "when retrain_reason is drift")
 
     @property
     def retrain(self) -> RetrainTrigger | None:
@@ -246,7 +251,8 @@ class TrainConfig:
 
     def defining_fields(self) -> dict[str, Any]:
         """The fields that define a run's result ("auto" resolved), not operational ones."""
-        defining = {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL_FIELDS}
+        defining = {k: v for k, v in self.to_dict().items()
+                    if k not in OPERATIONAL_FIELDS + NAMING_FIELDS}
         defining.update(dataclasses.asdict(self.recipe))
         defining["augment"] = self.resolved_augment
         for key in LATER_RECIPE_FIELDS:
@@ -258,9 +264,19 @@ class TrainConfig:
         return defining
 
     @property
+    def resolved_dataset_name(self) -> str:
+        """The dataset's name: ``dataset_name``, else the kind (``dataset``)."""
+        return self.dataset_name or self.dataset
+
+    @property
+    def data_location(self) -> str:
+        """The store prefix of the data: ``data_prefix``, else ``datasets/<dataset name>``."""
+        return dataset_prefix(self.resolved_dataset_name, self.data_prefix)
+
+    @property
     def model_name(self) -> str:
-        """``<model>-<dataset>``: the store folder of this model's runs and versions."""
-        return model_name(self.model, self.dataset)
+        """``<model>-<dataset name>``: the store folder of this model's runs and versions."""
+        return model_name(self.model, self.resolved_dataset_name)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ store keeps it as a directory. Stdlib only.
 
 ```
 datasets/<dataset>/...                                   ingested data
+datasets/<dataset>/.source, .manifest.sha256              an image folder's origin, then its file list
 models/<name>/runs/<run_id>/checkpoints/epoch-0007.pt    full training state
 models/<name>/runs/<run_id>/checkpoints/epoch-0007+0000012800.pt   ... mid-epoch (12800 of epoch 8 done)
 models/<name>/leases/<run_id>.json                      which job trains the run (conditional writes)
@@ -22,7 +23,11 @@ metrics/<name>/monitoring/windows/<version>/<window>.json   what the app saw (ne
 metrics/<name>/monitoring/reports/<version>/<check>.json    each drift check's report
 ```
 ``<name>`` is :func:`model_name` (``<model>-<dataset>``); ``<version>`` is
-:func:`version_name` (``<UTC %Y%m%dT%H%M%SZ>-<run_id>``).
+:func:`version_name` (``<UTC %Y%m%dT%H%M%SZ>-<run_id>``). ``<dataset>`` is the dataset's
+name: its kind (``cifar10``, ``digits``, ``imagefolder``: the stack's one image folder), or
+``imagefolder-<label>`` for each image folder of its own (trainer.contract.datasets;
+`make demo` names one after its folder). Stores written before named image folders hold
+``imagefolder`` only, and read as they are.
 """
 
 from __future__ import annotations
@@ -71,6 +76,8 @@ BUCKET_NAME_RULES = (
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 # Written last by `trainer ingest --dataset imagefolder`: "<sha256>  <path under prefix>".
 MANIFEST_NAME = ".manifest.sha256"
+# Written before the manifest: where an image folder's files came from, without credentials.
+SOURCE_NAME = ".source"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 # Published versions
@@ -154,6 +161,10 @@ def cifar10_key(prefix: str | None = None) -> str:
 
 def manifest_key(prefix: str) -> str:
     return f"{prefix.rstrip('/')}/{MANIFEST_NAME}"
+
+
+def source_key(prefix: str) -> str:
+    return f"{prefix.rstrip('/')}/{SOURCE_NAME}"
 
 
 def is_image_name(name: str) -> bool:

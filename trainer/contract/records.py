@@ -107,19 +107,25 @@ class RunLeaseRecord:
     holder: str
     """A random id of the holding process."""
     place: str
-    """Where it runs: the pod's name in a cluster (a successor in the same pod, such as a
-    restarted Master, takes over at once), else ``host:pid``."""
+    """Where it runs, for people: the pod's name in a cluster, else ``host:pid``. Two live
+    jobs can share a pod's name (one replaced under the same name, two namespaces), so a
+    successor never takes over because of it."""
     renewals: int
     ttl_s: float
     released: bool = False
     """Set by an orderly exit: the next job takes the lease at once."""
     since: str = ""
     """UTC, ISO 8601, by the holder's clock: for people reading it only."""
+    process: str = ""
+    """``<boot id>/<pid namespace>/<pid>/<start time>`` of the holding process (Linux; ""
+    elsewhere and in older records): a successor that sees that pid namespace takes over
+    at once once that process has exited (trainer.store.liveness)."""
 
     def __post_init__(self) -> None:
         for name in ("run_id", "holder", "place"):
             require(isinstance(getattr(self, name), str) and bool(getattr(self, name)),
                      f"run lease {name}", "a non-empty string", getattr(self, name))
+        require(isinstance(self.process, str), "run lease process", "a string", self.process)
         require(type(self.renewals) is int and self.renewals >= 0, "run lease renewals",
                  "an integer >= 0", self.renewals)
         require(is_number(self.ttl_s) and self.ttl_s > 0, "run lease ttl_s", "a number > 0",

@@ -36,6 +36,23 @@ def is_retrain_id(value: Any) -> bool:
     return isinstance(value, str) and RETRAIN_ID.fullmatch(value) is not None
 
 
+def retrain_fields_problem(retrain_id: Any, reason: Any, report: Any) -> str | None:
+    """What is wrong with TrainConfig's retrain_id, retrain_reason and retrain_report
+    (None: nothing), naming the field and what is allowed."""
+    if not retrain_id:
+        if reason or report:
+            return "retrain_reason, retrain_report: set only with retrain_id"
+        return None
+    if not is_retrain_id(retrain_id):
+        return f"retrain_id: {retrain_id!r} is not allowed; use {RETRAIN_ID_RULE}"
+    if reason not in REASONS:
+        return f"retrain_reason: {reason!r} is not allowed; choose one of {', '.join(REASONS)}"
+    if not isinstance(report, str) or (report and reason != DRIFT):
+        return ("retrain_report: the store key of a drift report, set only when "
+                "retrain_reason is drift")
+    return None
+
+
 @dataclass(frozen=True)
 class RetrainTrigger:
     """Why a run was trained (meta.json and progress ``retrain``)."""

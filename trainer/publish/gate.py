@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 EVAL_BATCH = 256
 # train_config keys that choose which images are the test split, besides the data itself.
-SPLIT_KEYS = ("dataset", "data_prefix", "seed", "image_size", "synthetic_size")
+SPLIT_KEYS = ("dataset", "dataset_name", "data_prefix", "seed", "image_size", "synthetic_size")
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ from trainer.publish.latest import (
     move_latest,
     read_latest,
 )
-from trainer.run.checkpoint import TrainingState
+from trainer.state.checkpoint import TrainingState
 from trainer.store import Store
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ def publish(store: Store, result: TrainingResult) -> str:
     promotion = judged(store, name, gate.Candidate(cfg, files[MODEL_FILE],
                                                    state.history[-1].test_acc, bundle))
     meta = VersionMeta(
-        model=cfg.model, dataset=cfg.dataset, version=version, run_id=identity.run_id,
+        model=cfg.model, dataset=cfg.resolved_dataset_name, version=version, run_id=identity.run_id,
         classes=list(bundle.classes), input_size=list(input_shape), mean=list(bundle.mean),
         std=list(bundle.std), train_config=cfg.to_dict(), metrics=MetricsSummary.of(state.history),
         created_at=created_at(version), files=list(files), examples=list(examples),

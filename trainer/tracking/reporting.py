@@ -27,7 +27,7 @@ from trainer.store import Store
 from trainer.tracking import tracker as tracking
 
 if TYPE_CHECKING:
-    from trainer.run.checkpoint import TrainingState
+    from trainer.state.checkpoint import TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,11 @@ class RunReporter:
 
     def interrupted(self, state: TrainingState) -> None:
         """Stopped by Ctrl-C (trainer.run.stopping): the record says so until the run resumes."""
-        self._write_progress(state.history, interrupted=True)
+        self._write_progress(state.history, stopped="interrupted")
+
+    def failed(self, state: TrainingState) -> None:
+        """Stopped by an error: the record says so until a restart of the job resumes it."""
+        self._write_progress(state.history, stopped="failed")
 
     def published(self, version: str) -> None:
         """After publication (also when a restart finds the run already published)."""
@@ -125,14 +129,14 @@ class RunReporter:
         return self._started_at
 
     def _write_progress(self, history: list[EpochRecord], version: str | None = None,
-                        interrupted: bool = False) -> None:
+                        stopped: str | None = None) -> None:
         epoch = history[-1].epoch if history else 0
-        state = ("published" if version is not None else "interrupted" if interrupted
+        state = ("published" if version is not None else stopped if stopped
                  else "publishing" if epoch >= self.cfg.epochs else "training")
         tracker = self.tracker
         try:
             record = RunProgress(
-                run_id=self.run_id, model=self.cfg.model, dataset=self.cfg.dataset,
+                run_id=self.run_id, model=self.cfg.model, dataset=self.cfg.resolved_dataset_name,
                 state=state, epoch=epoch, epochs=self.cfg.epochs, world_size=self.world_size,
                 started_at=self._started_at_value(), updated_at=self.clock(),
                 history=list(history), version=version,
@@ -154,6 +158,9 @@ class SilentReporter:
         return None
 
     def interrupted(self, state: TrainingState) -> None:
+        return None
+
+    def failed(self, state: TrainingState) -> None:
         return None
 
     def published(self, version: str) -> None:

@@ -95,7 +95,7 @@ def test_endpoint_schemes_map_to_store_urls(endpoint, url):
 
 
 def test_the_stack_makes_the_secret_from_keys_and_never_shows_the_secret_key(external_keys):
-    # Twins (infra/security/rotation.py): named by their content for the pods that keep
+    # Twins (infra/workloads/rotation.py): named by their content for the pods that keep
     # running, under a fixed name for the Jobs (a new key does not run them again).
     rolled = versioned(external_keys, "Secret", "trainstack-store-credentials")
     secrets = {k: o for k, o in external_keys.objects.items() if k.startswith("Secret/")}

@@ -25,7 +25,7 @@ from trainer.publish.publication import (
     publish,
     published_version_of,
 )
-from trainer.run.checkpoint import TrainingState
+from trainer.state.checkpoint import TrainingState
 from trainer.store import LocalStore
 
 CFG = TrainConfig(dataset="digits", model="smallcnn", epochs=1, batch_size=32, seed=0)

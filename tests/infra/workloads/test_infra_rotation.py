@@ -3,7 +3,7 @@
 the mocks do not apply): Deployments are updated (a rolling update), never deleted; the
 training job is replaced and resumes; the bucket and ingest Jobs stay as they are.
 
-The rule it rests on (infra/security/rotation.py): nothing that keeps running takes a
+The rule it rests on (infra/workloads/rotation.py): nothing that keeps running takes a
 property from a Secret or ConfigMap under a fixed name. pulumi-kubernetes replaces a Secret
 whose data changes; one that keeps its name is deleted first, and the engine first
 deletes everything that takes a property from it. So what Deployments read is named by a
@@ -18,7 +18,7 @@ import json
 
 import pytest
 
-from infra.security import rotation
+from infra.workloads import rotation
 from infra.workloads import trainjob as tj
 from tests.infra.infra_helpers import (
     EXTERNAL_KEYS,
