@@ -17,6 +17,7 @@ import gradio as gr
 
 from inference.published.progress import ProgressBoard, literal
 from inference.published.registry import ModelVersion, Registry
+from inference.published.retrains import RetrainBoard
 from inference.serving.engine import Engine
 from inference.serving.metrics import Metrics
 from inference.serving.predict import BadImage
@@ -24,6 +25,7 @@ from inference.ui.monitoring import MonitoringPanel, make_refresh_monitoring, mo
 from inference.ui.training import (
     epoch_rows,
     make_refresh_progress,
+    make_refresh_retrains,
     models_tab,
     pct,
     progress_panel,
@@ -197,6 +199,9 @@ class Layout:
     versions: Any = None
     reload_versions: Any = None
     progress_shown: Any = None
+    retrains: Any = None
+    no_retrains: Any = None
+    retrains_shown: Any = None
     progress_panels: list[Any] = field(default_factory=list)
     monitoring: MonitoringPanel | None = None
 
@@ -225,7 +230,8 @@ def predict_tab(ui: Layout) -> None:
 
 def build_layout() -> Layout:
     """All components, inside the current gr.Blocks context."""
-    ui = Layout(shown=gr.State("?"), progress_shown=gr.State("?"))  # "?": redraw on load
+    ui = Layout(shown=gr.State("?"), progress_shown=gr.State("?"),  # "?": redraw on load
+                retrains_shown=gr.State("?"))
     gr.Markdown(HEADER, elem_id="header")
     with gr.Column(visible=True, elem_id="no-model") as ui.empty:
         ui.no_model = gr.Markdown(NO_MODEL)
@@ -246,10 +252,14 @@ def wire_events(demo: gr.Blocks, ui: Layout, registry: Registry, engine: Engine,
     progress = make_refresh_progress(board, ui.progress_panels, ui.progress_shown)
     progress_outputs = [ui.progress_shown] + [c for p in ui.progress_panels for c in p.outputs]
     monitoring = make_refresh_monitoring(monitor, registry, ui.monitoring)
+    retrains = make_refresh_retrains(RetrainBoard(registry, board), ui.retrains,
+                                     ui.no_retrains, ui.retrains_shown)
     timer = gr.Timer(REFRESH_SECONDS)
     for handler, state, outputs in ((refresh, ui.shown, ui.outputs),
                                     (progress, ui.progress_shown, progress_outputs),
-                                    (monitoring, ui.monitoring.shown, ui.monitoring.outputs)):
+                                    (monitoring, ui.monitoring.shown, ui.monitoring.outputs),
+                                    (retrains, ui.retrains_shown,
+                                     [ui.retrains_shown, ui.retrains, ui.no_retrains])):
         timer.tick(handler, state, outputs, show_progress="hidden", api_name=False,
                    queue=False)
         demo.load(handler, state, outputs, api_name=False, queue=False)

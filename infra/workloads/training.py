@@ -66,6 +66,7 @@ class TrainingArgs:
     # depend on it (docs/operations.md, "Experiment tracking").
     tracking: pulumi.Resource | None = None
     api: str = "pytorchjob"  # config trainingApi: pytorchjob or trainjob
+    env: dict[str, str] = field(default_factory=dict)  # more env of the training container
 
 
 def job_name(args: TrainingArgs, image: str, credentials: str | None = None) -> str:
@@ -133,6 +134,7 @@ def train_env(args: TrainingArgs) -> dict[str, pulumi.Input[str]]:
         # A tenth below the emptyDir's sizeLimit: the kubelet evicts a pod that passes it.
         CACHE_BYTES_ENV: str(quantity_bytes(args.data_cache_size) * 9 // 10),
     }
+    env.update(args.env)  # the promotion gate's settings (infra/workloads/retrain.py)
     if args.gpus_per_worker > 0:
         env["NCCL_DEBUG"] = "WARN"  # NCCL is the backend on GPUs: surface its errors
         # The trainer stops at once if torch sees fewer (a CPU build of the image) rather

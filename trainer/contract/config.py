@@ -21,6 +21,7 @@ from typing import Any
 from trainer.contract.datasets import dataset_name_problem
 from trainer.contract.errors import ConfigError
 from trainer.contract.layout import dataset_prefix, model_name
+from trainer.contract.retrain import RetrainTrigger, retrain_fields_problem
 
 # The single source of these names: trainer.data.loading, trainer.models.zoo and infra import them.
 DATASETS = ("cifar10", "imagefolder", "digits", "synthetic")
@@ -69,12 +70,15 @@ MIN_IMAGE_SIZE = {"fastcifar": 2}
 # Fields that only change how a run is carried out, not its result: left out of run_id.
 # precision follows the hardware (like the world size), so a run can move between node kinds.
 # data_loading: memory and stream train on the same samples in the same order.
+# retrain_reason, retrain_report: why a retrain trained the run, not what it trained.
 OPERATIONAL_FIELDS = ("log_every", "precision", "keep_checkpoints", "compile", "data_loading",
-                      "checkpoint_every_steps")
+                      "checkpoint_every_steps", "retrain_reason", "retrain_report")
 # Where a run lives, not what it trains on: its data's content is in the run's identity
 # (RunIdentity.data_fingerprint), and left out, runs configured before names existed keep
 # their run_id.
 NAMING_FIELDS = ("dataset_name",)
+# Defining only when set: every run before retrains existed keeps its run_id.
+RETRAIN_FIELDS = ("retrain_id",)
 PRECISIONS = ("auto", "fp32", "bf16")
 DATA_LOADINGS = ("auto", "memory", "stream")
 
@@ -142,6 +146,15 @@ class TrainConfig:
     checkpoint_every_steps: int = 500
     """Steps between mid-epoch checkpoints, which hold the exact position in the epoch
     (0: at the end of each epoch only). Not part of the run's identity."""
+    retrain_id: str = ""
+    """A retrain's id (``python -m trainer retrain`` sets it, trainer.contract.retrain): the
+    same config on the same data trained again is a new run. '' for every other run."""
+    retrain_reason: str = ""
+    """Why the retrain started: schedule, drift or person ('' without retrain_id). Not part
+    of the run's identity."""
+    retrain_report: str = ""
+    """The store key of the drift report that triggered the retrain. Not part of the run's
+    identity."""
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
@@ -169,6 +182,10 @@ class TrainConfig:
                        if isinstance(self.dataset_name, str) else "not a string")
             if problem:
                 raise ConfigError(f"dataset_name: {self.dataset_name!r}: {problem}")
+        problem = retrain_fields_problem(self.retrain_id, self.retrain_reason,
+                                         self.retrain_report)
+        if problem:
+            raise ConfigError(problem)
         if self.data_prefix is not None and not isinstance(self.data_prefix, str):
             raise ConfigError(f"data_prefix: must be a string, got {self.data_prefix!r}")
         smallest = MIN_IMAGE_SIZE.get(self.model, 1)
@@ -196,6 +213,13 @@ class TrainConfig:
         if self.warmup != AUTO and self.recipe.schedule == "cosine":
             raise ConfigError("warmup: the cosine schedule has no warm-up; use onecycle or "
                               "linear, or leave warmup 'auto'")
+
+    @property
+    def retrain(self) -> RetrainTrigger | None:
+        """Why a retrain trains this run (None for any other run)."""
+        if not self.retrain_id:
+            return None
+        return RetrainTrigger(self.retrain_id, self.retrain_reason, self.retrain_report)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -233,6 +257,9 @@ class TrainConfig:
         defining["augment"] = self.resolved_augment
         for key in LATER_RECIPE_FIELDS:
             if defining[key] == getattr(DEFAULT_RECIPE, key):
+                del defining[key]
+        for key in RETRAIN_FIELDS:
+            if not defining[key]:
                 del defining[key]
         return defining
 

@@ -16,6 +16,8 @@ models/<name>/versions/<version>/{model.pt2, meta.json, metrics.json, *.png, exa
 models/<name>/progress/<run_id>.json                     a run's progress, rewritten each epoch
 models/<name>/sequence.json                              last publication sequence handed out
 models/<name>/latest.json                                {"version": ..., "sequence": ...}, moved last
+models/<name>/retrains/<retrain_id>.json                 one retrain: why, how far, how it ended
+models/<name>/retrain-slot.json                          which retrain may train the model now
 metrics/<name>/<version>.json                            copy of metrics.json
 metrics/<name>/monitoring/windows/<version>/<window>.json   what the app saw (never images)
 metrics/<name>/monitoring/reports/<version>/<check>.json    each drift check's report
@@ -87,6 +89,8 @@ REFERENCE_FILE = "reference.json"
 LATEST_FILE = "latest.json"
 CLAIM_FILE = "claim.json"
 SEQUENCE_FILE = "sequence.json"
+RETRAIN_SLOT_FILE = "retrain-slot.json"
+RETRAIN_SUFFIX = ".json"
 LEASE_SUFFIX = ".json"
 # Runs: models/<name>/progress/<run_id>.json
 PROGRESS_SUFFIX = ".json"
@@ -205,6 +209,26 @@ class ModelKeys:
 
     def run(self, run_id: str) -> str:
         return f"models/{self.name}/runs/{run_id}/"
+
+    @property
+    def retrains(self) -> str:
+        """Every retrain's record (trainer.contract.retrain.RetrainRecord)."""
+        return f"models/{self.name}/retrains/"
+
+    def retrain(self, retrain_id: str) -> str:
+        return f"{self.retrains}{retrain_id}{RETRAIN_SUFFIX}"
+
+    def retrain_of_key(self, key: str) -> str | None:
+        """``<retrain_id>`` of ``models/<name>/retrains/<retrain_id>.json``, else None."""
+        if not key.startswith(self.retrains) or not key.endswith(RETRAIN_SUFFIX):
+            return None
+        retrain_id = key[len(self.retrains):-len(RETRAIN_SUFFIX)]
+        return retrain_id if retrain_id and "/" not in retrain_id else None
+
+    @property
+    def retrain_slot(self) -> str:
+        """Which retrain may train the model now (trainer.contract.retrain.RetrainSlot)."""
+        return f"models/{self.name}/{RETRAIN_SLOT_FILE}"
 
     @property
     def progresses(self) -> str:

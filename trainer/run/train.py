@@ -31,10 +31,10 @@ from trainer.contract.schema import EpochRecord, VersionMetrics
 from trainer.data.augment import Normalizer
 from trainer.models.onepixel import use_one_pixel_convs
 from trainer.models.zoo import build_model, model_revision
+from trainer.publish.latest import latest_version
 from trainer.publish.publication import (
     TrainingResult,
     finish_publication,
-    latest_version,
     publish,
     published_version_of,
 )
