@@ -32,10 +32,11 @@ from trainer.contract.layout import ModelKeys, cifar10_key
 from trainer.data.loading import load_dataset
 from trainer.models.zoo import model_revision
 from trainer.publish.publication import export_program
-from trainer.run import checkpoint, distributed
-from trainer.run.checkpoint import TrainingState
+from trainer.run import distributed
 from trainer.run.loop import EpochRunner
 from trainer.run.train import build_training
+from trainer.state import checkpoint
+from trainer.state.checkpoint import TrainingState
 from trainer.store import LocalStore
 
 MIB = 1024 * 1024

@@ -9,11 +9,15 @@ import pulumi
 
 from infra.config.cluster import cluster_access
 from infra.config.keys import load
+from infra.preflight.crds import check_crds
 from infra.preflight.storage import check_storage
 from infra.stack import build_stack
 
 settings, secrets = load()
-# A volume that can never bind would make `up` wait in silence until the provider's timeout.
-check_storage(settings, cluster_access())
+# A volume that can never bind would make `up` wait in silence until the provider's timeout;
+# a kind the cluster does not know would fail half-way, after the workloads exist.
+access = cluster_access()
+check_storage(settings, access)
+check_crds(settings, access)
 for key, value in build_stack(settings, secrets).items():
     pulumi.export(key, value)

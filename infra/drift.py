@@ -2,8 +2,9 @@
 
 `pulumi preview --expect-no-changes` cannot answer this in render mode: the render
 provider is set to `alwaysRender` (every file is rewritten on every `pulumi up`, so a
-fresh CI checkout gets a complete directory), and so it reports every object as an update
-(`~ 27 to update`) even when nothing changed. The files themselves can answer it:
+fresh CI checkout gets a complete directory), and so it reports every rendered object as an
+update (`~ N to update`, N the number of objects the stack's config renders) even when
+nothing changed. The files themselves can answer it:
 
     python -m infra.drift --stack gitops
 

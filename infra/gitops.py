@@ -26,7 +26,7 @@ JOB_TYPE = "kubernetes:batch/v1:Job"
 PYTORCHJOB_TYPE = "kubernetes:kubeflow.org/v1:PyTorchJob"
 # A component's objects go in its wave; these types in their own.
 WAVES = {"namespace": 0, "fences": 0, "store": 0, "buckets": 1, "inference": 2, "training": 2,
-         "mlflow": 2}
+         "mlflow": 2, "monitoring": 3}
 TRAINJOB_TYPE = "kubernetes:trainer.kubeflow.org/v1alpha1:TrainJob"
 # The job after the app and the TrainJob's runtime (wave 2), which its webhook looks up.
 TYPE_WAVES = {PYTORCHJOB_TYPE: 3, TRAINJOB_TYPE: 3}

@@ -3,12 +3,15 @@ anywhere, and the Pulumi program runs the way the Pulumi CLI runs it."""
 
 from __future__ import annotations
 
+import ast
 import json
 import string
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # trainer.tracking.tracker too: the stack reads its env contract (MLFLOW_TRACKING_URI) from there;
@@ -127,3 +130,34 @@ def test_pulumi_program_runs_as_the_cli_runs_it(tmp_path):
     registered = json.loads(result.stdout.strip().splitlines()[-1])
     assert "kubernetes:apps/v1:Deployment" in registered
     assert "kubernetes:kubeflow.org/v1:PyTorchJob" in registered
+
+
+ROOM_ORDER = {
+    "trainer": ["contract", "store", "limits", "data", "models", "state", "publish", "tracking",
+                "retrain", "run"],
+    "inference": ["published", "serving", "monitoring", "edge", "ui"],
+    "infra": ["config", "workloads", "security", "operators", "monitoring", "preflight"],
+}
+
+
+@pytest.mark.parametrize("package", sorted(ROOM_ORDER))
+def test_rooms_import_only_rooms_below_them(package):
+    """The layering docs/architecture.md ("Where things are") describes: a room imports only
+    the rooms listed before it (its package's top-level modules may import any room)."""
+    order = ROOM_ORDER[package]
+    rooms = {p.name for p in (REPO_ROOT / package).iterdir() if (p / "__init__.py").exists()}
+    assert rooms == set(order), f"{package}: rooms {sorted(rooms)} vs the order {order}"
+    upward = []
+    for path in (REPO_ROOT / package).rglob("*.py"):
+        room = path.relative_to(REPO_ROOT / package).parts[0]
+        if room not in order:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == package and len(parts) > 1 and parts[1] in order and (
+                        order.index(parts[1]) > order.index(room)):
+                    upward.append(f"{path.relative_to(REPO_ROOT)} imports {name}")
+    assert upward == []

@@ -1,4 +1,5 @@
-"""trainstack trainer: `python -m trainer {buckets,ingest,train}` and `python -m trainer.launch`.
+"""trainstack trainer: `python -m trainer {buckets,ingest,train,promote,retrain}` and
+`python -m trainer.launch`.
 
 Rooms, lowest first (a room imports only rooms before it in this list):
 
@@ -9,7 +10,13 @@ Rooms, lowest first (a room imports only rooms before it in this list):
 - ``data``: dataset readers, the one pixels function, augmentation, download and ingest,
   ``data.streaming`` for datasets larger than memory.
 - ``models``: the model zoo.
-- ``run``: the training run itself (loop, checkpoints, distributed setup), and above it
-  ``publish`` (a trained run as a published version) and ``tracking`` (the progress record
-  and MLflow), which read run.checkpoint's training state; run.train drives them both.
+- ``state``: the training state and its checkpoints.
+- ``publish``: a trained run as a published version (program, meta.json, reference,
+  figures, latest.json last); ``publish.gate`` is the promotion gate, ``publish.latest``
+  latest.json's conditional writes, ``promote`` (top level) a person's promotion.
+- ``tracking``: the progress record and MLflow.
+- ``run``: the training run itself (loop, mid-epoch checkpoints, distributed setup,
+  signals), which drives all of the above.
+- ``retrain``: the retrain CronJob's command (the training job it creates through the
+  Kubernetes API, one retrain of a model at a time); it reads ``publish.latest``.
 """

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from inference.monitoring.drift import ALPHA, NoData, check
 from inference.monitoring.recorder import Recorder
-from inference.monitoring.records import report_key, window_key
+from inference.monitoring.records import record_id, report_key, window_key
 from trainer.contract.errors import StoreError
 from trainer.contract.monitoring import DriftReport, PredictionWindow
 from trainer.store import Store
@@ -56,6 +56,10 @@ class MonitoringMetrics:
                                "monitoring had to drop", ["what"], registry=registry)
         self._labelled: deque[tuple[str, str]] = deque(maxlen=VERSIONS_LABELLED)
 
+    def observe_confidence(self, values) -> None:
+        for value in values:
+            self.confidence.observe(float(value))
+
     def show(self, report: DriftReport, in_a_row: int) -> None:
         key = (report.model, report.version)
         if key not in self._labelled:
@@ -83,8 +87,9 @@ class MonitoringMetrics:
 
 class Monitor:
     def __init__(self, store: Store, registry: CollectorRegistry, *, alpha: float = ALPHA,
-                 **recorder_options: Any):
-        self.store, self.alpha = store, alpha
+                 artifacts: Any = None, **recorder_options: Any):
+        """``artifacts``: where reports go besides the store (mlflow_reports.ReportArtifacts)."""
+        self.store, self.alpha, self.artifacts = store, alpha, artifacts
         self.metrics = MonitoringMetrics(registry)
         self._pending: deque[tuple[str, bytes]] = deque()
         self._reports: dict[tuple[str, str], deque[DriftReport]] = {}
@@ -93,7 +98,7 @@ class Monitor:
         self._store_down = False
         dropped = self.metrics.dropped.labels("prediction")
         self.metrics.dropped.labels("file")  # both series exist from the start
-        self.recorder = Recorder(self._on_window, on_confidence=self.metrics.confidence.observe,
+        self.recorder = Recorder(self._on_window, on_confidence=self.metrics.observe_confidence,
                                  on_drop=dropped.inc, **recorder_options)
 
     def __call__(self, version: Any, pixels: Any, probabilities: list[float]) -> None:
@@ -124,7 +129,10 @@ class Monitor:
             self.metrics.show(report, in_a_row)
             log.info("monitoring: %s %s: %s%s", report.model, report.version, report.verdict(),
                      f" (fired: {', '.join(report.fired)})" if report.fired else "")
-            self._queue(report_key(report, self.recorder.replica), report.to_json())
+            report_id = record_id(self.recorder.replica)
+            self._queue(report_key(report, self.recorder.replica, report_id), report.to_json())
+            if self.artifacts is not None:
+                self.artifacts.add(report, report_id)
         self._write_pending()
 
     def _queue(self, key: str, data: bytes) -> None:
@@ -153,3 +161,5 @@ class Monitor:
     def stop(self) -> None:
         self.recorder.flush()
         self.recorder.stop()
+        if self.artifacts is not None:
+            self.artifacts.stop()

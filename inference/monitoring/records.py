@@ -29,8 +29,8 @@ def window_key(window: PredictionWindow) -> str:
     return ModelKeys(window.model).window(window.version, record_id(window.replica))
 
 
-def report_key(report: DriftReport, replica: str) -> str:
-    return ModelKeys(report.model).report(report.version, record_id(replica))
+def report_key(report: DriftReport, replica: str, report_id: str | None = None) -> str:
+    return ModelKeys(report.model).report(report.version, report_id or record_id(replica))
 
 
 def served_version(store: Store, name: str) -> str:

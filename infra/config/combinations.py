@@ -14,6 +14,7 @@ from typing import Any
 
 from infra.config.errors import Default
 from infra.config.values import invalid, parse_image_reference, quantity_bytes
+from trainer.contract.image import CPU_TORCH_VARIANT, GPU_TORCH_VARIANT
 from trainer.contract.layout import AUTH_TOKEN_ENV
 from trainer.limits.footprint import STACK_IMAGE_SIZES, Footprint, quantity, stack_data_bytes
 
@@ -52,6 +53,8 @@ class KeyRules:
         self._check_dataset_source()
         self._check_training_api()
         self._check_training_memory()
+        self._check_monitoring()
+        self._check_retraining()
 
     def _as_set(self, key: str, value: Any) -> Any:
         """`value` of `key` for a message: marked as a default when the user never set it."""
@@ -59,11 +62,21 @@ class KeyRules:
 
     def warnings(self) -> list[str]:
         ref = parse_image_reference(self.image) if not self.build_image and self.image else None
+        found = []
         if ref and not ref.digest:
-            return [(f"trainstack:image {self.image!r} is a tag, not a digest: a tag can move, so "
-                    "pods started at different times may run different code; pods pull it on "
-                    "every start (imagePullPolicy Always). Prefer <image>@sha256:<digest>.")]
-        return []
+            found.append(f"trainstack:image {self.image!r} is a tag, not a digest: a tag can "
+                         "move, so pods started at different times may run different code; "
+                         "pods pull it on every start (imagePullPolicy Always). Prefer "
+                         "<image>@sha256:<digest>.")
+        if ref and self.gpus_per_worker > 0:
+            # The stack cannot look inside a prebuilt image; the trainer stops at start if
+            # it was given GPUs its torch cannot see.
+            found.append(f"trainstack:gpusPerWorker {self.gpus_per_worker} with buildImage "
+                         f"false: trainstack:image must be the GPU build of trainer/Dockerfile "
+                         f"(--build-arg TORCH_VARIANT={GPU_TORCH_VARIANT} --build-arg "
+                         "TORCH_INDEX_URL=); the default build is CPU-only, and its training "
+                         "pods stop at start with one line instead of training on the CPU.")
+        return found
 
     def _check_image(self) -> None:
         if self.build_image:
@@ -77,6 +90,12 @@ class KeyRules:
             raise invalid("image", f"a prebuilt image reference such as {example} "
                                    "(buildImage false runs it as given)", None)
         _check_pinned_reference("image", self.image, example)
+        tag = parse_image_reference(self.image).tag or ""
+        if self.gpus_per_worker > 0 and tag.split("-", 1)[0] == CPU_TORCH_VARIANT:
+            # `cpu-<hash>` is what the stack tags its own CPU builds: known not to use GPUs.
+            raise invalid("image", f"the GPU build of the trainer image when gpusPerWorker is "
+                          f"> 0 (TORCH_VARIANT={GPU_TORCH_VARIANT}); tag {tag!r} names the CPU "
+                          "build, whose torch has no CUDA", self.image)
 
     def _check_build_repository(self) -> None:
         ref = parse_image_reference(self.image_repository)
@@ -232,3 +251,27 @@ class KeyRules:
             f"training process needs about {-(-need // 2**20):,} MiB ({holding}; measured "
             "figures in trainer/limits/footprint.py); or a smaller batchSize or model"),
             self._as_set("memoryPerWorker", self.memory_per_worker))
+
+    def _check_monitoring(self) -> None:
+        if self.monitoring != "none":
+            return
+        for key, value in (("monitoringNamespace", self.monitoring_namespace),
+                           ("monitoringLabels", self.monitoring_labels or None),
+                           ("driftAlertWindows", self.drift_alert_windows),
+                           ("accuracyDropAlert", self.accuracy_drop_alert)):
+            if value is not None:
+                raise invalid(key, "unset when monitoring is none (it configures the "
+                              "Prometheus objects of monitoring prometheus-operator)", value)
+
+    def _check_retraining(self) -> None:
+        if self.promotion_tolerance is not None and not self.promotion_gate:
+            raise invalid("promotionTolerance", "unset when promotionGate is false (nothing "
+                          "is compared: what was published last is served)",
+                          self.promotion_tolerance)
+        if self.retrain_on_drift and self.monitoring == "none":
+            raise invalid("retrainOnDrift", "false while monitoring is none: retraining on "
+                          "drift follows the drift alert (driftAlertWindows checks in a row); "
+                          "set monitoring prometheus-operator first", True)
+        if self.retrain_cooldown is not None and not self.retrain_on_drift:
+            raise invalid("retrainCooldown", "unset unless retrainOnDrift is true (it spaces "
+                          "retrains on drift)", self.retrain_cooldown)

@@ -8,7 +8,10 @@ non-zero; any other exception arrives inside ~20 lines of traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +53,24 @@ def shown(got: Any) -> str:
     return f"= '{_as_typed(got)}'"
 
 
+# Keys whose value the engine holds as a secret (`pulumi config set --secret`) while the
+# config is checked: their errors never show the value, whatever the key.
+_SECRET_VALUED: ContextVar[frozenset[str]] = ContextVar("secret_valued", default=frozenset())
+
+
+@contextlib.contextmanager
+def values_hidden(keys: frozenset[str]) -> Iterator[None]:
+    """Within: every error about one of `keys` shows "(secret value not shown)"."""
+    token = _SECRET_VALUED.set(_SECRET_VALUED.get() | keys)
+    try:
+        yield
+    finally:
+        _SECRET_VALUED.reset(token)
+
+
 def invalid(key: str, allowed: str, got: Any, secret: bool = False) -> ConfigError:
     """The error for an invalid `trainstack:` setting: names the key and what is allowed."""
+    secret = secret or key in _SECRET_VALUED.get()
     text = "(secret value not shown)" if secret else shown(got)
     return StackConfigError(f"invalid config trainstack:{key} {text}: allowed: {allowed}",
                             key=key)

@@ -9,13 +9,14 @@ secret Outputs).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import pulumi
 
 from infra.config import values as v
+from infra.config.errors import values_hidden
 from infra.config.stack_config import StackConfig
 from trainer.contract.errors import ConfigError
 from trainer.contract.layout import AUTH_TOKEN_ALLOWED, auth_token_problem
@@ -57,22 +58,37 @@ FIELDS: dict[str, tuple[str, v.Parser]] = {
 KNOWN_KEYS = tuple(FIELDS) + SECRET_KEYS
 
 
-def parse_config(raw: Mapping[str, Any], secrets: frozenset[str] = frozenset()) -> StackConfig:
+def parse_config(raw: Mapping[str, Any], secrets: frozenset[str] = frozenset(),
+                 hidden: frozenset[str] = frozenset()) -> StackConfig:
     """Validate `{key: value}` (keys without the `trainstack:` prefix, values as stored).
 
     `secrets` names the SECRET_KEYS that were given (their values are read separately).
+    `hidden` names the keys of `raw` whose value the engine holds as a secret: no error
+    shows them, even for a key the stack does not know (a mistyped secret key).
     Unknown keys are errors: a typo such as `worker` would otherwise be silently ignored.
     """
-    unknown = sorted(set(raw) - set(FIELDS))
-    if unknown:
-        raise invalid(unknown[0], "one of " + ", ".join(KNOWN_KEYS), raw[unknown[0]])
-    parsed = {
-        name: parser(key, raw[key])
-        for key, (name, parser) in FIELDS.items()
-        if raw.get(key) not in (None, "")
-    }
-    return StackConfig(**parsed, secrets=frozenset(secrets),
-                       given=frozenset(k for k in raw if raw[k] not in (None, "")))
+    with values_hidden(hidden):
+        unknown = sorted(set(raw) - set(FIELDS))
+        if unknown:
+            raise invalid(unknown[0], "one of " + ", ".join(KNOWN_KEYS), raw[unknown[0]])
+        parsed = {
+            name: _parsed(key, parser, raw[key], key in hidden)
+            for key, (name, parser) in FIELDS.items()
+            if raw.get(key) not in (None, "")
+        }
+        return StackConfig(**parsed, secrets=frozenset(secrets),
+                           given=frozenset(k for k in raw if raw[k] not in (None, "")))
+
+
+def _parsed(key: str, parser: v.Parser, raw: Any, hidden: bool) -> Any:
+    """`raw` parsed; a secret value's error gives the parser's general rule, as the
+    specific one may quote part of the value (a label key of nodeSelector)."""
+    if not hidden:
+        return parser(key, raw)
+    try:
+        return parser(key, raw)
+    except ConfigError:
+        raise invalid(key, parser.allowed, None, secret=True) from None
 
 
 def raw_stack_config() -> dict[str, Any]:
@@ -93,6 +109,11 @@ def raw_stack_config() -> dict[str, Any]:
     }
 
 
+def secret_valued(keys: Iterable[str]) -> frozenset[str]:
+    """Those of `keys` whose value the engine marks secret (`pulumi config set --secret`)."""
+    return frozenset(key for key in keys if _is_secret(f"{NAMESPACE}:{key}"))
+
+
 def load() -> tuple[StackConfig, StackSecrets]:
     """Read and validate the stack config once, before any resource is registered."""
     from pulumi.runtime import config as runtime_config
@@ -104,8 +125,12 @@ def load() -> tuple[StackConfig, StackSecrets]:
         if plain is not None:
             _check_secret(key, plain, _is_secret(f"{NAMESPACE}:{key}"))
             given.add(key)
-    settings = parse_config(raw_stack_config(), frozenset(given))
+    raw = raw_stack_config()
+    hidden = secret_valued(raw)
+    settings = parse_config(raw, frozenset(given), hidden)
     for message in settings.warnings():
+        for key in hidden:  # a secret value never reaches the log either
+            message = message.replace(str(raw[key]), "(secret value not shown)")
         pulumi.log.warn(message)
     config = pulumi.Config(NAMESPACE)
     return settings, StackSecrets(**{f.name: config.get_secret(key)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
+from infra.config import schedule, structured
 from infra.config import values as v
 from infra.config.combinations import KeyRules
 
@@ -20,6 +21,7 @@ from infra.config.combinations import KeyRules
 from trainer.contract.config import BENCHMARK_DATASETS, CIFAR10_URL, MODELS
 from trainer.contract.config import DATASETS as TRAINER_DATASETS
 from trainer.contract.layout import ALL_BUCKETS, BUCKETS, TRACKING_BUCKET, bucket_names, model_name
+from trainer.contract.promotion import DEFAULT_TOLERANCE
 
 DEFAULT_REPOSITORY = "trainstack-trainer"
 DATASETS = tuple(d for d in TRAINER_DATASETS if d not in BENCHMARK_DATASETS)
@@ -30,7 +32,12 @@ NETWORK_POLICY_MODES = ("ingress", "ingress-egress", "none")
 # How users reach MLflow (infra/workloads/mlflow_auth.py).
 MLFLOW_ACCESS_MODES = ("port-forward", "login")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+MONITORING_MODES = ("none", "prometheus-operator")
+DEFAULT_MONITORING_NAMESPACE = "monitoring"
+DEFAULT_DRIFT_WINDOWS = 3
+DEFAULT_ACCURACY_DROP = 10.0  # percentage points
 DEFAULT_MINIO_SIZE = "10Gi"
+DEFAULT_COOLDOWN = "24h"
 # A training process imports torch and holds a batch and the model: below this the kernel
 # OOM-kills it before its first step, so a smaller value is a typo ("1" is one byte).
 MIN_WORKER_MEMORY = "512Mi"
@@ -111,11 +118,11 @@ class StackConfig(KeyRules):
     training_operator_version: str = setting(
         "trainingOperatorVersion", "Cluster", v.operator_version, "The Training Operator's "
         "release (pytorchjob only; Kubeflow Trainer v2 is pinned).", "v1.8.1")
-    node_selector: dict[str, str] = setting("nodeSelector", "Cluster", v.node_selector,
+    node_selector: dict[str, str] = setting("nodeSelector", "Cluster", structured.node_selector,
                                             "Node labels the training pods need.", factory=dict,
                                             shown_default="none")
     tolerations: list[dict[str, Any]] = setting(
-        "tolerations", "Cluster", v.tolerations, "Taints the training pods tolerate (the GPU "
+        "tolerations", "Cluster", structured.tolerations, "Taints the training pods tolerate (the GPU "
         "taint is tolerated without it).", factory=list, shown_default="none")
     buckets_timeout: str = setting("bucketsTimeout", "Cluster", v.duration, "How long `pulumi "
                                    "up` waits for the bucket Job.", "15m")
@@ -180,6 +187,50 @@ class StackConfig(KeyRules):
     mlflow_storage_class: str | None = setting(
         "mlflowStorageClass", "MLflow", _STORAGE_CLASS, "StorageClass of MLflow's volume (its "
         "SQLite database).", None, shown_default="the cluster's default")
+    monitoring: str = setting("monitoring", "Monitoring", v.choice(MONITORING_MODES, (
+        "none, or prometheus-operator (a ServiceMonitor, a PrometheusRule and a Grafana "
+        "dashboard ConfigMap: the cluster needs the Prometheus Operator's CRDs)")),
+        "What watches the app's /metrics: drift, estimated accuracy, errors and latency, "
+        "with alerts and a dashboard. The app checks drift either way (its Monitoring tab).",
+        "none")
+    monitoring_namespace: str | None = setting(
+        "monitoringNamespace", "Monitoring", v.pattern(v.DNS_LABEL, "a namespace name "
+                                                       "(DNS-1123 label)"),
+        "The namespace Prometheus scrapes from: the fences let it reach the app.", None,
+        shown_default=DEFAULT_MONITORING_NAMESPACE)
+    monitoring_labels: dict[str, str] = setting(
+        "monitoringLabels", "Monitoring", structured.label_map('{"release": "kube-prometheus"}'),
+        "Labels on the ServiceMonitor and PrometheusRule, for your Prometheus's selectors "
+        "(kube-prometheus-stack selects release=<its release name>).", factory=dict,
+        shown_default="none")
+    drift_alert_windows: int | None = setting(
+        "driftAlertWindows", "Monitoring", v.int_at_least(1), "Drift checks in a row (each of "
+        "256 predictions or a minute) before the drift alert fires.", None,
+        shown_default=str(DEFAULT_DRIFT_WINDOWS))
+    accuracy_drop_alert: float | None = setting(
+        "accuracyDropAlert", "Monitoring", v.percentage_points, "How far the estimated "
+        "accuracy may fall below the test accuracy before its alert fires.", None,
+        shown_default=f"{DEFAULT_ACCURACY_DROP:g}")
+    promotion_gate: bool = setting(
+        "promotionGate", "Retraining", v.boolean, "Serve a new version only when, on the same "
+        "test split, it is not worse than the served one by more than promotionTolerance "
+        "(else it waits as a candidate: python -m trainer promote serves it); false serves "
+        "what was published last.", True)
+    promotion_tolerance: float | None = setting(
+        "promotionTolerance", "Retraining", v.percentage_points, "How far below the served "
+        "version's test accuracy a new version may be and still be served.", None,
+        shown_default=f"{DEFAULT_TOLERANCE:g}")
+    retrain_schedule: str | None = setting(
+        "retrainSchedule", "Retraining", schedule.cron_schedule, "When the retrain CronJob "
+        "ingests datasetSource again and trains a new run (UTC); unset: only by hand "
+        "(kubectl create job --from=cronjob/trainstack-retrain) with retrainOnDrift.", None,
+        shown_default="off")
+    retrain_on_drift: bool = setting(
+        "retrainOnDrift", "Retraining", v.boolean, "Retrain when driftAlertWindows drift "
+        "checks in a row of the served version found drift (needs monitoring).", False)
+    retrain_cooldown: str | None = setting(
+        "retrainCooldown", "Retraining", schedule.cooldown, "The least time between two "
+        "retrains on drift.", None, shown_default=DEFAULT_COOLDOWN)
     render_yaml_to: str | None = setting("renderYamlTo", "GitOps", v.directory, "A directory: "
                                          "write every object as YAML instead of applying.", None)
     secrets: frozenset[str] = frozenset()  # which SECRET_KEYS were given (never their values)
@@ -238,6 +289,19 @@ class StackConfig(KeyRules):
     def tracking_bucket(self) -> str:
         """The MLflow server's artifact bucket in the store (`<prefix>mlflow`)."""
         return bucket_names(self.bucket_prefix, (TRACKING_BUCKET,))[TRACKING_BUCKET]
+
+    @property
+    def monitors(self) -> bool:
+        return self.monitoring != "none"
+
+    @property
+    def retrains(self) -> bool:
+        """Whether the stack runs the retrain CronJob (a schedule, or on drift)."""
+        return self.retrain_schedule is not None or self.retrain_on_drift
+
+    @property
+    def scrape_namespace(self) -> str:
+        return self.monitoring_namespace or DEFAULT_MONITORING_NAMESPACE
 
     def train_json(self) -> dict[str, Any]:
         """train.json: hyperparameters only (the trainer's TrainConfig keys); seed is fixed."""

@@ -8,7 +8,6 @@ live in infra/config/stack_config.py.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,14 +16,8 @@ from urllib.parse import urlsplit
 
 from infra.config import labels
 from infra.config.errors import invalid
-from infra.config.labels import (
-    LABEL_KEY_RULE,
-    LABEL_VALUE_RULE,
-    is_label_key,
-    is_label_value,
-    toleration_problem,
-)
 from trainer.contract.layout import bucket_names
+from trainer.contract.urls import DOWNLOAD_URL_RULE, BadURL, display_url, download_url
 
 CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
 BYTES = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
@@ -51,8 +44,6 @@ _REFERENCE = re.compile(
 # kubeflow-system: Kubeflow Trainer v2's and JobSet's.
 RESERVED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease", "kubeflow",
                        "kubeflow-system")
-TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
-TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 Parser = Callable[[str, Any], Any]
 """``parse(key, raw) -> value``; raises the ConfigError naming ``key``. Every parser has an
@@ -109,6 +100,17 @@ def positive_float(key: str, raw: Any) -> float:
         value = float("nan")
     if not value > 0 or value == float("inf"):
         raise invalid(key, positive_float.allowed, raw)
+    return value
+
+
+@allows("a number of percentage points from 0 to 100 (e.g. 10)")
+def percentage_points(key: str, raw: Any) -> float:
+    try:
+        value = float(str(raw))
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 100:
+        raise invalid(key, percentage_points.allowed, raw)
     return value
 
 
@@ -205,28 +207,33 @@ def duration(key: str, raw: Any) -> str:
 _CREDENTIAL_PARAM = re.compile(r"(?i)sig|token|key|credential|auth|pass|secret|session")
 
 
-def http_url(key: str, raw: Any) -> str:
-    parsed = urlsplit(str(raw))
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise invalid(key, "an http(s) URL of a file in the dataset's format", raw)
-    return str(raw)
+def _shown_url(raw: Any) -> str:
+    """A refused URL as its error shows it: without userinfo and query when it has either
+    (they may be credentials), control characters escaped (the error is one line)."""
+    text = str(raw)
+    if "@" in text or "?" in text:
+        text = f"{display_url(text)} (user:password and query not shown)"
+    return text.encode("unicode_escape").decode("ascii")
 
 
 @allows("an http(s) URL of a file in the dataset's format, without credentials (a URL "
         "with credentials goes in a Secret: datasetSourceSecret)")
 def dataset_url(key: str, raw: Any) -> str:
-    """An http(s) URL without credentials: they would be in the ingest Job's command, the
-    rendered YAML, the Pulumi state and the logs. Refused without echoing them."""
-    text = http_url(key, raw)
+    """trainer.contract.urls.download_url's rule (the ingest checks the same), and no
+    credentials: they would be in the ingest Job's command, the rendered YAML, the Pulumi
+    state and the logs. Refused without echoing them."""
+    try:
+        text = download_url(str(raw))
+    except BadURL as problem:
+        raise invalid(key, f"{DOWNLOAD_URL_RULE}, of a file in the dataset's format "
+                           f"(here: {problem})", _shown_url(raw)) from None
     parts = urlsplit(text)
     params = [name for name, _, _ in (p.partition("=") for p in parts.query.split("&"))]
     if "@" in parts.netloc or any(_CREDENTIAL_PARAM.search(n) for n in params if n):
-        host = parts.hostname or ""
-        shown_url = f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
         raise invalid(key, "a URL without credentials (no user:password@, no signed query "
                            "such as X-Amz-Signature, sig or token): put such a URL in a Secret "
                            "(key TRAINSTACK_DATASET_SOURCE) and set datasetSourceSecret",
-                      f"{shown_url} (credentials not shown)")
+                      _shown_url(raw))
     return text
 
 
@@ -292,50 +299,3 @@ def directory(key: str, raw: Any) -> str:
     if not text or "\0" in text or text in (".", "/"):
         raise invalid(key, directory.allowed, raw)
     return text
-
-
-def _json(key: str, raw: Any, allowed: str) -> Any:
-    if not isinstance(raw, str):
-        return raw
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        raise invalid(key, allowed, raw) from None
-
-
-@allows('a JSON object of label strings, e.g. {"nvidia.com/gpu.present": "true"}')
-def node_selector(key: str, raw: Any) -> dict[str, str]:
-    allowed = node_selector.allowed
-    value = _json(key, raw, allowed)
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise invalid(key, allowed, raw)
-    for label, label_value in value.items():
-        if not is_label_key(label):
-            raise invalid(key, f"label keys only: {label!r} is not one ({LABEL_KEY_RULE})", raw)
-        if not is_label_value(label_value):
-            raise invalid(key, f"label values only: {label_value!r} (for {label!r}) is not one "
-                               f"({LABEL_VALUE_RULE})", raw)
-    return value
-
-
-@allows("a JSON list of tolerations with keys key/operator/value/effect/tolerationSeconds, "
-        f"operator Exists|Equal, effect {'|'.join(TOLERATION_EFFECTS)}")
-def tolerations(key: str, raw: Any) -> list[dict[str, Any]]:
-    allowed = tolerations.allowed
-    value = _json(key, raw, allowed)
-    if not isinstance(value, list):
-        raise invalid(key, allowed, raw)
-    for item in value:
-        if (
-            not isinstance(item, dict)
-            or not set(item) <= TOLERATION_KEYS
-            or item.get("operator", "Equal") not in ("Exists", "Equal")
-            or item.get("effect", "NoSchedule") not in TOLERATION_EFFECTS
-        ):
-            raise invalid(key, allowed, raw)
-        problem = toleration_problem(item)
-        if problem:
-            raise invalid(key, f"{allowed}; {problem}", raw)
-    return value

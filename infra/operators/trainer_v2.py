@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_kubernetes.kustomize import v2 as kustomize
 
+from infra.operators.crds import retain_crds
+
 REPO = "https://github.com/kubeflow/trainer"
 OVERLAY = "manifests/overlays/manager"
 TRAINER_NAMESPACE = "kubeflow-system"
@@ -64,7 +66,8 @@ class TrainerV2(pulumi.ComponentResource):
         self.manifests = kustomize.Directory(
             "kubeflow-trainer",
             directory=overlay_url(),
-            opts=pulumi.ResourceOptions(parent=self),
+            # Its CRDs stay on destroy: deleting one deletes every team's jobs (crds.py).
+            opts=pulumi.ResourceOptions(parent=self, transforms=[retain_crds]),
         )
         self.register_outputs({"version": args.version, "namespace": TRAINER_NAMESPACE,
                                "source": overlay_url(), "jobset": JOBSET_VERSION})

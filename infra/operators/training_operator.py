@@ -33,6 +33,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi_kubernetes.kustomize import v2 as kustomize
 
+from infra.operators.crds import retain_crds
+
 REPO = "https://github.com/kubeflow/training-operator"
 OVERLAY = "manifests/overlays/standalone"
 OPERATOR_NAMESPACE = "kubeflow"
@@ -92,7 +94,8 @@ class TrainingOperator(pulumi.ComponentResource):
         self.manifests = kustomize.Directory(
             "training-operator",
             directory=overlay_url(args.version),
-            opts=pulumi.ResourceOptions(parent=self),
+            # Its CRDs stay on destroy: deleting one deletes every team's jobs (crds.py).
+            opts=pulumi.ResourceOptions(parent=self, transforms=[retain_crds]),
         )
         self.init_template = _init_template(self.manifests, self)
         self.register_outputs(

@@ -25,11 +25,11 @@ import pulumi
 from infra.config.cluster import ClusterAccess
 from infra.config.errors import StackConfigError
 from infra.config.stack_config import StackConfig
+from infra.preflight.cluster import TIMEOUT_S, UNANSWERED, connect, reason
 from infra.workloads import minio_server, mlflow_server
 
 DEFAULT_CLASS_ANNOTATIONS = ("storageclass.kubernetes.io/is-default-class",
                              "storageclass.beta.kubernetes.io/is-default-class")
-TIMEOUT_S = 10
 
 
 @dataclass(frozen=True)
@@ -90,19 +90,20 @@ def stack_claims(cfg: StackConfig) -> list[Claim]:
 
 def claims_problem(claims: Iterable[Claim], storage: ClusterStorage
                    ) -> StackConfigError | None:
-    """The error for the first claim that cannot bind on `storage`; None when all can."""
+    """One error naming every claim that cannot bind on `storage` (a `pulumi up` that stops
+    for one and then, fixed, for the next would cost a run each); None when all can."""
     names = ", ".join(sorted(storage.classes)) or "none"
     defaults = [name for name, is_default in storage.classes.items() if is_default]
     free = None if storage.classless_volumes is None else list(storage.classless_volumes)
+    unknown: list[Claim] = []  # name a StorageClass the cluster lacks
+    unbound: list[tuple[Claim, list[Volume]]] = []  # want the default: none, no volume fits
     for claim in claims:
         if claim.name in storage.bound_claims and claim.storage_class in (
                 None, storage.bound_classes.get(claim.name, claim.storage_class)):
             continue
         if claim.storage_class is not None:
             if claim.storage_class not in storage.classes:
-                return StackConfigError(
-                    f"invalid config trainstack:{claim.key} = '{claim.storage_class}': the "
-                    f"cluster has no StorageClass of that name (it has: {names})", key=claim.key)
+                unknown.append(claim)
             continue
         if defaults or free is None:
             continue
@@ -111,24 +112,37 @@ def claims_problem(claims: Iterable[Claim], storage: ClusterStorage
         if fitting:
             free.remove(fitting[0])  # it binds this claim and no other
             continue
-        return StackConfigError(
-                f"{claim.owner} (PersistentVolumeClaim {claim.name}) would wait Pending "
-                f"forever: the cluster has no default StorageClass (it has: {names})"
-                f"{_volumes_note(claim, free)}. Set one for the stack: pulumi config set "
-                f"{claim.key} <name>, or mark one default: kubectl patch storageclass <name> "
-                "-p '{\"metadata\": "
-                f"{{\"annotations\": {{\"{DEFAULT_CLASS_ANNOTATIONS[0]}\": \"true\"}}}}}}'"
-                " (docs/operations.md, \"Storage\")", key=claim.key)
-    return None
+        unbound.append((claim, list(free)))
+    parts = [f"invalid config trainstack:{claim.key} = '{claim.storage_class}': the cluster "
+             f"has no StorageClass of that name (it has: {names})" for claim in unknown]
+    if unbound:
+        parts.append(_pending_forever(unbound, names))
+    if not parts:
+        return None
+    return StackConfigError("; ".join(parts), key=(unknown or [unbound[0][0]])[0].key)
 
 
-def _volumes_note(claim: Claim, free: list[Volume]) -> str:
+def _pending_forever(unbound: list[tuple[Claim, list[Volume]]], names: str) -> str:
+    """Why claims that want the default StorageClass would never bind, and what to set."""
+    several = len(unbound) > 1
+    subjects = " and ".join(f"{c.owner} (PersistentVolumeClaim {c.name})" for c, _ in unbound)
+    notes = "".join(_volumes_note(c, free, several) for c, free in unbound)
+    settings = " and ".join(f"pulumi config set {c.key} <name>" for c, _ in unbound)
+    return (f"{subjects} would wait Pending forever: the cluster has no default StorageClass "
+            f"(it has: {names}){notes}. Set one for the stack: {settings}, or mark one "
+            "default: kubectl patch storageclass <name> -p '{\"metadata\": "
+            f"{{\"annotations\": {{\"{DEFAULT_CLASS_ANNOTATIONS[0]}\": \"true\"}}}}}}'"
+            " (docs/operations.md, \"Storage\")")
+
+
+def _volumes_note(claim: Claim, free: list[Volume], several: bool = False) -> str:
     """Why the Available volumes of no class the cluster does have do not bind it."""
     if not free:
         return ""
     largest = max(free, key=lambda v: v.capacity)
+    which = f"the claim of {claim.owner}" if several else "the claim"
     return (f" and none of its {len(free)} Available PersistentVolume(s) of no class fits "
-            f"the claim (ReadWriteOnce, a filesystem, at least {claim.size}; the largest: "
+            f"{which} (ReadWriteOnce, a filesystem, at least {claim.size}; the largest: "
             f"{largest.name}, {_gib(largest.capacity)})")
 
 
@@ -160,25 +174,10 @@ def read_cluster_storage(access: ClusterAccess, namespace: str,
                          claim_names: list[str]) -> ClusterStorage | None:
     """StorageClasses, classless Available volumes and Bound claims; None when the
     cluster cannot be asked (unreachable, no kubeconfig, not allowed to list)."""
-    import urllib3
-    import yaml
     from kubernetes import client
-    from kubernetes.client.rest import ApiException
-    from kubernetes.config import ConfigException
 
-    # ...or an answer that is not what an API server sends (an auth proxy's 200 login
-    # page, JSON of another shape): the client's models raise ValueError or TypeError.
-    unanswered = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError, TypeError,
-                  AttributeError, KeyError)
-    try:
-        api = _api_client(access)
-    except (ConfigException, OSError, ValueError, yaml.YAMLError,
-            TypeError, AttributeError, KeyError, IndexError) as exc:
-        # No kubeconfig, an unknown context, a kubeconfig of the wrong shape (the client
-        # trips over a number where it wants a mapping): the provider reports those itself.
-        # Only ConfigException's own words: a YAML error quotes the line, maybe a token.
-        said = str(exc) if isinstance(exc, ConfigException) else type(exc).__name__
-        pulumi.log.debug(f"storage check skipped: no cluster configuration ({said})")
+    api = connect(access, "storage check")
+    if api is None:
         return None
     with api:
         storage_api, core = client.StorageV1Api(api), client.CoreV1Api(api)
@@ -187,41 +186,14 @@ def read_cluster_storage(access: ClusterAccess, namespace: str,
                 item.metadata.name: _is_default(item.metadata.annotations or {})
                 for item in storage_api.list_storage_class(_request_timeout=TIMEOUT_S).items
             }
-        except unanswered as exc:  # 403 for a namespaced user, an unreachable server
+        except UNANSWERED as exc:  # 403 for a namespaced user, an unreachable server
             pulumi.log.info("the stack's volumes were not checked: cannot list StorageClasses "
-                            f"({_reason(exc)})")
+                            f"({reason(exc)})")
             return None
-        bound = _bound_claims(core, namespace, claim_names, unanswered)
+        bound = _bound_claims(core, namespace, claim_names)
         return ClusterStorage(
-            classes, _classless_volumes(core, classes, namespace, claim_names, unanswered),
+            classes, _classless_volumes(core, classes, namespace, claim_names),
             frozenset(bound), bound)
-
-
-def _api_client(access: ClusterAccess):
-    import yaml
-    from kubernetes import client
-    from kubernetes.config import kube_config
-
-    configuration = client.Configuration()
-    text = access.kubeconfig
-    if text and ("\n" in text or text.lstrip().startswith("{")):
-        loaded = yaml.safe_load(text)
-        if loaded is None:
-            raise kube_config.ConfigException("Invalid kube-config dict. No configuration found.")
-        loader = kube_config._get_kube_config_loader(config_dict=loaded,
-                                                     active_context=access.context)
-    else:
-        loader = kube_config._get_kube_config_loader(
-            filename=text or kube_config.KUBE_CONFIG_DEFAULT_LOCATION,
-            active_context=access.context, persist_config=False)
-    if access.cluster:
-        # The provider's `kubernetes:cluster`: the context's user, this cluster. The client
-        # has no such override; a name the kubeconfig lacks raises ConfigException.
-        loader._cluster = loader._config["clusters"].get_with_name(access.cluster)["cluster"]
-    loader.load_and_set(configuration)
-    # One try per request: an unreachable cluster costs one timeout, not four.
-    configuration.retries = False
-    return client.ApiClient(configuration)
 
 
 def _is_default(annotations: Mapping[str, str]) -> bool:
@@ -229,7 +201,7 @@ def _is_default(annotations: Mapping[str, str]) -> bool:
 
 
 def _classless_volumes(core, classes: Mapping[str, bool], namespace: str,
-                       claim_names: list[str], unanswered) -> tuple[Volume, ...] | None:
+                       claim_names: list[str]) -> tuple[Volume, ...] | None:
     if any(classes.values()):
         return ()  # not needed: a default class exists
     try:
@@ -247,13 +219,12 @@ def _classless_volumes(core, classes: Mapping[str, bool], namespace: str,
                 (pv.spec.volume_mode or "Filesystem") == "Filesystem",
                 ref.name if ref is not None else None))
         return tuple(volumes)
-    except unanswered as exc:  # may not list volumes: assume they fit, do not stop
-        pulumi.log.debug(f"cannot list PersistentVolumes ({_reason(exc)})")
+    except UNANSWERED as exc:  # may not list volumes: assume they fit, do not stop
+        pulumi.log.debug(f"cannot list PersistentVolumes ({reason(exc)})")
         return None
 
 
-def _bound_claims(core, namespace: str, names: list[str], unanswered
-                  ) -> dict[str, str | None]:
+def _bound_claims(core, namespace: str, names: list[str]) -> dict[str, str | None]:
     """The Bound ones of the claims, with their storageClassName."""
     bound = {}
     for name in names:
@@ -262,11 +233,6 @@ def _bound_claims(core, namespace: str, names: list[str], unanswered
                 name, namespace, _request_timeout=TIMEOUT_S)
             if claim.status and claim.status.phase == "Bound":
                 bound[name] = claim.spec.storage_class_name if claim.spec else None
-        except unanswered:  # absent (the first `up`) or not readable: not bound
+        except UNANSWERED:  # absent (the first `up`) or not readable: not bound
             pass
     return bound
-
-
-def _reason(exc: Exception) -> str:
-    status = getattr(exc, "status", None)
-    return f"HTTP {status} {getattr(exc, 'reason', '')}".strip() if status else type(exc).__name__

@@ -1,5 +1,6 @@
 """The store's buckets (a Job running `python -m trainer buckets`) and, for an external
-store, the credentials Secret the stack makes from storeAccessKey/storeSecretKey."""
+store, the credentials Secrets the stack makes from storeAccessKey/storeSecretKey (one
+named by a digest of its content, one under a fixed name: infra/workloads/rotation.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.workloads import pod
+from infra.workloads import pod, rotation
 from infra.workloads.catalog import BUCKETS
 
 JOB_NAME = "trainstack-buckets"
@@ -41,7 +42,7 @@ class Buckets(pulumi.ComponentResource):
             image_pull_policy=args.image_pull_policy,
             command=["python", "-m", "trainer", "buckets",
                      *(["--tracking"] if args.tracking else [])],
-            store=args.store,
+            store=args.store.for_jobs(),
             cpu="100m",
             memory="256Mi",
             cpu_limit="500m",
@@ -70,18 +71,25 @@ class StoreCredentialsArgs:
     namespace: pulumi.Input[str]
     access_key: str
     secret_key: pulumi.Input[str]  # a secret Output
+    versions: rotation.SecretVersions  # names the Secret the pods read by its content
 
 
 class StoreCredentials(pulumi.ComponentResource):
-    """The Secret (keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) for an external store."""
+    """The Secrets (keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) for an external store:
+    `secret_name` (`<STORE_SECRET>-<version>`) for the pods that keep running, STORE_SECRET
+    for the Jobs."""
 
     secret_name: pulumi.Output[str]
+    version: pulumi.Output[str]
 
     def __init__(self, name: str, args: StoreCredentialsArgs,
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("trainstack:index:StoreCredentials", name, None, opts)
-        secret = pod.credentials_secret(STORE_SECRET, args.namespace, args.access_key,
-                                        args.secret_key, "store",
-                                        pulumi.ResourceOptions(parent=self))
+        child = pulumi.ResourceOptions(parent=self)
+        data, labels = pod.credentials(args.access_key, args.secret_key), pod.labels("store")
+        rotation.stable_secret(STORE_SECRET, args.namespace, labels, data, child)
+        secret, self.version = rotation.versioned_secret(
+            STORE_SECRET + rotation.VERSIONED_SUFFIX, STORE_SECRET, args.namespace, labels,
+            data, args.versions, child)
         self.secret_name = secret.metadata.name
         self.register_outputs({"secret_name": self.secret_name})

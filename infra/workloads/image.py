@@ -16,12 +16,14 @@ from pathlib import Path
 import pulumi
 import pulumi_docker as docker
 
+from trainer.contract.image import CPU_TORCH_VARIANT, GPU_TORCH_VARIANT
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # What the Dockerfile copies: a change to any of these must produce a new image tag.
 BUILD_INPUTS = ("trainer", "inference", ".dockerignore", "requirements-image.lock",
                 "tools/lock/torch_split.py")
-CUDA_VARIANT = "cu130"
-CPU_VARIANT = "cpu"
+CUDA_VARIANT = GPU_TORCH_VARIANT
+CPU_VARIANT = CPU_TORCH_VARIANT
 # CPU images take torch from PyTorch's CPU index (no CUDA libraries); GPU images the lock's
 # own torch from PyPI (empty index: hashed like the rest), which is the cu130 build.
 TORCH_INDEX_URLS = {CPU_VARIANT: "https://download.pytorch.org/whl/cpu", CUDA_VARIANT: ""}

@@ -1,10 +1,13 @@
 """MinIO: the in-cluster S3 store (credentials Secret, PVC, Deployment, Service).
 
 Only declared without `storeEndpoint`. Its root credentials are the store credentials
-every workload reads: a Secret the stack makes (generated or `minioRootPassword`), or the
-existing one `storeCredentialsSecret` names (required in render mode). MinIO reads them
-as files (MINIO_ROOT_*_FILE), not env vars; it runs as a high non-root uid with a
-read-only root filesystem: it writes only to /data (the PVC) and /tmp (certs dir, HOME).
+every workload reads: Secrets the stack makes (generated or `minioRootPassword`), or the
+existing one `storeCredentialsSecret` names (required in render mode). The stack's are two
+with the same content (infra/workloads/rotation.py): `minio-credentials-<digest>`, which
+MinIO and the clients that keep running read (a new password rolls them), and
+`minio-credentials`, which the Jobs and people read. MinIO reads them as files
+(MINIO_ROOT_*_FILE), not env vars; it runs as a high non-root uid with a read-only root
+filesystem: it writes only to /data (the PVC) and /tmp (certs dir, HOME).
 """
 
 from __future__ import annotations
@@ -15,8 +18,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from infra.security import rotation
-from infra.workloads import pod
+from infra.workloads import pod, rotation
 from infra.workloads.catalog import STORE
 
 # Pinned: a MinIO server release (the last community image with the console), by the
@@ -46,11 +48,11 @@ TMP = pod.tmp("64Mi")  # HOME and --certs-dir (MinIO creates certs/CAs there)
 class MinIOArgs:
     namespace: pulumi.Input[str]
     storage_size: str
+    versions: rotation.SecretVersions  # names the stack's Secret by its content
     storage_class: str | None = None
     root_password: pulumi.Input[str] | None = None  # secret; generated when None
     credentials_secret: str | None = None  # an existing Secret instead of the stack's
     bucket_prefix: str = ""  # what every workload's store ref carries
-    versions: rotation.SecretVersions | None = None  # digests of the stack's Secret
 
 
 class MinIO(pulumi.ComponentResource):
@@ -63,36 +65,39 @@ class MinIO(pulumi.ComponentResource):
     def __init__(self, name: str, args: MinIOArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("trainstack:index:MinIO", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        version = None
+        version, job_secret, ready = None, None, []
         if args.credentials_secret:
             secret_name: pulumi.Input[str] = args.credentials_secret
         else:
-            secret, credentials = self._secret(args, child)
-            secret_name = secret.metadata.name
-            version = args.versions.of(credentials) if args.versions else None
+            secret, version, stable = self._secrets(args, child)
+            secret_name, job_secret, ready = secret.metadata.name, SECRET_NAME, [stable]
         pvc = self._pvc(args, child)
         account = pod.service_account(STORE, args.namespace, child)
-        deployment = self._deployment(args, secret_name, pvc, account, version, child)
+        deployment = self._deployment(args, secret_name, pvc, account, child)
         service = self._service(args, child)
         host = pulumi.Output.concat(SERVICE_NAME, ".", args.namespace, ".svc")
         self.endpoint = pulumi.Output.concat(host, f":{API_PORT}")
         self.store = pod.StoreRef(url=pulumi.Output.concat("s3://", self.endpoint),
                                   secret_name=secret_name, bucket_prefix=args.bucket_prefix,
-                                  version=version)
-        self.ready = [deployment, service]
+                                  version=version, job_secret_name=job_secret)
+        self.ready = [deployment, service, *ready]
         self.register_outputs({"endpoint": self.endpoint, "secret_name": secret_name})
 
-    def _secret(self, args: MinIOArgs, opts: pulumi.ResourceOptions
-                ) -> tuple[k8s.core.v1.Secret, pulumi.Output]:
-        """The stack's Secret, and its content (for its version digest)."""
+    def _secrets(self, args: MinIOArgs, opts: pulumi.ResourceOptions
+                 ) -> tuple[k8s.core.v1.Secret, pulumi.Output[str], k8s.core.v1.Secret]:
+        """The stack's Secrets (versioned, then fixed-name) and the version's digest."""
         password = args.root_password
         if password is None:
             password = random.RandomPassword(
                 "minio-root-password", length=32, special=False, opts=opts
             ).result
-        secret = pod.credentials_secret(SECRET_NAME, args.namespace, ROOT_USER, password,
-                                        "minio", opts)
-        return secret, pulumi.Output.all(ROOT_USER, password)
+        data, labels = pod.credentials(ROOT_USER, password), pod.labels("minio")
+        # The fixed-name one keeps the Pulumi name of the stack's first Secret.
+        stable = rotation.stable_secret(SECRET_NAME, args.namespace, labels, data, opts)
+        secret, version = rotation.versioned_secret(
+            SECRET_NAME + rotation.VERSIONED_SUFFIX, SECRET_NAME, args.namespace, labels, data,
+            args.versions, opts)
+        return secret, version, stable
 
     def _pvc(self, args: MinIOArgs, opts: pulumi.ResourceOptions):
         return k8s.core.v1.PersistentVolumeClaim(
@@ -117,8 +122,7 @@ class MinIO(pulumi.ComponentResource):
             opts=opts,
         )
 
-    def _deployment(self, args, secret_name, pvc, account, version, opts
-                    ) -> k8s.apps.v1.Deployment:
+    def _deployment(self, args, secret_name, pvc, account, opts) -> k8s.apps.v1.Deployment:
         data = k8s.core.v1.VolumeArgs(
             name="data",
             persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
@@ -148,9 +152,9 @@ class MinIO(pulumi.ComponentResource):
                 strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=STORE.labels),
                 template=k8s.core.v1.PodTemplateSpecArgs(
-                    # MinIO reads its root credentials once, at start.
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=STORE.labels, annotations=(
-                        rotation.annotations({rotation.STORE_CREDENTIALS: version}))),
+                    # MinIO reads its root credentials once, at start: a new password is a
+                    # new Secret name here, so MinIO restarts with it.
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=STORE.labels),
                     spec=pod.pod_spec(account.metadata.name, [_server_container()],
                                       scratch=[TMP], volumes=[data, credentials],
                                       uid=MINIO_UID),

@@ -4,11 +4,13 @@ By default (`port-forward`) the server admits only the stack's pods and users co
 `kubectl port-forward`; `login` opens it to the app's users and then the server asks for a
 login. The login is generated (pulumi-random) and kept in two Secrets:
 
-- `mlflow-auth`: what the server reads, by secretKeyRef: the admin's password
+- `mlflow-auth-<digest>`: what the server reads, by secretKeyRef: the admin's password
   (MLFLOW_AUTH_ADMIN_PASSWORD) and the key that signs its CSRF tokens
-  (MLFLOW_FLASK_SERVER_SECRET_KEY; basic-auth refuses to start without one).
+  (MLFLOW_FLASK_SERVER_SECRET_KEY; basic-auth refuses to start without one). Named by a
+  digest of its content (infra/workloads/rotation.py): a new login rolls the server.
 - `mlflow-client`: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, which the training
-  pods read with `envFrom` (optional: the same template with and without the login).
+  pods read with `envFrom` (optional: the same template with and without the login), by
+  its fixed name: a new login never restarts training (they read it at their next start).
 
 The auth database (users, permissions) lives in /tmp, the pod's emptyDir: MLflow creates
 the admin from MLFLOW_AUTH_ADMIN_PASSWORD only when the user does not exist yet, so a
@@ -23,7 +25,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from infra.workloads import pod
+from infra.workloads import pod, rotation
 from infra.workloads.catalog import TRACKING
 
 ADMIN = "trainstack"
@@ -46,34 +48,20 @@ CONFIG = (f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{pod.T
 class MlflowLogin:
     """The login's Secrets and ConfigMap; `server_env`, `volume`, `mount` for the server."""
 
-    def __init__(self, namespace: pulumi.Input[str], opts: pulumi.ResourceOptions):
+    def __init__(self, namespace: pulumi.Input[str], versions: rotation.SecretVersions,
+                 opts: pulumi.ResourceOptions):
         def generated(name: str) -> pulumi.Output[str]:
             return random.RandomPassword(name, length=32, special=False, opts=opts).result
 
         password, csrf_key = generated("mlflow-admin-password"), generated("mlflow-csrf-key")
-        self.server_secret = self._secret(SERVER_SECRET, namespace, opts,
-                                          {PASSWORD_ENV: password, CSRF_KEY_ENV: csrf_key})
-        self.client_secret = self._secret(CLIENT_SECRET, namespace, opts,
-                                          {USERNAME_ENV: ADMIN, CLIENT_PASSWORD_ENV: password})
-        self.config_map = k8s.core.v1.ConfigMap(
-            CONFIG_MAP, metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=CONFIG_MAP, namespace=namespace, labels=TRACKING.labels),
-            data={"basic_auth.ini": CONFIG}, opts=opts)
-        # What the server reads at start: a new value must restart it (infra/security/rotation.py).
-        self.secret_values = pulumi.Output.all(password, csrf_key)
-
-    @staticmethod
-    def _secret(name: str, namespace: pulumi.Input[str], opts: pulumi.ResourceOptions,
-                values: dict[str, pulumi.Input[str]]) -> k8s.core.v1.Secret:
-        keys = list(values)
-        return k8s.core.v1.Secret(
-            name,
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace,
-                                                labels=TRACKING.labels),
-            type="Opaque",
-            string_data=pulumi.Output.secret(pulumi.Output.all(*values.values()).apply(
-                lambda got: dict(zip(keys, got, strict=True)))),
-            opts=opts)
+        # The server reads it at start: a new value, a new name, a rolled server.
+        self.server_secret, _ = rotation.versioned_secret(
+            SERVER_SECRET, SERVER_SECRET, namespace, TRACKING.labels,
+            _data({PASSWORD_ENV: password, CSRF_KEY_ENV: csrf_key}), versions, opts)
+        rotation.stable_secret(CLIENT_SECRET, namespace, TRACKING.labels,
+                               _data({USERNAME_ENV: ADMIN, CLIENT_PASSWORD_ENV: password}), opts)
+        self.config_map = rotation.versioned_config_map(
+            CONFIG_MAP, CONFIG_MAP, namespace, TRACKING.labels, {"basic_auth.ini": CONFIG}, opts)
 
     def server_env(self) -> list[k8s.core.v1.EnvVarArgs]:
         return [k8s.core.v1.EnvVarArgs(name="MLFLOW_AUTH_CONFIG_PATH", value=CONFIG_PATH),
@@ -88,6 +76,12 @@ class MlflowLogin:
     def mount() -> k8s.core.v1.VolumeMountArgs:
         return k8s.core.v1.VolumeMountArgs(name="auth-config", mount_path=CONFIG_DIR,
                                            read_only=True)
+
+
+def _data(values: dict[str, pulumi.Input[str]]) -> pulumi.Output[dict[str, str]]:
+    keys = list(values)
+    return pulumi.Output.secret(pulumi.Output.all(*values.values()).apply(
+        lambda got: dict(zip(keys, got, strict=True))))
 
 
 def client_env() -> list[k8s.core.v1.EnvFromSourceArgs]:

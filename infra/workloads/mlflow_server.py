@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.security import rotation
-from infra.workloads import pod
+from infra.workloads import pod, rotation
 from infra.workloads.catalog import TRACKING
 from infra.workloads.mlflow_auth import MlflowLogin
 from trainer.contract.env import TRACKING_URI_ENV
@@ -75,12 +74,12 @@ class MlflowArgs:
     namespace: pulumi.Input[str]
     store: pod.StoreRef  # where the artifact bucket is, and the Secret to reach it
     bucket: str  # the artifact bucket's name in the store (`<prefix>mlflow`)
+    versions: rotation.SecretVersions  # names the login's Secret by its content
     image: str = DEFAULT_IMAGE
     storage_size: str = VOLUME_SIZE
     storage_class: str | None = None  # None: the cluster's default StorageClass
     depends_on: Sequence[pulumi.Resource] = field(default_factory=list)  # the bucket Job
     login: bool = False  # MLflow's basic-auth app with a generated login (infra/workloads/mlflow_auth.py)
-    versions: rotation.SecretVersions | None = None  # digests of the login's Secret
 
 
 def allowed_hosts(namespace: str) -> list[str]:
@@ -209,18 +208,16 @@ class MlflowServer(pulumi.ComponentResource):
                                               labels=TRACKING.labels)
 
         account = pod.service_account(TRACKING, args.namespace, child)
-        config_map = k8s.core.v1.ConfigMap(CONFIG_MAP, metadata=metadata(CONFIG_MAP),
-                                           data={"config": AWS_CONFIG}, opts=child)
+        # Named by its content: a release that changes it rolls the server (rotation.py).
+        config_map = rotation.versioned_config_map(CONFIG_MAP, CONFIG_MAP, args.namespace,
+                                                   TRACKING.labels, {"config": AWS_CONFIG}, child)
         pvc = self._pvc(args, child)
-        login = MlflowLogin(args.namespace, child) if args.login else None
+        login = MlflowLogin(args.namespace, args.versions, child) if args.login else None
         volumes = _volumes(args, pvc.metadata.name, config_map.metadata.name)
-        login_version = (args.versions.of(login.secret_values)
-                         if login is not None and args.versions else None)
-        # It reads the store's credentials (boto3 keeps them once read) and its login at start.
+        # It reads the store's credentials (boto3 keeps them once read) and its login at
+        # start: both Secrets are named by their content, so a new value rolls it.
         template = k8s.core.v1.PodTemplateSpecArgs(
-            metadata=k8s.meta.v1.ObjectMetaArgs(labels=TRACKING.labels, annotations=(
-                rotation.annotations({rotation.STORE_CREDENTIALS: args.store.version,
-                                      rotation.MLFLOW_LOGIN: login_version}))),
+            metadata=k8s.meta.v1.ObjectMetaArgs(labels=TRACKING.labels),
             spec=pod.pod_spec(account.metadata.name, [_container(args, login)], scratch=[TMP],
                               volumes=volumes + ([login.volume()] if login else []),
                               uid=MLFLOW_UID))

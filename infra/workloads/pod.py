@@ -10,7 +10,7 @@ ContainerSpec lists (Scratch), and WRITABLE_ENV points every cache there.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pulumi
@@ -55,12 +55,23 @@ class StoreRef:
     """Where workloads find the object store and the Secret holding its credentials."""
 
     url: pulumi.Input[str]  # s3://HOST:PORT or s3s://HOST[:PORT]
-    secret_name: pulumi.Input[str]  # keys ACCESS_KEY_ID, SECRET_ACCESS_KEY
+    # Keys ACCESS_KEY_ID, SECRET_ACCESS_KEY. The stack's own is named by a digest of its
+    # content (infra/workloads/rotation.py): pods that keep running name it, so a new
+    # value rolls them.
+    secret_name: pulumi.Input[str]
     region: str | None = None  # AWS_REGION
     bucket_prefix: str = ""  # TRAINSTACK_BUCKET_PREFIX
-    # A digest of the Secret's content when the stack made it (infra/security/rotation.py): the
-    # templates of pods that keep running carry it, so a new value rolls them.
+    # That digest when the stack made the Secret (None: the user's Secret).
     version: pulumi.Input[str] | None = None
+    # The same credentials under a fixed name, for the Jobs: they run once and must not
+    # run again because a password changed (None: `secret_name`, the user's Secret).
+    job_secret_name: str | None = None
+
+    def for_jobs(self) -> StoreRef:
+        """The ref a Job's pod gets: the fixed-name Secret, by its name only."""
+        if self.job_secret_name is None:
+            return self
+        return replace(self, secret_name=self.job_secret_name, version=None)
 
 
 def s3_endpoint_url(store_url: pulumi.Input[str]) -> pulumi.Output[str]:
@@ -116,6 +127,7 @@ class ContainerSpec:
     scratch: Sequence[Scratch] = ()  # the only writable paths
     env: dict[str, str] = field(default_factory=dict)
     secret_env: Sequence[k8s.core.v1.EnvVarArgs] = ()  # by secretKeyRef (secret_env())
+    field_env: dict[str, str] = field(default_factory=dict)  # name -> downward API fieldPath
     env_from: Sequence[k8s.core.v1.EnvFromSourceArgs] = ()  # every key of a ConfigMap/Secret
     ports: Sequence[k8s.core.v1.ContainerPortArgs] = ()
     volume_mounts: Sequence[k8s.core.v1.VolumeMountArgs] = ()
@@ -148,21 +160,11 @@ def store_env(store: StoreRef) -> list[k8s.core.v1.EnvVarArgs]:
     return env
 
 
-def credentials_secret(name: str, namespace: pulumi.Input[str], access_key: pulumi.Input[str],
-                       secret_key: pulumi.Input[str], component: str,
-                       opts: pulumi.ResourceOptions) -> k8s.core.v1.Secret:
-    """The store credentials Secret the stack makes; its whole stringData is a secret
-    Output, so Pulumi stores it encrypted and never shows it."""
-    return k8s.core.v1.Secret(
-        name,
-        metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace,
-                                            labels=labels(component)),
-        type="Opaque",
-        string_data=pulumi.Output.secret(
-            pulumi.Output.all(access_key, secret_key).apply(
-                lambda keys: {ACCESS_KEY_ID: keys[0], SECRET_ACCESS_KEY: keys[1]})),
-        opts=opts,
-    )
+def credentials(access_key: pulumi.Input[str], secret_key: pulumi.Input[str]
+                ) -> pulumi.Output[dict[str, str]]:
+    """A store credentials Secret's stringData (a secret Output: never shown)."""
+    return pulumi.Output.secret(pulumi.Output.all(access_key, secret_key).apply(
+        lambda keys: {ACCESS_KEY_ID: keys[0], SECRET_ACCESS_KEY: keys[1]}))
 
 
 def container_security(uid: int = APP_UID) -> k8s.core.v1.SecurityContextArgs:
@@ -242,7 +244,10 @@ def container(spec: ContainerSpec) -> k8s.core.v1.ContainerArgs:
         image=spec.image,
         image_pull_policy=spec.image_pull_policy,
         command=list(spec.command),
-        env=store_env(spec.store) + extra + list(spec.secret_env),
+        env=store_env(spec.store) + extra + list(spec.secret_env) + [
+            k8s.core.v1.EnvVarArgs(name=name, value_from=k8s.core.v1.EnvVarSourceArgs(
+                field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path=path)))
+            for name, path in spec.field_env.items()],
         env_from=list(spec.env_from) or None,
         ports=list(spec.ports) or None,
         resources=resources(spec),

@@ -2,10 +2,11 @@
 
 The PyTorchJob is replaced, never patched: the operator does not reconcile a running
 job's replica counts, resources or pod template, so its name carries a hash of everything
-that shapes the run (workers, resources, hyperparameters, the image, the dataset source)
-and any spec change deletes and recreates it. A new name is also what makes a GitOps tool
-(renderYamlTo) start a new job. The trainer resumes from its newest checkpoint (run_id
-ignores workers/resources).
+that shapes the run (workers, resources, hyperparameters, the image, the dataset source,
+the version of the store credentials the stack made) and any spec change deletes and
+recreates it. A new name is also what makes a GitOps tool (renderYamlTo) start a new job,
+and a TrainJob's JobSet a new one (its old pods may still be going: infra/workloads/trainjob.py).
+The trainer resumes from its newest checkpoint (run_id ignores workers/resources).
 """
 
 from __future__ import annotations
@@ -20,20 +21,16 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config.values import quantity_bytes
-from infra.security import rotation
 from infra.workloads import mlflow_auth, pod, trainjob
 from infra.workloads.catalog import INGEST, TRAINER
 from infra.workloads.mlflow_server import TRACKING_CONFIG_MAP
-from trainer.contract.env import CACHE_BYTES_ENV, CACHE_DIR_ENV
+from trainer.contract.env import CACHE_BYTES_ENV, CACHE_DIR_ENV, DATASET_SOURCE_ENV, POD_GPUS_ENV
 
 CONFIG_DIR = "/etc/trainstack"
 CONFIG_FILE = f"{CONFIG_DIR}/train.json"
 CONFIG_MAP = "trainstack-train"
 # The operator's default port, under the name it looks up (the Master's MASTER_PORT).
 MASTER_PORT = TRAINER.port("pytorchjob-port")
-# The ingest Job's env var with the URL from datasetSourceSecret's Secret (same key):
-# Kubernetes expands $(VAR) in the command, so the URL is never in the spec.
-DATASET_SOURCE_ENV = "TRAINSTACK_DATASET_SOURCE"
 # /tmp of a training pod: matplotlib's and the compilers' caches, the figures it publishes.
 TRAIN_TMP_SIZE = "2Gi"
 DATA_CACHE_DIR = "/data-cache"
@@ -69,13 +66,17 @@ class TrainingArgs:
     # depend on it (docs/operations.md, "Experiment tracking").
     tracking: pulumi.Resource | None = None
     api: str = "pytorchjob"  # config trainingApi: pytorchjob or trainjob
+    env: dict[str, str] = field(default_factory=dict)  # more env of the training container
 
 
-def job_name(args: TrainingArgs, image: str) -> str:
+def job_name(args: TrainingArgs, image: str, credentials: str | None = None) -> str:
     """`train-<model>-<dataset>-<hash>`: a new name whenever the run's shape changes.
 
     The dataset source is in the hash: a new `datasetSource` re-runs the ingest Job and
-    the job must start again after it, on the new data.
+    the job must start again after it, on the new data. So is `credentials`, the version
+    of the store credentials the stack made (infra/workloads/rotation.py): the ranks read
+    them at start, so a new password restarts the job, which resumes from its checkpoint
+    (with the user's Secret, None: that one's rotation is the user's restart).
     """
     shape = {
         "workers": args.workers,
@@ -86,6 +87,8 @@ def job_name(args: TrainingArgs, image: str) -> str:
         "image": image,
         "data": args.ingest_source or (
             f"secret:{args.ingest_source_secret}" if args.ingest_source_secret else None),
+        # Only when there is one: a name that stays the same for the user's Secret.
+        **({"credentials": credentials} if credentials is not None else {}),
     }
     digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:8]
     cfg = args.train_config
@@ -131,8 +134,12 @@ def train_env(args: TrainingArgs) -> dict[str, pulumi.Input[str]]:
         # A tenth below the emptyDir's sizeLimit: the kubelet evicts a pod that passes it.
         CACHE_BYTES_ENV: str(quantity_bytes(args.data_cache_size) * 9 // 10),
     }
+    env.update(args.env)  # the promotion gate's settings (infra/workloads/retrain.py)
     if args.gpus_per_worker > 0:
         env["NCCL_DEBUG"] = "WARN"  # NCCL is the backend on GPUs: surface its errors
+        # The trainer stops at once if torch sees fewer (a CPU build of the image) rather
+        # than train on the CPU with the GPUs idle.
+        env[POD_GPUS_ENV] = str(args.gpus_per_worker)
     return env
 
 
@@ -174,12 +181,11 @@ def pod_template(
     config_volume = k8s.core.v1.VolumeArgs(
         name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map)
     )
-    # The store's credentials are env vars, read at start: a new value must restart the
-    # job (it resumes from its checkpoint), or its next upload would be refused.
-    versions = {rotation.STORE_CREDENTIALS: args.store.version}
+    # The store's credentials are env vars, read at start: a new value is a new Secret
+    # name here and in the job's name, so the job restarts (it resumes from its
+    # checkpoint), or its next upload would be refused.
     return k8s.core.v1.PodTemplateSpecArgs(
-        metadata=k8s.meta.v1.ObjectMetaArgs(labels=TRAINER.labels,
-                                            annotations=rotation.annotations(versions)),
+        metadata=k8s.meta.v1.ObjectMetaArgs(labels=TRAINER.labels),
         spec=pod.pod_spec(
             account, [pod.container(spec)], scratch=spec.scratch, volumes=[config_volume],
             **pod.scheduling(args.gpus_per_worker, args.node_selector, args.tolerations),
@@ -223,8 +229,8 @@ class Training(pulumi.ComponentResource):
             deps.append(args.tracking)
         if args.ingest_source is not None or args.ingest_source_secret is not None:
             deps.append(self._ingest(args))
-        self.job_name = pulumi.Output.from_input(args.image).apply(
-            lambda image: job_name(args, image))
+        self.job_name = pulumi.Output.all(args.image, args.store.version).apply(
+            lambda got: job_name(args, *got))
         if args.api == "trainjob":
             self.job = trainjob.declare(
                 self, args.namespace, pod_template(args, config_map.metadata.name,
@@ -267,7 +273,11 @@ class Training(pulumi.ComponentResource):
         command = ["python", "-m", "trainer", "ingest", "--dataset", args.dataset]
         secret_env = []
         if args.ingest_source_secret:
-            command += ["--source", f"$({DATASET_SOURCE_ENV})"]
+            # The URL from the Secret stays in the environment and the ingest reads it there:
+            # as `--source $(VAR)` the kubelet would expand it into the process's command
+            # line (ps, /proc/<pid>/cmdline, the runtime's inspect). An image older than
+            # --source-env refuses the flag rather than download the default dataset.
+            command += ["--source-env", DATASET_SOURCE_ENV]
             secret_env = [pod.secret_env(DATASET_SOURCE_ENV, args.ingest_source_secret,
                                          DATASET_SOURCE_ENV)]
         elif args.ingest_source:
@@ -280,7 +290,8 @@ class Training(pulumi.ComponentResource):
             image=args.image,
             image_pull_policy=args.image_pull_policy,
             command=command,
-            store=args.store,
+            # The fixed-name Secret: a new password does not download the dataset again.
+            store=args.store.for_jobs(),
             cpu="500m",
             memory="1Gi",
             cpu_limit="1",

@@ -2,7 +2,9 @@
 
 With an access token (`inferenceAuthToken`, or the user's Secret `inferenceAuthSecret`) the
 app gets TRAINSTACK_AUTH_TOKEN by secretKeyRef only; the app requires it as a bearer token
-(docs/architecture.md, "Environment of every workload").
+(docs/architecture.md, "Environment of every workload"). The stack's Secret is
+`inference-auth-<digest>` (infra/workloads/rotation.py): a new token rolls the app, and the
+old token works until the old pods are gone.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.security import rotation
-from infra.workloads import pod
+from infra.workloads import pod, rotation
 from infra.workloads.catalog import APP
 from trainer.contract.env import TRACKING_URI_ENV
 from trainer.contract.layout import AUTH_TOKEN_ENV, MLFLOW_UI_URL_ENV
@@ -22,7 +23,7 @@ from trainer.contract.layout import AUTH_TOKEN_ENV, MLFLOW_UI_URL_ENV
 NAME = APP.name
 HTTP = APP.port("http")
 PORT = HTTP.number
-AUTH_SECRET = "inference-auth"  # the Secret the stack makes from inferenceAuthToken
+AUTH_SECRET = "inference-auth"  # the Secret the stack makes from inferenceAuthToken (+ digest)
 CACHE_DIR = "/var/cache/trainstack"  # --cache-dir: downloaded versions, compiled models
 CACHE_SIZE = "2Gi"
 TMP_SIZE = "1Gi"  # Gradio's uploads, temp files
@@ -34,6 +35,7 @@ class InferenceArgs:
     image: pulumi.Input[str]
     store: pod.StoreRef
     model_name: str  # <model>-<dataset>
+    versions: rotation.SecretVersions  # names the token's Secret by its content
     replicas: int = 1
     service_type: str = "NodePort"
     image_pull_policy: str = "IfNotPresent"
@@ -42,7 +44,6 @@ class InferenceArgs:
     auth_secret: str | None = None  # or: the user's Secret (key AUTH_TOKEN_ENV)
     tracking_uri: pulumi.Input[str] | None = None  # MLFLOW_TRACKING_URI (config `mlflow`)
     mlflow_ui_url: str | None = None  # where users' browsers open MLflow (the app's links)
-    versions: rotation.SecretVersions | None = None  # digests of the token's Secret
 
 
 def _probe(path: str, delay: int, failures: int) -> k8s.core.v1.ProbeArgs:
@@ -98,17 +99,13 @@ def _container(args: InferenceArgs, token_secret: pulumi.Input[str] | None
 
 
 def _deployment_spec(args: InferenceArgs, account: pulumi.Input[str],
-                     token_secret: pulumi.Input[str] | None,
-                     token_version: pulumi.Input[str] | None) -> k8s.apps.v1.DeploymentSpecArgs:
+                     token_secret: pulumi.Input[str] | None) -> k8s.apps.v1.DeploymentSpecArgs:
     spec = _container(args, token_secret)
-    versions = {rotation.STORE_CREDENTIALS: args.store.version,
-                rotation.AUTH_TOKEN: token_version}
     return k8s.apps.v1.DeploymentSpecArgs(
         replicas=args.replicas,
         selector=k8s.meta.v1.LabelSelectorArgs(match_labels=APP.labels),
         template=k8s.core.v1.PodTemplateSpecArgs(
-            metadata=k8s.meta.v1.ObjectMetaArgs(labels=APP.labels,
-                                                annotations=rotation.annotations(versions)),
+            metadata=k8s.meta.v1.ObjectMetaArgs(labels=APP.labels),
             spec=pod.pod_spec(account, [pod.container(spec)], scratch=spec.scratch),
         ),
     )
@@ -129,6 +126,7 @@ class Inference(pulumi.ComponentResource):
     service: k8s.core.v1.Service
     url: pulumi.Output[str]  # in-cluster
     access: pulumi.Output[str]  # the command that shows how to reach it from outside
+    token_secret: pulumi.Input[str] | None  # the Secret with the access token; None: open
 
     def __init__(self, name: str, args: InferenceArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("trainstack:index:Inference", name, None, opts)
@@ -136,13 +134,11 @@ class Inference(pulumi.ComponentResource):
         metadata = k8s.meta.v1.ObjectMetaArgs(name=NAME, namespace=args.namespace,
                                               labels=APP.labels)
         account = pod.service_account(APP, args.namespace, child)
-        token_secret = self._token_secret(args, child)
-        token_version = (args.versions.of(args.auth_token)
-                         if args.versions and args.auth_token is not None else None)
+        token_secret = self.token_secret = self._token_secret(args, child)
         self.deployment = k8s.apps.v1.Deployment(
             NAME,
             metadata=metadata,
-            spec=_deployment_spec(args, account.metadata.name, token_secret, token_version),
+            spec=_deployment_spec(args, account.metadata.name, token_secret),
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
         )
         self.service = k8s.core.v1.Service(
@@ -163,15 +159,10 @@ class Inference(pulumi.ComponentResource):
         """The name of the Secret holding the access token, or None (no token: open app)."""
         if args.auth_token is None:
             return args.auth_secret
-        secret = k8s.core.v1.Secret(
-            AUTH_SECRET,
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=AUTH_SECRET, namespace=args.namespace,
-                                                labels=APP.labels),
-            type="Opaque",
-            # The whole stringData is a secret Output: encrypted in the state, never shown.
-            string_data=pulumi.Output.secret(
-                pulumi.Output.from_input(args.auth_token).apply(
-                    lambda token: {AUTH_TOKEN_ENV: token})),
-            opts=opts,
-        )
+        # The Pulumi name stays the first one's: an upgrade replaces that Secret (new
+        # name created first) instead of making a second.
+        secret, _ = rotation.versioned_secret(
+            AUTH_SECRET, AUTH_SECRET, args.namespace, APP.labels,
+            pulumi.Output.from_input(args.auth_token).apply(lambda t: {AUTH_TOKEN_ENV: t}),
+            args.versions, opts)
         return secret.metadata.name

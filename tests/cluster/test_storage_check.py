@@ -144,6 +144,8 @@ def test_the_program_stops_before_registering_anything(control_plane):
         result = run_program({"trainstack:image": "registry.example.com/t/trainer",
                               "kubernetes:kubeconfig": str(control_plane.kubeconfig)})
     assert result.returncode != 0
-    assert "MinIO's volume (PersistentVolumeClaim minio-data) would wait Pending forever" in (
+    # Every claim that would wait, in one error (issue 28 #24): MinIO's and MLflow's.
+    assert ("MinIO's volume (PersistentVolumeClaim minio-data) and MLflow's volume "
+            "(PersistentVolumeClaim mlflow-data) would wait Pending forever") in (
         result.stderr), result.stderr[-2000:]
     assert "kubernetes:apps/v1:Deployment" not in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 from tests.infra.render import Rendering
@@ -31,6 +32,15 @@ RENDERED_EXTERNAL = {**EXTERNAL, "renderYamlTo": "/srv/gitops/trainstack",
                      "installTrainingOperator": "false"}
 
 
+def versioned(rendering: Rendering, kind: str, name: str) -> str:
+    """The name of the object `<name>-<digest>` of `kind`: a Secret or ConfigMap named by a
+    digest of its content (infra/workloads/rotation.py)."""
+    found = [o["metadata"]["name"] for o in rendering.objects.values() if o["kind"] == kind
+             and re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{16}}", o["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name}-<digest>, got {found}"
+    return found[0]
+
+
 def one(rendering: Rendering, kind: str) -> dict[str, Any]:
     found = [v for k, v in rendering.objects.items() if k.startswith(f"{kind}/")]
     assert len(found) == 1, f"expected one {kind}, got {[k for k in rendering.objects]}"
@@ -42,11 +52,14 @@ def pytorchjob(rendering: Rendering) -> dict[str, Any]:
 
 
 def pod_specs(rendering: Rendering) -> dict[str, dict[str, Any]]:
-    """Every pod spec: Deployments, Jobs, each PyTorchJob replica, a TrainJob's pod."""
+    """Every pod spec: Deployments, Jobs, CronJobs' Jobs, each PyTorchJob replica, a
+    TrainJob's pod."""
     specs = {}
     for key, obj in rendering.objects.items():
         if obj["kind"] in ("Deployment", "Job"):
             specs[key] = obj["spec"]["template"]["spec"]
+        elif obj["kind"] == "CronJob":
+            specs[key] = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
         elif obj["kind"] == "PyTorchJob":
             for rtype, replica in obj["spec"]["pytorchReplicaSpecs"].items():
                 specs[f"{key}/{rtype}"] = replica["template"]["spec"]

@@ -9,6 +9,10 @@ listed in `secrets` (default: the stack's secret keys) are passed as secret conf
 shape (apiVersion, kind, metadata, spec/data/stringData), exactly the inputs the program
 gave pulumi-kubernetes, secret values unwrapped.
 
+A provider-side component's `transforms` option is run on its stand-in children as the
+engine runs it (`Registration.retain_on_delete` records the outcome), and
+`Rendering.retained_child()` runs it on any manifest, e.g. the real overlay's.
+
 `Rendering.destroy_order()` is the order `pulumi destroy` deletes in, derived from the
 recorded registrations with the engine's own rules (pulumi/pulumi
 pkg/resource/graph/dependency_graph.go DependenciesOf, deploy/step_generator.go
@@ -20,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +82,7 @@ class Registration:
     custom_timeouts: dict[str, str] = field(default_factory=dict)  # create/update/delete
     aliases: list[tuple[str, str]] = field(default_factory=list)  # (name, type) it was before
     order: int = 0  # position in the state (registration order)
+    retain_on_delete: bool = False  # `pulumi destroy` forgets it and leaves it in the cluster
 
     @property
     def provider_urn(self) -> str:
@@ -92,6 +98,14 @@ class Rendering:
     # "Kind/name" -> the fields a server-side-apply patch (DeploymentPatch, ...) sets on an
     # object someone else made: not whole objects, so not in `objects`.
     patches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    transforms: dict[str, list] = field(default_factory=dict)  # urn -> `transforms` option
+
+    def retained_child(self, parent: str, manifest: dict[str, Any]) -> bool:
+        """Whether the engine would register `manifest` as a child of the provider-side
+        component `parent` (an operator's overlay) with retainOnDelete."""
+        opts = transformed_options(self.transforms, self.resources, parent,
+                                   type_token(manifest), manifest["metadata"]["name"])
+        return bool(opts.retain_on_delete)
 
     def by_type(self, type_token: str) -> list[Registration]:
         return [r for r in self.resources.values() if r.type == type_token]
@@ -136,6 +150,26 @@ class Rendering:
         return next(i for i, step in enumerate(self.destroy_order()) if urn in step)
 
 
+def transformed_options(transforms: dict[str, list], registrations: dict[str, Registration],
+                        parent: str, typ: str, name: str) -> pulumi.ResourceOptions:
+    """A child's options after the `transforms` of its parent and every ancestor, run as
+    the engine runs them for a provider-side component's children (nearest first)."""
+    opts = pulumi.ResourceOptions()
+    while parent in transforms:
+        for transform in transforms[parent]:
+            result = transform(pulumi.ResourceTransformArgs(True, typ, name, {}, opts))
+            if result is not None:
+                opts = result.opts
+        parent = registrations[parent].parent if parent in registrations else ""
+    return opts
+
+
+def type_token(manifest: dict[str, Any]) -> str:
+    """pulumi-kubernetes' type token of a manifest: `kubernetes:<group|core>/<v>:<Kind>`."""
+    group, _, version = manifest["apiVersion"].rpartition("/")
+    return f"kubernetes:{group or 'core'}/{version}:{manifest['kind']}"
+
+
 def _key(inputs: dict[str, Any]) -> str | None:
     kind, meta = inputs.get("kind"), inputs.get("metadata") or {}
     return f"{kind}/{meta.get('name')}" if kind and meta.get("name") else None
@@ -172,8 +206,12 @@ class _Mocks(pulumi.runtime.Mocks):
 
     def __init__(self, rotated: tuple[str, ...] = ()):
         self.rotated = rotated
+        # The `transforms` of the registration this thread is in (the mock monitor resolves
+        # them to the program's functions and hands them over here only).
+        self.current = threading.local()
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        self.current.transforms = list(args.transforms)
         state = dict(args.inputs)
         if args.typ == "docker:index/image:Image":
             repo = state["imageName"].rsplit(":", 1)[0]
@@ -195,16 +233,22 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         super().__init__(mocks)
         self.registrations: dict[str, Registration] = {}
         self.secret_values: list[str] = []
+        self.transforms: dict[str, list] = {}  # urn -> its `transforms` option's functions
 
     def RegisterResource(self, request):
+        self.mocks.current.transforms = []  # the Stack's registration never reaches new_resource
         response = super().RegisterResource(request)
         raw = rpc.deserialize_properties(request.object)
         secret_props = [k for k, v in raw.items() if rpc.is_rpc_secret(v)]
+        self.transforms[response.urn] = self.mocks.current.transforms
         if request.remote and request.type == DIRECTORY_TYPE:
             for typ, name in OPERATOR_CHILDREN[request.name]:  # by Construct, before the reply
                 urn = self.make_urn(response.urn, typ, name)
+                opts = transformed_options(self.transforms, self.registrations,
+                                           response.urn, typ, name)
                 self._record(Registration(urn, typ, name, response.urn, True, False, {}, [], [],
-                                          False, [], provider=request.provider))
+                                          False, [], provider=request.provider,
+                                          retain_on_delete=bool(opts.retain_on_delete)))
         timeouts = request.customTimeouts
         self._record(Registration(
             urn=response.urn,
@@ -225,6 +269,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                              if getattr(timeouts, k)},
             aliases=[(a.spec.name, a.spec.type) for a in request.aliases
                      if a.WhichOneof("alias") == "spec"],
+            retain_on_delete=request.retainOnDelete,
         ))
         return response
 
@@ -260,7 +305,8 @@ def render(config: dict[str, str], secrets: tuple[str, ...] = SECRET_KEYS,
     objects = {_key(r.inputs): r.inputs for r in kube if not r.type.endswith("Patch")}
     patches = {_key(r.inputs): r.inputs for r in kube if r.type.endswith("Patch")}
     secret_values = monitor.secret_values + [config[k] for k in secrets if k in config]
-    return Rendering(objects, registrations, exports, sorted(set(secret_values)), patches)
+    return Rendering(objects, registrations, exports, sorted(set(secret_values)), patches,
+                     monitor.transforms)
 
 
 def render_stack(config: dict[str, str]) -> dict[str, dict[str, Any]]:

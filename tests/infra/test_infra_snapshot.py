@@ -89,7 +89,9 @@ def registrations(rendering: Rendering) -> dict[str, str]:
                   "replace_on_changes": sorted(r.replace_on_changes),
                   "delete_before_replace": r.delete_before_replace,
                   "secret_props": sorted(r.secret_props), "provider": r.provider,
-                  "custom_timeouts": r.custom_timeouts, "aliases": sorted(r.aliases)}
+                  "custom_timeouts": r.custom_timeouts, "aliases": sorted(r.aliases),
+                  # only where set: a new option must not rehash every registration
+                  **({"retain_on_delete": True} if r.retain_on_delete else {})}
         text = json.dumps(_normalised(record), sort_keys=True, default=str)
         hashed[_normalised(r.urn)] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return hashed

@@ -17,6 +17,7 @@ from tests.infra.infra_helpers import (
     pod_specs,
     pytorchjob,
     secret_ref,
+    versioned,
     workload_specs,
 )
 from tests.infra.render import MOCK_RANDOM_PASSWORD, render
@@ -34,8 +35,12 @@ def deps(rendering, kind, name) -> set[str]:
 def test_defaults_render_every_resource(default_stack):
     kinds = sorted(default_stack.objects)
     job = pytorchjob(default_stack)["metadata"]["name"]
+    # Named by their content (infra/workloads/rotation.py): what pods that keep running read.
+    secret, aws_config = (versioned(default_stack, "Secret", "minio-credentials"),
+                          versioned(default_stack, "ConfigMap", "mlflow-aws-config"))
     assert kinds == sorted([
-        "Namespace/trainstack", "Secret/minio-credentials", "PersistentVolumeClaim/minio-data",
+        "Namespace/trainstack", "Secret/minio-credentials", f"Secret/{secret}",
+        "PersistentVolumeClaim/minio-data",
         "Deployment/minio", "Service/minio", "Job/trainstack-buckets",
         "ConfigMap/trainstack-train", "Job/trainstack-ingest-cifar10", f"PyTorchJob/{job}",
         "Deployment/inference", "Service/inference",
@@ -47,7 +52,7 @@ def test_defaults_render_every_resource(default_stack):
         "NetworkPolicy/trainstack-ingest", "NetworkPolicy/trainer", "NetworkPolicy/inference",
         # the MLflow server (`mlflow` true): SQLite on its volume, boto3's config, fenced
         "ServiceAccount/mlflow", "PersistentVolumeClaim/mlflow-data",
-        "ConfigMap/mlflow-aws-config", "ConfigMap/mlflow-tracking", "Deployment/mlflow",
+        f"ConfigMap/{aws_config}", "ConfigMap/mlflow-tracking", "Deployment/mlflow",
         "Service/mlflow",
         "NetworkPolicy/mlflow",
         # the operator's init-container template (none: infra/operators/training_operator.py)
@@ -55,7 +60,7 @@ def test_defaults_render_every_resource(default_stack):
     ])
     assert sorted(default_stack.patches) == ["Deployment/training-operator"]
     assert len(default_stack.by_type(IMAGE)) == 1
-    # MinIO's root password, and the key of the secret versions (infra/security/rotation.py).
+    # MinIO's root password, and the key of the secret versions (infra/workloads/rotation.py).
     assert len(default_stack.by_type("random:index/randomPassword:RandomPassword")) == 2
     (operator,) = default_stack.by_type(DIRECTORY)
     assert operator.remote  # provider-side component: nothing fetched by this program
@@ -107,7 +112,8 @@ def test_ingest_after_buckets_and_image_buckets_after_minio(default_stack):
 def test_app_after_the_buckets(default_stack):
     app = deps(default_stack, "Deployment", "inference")
     assert default_stack.urn_of("Job", "trainstack-buckets") in app
-    assert default_stack.urn_of("Secret", "minio-credentials") in app
+    assert default_stack.urn_of("Secret", versioned(default_stack, "Secret",
+                                                    "minio-credentials")) in app
 
 
 def test_operator_can_be_skipped():
@@ -230,17 +236,19 @@ def test_train_json_is_hyperparameters_only_and_mounted(default_stack):
 
 def test_every_workload_reaches_the_store_with_secret_refs(default_stack):
     specs = pod_specs(default_stack)
+    rolled = versioned(default_stack, "Secret", "minio-credentials")
     for key, spec in workload_specs(default_stack).items():
         env = env_of(spec["containers"][0])
         assert env["TRAINSTACK_STORE"] == STORE, key
-        assert env["AWS_ACCESS_KEY_ID"] == secret_ref("minio-credentials", "AWS_ACCESS_KEY_ID")
-        assert env["AWS_SECRET_ACCESS_KEY"] == secret_ref(
-            "minio-credentials", "AWS_SECRET_ACCESS_KEY")
+        # The Jobs read the fixed-name twin: a new password does not run them again.
+        secret = "minio-credentials" if key.startswith("Job/") else rolled
+        assert env["AWS_ACCESS_KEY_ID"] == secret_ref(secret, "AWS_ACCESS_KEY_ID"), key
+        assert env["AWS_SECRET_ACCESS_KEY"] == secret_ref(secret, "AWS_SECRET_ACCESS_KEY")
         assert "AWS_REGION" not in env and "TRAINSTACK_BUCKET_PREFIX" not in env, key
     # MinIO's root user is the workloads' access key: one Secret, one shape (as files).
     assert minio_credentials(default_stack) == {
-        "MINIO_ROOT_USER": ("minio-credentials", "AWS_ACCESS_KEY_ID"),
-        "MINIO_ROOT_PASSWORD": ("minio-credentials", "AWS_SECRET_ACCESS_KEY")}
+        "MINIO_ROOT_USER": (rolled, "AWS_ACCESS_KEY_ID"),
+        "MINIO_ROOT_PASSWORD": (rolled, "AWS_SECRET_ACCESS_KEY")}
     assert specs["Job/trainstack-buckets"]["containers"][0]["command"] == [
         "python", "-m", "trainer", "buckets", "--tracking"]  # also MLflow's bucket
     assert specs["Job/trainstack-ingest-cifar10"]["containers"][0]["command"] == [

@@ -18,7 +18,7 @@ from trainer.contract.layout import (
 from trainer.contract.mlflow_layout import METRIC_KEYS
 from trainer.contract.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
 from trainer.publish.publication import created_at, write_version
-from trainer.run.checkpoint import TrainingState
+from trainer.state.checkpoint import TrainingState
 
 CLASSES = ["0", "1"]
 FIGURES = ("curves.png", "confusion_matrix.png")

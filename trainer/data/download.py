@@ -11,13 +11,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from trainer.contract.errors import IngestError
+from trainer.contract.urls import DOWNLOAD_URL_RULE, BadURL, display_url, download_url
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,7 @@ def redacted_url(url: str) -> str:
     ``://``) is returned as it is."""
     if "://" not in url:
         return url
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return display_url(url).partition("#")[0]
 
 
 def _scrubbed(text: str, url: str) -> str:
@@ -54,11 +52,14 @@ def fetch(source: str, dest: Path, max_bytes: int | None = None,
     may be at most ``max_bytes`` long (IngestError otherwise, before the disk fills).
     ``offline_hint`` ends the error of a download that could not connect (what to do
     without a network)."""
-    if source.startswith(("http://", "https://")):
-        download(source, dest, max_bytes, offline_hint)
-        return dest
     if "://" in source:
-        raise IngestError(f"source {redacted_url(source)!r}: only http://, https:// or a local path are allowed")
+        try:
+            url = download_url(source)
+        except BadURL as problem:
+            raise IngestError(f"source {redacted_url(source)!r}: {problem}; allowed: "
+                              f"{DOWNLOAD_URL_RULE}, or a local path") from None
+        download(url, dest, max_bytes, offline_hint)
+        return dest
     path = Path(source).expanduser()
     if not path.exists():
         raise IngestError(f"source {source!r} does not exist; expected a local file or an "

@@ -1,3 +1,3 @@
 """One training run: ``train`` (load, resume, train every epoch, publish), ``loop`` (an
-epoch), ``checkpoint`` (the self-describing training state), ``distributed`` (env://),
+epoch), ``mid_epoch`` (checkpoints taken within an epoch), ``distributed`` (env://),
 ``stopping`` (signals)."""

@@ -17,7 +17,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from trainer.contract.env import POD_GPUS_ENV
 from trainer.contract.errors import ConfigError
+from trainer.contract.image import GPU_TORCH_VARIANT
 from trainer.limits.cgroup import CgroupView
 from trainer.limits.cpus import usable_cpus
 
@@ -65,9 +67,30 @@ def dist_timeout() -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def check_pod_gpus() -> None:
+    """Stop at once when the pod was given GPUs (POD_GPUS_ENV, set by the stack) that torch
+    does not see: the job would otherwise train on the CPU, paying for idle GPUs, saying
+    only `"device": "cpu"`. The usual cause is a CPU build of the image."""
+    given = _env_int(POD_GPUS_ENV, 0)
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if given <= 0 or seen >= given:
+        return
+    pod = f"the pod was given {given} GPU(s) ({POD_GPUS_ENV}={given})"
+    if torch.version.cuda is None:
+        raise ConfigError(
+            f"{pod} but this image's torch {torch.__version__} is the CPU build: build the "
+            f"trainer image with --build-arg TORCH_VARIANT={GPU_TORCH_VARIANT} --build-arg "
+            "TORCH_INDEX_URL= (buildImage true does so for gpusPerWorker > 0)", key=POD_GPUS_ENV)
+    raise ConfigError(
+        f"{pod} but torch {torch.__version__}, a CUDA {torch.version.cuda} build, sees "
+        f"{seen}: the node's NVIDIA driver or device plugin did not expose them to the "
+        "container (run nvidia-smi in the pod)", key=POD_GPUS_ENV)
+
+
 def process_env() -> DistEnv:
     """This process's place in the job, from the environment, without joining anything:
     what a rank needs to know before deciding whether it needs its peers at all."""
+    check_pod_gpus()
     use_cuda = torch.cuda.is_available()
     if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
         for name in ("MASTER_ADDR", "MASTER_PORT"):

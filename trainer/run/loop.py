@@ -4,7 +4,10 @@ Each rank trains its share of an epoch plan (trainer.data.streaming.plan) that e
 from (seed, epoch): shares are disjoint without any communication, every rank runs the same
 number of steps, and no sample is repeated or left out. Every ``checkpoint_every_steps``
 steps the position in the plan goes to a checkpoint, from which the rest of the epoch
-resumes, with any world size, exactly where it stopped.
+resumes, with any world size, exactly where it stopped. Each step's random draws
+(augmentation) are seeded from the plan and the step alone (EpochPlan.step_seed), so with
+the same world size the same plan goes on drawing the same numbers: the weights are those
+of a run never stopped, bit for bit on CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from trainer.contract.config import TrainConfig
 from trainer.contract.errors import ConfigError
 from trainer.data.augment import BatchAugmenter, Normalizer
 from trainer.data.streaming.batches import MemoryBatches, StreamBatches
-from trainer.data.streaming.plan import EpochPlan, epoch_seed
+from trainer.data.streaming.plan import EpochPlan
 from trainer.data.streaming.position import EpochPosition, SampleTrace
 from trainer.data.streaming.source import StreamedBundle
 from trainer.limits.footprint import evaluation_batch_size
@@ -118,16 +121,17 @@ class EpochRunner:
         position = resume or EpochPosition(self.plan(epoch), 0)
         plan, first = position.plan, position.step
         steps = min(plan.steps, first + max_steps) if max_steps else plan.steps
-        generator = torch.Generator(device=env.device)
-        generator.manual_seed((epoch_seed(cfg.seed, epoch) * 4096 + env.rank) * 1_000_033
-                              + plan.trained(first))
+        generator = torch.Generator(device=env.device)  # seeded every step, see _step
         totals = torch.zeros(3, dtype=torch.float64, device=env.device)  # loss sum, correct, n
-        progress = Progress(cfg, env, epoch, plan.steps)
+        progress = Progress(cfg, env, epoch, plan.steps, first)
         trace = SampleTrace.open(env.rank, epoch, plan.done)
         start = time.perf_counter()
         batches = self.data.train(plan, env.rank, first, cfg.seed)
         for step, (pixels, index, labels, ids) in zip(range(first + 1, steps + 1), batches):
             lr = lr_at(cfg, (epoch - 1 + plan.trained(step - 1) / plan.total) / cfg.epochs)
+            # Each step's draws depend on the plan and the step alone: a stopped epoch
+            # that resumes goes on drawing what it would have drawn (no state to carry).
+            generator.manual_seed(plan.step_seed(cfg.seed, env.rank, step))
             loss = self._step(pixels, index, labels, lr, generator, totals)
             trace.write(step, ids)
             progress.update(step, loss, lr)
@@ -203,14 +207,15 @@ class EpochRunner:
 class Progress:
     """A tqdm bar on a terminal (rank 0), else one JSON line every ``log_every`` steps."""
 
-    def __init__(self, cfg: TrainConfig, env: DistEnv, epoch: int, steps: int):
+    def __init__(self, cfg: TrainConfig, env: DistEnv, epoch: int, steps: int, first: int = 0):
         self.cfg, self.epoch, self.steps = cfg, epoch, steps
         self.enabled = env.is_main
         self.bar = None
         if self.enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", leave=False)
+            self.bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch}/{cfg.epochs}",
+                            leave=False)
 
     def update(self, step: int, loss: torch.Tensor, lr: float) -> None:
         if not self.enabled:

@@ -30,18 +30,19 @@ from trainer.contract.layout import METRICS_FILE, ModelKeys
 from trainer.contract.schema import EpochRecord, VersionMetrics
 from trainer.data.augment import Normalizer
 from trainer.data.budget import training_footprint
-from trainer.data.streaming import mid_epoch
 from trainer.models.onepixel import use_one_pixel_convs
 from trainer.models.zoo import build_model, model_revision
+from trainer.publish.latest import latest_version
 from trainer.publish.publication import (
     TrainingResult,
     finish_publication,
     publish,
     published_version_of,
 )
-from trainer.run import checkpoint, distributed, stopping
-from trainer.run.checkpoint import TrainingState, UnusableCheckpoint
+from trainer.run import distributed, mid_epoch, stopping
 from trainer.run.loop import EpochRunner
+from trainer.state import checkpoint
+from trainer.state.checkpoint import TrainingState, UnusableCheckpoint
 from trainer.store import Store
 from trainer.store.lease import RunLease, run_lease
 from trainer.tracking import reporting
@@ -78,12 +79,13 @@ def build_training(cfg: TrainConfig, env: distributed.DistEnv, bundle):
     return model, optimizer
 
 
-def resume(store: Store, identity: RunIdentity, env, model, optimizer) -> TrainingState:
-    """The newest checkpoint that fits (chosen by rank 0) loaded into every rank, or a fresh state."""
+def resume(store: Store, identity: RunIdentity, env, model, optimizer) -> TrainingState | None:
+    """The newest checkpoint that fits (chosen by rank 0) loaded into every rank; None when
+    there is none (a fresh run)."""
     found = checkpoint.newest_resumable(store, identity, model) if env.is_main else None
     key = distributed.broadcast_object(found[0] if found else None)
     if key is None:
-        return TrainingState.fresh(identity)
+        return None
     state = found[1] if env.is_main else checkpoint.load_fitting(store, key, identity, model)
     state.restore(model, optimizer, env.device)
     log.info(json.dumps({"event": "resume", "run_id": identity.run_id, "checkpoint": key,
@@ -128,13 +130,26 @@ def finished_run(store: Store, identity: RunIdentity) -> tuple[str, str] | None:
     return ("trained", final) if store.exists(final) else None
 
 
+def still_finished(store: Store, identity: RunIdentity) -> tuple[str, str]:
+    """finished_run() again, for a Master alone that found the run finished (its peers
+    exited): StoreError if it no longer is, since this job cannot train it."""
+    finished = finished_run(store, identity)
+    if finished is None:
+        final = ModelKeys(identity.config.model_name).checkpoint(identity.run_id,
+                                                                 identity.config.epochs)
+        raise StoreError(f"run {identity.run_id}: its final checkpoint {final} is gone and no "
+                         "version of it is published (deleted while this job waited for the "
+                         "run's lease?); restart the whole job to train the run again")
+    return finished
+
+
 def run_training(cfg: TrainConfig, store: Store) -> str | None:
     """Train the run of ``cfg`` to the end; rank 0 returns the published version."""
     from trainer.data.loading import load_dataset
 
     env = distributed.process_env()
     threads = distributed.configure_cpu_threads(env) if env.device.type == "cpu" else None
-    bundle = load_dataset(cfg.dataset, store, prefix=cfg.data_prefix, image_size=cfg.image_size,
+    bundle = load_dataset(cfg.dataset, store, prefix=cfg.data_location, image_size=cfg.image_size,
                           synthetic_size=cfg.synthetic_size, seed=cfg.seed,
                           loading=cfg.data_loading, footprint=training_footprint(cfg, env))
     identity = RunIdentity(cfg, bundle.fingerprint, model_revision(cfg.model))
@@ -163,7 +178,8 @@ def train_and_publish(store: Store, identity: RunIdentity, env, bundle,
     check_same_data(bundle.fingerprint, env)
     model, optimizer = build_training(cfg, env, bundle)
     state = resume(store, identity, env, model, optimizer)
-    if state.epoch == 0:  # a fresh run; a resumed one restored these weights too
+    if state is None:  # a fresh run; a resumed one restored these weights too, even one
+        state = TrainingState.fresh(identity)  # stopped in its first epoch (epoch 0)
         init_from_training_data(model, bundle, env)
     reporter = reporting.open_reporter(store, identity, is_main=env.is_main,
                                        world_size=env.world_size)
@@ -192,7 +208,7 @@ def train_remaining(store: Store, identity: RunIdentity, env, model, optimizer, 
     runner = EpochRunner(cfg, env, train_model, optimizer, bundle)
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
-            # Mid-epoch checkpoints (trainer.data.streaming.mid_epoch): where a stopped epoch goes on.
+            # Mid-epoch checkpoints (trainer.run.mid_epoch): where a stopped epoch goes on.
             resume_at = mid_epoch.position_for(state, env.world_size)
             save = mid_epoch.saver(store, identity, state, model, optimizer, env, lease)
             record, confusion = run_epoch(runner, model, epoch, resume_at, save)
@@ -206,9 +222,11 @@ def train_remaining(store: Store, identity: RunIdentity, env, model, optimizer, 
                 checkpoint.prune_checkpoints(store, cfg.model_name, identity.run_id,
                                              cfg.keep_checkpoints)
                 reporter.epoch_ended(state)
-    except BaseException:
+    except BaseException as stopped:
         if stopping.interrupted():  # Ctrl-C: the app shows the run as stopped, not training
             reporter.interrupted(state)
+        elif isinstance(stopped, Exception):  # not SIGTERM (SystemExit): a rescale resumes
+            reporter.failed(state)  # the app's trainstack_training_failed, the alert's
         raise
 
 
@@ -227,11 +245,16 @@ def finish_alone(store: Store, identity: RunIdentity, env, bundle,
         reporter = reporting.open_reporter(store, identity, is_main=True,
                                            world_size=published_world_size(store, identity,
                                                                            where, env))
-        return _done(store, identity, where, finish_publication(store, identity.config.model_name,
-                                                                where), reporter)
+        version = _done(store, identity, where, finish_publication(
+            store, identity.config.model_name, where), reporter)
+        log.info("%s", nothing_to_train(store, identity, version))
+        return version
     if lease is None:  # two Masters restarted alone must not publish the run twice
         with run_lease(store, identity.config.model_name, identity.run_id, True) as held:
-            return finish_alone(store, identity, env, bundle, finished, held)
+            # Look again: while this job waited for the lease, the one holding it may
+            # have published the run and dropped its checkpoints.
+            return finish_alone(store, identity, env, bundle, still_finished(store, identity),
+                                held)
     model, _ = build_training(identity.config, env, bundle)
     try:
         state = checkpoint.load_fitting(store, where, identity, model)
@@ -241,6 +264,19 @@ def finish_alone(store: Store, identity: RunIdentity, env, bundle,
     model.load_state_dict(state.model)
     reporter = reporting.open_reporter(store, identity, is_main=True, world_size=state.world_size)
     return publish_run(store, TrainingResult(identity, model, bundle, state), reporter)
+
+
+def nothing_to_train(store: Store, identity: RunIdentity, version: str) -> str:
+    """What a job that found its run published already tells its user, in words."""
+    name = identity.config.model_name
+    text = (f"Nothing to train: run {identity.run_id} (this data, model and settings) was "
+            f"trained and published before, as version {version} of {name}.")
+    latest = latest_version(store, name)
+    if latest not in (None, version):
+        text += (f" The newest version of {name} is {latest}, from another run: the app "
+                 "serves that one.")
+    return text + (" To train again, change a setting or the data (make demo: SEED=1, or "
+                   "another EPOCHS, LR or BATCH_SIZE).")
 
 
 def published_world_size(store: Store, identity: RunIdentity, version: str, env) -> int:

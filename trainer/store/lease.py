@@ -10,9 +10,10 @@ Clocks: a waiting job never compares its wall clock with the holder's. It watche
 record's tag: a lease whose tag has not changed for ``ttl_s`` by the waiter's own monotonic
 clock belongs to a dead job and is taken over by a conditional write on that very tag (two
 waiters cannot both win). So a crashed job's lease is free about a minute (the default
-``ttl_s``) after its last renewal, a deleted job's too (a rescale), and a released one at
-once, as is one whose holder ran in this very place (the operator restarted the Master in
-its pod; a local run started again after its process exited).
+``ttl_s``) after its last renewal, a deleted job's too (a rescale). A released one is free
+at once, as is one whose holder this job can see has exited (trainer.store.liveness: the
+same pid namespace of the same machine, such as a local run started again). Where the
+holder ran (a pod's name) proves nothing: two live jobs can share it.
 
 While another job holds the lease and renews it, this job waits, logging every minute, up
 to ``TRAINSTACK_LEASE_WAIT_S`` (600 s), then stops with :class:`RunLeaseHeld`. A holder
@@ -45,6 +46,7 @@ from trainer.contract.errors import (
 from trainer.contract.layout import ModelKeys
 from trainer.contract.records import RunLeaseRecord
 from trainer.store.base import Store
+from trainer.store.liveness import known_gone, process_identity
 
 log = logging.getLogger(__name__)
 
@@ -77,36 +79,22 @@ def _seconds(env: str, default: float) -> float:
 
 
 def this_place() -> str:
-    """The pod's name in a cluster (its hostname), else ``host:pid``: two processes on one
-    machine are two places."""
+    """For people reading the record: the pod's name in a cluster (its hostname), else
+    ``host:pid``."""
     host = socket.gethostname()
     return host if os.environ.get("KUBERNETES_SERVICE_HOST") else f"{host}:{os.getpid()}"
-
-
-def _gone_from_this_host(place: str) -> bool:
-    """Whether ``place`` is a ``host:pid`` of this machine whose process has exited (a
-    local run killed and started again need not wait for the lease to expire)."""
-    host, _, pid = place.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or os.environ.get(
-            "KUBERNETES_SERVICE_HOST"):
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # alive, another user's
-        return False
-    return False
 
 
 class RunLease:
     """Rank 0's lease on one run; see the module docstring."""
 
     def __init__(self, store: Store, name: str, run_id: str, *, ttl_s: float | None = None,
-                 place: str | None = None, clock=time.monotonic, sleep=time.sleep):
+                 place: str | None = None, process: str | None = None,
+                 clock=time.monotonic, sleep=time.sleep):
         self.store, self.key, self.run_id = store, ModelKeys(name).lease(run_id), run_id
         self.ttl_s = _seconds(TTL_ENV, DEFAULT_TTL_S) if ttl_s is None else ttl_s
         self.place = place or this_place()
+        self.process = process_identity() if process is None else process
         self.holder = uuid.uuid4().hex
         self.clock, self.sleep = clock, sleep
         self._tag: str | None = None
@@ -119,7 +107,8 @@ class RunLease:
 
     def _record(self, released: bool = False) -> bytes:
         return RunLeaseRecord(run_id=self.run_id, holder=self.holder, place=self.place,
-                              renewals=self._renewals, ttl_s=self.ttl_s, released=released,
+                              process=self.process, renewals=self._renewals,
+                              ttl_s=self.ttl_s, released=released,
                               since=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")).to_json()
 
     # Taking it ----------------------------------------------------------------------
@@ -140,8 +129,8 @@ class RunLease:
                 continue
             if seen is None or seen[0] != tag:
                 seen = (tag, now)  # renewed (or first seen): its holder is alive
-            if current is None or current.released or current.place == self.place \
-                    or _gone_from_this_host(current.place) or now - seen[1] >= current.ttl_s:
+            if current is None or current.released or known_gone(current.process) \
+                    or now - seen[1] >= current.ttl_s:
                 why = self._why_free(current, now - seen[1])
                 if self._try(lambda tag=tag: self.store.put_if_match(self.key, self._record(),
                                                                      tag)):
@@ -185,11 +174,9 @@ class RunLease:
             return "unreadable record"
         if current.released:
             return f"released by {current.place}"
-        if _gone_from_this_host(current.place):
-            return f"its process {current.place} has exited"
         if unchanged_s >= current.ttl_s:
             return f"{current.place} did not renew it for {unchanged_s:.0f} s"
-        return f"a predecessor in the same place {current.place}"
+        return f"its process in {current.place} has exited"
 
     def _read(self) -> tuple[RunLeaseRecord | None, str | None]:
         try:

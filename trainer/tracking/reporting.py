@@ -27,7 +27,7 @@ from trainer.store import Store
 from trainer.tracking import tracker as tracking
 
 if TYPE_CHECKING:
-    from trainer.run.checkpoint import TrainingState
+    from trainer.state.checkpoint import TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,11 @@ class RunReporter:
 
     def interrupted(self, state: TrainingState) -> None:
         """Stopped by Ctrl-C (trainer.run.stopping): the record says so until the run resumes."""
-        self._write_progress(state.history, interrupted=True)
+        self._write_progress(state.history, stopped="interrupted")
+
+    def failed(self, state: TrainingState) -> None:
+        """Stopped by an error: the record says so until a restart of the job resumes it."""
+        self._write_progress(state.history, stopped="failed")
 
     def published(self, version: str) -> None:
         """After publication (also when a restart finds the run already published)."""
@@ -109,7 +113,7 @@ class RunReporter:
         return {META_FILE: meta_bytes, **files}
 
     def _latest_version(self) -> str | None:
-        from trainer.publish.publication import latest_version
+        from trainer.publish.latest import latest_version
 
         return latest_version(self.store, self.cfg.model_name)
 
@@ -125,20 +129,20 @@ class RunReporter:
         return self._started_at
 
     def _write_progress(self, history: list[EpochRecord], version: str | None = None,
-                        interrupted: bool = False) -> None:
+                        stopped: str | None = None) -> None:
         epoch = history[-1].epoch if history else 0
-        state = ("published" if version is not None else "interrupted" if interrupted
+        state = ("published" if version is not None else stopped if stopped
                  else "publishing" if epoch >= self.cfg.epochs else "training")
         tracker = self.tracker
         try:
             record = RunProgress(
-                run_id=self.run_id, model=self.cfg.model, dataset=self.cfg.dataset,
+                run_id=self.run_id, model=self.cfg.model, dataset=self.cfg.resolved_dataset_name,
                 state=state, epoch=epoch, epochs=self.cfg.epochs, world_size=self.world_size,
                 started_at=self._started_at_value(), updated_at=self.clock(),
                 history=list(history), version=version,
                 mlflow_run_id=tracker.run_id if tracker else None,
                 mlflow_experiment_id=tracker.experiment_id if tracker else None,
-                mlflow_url=tracker.run_url() if tracker else None)
+                mlflow_url=tracker.run_url() if tracker else None, retrain=self.cfg.retrain)
             self.store.put_bytes(self.keys.progress(self.run_id), record.to_json())
         except TrainstackError as e:  # informational: never worth stopping training for
             log.warning("progress record of run %s not written: %s", self.run_id, e)
@@ -156,6 +160,9 @@ class SilentReporter:
     def interrupted(self, state: TrainingState) -> None:
         return None
 
+    def failed(self, state: TrainingState) -> None:
+        return None
+
     def published(self, version: str) -> None:
         return None
 
@@ -168,6 +175,7 @@ def open_reporter(store: Store, identity: RunIdentity, *, is_main: bool,
     cfg, uri, tracker = identity.config, tracking.tracking_uri(), None
     if uri is not None:
         tags = {f"trainstack.{key}": value for key, value in identity.to_dict().items()}
+        tags.update(mlflow_layout.retrain_tags(cfg.retrain))
         info = mlflow_layout.RunInfo(run_id=identity.run_id, model_name=cfg.model_name,
                                 params=run_params(cfg, world_size, pod_resources()),
                                 tags=tags, world_size=world_size)

@@ -53,8 +53,8 @@ def test_a_source_from_a_secret_reaches_the_ingest_job_by_reference_only():
     rendering = render({**EGRESS, "datasetSourceSecret": "cifar-mirror"})
     (container,) = _ingest(rendering)["containers"]
     assert env_of(container)[SOURCE_ENV] == secret_ref("cifar-mirror", SOURCE_ENV)
-    command = container["command"]
-    assert command[command.index("--source") + 1] == f"$({SOURCE_ENV})"
+    command = container["command"]  # the URL stays in the env (issue 28 #5)
+    assert command[command.index("--source-env") + 1] == SOURCE_ENV and "--source" not in command
     assert "cifar-10-python" not in str(rendering.objects)  # not the default URL either
     egress = rendering.objects["NetworkPolicy/trainstack-ingest"]["spec"]["egress"]
     assert sorted(p["port"] for rule in egress for p in rule.get("ports", [])

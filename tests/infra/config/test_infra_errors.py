@@ -6,6 +6,7 @@ and showing values as the user typed them, never Python's reprs."""
 
 from __future__ import annotations
 
+import logging
 import re
 
 import pulumi
@@ -53,3 +54,48 @@ def test_values_are_shown_as_typed():
     assert "trainstack:workers = 'two': allowed" in str(_error({**PUSHED, "workers": "two"}))
     message = str(_error({**PUSHED, "nodeSelector": '{"a": 1}'}))
     assert """trainstack:nodeSelector = '{"a": 1}': allowed""" in message
+
+
+# A value the engine holds as a secret (`pulumi config set --secret`), under any key.
+SECRET_VALUE = "Tr0ub4dor&3-prod"
+# (config, the key set with --secret, what the message still says is allowed)
+SECRET_MISTAKES = [
+    # a secret key mistyped: unknown to the stack, but the engine marks its value secret
+    ({**PUSHED, "minioRootPasword": SECRET_VALUE}, "minioRootPasword", "one of workers, "),
+    ({**PUSHED, "inferenceAuthTokn": SECRET_VALUE * 3}, "inferenceAuthTokn", "minioRootPassword"),
+    # a setting the user chose to encrypt, refused by its parser or by a rule between keys
+    ({**PUSHED, "workers": SECRET_VALUE}, "workers", "an integer >= 1"),
+    ({**PUSHED, "nodeSelector": '{"' + SECRET_VALUE + '": "x"}'}, "nodeSelector", "label"),
+    ({**PUSHED, "storeAccessKey": SECRET_VALUE}, "storeAccessKey", "unset without storeEndpoint"),
+]
+
+
+@pytest.mark.parametrize(("config", "key", "allowed"), SECRET_MISTAKES,
+                         ids=[key for _, key, _ in SECRET_MISTAKES])
+def test_a_value_the_engine_marks_secret_is_never_shown(config, key, allowed):
+    error = _error_as_secret(config, key)
+    message = str(error)
+    assert message.startswith(f"invalid config trainstack:{key} (secret value not shown): "
+                              "allowed: "), message
+    assert allowed in message.split(": allowed: ", 1)[1] and error.key == key
+    assert SECRET_VALUE not in message and "Tr0ub4dor" not in message
+
+
+def _error_as_secret(config: dict[str, str], key: str) -> ConfigError:
+    with pytest.raises(ConfigError) as raised:
+        render(config, secrets=(key,))
+    return raised.value
+
+
+def test_the_same_mistake_in_plain_text_is_shown_as_typed():
+    message = str(_error({**PUSHED, "minioRootPasword": "typed-in-the-clear"}))
+    assert "trainstack:minioRootPasword = 'typed-in-the-clear': allowed: one of " in message
+
+
+def test_a_warning_about_a_secret_value_does_not_log_it(caplog):
+    image = "ghcr.io/acme/private-trainstack:2026.11.1"
+    with caplog.at_level(logging.WARNING):
+        render({**PREBUILT, "image": image}, secrets=("image",))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("trainstack:image '(secret value not shown)' is a tag" in w for w in warnings)
+    assert not [w for w in warnings if image in w]

@@ -82,3 +82,21 @@ def test_uncommitted_files_are_refused_before_rendering(checkout, caplog):
     Path("deploy/trainstack/1-manifest/extra.yaml").write_text("kind: x\n")
     assert drift.main(["--stack", "gitops"]) == 2
     assert "uncommitted" in caplog.text
+
+
+def test_the_preview_count_it_names_is_what_the_render_stack_registers():
+    """Issue 28 #24: the text said `~ 27 to update`; the engine shows one update per object
+    of the render provider, 28 for the gitops example. A count that depends on the config
+    is not written as a number; one that is must match."""
+    import re
+
+    from tests.infra.infra_helpers import RENDERED
+    from tests.infra.render import render
+
+    rendering = render(RENDERED)
+    (provider,) = [r.urn for r in rendering.resources.values()
+                   if r.type == "pulumi:providers:kubernetes"]
+    rendered = [r for r in rendering.resources.values() if r.provider_urn == provider]
+    text = " ".join(drift.__doc__.split())
+    assert [int(n) for n in re.findall(r"~ (\d+) to update", text)] in ([], [len(rendered)])
+    assert "every rendered object as an update" in text

@@ -54,3 +54,38 @@ def test_prometheus_scrapes_the_app_and_the_drift_alert_fires_only_on_a_shift(lo
             firing = prom.wait_for_series(DRIFT)
             assert firing[0]["metric"]["version"] == V1
             assert firing[0]["metric"]["severity"] == "warning"
+
+
+def test_the_fences_let_prometheus_scrape_and_nobody_else(local_store, tmp_path):
+    """Prometheus really scrapes the app's http port (its `up` is 1); from the Prometheus
+    namespace that connection is allowed by the rendered NetworkPolicies, in both policy
+    modes; from another namespace, or without `monitoring`, it is denied."""
+    from tests.e2e.netpol import Connection, Endpoint, Policies
+    from tests.e2e.traffic import network_policies
+    from tests.infra.infra_helpers import PUSHED, pod_specs
+    from tests.infra.render import render
+
+    publish_version(local_store, V1)
+    with (serve_app(local_store.url, tmp_path / "cache") as (base, _),
+          prometheus(tmp_path / "prom", base.removeprefix("http://"),
+                     {"namespace": NAMESPACE}) as prom):
+        assert prom.wait_for_series('up{job="trainstack"} == 1')
+    fenced = {**PUSHED, "inferenceIngressNamespace": "ingress-nginx",
+              "inferenceServiceType": "ClusterIP"}
+    scraper = Endpoint("prometheus-0", "10.244.9.1", "monitoring",
+                       {"app.kubernetes.io/name": "prometheus"})
+    stranger = Endpoint("curl", "10.244.9.2", "elsewhere", {"app": "curl"})
+    for mode in ("ingress", "ingress-egress"):
+        for monitoring, allowed in (("prometheus-operator", True), ("none", False)):
+            config = {**fenced, "networkPolicy": mode, "monitoring": monitoring}
+            objects = render(config).objects
+            spec = pod_specs(render(config))["Deployment/inference"]
+            template = objects["Deployment/inference"]["spec"]["template"]
+            app = Endpoint.of_pod({"metadata": {**template["metadata"], "name": "inference-0",
+                                                "namespace": "trainstack"}, "spec": spec},
+                                  "10.244.0.5")
+            policies = Policies(network_policies(objects), ["trainstack", "monitoring",
+                                                            "elsewhere", "ingress-nginx"])
+            port = app.ports["http"][0]
+            assert policies.allowed(Connection(scraper, app, port)) is allowed, (mode, monitoring)
+            assert not policies.allowed(Connection(stranger, app, port)), mode

@@ -23,6 +23,7 @@ from tests.infra.infra_helpers import (
     pytorchjob,
     replica_pods,
     secret_ref,
+    versioned,
     workload_specs,
 )
 from tests.infra.render import render
@@ -184,7 +185,8 @@ def _all_pod_specs(rendering):
 
 
 @pytest.mark.parametrize("config", [PUSHED, EXTERNAL, RENDERED,
-                                    {**PUSHED, "gpusPerWorker": "2", "workers": "3"}])
+                                    {**PUSHED, "gpusPerWorker": "2", "workers": "3"},
+                                    {**PUSHED, "retrainSchedule": "@weekly"}])
 def test_every_pod_has_its_own_identity_without_a_token(config):
     rendering = render(config)
     accounts = {k.split("/", 1)[1]: o for k, o in rendering.objects.items()
@@ -259,18 +261,17 @@ def test_minio_runs_as_its_own_high_uid_reading_credentials_as_files(default_sta
 
 def test_the_app_token_reaches_the_app_by_reference_only():
     rendering = render({**PUSHED, "inferenceAuthToken": TOKEN})
-    secret = rendering.objects["Secret/inference-auth"]
+    name = versioned(rendering, "Secret", "inference-auth")  # rolls the app when it changes
+    secret = rendering.objects[f"Secret/{name}"]
     assert secret["stringData"] == {"TRAINSTACK_AUTH_TOKEN": TOKEN}
-    (registration,) = [r for r in rendering.by_type("kubernetes:core/v1:Secret")
-                       if r.inputs["metadata"]["name"] == "inference-auth"]
+    registration = rendering.registration("Secret", name)
     assert registration.secret_props == ["stringData"]  # encrypted in the state
     app = rendering.objects["Deployment/inference"]["spec"]["template"]["spec"]["containers"][0]
-    assert env_of(app)["TRAINSTACK_AUTH_TOKEN"] == secret_ref("inference-auth",
-                                                              "TRAINSTACK_AUTH_TOKEN")
-    assert rendering.urn_of("Secret", "inference-auth") in rendering.registration(
+    assert env_of(app)["TRAINSTACK_AUTH_TOKEN"] == secret_ref(name, "TRAINSTACK_AUTH_TOKEN")
+    assert rendering.urn_of("Secret", name) in rendering.registration(
         "Deployment", "inference").dependencies
     for key, obj in rendering.objects.items():
-        if key != "Secret/inference-auth":
+        if key != f"Secret/{name}":
             assert TOKEN not in json.dumps(obj), key
     assert TOKEN not in json.dumps(rendering.exports)
     for key, spec in workload_specs(rendering).items():  # the app only

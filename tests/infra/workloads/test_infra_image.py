@@ -53,3 +53,40 @@ def test_a_digest_gives_no_warning(caplog):
     with caplog.at_level(logging.WARNING):
         render(PREBUILT)
     assert not [r for r in caplog.records if "not a digest" in r.getMessage()]
+
+
+# Issue 28 #16: a prebuilt image for GPU pods must be the GPU build; the stack says so, and
+# tells the trainer how many GPUs its pod has (it stops at start if torch sees fewer).
+GPU = {**PREBUILT, "gpusPerWorker": "1"}
+
+
+def _train_env(rendering) -> dict:
+    (container,) = pytorchjob(rendering)["spec"]["pytorchReplicaSpecs"]["Master"]["template"][
+        "spec"]["containers"]
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def test_a_prebuilt_image_for_gpus_is_warned_about_with_the_build_arg(caplog):
+    with caplog.at_level(logging.WARNING):
+        rendering = render(GPU)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("trainstack:gpusPerWorker 1 with buildImage false" in w
+               and "TORCH_VARIANT=cu130" in w for w in warnings), warnings
+    assert _train_env(rendering)["TRAINSTACK_POD_GPUS"] == "1"
+
+
+def test_a_cpu_pod_gets_neither_warning_nor_gpu_count(caplog):
+    with caplog.at_level(logging.WARNING):
+        rendering = render(PREBUILT)
+    assert not [r for r in caplog.records if "gpusPerWorker" in r.getMessage()]
+    assert "TRAINSTACK_POD_GPUS" not in _train_env(rendering)
+
+
+def test_an_image_tagged_as_the_cpu_build_is_refused_for_gpus():
+    from infra.config.keys import ConfigError
+
+    image = "registry.example.com/team/trainstack-trainer:cpu-0123456789ab"
+    with pytest.raises(ConfigError, match=r"trainstack:image .*TORCH_VARIANT=cu130.*'cpu-0123"
+                       ) as raised:
+        render({**GPU, "image": image})
+    assert raised.value.key == "image"

@@ -28,6 +28,7 @@ from tests.infra.infra_helpers import (
     env_of,
     pod_specs,
     pytorchjob,
+    versioned,
 )
 from tests.infra.render import render
 from tests.mlflow_server import server_executable
@@ -103,7 +104,9 @@ def test_the_store_credentials_reach_it_as_files_only(stack):
     volumes = {v["name"]: v for v in spec["volumes"]}
     (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == env[CREDENTIALS_DIR_ENV]]
     secret = volumes[mount["name"]]["secret"]
-    assert secret["secretName"] == "minio-credentials" and secret["defaultMode"] == 0o440
+    # The store's Secret named by its content: a new password rolls the server.
+    assert secret["secretName"] == versioned(stack, "Secret", "minio-credentials")
+    assert secret["defaultMode"] == 0o440
     (config_mount,) = [m for m in container["volumeMounts"]
                        if env["AWS_CONFIG_FILE"].startswith(m["mountPath"] + "/")]
     config_map = volumes[config_mount["name"]]["configMap"]["name"]
@@ -232,7 +235,8 @@ def _drop_mlflow_rules(spec: dict[str, Any]) -> None:
 def test_mlflow_false_removes_the_server_and_changes_nothing_else(config):
     on, off = render(config), render({**config, "mlflow": "false"})
     added = sorted(set(on.objects) - set(off.objects))
-    assert added == ["ConfigMap/mlflow-aws-config", "ConfigMap/mlflow-tracking",
+    assert added == [f"ConfigMap/{versioned(on, 'ConfigMap', 'mlflow-aws-config')}",
+                     "ConfigMap/mlflow-tracking",
                      "Deployment/mlflow", "NetworkPolicy/mlflow",
                      "PersistentVolumeClaim/mlflow-data", "Service/mlflow",
                      "ServiceAccount/mlflow"]
@@ -344,19 +348,22 @@ def test_a_login_is_asked_with_generated_credentials_by_reference_only():
     _, container = server(rendering)
     assert argument(container, "--app-name") == "basic-auth"
     env = env_of(container)
+    # What the server reads is named by its content: a new login rolls it.
+    auth = versioned(rendering, "Secret", "mlflow-auth")
     for name in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
-        assert env[name] == {"secretKeyRef": {"name": "mlflow-auth", "key": name}}
-    ini = rendering.objects["ConfigMap/mlflow-auth-config"]["data"]["basic_auth.ini"]
+        assert env[name] == {"secretKeyRef": {"name": auth, "key": name}}
+    ini = rendering.objects[f"ConfigMap/{versioned(rendering, 'ConfigMap', 'mlflow-auth-config')}"
+                            ]["data"]["basic_auth.ini"]
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert env["MLFLOW_AUTH_CONFIG_PATH"].rsplit("/", 1)[0] in mounts
     # A fresh auth database at each start (/tmp): the Secret's password always works.
     assert "database_uri = sqlite:////tmp/" in ini and "password" not in ini
-    for name in ("mlflow-auth", "mlflow-client"):
+    for name in (auth, "mlflow-client"):
         registration = rendering.registration("Secret", name)
         assert "stringData" in registration.secret_props
     client = rendering.objects["Secret/mlflow-client"]["stringData"]
     assert client["MLFLOW_TRACKING_USERNAME"] == "trainstack"
-    assert client["MLFLOW_TRACKING_PASSWORD"] == rendering.objects["Secret/mlflow-auth"][
+    assert client["MLFLOW_TRACKING_PASSWORD"] == rendering.objects[f"Secret/{auth}"][
         "stringData"]["MLFLOW_AUTH_ADMIN_PASSWORD"]
     for replica in pytorchjob(rendering)["spec"]["pytorchReplicaSpecs"].values():
         (trainer,) = replica["template"]["spec"]["containers"]

@@ -20,17 +20,21 @@ from tests.testkit import free_port
 
 def _server(tmp_path: Path) -> tuple[MlflowServer, dict[str, str]]:
     rendering = render({**PUSHED, "mlflowAccess": "login"})
-    (container,) = rendering.objects["Deployment/mlflow"]["spec"]["template"]["spec"][
-        "containers"]
-    secrets = rendering.objects["Secret/mlflow-auth"]["stringData"]
+    spec = rendering.objects["Deployment/mlflow"]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
     # The pod's /tmp (an emptyDir, fresh per pod) is this test's own directory.
-    ini = rendering.objects["ConfigMap/mlflow-auth-config"]["data"]["basic_auth.ini"]
+    (mount,) = [m for m in container["volumeMounts"]
+                if CONFIG_PATH.startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    ini = rendering.objects[f"ConfigMap/{volume['configMap']['name']}"]["data"][
+        "basic_auth.ini"]
     auth_config = tmp_path / "basic_auth.ini"
     auth_config.write_text(ini.replace(f"sqlite:///{TMP}/", f"sqlite:///{tmp_path}/"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     for name, value in env_of(container).items():
-        if isinstance(value, dict):  # by secretKeyRef from mlflow-auth
-            env[name] = secrets[value["secretKeyRef"]["key"]]
+        if isinstance(value, dict):  # by secretKeyRef from mlflow-auth-<version>
+            ref = value["secretKeyRef"]
+            env[name] = rendering.objects[f"Secret/{ref['name']}"]["stringData"][ref["key"]]
         elif name == "MLFLOW_AUTH_CONFIG_PATH":
             assert value == CONFIG_PATH
             env[name] = str(auth_config)

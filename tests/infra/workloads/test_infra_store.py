@@ -15,6 +15,7 @@ from tests.infra.infra_helpers import (
     env_of,
     minio_credentials,
     secret_ref,
+    versioned,
     workload_specs,
 )
 from tests.infra.render import render
@@ -35,14 +36,14 @@ def external_keys():
 
 
 MLFLOW_OBJECTS = ("ServiceAccount/mlflow", "PersistentVolumeClaim/mlflow-data",
-                  "ConfigMap/mlflow-aws-config", "ConfigMap/mlflow-tracking",
-                  "Deployment/mlflow", "Service/mlflow",
+                  "ConfigMap/mlflow-tracking", "Deployment/mlflow", "Service/mlflow",
                   "NetworkPolicy/mlflow")  # its own volume, whatever the store
 
 
 def test_no_minio_object_is_declared(external):
-    assert set(MLFLOW_OBJECTS) <= set(external.objects)
-    objects = {k: o for k, o in external.objects.items() if k not in MLFLOW_OBJECTS
+    mlflow = {*MLFLOW_OBJECTS, f"ConfigMap/{versioned(external, 'ConfigMap', 'mlflow-aws-config')}"}
+    assert mlflow <= set(external.objects)
+    objects = {k: o for k, o in external.objects.items() if k not in mlflow
                and o["metadata"].get("namespace") != "kubeflow"}  # the operator's own
     assert not [k for k in objects if "minio" in k.lower()]
     assert not external.by_type("trainstack:index:MinIO")
@@ -94,25 +95,41 @@ def test_endpoint_schemes_map_to_store_urls(endpoint, url):
 
 
 def test_the_stack_makes_the_secret_from_keys_and_never_shows_the_secret_key(external_keys):
-    (secret_obj,) = [o for k, o in external_keys.objects.items() if k.startswith("Secret/")]
-    name = secret_obj["metadata"]["name"]
-    assert name == "trainstack-store-credentials"
-    assert secret_obj["stringData"] == {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
-                                        "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY}
-    (registration,) = external_keys.by_type("kubernetes:core/v1:Secret")
-    assert registration.secret_props == ["stringData"]  # encrypted in the state
+    # Twins (infra/workloads/rotation.py): named by their content for the pods that keep
+    # running, under a fixed name for the Jobs (a new key does not run them again).
+    rolled = versioned(external_keys, "Secret", "trainstack-store-credentials")
+    secrets = {k: o for k, o in external_keys.objects.items() if k.startswith("Secret/")}
+    assert sorted(secrets) == sorted(["Secret/trainstack-store-credentials", f"Secret/{rolled}"])
+    for secret_obj in secrets.values():
+        assert secret_obj["stringData"] == {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+                                            "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY}
+    for registration in external_keys.by_type("kubernetes:core/v1:Secret"):
+        assert registration.secret_props == ["stringData"]  # encrypted in the state
     for key, spec in workload_specs(external_keys).items():
         env = env_of(spec["containers"][0])
+        name = "trainstack-store-credentials" if key.startswith("Job/") else rolled
         assert env["TRAINSTACK_STORE"] == "s3://ceph.storage.svc:7480", key  # http: plain
         assert env["AWS_SECRET_ACCESS_KEY"] == secret_ref(name, "AWS_SECRET_ACCESS_KEY"), key
         assert "AWS_REGION" not in env and "TRAINSTACK_BUCKET_PREFIX" not in env, key
         # Created after the Secret it reads (a pod would not start before it exists).
-        workload = external_keys.registration(*key.split("/")[:2])
-        assert external_keys.urn_of("Secret", name) in workload.dependencies, key
+        workload = external_keys.urn_of(*key.split("/")[:2])
+        assert external_keys.urn_of("Secret", name) in _created_before(external_keys,
+                                                                       workload), key
     for registration in external_keys.resources.values():
         if registration.inputs.get("kind") != "Secret":
             assert S3_SECRET_KEY not in json.dumps(registration.inputs), registration.urn
     assert S3_SECRET_KEY not in json.dumps(external_keys.exports)
+
+
+def _created_before(rendering, urn: str) -> set[str]:
+    """Every resource `pulumi up` has created before `urn` (its dependencies, transitively)."""
+    seen: set[str] = set()
+    todo = [urn]
+    while todo:
+        for dep in rendering.dependencies_of(rendering.resources[todo.pop()]) - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen
 
 
 def test_no_credentials_value_anywhere_with_the_users_secret(external):

@@ -75,7 +75,7 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_never_resumed(local_store, 
     from trainer.contract.config import RunIdentity
     from trainer.data.loading import load_dataset
     from trainer.models.zoo import build_model, model_revision
-    from trainer.run.checkpoint import TrainingState, save_checkpoint
+    from trainer.state.checkpoint import TrainingState, save_checkpoint
 
     cfg = TrainConfig(dataset="digits", model="smallcnn", epochs=2, batch_size=64, seed=0)
     local_store.ensure_buckets()

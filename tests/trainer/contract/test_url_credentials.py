@@ -4,6 +4,7 @@ the URL) never reach a log line, the progress record or the app's MLflow links."
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
@@ -31,6 +32,34 @@ def test_display_url_drops_userinfo_and_query(url, shown):
     assert display_url(url) == shown
 
 
+# Issue 28 #9: a password with an unencoded '#', '/' or '?' ends urlsplit's netloc early, so
+# the userinfo looked like host and path; and '@' in a password or a path.
+UNENCODED = ("p4ss#W0rd-x", "p4ss/W0rd-x", "p4ss?W0rd-x", "p4ss@W0rd-x", "12/34#56")
+
+
+@pytest.mark.parametrize("password", UNENCODED)
+@pytest.mark.parametrize("template", [
+    "https://alice:{}@mlflow.example.com/",
+    "http://alice:{}@10.0.0.5:5000/api?x=1#f",
+    "http://{}@[::1]:5000",
+])
+def test_a_password_with_unencoded_delimiters_is_never_shown(password, template):
+    url = template.format(password)
+    shown = display_url(url)
+    message = redact_urls(f"request to {url} failed")
+    for piece in (*re.split(r"[#/?@]", password), "alice"):
+        assert piece not in shown and piece not in message, (url, shown, message)
+    assert "mlflow.example.com" in shown or "10.0.0.5:5000" in shown or "[::1]:5000" in shown
+
+
+def test_an_at_sign_past_the_host_hides_what_precedes_it_and_says_so():
+    # 'https://h/p@x' may be a path with an '@' or userinfo 'h/p' (a password with an
+    # unencoded '/'): only what follows the last '@' is certain, and the mark says more
+    # was there.
+    assert display_url("https://h/p?email=a@b.example") == "https://...@b.example"
+    assert display_url("https://host/path/x.tar.gz") == "https://host/path/x.tar.gz"
+
+
 def test_redact_urls_cleans_every_url_in_a_message():
     message = (f"API request to https://alice:{PASSWORD}@h:443/api/2.0/runs/get failed; "
                f"retry http://bob:{PASSWORD}@other/x?sig={PASSWORD} later")
@@ -55,8 +84,10 @@ def _everything_logged(caplog) -> str:
     return "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
 
 
-def test_an_unreachable_server_with_credentials_logs_none(local_store, monkeypatch, caplog):
-    uri = f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}"
+@pytest.mark.parametrize("password", [PASSWORD, "s3cret#Pw/91"])
+def test_an_unreachable_server_with_credentials_logs_none(password, local_store, monkeypatch,
+                                                           caplog):
+    uri = f"http://alice:{password}@127.0.0.1:{free_port()}"
     for key, value in {**MLFLOW_HTTP_DEFAULTS, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
                        "MLFLOW_TRACKING_URI": uri,
                        "TRAINSTACK_TRACKING_TIMEOUT_S": str(IDLE_S)}.items():
@@ -71,7 +102,9 @@ def test_an_unreachable_server_with_credentials_logs_none(local_store, monkeypat
     assert reporter.tracker.wait_idle(IDLE_S)
     logged = _everything_logged(caplog)
     assert "failed" in logged  # the warning is there, without the password
-    assert PASSWORD not in logged and "alice:" not in logged
+    assert "alice:" not in logged
+    for piece in re.split(r"[#/]", password):
+        assert piece not in logged
 
 
 def test_a_tracked_run_with_credentials_stores_and_logs_none(mlflow_env, s3_store, monkeypatch,

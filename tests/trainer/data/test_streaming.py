@@ -25,6 +25,7 @@ from trainer.data.streaming.format import (
     write_shard,
 )
 from trainer.data.streaming.plan import EpochPlan
+from trainer.data.streaming.position import EpochPosition
 from trainer.data.streaming.source import StreamedBundle, open_sharded
 
 PREFIX = "datasets/imagefolder"
@@ -78,6 +79,24 @@ def test_the_rest_of_a_stopped_epoch_trains_each_sample_once_with_another_world_
     assert sorted(before + after) == [(s, p) for s, n in enumerate(sizes) for p in range(n)]
     assert rest.done == len(before) and again.trained(again.steps) == sum(sizes)
     assert EpochPlan.from_dict(json.loads(json.dumps(rest.to_dict()))) == rest
+
+
+@pytest.mark.parametrize("world, stop", [(1, 2), (2, 3), (3, 1), (3, 2)])
+def test_a_stopped_epoch_resumed_with_the_same_world_size_goes_on_with_the_same_plan(
+        world, stop):
+    """Issue 28 #12: the rest used to be dealt out afresh even to the same world size, so
+    the steps after a resume were numbered (and their augmentation seeded) anew."""
+    plan = EpochPlan.fresh([13, 13, 13, 8], seed=1, epoch=2, world=world, batch_size=4)
+    stopped = EpochPosition(plan, stop, [1.0, 2.0, 3.0], 4.0)
+    saved = EpochPosition.from_dict(json.loads(json.dumps(stopped.to_dict())))
+    resumed = saved.for_world(world)
+    assert (resumed.plan, resumed.step, resumed.totals) == (plan, stop, [1.0, 2.0, 3.0])
+    seeds = {plan.step_seed(7, rank, step) for rank in range(world)
+             for step in range(1, plan.steps + 1)}
+    assert len(seeds) == world * plan.steps, "every rank and step draws its own numbers"
+    other = saved.for_world(world + 1)  # another world size: the rest dealt afresh
+    assert other.step == 0 and other.plan.done == plan.trained(stop)
+    assert plan.step_seed(7, 0, 1) != other.plan.step_seed(7, 0, 1)
 
 
 def test_fewer_samples_left_than_ranks_is_a_clear_error():

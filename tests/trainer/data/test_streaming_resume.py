@@ -17,8 +17,8 @@ from trainer.data.ingest import ingest
 from trainer.data.streaming.format import index_key
 from trainer.data.streaming.position import SAMPLE_TRACE_ENV, EpochPosition
 from trainer.data.streaming.source import open_sharded
-from trainer.run.checkpoint import all_checkpoints, load_checkpoint
 from trainer.run.train import run_training
+from trainer.state.checkpoint import all_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -120,3 +120,47 @@ def test_memory_or_streaming_is_the_same_run(local_store, tmp_path, caplog):
         for key in local_store.list("models/"):  # train the same run again from scratch
             local_store.delete(key)
     assert digests["memory"] == digests["stream"]
+
+
+REPRODUCIBLE = {"dataset": "digits", "model": "fastcifar", "epochs": 2, "batch_size": 32,
+                "lr": 0.1, "seed": 4, "augment": "crop+flip", "checkpoint_every_steps": 5}
+
+
+def trained_digests(store, tmp_path, kill_at: str | None = None) -> tuple[list[str], list]:
+    """The weights (sha256) every rank of a 2-process run ends with, and its resume events;
+    with ``kill_at``, the run is killed once rank 0 writes that checkpoint, then started
+    again with 2 processes."""
+    store.ensure_buckets()
+    config_file = tmp_path / "reproducible.json"
+    config_file.write_text(json.dumps(REPRODUCIBLE))
+    args = ["train", "--config", str(config_file), "--store", store.url]
+
+    def start() -> list:
+        port = free_port()
+        return [start_trainer(args, operator_env(rank, 2, port)) for rank in (0, 1)]
+
+    if kill_at is not None:
+        kill_when_written(start(), kill_at)
+    procs = start()
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs[0][-3000:]
+    return ([events(output, "trained")[0]["weights_sha256"] for output in outputs],
+            events(outputs[0], "resume"))
+
+
+def test_a_run_resumed_mid_epoch_with_the_same_world_size_ends_with_the_same_weights(
+        tmp_path):
+    """Issue 28 #12: resuming mid-epoch re-dealt the rest of the epoch and re-seeded the
+    augmentation, so even at the same world size the weights differed from a run that was
+    never stopped. Now the same plan goes on with the same random streams: bit-identical
+    on CPU. Stopped in the first epoch, whose checkpoint has epoch 0 (issue 28 #2: it was
+    initialised from the data again)."""
+    from trainer.store import LocalStore
+
+    uninterrupted, _ = trained_digests(LocalStore(tmp_path / "once"), tmp_path)
+    resumed, (resume,) = trained_digests(LocalStore(tmp_path / "killed"), tmp_path,
+                                         kill_at="checkpoints/epoch-0000+")
+    assert resume["epoch"] == 0 and resume["samples_trained"] > 0, resume
+    assert (resume["saved_world_size"], resume["world_size"]) == (2, 2)
+    assert uninterrupted[0] == uninterrupted[1] and resumed[0] == resumed[1]
+    assert resumed[0] == uninterrupted[0], "the resumed run's weights differ"

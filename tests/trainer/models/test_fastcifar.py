@@ -17,7 +17,7 @@ from trainer.data.dataset import DatasetBundle, Split
 from trainer.models.fastcifar import WHITEN_EPS, FastCIFAR
 from trainer.models.zoo import FlipAveraged, served_model
 from trainer.run import distributed, train
-from trainer.run.checkpoint import TrainingState
+from trainer.state.checkpoint import TrainingState
 
 
 def smooth_images(n: int, seed: int, channels: int = 3, size: int = 16) -> torch.Tensor:

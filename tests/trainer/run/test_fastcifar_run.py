@@ -18,10 +18,13 @@ from trainer.contract.config import TrainConfig
 from trainer.contract.layout import ModelKeys
 from trainer.data.augment import Normalizer
 from trainer.data.loading import load_dataset
+from trainer.data.streaming.position import EpochPosition
 from trainer.models.fastcifar import FastCIFAR
 from trainer.models.zoo import FlipAveraged
-from trainer.run.checkpoint import TrainingState
-from trainer.run.train import weights_digest
+from trainer.run import distributed
+from trainer.run.loop import EpochRunner
+from trainer.run.train import build_training, init_from_training_data, run_training, weights_digest
+from trainer.state.checkpoint import TrainingState, save_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -83,3 +86,35 @@ def test_two_ranks_train_resume_and_publish_what_they_evaluated(local_store, tmp
     accuracy = (logits.argmax(1) == bundle.test.labels).double().mean().item()
     assert accuracy == pytest.approx(metrics["epochs"][-1]["test_acc"], abs=1e-5)
     assert accuracy > 0.5, "three epochs of digits learn something"
+
+
+def test_a_first_epoch_mid_epoch_checkpoint_keeps_its_stem(local_store):
+    """Issue 28 #2: a mid-epoch checkpoint taken in the first epoch has epoch 0; resuming
+    it ran the fresh run's data-dependent initialisation again on the restored model: the
+    stem was recomputed (its eigenvectors' signs are the eigensolver's, which may differ
+    between machines) and the trained whitening bias zeroed. The checkpoint here is one
+    such machine's: its stem's signs flipped."""
+    local_store.ensure_buckets()
+    cfg = TrainConfig.from_dict({**CONFIG, "epochs": 1, "checkpoint_every_steps": 10})
+    env = distributed.process_env()
+    bundle = load_dataset(cfg.dataset, None, seed=cfg.seed)
+    identity = identity_of(cfg)
+    model, optimizer = build_training(cfg, env, bundle)
+    init_from_training_data(model, bundle, env)
+    with torch.no_grad():
+        model.whiten.weight.neg_()
+        model.whiten.bias.copy_(torch.linspace(-0.02, 0.02, len(model.whiten.bias)))
+    stem = model.whiten.weight.clone()
+    state = TrainingState.fresh(identity)
+    position = EpochPosition(EpochRunner(cfg, env, model, optimizer, bundle).plan(1), 10)
+    state.position = position.to_dict()
+    state.capture(model, optimizer, env.device)
+    key = ModelKeys(cfg.model_name).mid_epoch_checkpoint(identity.run_id, 0, position.trained)
+    save_checkpoint(local_store, key, state)
+
+    version = run_training(cfg, local_store)
+    keys = ModelKeys(cfg.model_name)
+    program = torch.export.load(io.BytesIO(local_store.get_bytes(
+        keys.version_file(version, "model.pt2"))))
+    assert torch.equal(program.state_dict["model.whiten.weight"], stem), \
+        "the resumed run's stem was recomputed"

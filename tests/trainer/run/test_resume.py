@@ -19,7 +19,7 @@ from tests.trainer.trainer_procs import (
 )
 from trainer.contract.config import TrainConfig
 from trainer.contract.layout import ModelKeys
-from trainer.run.checkpoint import checkpoint_epochs
+from trainer.state.checkpoint import checkpoint_epochs
 
 pytestmark = pytest.mark.slow
 

@@ -5,6 +5,7 @@ stayed unchanged for ttl_s by the waiter's own clock, a released one at once."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +14,7 @@ from trainer.contract.errors import StoreError
 from trainer.contract.layout import ModelKeys
 from trainer.contract.records import RunLeaseRecord
 from trainer.store.lease import RunLease, RunLeaseHeld, RunLeaseLost
+from trainer.store.liveness import known_gone, process_identity
 
 NAME, RUN = "smallcnn-digits", "0123456789"
 
@@ -33,11 +35,12 @@ class FakeTime:
             self.during_sleep()
 
 
-def lease(store, place: str, time: FakeTime | None = None, ttl_s: float = 60.0) -> RunLease:
+def lease(store, place: str, time: FakeTime | None = None, ttl_s: float = 60.0,
+          process: str | None = None) -> RunLease:
     store.ensure_buckets()
     time = time or FakeTime()
-    return RunLease(store, NAME, RUN, ttl_s=ttl_s, place=place, clock=time.clock,
-                    sleep=time.sleep)
+    return RunLease(store, NAME, RUN, ttl_s=ttl_s, place=place, process=process,
+                    clock=time.clock, sleep=time.sleep)
 
 
 @contextlib.contextmanager
@@ -99,12 +102,101 @@ def test_a_dead_holders_lease_is_taken_after_ttl_of_the_waiters_own_clock(local_
     taker.check()
 
 
-def test_a_successor_in_the_same_place_takes_over_at_once(local_store):
-    """The operator restarted the Master in place (same pod): its predecessor is gone."""
-    lease(local_store, "trainstack-train-master-0").acquire(wait_s=1)
+def test_two_live_holders_in_the_same_place_do_not_take_over_from_each_other(local_store):
+    """Issue 28 #6: a TrainJob replaced under the same name (its deletion runs in the
+    background) or one job name in two namespaces: two live Masters with one pod name.
+    Before, the second took the lease in 0.00 s from the first, which still renewed it and
+    whose check() still passed, so both wrote the run."""
+    holder = lease(local_store, "trainstack-train-master-0")
+    holder.acquire(wait_s=1)
+    time = FakeTime(during_sleep=holder.renew)
+    second = lease(local_store, "trainstack-train-master-0", time)
+    with pytest.raises(RunLeaseHeld, match="being trained by another job"):
+        second.acquire(wait_s=300)
+    assert time.now - 1000.0 >= 300
+    assert record(local_store).holder == holder.holder
+    holder.check()  # still its own
+
+
+HOLD_THE_LEASE = """
+import sys, time
+from trainer.store import LocalStore
+from trainer.store.lease import RunLease
+held = RunLease(LocalStore(sys.argv[1]), sys.argv[2], sys.argv[3], ttl_s=60.0)
+held.acquire(wait_s=1)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_restarted_master_takes_over_at_once_only_once_its_predecessor_exited(
+        local_store, monkeypatch):
+    """A Master killed (OOM, SIGKILL: no release) and started again in the same pod: while
+    the predecessor lives it waits like any job; once its process is gone it takes over at
+    once, without waiting for ttl_s. Here both run on this host in one pid namespace, the
+    place the successor can see the predecessor's pid."""
+    import signal
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # place: the pod's name
+    local_store.ensure_buckets()
+    predecessor = subprocess.Popen([sys.executable, "-c", HOLD_THE_LEASE, str(local_store.root),
+                                    NAME, RUN], env={**os.environ}, stdout=subprocess.PIPE,
+                                   text=True)
+    try:
+        assert predecessor.stdout.readline() == "held\n"
+        held_by = record(local_store)
+        time = FakeTime()
+        with pytest.raises(RunLeaseHeld):  # alive: the same place proves nothing
+            lease(local_store, held_by.place, time).acquire(wait_s=30)
+    finally:
+        predecessor.send_signal(signal.SIGKILL)
+        predecessor.wait(timeout=30)
     time = FakeTime()
-    lease(local_store, "trainstack-train-master-0", time).acquire(wait_s=1)
-    assert time.now == 1000.0
+    successor = lease(local_store, held_by.place, time)
+    successor.acquire(wait_s=30)
+    assert time.now == 1000.0 and record(local_store).holder == successor.holder
+
+
+def test_a_holders_pid_now_used_by_another_process_is_known_gone(local_store):
+    """Its pid reused (in a restarted container, pid 1 again): a process with that pid but
+    another start time is not the holder."""
+    boot, namespace, _, started = process_identity().split("/")
+    reused = f"{boot}/{namespace}/{os.getpid()}/{int(started) - 1}"
+    lease(local_store, "job-a", process=reused).acquire(wait_s=1)
+    time = FakeTime()
+    lease(local_store, "job-b", time).acquire(wait_s=30)
+    assert time.now == 1000.0 and record(local_store).place == "job-b"
+
+
+def test_a_holder_in_another_pid_namespace_or_boot_is_never_known_gone(local_store):
+    boot, namespace, _, _ = process_identity().split("/")
+    for elsewhere in (f"{boot}/pid:[1]/{2**22 + 7}/1", f"another-boot/{namespace}/{2**22 + 7}/1",
+                      "", "garbage"):
+        assert not known_gone(elsewhere), elsewhere
+    assert not known_gone(process_identity())  # this very process: alive
+    lease(local_store, "job-a", process=f"{boot}/pid:[1]/{2**22 + 7}/1").acquire(wait_s=1)
+    with pytest.raises(RunLeaseHeld):
+        lease(local_store, "job-b", FakeTime()).acquire(wait_s=30)
+
+
+def test_an_exited_process_is_known_gone_reaped_or_not():
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    boot, namespace, _, _ = process_identity().split("/")
+    with open(f"/proc/{child.pid}/stat") as stat:
+        started = stat.read().rpartition(")")[2].split()[19]
+    identity = f"{boot}/{namespace}/{child.pid}/{started}"
+    assert not known_gone(identity)
+    child.stdin.close()  # it exits; not yet reaped: a zombie
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+    assert known_gone(identity)
+    child.wait()
+    assert known_gone(identity)
 
 
 def test_bad_settings_are_config_errors_naming_them(local_store, monkeypatch):
@@ -116,15 +208,18 @@ def test_bad_settings_are_config_errors_naming_them(local_store, monkeypatch):
         RunLease(local_store, NAME, RUN)
 
 
-def test_a_local_run_whose_process_exited_is_taken_over_at_once(local_store):
-    """Outside a cluster the place is host:pid: a killed local run's lease is free as soon
-    as its process is gone (here: a pid that cannot exist), without waiting for ttl_s."""
+def test_a_live_holder_whose_hostname_and_pid_look_gone_is_not_taken_over(local_store):
+    """Two containers with one hostname (or two pods of one name) sharing a store: the
+    holder's ``host:pid`` names a pid that does not exist here, yet it is alive elsewhere.
+    Before, it was taken over at once."""
     import socket
 
-    lease(local_store, f"{socket.gethostname()}:{2**22 + 7}").acquire(wait_s=1)
-    time = FakeTime()
-    lease(local_store, "elsewhere", time).acquire(wait_s=1)
-    assert time.now == 1000.0 and record(local_store).place == "elsewhere"
+    holder = lease(local_store, f"{socket.gethostname()}:{2**22 + 7}")
+    holder.acquire(wait_s=1)
+    time = FakeTime(during_sleep=holder.renew)
+    with pytest.raises(RunLeaseHeld, match="being trained by another job"):
+        lease(local_store, "elsewhere", time).acquire(wait_s=120)
+    holder.check()
 
 
 def test_a_renewal_whose_retry_finds_its_own_write_keeps_the_lease(local_store):

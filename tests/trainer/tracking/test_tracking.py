@@ -271,7 +271,7 @@ def test_the_checkpoint_carries_the_mlflow_run_id(local_store):
 
     import torch
 
-    from trainer.run.checkpoint import load_checkpoint, save_checkpoint
+    from trainer.state.checkpoint import load_checkpoint, save_checkpoint
 
     local_store.ensure_buckets()
     run = a_run()

@@ -13,12 +13,14 @@ batch_size)``, each share cut into that many batches whose sizes differ by at mo
 sample is repeated or dropped. After ``k`` steps a plan knows exactly what every rank has
 trained, so the rest of the epoch, the remaining segments of every share in rank order, is
 a new sequence to cut for the next world size: resuming after a rescale trains each
-remaining sample once and nothing twice.
+remaining sample once and nothing twice. Resuming with the world size the plan was dealt
+to goes on with that very plan (EpochPosition.for_world), step by step.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -145,6 +147,14 @@ class EpochPlan:
                 share = share[1:] if begin + taken == end else [(shard, begin + taken, end),
                                                                 *share[1:]]
             yield batch
+
+    def step_seed(self, seed: int, rank: int, step: int) -> int:
+        """The seed of rank ``rank``'s random draws (augmentation) in step ``step`` (1-based)
+        of this plan: a function of the run's seed, the plan and the step alone, so a plan
+        that goes on after a stop draws what it would have drawn without stopping, and a
+        rest dealt afresh (another ``done`` or world size) draws new numbers."""
+        key = f"{seed}/{self.epoch}/{self.done}/{len(self.shares)}/{rank}/{step}".encode()
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
 
     def to_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "shares": [[list(s) for s in share] for share in self.shares],

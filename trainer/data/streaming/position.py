@@ -27,7 +27,11 @@ class EpochPosition:
     seconds: float = 0.0
 
     def for_world(self, world: int) -> EpochPosition:
-        """The same position, the rest of the epoch dealt to ``world`` ranks."""
+        """The same position for ``world`` ranks: as it is when its plan was dealt to
+        ``world`` ranks (the same plan goes on, step by step, as if never stopped), else
+        the rest of the epoch dealt to ``world`` ranks afresh."""
+        if len(self.plan.shares) == world:
+            return self
         return EpochPosition(self.plan.rest(self.step, world), 0, self.totals, self.seconds)
 
     @property

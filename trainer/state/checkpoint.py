@@ -55,7 +55,9 @@ class TrainingState:
     model: dict[str, torch.Tensor] = field(default_factory=dict)
     optimizer: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
-    """This rank's generators (rank 0's, in a checkpoint)."""
+    """This rank's global generators (rank 0's, in a checkpoint; every rank restores them).
+    Enough to resume bit-identically because training draws from them on no rank: each
+    step's augmentation has its own generator, seeded from the plan and the step."""
     mlflow_run_id: str | None = None
     """The run's MLflow run once MLflow answered (trainer.tracking.tracker): a resumed run goes on
     logging into it. Optional: older checkpoints lack it."""

@@ -8,16 +8,16 @@ from collections.abc import Callable
 from trainer.contract.config import RunIdentity
 from trainer.contract.layout import ModelKeys
 from trainer.data.streaming.position import EpochPosition
-from trainer.run import checkpoint
-from trainer.run.checkpoint import TrainingState
+from trainer.state import checkpoint
+from trainer.state.checkpoint import TrainingState
 from trainer.store import Store
 
 log = logging.getLogger(__name__)
 
 
 def position_for(state: TrainingState, world: int) -> EpochPosition | None:
-    """Where the next epoch starts: a mid-epoch checkpoint's position, the rest of the
-    epoch dealt to ``world`` ranks; None from the epoch's start."""
+    """Where the next epoch starts: a mid-epoch checkpoint's position for ``world`` ranks
+    (EpochPosition.for_world); None from the epoch's start."""
     if not state.position:
         return None
     return EpochPosition.from_dict(state.position).for_world(world)
