@@ -4,15 +4,15 @@ One run, on the same cores: a synthetic imagefolder of CIFAR-size (32 px) PNGs a
 16x ``--base`` images is ingested (files, then shards) into a local store, and trained by
 ``python -m trainer train`` with ``--world`` ranks, the way the pods run it. The trainer is
 given ``--memory-mib`` as its memory limit (TRAINSTACK_MEMORY_LIMIT_BYTES, which it obeys as
-its cgroup's: the data choice in trainer.data.loading), and the 16x dataset decodes to more than all
-of it. Per size: peak RSS per rank (the kernel's high-water mark, from wait4), img/s of the
+its cgroup's: the data choice in trainer.data.loading; default: what a streaming run needs by
+trainer.limits.footprint, and 8 MiB), in which the 16x dataset does not fit next to training. Per size: peak RSS per rank (the kernel's high-water mark, from wait4), img/s of the
 best epoch, seconds from launch to the first training step; at 1x the in-memory path too.
 Then the 16x dataset trains again, is killed at its first mid-epoch checkpoint, resumes
 with one rank fewer and publishes.
 
 The last line: ``rss_1x_mib=... rss_16x_mib=... rss_ratio=... stream_vs_memory_img_s=...
 over_memory_trained=true|false``. Usage: python bench/data_scale.py [--base 500]
-[--world 2] [--memory-mib 16] [--epochs 4]
+[--world 2] [--memory-mib N] [--epochs 4]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from PIL import Image
 
 from trainer.data.ingest_folder import ingest_folder
 from trainer.data.streaming.source import open_sharded
+from trainer.limits.footprint import STREAM_SAMPLE_IMAGES, Footprint, streamed_bytes
 from trainer.store import LocalStore
 
 log = logging.getLogger("data_scale")
@@ -161,15 +162,26 @@ def killed_and_resumed(store: Path, prefix: str, train_images: int, args, env: d
     return ok
 
 
+def streaming_limit(world: int) -> int:
+    """A limit a run streams in and no dataset here fits in next to training: what a
+    streaming run needs (trainer.limits.footprint, the measured runtime) and 8 MiB."""
+    image = 3 * SIZE ** 2
+    data = streamed_bytes(image, SHARD_MIB * MIB // image, 2 * STREAM_SAMPLE_IMAGES)
+    return Footprint("fastcifar", SIZE, BATCH, peers=world > 1).need(data) + 8 * MIB
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=int, default=500, help="images at 1x")
     parser.add_argument("--world", type=int, default=2)
-    parser.add_argument("--memory-mib", type=int, default=16,
-                        help="the memory limit the trainer is given")
+    parser.add_argument("--memory-mib", type=int,
+                        help="the memory limit the trainer is given (default: a streaming "
+                             "run's need and 8 MiB)")
     parser.add_argument("--epochs", type=int, default=4,
                         help="epochs of the 1x runs (their best epoch counts)")
     args = parser.parse_args()
+    if args.memory_mib is None:
+        args.memory_mib = -(-streaming_limit(args.world) // MIB)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory(prefix="data-scale-") as tmp:
         run(args, Path(tmp))
@@ -200,9 +212,8 @@ def run(args, tmp: Path) -> None:
                  args.base * scale, decoded[scale] / MIB, args.memory_mib,
                  json.dumps(results[scale]))
     log.info("1x in memory: %s", json.dumps(results["memory"]))
-    over = decoded[SCALES[-1]] > args.memory_mib * MIB and results[SCALES[-1]]["loading"] == \
-        "stream" and killed_and_resumed(store_dir, f"datasets/scale-{SCALES[-1]}x",
-                                        train_images, args, env, tmp)
+    over = results[SCALES[-1]]["loading"] == "stream" and killed_and_resumed(
+        store_dir, f"datasets/scale-{SCALES[-1]}x", train_images, args, env, tmp)
     rss_1x, rss_16x = results[1]["rss_mib"], results[SCALES[-1]]["rss_mib"]
     print(f"rss_1x_mib={rss_1x:.0f} rss_16x_mib={rss_16x:.0f} rss_ratio={rss_16x / rss_1x:.3f} "
           f"stream_vs_memory_img_s={results[1]['img_s'] / results['memory']['img_s']:.3f} "
