@@ -276,6 +276,8 @@ class LocalCluster:
         env = {k: self._localize(v, mounts, {}) for k, v in env.items()}
         argv[0] = _executable(argv[0])
         env["PATH"] = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+        # The image's code is this checkout's (the venv's editable install may be another's).
+        env["PYTHONPATH"] = str(REPO_ROOT)
         env.setdefault("HOME", str(pod_dir))
         if "/tmp" in mounts:
             env.setdefault("TMPDIR", mounts["/tmp"])
