@@ -106,6 +106,8 @@ class EpochRunner:
         self.precision = precision_for(device, cfg.precision)
         # Set by train_epoch: SIGTERM came during the epoch's last step (every rank agreed).
         self.stop_after_epoch = False
+        # Rank 0's reporter of the run's progress (fraction of its samples), after each step.
+        self.on_progress: Callable[[float], None] | None = None
 
     def plan(self, epoch: int) -> EpochPlan:
         """Epoch ``epoch``'s plan from its start, for this world size."""
@@ -139,6 +141,8 @@ class EpochRunner:
             loss = self._step(pixels, index, labels, lr, generator, totals)
             trace.write(step, ids)
             progress.update(step, loss, lr)
+            if self.on_progress is not None:
+                self.on_progress((epoch - 1 + plan.trained(step) / plan.total) / cfg.epochs)
             stop = vote.after_step()
             # The epoch's last step is not a mid-epoch position: a stop there ends the
             # epoch first (its checkpoint is the epoch's own).

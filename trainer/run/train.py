@@ -204,6 +204,7 @@ def train_remaining(store: Store, identity: RunIdentity, env, model, optimizer, 
         device_ids = [env.device.index] if env.device.type == "cuda" else None
         train_model = DistributedDataParallel(model, device_ids=device_ids)
     runner = EpochRunner(cfg, env, train_model, optimizer, bundle)
+    runner.on_progress = reporter.progressed
     try:
         # SIGTERM (a deleted pod) stops every rank after one step, checkpointed.
         with stopping.termination_deferred():
