@@ -13,14 +13,14 @@ from urllib.parse import urlsplit
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import gitops
+from infra import gitops, queueing
 from infra.config.keys import StackConfig, StackSecrets
 from infra.config.stack_config import DEFAULT_ACCURACY_DROP, DEFAULT_DRIFT_WINDOWS
 from infra.monitoring.component import Monitoring, MonitoringArgs
-from infra.operators.trainer_v2 import TrainerV2, TrainerV2Args
+from infra.operators.trainer_v2 import TRAINER_NAMESPACE, TrainerV2, TrainerV2Args
 from infra.operators.training_operator import TrainingOperator, TrainingOperatorArgs
 from infra.security.fences import FencesArgs, Flow, NetworkFences, OutsideFlow, service_namespace
-from infra.workloads import pod, rotation
+from infra.workloads import pod, progress, rotation
 from infra.workloads.buckets import (
     STORE_SECRET,
     Buckets,
@@ -67,7 +67,8 @@ def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
     tracking_uri = tracking.url if tracking else None
     operator = _operator(cfg)
     training = _training(cfg, namespace, image, store, [buckets, *built], operator, render,
-                         tracking)
+                         tracking, queueing.declare(cfg, namespace, render))
+    queueing.announce(cfg, training.job, training.job_name)
     inference = Inference(
         "inference",
         InferenceArgs(
@@ -124,7 +125,9 @@ def flows(cfg: StackConfig) -> tuple[list[Flow], list[OutsideFlow]]:
         inside.append(Flow(TRACKING, ports=("http",), sources=(TRAINER, APP)))
         if cfg.mlflow_login:
             inside.append(Flow(TRACKING, ports=("http",), **users))
-    outside = []
+    # Rank 0 reports the run's progress to Trainer's status server (infra/workloads/progress.py).
+    outside = [OutsideFlow((TRAINER,), 10443, "Trainer's status server", TRAINER_NAMESPACE)] \
+        if cfg.training_api == "trainjob" else []
     if cfg.store_endpoint is None:
         inside.append(Flow(STORE, ports=("api",), sources=clients))
     else:
@@ -232,7 +235,7 @@ def _operator(cfg: StackConfig) -> pulumi.Resource | None:
 
 def _training(cfg: StackConfig, namespace, image: ImageRef, store: pod.StoreRef,
               depends_on: list[pulumi.Resource], operator: pulumi.Resource | None,
-              render, tracking: MlflowServer | None) -> Training:
+              render, tracking: MlflowServer | None, queue: pulumi.Resource | None) -> Training:
     return Training(
         "training",
         TrainingArgs(
@@ -257,6 +260,9 @@ def _training(cfg: StackConfig, namespace, image: ImageRef, store: pod.StoreRef,
             operator=operator,
             tracking=tracking,
             api=cfg.training_api,
+            queue=cfg.queue,
+            queue_objects=queue,
+            job_progress=progress.annotated(cfg.training_api, cfg.network_policy),
         ),
         opts=gitops.options("training", render),
     )
@@ -321,4 +327,6 @@ def _job_exports(cfg: StackConfig, job: pulumi.Output[str]) -> dict[str, Any]:
         "jobStatus": pulumi.Output.concat(
             f"kubectl -n {ns} get {kind} ", job, f" -o wide && kubectl -n {ns} get pods -l ",
             selector),
+        "progress": progress.read_command(ns, cfg.training_api, job),
+        **queueing.exports(cfg),
     }
