@@ -21,5 +21,5 @@ access = cluster_access()
 check_storage(settings, access)
 check_crds(settings, access)
 check_queue(settings, access)
-for key, value in build_stack(settings, secrets).items():
+for key, value in build_stack(settings, secrets, access).items():
     pulumi.export(key, value)

@@ -1,4 +1,4 @@
-"""The stack's Kueue wiring (config `queue`, `queueQuota`; infra/workloads/kueue.py).
+"""The stack's Kueue wiring (config `queue`, `queueQuota`; infra/workloads/jobparts/kueue.py).
 
 `declare` makes the objects queueQuota asks for, before the training job; `announce`
 makes `pulumi up` say, once the job exists, whether Kueue admitted it or where it waits
@@ -14,10 +14,10 @@ from typing import Any
 import pulumi
 
 from infra import gitops
-from infra.config.cluster import cluster_access
+from infra.config.cluster import ClusterAccess
 from infra.config.stack_config import StackConfig
 from infra.workloads import pod
-from infra.workloads.kueue import Queue, QueueArgs
+from infra.workloads.jobparts.kueue import Queue, QueueArgs
 from infra.workloads.training import pods_storage
 
 
@@ -32,15 +32,18 @@ def declare(cfg: StackConfig, namespace: pulumi.Input[str], render) -> Queue | N
                  opts=gitops.options("queue", render))
 
 
-def announce(cfg: StackConfig, job: pulumi.CustomResource, name: pulumi.Input[str]) -> None:
-    """Once the job `name` is created (not in a preview, not when rendering YAML): one
-    line of what Kueue did with it. The program waits for it (every Output is awaited)."""
-    if cfg.queue is None or cfg.render_yaml_to or pulumi.runtime.is_dry_run():
+def announce(cfg: StackConfig, job: pulumi.CustomResource, name: pulumi.Input[str],
+             cluster: ClusterAccess | None) -> None:
+    """Once the job `name` is created (not in a preview, not when rendering YAML, not
+    without a `cluster` to ask): one line of what Kueue did with it. The program waits for
+    it (every Output is awaited)."""
+    if cfg.queue is None or cfg.render_yaml_to or cluster is None \
+            or pulumi.runtime.is_dry_run():
         return
     from infra.preflight.queue import report_admission
 
     def report(created: list[Any]) -> Any:
-        return asyncio.to_thread(report_admission, cluster_access(), cfg.namespace,
+        return asyncio.to_thread(report_admission, cluster, cfg.namespace,
                                  cfg.training_api, created[1], cfg.queue)
 
     # The job's id resolves once the provider created it.

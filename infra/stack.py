@@ -14,13 +14,14 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import gitops, queueing
+from infra.config.cluster import ClusterAccess
 from infra.config.keys import StackConfig, StackSecrets
 from infra.config.stack_config import DEFAULT_ACCURACY_DROP, DEFAULT_DRIFT_WINDOWS
 from infra.monitoring.component import Monitoring, MonitoringArgs
 from infra.operators.trainer_v2 import TRAINER_NAMESPACE, TrainerV2, TrainerV2Args
 from infra.operators.training_operator import TrainingOperator, TrainingOperatorArgs
 from infra.security.fences import FencesArgs, Flow, NetworkFences, OutsideFlow, service_namespace
-from infra.workloads import pod, progress, rotation
+from infra.workloads import pod, rotation
 from infra.workloads.buckets import (
     STORE_SECRET,
     Buckets,
@@ -30,6 +31,7 @@ from infra.workloads.buckets import (
 )
 from infra.workloads.catalog import APP, BUCKETS, INGEST, STORE, TRACKING, TRAINER, Workload
 from infra.workloads.image import ImageRef, TrainerImage, TrainerImageArgs, prebuilt
+from infra.workloads.jobparts import progress
 from infra.workloads.minio_server import MinIO, MinIOArgs
 from infra.workloads.mlflow_server import DEFAULT_IMAGE as DEFAULT_MLFLOW_IMAGE
 from infra.workloads.mlflow_server import MlflowArgs, MlflowServer
@@ -38,7 +40,9 @@ from infra.workloads.trainjob import COMPLETION_INDEX_LABEL, JOBSET_NAME_LABEL
 from infra.workloads.webapp import Inference, InferenceArgs
 
 
-def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
+def build_stack(cfg: StackConfig, secrets: StackSecrets,
+                cluster: ClusterAccess | None = None) -> dict[str, Any]:
+    """`cluster`: where `up` asks Kueue about the queued job (None, as under mocks: not)."""
     render = gitops.render_provider(cfg.render_yaml_to) if cfg.render_yaml_to else None
     ns = k8s.core.v1.Namespace(
         "namespace",
@@ -68,7 +72,7 @@ def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
     operator = _operator(cfg)
     training = _training(cfg, namespace, image, store, [buckets, *built], operator, render,
                          tracking, queueing.declare(cfg, namespace, render))
-    queueing.announce(cfg, training.job, training.job_name)
+    queueing.announce(cfg, training.job, training.job_name, cluster)
     inference = Inference(
         "inference",
         InferenceArgs(
@@ -125,9 +129,8 @@ def flows(cfg: StackConfig) -> tuple[list[Flow], list[OutsideFlow]]:
         inside.append(Flow(TRACKING, ports=("http",), sources=(TRAINER, APP)))
         if cfg.mlflow_login:
             inside.append(Flow(TRACKING, ports=("http",), **users))
-    # Rank 0 reports the run's progress to Trainer's status server (infra/workloads/progress.py).
-    outside = [OutsideFlow((TRAINER,), 10443, "Trainer's status server", TRAINER_NAMESPACE)] \
-        if cfg.training_api == "trainjob" else []
+    outside = [OutsideFlow((TRAINER,), 10443, "Trainer's status server (progress)",
+                           TRAINER_NAMESPACE)] if cfg.training_api == "trainjob" else []
     if cfg.store_endpoint is None:
         inside.append(Flow(STORE, ports=("api",), sources=clients))
     else:

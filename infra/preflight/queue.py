@@ -24,7 +24,7 @@ from infra.config.cluster import ClusterAccess
 from infra.config.errors import StackConfigError
 from infra.config.stack_config import StackConfig
 from infra.preflight.cluster import TIMEOUT_S, UNANSWERED, connect, reason
-from infra.workloads.kueue import API_GROUP, FRAMEWORKS
+from infra.workloads.jobparts.kueue import API_GROUP, FRAMEWORKS
 from infra.workloads.pod import GPU_RESOURCE
 
 VERSION = "v1beta2"

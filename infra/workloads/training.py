@@ -1,4 +1,5 @@
-"""Training: train.json ConfigMap, the dataset ingest Job and the PyTorchJob (or TrainJob).
+"""Training: train.json ConfigMap, the dataset ingest Job and the PyTorchJob (or TrainJob),
+suspended in Kueue's queue with `queue` (their companions: infra/workloads/jobparts).
 
 The PyTorchJob is replaced, never patched: the operator does not reconcile a running
 job's replica counts, resources or pod template, so its name carries a hash of everything
@@ -21,8 +22,9 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config.values import quantity_bytes
-from infra.workloads import ingest, kueue, mlflow_auth, pod, progress, trainjob
+from infra.workloads import mlflow_auth, pod, trainjob
 from infra.workloads.catalog import TRAINER
+from infra.workloads.jobparts import ingest, kueue, progress
 from infra.workloads.mlflow_server import TRACKING_CONFIG_MAP
 from trainer.contract.env import CACHE_BYTES_ENV, CACHE_DIR_ENV, POD_GPUS_ENV
 

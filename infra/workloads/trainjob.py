@@ -36,7 +36,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.workloads import kueue
+from infra.workloads.jobparts import kueue
 from trainer.contract.errors import CONFIGURATION_EXITS
 
 API_GROUP = "trainer.kubeflow.org"

@@ -1,6 +1,6 @@
 """A run's progress on its training job, where `kubectl` looks: the names both sides use.
 
-The stack sets the environment (infra/workloads/progress.py) and exports how to read it;
+The stack sets the environment (infra/workloads/jobparts/progress.py) and exports how to read it;
 rank 0 reports (trainer/tracking/job_status.py). Stdlib only.
 
 - A TrainJob (Kubeflow Trainer v2 with its ``TrainJobStatus`` feature gate): Trainer puts

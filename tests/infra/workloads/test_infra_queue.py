@@ -9,8 +9,8 @@ import json
 import pytest
 
 from infra.config.keys import ConfigError, parse_config
-from infra.workloads import progress
-from infra.workloads.kueue import QUEUE_LABEL
+from infra.workloads.jobparts import progress
+from infra.workloads.jobparts.kueue import QUEUE_LABEL
 from tests.infra.infra_helpers import PUSHED, one, pytorchjob
 from tests.infra.render import render
 from trainer.contract.job_status import API_CREDENTIALS_ENV, PROGRESS_JOB_ENV

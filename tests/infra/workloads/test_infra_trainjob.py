@@ -7,9 +7,9 @@ import pytest
 
 from infra.config.keys import ConfigError
 from infra.operators.trainer_v2 import COMMIT
-from infra.workloads import progress
 from infra.workloads import trainjob as tj
 from infra.workloads.catalog import TRAINER
+from infra.workloads.jobparts import progress
 from tests.infra.infra_helpers import (
     PASSWORD,
     PUSHED,
