@@ -13,6 +13,7 @@ TrainJob's runtime fails the job on at once instead of restarting it.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from trainer.contract.errors import CONFIGURATION_EXITS
@@ -38,7 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(parse_args(sys.argv[1:] if argv is None else argv))
         return 0
-    except (SignalException, KeyboardInterrupt):
+    except SignalException as e:
+        if e.sigval == signal.SIGTERM:  # a pod deleted: preempted, drained, replaced
+            log.error("training stopped by SIGTERM: the ranks stopped after one step and "
+                      "rank 0 checkpointed there (trainer.run.stopping); the job resumes there")
+            return 128 + signal.SIGTERM
+        log.error("training interrupted; %s", RESUME_HINT)
+        return 130
+    except KeyboardInterrupt:
         log.error("training interrupted; %s", RESUME_HINT)
         return 130
     except ChildFailedError as e:

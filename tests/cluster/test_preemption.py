@@ -5,11 +5,14 @@ SIGTERM, waits the pod's grace period (30 s) and kills what is left. Every rank 
 its step, rank 0 checkpoints there (mid-epoch, although `checkpointEverySteps` is 0),
 releases the run's lease and all exit 143 inside the grace period. The next job resumes
 at that very step: each sample of the stopped epoch is trained exactly once, no step is
-lost. Also when only one pod is deleted (one drained node): its peers stop with it.
+lost. Also when only one pod is deleted (one drained node): its peers stop with it. And
+a TrainJob's pods, whose PID 1 is torchrun (trainer.launch): SIGTERM to it alone reaches
+its workers, which stop the same way.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import time
@@ -18,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster import trainjob_kit
 from tests.cluster.runs_kit import local_cluster, log_of, run_buckets
 from tests.cluster.test_pytorchjob_runs import PYTORCHJOB
+from tests.cluster.test_trainjob_runs import local_processes
 from tests.infra.infra_helpers import pytorchjob
 from tests.infra.render import render
 from tests.testkit import WAIT_S, stop, wait_for
@@ -138,3 +143,48 @@ def test_sigterm_at_a_random_step_checkpoints_there_and_the_next_job_resumes_the
     assert len(counts) == position.plan.total, "a sample of the stopped epoch was skipped"
     assert [e["epoch"] for e in events(output, "epoch")] == list(range(STOPPED_EPOCH,
                                                                        EPOCHS + 1))
+
+
+@pytest.fixture(scope="module")
+def trainer(control_plane, tmp_path_factory):
+    return trainjob_kit.installed(control_plane, tmp_path_factory.mktemp("trainer-v2"))
+
+
+def test_a_trainjobs_torchrun_passes_sigterm_on_and_its_ranks_checkpoint_the_step(
+        trainer, s3_store, s3_endpoint, tmp_path):
+    cp, logs, trace = trainer, tmp_path / "logs", tmp_path / "trace"
+    logs.mkdir()
+    trace.mkdir()
+    rendering = render({**trainjob_kit.CONFIG, **{k: CONFIG[k] for k in (
+        "workers", "epochs", "batchSize", "checkpointEverySteps")},
+        "namespace": "preemption-trainjob"})
+    job = trainjob_kit.apply_stack(cp, rendering)
+    name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+    cluster = local_cluster(rendering, tmp_path / "pods", s3_endpoint)
+    run_buckets(cluster, logs)
+    ranks = local_processes(cluster, trainjob_kit.scheduled_pods(cp, namespace, name, 2))
+    for rank in ranks:
+        rank.env[SAMPLE_TRACE_ENV] = str(trace)
+    procs = [r.start(logs) for r in ranks]
+    try:
+        target = random.Random().randint(3, 60)
+        wait_for(lambda: highest_step(trace, STOPPED_EPOCH) >= target,
+                 f"step {target} of epoch {STOPPED_EPOCH}", procs)
+        for proc in procs:  # the container's PID 1 only, as the kubelet signals it
+            os.kill(proc.pid, signal.SIGTERM)
+        signalled_at = highest_step(trace, STOPPED_EPOCH)
+        codes = after_grace_period(procs)
+    finally:
+        stop(procs)
+    rank0 = log_of(logs, ranks[0])
+    assert codes == [143, 143], (codes, rank0[-3000:])
+    (stopped,) = events(rank0, "terminated")
+    run_id = events(rank0, "start")[0]["run_id"]
+    (done, trained), newest = all_checkpoints(s3_store, MODEL, run_id)[0]
+    assert newest == stopped["checkpoint"] and done == STOPPED_EPOCH - 1
+    position = EpochPosition.from_dict(load_checkpoint(s3_store, newest).position)
+    assert position.step == stopped["step"] <= signalled_at + 2 and position.trained == trained
+    assert highest_step(trace, STOPPED_EPOCH) == position.step
+    print(f"TrainJob: SIGTERM at step {signalled_at}: checkpoint at step {position.step}, "
+          f"written {stopped['seconds_since_sigterm']} s after SIGTERM")
+    assert RunLeaseRecord.from_json(s3_store.get_bytes(ModelKeys(MODEL).lease(run_id))).released
