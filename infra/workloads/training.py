@@ -191,7 +191,9 @@ def pod_template(
         cpu=args.cpu,
         memory=args.memory,
         gpus=args.gpus_per_worker,
-        env={**train_env(args), **(progress.env(args.namespace, job) if annotates else {})},
+        env=train_env(args),
+        # By reference, after the plain env: the job's name from the pod's label.
+        secret_env=progress.env(args.namespace) if annotates else [],
         env_from=tracking_env(),
         # Trainer v2's torch plugin adds its own port (PET_MASTER_PORT).
         ports=[k8s.core.v1.ContainerPortArgs(name=MASTER_PORT.name,

@@ -30,6 +30,8 @@ CREDENTIALS_VOLUME = "api-credentials"
 CREDENTIALS_DIR = "/var/run/secrets/trainstack/api"
 TOKEN_SECONDS = 3600  # the kubelet renews it before it expires; the trainer reads it each time
 ROOT_CA = "kube-root-ca.crt"  # the cluster's CA, a ConfigMap in every namespace
+PYTORCHJOB_NAME_LABEL = "training.kubeflow.org/job-name"  # the operator's, on every pod
+JOB_NAME_ENV = "TRAINSTACK_JOB_NAME"
 
 
 def annotated(api: str, network_policy: str) -> bool:
@@ -37,12 +39,19 @@ def annotated(api: str, network_policy: str) -> bool:
     return api == "pytorchjob" and network_policy != "ingress-egress"
 
 
-def env(namespace: pulumi.Input[str], job_name: pulumi.Input[str]
-        ) -> dict[str, pulumi.Input[str]]:
-    """What rank 0 needs to find its job and its credentials."""
-    return {PROGRESS_JOB_ENV: pulumi.Output.all(namespace, job_name).apply(
-                lambda got: pytorchjob_path(*got)),
-            API_CREDENTIALS_ENV: CREDENTIALS_DIR}
+def env(namespace: pulumi.Input[str]) -> list[k8s.core.v1.EnvVarArgs]:
+    """What rank 0 needs to find its job and its credentials. The job's name comes from the
+    operator's label on the pod (downward API), not from the stack: a job made from the
+    same spec under another name (a retrain, trainer.retrain) reports on itself."""
+    return [
+        k8s.core.v1.EnvVarArgs(name=JOB_NAME_ENV, value_from=k8s.core.v1.EnvVarSourceArgs(
+            field_ref=k8s.core.v1.ObjectFieldSelectorArgs(
+                field_path=f"metadata.labels['{PYTORCHJOB_NAME_LABEL}']"))),
+        # Kubernetes expands $(VAR) of a variable defined before it.
+        k8s.core.v1.EnvVarArgs(name=PROGRESS_JOB_ENV, value=pulumi.Output.from_input(
+            namespace).apply(lambda ns: pytorchjob_path(ns, f"$({JOB_NAME_ENV})"))),
+        k8s.core.v1.EnvVarArgs(name=API_CREDENTIALS_ENV, value=CREDENTIALS_DIR),
+    ]
 
 
 def credentials_volume() -> k8s.core.v1.VolumeArgs:

@@ -106,8 +106,14 @@ def test_a_pytorchjobs_rank_0_may_patch_that_job_and_nothing_else():
         token, ca = volume["projected"]["sources"]
         assert token["serviceAccountToken"]["path"] == "token"
         assert ca["configMap"]["name"] == "kube-root-ca.crt"
-        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-        assert env[PROGRESS_JOB_ENV] == f"/apis/kubeflow.org/v1/namespaces/trainstack/pytorchjobs/{name}"
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["containers"][0]["env"]}
+        # The job's own name from the operator's label (a retrain's job is another one).
+        names = [e["name"] for e in pod["containers"][0]["env"]]
+        assert names.index(progress.JOB_NAME_ENV) < names.index(PROGRESS_JOB_ENV)
+        assert env[progress.JOB_NAME_ENV] == {"fieldRef": {
+            "fieldPath": "metadata.labels['training.kubeflow.org/job-name']"}}
+        assert env[PROGRESS_JOB_ENV] == ("/apis/kubeflow.org/v1/namespaces/trainstack/"
+                                         f"pytorchjobs/$({progress.JOB_NAME_ENV})")
         assert env[API_CREDENTIALS_ENV] == progress.CREDENTIALS_DIR
         assert pod["terminationGracePeriodSeconds"] == 30
     assert rendering.exports["progress"] == (

@@ -143,7 +143,7 @@ def without_api(spec: dict) -> dict:
         for key in ("name", "command", "ports"):
             container.pop(key, None)
         container["env"] = [e for e in container["env"] if e["name"] not in (
-            PROGRESS_JOB_ENV, API_CREDENTIALS_ENV)]
+            PROGRESS_JOB_ENV, API_CREDENTIALS_ENV, progress.JOB_NAME_ENV)]
         container["volumeMounts"] = [m for m in container["volumeMounts"]
                                      if m["name"] != progress.CREDENTIALS_VOLUME]
     return spec
