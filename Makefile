@@ -29,6 +29,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Demo knobs: `make demo DATASET=cifar10 CIFAR10_SOURCE=path/to/cifar-10-python.tar.gz`,
 # `make demo DATASET=imagefolder SOURCE=path/to/folder-or-archive` (one subfolder per class),
 # HOST, PORT, SERVE=no (below); `inference demo-check` checks them all before anything runs.
+# Each image folder is a dataset of its own, imagefolder-<label>: the label is DATASET_NAME,
+# else the folder's own name, so two folders never share a model name.
 # Images default to fastcifar, the best accuracy per minute on CPU (docs/models.md): with
 # 2 processes, 32 images each per step; MODEL=resnet18 BATCH_SIZE=128 LR=0.1 EPOCHS=10 for
 # the ResNet-18.
@@ -46,14 +48,51 @@ PORT ?= 7860
 SERVE ?= yes
 CIFAR10_SOURCE ?=
 SOURCE ?= $(CIFAR10_SOURCE)
+DATASET_NAME ?=
+# Another seed is another run: `make demo SEED=1` trains again what was published already.
+SEED ?= 0
 
-.PHONY: demo demo-traffic test test-fast bench lint chromium strace prometheus clean help gitops-drift controlplane test-cluster
+.PHONY: demo demo-traffic test test-fast bench lint chromium strace prometheus clean clean-store help \
+  gitops-drift controlplane test-cluster
 help:
-	@echo "make demo   train on $(DATASET) with 2 local DDP processes, then serve the app"
-	@echo "make test   set up .venv and run the whole test suite (browser tests included)"
-	@echo "make bench  print training and inference benchmark figures (CIFAR10_SOURCE=... adds time to accuracy)"
-	@echo "make lock   rewrite the hashed locks after changing a requirements*.txt"
-	@echo "make image-smoke  build the trainer image with buildah and run it (part of make test)"
+	@echo "make demo          train on DATASET with 2 local DDP processes, publish, serve the app"
+	@echo "make demo-traffic  with make demo serving: its test images, then shifted ones"
+	@echo "                   (SHIFT=dark, noise or other): the Monitoring tab turns red"
+	@echo "make test          set up .venv and run every test (browser, image, control plane, e2e)"
+	@echo "make test-fast     every test but the browser tests"
+	@echo "make test-cluster  the cluster tier only, on a real control plane"
+	@echo "make bench         training and inference benchmark figures (CIFAR10_SOURCE=... adds"
+	@echo "                   time to accuracy)"
+	@echo "make lint          ruff on every Python file"
+	@echo "make lock          rewrite the hashed locks after changing a requirements*.txt"
+	@echo "                   (UPGRADE=1: the newest versions allowed)"
+	@echo "make image-smoke   build the trainer image with buildah and run it (part of make test)"
+	@echo "make controlplane  build the cluster tier's control plane into ~/.cache/trainstack"
+	@echo "                   (GO=$(GO))"
+	@echo "make gitops-drift  do the committed GitOps files match the program? (GITOPS_STACK=gitops)"
+	@echo "make clean         remove the venvs and test caches; keeps DEMO_STORE's models"
+	@echo "make clean-store   remove DEMO_STORE: every dataset and model make demo stored"
+	@echo ""
+	@echo "make demo's knobs (default):"
+	@echo "  DATASET=digits        digits, cifar10 or imagefolder (your own images: SOURCE=...)"
+	@echo "  SOURCE=               cifar10: an archive or URL (default: the official URL);"
+	@echo "                        imagefolder: a folder of <class>/<image>, or a .zip/.tar.gz"
+	@echo "  CIFAR10_SOURCE=       the same as SOURCE"
+	@echo "  DATASET_NAME=         imagefolder: the dataset is imagefolder-<DATASET_NAME>"
+	@echo "                        (default: the folder's own name)"
+	@echo "  MODEL=smallcnn        for digits; fastcifar for the others (also resnet18,"
+	@echo "                        resnet18-imagenet)"
+	@echo "  EPOCHS=12             for digits; 8 for fastcifar, 10 for the others"
+	@echo "  BATCH_SIZE=64         for digits; 32 for fastcifar, 128 for the others (per process)"
+	@echo "  LR=0.1                0.2 for fastcifar"
+	@echo "  SEED=0                another seed trains another run"
+	@echo "  HOST=127.0.0.1        where the app listens (no access token: 0.0.0.0 opens it)"
+	@echo "  PORT=7860             0: any free port"
+	@echo "  SERVE=yes             no: train, publish and stop"
+	@echo "  DEMO_STORE=./demo-store  the local store every demo shares"
+	@echo "  TORCH=pypi            cpu: PyTorch's CPU wheels, for a new .venv"
+	@echo "  PYTHON=python3        the Python that makes the venvs"
+	@echo "  SHIFT=dark            make demo-traffic's shifted images: dark, noise or other"
 
 # One venv for everything, so any documented order works (`make demo` then `pulumi up`,
 # `make test` then `pulumi up`): the trainer's and app's requirements, the Pulumi program's
@@ -153,23 +192,29 @@ test-fast: $(DEV_STAMP) $(MLFLOW_STAMP) $(CHECKOV_STAMP) strace prometheus contr
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check trainer inference infra tests bench docs tools __main__.py
 
+# Every knob (and the port) before anything starts: one line naming what is wrong (stderr);
+# else the dataset's name (stdout). Expanded with the recipe, once .venv exists.
+demo_dataset_name = $(shell $(BIN)/python -m inference demo-check --dataset '$(DATASET)' \
+  --dataset-name '$(DATASET_NAME)' --model '$(MODEL)' --epochs '$(EPOCHS)' \
+  --batch-size '$(BATCH_SIZE)' --lr '$(LR)' --seed '$(SEED)' --host '$(HOST)' \
+  --port '$(PORT)' --source '$(SOURCE)' --serve '$(SERVE)')
+
 demo: $(RUNTIME_STAMP)
-	@# Every knob (and the port) before anything starts: one line naming what is wrong.
-	@$(BIN)/python -m inference demo-check --dataset '$(DATASET)' --model '$(MODEL)' \
-	  --epochs '$(EPOCHS)' --batch-size '$(BATCH_SIZE)' --lr '$(LR)' --host '$(HOST)' \
-	  --port '$(PORT)' --source '$(SOURCE)' --serve '$(SERVE)'
+	$(eval NAME_OF_DATASET := $(demo_dataset_name))
+	@[ -n '$(NAME_OF_DATASET)' ] || exit 2
 	$(BIN)/python -m trainer buckets --store $(DEMO_STORE)
 	$(if $(filter cifar10 imagefolder,$(DATASET)),$(BIN)/python -m trainer ingest --store $(DEMO_STORE) \
-	  --dataset $(DATASET) $(if $(SOURCE),--source '$(SOURCE)'))
+	  --dataset $(DATASET) --dataset-name $(NAME_OF_DATASET) $(if $(SOURCE),--source '$(SOURCE)'))
 	@# One thread per process: two DDP processes share the 2 cores of a small machine.
 	@# trainer.launch is torchrun with a one-line ending (Ctrl-C, a failed rank).
 	OMP_NUM_THREADS=1 $(BIN)/python -m trainer.launch --standalone --nproc_per_node 2 \
-	  -m trainer train --store $(DEMO_STORE) --dataset $(DATASET) --model $(MODEL) \
-	  --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) --lr $(LR)
-	@# The model just trained, <model>-<dataset> (trainer.contract.layout.model_name), not the newest
-	@# of the store: every dataset's demo shares it.
+	  -m trainer train --store $(DEMO_STORE) --dataset $(DATASET) \
+	  --dataset-name $(NAME_OF_DATASET) --model $(MODEL) --epochs $(EPOCHS) \
+	  --batch-size $(BATCH_SIZE) --lr $(LR) --seed $(SEED)
+	@# The model just trained, <model>-<dataset name> (trainer.contract.layout.model_name),
+	@# not the newest of the store: every dataset's demo shares it.
 	$(if $(filter yes,$(SERVE)),exec $(BIN)/python -m inference serve --store $(DEMO_STORE) \
-	  --model-name $(MODEL)-$(DATASET) --host $(HOST) --port $(PORT))
+	  --model-name $(MODEL)-$(NAME_OF_DATASET) --host $(HOST) --port $(PORT))
 
 # With `make demo` serving (another terminal): 512 test-split images, then 512 shifted ones
 # (SHIFT=dark|noise|other); the app checks every 256 predictions, and its Monitoring tab
@@ -195,5 +240,13 @@ GITOPS_STACK ?= gitops
 gitops-drift: $(RUNTIME_STAMP)
 	$(BIN)/python -m infra.drift --stack $(GITOPS_STACK)
 
+# The demo store holds every model `make demo` trained: removed only when asked by name.
 clean:
-	rm -rf $(VENV) $(MLFLOW_VENV) $(CHECKOV_VENV) $(DEMO_STORE) .pytest_cache
+	@echo "removing $(VENV) $(MLFLOW_VENV) $(CHECKOV_VENV) .pytest_cache"
+	@[ ! -d '$(DEMO_STORE)' ] || echo "keeping $(DEMO_STORE) (every model make demo trained;" \
+	  "make clean-store removes it)"
+	rm -rf $(VENV) $(MLFLOW_VENV) $(CHECKOV_VENV) .pytest_cache
+
+clean-store:
+	@echo "removing $(DEMO_STORE): every dataset and model make demo stored there"
+	rm -rf '$(DEMO_STORE)'

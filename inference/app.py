@@ -22,16 +22,17 @@ from fastapi import FastAPI
 from starlette.datastructures import Secret
 from starlette.routing import Route
 
-from inference.edge.api import build_router
+from inference.edge.api import READS_ITS_OWN_BODY, build_router
 from inference.edge.auth import (
     LOGIN_MESSAGE,
     BearerAuthMiddleware,
     LoginTitleMiddleware,
     check_token,
     gradio_login,
+    gradio_session,
 )
-from inference.edge.bodies import MULTIPART_OVERHEAD, BodyReader, UploadLimits
-from inference.edge.uploads import keep_uploads_under
+from inference.edge.bodies import MULTIPART_OVERHEAD, BodyReader, BoundedBodies, UploadLimits
+from inference.edge.uploads import UploadCache, keep_uploads_under
 from inference.monitoring import training as training_states
 from inference.monitoring.mlflow_reports import ReportArtifacts
 from inference.monitoring.monitor import Monitor
@@ -95,11 +96,11 @@ class Settings:
     device: str = field(default_factory=default_device)  # cpu | cuda[:N]
     decode_threads: int = field(default_factory=usable_cpus)
     decode_memory_mb: float = 512.0  # decodes running at once share this much memory
-    upload_cache_mb: float = 256.0  # Gradio's uploads kept on disk, at most
+    upload_cache_mb: float = 256.0  # Gradio's uploads kept on disk, at most (after each one)
     upload_cache_max_age_s: float = 600.0  # uploads older than this are deleted
-    upload_cache_sweep_s: float = 30.0  # how often both limits are applied
-    # POST /predict bodies in flight (inference.edge.bodies): their memory together, the
-    # longest a body may send nothing, and the longest a whole body may take.
+    upload_cache_sweep_s: float = 30.0  # how often the age limit is applied
+    # Request bodies in flight, POST /predict's and Gradio's (inference.edge.bodies): their
+    # memory together, the longest a body may send nothing, the longest a whole body may take.
     # None: 128 MiB, or one whole upload of max_upload_mb when that is more.
     upload_memory_mb: float | None = None
     upload_idle_timeout_s: float = 10.0
@@ -210,8 +211,9 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     demo = build_demo(registry, engine, metrics, delete_cache=(
         settings.upload_cache_sweep_s, settings.upload_cache_max_age_s), board=board,
         monitor=monitor)
+    uploads = UploadCache(demo.upload_file_set, int(settings.upload_cache_mb * 1e6))
     app = FastAPI(title="trainstack inference", description="Classify images with the newest "
-                  "published model.", lifespan=lifespan(settings, registry, engine, demo,
+                  "published model.", lifespan=lifespan(settings, registry, engine, uploads,
                                                         token is not None, owned_cache))
     app.state.registry, app.state.metrics, app.state.settings = registry, metrics, settings
     app.state.engine, app.state.demo, app.state.progress = engine, demo, board
@@ -222,6 +224,10 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     router = build_router(registry, metrics, engine, bodies)
     app.include_router(router)
     mount_ui(app, demo, settings, registry, token)
+    # Every other body (Gradio's routes) within the same limits, from the same budget; the
+    # upload cache trimmed as soon as an upload is answered (inference.edge.uploads).
+    app.add_middleware(BoundedBodies, reader=bodies, own_paths=READS_ITS_OWN_BODY,
+                       after=uploads.trim, signed_in=gradio_session(app) if token else None)
     if token:
         # The FastAPI app's own routes (the API, /docs, /openapi.json), not Gradio's mount.
         api_paths = {route.path.rstrip("/") for route in [*router.routes, *app.routes]
@@ -264,7 +270,7 @@ def mount_ui(app: FastAPI, demo: Any, settings: Settings, registry: Registry,
                         auth_message=LOGIN_MESSAGE if token else None)
 
 
-def lifespan(settings: Settings, registry: Registry, engine: Engine, demo: Any,
+def lifespan(settings: Settings, registry: Registry, engine: Engine, uploads: UploadCache,
              guarded: bool, owned_cache: bool) -> Callable[[FastAPI], Any]:
     """Start the poller and the upload-cache sweeper; stop both and clean up at shutdown."""
 
@@ -276,9 +282,7 @@ def lifespan(settings: Settings, registry: Registry, engine: Engine, demo: Any,
                  f"on ({AUTH_TOKEN_ENV})" if guarded else "off (anyone who reaches this port)")
         registry.start()  # its first check runs at once, in the background
         try:
-            async with keep_uploads_under(demo.upload_file_set,
-                                          int(settings.upload_cache_mb * 1e6),
-                                          settings.upload_cache_sweep_s):
+            async with keep_uploads_under(uploads, settings.upload_cache_sweep_s):
                 yield
         finally:
             registry.stop()

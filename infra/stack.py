@@ -16,7 +16,12 @@ import pulumi_kubernetes as k8s
 from infra import gitops, queueing
 from infra.config.cluster import ClusterAccess
 from infra.config.keys import StackConfig, StackSecrets
-from infra.config.stack_config import DEFAULT_ACCURACY_DROP, DEFAULT_DRIFT_WINDOWS
+from infra.config.stack_config import (
+    DEFAULT_ACCURACY_DROP,
+    DEFAULT_COOLDOWN,
+    DEFAULT_DRIFT_WINDOWS,
+)
+from infra.exports import stack_exports
 from infra.monitoring.component import Monitoring, MonitoringArgs
 from infra.operators.trainer_v2 import TRAINER_NAMESPACE, TrainerV2, TrainerV2Args
 from infra.operators.training_operator import TrainingOperator, TrainingOperatorArgs
@@ -29,14 +34,23 @@ from infra.workloads.buckets import (
     StoreCredentials,
     StoreCredentialsArgs,
 )
-from infra.workloads.catalog import APP, BUCKETS, INGEST, STORE, TRACKING, TRAINER, Workload
+from infra.workloads.catalog import (
+    APP,
+    BUCKETS,
+    INGEST,
+    RETRAIN,
+    STORE,
+    TRACKING,
+    TRAINER,
+    Workload,
+)
 from infra.workloads.image import ImageRef, TrainerImage, TrainerImageArgs, prebuilt
 from infra.workloads.jobparts import progress
 from infra.workloads.minio_server import MinIO, MinIOArgs
 from infra.workloads.mlflow_server import DEFAULT_IMAGE as DEFAULT_MLFLOW_IMAGE
 from infra.workloads.mlflow_server import MlflowArgs, MlflowServer
+from infra.workloads.retrain import RetrainArgs, Retraining, promotion_env
 from infra.workloads.training import Training, TrainingArgs
-from infra.workloads.trainjob import COMPLETION_INDEX_LABEL, JOBSET_NAME_LABEL
 from infra.workloads.webapp import Inference, InferenceArgs
 
 
@@ -70,9 +84,12 @@ def build_stack(cfg: StackConfig, secrets: StackSecrets,
     tracking = _tracking(cfg, namespace, store, buckets, render, versions)
     tracking_uri = tracking.url if tracking else None
     operator = _operator(cfg)
-    training = _training(cfg, namespace, image, store, [buckets, *built], operator, render,
-                         tracking, queueing.declare(cfg, namespace, render))
+    training_args = _training_args(cfg, namespace, image, store, [buckets, *built], operator,
+                                   tracking, queueing.declare(cfg, namespace, render))
+    training = Training("training", training_args, opts=gitops.options("training", render))
     queueing.announce(cfg, training.job, training.job_name, cluster)
+    if cfg.retrains:
+        _retraining(cfg, namespace, training_args, training, render)
     inference = Inference(
         "inference",
         InferenceArgs(
@@ -94,7 +111,7 @@ def build_stack(cfg: StackConfig, secrets: StackSecrets,
     )
     if cfg.monitors:
         _monitoring(cfg, inference, render)
-    return _exports(cfg, training.job_name, store, inference, tracking)
+    return stack_exports(cfg, training.job_name, store, inference, tracking)
 
 
 def workloads(cfg: StackConfig) -> list[Workload]:
@@ -107,6 +124,8 @@ def workloads(cfg: StackConfig) -> list[Workload]:
         deployed.insert(-2, INGEST)
     if cfg.mlflow:
         deployed.append(TRACKING)
+    if cfg.retrains:
+        deployed.append(RETRAIN)
     return deployed
 
 
@@ -137,14 +156,21 @@ def flows(cfg: StackConfig) -> tuple[list[Flow], list[OutsideFlow]]:
         url = urlsplit(cfg.store_endpoint)
         outside.append(OutsideFlow(clients, url.port or 443, f"the object store {url.hostname}",
                                    namespace=service_namespace(url.hostname)))
+    # A retrain ingests again, from where the ingest Job did.
+    downloaders = (INGEST, RETRAIN) if cfg.retrains else (INGEST,)
     if cfg.ingest_source is not None:
         url = urlsplit(cfg.ingest_source)
         port = url.port or (443 if url.scheme == "https" else 80)
-        outside.append(OutsideFlow((INGEST,), port, f"the dataset download {url.hostname}"))
+        outside.append(OutsideFlow(downloaders, port, f"the dataset download {url.hostname}"))
     elif cfg.dataset_source_secret is not None:
         # The URL is in the user's Secret: the stack knows neither host nor port.
-        outside += [OutsideFlow((INGEST,), port, "the dataset download (datasetSourceSecret)")
+        outside += [OutsideFlow(downloaders, port, "the dataset download (datasetSourceSecret)")
                     for port in (443, 80)]
+    if cfg.retrains:
+        # The API server, where its Service sends the retrain pod: 443 or, behind the
+        # kubernetes Service's translation, the server's own port (6443 on most clusters).
+        outside += [OutsideFlow((RETRAIN,), port, "the Kubernetes API server")
+                    for port in (443, 6443)]
     return inside, outside
 
 
@@ -236,38 +262,49 @@ def _operator(cfg: StackConfig) -> pulumi.Resource | None:
         "training-operator", TrainingOperatorArgs(version=cfg.training_operator_version))
 
 
-def _training(cfg: StackConfig, namespace, image: ImageRef, store: pod.StoreRef,
-              depends_on: list[pulumi.Resource], operator: pulumi.Resource | None,
-              render, tracking: MlflowServer | None, queue: pulumi.Resource | None) -> Training:
-    return Training(
-        "training",
-        TrainingArgs(
-            namespace=namespace,
-            image=image.ref,
-            image_pull_policy=image.pull_policy,
-            store=store,
-            train_config=cfg.train_json(),
-            workers=cfg.workers,
-            gpus_per_worker=cfg.gpus_per_worker,
-            cpu=cfg.cpu_per_worker,
-            memory=cfg.memory_per_worker,
-            dataset=cfg.dataset,
-            ingest_source=cfg.ingest_source,
-            ingest_source_secret=cfg.dataset_source_secret,
-            ingest_timeout=cfg.ingest_timeout,
-            ingest_storage=cfg.ingest_storage,
-            data_cache_size=cfg.data_cache_size,
-            node_selector=cfg.node_selector,
-            tolerations=cfg.tolerations,
-            depends_on=depends_on,
-            operator=operator,
-            tracking=tracking,
-            api=cfg.training_api,
-            queue=cfg.queue,
-            queue_objects=queue,
-            job_progress=progress.annotated(cfg.training_api, cfg.network_policy),
-        ),
-        opts=gitops.options("training", render),
+def _training_args(cfg: StackConfig, namespace, image: ImageRef, store: pod.StoreRef,
+                   depends_on: list[pulumi.Resource], operator: pulumi.Resource | None,
+                   tracking: MlflowServer | None, queue: pulumi.Resource | None
+                   ) -> TrainingArgs:
+    return TrainingArgs(
+        namespace=namespace,
+        image=image.ref,
+        image_pull_policy=image.pull_policy,
+        store=store,
+        train_config=cfg.train_json(),
+        workers=cfg.workers,
+        gpus_per_worker=cfg.gpus_per_worker,
+        cpu=cfg.cpu_per_worker,
+        memory=cfg.memory_per_worker,
+        dataset=cfg.dataset,
+        ingest_source=cfg.ingest_source,
+        ingest_source_secret=cfg.dataset_source_secret,
+        ingest_timeout=cfg.ingest_timeout,
+        ingest_storage=cfg.ingest_storage,
+        data_cache_size=cfg.data_cache_size,
+        node_selector=cfg.node_selector,
+        tolerations=cfg.tolerations,
+        depends_on=depends_on,
+        operator=operator,
+        tracking=tracking,
+        api=cfg.training_api,
+        env=promotion_env(cfg.promotion_gate, cfg.promotion_tolerance),
+        queue=cfg.queue,
+        queue_objects=queue,
+        job_progress=progress.annotated(cfg.training_api, cfg.network_policy),
+    )
+
+
+def _retraining(cfg: StackConfig, namespace, args: TrainingArgs, training: Training,
+                render) -> Retraining:
+    """`retrainSchedule`, `retrainOnDrift`: the CronJobs that create the training job."""
+    return Retraining(
+        "retrain",
+        RetrainArgs(namespace=namespace, training=args, model_name=cfg.model_name,
+                    schedule=cfg.retrain_schedule, on_drift=cfg.retrain_on_drift,
+                    drift_windows=cfg.drift_alert_windows or DEFAULT_DRIFT_WINDOWS,
+                    cooldown=cfg.retrain_cooldown or DEFAULT_COOLDOWN, depends_on=[training]),
+        opts=gitops.options("retrain", render),
     )
 
 
@@ -283,53 +320,3 @@ def _monitoring(cfg: StackConfig, inference: Inference, render) -> Monitoring:
                        auth_secret=inference.token_secret, depends_on=[inference]),
         opts=gitops.options("monitoring", render),
     )
-
-
-def _exports(cfg: StackConfig, job: pulumi.Output[str], store: pod.StoreRef,
-             inference: Inference, tracking: MlflowServer | None) -> dict[str, Any]:
-    ns = cfg.namespace
-    exports = {
-        "namespace": ns,
-        "store": store.url,
-        "buckets": cfg.buckets,
-        "inferenceUrl": inference.url,
-        "inferenceAccess": inference.access,
-        # One drift check of the served version from the app's pod (its store, its token).
-        "driftCheck": (f"kubectl -n {ns} exec deploy/{APP.name} -- python -m inference "
-                       f"monitor --model {cfg.model_name}"),
-        **_job_exports(cfg, job),
-    }
-    if cfg.store_endpoint is None:
-        exports["minioEndpoint"] = pulumi.Output.from_input(store.url).apply(
-            lambda url: url.removeprefix("s3://"))
-    if tracking is not None:
-        exports["mlflowUrl"] = tracking.url
-        exports["mlflowAccess"] = tracking.access
-    if cfg.render_yaml_to:
-        exports["renderedTo"] = cfg.render_yaml_to
-    return exports
-
-
-def _job_exports(cfg: StackConfig, job: pulumi.Output[str]) -> dict[str, Any]:
-    """The job's name and the kubectl commands that follow it, for `trainingApi`'s kind."""
-    ns = cfg.namespace
-    if cfg.training_api == "trainjob":
-        name_key, kind = "trainJobName", "trainjob"
-        selector = pulumi.Output.concat(f"{JOBSET_NAME_LABEL}=", job)
-        # Rank 0: completion index 0 of the replicated job `node`.
-        rank0 = pulumi.Output.concat("-l ", selector, f",{COMPLETION_INDEX_LABEL}=0")
-    else:
-        name_key, kind = "pytorchJobName", "pytorchjob"
-        selector = pulumi.Output.concat("training.kubeflow.org/job-name=", job)
-        rank0 = pulumi.Output.concat(job, "-master-0")
-    return {
-        name_key: job,
-        "followLogs": pulumi.Output.concat(
-            f"kubectl -n {ns} logs -f -l ", selector, " --prefix --max-log-requests 64"),
-        "masterLogs": pulumi.Output.concat(f"kubectl -n {ns} logs -f ", rank0),
-        "jobStatus": pulumi.Output.concat(
-            f"kubectl -n {ns} get {kind} ", job, f" -o wide && kubectl -n {ns} get pods -l ",
-            selector),
-        "progress": progress.read_command(ns, cfg.training_api, job),
-        **queueing.exports(cfg),
-    }

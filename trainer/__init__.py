@@ -1,4 +1,5 @@
-"""trainstack trainer: `python -m trainer {buckets,ingest,train}` and `python -m trainer.launch`.
+"""trainstack trainer: `python -m trainer {buckets,ingest,train,promote,retrain}` and
+`python -m trainer.launch`.
 
 Rooms, lowest first (a room imports only rooms before it in this list):
 
@@ -11,8 +12,11 @@ Rooms, lowest first (a room imports only rooms before it in this list):
 - ``models``: the model zoo.
 - ``state``: the training state and its checkpoints.
 - ``publish``: a trained run as a published version (program, meta.json, reference,
-  figures, latest.json last).
+  figures, latest.json last); ``publish.gate`` is the promotion gate, ``publish.latest``
+  latest.json's conditional writes, ``publish.promote`` a person's promotion.
 - ``tracking``: the progress record and MLflow.
 - ``run``: the training run itself (loop, mid-epoch checkpoints, distributed setup,
   signals), which drives all of the above.
+- ``retrain``: the retrain CronJob's command (the training job it creates through the
+  Kubernetes API, one retrain of a model at a time); it reads ``publish.latest``.
 """

@@ -1,4 +1,5 @@
-"""`python -m trainer {buckets,ingest,train}`: argument parsing and dispatch only."""
+"""`python -m trainer {buckets,ingest,train,promote,retrain}`: argument parsing and dispatch
+only."""
 
 from __future__ import annotations
 
@@ -10,12 +11,17 @@ from trainer.contract.config import AUGMENTATIONS, DATASETS, MODELS, TrainConfig
 from trainer.contract.env import DATASET_SOURCE_ENV
 from trainer.contract.errors import IngestError
 from trainer.contract.layout import ALL_BUCKETS, BUCKET_PREFIX_ENV, BUCKETS, TRACKING_BUCKET
+from trainer.contract.promotion import GateSettings
+from trainer.contract.retrain import REASONS
 from trainer.store import STORE_ENV, open_store
 
 log = logging.getLogger(__name__)
 
 # train flags that map onto TrainConfig keys (flag --batch-size -> key batch_size)
-TRAIN_FLAGS = ("dataset", "model", "epochs", "batch_size", "lr", "seed")
+TRAIN_FLAGS = ("dataset", "dataset_name", "model", "epochs", "batch_size", "lr", "seed",
+               "retrain_id", "retrain_reason", "retrain_report")
+NAME_HELP = ("imagefolder: the dataset's own name, imagefolder-<label> (its data under "
+             "datasets/<name>, its models <model>-<name>); default: imagefolder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read the URL or path from environment variable VAR instead "
                              f"(the ingest Job's {DATASET_SOURCE_ENV}, from a Secret): a URL "
                              "with credentials stays off the command line")
+    ingest.add_argument("--dataset-name", help=NAME_HELP)
+    ingest.add_argument("--replace", action="store_true", default=None,
+                        help="imagefolder: replace the images of --dataset-name even when "
+                             "they came from another source (the stack's imagefolder always "
+                             "takes its configured source)")
     ingest.add_argument("--store", help=store_help)
     ingest.add_argument("--image-size", type=int, default=32,
                         help="imagefolder: side the shards' images are decoded to, the "
@@ -64,11 +75,31 @@ def build_parser() -> argparse.ArgumentParser:
                             "('auto': the model's), compile, ...)")
     train.add_argument("--store", help=store_help)
     train.add_argument("--dataset", choices=DATASETS)
+    train.add_argument("--dataset-name", help=NAME_HELP)
     train.add_argument("--model", choices=MODELS)
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int, help="images per step per worker")
     train.add_argument("--lr", type=float, help="peak learning rate")
     train.add_argument("--seed", type=int)
+    retrain_help = "set by `python -m trainer retrain` on the training job it creates"
+    train.add_argument("--retrain-id", help=f"a retrain's id: a new run ({retrain_help})")
+    train.add_argument("--retrain-reason", choices=REASONS, help=f"why ({retrain_help})")
+    train.add_argument("--retrain-report", help=f"the drift report that triggered it "
+                                                f"({retrain_help})")
+
+    promote = sub.add_parser(
+        "promote", help="serve a version on purpose: a candidate, or an older one (rollback)",
+        description="Point the model's latest.json at a complete version, past the promotion "
+                    "gate: the app serves it within a poll. A rollback is the promotion of an "
+                    "older version. New publications are then judged against it.")
+    promote.add_argument("--store", help=store_help)
+    promote.add_argument("--model", required=True, metavar="NAME",
+                         help="<model>-<dataset>, e.g. smallcnn-digits")
+    promote.add_argument("--version", required=True, help="the version to serve, e.g. "
+                                                          "20261123T152400Z-3f2a9c1b07")
+    from trainer.retrain.cli import add_retrain_parser
+
+    add_retrain_parser(sub, store_help)
     return parser
 
 
@@ -110,19 +141,34 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
     store = open_store(args.store)
     key = ingest(store, args.dataset, ingest_source(args), image_size=args.image_size,
-                 shard_bytes=args.shard_mib * 1024**2)
+                 shard_bytes=args.shard_mib * 1024**2, name=args.dataset_name,
+                 replace=args.replace)
     if key:
-        log.info("dataset %s is in the store at %s", args.dataset, key)
+        log.info("dataset %s is in the store at %s", args.dataset_name or args.dataset, key)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from trainer.run.train import run_training
 
     cfg = train_config_from_args(args)
+    GateSettings.from_env()  # a bad gate setting stops the run now, not after training
     run_training(cfg, open_store(args.store))  # logs {"event": "done", ...} on rank 0
 
 
-COMMANDS = {"buckets": cmd_buckets, "ingest": cmd_ingest, "train": cmd_train}
+def cmd_promote(args: argparse.Namespace) -> None:
+    from trainer.publish.promote import promote
+
+    promote(open_store(args.store), args.model, args.version)
+
+
+def cmd_retrain(args: argparse.Namespace) -> None:
+    from trainer.retrain.cli import run
+
+    run(args)
+
+
+COMMANDS = {"buckets": cmd_buckets, "ingest": cmd_ingest, "train": cmd_train,
+            "promote": cmd_promote, "retrain": cmd_retrain}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,9 @@ from inference.serving.metrics import Metrics
 from inference.serving.predict import BadImage
 
 log = logging.getLogger(__name__)
+# Routes that read their bodies with the BodyReader themselves; inference.edge.bodies.
+# BoundedBodies reads every other body before the app sees it.
+READS_ITS_OWN_BODY = frozenset({"/predict"})
 
 def error(status: int, code: str, detail: str, headers: dict | None = None,
           **extra: Any) -> JSONResponse:

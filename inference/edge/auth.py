@@ -62,6 +62,30 @@ def gradio_login(token: str) -> Callable[[str, str], bool]:
     return login
 
 
+def gradio_session(app: Any) -> Callable[[dict], bool]:
+    """Whether a request carries a session of the Gradio UI mounted on ``app`` (the cookie
+    its login sets, still one Gradio knows): the upload limits keep the shared budget for
+    those (inference.edge.bodies.BoundedBodies)."""
+    from starlette.routing import Mount
+
+    ui = next(route.app for route in app.routes if isinstance(route, Mount)
+              and hasattr(route.app, "tokens") and hasattr(route.app, "cookie_id"))
+    names = (f"access-token-{ui.cookie_id}".encode(),
+             f"access-token-unsecure-{ui.cookie_id}".encode())
+
+    def signed_in(scope: dict) -> bool:
+        for name, value in scope.get("headers", []):
+            if name.lower() != b"cookie":
+                continue
+            for part in value.split(b";"):
+                key, _, token = part.strip().partition(b"=")
+                if key in names and token.decode("latin-1") in ui.tokens:
+                    return True
+        return False
+
+    return signed_in
+
+
 def bearer_of(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     """The credentials of an ``Authorization: Bearer <credentials>`` header, else None."""
     for name, value in headers:

@@ -84,7 +84,10 @@ def check(reference: Reference, windows: Sequence[PredictionWindow], *, model: s
     for feature, values in samples.items():
         base = reference.samples.get(feature)
         if base and len(values):
-            result = stats.ks_2samp(values, np.asarray(base, dtype=np.float64))
+            # The asymptotic distribution: with ties (rounded values, confidences of 1.0)
+            # 'auto' picks the exact one, ~3x the time, for no difference at these sizes.
+            result = stats.ks_2samp(values, np.asarray(base, dtype=np.float64),
+                                    method="asymp")
             raw[feature] = ("ks", float(result.statistic), float(result.pvalue))
     adjusted = stats.false_discovery_control([p for _, _, p in raw.values()], method="bh")
     tests = {feature: FeatureTest(test=test, statistic=round(stat, 6), p_value=float(p),

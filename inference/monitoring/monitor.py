@@ -56,6 +56,10 @@ class MonitoringMetrics:
                                "monitoring had to drop", ["what"], registry=registry)
         self._labelled: deque[tuple[str, str]] = deque(maxlen=VERSIONS_LABELLED)
 
+    def observe_confidence(self, values) -> None:
+        for value in values:
+            self.confidence.observe(float(value))
+
     def show(self, report: DriftReport, in_a_row: int) -> None:
         key = (report.model, report.version)
         if key not in self._labelled:
@@ -94,7 +98,7 @@ class Monitor:
         self._store_down = False
         dropped = self.metrics.dropped.labels("prediction")
         self.metrics.dropped.labels("file")  # both series exist from the start
-        self.recorder = Recorder(self._on_window, on_confidence=self.metrics.confidence.observe,
+        self.recorder = Recorder(self._on_window, on_confidence=self.metrics.observe_confidence,
                                  on_drop=dropped.inc, **recorder_options)
 
     def __call__(self, version: Any, pixels: Any, probabilities: list[float]) -> None:

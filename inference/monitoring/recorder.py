@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 WINDOW_SIZE = 256
 WINDOW_SECONDS = 60.0
 INBOX_LIMIT = 4096
+# The recorder works in batches: per prediction, a numpy call costs about what a whole
+# batch's does, and on a saturated CPU every microsecond here is one the predictions lack
+# (bench/drift.py measures the overhead).
+BATCH_WAIT_S = 0.05
 REFERENCES_KEPT = 3
 
 
@@ -61,15 +65,16 @@ class _Open:
     reference: Reference
     started_at: str
     opened: float
-    labels: list[int] = field(default_factory=list)
-    samples: dict[str, list[float]] = field(default_factory=dict)
+    n: int = 0
+    labels: list[np.ndarray] = field(default_factory=list)
+    samples: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
 
 class Recorder:
     def __init__(self, on_window: Callable[[Any, PredictionWindow], None], *,
                  window_size: int = WINDOW_SIZE, window_seconds: float = WINDOW_SECONDS,
                  inbox_limit: int = INBOX_LIMIT, replica: str | None = None,
-                 on_confidence: Callable[[float], None] | None = None,
+                 on_confidence: Callable[[np.ndarray], None] | None = None,
                  on_drop: Callable[[], None] | None = None):
         if not 1 <= window_size <= MAX_WINDOW_PREDICTIONS:
             raise ValueError(f"window_size must be 1 to {MAX_WINDOW_PREDICTIONS}")
@@ -112,7 +117,9 @@ class Recorder:
                 items = [self._inbox.get(timeout=0.5)]
             except queue.Empty:
                 items = []
-            while items and len(items) < self.window_size:
+            if items and not isinstance(items[0], threading.Event):
+                self._stop.wait(BATCH_WAIT_S)  # let a batch gather
+            while items:
                 try:
                     items.append(self._inbox.get_nowait())
                 except queue.Empty:
@@ -147,16 +154,20 @@ class Recorder:
                     ENTROPY: -(calibrated * np.log(np.clip(calibrated, 1e-12, 1.0))).sum(axis=1),
                     **summarize(np.stack([pixels for pixels, _ in seen]))}
         labels = calibrated.argmax(axis=1)
-        for i in range(len(seen)):
+        if self.on_confidence:
+            self.on_confidence(features[CONFIDENCE])
+        start = 0
+        while start < len(seen):  # the batch, cut where windows fill
             window = self._open.get(key)
             if window is None:
                 window = self._open[key] = _Open(reference, utc_now(), time.monotonic())
-            window.labels.append(int(labels[i]))
+            end = min(len(seen), start + self.window_size - window.n)
+            window.labels.append(labels[start:end])
             for name, values in features.items():
-                window.samples.setdefault(name, []).append(round(float(values[i]), 6))
-            if self.on_confidence:
-                self.on_confidence(float(features[CONFIDENCE][i]))
-            if len(window.labels) >= self.window_size:
+                window.samples.setdefault(name, []).append(values[start:end])
+            window.n += end - start
+            start = end
+            if window.n >= self.window_size:
                 self._close(key)
 
     def _close_due(self, now: float) -> None:
@@ -169,9 +180,10 @@ class Recorder:
         closed = PredictionWindow(
             model=name, version=version, replica=self.replica, started_at=window.started_at,
             ended_at=utc_now(),
-            class_counts=np.bincount(window.labels,
+            class_counts=np.bincount(np.concatenate(window.labels),
                                      minlength=len(window.reference.classes)).tolist(),
-            samples=window.samples)
+            samples={name: np.round(np.concatenate(chunks), 6).tolist()
+                     for name, chunks in window.samples.items()})
         self.on_window(self._versions[key], closed)
 
     def flush(self, timeout_s: float = 10.0) -> bool:

@@ -73,14 +73,18 @@ def png(image: np.ndarray) -> bytes:
 
 
 def pictures(args: argparse.Namespace, dataset: str, shape: list[int]) -> np.ndarray:
+    from trainer.contract.datasets import dataset_kind
+    from trainer.contract.layout import dataset_prefix
     from trainer.data.loading import load_dataset
     from trainer.store import open_store
 
     rng = np.random.default_rng(args.seed)
     if args.shift == "other":
         return other_dataset(args.count, shape, dataset, args.seed)
-    store = open_store(args.store) if dataset in ("cifar10", "imagefolder") else None
-    test = load_dataset(dataset, store, image_size=shape[-1], seed=0).test.images.numpy()
+    kind = dataset_kind(dataset)  # meta.json names the dataset: imagefolder-<label> is one
+    store = open_store(args.store) if kind in ("cifar10", "imagefolder") else None
+    test = load_dataset(kind, store, prefix=dataset_prefix(dataset), image_size=shape[-1],
+                        seed=0).test.images.numpy()
     return shifted(test[rng.integers(0, len(test), args.count)], args.shift, rng)
 
 

@@ -64,6 +64,7 @@ class ProgressBoard:
         self._records: dict[str, tuple[RunProgress | None, float]] = {}
         self._running: list[RunProgress] = []
         self._newest: dict[str, RunProgress] = {}  # per model name, whatever its state
+        self._retrains: dict[str, RunProgress] = {}  # retrain id -> the run it trained
         self._listed_at: float | None = None
         self._warned: set[str] = set()
         self._lock = threading.Lock()
@@ -96,6 +97,12 @@ class ProgressBoard:
         with self._lock:
             return dict(self._newest)
 
+    def retrain_runs(self) -> dict[str, RunProgress]:
+        """The run each retrain trained, by retrain id (refreshed like running())."""
+        self.running()
+        with self._lock:
+            return dict(self._retrains)
+
     def mlflow_link(self, name: str, run_id: str) -> str | None:
         """The MLflow UI page of ``run_id``'s MLflow run, if the trainer recorded one."""
         with self._lock:
@@ -118,7 +125,7 @@ class ProgressBoard:
         return record.mlflow_page(self.mlflow_ui_url)
 
     def _read_running(self) -> list[RunProgress]:
-        runs, newest = [], {}
+        runs, newest, retrains = [], {}, {}
         for name in sorted(self.names()):
             keys = ModelKeys(name)
             for key in self.registry.store.list(keys.progresses):
@@ -129,10 +136,12 @@ class ProgressBoard:
                     continue
                 if record.state != "published":
                     runs.append(record)
+                if record.retrain is not None:
+                    retrains[record.retrain.id] = record
                 if name not in newest or (record.updated_at, record.run_id) > (
                         newest[name].updated_at, newest[name].run_id):
                     newest[name] = record
-        self._newest = newest
+        self._newest, self._retrains = newest, retrains
         return sorted(runs, key=lambda r: (r.updated_at, r.run_id), reverse=True)
 
     def _record(self, key: str) -> RunProgress | None:

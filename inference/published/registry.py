@@ -166,13 +166,18 @@ class Registry:
 
     def _candidates(self, name: str, latest: Latest) -> Iterator[str]:
         """The target first; if it cannot be served, the versions published before it,
-        last published first (by sequence: pods' clocks may disagree with the names)."""
+        last published first (by sequence: pods' clocks may disagree with the names),
+        leaving out those the promotion gate refused (candidates are never served by
+        default: only a person's promotion points latest.json at one)."""
         yield latest.version
         if (name, latest.version) not in self.rejected:
             return
-        target = publication_order(latest.sequence, latest.version)
+        # The version's own place in publication order: after a person's promotion (a
+        # rollback) latest.json's sequence is newer than the version it names.
+        target = publication_order(latest.published_sequence, latest.version)
         older = [meta.version for meta in self.list_versions(name)
-                 if publication_order(meta.sequence, meta.version) < target]
+                 if publication_order(meta.sequence, meta.version) < target
+                 and (meta.promotion is None or meta.promotion.promoted)]
         if older:
             log.info("latest.json of %s names unusable version %s: falling back to the "
                      "last published version before it that loads", name, latest.version)
@@ -255,6 +260,16 @@ class Registry:
         metas = (self._published_meta(name, v) for v in published_versions(self.store, name))
         return sorted((m for m in metas if m is not None), reverse=True,
                       key=lambda m: publication_order(m.sequence, m.version))
+
+    def meta_of(self, name: str, version: str) -> VersionMeta | None:
+        """A published version's meta.json (None: absent or broken), read once."""
+        return self._published_meta(name, version)
+
+    @property
+    def latest(self) -> Latest | None:
+        """What latest.json named at the last poll (who promoted it: ``promoted_by``)."""
+        target = self._target
+        return target[1] if target is not None else None
 
     def _published_meta(self, name: str, version: str) -> VersionMeta | None:
         """A version's meta.json, read once (published ones never change); None if broken."""

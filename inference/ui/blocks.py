@@ -7,6 +7,7 @@ with the served one and redraws everything when the model was hot-swapped.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import gradio as gr
 
 from inference.published.progress import ProgressBoard, literal
 from inference.published.registry import ModelVersion, Registry
+from inference.published.retrains import RetrainBoard
 from inference.serving.engine import Engine
 from inference.serving.metrics import Metrics
 from inference.serving.predict import BadImage
@@ -23,6 +25,7 @@ from inference.ui.monitoring import MonitoringPanel, make_refresh_monitoring, mo
 from inference.ui.training import (
     epoch_rows,
     make_refresh_progress,
+    make_refresh_retrains,
     models_tab,
     pct,
     progress_panel,
@@ -95,17 +98,37 @@ def status_markdown(current: ModelVersion | None) -> str:
             f"{len(current.meta.classes)} classes")
 
 
+def untracked_upload(path: str, demo: gr.Blocks) -> bool:
+    """Whether ``path`` is a file Gradio wrote into its upload folder for one call and
+    tracks nowhere: an API call's image sent as a data: URL. No age sweep, no size cap, not
+    even the shutdown deletes it (each such call left a file for good)."""
+    from gradio.utils import get_upload_folder
+
+    folder = Path(get_upload_folder()).resolve()
+    return (Path(path).resolve().is_relative_to(folder)
+            and not any(path in files for files in demo.temp_file_sets))
+
+
 def make_classify(registry: Registry, engine: Engine, metrics: Metrics | None,
-                  ui: Layout) -> Callable[[str | None], dict[Any, Any]]:
+                  ui: Layout, demo: gr.Blocks) -> Callable[[str | None], dict[Any, Any]]:
     def classify(path: str | None) -> dict[Any, Any]:
         current = registry.current  # one read: the whole call uses one version
         if current is None:
             raise gr.Error("No model published yet: run `make demo` or `pulumi up` first.")
         if not path:
             return {ui.label: None, ui.answered: ""}
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:  # the upload cache's cap deleted it meanwhile
+            raise gr.Error("Your image is no longer on the server (uploads are kept up to a "
+                           "size limit): send it again.") from None
+        if untracked_upload(path, demo):
+            Path(path).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # its folder, named by its hash, if now empty
+                Path(path).parent.rmdir()
         try:  # the API's own path: decode pool, memory budget, batches
             with engine.request():
-                result = engine.classify_blocking(current, Path(path).read_bytes())
+                result = engine.classify_blocking(current, data)
         except BadImage as e:
             raise gr.Error(str(e)) from None
         if metrics:
@@ -176,6 +199,9 @@ class Layout:
     versions: Any = None
     reload_versions: Any = None
     progress_shown: Any = None
+    retrains: Any = None
+    no_retrains: Any = None
+    retrains_shown: Any = None
     progress_panels: list[Any] = field(default_factory=list)
     monitoring: MonitoringPanel | None = None
 
@@ -204,7 +230,8 @@ def predict_tab(ui: Layout) -> None:
 
 def build_layout() -> Layout:
     """All components, inside the current gr.Blocks context."""
-    ui = Layout(shown=gr.State("?"), progress_shown=gr.State("?"))  # "?": redraw on load
+    ui = Layout(shown=gr.State("?"), progress_shown=gr.State("?"),  # "?": redraw on load
+                retrains_shown=gr.State("?"))
     gr.Markdown(HEADER, elem_id="header")
     with gr.Column(visible=True, elem_id="no-model") as ui.empty:
         ui.no_model = gr.Markdown(NO_MODEL)
@@ -225,14 +252,18 @@ def wire_events(demo: gr.Blocks, ui: Layout, registry: Registry, engine: Engine,
     progress = make_refresh_progress(board, ui.progress_panels, ui.progress_shown)
     progress_outputs = [ui.progress_shown] + [c for p in ui.progress_panels for c in p.outputs]
     monitoring = make_refresh_monitoring(monitor, registry, ui.monitoring)
+    retrains = make_refresh_retrains(RetrainBoard(registry, board), ui.retrains,
+                                     ui.no_retrains, ui.retrains_shown)
     timer = gr.Timer(REFRESH_SECONDS)
     for handler, state, outputs in ((refresh, ui.shown, ui.outputs),
                                     (progress, ui.progress_shown, progress_outputs),
-                                    (monitoring, ui.monitoring.shown, ui.monitoring.outputs)):
+                                    (monitoring, ui.monitoring.shown, ui.monitoring.outputs),
+                                    (retrains, ui.retrains_shown,
+                                     [ui.retrains_shown, ui.retrains, ui.no_retrains])):
         timer.tick(handler, state, outputs, show_progress="hidden", api_name=False,
                    queue=False)
         demo.load(handler, state, outputs, api_name=False, queue=False)
-    gr.on([ui.image.change, ui.button.click], make_classify(registry, engine, metrics, ui),
+    gr.on([ui.image.change, ui.button.click], make_classify(registry, engine, metrics, ui, demo),
           ui.image, [ui.label, ui.answered], api_name="predict")
     ui.examples.click(make_pick_example(registry), ui.examples, ui.image, api_name=False)
     ui.reload_versions.click(lambda: version_rows(registry, board, registry.current), None,

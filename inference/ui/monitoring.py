@@ -128,7 +128,8 @@ def confidence_figure(reference: Reference | None, last: DriftReport | None) -> 
         counts = np.asarray(last.confidence_histogram, float)
         axes.stairs(counts / max(counts.sum(), 1), edges, label="last check", linewidth=2)
     axes.set(xlabel="confidence", ylabel="share")
-    axes.legend(loc="upper left")
+    if axes.get_legend_handles_labels()[0]:  # nothing drawn yet: no empty legend (a warning)
+        axes.legend(loc="upper left")
     return figure
 
 

@@ -1,4 +1,4 @@
-"""The Training and Models tabs, and the view of runs still training.
+"""The Training and Models tabs, the view of runs still training, and the retrains.
 
 The served version's training (curves, confusion matrix, per-epoch metrics) comes from
 its own files; runs that have not published yet come from their progress records
@@ -19,16 +19,26 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from inference.published.progress import ProgressBoard, literal, markdown_link
+from inference.published.retrains import RetrainBoard
 from inference.published.versions import ModelVersion
 from trainer.contract.layout import model_name
 from trainer.contract.progress import RunProgress
-from trainer.contract.schema import EpochRecord, VersionMetrics
+from trainer.contract.promotion import BY_PERSON
+from trainer.contract.records import Latest
+from trainer.contract.schema import EpochRecord, VersionMeta, VersionMetrics
 
 EPOCH_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds",
                  "img_per_s"]
-VERSION_COLUMNS = ["version", "created", "test accuracy", "epochs", "run id", "MLflow",
-                   "serving"]
-VERSION_TYPES = ["str", "str", "str", "number", "str", "markdown", "str"]
+VERSION_COLUMNS = ["version", "created", "test accuracy", "epochs", "run id", "promotion",
+                   "MLflow", "serving"]
+# Plain text except the link: store strings (a verdict's reason) are never read as Markdown.
+VERSION_TYPES = ["str", "str", "str", "number", "str", "str", "markdown", "str"]
+VERSION_WIDTHS = ["14%", "12%", "8%", "6%", "9%", "35%", "8%", "8%"]
+RETRAIN_COLUMNS = ["started", "why", "how it ended", "run id", "version"]
+RETRAIN_WIDTHS = ["15%", "17%", "44%", "9%", "15%"]
+NO_RETRAINS = ("No retrain yet. The stack's retrain CronJob starts them (retrainSchedule, "
+               "retrainOnDrift), or a person: `kubectl create job --from=cronjob/"
+               "trainstack-retrain <name>`.")
 STATES = {"training": "training", "publishing": "every epoch done, publishing",
           "interrupted": "**interrupted** (Ctrl-C): run the same training again (`make demo` "
                          "with the same knobs, or the same job) to resume from its last "
@@ -74,18 +84,42 @@ def run_details(current: ModelVersion) -> dict[str, Any]:
     }
 
 
+def promotion_cell(meta: VersionMeta, latest: Latest | None) -> str:
+    """The promotion gate's verdict on a version, and whether a person promoted it."""
+    verdict = f"{meta.promotion.decision}: {meta.promotion.reason}" if meta.promotion else ""
+    if latest is not None and latest.version == meta.version and latest.promoted_by == BY_PERSON:
+        return "promoted by hand" + (f" (the gate said {verdict})" if verdict else "")
+    return verdict
+
+
 def version_rows(registry: Any, board: ProgressBoard,
                  current: ModelVersion | None) -> list[list[Any]]:
     if current is None:
         return []
-    rows = []
+    rows, latest = [], registry.latest
     for meta in registry.list_versions(current.name):
         link = board.mlflow_link(current.name, meta.run_id)
         rows.append([meta.version, meta.created_at, pct(meta.metrics.test_acc),
-                     meta.metrics.epochs, meta.run_id,
+                     meta.metrics.epochs, meta.run_id, promotion_cell(meta, latest),
                      markdown_link("MLflow run", link) if link else "",
                      "●" if meta.version == current.version else ""])
     return rows
+
+
+def make_refresh_retrains(retrains: RetrainBoard, table: Any, note: Any,
+                          shown_state: Any) -> Callable[[str], Any]:
+    """Redraw the Training tab's list of retrains when one changed."""
+
+    def refresh(shown: str) -> Any:
+        rows = [row.cells() for row in retrains.rows()]
+        key = json.dumps(rows)
+        if key == shown:
+            return gr.skip()
+        return {shown_state: key,
+                table: gr.Dataframe(value=rows, headers=RETRAIN_COLUMNS, visible=bool(rows)),
+                note: gr.Markdown(visible=not rows)}
+
+    return refresh
 
 
 @dataclass
@@ -195,11 +229,20 @@ def training_tab(ui: Any) -> None:
                                  interactive=False)
         with gr.Accordion("Run configuration", open=False):
             ui.details = gr.JSON(label="meta.json: train config and summary")
+        gr.Markdown("### Retrains")
+        ui.no_retrains = gr.Markdown(NO_RETRAINS, elem_id="no-retrains")
+        ui.retrains = gr.Dataframe(headers=RETRAIN_COLUMNS, interactive=False, visible=False,
+                                   column_widths=RETRAIN_WIDTHS, wrap=True, elem_id="retrains", label="Newest first: why each started "
+                                   "(schedule, drift, person) and how it ended")
 
 
 def models_tab(ui: Any) -> None:
     with gr.Tab("Models", id="models"):
         ui.versions = gr.Dataframe(headers=VERSION_COLUMNS, datatype=VERSION_TYPES,
-                                   interactive=False, elem_id="versions",
-                                   label="Published versions (last published first)")
+                                   interactive=False, elem_id="versions", wrap=True,
+                                   column_widths=VERSION_WIDTHS,
+                                   label="Published versions (last published first). A "
+                                         "candidate the promotion gate refused is served "
+                                         "only once a person promotes it: python -m trainer "
+                                         "promote --model NAME --version VERSION")
         ui.reload_versions = gr.Button("Refresh list", size="sm")

@@ -60,6 +60,7 @@ class KeyRules:
         self._check_training_api()
         self._check_monitoring()
         self._check_queue()
+        self._check_retraining()
 
     def _as_set(self, key: str, value: Any) -> Any:
         """`value` of `key` for a message: marked as a default when the user never set it."""
@@ -263,3 +264,16 @@ class KeyRules:
                           f"{_memory(needs['memory'])}, gpus {needs['gpus']} "
                           f"(here {short[0]} is less); Kueue admits a job whole or not at all, "
                           "so it would wait forever", self.queue_quota)
+
+    def _check_retraining(self) -> None:
+        if self.promotion_tolerance is not None and not self.promotion_gate:
+            raise invalid("promotionTolerance", "unset when promotionGate is false (nothing "
+                          "is compared: what was published last is served)",
+                          self.promotion_tolerance)
+        if self.retrain_on_drift and self.monitoring == "none":
+            raise invalid("retrainOnDrift", "false while monitoring is none: retraining on "
+                          "drift follows the drift alert (driftAlertWindows checks in a row); "
+                          "set monitoring prometheus-operator first", True)
+        if self.retrain_cooldown is not None and not self.retrain_on_drift:
+            raise invalid("retrainCooldown", "unset unless retrainOnDrift is true (it spaces "
+                          "retrains on drift)", self.retrain_cooldown)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
-from infra.config import structured
+from infra.config import schedule, structured
 from infra.config import values as v
 from infra.config.combinations import KeyRules
 
@@ -21,6 +21,7 @@ from infra.config.combinations import KeyRules
 from trainer.contract.config import BENCHMARK_DATASETS, CIFAR10_URL, MODELS
 from trainer.contract.config import DATASETS as TRAINER_DATASETS
 from trainer.contract.layout import ALL_BUCKETS, BUCKETS, TRACKING_BUCKET, bucket_names, model_name
+from trainer.contract.promotion import DEFAULT_TOLERANCE
 
 DEFAULT_REPOSITORY = "trainstack-trainer"
 DATASETS = tuple(d for d in TRAINER_DATASETS if d not in BENCHMARK_DATASETS)
@@ -36,6 +37,7 @@ DEFAULT_MONITORING_NAMESPACE = "monitoring"
 DEFAULT_DRIFT_WINDOWS = 3
 DEFAULT_ACCURACY_DROP = 10.0  # percentage points
 DEFAULT_MINIO_SIZE = "10Gi"
+DEFAULT_COOLDOWN = "24h"
 # A training process imports torch and holds a batch and the model: below this the kernel
 # OOM-kills it before its first step, so a smaller value is a typo ("1" is one byte).
 MIN_WORKER_MEMORY = "512Mi"
@@ -221,6 +223,26 @@ class StackConfig(KeyRules):
         "accuracyDropAlert", "Monitoring", v.percentage_points, "How far the estimated "
         "accuracy may fall below the test accuracy before its alert fires.", None,
         shown_default=f"{DEFAULT_ACCURACY_DROP:g}")
+    promotion_gate: bool = setting(
+        "promotionGate", "Retraining", v.boolean, "Serve a new version only when, on the same "
+        "test split, it is not worse than the served one by more than promotionTolerance "
+        "(else it waits as a candidate: python -m trainer promote serves it); false serves "
+        "what was published last.", True)
+    promotion_tolerance: float | None = setting(
+        "promotionTolerance", "Retraining", v.percentage_points, "How far below the served "
+        "version's test accuracy a new version may be and still be served.", None,
+        shown_default=f"{DEFAULT_TOLERANCE:g}")
+    retrain_schedule: str | None = setting(
+        "retrainSchedule", "Retraining", schedule.cron_schedule, "When the retrain CronJob "
+        "ingests datasetSource again and trains a new run (UTC); unset: only by hand "
+        "(kubectl create job --from=cronjob/trainstack-retrain) with retrainOnDrift.", None,
+        shown_default="off")
+    retrain_on_drift: bool = setting(
+        "retrainOnDrift", "Retraining", v.boolean, "Retrain when driftAlertWindows drift "
+        "checks in a row of the served version found drift (needs monitoring).", False)
+    retrain_cooldown: str | None = setting(
+        "retrainCooldown", "Retraining", schedule.cooldown, "The least time between two "
+        "retrains on drift.", None, shown_default=DEFAULT_COOLDOWN)
     render_yaml_to: str | None = setting("renderYamlTo", "GitOps", v.directory, "A directory: "
                                          "write every object as YAML instead of applying.", None)
     secrets: frozenset[str] = frozenset()  # which SECRET_KEYS were given (never their values)
@@ -283,6 +305,11 @@ class StackConfig(KeyRules):
     @property
     def monitors(self) -> bool:
         return self.monitoring != "none"
+
+    @property
+    def retrains(self) -> bool:
+        """Whether the stack runs the retrain CronJob (a schedule, or on drift)."""
+        return self.retrain_schedule is not None or self.retrain_on_drift
 
     @property
     def scrape_namespace(self) -> str:

@@ -62,6 +62,9 @@ class Workload:
 STORE = Workload("minio", ports=(Port("api", 9000), Port("console", 9001)))
 BUCKETS = Workload("trainstack-buckets")
 INGEST = Workload("trainstack-ingest")
+# The retrain CronJobs' pods (retrainSchedule, retrainOnDrift): they ingest, then create the
+# training job through the Kubernetes API, whose pods are TRAINER's.
+RETRAIN = Workload("trainstack-retrain")
 # Master and Workers of the PyTorchJob; the operator adds its training.kubeflow.org/*
 # labels. `pytorchjob-port` is the name the operator looks up for MASTER_PORT.
 TRAINER = Workload("trainer", ports=(Port("pytorchjob-port", 23456),))

@@ -127,6 +127,7 @@ class ContainerSpec:
     scratch: Sequence[Scratch] = ()  # the only writable paths
     env: dict[str, str] = field(default_factory=dict)
     secret_env: Sequence[k8s.core.v1.EnvVarArgs] = ()  # by secretKeyRef (secret_env())
+    field_env: dict[str, str] = field(default_factory=dict)  # name -> downward API fieldPath
     env_from: Sequence[k8s.core.v1.EnvFromSourceArgs] = ()  # every key of a ConfigMap/Secret
     ports: Sequence[k8s.core.v1.ContainerPortArgs] = ()
     volume_mounts: Sequence[k8s.core.v1.VolumeMountArgs] = ()
@@ -243,7 +244,10 @@ def container(spec: ContainerSpec) -> k8s.core.v1.ContainerArgs:
         image=spec.image,
         image_pull_policy=spec.image_pull_policy,
         command=list(spec.command),
-        env=store_env(spec.store) + extra + list(spec.secret_env),
+        env=store_env(spec.store) + extra + list(spec.secret_env) + [
+            k8s.core.v1.EnvVarArgs(name=name, value_from=k8s.core.v1.EnvVarSourceArgs(
+                field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path=path)))
+            for name, path in spec.field_env.items()],
         env_from=list(spec.env_from) or None,
         ports=list(spec.ports) or None,
         resources=resources(spec),

@@ -74,6 +74,7 @@ class TrainingArgs:
     # The stack's own Kueue objects (queueQuota), ready before the job.
     queue_objects: pulumi.Resource | None = None
     job_progress: bool = False  # a PyTorchJob's rank 0 annotates the job (progress.py)
+    env: dict[str, str] = field(default_factory=dict)  # more env of the training container
 
 
 def job_name(args: TrainingArgs, image: str, credentials: str | None = None) -> str:
@@ -148,6 +149,7 @@ def train_env(args: TrainingArgs) -> dict[str, pulumi.Input[str]]:
         # A tenth below the emptyDir's sizeLimit: the kubelet evicts a pod that passes it.
         CACHE_BYTES_ENV: str(quantity_bytes(args.data_cache_size) * 9 // 10),
     }
+    env.update(args.env)  # the promotion gate's settings (infra/workloads/retrain.py)
     if args.gpus_per_worker > 0:
         env["NCCL_DEBUG"] = "WARN"  # NCCL is the backend on GPUs: surface its errors
         # The trainer stops at once if torch sees fewer (a CPU build of the image) rather

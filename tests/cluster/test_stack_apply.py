@@ -10,7 +10,7 @@ import logging
 import pytest
 
 from infra.workloads.pod import ACCESS_KEY_ID, SECRET_ACCESS_KEY
-from tests.cluster.nodes import CPU_NODE, GPU_LABELS, GPU_NODE, GPU_TAINT
+from tests.cluster.nodes import GPU_LABELS, GPU_NODE, GPU_TAINT
 from tests.cluster.stack_apply import (
     apply_stack,
     delete_as_pulumi,
@@ -98,7 +98,10 @@ def test_every_object_accepted_and_every_pod_placed(storage, name):
     for workload, pods in found.items():
         on_gpu = workload.startswith("PyTorchJob/") and int(
             CONFIGS[name].get("gpusPerWorker", "0")) > 0
-        assert {p["spec"]["nodeName"] for p in pods} == {GPU_NODE if on_gpu else CPU_NODE}
+        nodes = {p["spec"]["nodeName"] for p in pods}
+        # Other tests of this control plane may add nodes (the TrainJob pool); what matters
+        # is that GPU pods land on the GPU node and nothing else does (its taint).
+        assert (nodes == {GPU_NODE}) if on_gpu else (GPU_NODE not in nodes), (workload, nodes)
     for workload, pods in found.items():
         if workload.startswith("PyTorchJob/"):
             check_operator_env(workload.split("/", 1)[1], pods)

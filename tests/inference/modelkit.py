@@ -131,12 +131,13 @@ def publish_version(store, version: str, *, model: nn.Module | None = None,
                     move_latest: bool = True, classes: list[str] = CLASSES,
                     input_size: list[int] = INPUT_SIZE, mean: list[float] = MEAN,
                     std: list[float] = STD, run_id: str = "c0ffee42",
-                    reference: bool = False) -> str:
+                    reference: bool = False, promotion=None, retrain=None) -> str:
     """Upload every file of a version, then (last) move ``latest.json``, as the trainer does.
 
     ``model_bytes`` / ``skip_files`` / ``move_latest=False`` build deliberately broken or
     unfinished versions for tests; ``classes``/``input_size``/``mean``/``std`` describe
-    another model (the benchmark's).
+    another model (the benchmark's); ``promotion`` is the gate's verdict (a candidate's
+    publication leaves latest.json where it is), ``retrain`` why a retrain trained it.
     """
     store.ensure_buckets()
     history = fake_history(final_acc=test_acc)
@@ -160,7 +161,8 @@ def publish_version(store, version: str, *, model: nn.Module | None = None,
         train_config={"model": "colournet", "dataset": "colours", "epochs": len(history),
                       "batch_size": 64, "lr": 0.1, "seed": 0},
         metrics=MetricsSummary.of(history), created_at=created_at(version), files=list(files),
-        examples=list(examples), reference=REFERENCE_FILE if reference else "")
+        examples=list(examples), reference=REFERENCE_FILE if reference else "",
+        promotion=promotion, retrain=retrain)
     if not skip_files and move_latest:
         write_version(store, meta, {**files, **examples})
         return version
@@ -197,7 +199,8 @@ def publish_cnn(store, version: str, seed: int = 0) -> str:
 def write_progress(store, run_id: str, epoch: int, epochs: int = 5, *,
                    name: str = MODEL_NAME, state: str = "training",
                    version: str | None = None, mlflow: tuple[str, str] | None = None,
-                   mlflow_base: str = "http://mlflow.trainstack.svc:5000") -> RunProgress:
+                   mlflow_base: str = "http://mlflow.trainstack.svc:5000",
+                   retrain=None) -> RunProgress:
     """A run's progress record as rank 0 writes it (trainer.contract.progress.RunProgress at
     trainer.contract.layout.ModelKeys.progress); ``mlflow`` = (experiment id, run id)."""
     store.ensure_buckets()
@@ -209,6 +212,7 @@ def write_progress(store, run_id: str, epoch: int, epochs: int = 5, *,
         updated_at=f"2026-11-23T15:{epoch:02d}:00Z",
         history=fake_history(epochs)[:epoch], version=version,
         mlflow_run_id=mlflow_run, mlflow_experiment_id=experiment,
-        mlflow_url=mlflow_run_page(mlflow_base, experiment, mlflow_run) if mlflow else None)
+        mlflow_url=mlflow_run_page(mlflow_base, experiment, mlflow_run) if mlflow else None,
+        retrain=retrain)
     store.put_bytes(ModelKeys(name).progress(run_id), record.to_json())
     return record

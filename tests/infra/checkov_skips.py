@@ -19,6 +19,7 @@ from dataclasses import dataclass
 # scanned as Pods).
 TRAINING_PODS = r"Pod\.[^.]+\.train-.*-((master|worker)-\d+|node-0-\d+)"
 TRAINER_IMAGE_PODS = (r"(Job\.[^.]+\.trainstack-(buckets|ingest-\w+)"
+                      r"|CronJob\.[^.]+\.trainstack-retrain(-drift)?"
                       rf"|Deployment\.[^.]+\.inference|{TRAINING_PODS})")
 
 

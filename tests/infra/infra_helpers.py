@@ -52,11 +52,14 @@ def pytorchjob(rendering: Rendering) -> dict[str, Any]:
 
 
 def pod_specs(rendering: Rendering) -> dict[str, dict[str, Any]]:
-    """Every pod spec: Deployments, Jobs, each PyTorchJob replica, a TrainJob's pod."""
+    """Every pod spec: Deployments, Jobs, CronJobs' Jobs, each PyTorchJob replica, a
+    TrainJob's pod."""
     specs = {}
     for key, obj in rendering.objects.items():
         if obj["kind"] in ("Deployment", "Job"):
             specs[key] = obj["spec"]["template"]["spec"]
+        elif obj["kind"] == "CronJob":
+            specs[key] = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
         elif obj["kind"] == "PyTorchJob":
             for rtype, replica in obj["spec"]["pytorchReplicaSpecs"].items():
                 specs[f"{key}/{rtype}"] = replica["template"]["spec"]

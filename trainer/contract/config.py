@@ -18,8 +18,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from trainer.contract.datasets import dataset_name_problem
 from trainer.contract.errors import ConfigError
-from trainer.contract.layout import model_name
+from trainer.contract.layout import dataset_prefix, model_name
+from trainer.contract.retrain import RetrainTrigger, retrain_fields_problem
 
 # The single source of these names: trainer.data.loading, trainer.models.zoo and infra import them.
 DATASETS = ("cifar10", "imagefolder", "digits", "synthetic")
@@ -68,8 +70,15 @@ MIN_IMAGE_SIZE = {"fastcifar": 2}
 # Fields that only change how a run is carried out, not its result: left out of run_id.
 # precision follows the hardware (like the world size), so a run can move between node kinds.
 # data_loading: memory and stream train on the same samples in the same order.
+# retrain_reason, retrain_report: why a retrain trained the run, not what it trained.
 OPERATIONAL_FIELDS = ("log_every", "precision", "keep_checkpoints", "compile", "data_loading",
-                      "checkpoint_every_steps")
+                      "checkpoint_every_steps", "retrain_reason", "retrain_report")
+# Where a run lives, not what it trains on: its data's content is in the run's identity
+# (RunIdentity.data_fingerprint), and left out, runs configured before names existed keep
+# their run_id.
+NAMING_FIELDS = ("dataset_name",)
+# Defining only when set: every run before retrains existed keeps its run_id.
+RETRAIN_FIELDS = ("retrain_id",)
 PRECISIONS = ("auto", "fp32", "bf16")
 DATA_LOADINGS = ("auto", "memory", "stream")
 
@@ -108,8 +117,13 @@ class TrainConfig:
     test_flip: bool | str = AUTO
     """Average each test image's logits with its mirror image's, in evaluation and in the
     published model; needs flip augmentation. 'auto': the model's recipe when augment flips."""
+    dataset_name: str | None = None
+    """The dataset's name in the store, when it is not the kind's own: ``imagefolder-<label>``
+    for an image folder of its own (trainer.contract.layout.folder_dataset_name; `make demo`
+    names each folder so). It names the data's prefix ``datasets/<dataset_name>`` and the
+    model ``<model>-<dataset_name>``: two folders never share versions. None: ``dataset``."""
     data_prefix: str | None = None
-    """Store prefix of the dataset (default ``datasets/<dataset>``); imagefolder reads
+    """Store prefix of the dataset (default ``datasets/<dataset_name>``); imagefolder reads
     class subfolders under it."""
     image_size: int = 32
     """Side length imagefolder images are resized to."""
@@ -132,6 +146,15 @@ class TrainConfig:
     checkpoint_every_steps: int = 500
     """Steps between mid-epoch checkpoints, which hold the exact position in the epoch
     (0: at the end of each epoch only). Not part of the run's identity."""
+    retrain_id: str = ""
+    """A retrain's id (``python -m trainer retrain`` sets it, trainer.contract.retrain): the
+    same config on the same data trained again is a new run. '' for every other run."""
+    retrain_reason: str = ""
+    """Why the retrain started: schedule, drift or person ('' without retrain_id). Not part
+    of the run's identity."""
+    retrain_report: str = ""
+    """The store key of the drift report that triggered the retrain. Not part of the run's
+    identity."""
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
@@ -154,6 +177,15 @@ class TrainConfig:
         _check_float("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         _check_float("weight_decay", self.weight_decay, low=0.0)
         self._check_recipe_fields()
+        if self.dataset_name is not None:
+            problem = (dataset_name_problem(self.dataset, self.dataset_name)
+                       if isinstance(self.dataset_name, str) else "not a string")
+            if problem:
+                raise ConfigError(f"dataset_name: {self.dataset_name!r}: {problem}")
+        problem = retrain_fields_problem(self.retrain_id, self.retrain_reason,
+                                         self.retrain_report)
+        if problem:
+            raise ConfigError(problem)
         if self.data_prefix is not None and not isinstance(self.data_prefix, str):
             raise ConfigError(f"data_prefix: must be a string, got {self.data_prefix!r}")
         smallest = MIN_IMAGE_SIZE.get(self.model, 1)
@@ -181,6 +213,13 @@ class TrainConfig:
         if self.warmup != AUTO and self.recipe.schedule == "cosine":
             raise ConfigError("warmup: the cosine schedule has no warm-up; use onecycle or "
                               "linear, or leave warmup 'auto'")
+
+    @property
+    def retrain(self) -> RetrainTrigger | None:
+        """Why a retrain trains this run (None for any other run)."""
+        if not self.retrain_id:
+            return None
+        return RetrainTrigger(self.retrain_id, self.retrain_reason, self.retrain_report)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -212,18 +251,32 @@ class TrainConfig:
 
     def defining_fields(self) -> dict[str, Any]:
         """The fields that define a run's result ("auto" resolved), not operational ones."""
-        defining = {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL_FIELDS}
+        defining = {k: v for k, v in self.to_dict().items()
+                    if k not in OPERATIONAL_FIELDS + NAMING_FIELDS}
         defining.update(dataclasses.asdict(self.recipe))
         defining["augment"] = self.resolved_augment
         for key in LATER_RECIPE_FIELDS:
             if defining[key] == getattr(DEFAULT_RECIPE, key):
                 del defining[key]
+        for key in RETRAIN_FIELDS:
+            if not defining[key]:
+                del defining[key]
         return defining
 
     @property
+    def resolved_dataset_name(self) -> str:
+        """The dataset's name: ``dataset_name``, else the kind (``dataset``)."""
+        return self.dataset_name or self.dataset
+
+    @property
+    def data_location(self) -> str:
+        """The store prefix of the data: ``data_prefix``, else ``datasets/<dataset name>``."""
+        return dataset_prefix(self.resolved_dataset_name, self.data_prefix)
+
+    @property
     def model_name(self) -> str:
-        """``<model>-<dataset>``: the store folder of this model's runs and versions."""
-        return model_name(self.model, self.dataset)
+        """``<model>-<dataset name>``: the store folder of this model's runs and versions."""
+        return model_name(self.model, self.resolved_dataset_name)
 
 
 @dataclass(frozen=True)

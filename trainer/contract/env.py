@@ -17,3 +17,8 @@ credentials, is never on a command line."""
 POD_GPUS_ENV = "TRAINSTACK_POD_GPUS"
 """How many GPUs (nvidia.com/gpu) the stack gave a training pod (gpusPerWorker; unset
 without): a trainer that sees fewer stops at once instead of training on the CPU."""
+NAMESPACE_ENV = "TRAINSTACK_NAMESPACE"
+"""The pod's namespace (downward API): where the retrain Job creates the training job."""
+RETRAIN_JOB_ENV = "TRAINSTACK_RETRAIN_JOB"
+"""The retrain pod's own Job (downward API, label batch.kubernetes.io/job-name): its owner
+is the CronJob the training job is owned by, its creation time the retrain's id."""

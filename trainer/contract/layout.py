@@ -7,6 +7,7 @@ store keeps it as a directory. Stdlib only.
 
 ```
 datasets/<dataset>/...                                   ingested data
+datasets/<dataset>/.source, .manifest.sha256              an image folder's origin, then its file list
 models/<name>/runs/<run_id>/checkpoints/epoch-0007.pt    full training state
 models/<name>/runs/<run_id>/checkpoints/epoch-0007+0000012800.pt   ... mid-epoch (12800 of epoch 8 done)
 models/<name>/leases/<run_id>.json                      which job trains the run (conditional writes)
@@ -15,12 +16,18 @@ models/<name>/versions/<version>/{model.pt2, meta.json, metrics.json, *.png, exa
 models/<name>/progress/<run_id>.json                     a run's progress, rewritten each epoch
 models/<name>/sequence.json                              last publication sequence handed out
 models/<name>/latest.json                                {"version": ..., "sequence": ...}, moved last
+models/<name>/retrains/<retrain_id>.json                 one retrain: why, how far, how it ended
+models/<name>/retrain-slot.json                          which retrain may train the model now
 metrics/<name>/<version>.json                            copy of metrics.json
 metrics/<name>/monitoring/windows/<version>/<window>.json   what the app saw (never images)
 metrics/<name>/monitoring/reports/<version>/<check>.json    each drift check's report
 ```
 ``<name>`` is :func:`model_name` (``<model>-<dataset>``); ``<version>`` is
-:func:`version_name` (``<UTC %Y%m%dT%H%M%SZ>-<run_id>``).
+:func:`version_name` (``<UTC %Y%m%dT%H%M%SZ>-<run_id>``). ``<dataset>`` is the dataset's
+name: its kind (``cifar10``, ``digits``, ``imagefolder``: the stack's one image folder), or
+``imagefolder-<label>`` for each image folder of its own (trainer.contract.datasets;
+`make demo` names one after its folder). Stores written before named image folders hold
+``imagefolder`` only, and read as they are.
 """
 
 from __future__ import annotations
@@ -69,6 +76,8 @@ BUCKET_NAME_RULES = (
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 # Written last by `trainer ingest --dataset imagefolder`: "<sha256>  <path under prefix>".
 MANIFEST_NAME = ".manifest.sha256"
+# Written before the manifest: where an image folder's files came from, without credentials.
+SOURCE_NAME = ".source"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 # Published versions
@@ -80,6 +89,8 @@ REFERENCE_FILE = "reference.json"
 LATEST_FILE = "latest.json"
 CLAIM_FILE = "claim.json"
 SEQUENCE_FILE = "sequence.json"
+RETRAIN_SLOT_FILE = "retrain-slot.json"
+RETRAIN_SUFFIX = ".json"
 LEASE_SUFFIX = ".json"
 # Runs: models/<name>/progress/<run_id>.json
 PROGRESS_SUFFIX = ".json"
@@ -152,6 +163,10 @@ def manifest_key(prefix: str) -> str:
     return f"{prefix.rstrip('/')}/{MANIFEST_NAME}"
 
 
+def source_key(prefix: str) -> str:
+    return f"{prefix.rstrip('/')}/{SOURCE_NAME}"
+
+
 def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
@@ -194,6 +209,26 @@ class ModelKeys:
 
     def run(self, run_id: str) -> str:
         return f"models/{self.name}/runs/{run_id}/"
+
+    @property
+    def retrains(self) -> str:
+        """Every retrain's record (trainer.contract.retrain.RetrainRecord)."""
+        return f"models/{self.name}/retrains/"
+
+    def retrain(self, retrain_id: str) -> str:
+        return f"{self.retrains}{retrain_id}{RETRAIN_SUFFIX}"
+
+    def retrain_of_key(self, key: str) -> str | None:
+        """``<retrain_id>`` of ``models/<name>/retrains/<retrain_id>.json``, else None."""
+        if not key.startswith(self.retrains) or not key.endswith(RETRAIN_SUFFIX):
+            return None
+        retrain_id = key[len(self.retrains):-len(RETRAIN_SUFFIX)]
+        return retrain_id if retrain_id and "/" not in retrain_id else None
+
+    @property
+    def retrain_slot(self) -> str:
+        """Which retrain may train the model now (trainer.contract.retrain.RetrainSlot)."""
+        return f"models/{self.name}/{RETRAIN_SLOT_FILE}"
 
     @property
     def progresses(self) -> str:

@@ -37,3 +37,37 @@ class RunInfo:
     """Logged once, at the MLflow run's first start (MLflow params cannot change)."""
     tags: dict[str, str] = field(default_factory=dict)
     world_size: int = 1
+
+
+# Why a version is served, or only a candidate, and why a retrain trained the run.
+PROMOTION_TAG = "trainstack.promotion"
+RETRAIN_TAG = "trainstack.retrain"
+
+
+def retrain_tags(trigger: Any) -> dict[str, str]:
+    """A retrain's run: ``trainstack.retrain.{id,reason,report}`` (a RetrainTrigger)."""
+    if trigger is None:
+        return {}
+    tags = {f"{RETRAIN_TAG}.id": trigger.id, f"{RETRAIN_TAG}.reason": trigger.reason}
+    if trigger.report:
+        tags[f"{RETRAIN_TAG}.report"] = trigger.report
+    return tags
+
+
+def promotion_tags(promotion: Any) -> dict[str, str]:
+    """The gate's verdict (a Promotion): ``trainstack.promotion`` (promoted or candidate),
+    ``.reason``, ``.against``, ``.candidate_acc``, ``.current_acc``, ``.split``,
+    ``.reevaluated``, ``.tolerance``."""
+    if promotion is None:
+        return {}
+    tags = {PROMOTION_TAG: promotion.decision, f"{PROMOTION_TAG}.reason": promotion.reason,
+            f"{PROMOTION_TAG}.split": promotion.split,
+            f"{PROMOTION_TAG}.reevaluated": str(promotion.reevaluated).lower(),
+            f"{PROMOTION_TAG}.tolerance": f"{promotion.tolerance:g}"}
+    if promotion.against:
+        tags[f"{PROMOTION_TAG}.against"] = promotion.against
+    for name in ("candidate_acc", "current_acc"):
+        value = getattr(promotion, name)
+        if value is not None:
+            tags[f"{PROMOTION_TAG}.{name}"] = f"{value:.6f}"
+    return tags

@@ -33,8 +33,10 @@ def _samples(values: Any, where: str, limit: int) -> dict[str, list[float]]:
     require(isinstance(values, dict), where, "a JSON object of feature -> numbers", values)
     for name, series in values.items():
         require(name in FEATURES, f"{where} feature", f"one of {', '.join(FEATURES)}", name)
+        # type() and not isinstance: True is no number here (a window has hundreds of them
+        # to check, on the app's monitoring thread: the cheapest exact test).
         require(isinstance(series, list) and len(series) <= limit
-                and all(is_number(v) and math.isfinite(v) for v in series),
+                and all(type(v) in (float, int) and math.isfinite(v) for v in series),
                 f"{where} {name}", f"a list of at most {limit} finite numbers", series)
     return values
 
@@ -129,7 +131,9 @@ class PredictionWindow:
             raise MetaError(f"window: {e}") from None
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self)).encode()
+        # Its fields are plain JSON values already: no deep copy (dataclasses.asdict).
+        return json.dumps({f.name: getattr(self, f.name)
+                           for f in dataclasses.fields(self)}).encode()
 
 
 @dataclass(frozen=True)

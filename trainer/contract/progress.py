@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.contract.errors import MetaError
+from trainer.contract.retrain import RetrainTrigger
 from trainer.contract.schema import EpochRecord
 from trainer.contract.urls import display_url
 from trainer.contract.validate import known_fields, loads, require
@@ -78,6 +79,8 @@ class RunProgress:
     """The MLflow UI page of the run (:func:`mlflow_run_page` on MLFLOW_TRACKING_URI, as
     the trainer sees the server: a reader elsewhere uses :meth:`mlflow_page` with its own
     base URL)."""
+    retrain: RetrainTrigger | None = None
+    """Why a retrain trained this run (trainer.contract.retrain); None for other runs."""
 
     def __post_init__(self) -> None:
         for name in ("run_id", "model", "dataset", "started_at", "updated_at"):
@@ -108,6 +111,8 @@ class RunProgress:
                  "progress mlflow_url", "null or an http(s) URL", self.mlflow_url)
         require((self.state == "published") == (self.version is not None), "progress version",
                  "set exactly when the state is 'published'", self.version)
+        require(self.retrain is None or isinstance(self.retrain, RetrainTrigger),
+                "progress retrain", "null or a retrain trigger", self.retrain)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> RunProgress:
@@ -115,13 +120,18 @@ class RunProgress:
         history = values.get("history", [])
         require(isinstance(history, list), "progress history", "a list", history)
         values["history"] = [EpochRecord.from_dict(e) for e in history]
+        if values.get("retrain") is not None:
+            values["retrain"] = RetrainTrigger.from_dict(values["retrain"])
         try:
             return cls(**values)
         except TypeError as e:
             raise MetaError(f"progress record: {e}") from None
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), indent=1).encode()
+        values = dataclasses.asdict(self)
+        if values["retrain"] is None:  # as before retrains existed
+            del values["retrain"]
+        return json.dumps(values, indent=1).encode()
 
     def mlflow_page(self, base_url: str | None = None) -> str | None:
         """The run's MLflow UI page on ``base_url`` (the address the reader opens MLflow

@@ -16,20 +16,45 @@ class Latest:
 
     version: str
     sequence: int = 0
-    """The version's meta.json sequence (0 if written before sequences existed)."""
+    """The publication sequence of this move: the version's meta.json sequence when its
+    publication moved it, a new number when a person promoted it (``python -m trainer
+    promote``: a rollback too). Only ever higher than the one it replaces (0 if written
+    before sequences existed)."""
+    promoted_by: str = ""
+    """trainer.contract.promotion.PROMOTERS: 'gate' (the version passed the promotion
+    gate), 'person' (promoted by hand), '' (gate off, and every latest.json written before the gate existed)."""
+    version_sequence: int = 0
+    """The version's own meta.json sequence when ``sequence`` is another (a promotion by
+    hand); 0: the same as ``sequence``."""
 
     def __post_init__(self) -> None:
         require(isinstance(self.version, str) and bool(self.version) and "/" not in self.version,
                  "latest.json version", "a non-empty name without '/'", self.version)
-        require(type(self.sequence) is int and self.sequence >= 0, "latest.json sequence",
-                 "an integer >= 0", self.sequence)
+        for name in ("sequence", "version_sequence"):
+            require(type(getattr(self, name)) is int and getattr(self, name) >= 0,
+                    f"latest.json {name}", "an integer >= 0", getattr(self, name))
+        # A string, not one of PROMOTERS: an app reading a newer trainer's latest.json must
+        # not stop serving over a word it does not know.
+        require(isinstance(self.promoted_by, str), "latest.json promoted_by", "a string",
+                self.promoted_by)
+
+    @property
+    def published_sequence(self) -> int:
+        """The served version's place in publication order (its meta.json sequence)."""
+        return self.version_sequence or self.sequence
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Latest:
         return record_from_json(cls, data, "latest.json")
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self)).encode()
+        # Only the fields that say something: a gate-off latest.json is what it always was.
+        values = {"version": self.version, "sequence": self.sequence}
+        if self.promoted_by:
+            values["promoted_by"] = self.promoted_by
+        if self.version_sequence:
+            values["version_sequence"] = self.version_sequence
+        return json.dumps(values).encode()
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from typing import Any
 
 from trainer.contract.errors import MetaError
 from trainer.contract.layout import META_FILE, METRICS_FILE, MODEL_FILE, is_safe_relative
+from trainer.contract.promotion import Promotion
+from trainer.contract.retrain import RetrainTrigger
 from trainer.contract.validate import is_number, known_fields, loads, require
 
 
@@ -140,6 +142,11 @@ class VersionMeta:
     reference: str = ""
     """The version's monitoring reference file (REFERENCE_FILE, listed in ``files``); ""
     for versions published before references existed: monitoring says so and serving goes on."""
+    promotion: Promotion | None = None
+    """The promotion gate's verdict (trainer.contract.promotion); None with the gate off
+    and in versions published before the gate existed."""
+    retrain: RetrainTrigger | None = None
+    """Why the run was trained, when a retrain trained it (trainer.contract.retrain)."""
 
     def __post_init__(self) -> None:
         require(type(self.sequence) is int and self.sequence >= 0, "meta.json sequence",
@@ -175,19 +182,31 @@ class VersionMeta:
                      paths)
         require(not self.reference or self.reference in self.files, "meta.json reference",
                 "empty or one of the version's files", self.reference)
+        require(self.promotion is None or isinstance(self.promotion, Promotion),
+                "meta.json promotion", "null or a verdict", self.promotion)
+        require(self.retrain is None or isinstance(self.retrain, RetrainTrigger),
+                "meta.json retrain", "null or a retrain trigger", self.retrain)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> VersionMeta:
         values = known_fields(cls, loads(data, META_FILE), META_FILE)
         values["metrics"] = MetricsSummary(**known_fields(MetricsSummary, values["metrics"],
                                                     "meta.json metrics"))
+        if values.get("promotion") is not None:
+            values["promotion"] = Promotion.from_dict(values["promotion"])
+        if values.get("retrain") is not None:
+            values["retrain"] = RetrainTrigger.from_dict(values["retrain"])
         try:
             return cls(**values)
         except TypeError as e:  # a field of the wrong JSON type that slipped past require
             raise MetaError(f"{META_FILE}: {e}") from None
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), indent=1).encode()
+        values = dataclasses.asdict(self)
+        for name in ("promotion", "retrain"):  # absent, as before they existed, when unset
+            if values[name] is None:
+                del values[name]
+        return json.dumps(values, indent=1).encode()
 
     @property
     def name(self) -> str:

@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from trainer.contract.config import CIFAR10_URL
+from trainer.contract.datasets import dataset_name_problem
 from trainer.contract.errors import IngestError, ObjectNotFound
-from trainer.contract.layout import cifar10_key
+from trainer.contract.layout import cifar10_key, dataset_prefix
 from trainer.data import cifar
 from trainer.data.download import CHUNK, fetch, redacted_url
 from trainer.store import Store
@@ -36,12 +37,18 @@ OFFLINE_HINT = ("without internet access, use a local copy of the archive: --sou
 
 def ingest(store: Store, dataset: str, source: str | None = None, *,
            expected_md5: str | None = None, image_size: int = 32,
-           shard_bytes: int | None = None) -> str:
+           shard_bytes: int | None = None, name: str | None = None,
+           replace: bool | None = None) -> str:
     """Ingest ``dataset`` from ``source``; return its store key ('' when none is needed).
 
     ``expected_md5`` defaults to the published digest when ``source`` is the official
     URL (or omitted); tests pass their own to exercise that path without the internet.
+    ``name``: an image folder's own dataset name (``imagefolder-<label>``; default the
+    kind's); ``replace``: see trainer.data.ingest_folder.ingest_folder.
     """
+    problem = dataset_name_problem(dataset, name) if name else None
+    if problem:
+        raise IngestError(f"--dataset-name {name!r}: {problem}")
     if dataset in NO_INGEST:
         log.info("dataset %s is generated locally (%s): nothing to ingest", dataset,
                  "scikit-learn's bundled digits" if dataset == "digits" else "random pixels")
@@ -56,7 +63,8 @@ def ingest(store: Store, dataset: str, source: str | None = None, *,
             raise IngestError(f"--image-size ({image_size}) and --shard-mib "
                               f"({shard_bytes and shard_bytes // 1024**2}) must be >= 1")
         sizes = {"image_size": image_size, **({"shard_bytes": shard_bytes} if shard_bytes else {})}
-        return ingest_folder(store, source, **sizes)
+        return ingest_folder(store, source, dataset_prefix(name or dataset), replace=replace,
+                             **sizes)
     if dataset != "cifar10":
         raise IngestError(f"unknown dataset {dataset!r}; ingest knows cifar10 and "
                           f"imagefolder ({', '.join(NO_INGEST)} need no ingest)")

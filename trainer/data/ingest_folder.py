@@ -1,4 +1,11 @@
-"""Ingest a custom image dataset: ``<class>/<image>`` folders into ``datasets/imagefolder/``.
+"""Ingest a custom image dataset: ``<class>/<image>`` folders into ``datasets/<name>/``.
+
+``<name>`` is ``imagefolder`` (the stack's one image folder, whose source is configuration:
+another source replaces the stored images, with a warning) or ``imagefolder-<label>`` (an
+image folder of its own, as `make demo` names one after its folder: another source under
+the same name is refused unless ``replace``, so two folders never share one name's models).
+Where the images came from (a path, or a URL without its credentials) is written to
+``.source`` next to the manifest.
 
 The source is a local directory, or a ``.zip`` / ``.tar.gz`` (local path or http(s)
 URL) holding one; ``train/`` and ``test/`` folders of classes are kept as they are.
@@ -27,7 +34,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from trainer.contract.errors import IngestError, ObjectNotFound
-from trainer.contract.layout import IMAGE_SUFFIXES, is_image_name, manifest_key
+from trainer.contract.layout import IMAGE_SUFFIXES, is_image_name, manifest_key, source_key
 from trainer.data import pixels
 from trainer.data.download import fetch, redacted_url
 from trainer.data.imagefolder import imagefolder_layout
@@ -51,9 +58,11 @@ MAX_NAMED = 20
 
 
 def ingest_folder(store: Store, source: str, prefix: str = PREFIX, *, image_size: int = 32,
-                  shard_bytes: int = DEFAULT_SHARD_BYTES) -> str:
+                  shard_bytes: int = DEFAULT_SHARD_BYTES, replace: bool | None = None) -> str:
     """Upload the image folders in ``source`` under ``prefix``, then write their shards at
-    ``image_size`` pixels (trainer.data.streaming.ingest); return the prefix."""
+    ``image_size`` pixels (trainer.data.streaming.ingest); return the prefix. ``replace``:
+    whether other images from another source may replace the stored ones (None: only
+    under the stack's ``datasets/imagefolder``)."""
     with tempfile.TemporaryDirectory(prefix="trainstack-ingest-") as tmp:
         root = _unpack(source, Path(tmp))
         files = sorted(p for p in root.rglob("*") if p.is_file()
@@ -67,20 +76,73 @@ def ingest_folder(store: Store, source: str, prefix: str = PREFIX, *, image_size
         manifest = "".join(f"{d}  {r}\n" for d, r in zip(digests, rel)).encode()
         manifest_at = manifest_key(prefix)
         try:
-            uploaded = store.get_bytes(manifest_at) == manifest
+            stored = store.get_bytes(manifest_at)
         except ObjectNotFound:
-            uploaded = False
-        if uploaded and shards_current(store, prefix, image_size):
-            log.info("%s already ingested in %s: nothing to do", prefix, store.url)
-            return prefix
-        if not uploaded:
+            stored = None
+        origin = source_origin(source)
+        if stored == manifest:
+            _record_origin(store, prefix, origin)  # the same images, perhaps moved
+            if shards_current(store, prefix, image_size):
+                log.info("%s already ingested in %s: nothing to do", prefix, store.url)
+                return prefix
+        else:
+            if stored is not None:
+                check_replacement(store, prefix, (stored, manifest), origin,
+                                  prefix == PREFIX if replace is None else replace)
             log.info("uploading %d images from %s to %s/%s", len(files), redacted_url(source),
                      store.url, prefix)
             for path, name in zip(files, rel):
                 store.put_file(f"{prefix}/{name}", path)
+            store.put_bytes(source_key(prefix), origin.encode())
             store.put_bytes(manifest_at, manifest)  # last: its presence means "complete"
         write_shards(store, prefix, files, rel, image_size=image_size, shard_bytes=shard_bytes)
     return prefix
+
+
+def source_origin(source: str) -> str:
+    """Where ``source`` is, for ``.source``: a local path made absolute, a URL without its
+    userinfo and query (credentials; a presigned URL's signature changes every time)."""
+    if "://" in source:
+        return redacted_url(source)
+    return str(Path(source).expanduser().resolve())
+
+
+def _record_origin(store: Store, prefix: str, origin: str) -> None:
+    try:
+        if store.get_bytes(source_key(prefix)).decode() == origin:
+            return
+    except (ObjectNotFound, UnicodeDecodeError):
+        pass
+    store.put_bytes(source_key(prefix), origin.encode())
+
+
+def describe_manifest(manifest: bytes) -> str:
+    """``12 images of 3 classes (cat, dog, fox)`` of a manifest's ``<sha256>  <path>`` lines."""
+    paths = [line.partition("  ")[2] for line in manifest.decode(errors="replace").splitlines()]
+    classes = sorted({PurePosixPath(path).parent.name for path in paths if path})
+    shown = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
+    return f"{len(paths)} images of {len(classes)} classes ({shown})"
+
+
+def check_replacement(store: Store, prefix: str, manifests: tuple[bytes, bytes], origin: str,
+                      replace: bool) -> None:
+    """Other images are about to replace the stored ones: say so, or refuse (IngestError)
+    when they come from another source and ``replace`` is False."""
+    try:
+        before = store.get_bytes(source_key(prefix)).decode()
+    except (ObjectNotFound, UnicodeDecodeError):
+        before = None  # ingested before .source existed
+    stored, new = (describe_manifest(m) for m in manifests)
+    name = PurePosixPath(prefix).name
+    if before is not None and before != origin and not replace:
+        raise IngestError(
+            f"dataset {name} in {store.url} holds {stored} from {before}; {origin} is another "
+            "folder, so it is another dataset: give it a name of its own (make demo "
+            "DATASET_NAME=<label>; trainer ingest --dataset-name imagefolder-<label>), or "
+            "replace the stored images with `trainer ingest --replace`")
+    log.warning("replacing dataset %s in %s: %s from %s become %s from %s; the versions "
+                "trained on the old images stay, the next run trains on the new ones", name,
+                store.url, stored, before or "an earlier ingest", new, origin)
 
 
 def _unpack(source: str, tmp: Path) -> Path:

@@ -1,4 +1,5 @@
-"""Publish a trained model as a new version; ``latest.json`` only ever moves forward.
+"""Publish a trained model as a new version; ``latest.json`` only ever moves forward, and
+with the promotion gate on only to a version not worse than the one it replaces.
 
 Layout (trainer.contract.layout; docs/architecture.md, "A published version"):
 ``models/<name>/versions/<version>/claim.json`` first, by exclusive create (the folder is
@@ -11,7 +12,12 @@ Order without clocks: once a version's files are uploaded it takes the next publ
 and latest.json moves to it (another conditional write) only if its sequence is higher
 than the one latest.json names. Versions are ordered by when their publication completed,
 whatever each pod's clock says, and a delayed or repeated write never moves latest.json
-back. Conditional writes that lose a race read again and retry.
+back. Conditional writes that lose a race read again and retry (trainer.publish.latest).
+
+The promotion gate (trainer.publish.gate; ``TRAINSTACK_PROMOTION_GATE``, on by default)
+judges the version before its meta.json is written, and the verdict is part of it: a
+version refused is published as a candidate (complete, listed, never moved to), one
+promoted moves latest.json only while it still names the version it was compared with.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import dataclasses
 import io
 import json
 import logging
-import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,7 +36,7 @@ import torch
 from torch import nn
 
 from trainer.contract.config import RunIdentity
-from trainer.contract.errors import MetaError, ObjectNotFound, PreconditionFailed, StoreError
+from trainer.contract.errors import MetaError, PreconditionFailed, StoreError
 from trainer.contract.layout import (
     METRICS_FILE,
     MODEL_FILE,
@@ -40,9 +45,18 @@ from trainer.contract.layout import (
     ModelKeys,
     version_name,
 )
-from trainer.contract.records import Latest, SequenceCounter, VersionClaim
+from trainer.contract.promotion import BY_GATE, GateSettings, describe
+from trainer.contract.records import Latest, VersionClaim
 from trainer.contract.schema import MetricsSummary, VersionMeta, VersionMetrics
 from trainer.models.zoo import served_model
+from trainer.publish import gate
+from trainer.publish.latest import (
+    allocate_sequence,
+    holds,
+    log_move,
+    move_latest,
+    read_latest,
+)
 from trainer.state.checkpoint import TrainingState
 from trainer.store import Store
 
@@ -50,9 +64,8 @@ log = logging.getLogger(__name__)
 
 EXAMPLES_PER_CLASS = 2
 MAX_EXPORT_BATCH = 4096
-# Conditional writes retried after losing a race (with jittered backoff), and seconds tried
-# for a free version name: only many publications of one name at once would exhaust them.
-WRITE_ATTEMPTS = 50
+# Seconds tried for a free version name: only many publications of one run at once would
+# exhaust them.
 CLAIM_ATTEMPTS = 30
 
 
@@ -78,19 +91,6 @@ def export_program(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
-def _backoff(attempt: int) -> None:
-    time.sleep(min(1.0, 0.01 * 2 ** attempt) * (0.5 + random.random()))
-
-
-def _holds(store: Store, key: str, data: bytes) -> bool:
-    """Whether ``key`` holds ``data``: our own write, when a retried request whose first
-    attempt did succeed comes back as "precondition failed"."""
-    try:
-        return store.get_bytes(key) == data
-    except ObjectNotFound:
-        return False
-
-
 def claim_version(store: Store, name: str, run_id: str) -> str:
     """A new version name ``<UTC timestamp>-<run_id>``, claimed by an exclusive create of its
     claim.json before anything is written into the folder."""
@@ -102,7 +102,7 @@ def claim_version(store: Store, name: str, run_id: str) -> str:
             store.put_if_absent(keys.claim(version), claim)
             return version
         except PreconditionFailed:
-            if _holds(store, keys.claim(version), claim):
+            if holds(store, keys.claim(version), claim):
                 return version
         time.sleep(1.0)  # another publication of this run took this second: the next one
     raise StoreError(f"no free version name for run {run_id} of {name} in {CLAIM_ATTEMPTS} s")
@@ -129,78 +129,6 @@ def created_at(version: str) -> str:
     return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _read_latest(store: Store, name: str) -> tuple[Latest | None, str | None]:
-    """latest.json and its tag; (None, None) if absent, (None, tag) if unreadable."""
-    try:
-        data, tag = store.get_tagged(ModelKeys(name).latest)
-    except ObjectNotFound:
-        return None, None
-    try:
-        return Latest.from_json(data), tag
-    except MetaError as e:
-        log.warning("models/%s/latest.json is unreadable (%s): the next version replaces it",
-                    name, e)
-        return None, tag
-
-
-def latest_version(store: Store, name: str) -> str | None:
-    latest, _ = _read_latest(store, name)
-    return latest.version if latest else None
-
-
-def allocate_sequence(store: Store, name: str) -> int:
-    """The next publication sequence of ``name``: higher than any handed out before and than
-    latest.json's (a lost or reset counter cannot hand out a number twice)."""
-    key = ModelKeys(name).sequence
-    for attempt in range(WRITE_ATTEMPTS):
-        try:
-            data, tag = store.get_tagged(key)
-        except ObjectNotFound:
-            data, tag = None, None
-        try:
-            last = SequenceCounter.from_json(data).last if data is not None else 0
-        except MetaError:
-            last = 0
-        latest, _ = _read_latest(store, name)
-        number = max(last, latest.sequence if latest else 0) + 1
-        mine = SequenceCounter(last=number, writer=uuid.uuid4().hex).to_json()
-        try:
-            if tag is None:
-                store.put_if_absent(key, mine)
-            else:
-                store.put_if_match(key, mine, tag)
-            return number
-        except PreconditionFailed:
-            if _holds(store, key, mine):
-                return number
-        _backoff(attempt)
-    raise StoreError(f"{key}: no sequence number after {WRITE_ATTEMPTS} attempts "
-                     "(too many publications at once)")
-
-
-def move_latest(store: Store, name: str, version: str, sequence: int) -> tuple[bool, Latest | None]:
-    """Point latest.json at ``version`` unless it names one of the same or a higher sequence.
-    Returns (whether it moved, what it named before)."""
-    key = ModelKeys(name).latest
-    mine = Latest(version=version, sequence=sequence).to_json()
-    for attempt in range(WRITE_ATTEMPTS):
-        current, tag = _read_latest(store, name)
-        if current is not None and (current.version == version or current.sequence >= sequence):
-            return False, current
-        try:
-            if tag is None:
-                store.put_if_absent(key, mine)
-            else:
-                store.put_if_match(key, mine, tag)
-            return True, current
-        except PreconditionFailed:
-            if _holds(store, key, mine):
-                return True, current
-        _backoff(attempt)
-    raise StoreError(f"{key}: not moved after {WRITE_ATTEMPTS} attempts "
-                     "(too many publications at once)")
-
-
 def published_version_of(store: Store, name: str, run_id: str) -> str | None:
     """Run ``run_id``'s newest complete version: one named for it whose meta.json (written
     after its files) exists, whether or not ``latest.json`` was moved before a crash."""
@@ -215,7 +143,8 @@ def published_version_of(store: Store, name: str, run_id: str) -> str | None:
 
 def finish_publication(store: Store, name: str, version: str) -> bool:
     """The steps after meta.json, safe to repeat: the metrics copy, then ``latest.json``,
-    moved only forward. Logs (and returns) whether latest.json moved."""
+    moved only forward and only as the version's promotion verdict allows. Logs (and
+    returns) whether latest.json moved."""
     keys = ModelKeys(name)
     meta = VersionMeta.from_json(store.get_bytes(keys.meta(version)))
     if not store.exists(keys.metrics_copy(version)):
@@ -224,11 +153,23 @@ def finish_publication(store: Store, name: str, version: str) -> bool:
     # A meta.json without a sequence (written by hand or before sequences existed) counts
     # as completed now.
     sequence = meta.sequence or allocate_sequence(store, name)
-    moved, before = move_latest(store, name, version, sequence)
-    log.info(json.dumps({"event": "latest", "model": name, "version": version,
-                         "sequence": sequence, "moved": moved,
-                         "latest": version if moved else before.version,
-                         "latest_sequence": sequence if moved else before.sequence}))
+    promotion = meta.promotion
+    if promotion is not None and not promotion.promoted:
+        before, _ = read_latest(store, name)
+        log_move(name, version, sequence, False, before, promotion=describe(promotion))
+        return False
+    if promotion is None:  # the gate off, or a version published before it existed
+        moved, before = move_latest(store, name, Latest(version, sequence))
+        log_move(name, version, sequence, moved, before)
+        return moved
+    moved, before = move_latest(store, name, Latest(version, sequence, promoted_by=BY_GATE),
+                                over=promotion.against)
+    why = {}
+    if not moved and before is not None and before.version not in (version, promotion.against):
+        # Two publications at once: this one was not compared with what is served now.
+        why["superseded"] = (f"latest.json names {before.version} now, not the version the "
+                             "gate compared with: promote this one by hand to serve it")
+    log_move(name, version, sequence, moved, before, promotion=describe(promotion), **why)
     return moved
 
 
@@ -247,6 +188,18 @@ def write_version(store: Store, meta: VersionMeta, files: dict[str, bytes]) -> b
     meta = dataclasses.replace(meta, sequence=allocate_sequence(store, meta.name))
     store.put_bytes(keys.meta(meta.version), meta.to_json())
     return finish_publication(store, meta.name, meta.version)
+
+
+def judged(store: Store, name: str, candidate: gate.Candidate):
+    """The promotion gate's verdict on ``candidate`` (None with the gate off)."""
+    settings = GateSettings.from_env()
+    if not settings.enabled:
+        return None
+    latest, tag = read_latest(store, name)
+    promotion = gate.verdict(store, name, latest, candidate, settings,
+                             unreadable=latest is None and tag is not None)
+    log.info(json.dumps({"event": "promotion", "model": name, **promotion.to_dict()}))
+    return promotion
 
 
 def publish(store: Store, result: TrainingResult) -> str:
@@ -272,13 +225,15 @@ def publish(store: Store, result: TrainingResult) -> str:
     }
     examples = {f"examples/{file_name}": png for file_name, png
                 in figures.example_pngs(bundle.test, bundle.classes, EXAMPLES_PER_CLASS)}
+    promotion = judged(store, name, gate.Candidate(cfg, files[MODEL_FILE],
+                                                   state.history[-1].test_acc, bundle))
     meta = VersionMeta(
-        model=cfg.model, dataset=cfg.dataset, version=version, run_id=identity.run_id,
+        model=cfg.model, dataset=cfg.resolved_dataset_name, version=version, run_id=identity.run_id,
         classes=list(bundle.classes), input_size=list(input_shape), mean=list(bundle.mean),
         std=list(bundle.std), train_config=cfg.to_dict(), metrics=MetricsSummary.of(state.history),
         created_at=created_at(version), files=list(files), examples=list(examples),
         data_fingerprint=identity.data_fingerprint, model_revision=identity.model_revision,
-        reference=REFERENCE_FILE)
+        reference=REFERENCE_FILE, promotion=promotion, retrain=cfg.retrain)
     moved = write_version(store, meta, {**files, **examples})
     log.info(json.dumps({"event": "published", "model": name, "version": version,
                          "run_id": identity.run_id, "latest_moved": moved,

@@ -31,6 +31,7 @@ from trainer.contract.schema import EpochRecord, VersionMetrics
 from trainer.data.augment import Normalizer
 from trainer.models.onepixel import use_one_pixel_convs
 from trainer.models.zoo import build_model, model_revision
+from trainer.publish.latest import latest_version
 from trainer.publish.publication import (
     TrainingResult,
     finish_publication,
@@ -147,7 +148,7 @@ def run_training(cfg: TrainConfig, store: Store) -> str | None:
 
     env = distributed.process_env()
     threads = distributed.configure_cpu_threads(env) if env.device.type == "cpu" else None
-    bundle = load_dataset(cfg.dataset, store, prefix=cfg.data_prefix, image_size=cfg.image_size,
+    bundle = load_dataset(cfg.dataset, store, prefix=cfg.data_location, image_size=cfg.image_size,
                           synthetic_size=cfg.synthetic_size, seed=cfg.seed,
                           loading=cfg.data_loading)
     identity = RunIdentity(cfg, bundle.fingerprint, model_revision(cfg.model))
@@ -249,8 +250,10 @@ def finish_alone(store: Store, identity: RunIdentity, env, bundle,
         reporter = reporting.open_reporter(store, identity, is_main=True,
                                            world_size=published_world_size(store, identity,
                                                                            where, env))
-        return _done(store, identity, where, finish_publication(store, identity.config.model_name,
-                                                                where), reporter)
+        version = _done(store, identity, where, finish_publication(
+            store, identity.config.model_name, where), reporter)
+        log.info("%s", nothing_to_train(store, identity, version))
+        return version
     if lease is None:  # two Masters restarted alone must not publish the run twice
         with run_lease(store, identity.config.model_name, identity.run_id, True) as held:
             # Look again: while this job waited for the lease, the one holding it may
@@ -266,6 +269,19 @@ def finish_alone(store: Store, identity: RunIdentity, env, bundle,
     model.load_state_dict(state.model)
     reporter = reporting.open_reporter(store, identity, is_main=True, world_size=state.world_size)
     return publish_run(store, TrainingResult(identity, model, bundle, state), reporter)
+
+
+def nothing_to_train(store: Store, identity: RunIdentity, version: str) -> str:
+    """What a job that found its run published already tells its user, in words."""
+    name = identity.config.model_name
+    text = (f"Nothing to train: run {identity.run_id} (this data, model and settings) was "
+            f"trained and published before, as version {version} of {name}.")
+    latest = latest_version(store, name)
+    if latest not in (None, version):
+        text += (f" The newest version of {name} is {latest}, from another run: the app "
+                 "serves that one.")
+    return text + (" To train again, change a setting or the data (make demo: SEED=1, or "
+                   "another EPOCHS, LR or BATCH_SIZE).")
 
 
 def published_world_size(store: Store, identity: RunIdentity, version: str, env) -> int:

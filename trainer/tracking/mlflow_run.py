@@ -21,7 +21,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
-from trainer.contract.layout import is_safe_relative
+from trainer.contract.errors import MetaError
+from trainer.contract.layout import META_FILE, is_safe_relative
 from trainer.contract.mlflow_layout import (
     ALIAS,
     ARTIFACT_DIR,
@@ -31,7 +32,9 @@ from trainer.contract.mlflow_layout import (
     VERSION_TAG,
     WORLD_SIZES_TAG,
     RunInfo,
+    promotion_tags,
 )
+from trainer.contract.schema import VersionMeta
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +167,24 @@ class MlflowRuns:
             self.client.log_artifacts(run_id, str(folder), artifact_path=folder_name)
         if first is None:
             self.client.set_tag(run_id, VERSION_TAG, version)
+        if first in (None, version):  # the run's own version (a repeat sets the same tags)
+            self._tag_promotion(run_id, files.get(META_FILE))
         registered = self._register(info, run, version, folder_name)
         log.info("MLflow: version %s of %s registered as %s/%s", version, info.model_name,
                  info.model_name, registered)
         self.follow_latest(info.model_name, latest)
         self.client.set_terminated(run_id, "FINISHED")
+
+    def _tag_promotion(self, run_id: str, meta_bytes: bytes | None) -> None:
+        """The promotion gate's verdict on the run's version, as tags: why it is served, or
+        only a candidate (both accuracies, the split)."""
+        try:
+            promotion = VersionMeta.from_json(meta_bytes).promotion if meta_bytes else None
+        except MetaError:
+            return
+        tags = [RunTag(k, v) for k, v in promotion_tags(promotion).items()]
+        if tags:
+            self.client.log_batch(run_id, tags=tags)
 
     def _versions_tagged(self, name: str, version: str) -> list[Any]:
         return list(self.client.search_model_versions(

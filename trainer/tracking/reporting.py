@@ -136,7 +136,7 @@ class RunReporter:
         return {META_FILE: meta_bytes, **files}
 
     def _latest_version(self) -> str | None:
-        from trainer.publish.publication import latest_version
+        from trainer.publish.latest import latest_version
 
         return latest_version(self.store, self.cfg.model_name)
 
@@ -159,13 +159,13 @@ class RunReporter:
         tracker = self.tracker
         try:
             record = RunProgress(
-                run_id=self.run_id, model=self.cfg.model, dataset=self.cfg.dataset,
+                run_id=self.run_id, model=self.cfg.model, dataset=self.cfg.resolved_dataset_name,
                 state=state, epoch=epoch, epochs=self.cfg.epochs, world_size=self.world_size,
                 started_at=self._started_at_value(), updated_at=self.clock(),
                 history=list(history), version=version,
                 mlflow_run_id=tracker.run_id if tracker else None,
                 mlflow_experiment_id=tracker.experiment_id if tracker else None,
-                mlflow_url=tracker.run_url() if tracker else None)
+                mlflow_url=tracker.run_url() if tracker else None, retrain=self.cfg.retrain)
             self.store.put_bytes(self.keys.progress(self.run_id), record.to_json())
         except TrainstackError as e:  # informational: never worth stopping training for
             log.warning("progress record of run %s not written: %s", self.run_id, e)
@@ -201,6 +201,7 @@ def open_reporter(store: Store, identity: RunIdentity, *, is_main: bool,
     cfg, uri, tracker = identity.config, tracking.tracking_uri(), None
     if uri is not None:
         tags = {f"trainstack.{key}": value for key, value in identity.to_dict().items()}
+        tags.update(mlflow_layout.retrain_tags(cfg.retrain))
         info = mlflow_layout.RunInfo(run_id=identity.run_id, model_name=cfg.model_name,
                                 params=run_params(cfg, world_size, pod_resources()),
                                 tags=tags, world_size=world_size)

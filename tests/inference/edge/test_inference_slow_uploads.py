@@ -57,16 +57,18 @@ def server(store_url: str, tmp_path: Path, **settings):
 
     try:
         wait_until(ready, "the server to load the model", deadline_s=600, every=0.3)
-        assert predict(base).status_code == 200  # warm
+        assert predict(base, settings.get("auth_token")).status_code == 200  # warm
         yield port, base, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def predict(base: str) -> httpx.Response:
+def predict(base: str, token: str | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.post(f"{base}/predict", files={"file": ("x.png", png(solid("red")),
-                                                         "image/png")}, timeout=120)
+                                                         "image/png")}, headers=headers,
+                      timeout=120)
 
 
 def start_slow_upload(port: int) -> socket.socket:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from inference.edge.uploads import disk_bytes
 from tests.inference.inference_helpers import V1, serve_app, wait_for_version, wait_until
 from tests.inference.modelkit import png, publish_version, solid
 
@@ -52,7 +53,7 @@ def test_old_uploads_are_deleted_and_the_cache_is_size_capped(local_store, tmp_p
     publish_version(local_store, V1)
     before = cached_files()
     paths = pictures(tmp_path, 6)
-    cap_mb = 2.5 * paths[0].stat().st_size / 1e6  # room for two of them
+    cap_mb = 2.5 * disk_bytes(str(paths[0])) / 1e6  # room for two of them, folders included
     with serve_app(local_store.url, tmp_path / "cache", upload_cache_mb=cap_mb,
                    upload_cache_max_age_s=3600, upload_cache_sweep_s=0.2) as (base, _app):
         wait_for_version(base, V1)

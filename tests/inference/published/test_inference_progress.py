@@ -6,7 +6,7 @@ import logging
 
 from inference.published.progress import ProgressBoard, markdown_link
 from inference.published.registry import Registry
-from inference.ui.training import curves, version_rows
+from inference.ui.training import VERSION_COLUMNS, curves, version_rows
 from tests.inference.modelkit import MODEL_NAME, publish_version, write_progress
 from trainer.contract.layout import ModelKeys
 from trainer.store import LocalStore
@@ -75,9 +75,10 @@ def test_each_version_links_to_its_mlflow_run_on_the_users_address(tmp_path):
     assert as_trainer.mlflow_link(MODEL_NAME, "no-record") is None
     board = ProgressBoard(registry, mlflow_ui_url="https://mlflow.example.org/")
     rows = {row[0]: row for row in version_rows(registry, board, registry.current)}
-    assert rows[tracked][5] == f"[MLflow run](https://mlflow.example.org/{page})"
-    assert rows[untracked][5] == ""
-    assert rows[untracked][6] == "●"
+    link = VERSION_COLUMNS.index("MLflow")
+    assert rows[tracked][link] == f"[MLflow run](https://mlflow.example.org/{page})"
+    assert rows[untracked][link] == ""
+    assert rows[untracked][VERSION_COLUMNS.index("serving")] == "●"
 
 
 def test_a_stored_link_cannot_break_out_of_its_markdown():

@@ -58,3 +58,22 @@ def test_a_refused_latest_is_reported_with_what_is_served_instead(local_store, t
     publish_version(local_store, THIRD)
     assert registry.check_once() and registry.current.version == THIRD
     assert registry.refused_latest is None
+
+
+def test_a_broken_latest_never_falls_back_to_a_refused_candidate(local_store, tmp_path):
+    """A refused candidate, published between two served versions, is not what the app
+    falls back to when the newest breaks: the version it was refused against is."""
+    from trainer.contract.promotion import CANDIDATE, PROMOTED, Promotion
+
+    def verdict(decision: str, against: str) -> Promotion:
+        return Promotion(decision, "a test's verdict", against=against, candidate_acc=0.5,
+                         current_acc=0.9, split="sha256:test")
+
+    publish_version(local_store, FIRST, promotion=verdict(PROMOTED, ""))
+    publish_version(local_store, SECOND, promotion=verdict(CANDIDATE, FIRST))
+    publish_version(local_store, THIRD, promotion=verdict(PROMOTED, FIRST),
+                    model_bytes=b"not a program")
+    registry = Registry(local_store, tmp_path / "cache")
+    registry.check_once()
+    assert registry.refused_latest.version == THIRD
+    assert registry.current.version == FIRST, "the refused candidate must not be served"

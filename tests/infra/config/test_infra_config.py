@@ -142,6 +142,17 @@ INVALID = [
     ("namespace", "default", RESERVED),
     ("namespace", "kube-system", RESERVED),
     ("namespace", "kubeflow", RESERVED),
+    # Retraining: a CronJob's schedule as the API server parses it, a tolerance >= 0.
+    ("retrainSchedule", "61 * * * *", "got the minute field '61' (allowed: 0-59)"),
+    ("retrainSchedule", "* * * *", "got 4 fields, not 5"),
+    ("retrainSchedule", "0 3 * * 7", "got the day of week field '7' (allowed: 0-6)"),
+    ("retrainSchedule", "@every 1h", "got an unknown descriptor"),
+    ("retrainSchedule", "CRON_TZ=UTC 0 3 * * *", "got TZ= or CRON_TZ= in a schedule"),
+    ("retrainSchedule", "*/0 * * * *", "a cron schedule of 5 fields"),
+    ("promotionTolerance", "-1", "a number of percentage points from 0 to 100"),
+    ("promotionGate", "maybe", "true or false"),
+    ("retrainOnDrift", "yes", "true or false"),
+    ("retrainCooldown", "0h", "a duration > 0 in m, h or d"),
 ]
 
 
@@ -232,6 +243,12 @@ COMBINATIONS = [
      "ClusterIP when inferenceIngressNamespace is set"),
     ({**PUSHED, "inferenceIngressNamespace": "ingress-nginx", "inferenceServiceType": "ClusterIP",
       "networkPolicy": "none"}, "inferenceIngressNamespace", "unset when networkPolicy is none"),
+    # retraining
+    ({**PUSHED, "retrainOnDrift": "true"}, "retrainOnDrift", "false while monitoring is none"),
+    ({**PUSHED, "promotionGate": "false", "promotionTolerance": "2"}, "promotionTolerance",
+     "unset when promotionGate is false"),
+    ({**PUSHED, "retrainCooldown": "6h"}, "retrainCooldown",
+     "unset unless retrainOnDrift is true"),
 ]
 
 

@@ -44,6 +44,10 @@ CONFIGS = {
     # Trainer v2 on GPUs behind egress fences.
     "trainjob": {**PUSHED, "trainingApi": "trainjob", "workers": "3", "gpusPerWorker": "2",
                  "networkPolicy": "ingress-egress", "mlflowImage": MLFLOW_IMAGE},
+    # Retraining on a schedule and on drift (issue 30), egress fenced.
+    "retrain": {**PUSHED, "retrainSchedule": "0 3 * * 0", "monitoring": "prometheus-operator",
+                "retrainOnDrift": "true", "networkPolicy": "ingress-egress",
+                "mlflowImage": MLFLOW_IMAGE},
     "rendered": {**RENDERED, "inferenceAuthSecret": "app-token",
                  "inferenceServiceType": "ClusterIP",
                  "inferenceIngressNamespace": "ingress-nginx", "mlflowImage": MLFLOW_IMAGE},

@@ -185,7 +185,8 @@ def _all_pod_specs(rendering):
 
 
 @pytest.mark.parametrize("config", [PUSHED, EXTERNAL, RENDERED,
-                                    {**PUSHED, "gpusPerWorker": "2", "workers": "3"}])
+                                    {**PUSHED, "gpusPerWorker": "2", "workers": "3"},
+                                    {**PUSHED, "retrainSchedule": "@weekly"}])
 def test_every_pod_has_its_own_identity_without_a_token(config):
     rendering = render(config)
     accounts = {k.split("/", 1)[1]: o for k, o in rendering.objects.items()

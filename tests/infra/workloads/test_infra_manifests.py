@@ -45,10 +45,15 @@ CONFIGS = {
     "rendered-external": RENDERED_EXTERNAL,
     "fenced": {**PUSHED, "networkPolicy": "ingress-egress", "inferenceServiceType": "ClusterIP",
                "inferenceIngressNamespace": "ingress-nginx", "inferenceAuthToken": AUTH_TOKEN},
+    # Retraining (issue 30): the CronJobs, their Role, the manifest ConfigMap.
+    "retrain": {**EXTERNAL_KEYS, "dataset": "imagefolder",
+                "datasetSource": "https://example.com/photos.tar.gz",
+                "retrainSchedule": "30 2 * * MON-FRI", "monitoring": "prometheus-operator",
+                "retrainOnDrift": "true", "promotionTolerance": "0.5"},
 }
 # The same configurations on Kubeflow Trainer v2 (a TrainJob on the stack's runtime).
 CONFIGS.update({f"{name}-trainjob": {**CONFIGS[name], "trainingApi": "trainjob"}
-                for name in ("gpu", "single", "external-keys", "rendered", "fenced")})
+                for name in ("gpu", "single", "external-keys", "rendered", "fenced", "retrain")})
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
@@ -67,6 +72,8 @@ def test_every_kubernetes_object_passes_strict_schema_validation(rendering):
                      "template": replica["template"]},
                     K8S_VERSION, strict=True)
             continue
+        if obj["kind"] in ("ServiceMonitor", "PrometheusRule"):
+            continue  # the Prometheus Operator's CRDs: tests/cluster/test_monitoring.py
         if obj["kind"] in ("TrainJob", "TrainingRuntime"):
             # CRDs: the pods the controller makes of both are checked as Pods.
             if obj["kind"] == "TrainJob":

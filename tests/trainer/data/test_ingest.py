@@ -202,7 +202,9 @@ def test_imagefolder_from_directory_and_tarball(any_store, tmp_path, monkeypatch
     puts = _count_puts(any_store, monkeypatch)
     caplog.clear()
     ingest(any_store, "imagefolder", str(tree))  # same content from the directory
-    assert puts == [] and "already ingested" in caplog.text
+    # No image uploaded again; only where they are now is recorded (issue 28 #13).
+    assert puts == ["datasets/imagefolder/.source"] and "already ingested" in caplog.text
+    assert any_store.get_bytes("datasets/imagefolder/.source").decode() == str(tree)
 
 
 def test_imagefolder_non_image_is_rejected_before_upload(local_store, tmp_path):

@@ -18,10 +18,10 @@ from trainer.contract.layout import ModelKeys
 from trainer.contract.schema import EpochRecord
 from trainer.data.loading import load_dataset
 from trainer.models.zoo import build_model, model_revision
+from trainer.publish.latest import latest_version
 from trainer.publish.publication import (
     TrainingResult,
     finish_publication,
-    latest_version,
     publish,
     published_version_of,
 )
