@@ -134,7 +134,7 @@ def test_pulumi_program_runs_as_the_cli_runs_it(tmp_path):
 
 ROOM_ORDER = {
     "trainer": ["contract", "store", "limits", "data", "models", "state", "publish", "tracking",
-                "run"],
+                "retrain", "run"],
     "inference": ["published", "serving", "monitoring", "edge", "ui"],
     "infra": ["config", "workloads", "security", "operators", "monitoring", "preflight"],
 }

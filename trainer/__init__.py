@@ -13,7 +13,7 @@ Rooms, lowest first (a room imports only rooms before it in this list):
 - ``state``: the training state and its checkpoints.
 - ``publish``: a trained run as a published version (program, meta.json, reference,
   figures, latest.json last); ``publish.gate`` is the promotion gate, ``publish.latest``
-  latest.json's conditional writes, ``publish.promote`` a person's promotion.
+  latest.json's conditional writes, ``promote`` (top level) a person's promotion.
 - ``tracking``: the progress record and MLflow.
 - ``run``: the training run itself (loop, mid-epoch checkpoints, distributed setup,
   signals), which drives all of the above.

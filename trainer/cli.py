@@ -156,7 +156,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-    from trainer.publish.promote import promote
+    from trainer.promote import promote
 
     promote(open_store(args.store), args.model, args.version)
 

@@ -7,7 +7,7 @@ pods' clocks say. With the promotion gate (trainer.publish.gate) a move also nam
 version the gate compared with: latest.json moves only while it still names that one, so
 a version is never served over one it was not compared with. A person's promotion
 (``python -m trainer promote``, a rollback too) takes a new number and may point
-latest.json at any complete version (trainer.publish.promote). Conditional writes that
+latest.json at any complete version (trainer.promote). Conditional writes that
 lose a race read again and retry.
 """
 

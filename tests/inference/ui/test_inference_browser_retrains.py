@@ -18,7 +18,7 @@ from tests.inference.ui.test_inference_browser import (  # noqa: F401 (a fixture
 from trainer.contract.layout import ModelKeys
 from trainer.contract.promotion import CANDIDATE, PROMOTED, Promotion
 from trainer.contract.retrain import FINISHED, SKIPPED, RetrainRecord, RetrainTrigger
-from trainer.publish.promote import promote
+from trainer.promote import promote
 
 pytestmark = [
     pytest.mark.browser,
