@@ -10,6 +10,7 @@ import pulumi
 from infra.config.cluster import cluster_access
 from infra.config.keys import load
 from infra.preflight.crds import check_crds
+from infra.preflight.queue import check_queue
 from infra.preflight.storage import check_storage
 from infra.stack import build_stack
 
@@ -19,5 +20,6 @@ settings, secrets = load()
 access = cluster_access()
 check_storage(settings, access)
 check_crds(settings, access)
-for key, value in build_stack(settings, secrets).items():
+check_queue(settings, access)
+for key, value in build_stack(settings, secrets, access).items():
     pulumi.export(key, value)

@@ -6,9 +6,11 @@ from typing import Any
 
 import pulumi
 
+from infra import queueing
 from infra.config.keys import StackConfig
 from infra.workloads import pod
 from infra.workloads.catalog import APP
+from infra.workloads.jobparts import progress
 from infra.workloads.mlflow_server import MlflowServer
 from infra.workloads.retrain import CRONJOB, DRIFT_CRONJOB
 from infra.workloads.trainjob import COMPLETION_INDEX_LABEL, JOBSET_NAME_LABEL
@@ -61,6 +63,8 @@ def _job_exports(cfg: StackConfig, job: pulumi.Output[str]) -> dict[str, Any]:
         "jobStatus": pulumi.Output.concat(
             f"kubectl -n {ns} get {kind} ", job, f" -o wide && kubectl -n {ns} get pods -l ",
             selector),
+        "progress": progress.read_command(ns, cfg.training_api, job),
+        **queueing.exports(cfg),
     }
 
 

@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import gitops
+from infra import gitops, queueing
+from infra.config.cluster import ClusterAccess
 from infra.config.keys import StackConfig, StackSecrets
 from infra.config.stack_config import (
     DEFAULT_ACCURACY_DROP,
@@ -22,7 +23,7 @@ from infra.config.stack_config import (
 )
 from infra.exports import stack_exports
 from infra.monitoring.component import Monitoring, MonitoringArgs
-from infra.operators.trainer_v2 import TrainerV2, TrainerV2Args
+from infra.operators.trainer_v2 import TRAINER_NAMESPACE, TrainerV2, TrainerV2Args
 from infra.operators.training_operator import TrainingOperator, TrainingOperatorArgs
 from infra.security.fences import FencesArgs, Flow, NetworkFences, OutsideFlow, service_namespace
 from infra.workloads import pod, rotation
@@ -44,6 +45,7 @@ from infra.workloads.catalog import (
     Workload,
 )
 from infra.workloads.image import ImageRef, TrainerImage, TrainerImageArgs, prebuilt
+from infra.workloads.jobparts import progress
 from infra.workloads.minio_server import MinIO, MinIOArgs
 from infra.workloads.mlflow_server import DEFAULT_IMAGE as DEFAULT_MLFLOW_IMAGE
 from infra.workloads.mlflow_server import MlflowArgs, MlflowServer
@@ -52,7 +54,9 @@ from infra.workloads.training import Training, TrainingArgs
 from infra.workloads.webapp import Inference, InferenceArgs
 
 
-def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
+def build_stack(cfg: StackConfig, secrets: StackSecrets,
+                cluster: ClusterAccess | None = None) -> dict[str, Any]:
+    """`cluster`: where `up` asks Kueue about the queued job (None, as under mocks: not)."""
     render = gitops.render_provider(cfg.render_yaml_to) if cfg.render_yaml_to else None
     ns = k8s.core.v1.Namespace(
         "namespace",
@@ -81,8 +85,9 @@ def build_stack(cfg: StackConfig, secrets: StackSecrets) -> dict[str, Any]:
     tracking_uri = tracking.url if tracking else None
     operator = _operator(cfg)
     training_args = _training_args(cfg, namespace, image, store, [buckets, *built], operator,
-                                   tracking)
+                                   tracking, queueing.declare(cfg, namespace, render))
     training = Training("training", training_args, opts=gitops.options("training", render))
+    queueing.announce(cfg, training.job, training.job_name, cluster)
     if cfg.retrains:
         _retraining(cfg, namespace, training_args, training, render)
     inference = Inference(
@@ -143,7 +148,8 @@ def flows(cfg: StackConfig) -> tuple[list[Flow], list[OutsideFlow]]:
         inside.append(Flow(TRACKING, ports=("http",), sources=(TRAINER, APP)))
         if cfg.mlflow_login:
             inside.append(Flow(TRACKING, ports=("http",), **users))
-    outside = []
+    outside = [OutsideFlow((TRAINER,), 10443, "Trainer's status server (progress)",
+                           TRAINER_NAMESPACE)] if cfg.training_api == "trainjob" else []
     if cfg.store_endpoint is None:
         inside.append(Flow(STORE, ports=("api",), sources=clients))
     else:
@@ -258,7 +264,8 @@ def _operator(cfg: StackConfig) -> pulumi.Resource | None:
 
 def _training_args(cfg: StackConfig, namespace, image: ImageRef, store: pod.StoreRef,
                    depends_on: list[pulumi.Resource], operator: pulumi.Resource | None,
-                   tracking: MlflowServer | None) -> TrainingArgs:
+                   tracking: MlflowServer | None, queue: pulumi.Resource | None
+                   ) -> TrainingArgs:
     return TrainingArgs(
         namespace=namespace,
         image=image.ref,
@@ -282,6 +289,9 @@ def _training_args(cfg: StackConfig, namespace, image: ImageRef, store: pod.Stor
         tracking=tracking,
         api=cfg.training_api,
         env=promotion_env(cfg.promotion_gate, cfg.promotion_tolerance),
+        queue=cfg.queue,
+        queue_objects=queue,
+        job_progress=progress.annotated(cfg.training_api, cfg.network_policy),
     )
 
 

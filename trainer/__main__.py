@@ -13,7 +13,7 @@ def main() -> int:
                         format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s")
     log = logging.getLogger("trainer")
     from trainer import cli
-    from trainer.contract.errors import TrainstackError
+    from trainer.contract.errors import CONFIG_EXIT, ConfigError, TrainstackError
     from trainer.run import distributed, stopping
 
     stopping.install()
@@ -23,6 +23,9 @@ def main() -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+    except ConfigError as e:  # a restart would fail the same way: say so in the status
+        log.error("%s", e)
+        return CONFIG_EXIT
     except TrainstackError as e:  # the user's to fix: one clear line, no traceback
         log.error("%s", e)
         return 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+from infra.config import quantities
 from infra.config.errors import Default
 from infra.config.values import invalid, parse_image_reference, quantity_bytes
 from trainer.contract.image import CPU_TORCH_VARIANT, GPU_TORCH_VARIANT
@@ -36,6 +37,12 @@ def _check_pinned_reference(key: str, reference: str, example: str) -> None:
                            "without either it means the moving tag latest", reference)
 
 
+def _memory(size) -> str:
+    """Bytes as Kubernetes writes them (6442450944 -> 6Gi)."""
+    whole = int(size)
+    return quantities.canonical(f"{whole // 1024}Ki") if whole % 1024 == 0 else str(whole)
+
+
 class KeyRules:
     """Every rule between keys; StackConfig calls :meth:`check_combinations` on construction."""
 
@@ -54,6 +61,7 @@ class KeyRules:
         self._check_training_api()
         self._check_training_memory()
         self._check_monitoring()
+        self._check_queue()
         self._check_retraining()
 
     def _as_set(self, key: str, value: Any) -> Any:
@@ -262,6 +270,25 @@ class KeyRules:
             if value is not None:
                 raise invalid(key, "unset when monitoring is none (it configures the "
                               "Prometheus objects of monitoring prometheus-operator)", value)
+
+    def _check_queue(self) -> None:
+        if self.queue_quota is None:
+            return
+        if self.queue is None:
+            raise invalid("queue", "the name of the LocalQueue queueQuota declares (a DNS-1123 "
+                          "label), such as team-a", None)
+        # Kueue admits a job whole or not at all: a quota below its requests queues it forever.
+        needs = {"cpu": quantities.value(self.cpu_per_worker) * self.workers,
+                 "memory": quantities.value(self.memory_per_worker) * self.workers,
+                 "gpus": self.gpus_per_worker * self.workers}
+        short = [name for name, need in needs.items()
+                 if quantities.value(str(self.queue_quota[name])) < need]
+        if short:
+            raise invalid("queueQuota", f"a quota that holds the whole training job: "
+                          f"{self.workers} workers need cpu {needs['cpu']:g}, memory "
+                          f"{_memory(needs['memory'])}, gpus {needs['gpus']} "
+                          f"(here {short[0]} is less); Kueue admits a job whole or not at all, "
+                          "so it would wait forever", self.queue_quota)
 
     def _check_retraining(self) -> None:
         if self.promotion_tolerance is not None and not self.promotion_gate:

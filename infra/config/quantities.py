@@ -40,3 +40,11 @@ def canonical(text: str) -> str:
         if scaled == scaled.to_integral_value() and (abs(scaled) >= 1 or value == 0):
             return f"{int(scaled)}{unit if value else ''}"
     return f"{int((value * 10**9).to_integral_value(rounding='ROUND_CEILING'))}n"
+
+
+def value(text: str) -> Decimal:
+    """``text`` (a valid quantity) as a number: ``1500m`` -> 1.5, ``2Gi`` -> 2147483648."""
+    number, suffix = QUANTITY.fullmatch(text).groups()
+    if suffix in BINARY:
+        return Decimal(number) * 2 ** BINARY[suffix]
+    return Decimal(number) * Decimal(10) ** DECIMAL[suffix]

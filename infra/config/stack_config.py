@@ -124,6 +124,18 @@ class StackConfig(KeyRules):
     tolerations: list[dict[str, Any]] = setting(
         "tolerations", "Cluster", structured.tolerations, "Taints the training pods tolerate (the GPU "
         "taint is tolerated without it).", factory=list, shown_default="none")
+    queue: str | None = setting(
+        "queue", "Cluster", v.pattern(v.DNS_LABEL, "a LocalQueue name (DNS-1123 label), such "
+                                      "as team-a"),
+        "Kueue's LocalQueue in the namespace for the training job: it is created suspended and "
+        "starts, all its pods at once, when Kueue admits it within the queue's quota (a "
+        "preempted job stops at a checkpoint and waits its turn again). Unset: it starts at "
+        "once.", None)
+    queue_quota: dict[str, Any] | None = setting(
+        "queueQuota", "Cluster", structured.queue_quota, "With queue: the stack declares the "
+        "LocalQueue, a ClusterQueue with this quota (for this namespace only) and its "
+        "ResourceFlavor, for a team without a platform team's queue. Unset: queue must "
+        "exist.", None, shown_default="none")
     buckets_timeout: str = setting("bucketsTimeout", "Cluster", v.duration, "How long `pulumi "
                                    "up` waits for the bucket Job.", "15m")
     ingest_timeout: str = setting("ingestTimeout", "Cluster", v.duration, "How long `pulumi "

@@ -1,9 +1,11 @@
 """Parsers of the JSON-valued `trainstack:` keys: label maps (nodeSelector, monitoringLabels)
-and tolerations, checked with the API server's own rules (infra/config/labels.py)."""
+and tolerations, checked with the API server's own rules (infra/config/labels.py), and
+the quota of Kueue's queue (queueQuota)."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from infra.config.labels import (
@@ -13,7 +15,8 @@ from infra.config.labels import (
     is_label_value,
     toleration_problem,
 )
-from infra.config.values import Parser, allows, invalid
+from infra.config.quantities import canonical
+from infra.config.values import BYTES, CPU, Parser, allows, invalid
 
 TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -71,3 +74,34 @@ def tolerations(key: str, raw: Any) -> list[dict[str, Any]]:
         if problem:
             raise invalid(key, f"{allowed}; {problem}", raw)
     return value
+
+
+QUOTA_EXAMPLE = '{"cpu": "16", "memory": "64Gi", "gpus": 4}'
+
+
+@allows(f"a JSON object such as {QUOTA_EXAMPLE}: cpu a CPU quantity > 0, memory a memory "
+        "quantity > 0 (both as Kubernetes writes them), gpus an integer >= 0 (optional)")
+def queue_quota(key: str, raw: Any) -> dict[str, Any]:
+    """The quota of the ClusterQueue the stack declares: {"cpu", "memory", "gpus"}, the
+    quantities in the API server's canonical form."""
+    allowed = queue_quota.allowed
+    value = _json(key, raw, allowed)
+    if not isinstance(value, dict):
+        raise invalid(key, allowed, raw)
+    unknown = sorted(set(value) - {"cpu", "memory", "gpus"})
+    missing = [name for name in ("cpu", "memory") if name not in value]
+    cpu, memory, gpus = str(value.get("cpu")), str(value.get("memory")), value.get("gpus", 0)
+    problem = (f"{unknown[0]!r} is not one of cpu, memory, gpus" if unknown
+               else f"{missing[0]} is missing" if missing
+               else f"cpu {cpu!r} is not one" if not (CPU.fullmatch(cpu) and _number(cpu) > 0)
+               else f"memory {memory!r} is not one" if not (BYTES.fullmatch(memory)
+                                                            and _number(memory) > 0)
+               else f"gpus {gpus!r} is not one" if isinstance(gpus, bool)
+               or not isinstance(gpus, int) or gpus < 0 else None)
+    if problem:
+        raise invalid(key, f"{allowed} (here {problem})", raw)
+    return {"cpu": canonical(cpu), "memory": canonical(memory), "gpus": gpus}
+
+
+def _number(text: str) -> float:
+    return float(re.match(r"[\d.]+", text).group())

@@ -1,4 +1,5 @@
-"""Training: train.json ConfigMap, the dataset ingest Job and the PyTorchJob (or TrainJob).
+"""Training: train.json ConfigMap, the dataset ingest Job and the PyTorchJob (or TrainJob),
+suspended in Kueue's queue with `queue` (their companions: infra/workloads/jobparts).
 
 The PyTorchJob is replaced, never patched: the operator does not reconcile a running
 job's replica counts, resources or pod template, so its name carries a hash of everything
@@ -22,9 +23,10 @@ import pulumi_kubernetes as k8s
 
 from infra.config.values import quantity_bytes
 from infra.workloads import mlflow_auth, pod, trainjob
-from infra.workloads.catalog import INGEST, TRAINER
+from infra.workloads.catalog import TRAINER
+from infra.workloads.jobparts import ingest, kueue, progress
 from infra.workloads.mlflow_server import TRACKING_CONFIG_MAP
-from trainer.contract.env import CACHE_BYTES_ENV, CACHE_DIR_ENV, DATASET_SOURCE_ENV, POD_GPUS_ENV
+from trainer.contract.env import CACHE_BYTES_ENV, CACHE_DIR_ENV, POD_GPUS_ENV
 
 CONFIG_DIR = "/etc/trainstack"
 CONFIG_FILE = f"{CONFIG_DIR}/train.json"
@@ -35,6 +37,8 @@ MASTER_PORT = TRAINER.port("pytorchjob-port")
 TRAIN_TMP_SIZE = "2Gi"
 DATA_CACHE_DIR = "/data-cache"
 TRAINJOB_TYPE = f"kubernetes:{trainjob.API_VERSION}:TrainJob"
+# SIGTERM to the end: the ranks finish their step and rank 0 writes a checkpoint within it.
+GRACE_PERIOD_S = 30
 
 
 @dataclass
@@ -66,6 +70,10 @@ class TrainingArgs:
     # depend on it (docs/operations.md, "Experiment tracking").
     tracking: pulumi.Resource | None = None
     api: str = "pytorchjob"  # config trainingApi: pytorchjob or trainjob
+    queue: str | None = None  # Kueue's LocalQueue (config queue): the job waits there
+    # The stack's own Kueue objects (queueQuota), ready before the job.
+    queue_objects: pulumi.Resource | None = None
+    job_progress: bool = False  # a PyTorchJob's rank 0 annotates the job (progress.py)
     env: dict[str, str] = field(default_factory=dict)  # more env of the training container
 
 
@@ -89,6 +97,8 @@ def job_name(args: TrainingArgs, image: str, credentials: str | None = None) -> 
             f"secret:{args.ingest_source_secret}" if args.ingest_source_secret else None),
         # Only when there is one: a name that stays the same for the user's Secret.
         **({"credentials": credentials} if credentials is not None else {}),
+        # Another queue is another job: Kueue refuses a new queue for an admitted one.
+        **({"queue": args.queue} if args.queue is not None else {}),
     }
     digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:8]
     cfg = args.train_config
@@ -115,8 +125,13 @@ def train_command(gpus: int) -> list[str]:
 
 def train_storage(args: TrainingArgs) -> str:
     """A training pod's ephemeral storage: /tmp and the data cache, in MiB (rounded up)."""
-    total = quantity_bytes(TRAIN_TMP_SIZE) + quantity_bytes(args.data_cache_size)
-    return f"{-(-total // 2**20)}Mi"
+    return pods_storage(args.data_cache_size)
+
+
+def pods_storage(data_cache_size: str, pods: int = 1) -> str:
+    """The ephemeral storage `pods` training pods request (Kueue's quota counts it)."""
+    total = quantity_bytes(TRAIN_TMP_SIZE) + quantity_bytes(data_cache_size)
+    return f"{-(-total // 2**20) * pods}Mi"
 
 
 def data_cache(args: TrainingArgs) -> pod.Scratch:
@@ -151,13 +166,22 @@ def tracking_env() -> list[k8s.core.v1.EnvFromSourceArgs]:
 
 
 def pod_template(
-    args: TrainingArgs, config_map: pulumi.Input[str], account: pulumi.Input[str]
+    args: TrainingArgs, config_map: pulumi.Input[str], account: pulumi.Input[str],
+    job: pulumi.Input[str] = "",
 ) -> k8s.core.v1.PodTemplateSpecArgs:
-    """The one pod template used by Master and Worker replicas."""
+    """The one pod template used by Master and Worker replicas (of PyTorchJob `job`)."""
     config_mount = k8s.core.v1.VolumeMountArgs(
         name="config", mount_path=CONFIG_DIR, read_only=True
     )
     v1 = args.api == "pytorchjob"
+    config_volume = k8s.core.v1.VolumeArgs(
+        name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map)
+    )
+    # A PyTorchJob's rank 0 reports its progress on the job (a TrainJob's: Trainer's way).
+    annotates = v1 and args.job_progress
+    mounts, volumes = ([config_mount, progress.credentials_mount()],
+                       [config_volume, progress.credentials_volume()]) if annotates \
+        else ([config_mount], [config_volume])
     spec = pod.ContainerSpec(
         # The operator finds the training container by its name (v1 "pytorch", v2 "node").
         name="pytorch" if v1 else trainjob.NODE,
@@ -170,16 +194,15 @@ def pod_template(
         memory=args.memory,
         gpus=args.gpus_per_worker,
         env=train_env(args),
+        # By reference, after the plain env: the job's name from the pod's label.
+        secret_env=progress.env(args.namespace) if annotates else [],
         env_from=tracking_env(),
         # Trainer v2's torch plugin adds its own port (PET_MASTER_PORT).
         ports=[k8s.core.v1.ContainerPortArgs(name=MASTER_PORT.name,
                                              container_port=MASTER_PORT.number)] if v1 else [],
         ephemeral_storage=train_storage(args),
         scratch=[pod.tmp(TRAIN_TMP_SIZE), pod.shm(args.memory), data_cache(args)],
-        volume_mounts=[config_mount],
-    )
-    config_volume = k8s.core.v1.VolumeArgs(
-        name="config", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map)
+        volume_mounts=mounts,
     )
     # The store's credentials are env vars, read at start: a new value is a new Secret
     # name here and in the job's name, so the job restarts (it resumes from its
@@ -187,15 +210,16 @@ def pod_template(
     return k8s.core.v1.PodTemplateSpecArgs(
         metadata=k8s.meta.v1.ObjectMetaArgs(labels=TRAINER.labels),
         spec=pod.pod_spec(
-            account, [pod.container(spec)], scratch=spec.scratch, volumes=[config_volume],
+            account, [pod.container(spec)], scratch=spec.scratch, volumes=volumes,
+            termination_grace_period_seconds=GRACE_PERIOD_S,
             **pod.scheduling(args.gpus_per_worker, args.node_selector, args.tolerations),
         ),
     )
 
 
 def pytorchjob_spec(args: TrainingArgs, config_map: pulumi.Input[str],
-                    account: pulumi.Input[str]) -> dict[str, Any]:
-    template = pod_template(args, config_map, account)
+                    account: pulumi.Input[str], job: pulumi.Input[str] = "") -> dict[str, Any]:
+    template = pod_template(args, config_map, account, job)
     replicas = {"Master": 1, "Worker": args.workers - 1}
     return {
         "pytorchReplicaSpecs": {
@@ -227,8 +251,10 @@ class Training(pulumi.ComponentResource):
             deps.append(args.operator)
         if args.tracking is not None:
             deps.append(args.tracking)
+        if args.queue_objects is not None:
+            deps.append(args.queue_objects)
         if args.ingest_source is not None or args.ingest_source_secret is not None:
-            deps.append(self._ingest(args))
+            deps.append(ingest.declare(args, self))
         self.job_name = pulumi.Output.all(args.image, args.store.version).apply(
             lambda got: job_name(args, *got))
         if args.api == "trainjob":
@@ -236,7 +262,7 @@ class Training(pulumi.ComponentResource):
                 self, args.namespace, pod_template(args, config_map.metadata.name,
                                                    account.metadata.name),
                 self.job_name, pod.labels("trainer"), args.workers, args.gpus_per_worker,
-                args.backoff_limit, deps, args.operator)
+                args.backoff_limit, deps, args.operator, args.queue)
         else:
             self.job = self._pytorchjob(args, config_map, account, deps)
         self.register_outputs({"job_name": self.job_name, "config_map": config_map.metadata.name})
@@ -244,19 +270,26 @@ class Training(pulumi.ComponentResource):
     def _pytorchjob(self, args: TrainingArgs, config_map: k8s.core.v1.ConfigMap,
                     account: k8s.core.v1.ServiceAccount, deps: list[pulumi.Resource]
                     ) -> k8s.apiextensions.CustomResource:
+        if args.job_progress:  # rank 0 may patch this job's progress annotation, before it
+            deps = [*deps, progress.declare_role(
+                args.namespace, self.job_name, account.metadata.name, pod.labels("trainer"),
+                pulumi.ResourceOptions(parent=self))]
+        labels, spec = kueue.queued(pod.labels("trainer"), pytorchjob_spec(
+            args, config_map.metadata.name, account.metadata.name, self.job_name),
+            args.queue, args.api)
         return k8s.apiextensions.CustomResource(
             "pytorchjob",
             api_version="kubeflow.org/v1",
             kind="PyTorchJob",
             metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=self.job_name, namespace=args.namespace, labels=pod.labels("trainer"),
+                name=self.job_name, namespace=args.namespace, labels=labels,
                 # `pulumi up` returns once the job exists, even with PULUMI_K8S_AWAIT_ALL:
                 # training takes hours. Its deletion is still awaited (skipAwait does not
                 # cover a custom resource's delete), so a replaced job's pods are gone before
                 # the new job starts.
                 annotations={"pulumi.com/skipAwait": "true"},
             ),
-            spec=pytorchjob_spec(args, config_map.metadata.name, account.metadata.name),
+            spec=spec,
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=deps,
@@ -267,46 +300,4 @@ class Training(pulumi.ComponentResource):
                 # A stack switching back from the TrainJob deletes it first (trainjob.py).
                 aliases=[pulumi.Alias(name="trainjob", type_=TRAINJOB_TYPE)],
             ),
-        )
-
-    def _ingest(self, args: TrainingArgs) -> k8s.batch.v1.Job:
-        command = ["python", "-m", "trainer", "ingest", "--dataset", args.dataset]
-        secret_env = []
-        if args.ingest_source_secret:
-            # The URL from the Secret stays in the environment and the ingest reads it there:
-            # as `--source $(VAR)` the kubelet would expand it into the process's command
-            # line (ps, /proc/<pid>/cmdline, the runtime's inspect). An image older than
-            # --source-env refuses the flag rather than download the default dataset.
-            command += ["--source-env", DATASET_SOURCE_ENV]
-            secret_env = [pod.secret_env(DATASET_SOURCE_ENV, args.ingest_source_secret,
-                                         DATASET_SOURCE_ENV)]
-        elif args.ingest_source:
-            command += ["--source", args.ingest_source]
-        # The download and, for imagefolder archives, the unpacked files go to /tmp: an
-        # emptyDir capped at ingest_storage, and the container may use no more (a bomb
-        # that gets past the trainer's own limits is evicted, not the node's disk filled).
-        spec = pod.ContainerSpec(
-            name="ingest",
-            image=args.image,
-            image_pull_policy=args.image_pull_policy,
-            command=command,
-            # The fixed-name Secret: a new password does not download the dataset again.
-            store=args.store.for_jobs(),
-            cpu="500m",
-            memory="1Gi",
-            cpu_limit="1",
-            memory_limit="2Gi",
-            ephemeral_storage=args.ingest_storage,
-            env={"PYTHONUNBUFFERED": "1", "TMPDIR": pod.TMP},
-            secret_env=secret_env,
-            scratch=[pod.tmp(args.ingest_storage)],
-        )
-        timeout = pulumi.CustomTimeouts(create=args.ingest_timeout, update=args.ingest_timeout)
-        return pod.job(
-            f"trainstack-ingest-{args.dataset}",
-            args.namespace,
-            INGEST,
-            spec,
-            pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on),
-                                   custom_timeouts=timeout),
         )

@@ -8,8 +8,13 @@ two objects Trainer v2 combines into a JobSet, so both APIs run the same pods:
   and a TrainJob cannot add one, so this one has `failurePolicy.maxRestarts` with the
   Job's `backoffLimit: 0` and `restartPolicy: Never`: a failed pod fails its Job, and
   JobSet restarts every Job, so every rank restarts and resumes from the last checkpoint
-  (the PyTorchJob's runPolicy.backoffLimit, same count). It also holds the pod's
-  identity and security context, the container's security context and pull policy.
+  (the PyTorchJob's runPolicy.backoffLimit, same count). Two failures are told apart
+  (`failure_policy`): a pod stopped by a disruption (preemption, a drained or failed node:
+  condition DisruptionTarget) counts against nothing and is replaced; a configuration
+  error (the trainer's exit status 78 or argparse's 2, trainer.contract.errors) fails its
+  Job by the Job's podFailurePolicy, and the JobSet with it, at once: a restart would fail
+  the same way. It also holds the pod's identity and security context, its grace period,
+  the container's security context and pull policy.
 - TrainJob: what shapes this run. `spec.trainer` takes the image, command, env (secrets
   by secretKeyRef), numNodes, numProcPerNode and resourcesPerNode; `runtimePatches` the
   volumes, their mounts and the scheduling (nodeSelector, tolerations).
@@ -17,9 +22,9 @@ two objects Trainer v2 combines into a JobSet, so both APIs run the same pods:
 What Trainer's torch plugin (v2.3.0) injects into container `node`: only PET_NNODES,
 PET_NPROC_PER_NODE, PET_NODE_RANK (the Job completion index), PET_MASTER_ADDR
 (`<job>-node-0-0.<job>`, the JobSet's headless Service) and PET_MASTER_PORT (29500), no
-MASTER_ADDR/RANK/WORLD_SIZE: the command is `torchrun`, which reads PET_* and sets the
-torch env for the trainer. numProcPerNode is set: unset with no GPU, the plugin starts as
-many processes per pod as the CPU request. `spec.trainer` is immutable, so a rescale
+MASTER_ADDR/RANK/WORLD_SIZE: the command runs torchrun (through trainer.launch), which
+reads PET_* and sets the torch env for the trainer. numProcPerNode is set: unset with no
+GPU, the plugin starts as many processes per pod as the CPU request. `spec.trainer` is immutable, so a rescale
 replaces the TrainJob (a new name, deleted before the new one is created), as with the
 PyTorchJob.
 """
@@ -30,6 +35,9 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
+
+from infra.workloads.jobparts import kueue
+from trainer.contract.errors import CONFIGURATION_EXITS
 
 API_GROUP = "trainer.kubeflow.org"
 API_VERSION = f"{API_GROUP}/v1alpha1"
@@ -50,8 +58,27 @@ COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"  # = PET_NOD
 
 
 def command(config_file: str) -> list[str]:
-    """torchrun starts numProcPerNode trainer processes and joins the PET_* rendezvous."""
-    return ["torchrun", "-m", "trainer", "train", "--config", config_file]
+    """torchrun (trainer.launch: torchrun with a worker's configuration error as its own
+    exit status) starts numProcPerNode trainer processes and joins the PET_* rendezvous."""
+    return ["python", "-m", "trainer.launch", "-m", "trainer", "train", "--config", config_file]
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """The Job's: a configuration error fails it (reason PodFailurePolicy), a disruption
+    is not a failure (the pod is replaced)."""
+    return {"rules": [
+        {"action": "FailJob", "onExitCodes": {"containerName": NODE, "operator": "In",
+                                              "values": list(CONFIGURATION_EXITS)}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+    ]}
+
+
+def failure_policy(max_restarts: int) -> dict[str, Any]:
+    """The JobSet's: a Job failed by its podFailurePolicy (a configuration error) fails the
+    JobSet; any other failure restarts every Job, up to `max_restarts` times."""
+    return {"maxRestarts": max_restarts, "rules": [
+        {"name": "ConfigurationError", "action": "FailJobSet",
+         "onJobFailureReasons": ["PodFailurePolicy"]}]}
 
 
 def procs_per_node(gpus: int) -> int:
@@ -76,14 +103,16 @@ def runtime_spec(template: k8s.core.v1.PodTemplateSpecArgs, max_restarts: int
             automount_service_account_token=pod.automount_service_account_token,
             security_context=pod.security_context,
             restart_policy="Never",  # a failed pod fails its Job: JobSet restarts all
+            termination_grace_period_seconds=pod.termination_grace_period_seconds,
             containers=[node],
         ),
     )
-    job = {"backoffLimit": 0, "template": pod_template}
+    job = {"backoffLimit": 0, "podFailurePolicy": pod_failure_policy(),
+           "template": pod_template}
     return {
         "mlPolicy": {"numNodes": 1, "torch": {}},
         "template": {"spec": {
-            "failurePolicy": {"maxRestarts": max_restarts},
+            "failurePolicy": failure_policy(max_restarts),
             "replicatedJobs": [{
                 "name": NODE,
                 "replicas": 1,
@@ -126,10 +155,11 @@ def trainjob_spec(template: k8s.core.v1.PodTemplateSpecArgs, workers: int, gpus:
 def declare(parent: pulumi.Resource, namespace: pulumi.Input[str],
             template: k8s.core.v1.PodTemplateSpecArgs, name: pulumi.Input[str],
             labels: dict[str, str], workers: int, gpus: int, max_restarts: int,
-            depends_on: list[pulumi.Resource], operator: pulumi.Resource | None
-            ) -> k8s.apiextensions.CustomResource:
+            depends_on: list[pulumi.Resource], operator: pulumi.Resource | None,
+            queue: str | None = None) -> k8s.apiextensions.CustomResource:
     """The runtime (after the operator: its CRD and webhook) and the TrainJob (after
-    `depends_on` too), children of `parent`; returns the TrainJob."""
+    `depends_on` too; suspended in Kueue's `queue` if given), children of `parent`;
+    returns the TrainJob."""
     runtime = k8s.apiextensions.CustomResource(
         "trainingruntime",
         api_version=API_VERSION,
@@ -138,12 +168,14 @@ def declare(parent: pulumi.Resource, namespace: pulumi.Input[str],
         spec=runtime_spec(template, max_restarts),
         opts=pulumi.ResourceOptions(parent=parent, depends_on=[operator] if operator else []),
     )
+    job_labels, spec = kueue.queued(labels, trainjob_spec(template, workers, gpus), queue,
+                                    "trainjob")
     return k8s.apiextensions.CustomResource(
         "trainjob",
         api_version=API_VERSION,
         kind="TrainJob",
         metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=name, namespace=namespace, labels=labels,
+            name=name, namespace=namespace, labels=job_labels,
             # As the PyTorchJob, `pulumi up` returns once the job exists. Its deletion is
             # background, not the provider's foreground: Trainer (v2.3, still on main)
             # reconciles a TrainJob whose deletion is pending and recreates the JobSet
@@ -154,7 +186,7 @@ def declare(parent: pulumi.Resource, namespace: pulumi.Input[str],
             annotations={"pulumi.com/skipAwait": "true",
                          "pulumi.com/deletionPropagationPolicy": "background"},
         ),
-        spec=trainjob_spec(template, workers, gpus),
+        spec=spec,
         opts=pulumi.ResourceOptions(
             parent=parent,
             depends_on=[*depends_on, runtime],

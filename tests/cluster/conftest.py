@@ -37,6 +37,32 @@ def operator(control_plane, tmp_path_factory) -> ControlPlane:
 
 
 @pytest.fixture(scope="session")
+def queue_plane(tmp_path_factory) -> ControlPlane:
+    """A control plane of its own with Kueue (its webhooks on every job of the kinds it
+    manages stay out of the other tests'), the Training Operator, Trainer v2 with its
+    status server (`.trainer_status`; the service account issuer is then this server's
+    URL) and a default StorageClass."""
+    from infra.operators.training_operator import NO_INIT_CONTAINERS
+    from tests.cluster import kueue
+    from tests.cluster.operator import install
+    from tests.cluster.stack_apply import default_storage_class
+    from tests.cluster.trainjob_kit import installed
+
+    if not kueue.built():
+        pytest.skip("Kueue is not built (make controlplane) or no mount namespace may be made")
+    workdir = tmp_path_factory.mktemp("queue-plane")
+    for part in ("controlplane", "operator", "trainer-v2", "kueue"):
+        (workdir / part).mkdir()
+    with ControlPlane.started(workdir / "controlplane", discoverable_issuer=True) as cp:
+        add_nodes(cp)
+        install(cp, NO_INIT_CONTAINERS, workdir / "operator")
+        cp.apply([default_storage_class()])
+        installed(cp, workdir / "trainer-v2", status=True)
+        kueue.install(cp, workdir / "kueue")
+        yield cp
+
+
+@pytest.fixture(scope="session")
 def storage(operator) -> ControlPlane:
     """The operator's control plane with a default StorageClass (no provisioner: the tests
     make a PersistentVolume per claim, tests/cluster/stack_apply.py)."""

@@ -49,6 +49,7 @@ KWOK_STAGES = ("node/fast/node-initialize.yaml",
                "pod/fast/pod-ready.yaml", "pod/fast/pod-complete.yaml", "pod/fast/pod-delete.yaml")
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 STARTUP_TIMEOUT_S = 120
+IN_CLUSTER_ISSUER = "https://kubernetes.default.svc"
 
 
 class KubectlFailed(AssertionError):
@@ -56,8 +57,12 @@ class KubectlFailed(AssertionError):
 
 
 class ControlPlane:
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, discoverable_issuer: bool = False):
         self.workdir = workdir
+        # The service account issuer is this server's own URL (its OIDC discovery is then
+        # reachable here: Trainer v2's status server verifies pods' tokens by it); the
+        # in-cluster name stays accepted.
+        self.discoverable_issuer = discoverable_issuer
         self.processes = Processes(workdir / "logs")
         self.ca = certs.Authority("trainstack-test-ca")
         self.port = free_port()
@@ -69,8 +74,9 @@ class ControlPlane:
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
     @contextlib.contextmanager
-    def started(cls, workdir: Path) -> Iterator[ControlPlane]:
-        cp = cls(workdir)
+    def started(cls, workdir: Path, discoverable_issuer: bool = False
+                ) -> Iterator[ControlPlane]:
+        cp = cls(workdir, discoverable_issuer)
         try:
             began = time.monotonic()
             cp.start()
@@ -190,6 +196,13 @@ class ControlPlane:
             "--unsafe-no-fsync"])  # a throwaway data dir: durability buys nothing here
         self.processes.wait_until("etcd", lambda: _http_ok(f"{client}/health"), STARTUP_TIMEOUT_S)
 
+    def _issuer_flags(self) -> list[str]:
+        issuers = [self.server] if self.discoverable_issuer else []
+        flags = [f"--service-account-issuer={i}" for i in (*issuers, IN_CLUSTER_ISSUER)]
+        if self.discoverable_issuer:
+            flags.append(f"--service-account-jwks-uri={self.server}/openid/v1/jwks")
+        return flags
+
     def _start_apiserver(self) -> None:
         self.processes.start("kube-apiserver", [
             bin_path("kube", "kube-apiserver"), f"--etcd-servers={self.etcd_url}",
@@ -198,8 +211,7 @@ class ControlPlane:
             f"--tls-private-key-file={self.serving_key}", f"--client-ca-file={self.ca_file}",
             f"--token-auth-file={self.token_file}", "--authorization-mode=RBAC",
             f"--service-account-key-file={self.sa_key}",
-            f"--service-account-signing-key-file={self.sa_key}",
-            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-signing-key-file={self.sa_key}", *self._issuer_flags(),
             f"--service-cluster-ip-range={SERVICE_CIDR}", "--endpoint-reconciler-type=none",
             "--profiling=false", "--v=1"])
         self.processes.wait_until("kube-apiserver", self._apiserver_ready, STARTUP_TIMEOUT_S)

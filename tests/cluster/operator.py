@@ -64,6 +64,16 @@ def webhook_pair() -> certs.Pair:
                       ca=ca_path.read_bytes(), ca_key=ca_key_path.read_bytes())
 
 
+def write_fixed_certs(pair: certs.Pair) -> None:
+    """The pair at CERT_DIR (the same files for every session: see the module docstring).
+    Trainer v2's status server reads that folder too (tests/cluster/trainer_v2.py)."""
+    CERT_DIR.mkdir(parents=True, exist_ok=True)
+    for name, data in (("tls.crt", pair.cert), ("tls.key", pair.key), ("ca.crt", pair.ca)):
+        path = CERT_DIR / name
+        if not path.exists() or path.read_bytes() != data:
+            path.write_bytes(data)
+
+
 def adapted(objects: list[dict[str, Any]], webhook_port: int, pair: certs.Pair
             ) -> list[dict[str, Any]]:
     out = []
@@ -99,11 +109,7 @@ def install(cp: ControlPlane, init_container_template: str, workdir: Path) -> No
         cp.apply(batch)
     cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                "crd/pytorchjobs.kubeflow.org")
-    CERT_DIR.mkdir(parents=True, exist_ok=True)
-    for name, data in (("tls.crt", pair.cert), ("tls.key", pair.key), ("ca.crt", pair.ca)):
-        path = CERT_DIR / name
-        if not path.exists() or path.read_bytes() != data:
-            path.write_bytes(data)
+    write_fixed_certs(pair)
     template = workdir / "initContainer.yaml"
     template.write_text(init_container_template)
     cp.start_process("training-operator", [

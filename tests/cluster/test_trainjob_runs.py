@@ -63,8 +63,10 @@ def test_a_trainjob_trains_rescales_and_resumes(trainer, s3_store, s3_endpoint, 
 
     # 1. The controller's 2 pods train until the first checkpoint, then the job ends.
     ranks = local_processes(cluster, scheduled_pods(cp, namespace, name, 2))
-    assert [p.argv[1:] for p in ranks] == [["-m", "trainer", "train", "--config", str(
-        tmp_path / "pods-2" / p.name / "volumes" / "config" / "train.json")] for p in ranks]
+    assert [p.argv[1:] for p in ranks] == [["-m", "trainer.launch", "-m", "trainer", "train",
+                                            "--config", str(tmp_path / "pods-2" / p.name /
+                                                            "volumes" / "config" / "train.json")]
+                                           for p in ranks]
     run_id, killed_at = train_until_the_first_checkpoint(ranks, s3_store, logs)
 
     # 2. `workers 3`: the stack deletes the TrainJob, then creates the new one.

@@ -18,8 +18,18 @@ nothing else:
 - JobSet's CRD without the release's conversion webhook (one served version:
   nothing to convert), JobSet's webhook configurations named as its release names them.
 
-Leader election, metrics and Trainer's status server are off; the health probes listen on
-127.0.0.1; readiness (/readyz) passes once a controller's webhook server is up.
+Leader election and metrics are off; the health probes listen on 127.0.0.1; readiness
+(/readyz) passes once a controller's webhook server is up.
+
+Trainer's status server (feature gate TrainJobStatus, `install(status=True)`; off by
+default) needs three more things a pod would have: its own service account token, from
+which it learns the cluster's token issuer (/var/run/secrets/kubernetes.io/serviceaccount,
+placed in a mount namespace of its own: tests/cluster/mounts.py; the control plane's
+issuer must be its own URL to be discoverable here: ControlPlane(discoverable_issuer)),
+a serving pair in the fixed /tmp/k8s-webhook-server/serving-certs (the Training
+Operator's shared pair, tests/cluster/operator.py), and its CA in the webhook Secret it
+copies into each TrainJob's namespace for the pods. It listens on every interface (v2.3.0
+has no setting for its address); the pods reach it at 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -36,13 +46,25 @@ import yaml
 
 from infra.operators.trainer_v2 import JOBSET_VERSION, TRAINER_NAMESPACE
 from infra.operators.trainer_v2 import VERSION as TRAINER_VERSION
-from tests.cluster import certs
+from tests.cluster import certs, mounts, operator
 from tests.cluster.components import ComponentMissing, bin_path, cache_root
 from tests.cluster.controlplane import HOST, ControlPlane, _http_ok
 from tests.testkit import free_port
 
 BUILD_SCRIPT = "tools/controlplane/trainer-v2/build.sh"
 JOBSET_PREFIX = "jobset-"  # the release's namePrefix for its objects
+STATUS_GATE = "TrainJobStatus"
+MANAGER = "kubeflow-trainer-controller-manager"  # its ServiceAccount and Service
+WEBHOOK_SECRET = "kubeflow-trainer-webhook-cert"
+POD_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+@dataclass(frozen=True)
+class StatusServer:
+    """Where Trainer's status server listens here, and the CA of its serving pair."""
+
+    port: int
+    ca: bytes
 
 
 @dataclass(frozen=True)
@@ -135,9 +157,12 @@ def _write(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def start_trainer(cp: ControlPlane, ctl: Controller, pair: certs.Pair) -> None:
+def start_trainer(cp: ControlPlane, ctl: Controller, pair: certs.Pair,
+                  status: StatusServer | None = None) -> None:
     tmpdir = ctl.workdir / "tmp"
     pair.write(tmpdir / "k8s-webhook-server" / "serving-certs", "tls.crt", "tls.key")
+    gate = {"featureGates": {STATUS_GATE: True}, "statusServer": {"port": status.port}} \
+        if status else {}
     config = _write(ctl.workdir / "config.yaml", {
         "apiVersion": "config.trainer.kubeflow.org/v1alpha1", "kind": "Configuration",
         "health": {"healthProbeBindAddress": f"{HOST}:{ctl.probe_port}",
@@ -146,11 +171,35 @@ def start_trainer(cp: ControlPlane, ctl: Controller, pair: certs.Pair) -> None:
         "webhook": {"port": ctl.webhook_port, "host": HOST},
         "leaderElection": {"leaderElect": False},
         "certManagement": {"enable": False},
+        **gate,
     })
-    cp.start_process("trainer-controller-manager", [
-        TRAINER.executable, f"--config={config}", "--zap-log-level=info"],
-        env={**cp.client_env(), "TMPDIR": str(tmpdir)},
-        ready=lambda: _http_ok(ctl.ready_url))
+    argv = [TRAINER.executable, f"--config={config}", "--zap-log-level=info"]
+    if status:
+        argv = mounts.with_files(argv, {f"{POD_ACCOUNT_DIR}/token": manager_token(cp),
+                                        f"{POD_ACCOUNT_DIR}/namespace": TRAINER_NAMESPACE.encode()},
+                                 ctl.workdir / "private")
+    cp.start_process("trainer-controller-manager", argv,
+                     env={**cp.client_env(), "TMPDIR": str(tmpdir)},
+                     ready=lambda: _http_ok(ctl.ready_url))
+
+
+def manager_token(cp: ControlPlane) -> bytes:
+    """A token of the manager's ServiceAccount, as its pod would have one."""
+    cp.apply([{"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": MANAGER, "namespace": TRAINER_NAMESPACE}}])
+    return cp.kubectl("create", "token", MANAGER, "-n", TRAINER_NAMESPACE,
+                      "--duration=24h").stdout.strip().encode()
+
+
+def status_server(cp: ControlPlane) -> StatusServer:
+    """The status server's pair (the shared one in its fixed folder) and the webhook
+    Secret whose ca.crt Trainer gives each TrainJob's pods."""
+    pair = operator.webhook_pair()
+    operator.write_fixed_certs(pair)
+    cp.apply([{"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": WEBHOOK_SECRET, "namespace": TRAINER_NAMESPACE},
+               "data": {"ca.crt": base64.b64encode(pair.ca).decode()}}])
+    return StatusServer(free_port(), pair.ca)
 
 
 def start_jobset(cp: ControlPlane, ctl: Controller, pair: certs.Pair) -> None:
@@ -170,9 +219,10 @@ def start_jobset(cp: ControlPlane, ctl: Controller, pair: certs.Pair) -> None:
         ready=lambda: _http_ok(ctl.ready_url))
 
 
-def install(cp: ControlPlane, workdir: Path) -> None:
+def install(cp: ControlPlane, workdir: Path, status: bool = False) -> StatusServer | None:
     """CRDs and webhooks of both, then JobSet (Trainer's runtimes need its CRD), then
-    Trainer, each ready (webhook server up) before this returns."""
+    Trainer (with its status server when `status`), each ready (webhook server up)
+    before this returns."""
     authority = certs.Authority("trainer-v2-webhooks-ca")
     pair = authority.serving()
     jobset, trainer = _controller("jobset", workdir), _controller("trainer", workdir)
@@ -185,7 +235,9 @@ def install(cp: ControlPlane, workdir: Path) -> None:
                    f"crd/{crd['metadata']['name']}")
     cp.apply([o for o in objects if o not in first])
     start_jobset(cp, jobset, pair)
-    start_trainer(cp, trainer, pair)
+    server = status_server(cp) if status else None
+    start_trainer(cp, trainer, pair, server)
+    return server
 
 
 def built() -> bool:

@@ -39,13 +39,14 @@ JOBSET = "jobset.sigs.k8s.io/"  # JobSet's label and annotation prefix
 _INSTALLED: weakref.WeakSet = weakref.WeakSet()
 
 
-def installed(cp: ControlPlane, workdir: Path) -> ControlPlane:
-    """Trainer v2 and JobSet on `cp`, and the TrainJobs' node: once per control plane."""
+def installed(cp: ControlPlane, workdir: Path, status: bool = False) -> ControlPlane:
+    """Trainer v2 and JobSet on `cp`, and the TrainJobs' node: once per control plane.
+    `status`: Trainer's status server on (`cp.trainer_status` says where)."""
     if cp not in _INSTALLED:
         started = time.monotonic()
         capacity = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "200Gi"}
         cp.apply([node(NODE_NAME, capacity, POOL)])
-        trainer_v2.install(cp, workdir)
+        cp.trainer_status = trainer_v2.install(cp, workdir, status)
         _INSTALLED.add(cp)
         print(f"Trainer v2 {trainer_v2.TRAINER.version} and JobSet "
               f"{trainer_v2.JOBSET.version} ready in {time.monotonic() - started:.1f} s")

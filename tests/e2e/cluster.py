@@ -196,7 +196,7 @@ class LocalCluster:
 
     # --- kubelet -----------------------------------------------------------------
     def _env(self, container: dict, pod_name: str, namespace: str,
-             injected: dict[str, str]) -> dict[str, str]:
+             injected: dict[str, str], labels: dict[str, str]) -> dict[str, str]:
         env: dict[str, str] = {}
         for source in container.get("envFrom") or []:
             ref = source.get("secretRef") or source.get("configMapRef")
@@ -211,10 +211,11 @@ class LocalCluster:
                 env.update(self.get("ConfigMap", source["configMapRef"]["name"]).get("data", {}))
         env.update(injected)  # the operator's vars come before the container's own
         for var in container.get("env") or []:
-            env[var["name"]] = self._env_value(var, env, pod_name, namespace)
+            env[var["name"]] = self._env_value(var, env, pod_name, namespace, labels)
         return env
 
-    def _env_value(self, var: dict, env: dict[str, str], pod_name: str, namespace: str) -> str:
+    def _env_value(self, var: dict, env: dict[str, str], pod_name: str, namespace: str,
+                   labels: dict[str, str]) -> str:
         if "value" in var:
             return _expand(var["value"], env)
         ref = var.get("valueFrom") or {}
@@ -224,7 +225,8 @@ class LocalCluster:
             r = ref["configMapKeyRef"]
             return self._config_map_value(r["name"], r["key"])
         if "fieldRef" in ref:
-            fields = {"metadata.name": pod_name, "metadata.namespace": namespace}
+            fields = {"metadata.name": pod_name, "metadata.namespace": namespace,
+                      **{f"metadata.labels['{k}']": v for k, v in labels.items()}}
             return fields.get(ref["fieldRef"]["fieldPath"], "")
         raise ClusterError(f"env var {var.get('name')!r} has no value the kubelet understands")
 
@@ -261,7 +263,8 @@ class LocalCluster:
         if container["name"] != OPERATOR_CONTAINER:
             injected = {}  # the operator only touches the container named "pytorch"
         pod_dir = self.workdir / pod_name
-        env = self._env(container, pod_name, namespace, injected)
+        env = self._env(container, pod_name, namespace, injected,
+                        pod["metadata"].get("labels") or {})
         mounts = self._mounts(pod_spec, container, pod_dir)
         # A port a Service routes to is the one the Service's stand-in address names.
         routed = {pod_port: local for local, (pod, pod_port) in self.listeners.items()
@@ -276,6 +279,8 @@ class LocalCluster:
         env = {k: self._localize(v, mounts, {}) for k, v in env.items()}
         argv[0] = _executable(argv[0])
         env["PATH"] = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+        # The image's code is this checkout's (the venv's editable install may be another's).
+        env["PYTHONPATH"] = str(REPO_ROOT)
         env.setdefault("HOME", str(pod_dir))
         if "/tmp" in mounts:
             env.setdefault("TMPDIR", mounts["/tmp"])

@@ -279,9 +279,10 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
 
 
 def render(config: dict[str, str], secrets: tuple[str, ...] = SECRET_KEYS,
-           rotated: tuple[str, ...] = ()) -> Rendering:
+           rotated: tuple[str, ...] = (), cluster=None) -> Rendering:
     """Run the program (infra/__main__.py's load + build_stack) under mocks; `rotated`
-    names generated passwords that get a new value."""
+    names generated passwords that get a new value; `cluster` (a ClusterAccess) is what
+    the program asks about the created job, as `up` does (none by default)."""
     mocks = _Mocks(rotated)
     monitor = _RecordingMonitor(mocks)
     pulumi_settings.ROOT.set(None)  # a fresh root stack per rendering
@@ -295,7 +296,7 @@ def render(config: dict[str, str], secrets: tuple[str, ...] = SECRET_KEYS,
     @pulumi.runtime.test
     def program():
         settings, secret_values = load()
-        outputs = build_stack(settings, secret_values)
+        outputs = build_stack(settings, secret_values, cluster)
         return pulumi.Output.all(**outputs).apply(exports.update)
 
     program()

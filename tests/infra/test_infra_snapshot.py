@@ -1,7 +1,7 @@
 """What the program registers, per configuration, against a committed snapshot.
 
 A user's stack state must not see a resource renamed, retyped, reparented or changed by a
-move of code: every registration (URN, type, parent, inputs, options) of thirteen
+move of code: every registration (URN, type, parent, inputs, options) of fifteen
 configurations is hashed and compared with tests/infra/render_snapshot.json. The image
 tag is a hash of the build inputs, which any code change rightly changes (and with it the
 digest and the training job's name): the test fixes it, so only what the program declares
@@ -63,6 +63,9 @@ CONFIGS: dict[str, dict[str, str]] = {
     "gitops-app": {**RENDERED, "inferenceAuthSecret": "app-token",
                    "inferenceServiceType": "ClusterIP",
                    "inferenceIngressNamespace": "ingress-nginx"},
+    "queued": {**PUSHED, "queue": "team-a",
+               "queueQuota": json.dumps({"cpu": "8", "memory": "32Gi", "gpus": 0})},
+    "queued-trainjob": {**PUSHED, "trainingApi": "trainjob", "queue": "team-a"},
 }
 _TAG = re.compile(r"\b(cpu|cu\d+)-[0-9a-f]{12,64}\b")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")

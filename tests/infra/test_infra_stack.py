@@ -47,6 +47,8 @@ def test_defaults_render_every_resource(default_stack):
         # one identity per workload, no token mounted
         "ServiceAccount/minio", "ServiceAccount/trainstack-buckets",
         "ServiceAccount/trainstack-ingest", "ServiceAccount/trainer", "ServiceAccount/inference",
+        # rank 0 may patch its PyTorchJob's progress annotation, and nothing else
+        "Role/trainstack-job-progress", "RoleBinding/trainstack-job-progress",
         # the fences: deny by default, one policy per workload
         "NetworkPolicy/default-deny", "NetworkPolicy/minio", "NetworkPolicy/trainstack-buckets",
         "NetworkPolicy/trainstack-ingest", "NetworkPolicy/trainer", "NetworkPolicy/inference",

@@ -115,9 +115,11 @@ def test_destroy_order_of_the_whole_stack(default_stack):
     assert order[2] == ["inference", "mlflow", INGEST]
     # the bucket Job; the patch that mounts the operator's init-container template
     assert order[3] == sorted([BUCKETS, "training-operator-init-template"])
-    # MinIO's Deployment (its pods are gone before the volume); the template's ConfigMap
-    assert order[4] == ["minio", "training-operator-init-container"]
-    assert set(order[5]) >= {"minio-credentials", "training-operator-kubeflow/training-operator",
+    # MinIO's Deployment (its pods are gone before the volume); the template's ConfigMap;
+    # the job's progress RoleBinding, then its Role (after the job: rank 0 may patch it)
+    assert order[4] == ["job-progress-binding", "minio", "training-operator-init-container"]
+    assert set(order[5]) >= {"job-progress-role", "minio-credentials",
+                             "training-operator-kubeflow/training-operator",
                              "training-operator-pytorchjobs.kubeflow.org"}
     assert order[-1] == ["namespace"] or "namespace" in order[-1]
 

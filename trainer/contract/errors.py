@@ -8,6 +8,13 @@ app and the tests import it without torch.
 
 from __future__ import annotations
 
+CONFIG_EXIT = 78
+"""The exit status of `python -m trainer` stopped by a ConfigError (sysexits' EX_CONFIG):
+a restart fails the same way, so the TrainJob's runtime fails the job at once instead of
+restarting it (infra/workloads/trainjob.py). argparse's usage error is one too."""
+USAGE_EXIT = 2
+CONFIGURATION_EXITS = (USAGE_EXIT, CONFIG_EXIT)
+
 
 class TrainstackError(Exception):
     """A failure caused by input or environment (config, store, dataset), not a bug."""

@@ -34,6 +34,7 @@ from trainer.data.streaming.position import EpochPosition, SampleTrace
 from trainer.data.streaming.source import StreamedBundle
 from trainer.limits.footprint import evaluation_batch_size
 from trainer.models.zoo import served_model
+from trainer.run import stopping
 from trainer.run.distributed import DistEnv, all_reduce_sum
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,10 @@ class EpochRunner:
         self.test_flip = cfg.recipe.test_flip
         # Resolved once: "auto" probes oneDNN, which the training step need not repeat.
         self.precision = precision_for(device, cfg.precision)
+        # Set by train_epoch: SIGTERM came during the epoch's last step (every rank agreed).
+        self.stop_after_epoch = False
+        # Rank 0's reporter of the run's progress (fraction of its samples), after each step.
+        self.on_progress: Callable[[float], None] | None = None
 
     def plan(self, epoch: int) -> EpochPlan:
         """Epoch ``epoch``'s plan from its start, for this world size."""
@@ -127,6 +132,8 @@ class EpochRunner:
         trace = SampleTrace.open(env.rank, epoch, plan.done)
         start = time.perf_counter()
         batches = self.data.train(plan, env.rank, first, cfg.seed)
+        vote = stopping.StopVote(env.device)  # SIGTERM: every rank stops after one step
+        self.stop_after_epoch = False
         for step, (pixels, index, labels, ids) in zip(range(first + 1, steps + 1), batches):
             lr = lr_at(cfg, (epoch - 1 + plan.trained(step - 1) / plan.total) / cfg.epochs)
             # Each step's draws depend on the plan and the step alone: a stopped epoch
@@ -135,9 +142,21 @@ class EpochRunner:
             loss = self._step(pixels, index, labels, lr, generator, totals)
             trace.write(step, ids)
             progress.update(step, loss, lr)
-            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 \
-                    and step < plan.steps:
-                self._checkpoint(position, step, totals, time.perf_counter() - start, save)
+            if self.on_progress is not None:
+                self.on_progress((epoch - 1 + plan.trained(step) / plan.total) / cfg.epochs)
+            stop = vote.after_step()
+            # The epoch's last step is not a mid-epoch position: a stop there ends the
+            # epoch first (its checkpoint is the epoch's own).
+            if step < plan.steps and (stop or cfg.checkpoint_every_steps
+                                      and step % cfg.checkpoint_every_steps == 0):
+                saved = self._checkpoint(position, step, totals,
+                                         time.perf_counter() - start, save)
+                if stop:
+                    for opened in (batches, trace, progress):
+                        opened.close()
+                    stopped(epoch, step, saved, env)
+            self.stop_after_epoch = self.stop_after_epoch or stop
+        self.stop_after_epoch = vote.settle() or self.stop_after_epoch
         batches.close()
         trace.close()
         progress.close()
@@ -170,13 +189,15 @@ class EpochRunner:
         return loss
 
     def _checkpoint(self, position: EpochPosition, step: int, totals: torch.Tensor,
-                    seconds: float, save) -> None:
-        """Every rank: sum the totals so far (a collective); rank 0: ``save`` the position."""
+                    seconds: float, save) -> str | None:
+        """Every rank: sum the totals so far (a collective); rank 0: ``save`` the position
+        (returns the checkpoint's key there)."""
         summed = totals.clone()
         all_reduce_sum(summed)
-        if save is not None:
-            so_far = [a + b for a, b in zip(position.totals, summed.tolist())]
-            save(EpochPosition(position.plan, step, so_far, position.seconds + seconds))
+        if save is None:
+            return None
+        so_far = [a + b for a, b in zip(position.totals, summed.tolist())]
+        return save(EpochPosition(position.plan, step, so_far, position.seconds + seconds))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batch_size: int | None = None
@@ -202,6 +223,16 @@ class EpochRunner:
         count = totals[2].item()
         matrix = confusion.long().view(classes, classes).tolist()
         return {"test_loss": totals[0].item() / count, "test_acc": totals[1].item() / count}, matrix
+
+
+def stopped(epoch: int, step: int, checkpoint: str | None, env: DistEnv) -> None:
+    """Every rank, once the stop SIGTERM asked for is checkpointed: exit (143)."""
+    if env.is_main:
+        after = stopping.seconds_since_sigterm()
+        log.info(json.dumps({"event": "terminated", "epoch": epoch, "step": step,
+                             "checkpoint": checkpoint, "seconds_since_sigterm":
+                             None if after is None else round(after, 3)}))
+    raise SystemExit(stopping.TERM_EXIT)
 
 
 class Progress:

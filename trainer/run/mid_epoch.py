@@ -32,15 +32,15 @@ def resumed(state: TrainingState) -> dict:
 
 
 def saver(store: Store, identity: RunIdentity, state: TrainingState, model, optimizer,
-          env, lease=None) -> Callable[[EpochPosition], None] | None:
-    """Rank 0's way to checkpoint ``state`` at a position in its next epoch (None on the
-    other ranks: only rank 0 writes). With ``lease`` (trainer.store.lease.RunLease), a job whose
+          env, lease=None) -> Callable[[EpochPosition], str] | None:
+    """Rank 0's way to checkpoint ``state`` at a position in its next epoch, returning
+    the checkpoint's key (None on the other ranks: only rank 0 writes). With ``lease`` (trainer.store.lease.RunLease), a job whose
     lease another job took over writes nothing."""
     if not env.is_main:
         return None
     keys, cfg = ModelKeys(identity.config.model_name), identity.config
 
-    def save(position: EpochPosition) -> None:
+    def save(position: EpochPosition) -> str:
         if lease is not None:
             lease.check()
         state.position, state.world_size = position.to_dict(), env.world_size
@@ -48,5 +48,6 @@ def saver(store: Store, identity: RunIdentity, state: TrainingState, model, opti
         key = keys.mid_epoch_checkpoint(identity.run_id, state.epoch, position.trained)
         checkpoint.save_checkpoint(store, key, state)
         checkpoint.prune_checkpoints(store, cfg.model_name, identity.run_id, cfg.keep_checkpoints)
+        return key
 
     return save

@@ -206,22 +206,28 @@ def train_remaining(store: Store, identity: RunIdentity, env, model, optimizer, 
         device_ids = [env.device.index] if env.device.type == "cuda" else None
         train_model = DistributedDataParallel(model, device_ids=device_ids)
     runner = EpochRunner(cfg, env, train_model, optimizer, bundle)
+    runner.on_progress = reporter.progressed
     try:
-        for epoch in range(state.epoch + 1, cfg.epochs + 1):
-            # Mid-epoch checkpoints (trainer.run.mid_epoch): where a stopped epoch goes on.
-            resume_at = mid_epoch.position_for(state, env.world_size)
-            save = mid_epoch.saver(store, identity, state, model, optimizer, env, lease)
-            record, confusion = run_epoch(runner, model, epoch, resume_at, save)
-            state.position = None
-            state.record_epoch(record, confusion, env.world_size)
-            if env.is_main:
-                if lease is not None:
-                    lease.check()  # taken over by another job: write nothing more
-                state.capture(model, optimizer, env.device)
-                checkpoint.save_checkpoint(store, keys.checkpoint(identity.run_id, epoch), state)
-                checkpoint.prune_checkpoints(store, cfg.model_name, identity.run_id,
-                                             cfg.keep_checkpoints)
-                reporter.epoch_ended(state)
+        # SIGTERM (a deleted pod) stops every rank after one step, checkpointed.
+        with stopping.termination_deferred():
+            for epoch in range(state.epoch + 1, cfg.epochs + 1):
+                # Mid-epoch checkpoints (trainer.run.mid_epoch): where a stopped epoch goes on.
+                resume_at = mid_epoch.position_for(state, env.world_size)
+                save = mid_epoch.saver(store, identity, state, model, optimizer, env, lease)
+                record, confusion = run_epoch(runner, model, epoch, resume_at, save)
+                state.position = None
+                state.record_epoch(record, confusion, env.world_size)
+                if env.is_main:
+                    if lease is not None:
+                        lease.check()  # taken over by another job: write nothing more
+                    state.capture(model, optimizer, env.device)
+                    checkpoint.save_checkpoint(store, keys.checkpoint(identity.run_id, epoch),
+                                               state)
+                    checkpoint.prune_checkpoints(store, cfg.model_name, identity.run_id,
+                                                 cfg.keep_checkpoints)
+                    reporter.epoch_ended(state)
+                if runner.stop_after_epoch:  # SIGTERM in its last step: the epoch is saved
+                    raise SystemExit(stopping.TERM_EXIT)
     except BaseException as stopped:
         if stopping.interrupted():  # Ctrl-C: the app shows the run as stopped, not training
             reporter.interrupted(state)

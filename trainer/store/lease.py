@@ -331,7 +331,9 @@ def run_lease(store: Store, name: str, run_id: str, is_main: bool) -> Iterator[R
 
 def _exit_on_sigterm():
     """SIGTERM raises SystemExit, so ``finally`` blocks run; returns the old handler (None
-    off the main thread, where no handler can be set)."""
-    if threading.current_thread() is not threading.main_thread():
+    off the main thread, where no handler can be set, and where the process has a SIGTERM
+    handler of its own: the trainer's stops after a checkpointed step, trainer.run.stopping)."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return None
     return signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -4,7 +4,9 @@ Two readers: the progress record in the store (``models/<name>/progress/<run_id>
 trainer.contract.progress.RunProgress; always written, the app's Training tab reads it) and, with ``MLFLOW_TRACKING_URI`` set, an MLflow run (trainer.tracking.tracker). The loop calls
 :meth:`RunReporter.started` once the state is resumed, :meth:`RunReporter.epoch_ended`
 after each epoch's checkpoint and :meth:`RunReporter.published` once the version is
-published (latest.json moved or not). Neither reader can stop training: a failure is a
+published (latest.json moved or not). Where the pod says how, the training job itself
+shows the run's progress too (trainer.tracking.job_status: ``kubectl get``), from each
+step (:meth:`RunReporter.progressed`). No reader can stop training: a failure is a
 warning. Other ranks get a reporter that does nothing.
 """
 
@@ -24,6 +26,7 @@ from trainer.contract.schema import EpochRecord, VersionMeta, VersionMetrics
 from trainer.limits.cpus import usable_cpus
 from trainer.limits.memlimit import memory_limit_bytes
 from trainer.store import Store
+from trainer.tracking import job_status
 from trainer.tracking import tracker as tracking
 
 if TYPE_CHECKING:
@@ -56,10 +59,11 @@ class RunReporter:
     """Rank 0's reporter of one run (see the module docstring)."""
 
     def __init__(self, store: Store, cfg: TrainConfig, run_id: str, world_size: int,
-                 tracker: tracking.Tracker | None, clock=utc_now):
+                 tracker: tracking.Tracker | None, clock=utc_now,
+                 job: job_status.JobStatus | None = None):
         self.store, self.cfg, self.run_id, self.world_size = store, cfg, run_id, world_size
         self.keys = ModelKeys(cfg.model_name)
-        self.tracker, self.clock = tracker, clock
+        self.tracker, self.clock, self.job = tracker, clock, job
         self._started_at: str | None = None
 
     # The loop's call points ---------------------------------------------------------
@@ -67,6 +71,7 @@ class RunReporter:
         """After resuming (``state.epoch`` epochs done): the progress record, the MLflow run
         (the record again once MLflow named it)."""
         self._write_progress(state.history)
+        self._job_epoch(state.history)
         if self.tracker is not None:
             self.tracker.start(state.mlflow_run_id, list(state.history))
             state.mlflow_run_id = self.tracker.run_id or state.mlflow_run_id
@@ -80,14 +85,22 @@ class RunReporter:
             self.tracker.epoch_ended(list(state.history))
             state.mlflow_run_id = self.tracker.run_id or state.mlflow_run_id
         self._write_progress(state.history)
+        self._job_epoch(state.history)
+
+    def progressed(self, fraction: float) -> None:
+        """After each step: ``fraction`` of the run's samples are trained (no I/O here)."""
+        if self.job is not None:
+            self.job.progressed(fraction)
 
     def interrupted(self, state: TrainingState) -> None:
         """Stopped by Ctrl-C (trainer.run.stopping): the record says so until the run resumes."""
         self._write_progress(state.history, stopped="interrupted")
+        self._job_closed()
 
     def failed(self, state: TrainingState) -> None:
         """Stopped by an error: the record says so until a restart of the job resumes it."""
         self._write_progress(state.history, stopped="failed")
+        self._job_closed()
 
     def published(self, version: str) -> None:
         """After publication (also when a restart finds the run already published)."""
@@ -102,8 +115,18 @@ class RunReporter:
             self.tracker.published(version, history, files=lambda: self._artifacts(version),
                                    latest=self._latest_version)
         self._write_progress(history, version=version)
+        self._job_epoch(history)
+        self._job_closed()
 
     # Helpers ------------------------------------------------------------------------
+    def _job_epoch(self, history: list[EpochRecord]) -> None:
+        if self.job is not None and history:
+            self.job.epoch_ended(history[-1].epoch, history[-1])
+
+    def _job_closed(self) -> None:
+        if self.job is not None:
+            self.job.close()
+            self.job = None
     def _artifacts(self, version: str) -> dict[str, bytes]:
         """meta.json and every file it lists (model.pt2, metrics.json, the figures)."""
         meta_bytes = self.store.get_bytes(self.keys.meta(version))
@@ -157,6 +180,9 @@ class SilentReporter:
     def epoch_ended(self, state: TrainingState) -> None:
         return None
 
+    def progressed(self, fraction: float) -> None:
+        return None
+
     def interrupted(self, state: TrainingState) -> None:
         return None
 
@@ -180,4 +206,5 @@ def open_reporter(store: Store, identity: RunIdentity, *, is_main: bool,
                                 params=run_params(cfg, world_size, pod_resources()),
                                 tags=tags, world_size=world_size)
         tracker = tracking.Tracker(info, uri)
-    return RunReporter(store, cfg, identity.run_id, world_size, tracker)
+    return RunReporter(store, cfg, identity.run_id, world_size, tracker,
+                       job=job_status.open_job_status(cfg.epochs))

@@ -37,7 +37,8 @@ LOGIN = {**PUSHED, "mlflowAccess": "login"}
 UPDATE, REPLACE, DELETE_FIRST = "update", "replace", "replace-delete-first"
 # The store's clients that keep running: rolled. The training job: replaced (a new name).
 CLIENTS = {"Deployment/inference": UPDATE, "Deployment/mlflow": UPDATE}
-PYTORCHJOB = {"PyTorchJob/pytorchjob": DELETE_FIRST}
+# The Role that lets rank 0 annotate the job names it: it follows the new name.
+PYTORCHJOB = {"PyTorchJob/pytorchjob": DELETE_FIRST, "Role/job-progress-role": UPDATE}
 TRAIN_JOB = {"TrainJob/trainjob": DELETE_FIRST}
 
 

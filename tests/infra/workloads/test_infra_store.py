@@ -52,7 +52,8 @@ def test_no_minio_object_is_declared(external):
     kinds = sorted(k.split("/")[0] for k in objects if not k.startswith(
         ("NetworkPolicy/", "ServiceAccount/")))
     assert kinds == ["ConfigMap", "Deployment", "Job", "Job", "Namespace", "PyTorchJob",
-                     "Service"]  # the app's Deployment and Service, bucket and ingest Jobs
+                     "Role", "RoleBinding", "Service"]  # the app's Deployment and Service,
+    # bucket and ingest Jobs, what lets rank 0 annotate its job
     accounts = sorted(k for k in objects if k.startswith("ServiceAccount/"))
     assert accounts == ["ServiceAccount/inference", "ServiceAccount/trainer",
                         "ServiceAccount/trainstack-buckets", "ServiceAccount/trainstack-ingest"]

@@ -9,6 +9,7 @@ from infra.config.keys import ConfigError
 from infra.operators.trainer_v2 import COMMIT
 from infra.workloads import trainjob as tj
 from infra.workloads.catalog import TRAINER
+from infra.workloads.jobparts import progress
 from tests.infra.infra_helpers import (
     PASSWORD,
     PUSHED,
@@ -20,6 +21,8 @@ from tests.infra.infra_helpers import (
     trainjob_pods,
 )
 from tests.infra.render import Rendering, render
+from trainer.contract.errors import CONFIG_EXIT, USAGE_EXIT
+from trainer.contract.job_status import API_CREDENTIALS_ENV, PROGRESS_JOB_ENV
 
 TRAINJOB = {**PUSHED, "trainingApi": "trainjob"}
 DIRECTORY = "kubernetes:kustomize/v2:Directory"
@@ -72,15 +75,25 @@ def test_an_installed_trainer_is_used_as_it_is():
 
 def test_the_runtime_restarts_every_rank_when_a_pod_fails(cpu):
     spec = runtime(cpu)["spec"]
-    # The PyTorchJob's backoffLimit, as JobSet restarts (every Job, so every rank).
-    assert spec["template"]["spec"]["failurePolicy"] == {"maxRestarts": 3}
+    # The PyTorchJob's backoffLimit, as JobSet restarts (every Job, so every rank); but a
+    # Job its podFailurePolicy failed (a configuration error) fails the JobSet at once.
+    assert spec["template"]["spec"]["failurePolicy"] == {"maxRestarts": 3, "rules": [
+        {"name": "ConfigurationError", "action": "FailJobSet",
+         "onJobFailureReasons": ["PodFailurePolicy"]}]}
     (rjob,) = spec["template"]["spec"]["replicatedJobs"]
     assert rjob["name"] == "node" and len(rjob["name"]) <= 20 and rjob["replicas"] == 1
     assert rjob["template"]["metadata"]["labels"] == {tj.ANCESTOR_LABEL: "trainer"}
     job_spec = rjob["template"]["spec"]
     assert job_spec["backoffLimit"] == 0  # a failed pod fails its Job at once
+    # ... by this rule when it exited with a configuration error (a restart fails alike);
+    # a pod a disruption stopped (preemption, a drained or lost node) is just replaced.
+    assert job_spec["podFailurePolicy"] == {"rules": [
+        {"action": "FailJob", "onExitCodes": {"containerName": "node", "operator": "In",
+                                              "values": [USAGE_EXIT, CONFIG_EXIT]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}
     pod = job_spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
+    assert pod["terminationGracePeriodSeconds"] == 30  # the checkpoint on SIGTERM fits
     assert [c["name"] for c in pod["containers"]] == ["node"]
     assert spec["mlPolicy"] == {"numNodes": 1, "torch": {}}
     # The fences select training pods by these labels.
@@ -103,8 +116,9 @@ def test_gpus_are_processes_per_node(gpu):
 def test_torchrun_reads_the_controllers_env_none_of_it_is_set_by_the_stack(cpu, gpu):
     for rendering in (cpu, gpu):
         trainer = job(rendering)["spec"]["trainer"]
-        assert trainer["command"] == ["torchrun", "-m", "trainer", "train", "--config",
-                                      "/etc/trainstack/train.json"]
+        # torchrun, through trainer.launch: a worker's configuration error is its status.
+        assert trainer["command"] == ["python", "-m", "trainer.launch", "-m", "trainer",
+                                      "train", "--config", "/etc/trainstack/train.json"]
         names = {e["name"] for e in trainer["env"]}
         # The webhook refuses PET_* here; MASTER_*/RANK/WORLD_SIZE are torchrun's to set.
         assert not names & set(RESERVED)
@@ -121,12 +135,17 @@ def test_secrets_reach_the_node_container_by_reference_only(gpu):
 
 def without_api(spec: dict) -> dict:
     """A training pod spec less what differs by API: container name, command, the v1 port,
-    the restart policy."""
+    the restart policy, how rank 0 reports progress (a PyTorchJob's annotation)."""
     spec = {**spec, "containers": [dict(c) for c in spec["containers"]]}
     spec.pop("restartPolicy", None)
+    spec["volumes"] = [v for v in spec["volumes"] if v["name"] != progress.CREDENTIALS_VOLUME]
     for container in spec["containers"]:
         for key in ("name", "command", "ports"):
             container.pop(key, None)
+        container["env"] = [e for e in container["env"] if e["name"] not in (
+            PROGRESS_JOB_ENV, API_CREDENTIALS_ENV, progress.JOB_NAME_ENV)]
+        container["volumeMounts"] = [m for m in container["volumeMounts"]
+                                     if m["name"] != progress.CREDENTIALS_VOLUME]
     return spec
 
 
@@ -146,13 +165,20 @@ def test_the_trainjob_runs_the_pytorchjobs_pod(config):
     for pod in pods:
         assert without_api(pod["spec"]) == without_api(master["spec"])
         assert TRAINER.labels.items() <= pod["metadata"]["labels"].items()
-    # Everything else in the stack's namespace is the same object.
+    # Everything else in the stack's namespace is the same object, but how rank 0 reports
+    # progress: the PyTorchJob's Role, the TrainJob's way to Trainer's status server.
     def stack_objects(rendering, job_kinds):
         return {k: o for k, o in rendering.objects.items() if o["kind"] not in job_kinds
                 and o["metadata"].get("namespace", "trainstack") == "trainstack"}
 
-    assert stack_objects(v1, ("PyTorchJob",)) == stack_objects(
-        v2, ("TrainJob", "TrainingRuntime"))
+    one, two = (stack_objects(v1, ("PyTorchJob", "Role", "RoleBinding")),
+                stack_objects(v2, ("TrainJob", "TrainingRuntime")))
+    if config.get("networkPolicy") == "ingress-egress":
+        egress = two["NetworkPolicy/trainer"]["spec"]["egress"]
+        assert egress[-1]["to"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == [
+            "kubeflow-system"]
+        del egress[-1]
+    assert one == two
 
 
 def test_scheduling_reaches_the_pods_through_the_runtime_patch(gpu):

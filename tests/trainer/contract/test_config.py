@@ -15,6 +15,7 @@ from trainer.contract.config import (
     RunIdentity,
     TrainConfig,
 )
+from trainer.contract.errors import CONFIG_EXIT
 
 STACK_KEYS = {"dataset": "digits", "model": "smallcnn", "epochs": 3, "batch_size": 64,
               "lr": 0.1, "seed": 7}
@@ -91,7 +92,7 @@ def test_cli_reports_a_config_error_in_one_line_and_fails(tmp_path):
     path.write_text(json.dumps({**STACK_KEYS, "epochz": 3}))
     result = run_trainer(["train", "--config", str(path), "--store", str(tmp_path / "s")],
                          trainer_env(), timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == CONFIG_EXIT  # a restart would fail the same way
     errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "unknown config key(s) 'epochz'" in errors[0]
     assert "Traceback" not in result.stderr

@@ -15,6 +15,7 @@ import torch
 from tests.testkit import WAIT_S
 from trainer.contract.config import ConfigError
 from trainer.contract.env import POD_GPUS_ENV
+from trainer.contract.errors import CONFIG_EXIT
 from trainer.contract.image import GPU_TORCH_VARIANT
 from trainer.run import distributed
 from trainer.store import LocalStore
@@ -38,7 +39,7 @@ def test_a_pod_given_gpus_stops_before_anything_when_torch_sees_none(tmp_path):
         [sys.executable, "-m", "trainer", "train", "--dataset", "digits", "--model", "smallcnn",
          "--epochs", "1", "--store", str(store)],
         check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=WAIT_S)
-    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.returncode == CONFIG_EXIT, done.stderr[-2000:]  # no restart would help
     (line,) = [entry for entry in done.stderr.splitlines() if "ERROR" in entry]
     assert f"{POD_GPUS_ENV}=1" in line and "sees 0" in line
     assert "Traceback" not in done.stderr and '"event": "start"' not in done.stderr
