@@ -4,15 +4,17 @@ only."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+from typing import Any
 
-from trainer.contract.config import AUGMENTATIONS, DATASETS, MODELS, TrainConfig, read_json_file
+from trainer.contract.config import AUGMENTATIONS, DATASETS, MODELS, TrainConfig
 from trainer.contract.env import DATASET_SOURCE_ENV
-from trainer.contract.errors import IngestError
+from trainer.contract.errors import ConfigError, IngestError
 from trainer.contract.layout import ALL_BUCKETS, BUCKET_PREFIX_ENV, BUCKETS, TRACKING_BUCKET
-from trainer.contract.promotion import GateSettings
-from trainer.contract.retrain import REASONS
+from trainer.contract.lifecycle.promotion import GateSettings
+from trainer.contract.lifecycle.retrain import REASONS
 from trainer.store import STORE_ENV, open_store
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_retrain_parser(sub, store_help)
     return parser
+
+
+def read_json_file(path: str) -> dict[str, Any]:
+    """The raw dict of a JSON config file (validated later, after flags are merged)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object, "
+                          f"got {type(values).__name__}")
+    return values
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:

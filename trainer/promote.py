@@ -14,7 +14,7 @@ import logging
 
 from trainer.contract.errors import MetaError, ObjectNotFound, StoreError, TrainstackError
 from trainer.contract.layout import ModelKeys
-from trainer.contract.promotion import BY_PERSON, describe
+from trainer.contract.lifecycle.promotion import BY_PERSON, describe
 from trainer.contract.records import Latest
 from trainer.contract.schema import VersionMeta
 from trainer.publish.latest import allocate_sequence, log_move, move_latest, read_latest

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import stats
 
 from trainer.contract.errors import TrainstackError
-from trainer.contract.monitoring import (
+from trainer.contract.lifecycle.monitoring import (
     CONFIDENCE,
     DriftReport,
     FeatureTest,

@@ -14,7 +14,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-from trainer.contract.monitoring import DriftReport
+from trainer.contract.lifecycle.monitoring import DriftReport
 
 log = logging.getLogger(__name__)
 QUEUE_LIMIT = 64

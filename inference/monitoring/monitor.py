@@ -20,7 +20,7 @@ from inference.monitoring.drift import ALPHA, NoData, check
 from inference.monitoring.recorder import Recorder
 from inference.monitoring.records import record_id, report_key, window_key
 from trainer.contract.errors import StoreError
-from trainer.contract.monitoring import DriftReport, PredictionWindow
+from trainer.contract.lifecycle.monitoring import DriftReport, PredictionWindow
 from trainer.store import Store
 
 log = logging.getLogger(__name__)

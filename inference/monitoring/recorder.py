@@ -26,7 +26,7 @@ import numpy as np
 from scipy.special import log_softmax, softmax
 
 from trainer.contract.errors import MetaError
-from trainer.contract.monitoring import (
+from trainer.contract.lifecycle.monitoring import (
     CONFIDENCE,
     ENTROPY,
     MAX_WINDOW_PREDICTIONS,

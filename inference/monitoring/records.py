@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from trainer.contract.errors import MetaError, ObjectNotFound
 from trainer.contract.layout import ModelKeys
-from trainer.contract.monitoring import SCHEMA, DriftReport, PredictionWindow, Reference
+from trainer.contract.lifecycle.monitoring import SCHEMA, DriftReport, PredictionWindow, Reference
 from trainer.contract.records import Latest
 from trainer.contract.schema import VersionMeta
 from trainer.store import Store

@@ -1,7 +1,7 @@
 """Retrains as the app shows them: why each started and how each ended.
 
 Three things in the store tell it: the retrain's own record (``models/<name>/retrains/<id>.json``,
-trainer.contract.retrain.RetrainRecord, written by the retrain Job's pod: started, skipped,
+trainer.contract.lifecycle.retrain.RetrainRecord, written by the retrain Job's pod: started, skipped,
 failed before training, the training job it made), the progress record of the run it
 trained (the run carries the retrain's id: epoch k of N, failed), and that run's version's
 meta.json (the promotion gate's verdict: promoted or candidate, and why). Reads are bounded
@@ -19,8 +19,8 @@ from typing import Any
 
 from trainer.contract.errors import MetaError, ObjectNotFound, StoreError
 from trainer.contract.layout import ModelKeys
+from trainer.contract.lifecycle.retrain import FAILED, SKIPPED, STARTING, RetrainRecord
 from trainer.contract.progress import RunProgress
-from trainer.contract.retrain import FAILED, SKIPPED, STARTING, RetrainRecord
 from trainer.contract.schema import VersionMeta
 
 log = logging.getLogger(__name__)

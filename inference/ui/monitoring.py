@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from inference.monitoring.drift import MIN_PREDICTIONS
 from inference.published.progress import literal
-from trainer.contract.monitoring import CONFIDENCE, DriftReport, Reference
+from trainer.contract.lifecycle.monitoring import CONFIDENCE, DriftReport, Reference
 
 CHECK_COLUMNS = ["checked (UTC)", "predictions", "verdict", "estimated accuracy", "fired"]
 GREEN, RED, GREY = "#15803d", "#b91c1c", "#475569"

@@ -22,8 +22,8 @@ from inference.published.progress import ProgressBoard, literal, markdown_link
 from inference.published.retrains import RetrainBoard
 from inference.published.versions import ModelVersion
 from trainer.contract.layout import model_name
+from trainer.contract.lifecycle.promotion import BY_PERSON
 from trainer.contract.progress import RunProgress
-from trainer.contract.promotion import BY_PERSON
 from trainer.contract.records import Latest
 from trainer.contract.schema import EpochRecord, VersionMeta, VersionMetrics
 

@@ -15,7 +15,7 @@ from typing import Any
 from infra.config import quantities
 from infra.config.errors import Default
 from infra.config.values import invalid, parse_image_reference, quantity_bytes
-from trainer.contract.image import CPU_TORCH_VARIANT, GPU_TORCH_VARIANT
+from trainer.contract.env import CPU_TORCH_VARIANT, GPU_TORCH_VARIANT
 from trainer.contract.layout import AUTH_TOKEN_ENV
 from trainer.limits.footprint import STACK_IMAGE_SIZES, Footprint, quantity, stack_data_bytes
 

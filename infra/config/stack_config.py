@@ -21,7 +21,7 @@ from infra.config.combinations import KeyRules
 from trainer.contract.config import BENCHMARK_DATASETS, CIFAR10_URL, MODELS
 from trainer.contract.config import DATASETS as TRAINER_DATASETS
 from trainer.contract.layout import ALL_BUCKETS, BUCKETS, TRACKING_BUCKET, bucket_names, model_name
-from trainer.contract.promotion import DEFAULT_TOLERANCE
+from trainer.contract.lifecycle.promotion import DEFAULT_TOLERANCE
 
 DEFAULT_REPOSITORY = "trainstack-trainer"
 DATASETS = tuple(d for d in TRAINER_DATASETS if d not in BENCHMARK_DATASETS)

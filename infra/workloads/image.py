@@ -16,7 +16,7 @@ from pathlib import Path
 import pulumi
 import pulumi_docker as docker
 
-from trainer.contract.image import CPU_TORCH_VARIANT, GPU_TORCH_VARIANT
+from trainer.contract.env import CPU_TORCH_VARIANT, GPU_TORCH_VARIANT
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # What the Dockerfile copies: a change to any of these must produce a new image tag.

@@ -35,8 +35,8 @@ from infra.workloads import pod, trainjob
 from infra.workloads import training as train
 from infra.workloads.catalog import RETRAIN, TRAINER
 from trainer.contract.env import DATASET_SOURCE_ENV, NAMESPACE_ENV, RETRAIN_JOB_ENV
-from trainer.contract.promotion import GATE_ENV, TOLERANCE_ENV
-from trainer.contract.retrain import TRAINING_KINDS, RetrainManifest
+from trainer.contract.lifecycle.promotion import GATE_ENV, TOLERANCE_ENV
+from trainer.contract.lifecycle.retrain import TRAINING_KINDS, RetrainManifest
 
 CRONJOB = RETRAIN.name
 DRIFT_CRONJOB = f"{RETRAIN.name}-drift"
@@ -76,7 +76,7 @@ def plain(value: Any) -> Any:
 
 
 def training_manifest(args: RetrainArgs) -> pulumi.Output[str]:
-    """The stack's training job without a name (trainer.contract.retrain.RetrainManifest)."""
+    """The stack's training job without a name (trainer.contract.lifecycle.retrain.RetrainManifest)."""
     t = args.training
     if t.api == "trainjob":
         template = train.pod_template(t, train.CONFIG_MAP, TRAINER.service_account)
@@ -207,7 +207,7 @@ class Retraining(pulumi.ComponentResource):
 
 
 def promotion_env(gate: bool, tolerance: float | None) -> dict[str, str]:
-    """The training container's promotion gate settings (trainer.contract.promotion): only
+    """The training container's promotion gate settings (trainer.contract.lifecycle.promotion): only
     what differs from the trainer's defaults (on, 1 point), so a stack without these keys
     renders as before."""
     env = {} if gate else {GATE_ENV: "off"}

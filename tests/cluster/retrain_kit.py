@@ -16,7 +16,7 @@ from tests.cluster.controlplane import ControlPlane
 from tests.cluster.runs_kit import with_downward_api
 from tests.e2e.cluster import LocalCluster, Process
 from tests.testkit import WAIT_S
-from trainer.contract.retrain import MODEL_LABEL, RetrainRecord
+from trainer.contract.lifecycle.retrain import MODEL_LABEL, RetrainRecord
 
 JOB_LABEL = "batch.kubernetes.io/job-name"
 REPO_ROOT = Path(__file__).resolve().parents[2]

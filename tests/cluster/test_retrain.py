@@ -34,8 +34,8 @@ from tests.infra.render import render
 from tests.testkit import WAIT_S, stop
 from tests.trainer.trainer_procs import events
 from trainer.contract.layout import ModelKeys
-from trainer.contract.monitoring import DriftReport
-from trainer.contract.retrain import FINISHED, SKIPPED, RetrainRecord
+from trainer.contract.lifecycle.monitoring import DriftReport
+from trainer.contract.lifecycle.retrain import FINISHED, SKIPPED, RetrainRecord
 from trainer.contract.schema import VersionMeta
 
 NAMESPACE = "retrain-run"

@@ -21,7 +21,7 @@ from typing import Any
 from trainer.contract.datasets import dataset_name_problem
 from trainer.contract.errors import ConfigError
 from trainer.contract.layout import dataset_prefix, model_name
-from trainer.contract.retrain import RetrainTrigger, retrain_fields_problem
+from trainer.contract.lifecycle.retrain import RetrainTrigger, retrain_fields_problem
 
 # The single source of these names: trainer.data.loading, trainer.models.zoo and infra import them.
 DATASETS = ("cifar10", "imagefolder", "digits", "synthetic")
@@ -147,7 +147,7 @@ class TrainConfig:
     """Steps between mid-epoch checkpoints, which hold the exact position in the epoch
     (0: at the end of each epoch only). Not part of the run's identity."""
     retrain_id: str = ""
-    """A retrain's id (``python -m trainer retrain`` sets it, trainer.contract.retrain): the
+    """A retrain's id (``python -m trainer retrain`` sets it, trainer.contract.lifecycle.retrain): the
     same config on the same data trained again is a new run. '' for every other run."""
     retrain_reason: str = ""
     """Why the retrain started: schedule, drift or person ('' without retrain_id). Not part
@@ -311,21 +311,6 @@ class RunIdentity:
         """What logs, checkpoints and meta.json carry to name the run."""
         return {"run_id": self.run_id, "data_fingerprint": self.data_fingerprint,
                 "model_revision": self.model_revision}
-
-
-def read_json_file(path: str) -> dict[str, Any]:
-    """The raw dict of a JSON config file (validated later, after flags are merged)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = json.load(f)
-    except OSError as e:
-        raise ConfigError(f"config file {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object, "
-                          f"got {type(values).__name__}")
-    return values
 
 
 def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:

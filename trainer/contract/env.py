@@ -1,4 +1,5 @@
-"""Environment variables the stack sets for the trainer and the app, named once.
+"""What the stack gives its workloads, named once: the environment variables it sets for the
+trainer and the app, and the trainer image's torch variants.
 
 Stdlib only: the Pulumi program imports it, and its environment has no torch.
 """
@@ -22,3 +23,12 @@ NAMESPACE_ENV = "TRAINSTACK_NAMESPACE"
 RETRAIN_JOB_ENV = "TRAINSTACK_RETRAIN_JOB"
 """The retrain pod's own Job (downward API, label batch.kubernetes.io/job-name): its owner
 is the CronJob the training job is owned by, its creation time the retrain's id."""
+
+
+# The trainer image's torch variants, trainer/Dockerfile's TORCH_VARIANT build arg: the stack
+# builds and checks them, a training pod given GPUs names the one it needs.
+CPU_TORCH_VARIANT = "cpu"
+"""The Dockerfile's default: torch from PyTorch's CPU index, no CUDA libraries."""
+GPU_TORCH_VARIANT = "cu130"
+"""For NVIDIA GPU nodes (with TORCH_INDEX_URL empty: the lock's CUDA build of torch): what
+the stack builds for gpusPerWorker > 0, and what a prebuilt image for GPUs must be."""

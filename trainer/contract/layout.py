@@ -84,7 +84,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 META_FILE = "meta.json"
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt2"
-# What monitoring compares the served predictions with (trainer.contract.monitoring.Reference).
+# What monitoring compares the served predictions with (trainer.contract.lifecycle.monitoring.Reference).
 REFERENCE_FILE = "reference.json"
 LATEST_FILE = "latest.json"
 CLAIM_FILE = "claim.json"
@@ -212,7 +212,7 @@ class ModelKeys:
 
     @property
     def retrains(self) -> str:
-        """Every retrain's record (trainer.contract.retrain.RetrainRecord)."""
+        """Every retrain's record (trainer.contract.lifecycle.retrain.RetrainRecord)."""
         return f"models/{self.name}/retrains/"
 
     def retrain(self, retrain_id: str) -> str:
@@ -227,7 +227,7 @@ class ModelKeys:
 
     @property
     def retrain_slot(self) -> str:
-        """Which retrain may train the model now (trainer.contract.retrain.RetrainSlot)."""
+        """Which retrain may train the model now (trainer.contract.lifecycle.retrain.RetrainSlot)."""
         return f"models/{self.name}/{RETRAIN_SLOT_FILE}"
 
     @property
@@ -283,7 +283,7 @@ class ModelKeys:
         return f"metrics/{self.name}/monitoring/"
 
     def windows(self, version: str) -> str:
-        """Windows of predictions of ``version`` (trainer.contract.monitoring.PredictionWindow);
+        """Windows of predictions of ``version`` (trainer.contract.lifecycle.monitoring.PredictionWindow);
         window names sort by time."""
         return f"{self.monitoring}windows/{version}/"
 
@@ -291,7 +291,7 @@ class ModelKeys:
         return f"{self.windows(version)}{window_id}.json"
 
     def reports(self, version: str) -> str:
-        """Drift reports of ``version`` (trainer.contract.monitoring.DriftReport)."""
+        """Drift reports of ``version`` (trainer.contract.lifecycle.monitoring.DriftReport)."""
         return f"{self.monitoring}reports/{version}/"
 
     def report(self, version: str, report_id: str) -> str:

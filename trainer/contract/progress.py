@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.contract.errors import MetaError
-from trainer.contract.retrain import RetrainTrigger
+from trainer.contract.lifecycle.retrain import RetrainTrigger
 from trainer.contract.schema import EpochRecord
 from trainer.contract.urls import display_url
 from trainer.contract.validate import known_fields, loads, require
@@ -80,7 +80,7 @@ class RunProgress:
     the trainer sees the server: a reader elsewhere uses :meth:`mlflow_page` with its own
     base URL)."""
     retrain: RetrainTrigger | None = None
-    """Why a retrain trained this run (trainer.contract.retrain); None for other runs."""
+    """Why a retrain trained this run (trainer.contract.lifecycle.retrain); None for other runs."""
 
     def __post_init__(self) -> None:
         for name in ("run_id", "model", "dataset", "started_at", "updated_at"):

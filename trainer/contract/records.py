@@ -21,7 +21,7 @@ class Latest:
     promote``: a rollback too). Only ever higher than the one it replaces (0 if written
     before sequences existed)."""
     promoted_by: str = ""
-    """trainer.contract.promotion.PROMOTERS: 'gate' (the version passed the promotion
+    """trainer.contract.lifecycle.promotion.PROMOTERS: 'gate' (the version passed the promotion
     gate), 'person' (promoted by hand), '' (gate off, and every latest.json written before the gate existed)."""
     version_sequence: int = 0
     """The version's own meta.json sequence when ``sequence`` is another (a promotion by

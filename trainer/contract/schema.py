@@ -15,8 +15,8 @@ from typing import Any
 
 from trainer.contract.errors import MetaError
 from trainer.contract.layout import META_FILE, METRICS_FILE, MODEL_FILE, is_safe_relative
-from trainer.contract.promotion import Promotion
-from trainer.contract.retrain import RetrainTrigger
+from trainer.contract.lifecycle.promotion import Promotion
+from trainer.contract.lifecycle.retrain import RetrainTrigger
 from trainer.contract.validate import is_number, known_fields, loads, require
 
 
@@ -143,10 +143,10 @@ class VersionMeta:
     """The version's monitoring reference file (REFERENCE_FILE, listed in ``files``); ""
     for versions published before references existed: monitoring says so and serving goes on."""
     promotion: Promotion | None = None
-    """The promotion gate's verdict (trainer.contract.promotion); None with the gate off
+    """The promotion gate's verdict (trainer.contract.lifecycle.promotion); None with the gate off
     and in versions published before the gate existed."""
     retrain: RetrainTrigger | None = None
-    """Why the run was trained, when a retrain trained it (trainer.contract.retrain)."""
+    """Why the run was trained, when a retrain trained it (trainer.contract.lifecycle.retrain)."""
 
     def __post_init__(self) -> None:
         require(type(self.sequence) is int and self.sequence >= 0, "meta.json sequence",

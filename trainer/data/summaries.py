@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.contract.monitoring import INPUT_FEATURES
+from trainer.contract.lifecycle.monitoring import INPUT_FEATURES
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 GREY_FEATURES = ("brightness", "contrast", "sharpness")

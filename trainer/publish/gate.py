@@ -28,7 +28,13 @@ import torch
 from trainer.contract.config import TrainConfig
 from trainer.contract.errors import MetaError, ObjectNotFound
 from trainer.contract.layout import MODEL_FILE, ModelKeys
-from trainer.contract.promotion import CANDIDATE, PROMOTED, GateSettings, Promotion, passes
+from trainer.contract.lifecycle.promotion import (
+    CANDIDATE,
+    PROMOTED,
+    GateSettings,
+    Promotion,
+    passes,
+)
 from trainer.contract.records import Latest
 from trainer.contract.schema import VersionMeta
 from trainer.data.augment import Normalizer

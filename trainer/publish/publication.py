@@ -45,7 +45,7 @@ from trainer.contract.layout import (
     ModelKeys,
     version_name,
 )
-from trainer.contract.promotion import BY_GATE, GateSettings, describe
+from trainer.contract.lifecycle.promotion import BY_GATE, GateSettings, describe
 from trainer.contract.records import Latest, VersionClaim
 from trainer.contract.schema import MetricsSummary, VersionMeta, VersionMetrics
 from trainer.limits.footprint import evaluation_batch_size

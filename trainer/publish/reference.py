@@ -1,7 +1,7 @@
 """A version's monitoring reference: its test split as the published program sees it.
 
 Computed at publication from the served model (test-time flip included) on a seeded subset
-of the test split, before latest.json moves (trainer.contract.monitoring.Reference):
+of the test split, before latest.json moves (trainer.contract.lifecycle.monitoring.Reference):
 the predicted classes, the calibrated confidence and entropy of each prediction, the input
 summaries of each image, and the temperature that calibrates the confidences (fitted by
 NLL on the same images; the expected calibration error before and after is recorded).
@@ -18,7 +18,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 from torch import nn
 
-from trainer.contract.monitoring import (
+from trainer.contract.lifecycle.monitoring import (
     CONFIDENCE,
     ENTROPY,
     MAX_REFERENCE_SAMPLES,

@@ -27,7 +27,7 @@ from pathlib import Path
 from trainer.contract.config import DATASETS
 from trainer.contract.env import DATASET_SOURCE_ENV, NAMESPACE_ENV, RETRAIN_JOB_ENV
 from trainer.contract.errors import ConfigError, TrainstackError
-from trainer.contract.retrain import (
+from trainer.contract.lifecycle.retrain import (
     DRIFT,
     FAILED,
     FINISHED,

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from trainer.contract.errors import TrainstackError
-from trainer.contract.retrain import MODEL_LABEL, TRAINING_KINDS
+from trainer.contract.lifecycle.retrain import MODEL_LABEL, TRAINING_KINDS
 from trainer.retrain.jobs import Owner, ended
 
 log = logging.getLogger(__name__)

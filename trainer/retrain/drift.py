@@ -2,7 +2,7 @@
 and the model's last drift retrain was at least the cooldown ago.
 
 The app writes a report per check under ``metrics/<name>/monitoring/reports/<version>/``
-(trainer.contract.monitoring.DriftReport; report ids sort by time); this reads the store
+(trainer.contract.lifecycle.monitoring.DriftReport; report ids sort by time); this reads the store
 only, so the app needs no permission of any kind for it. A report that cannot be read is
 skipped with a warning, as the monitor does.
 """
@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 from trainer.contract.errors import ConfigError, MetaError, ObjectNotFound
 from trainer.contract.layout import ModelKeys
-from trainer.contract.monitoring import DriftReport
-from trainer.contract.retrain import DRIFT, RetrainRecord
+from trainer.contract.lifecycle.monitoring import DriftReport
+from trainer.contract.lifecycle.retrain import DRIFT, RetrainRecord
 from trainer.publish.latest import latest_version
 from trainer.retrain.slot import retrain_records
 from trainer.store import Store

@@ -1,7 +1,7 @@
 """A retrain's training job: the stack's manifest made into one object, and its end read back.
 
 The stack renders its own training job (PyTorchJob or TrainJob) into the retrain manifest
-(trainer.contract.retrain.RetrainManifest); a retrain names it, labels it, makes the
+(trainer.contract.lifecycle.retrain.RetrainManifest); a retrain names it, labels it, makes the
 CronJob that started the retrain its owner (so deleting the CronJob, as `pulumi destroy`
 does, deletes it and its pods) and appends the retrain's arguments to the training command.
 Workers, resources, image and pod template stay the stack's.
@@ -14,7 +14,12 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.contract.retrain import ID_LABEL, MODEL_LABEL, RetrainManifest, RetrainTrigger
+from trainer.contract.lifecycle.retrain import (
+    ID_LABEL,
+    MODEL_LABEL,
+    RetrainManifest,
+    RetrainTrigger,
+)
 
 # The container the training operators run the trainer in (v1 "pytorch", v2 "node").
 TRAINING_CONTAINERS = ("pytorch", "node")

@@ -2,7 +2,7 @@
 
 Two retrains of one model train different runs (the retrain's id is part of the run's
 identity), so the run lease cannot keep them apart. The model's retrain slot does:
-``models/<name>/retrain-slot.json`` (trainer.contract.retrain.RetrainSlot), taken by
+``models/<name>/retrain-slot.json`` (trainer.contract.lifecycle.retrain.RetrainSlot), taken by
 ``put_if_absent`` or ``put_if_match`` on the tag read. A slot held by another retrain is
 taken over only once that one is over by the API server's account: its training job has
 ended or is gone, or, before it made one, its Job has. Liveness is never judged by clocks.
@@ -20,7 +20,13 @@ from datetime import UTC, datetime
 
 from trainer.contract.errors import MetaError, ObjectNotFound, PreconditionFailed, TrainstackError
 from trainer.contract.layout import ModelKeys
-from trainer.contract.retrain import ENDED, STARTING, RetrainRecord, RetrainSlot, RetrainTrigger
+from trainer.contract.lifecycle.retrain import (
+    ENDED,
+    STARTING,
+    RetrainRecord,
+    RetrainSlot,
+    RetrainTrigger,
+)
 from trainer.store import Store
 
 log = logging.getLogger(__name__)

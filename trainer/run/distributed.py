@@ -17,9 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from trainer.contract.env import POD_GPUS_ENV
+from trainer.contract.env import GPU_TORCH_VARIANT, POD_GPUS_ENV
 from trainer.contract.errors import ConfigError
-from trainer.contract.image import GPU_TORCH_VARIANT
 from trainer.limits.cgroup import CgroupView
 from trainer.limits.cpus import usable_cpus
 

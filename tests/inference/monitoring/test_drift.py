@@ -9,7 +9,7 @@ import torch
 from inference.monitoring.drift import MIN_PREDICTIONS, NoData, check
 from tests.inference.modelkit import CLASSES, MEAN, STD, ColourNet, colour_images
 from trainer.contract.errors import MetaError
-from trainer.contract.monitoring import PredictionWindow, Reference
+from trainer.contract.lifecycle.monitoring import PredictionWindow, Reference
 from trainer.data.summaries import summarize
 from trainer.publish.reference import build_reference, calibrated, entropy
 

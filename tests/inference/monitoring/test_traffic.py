@@ -10,7 +10,7 @@ import sys
 from tests.inference.inference_helpers import serve_app, wait_until
 from tests.trainer.trainer_procs import run_trainer, trainer_env
 from trainer.contract.layout import ModelKeys
-from trainer.contract.monitoring import Reference
+from trainer.contract.lifecycle.monitoring import Reference
 from trainer.contract.schema import VersionMeta
 
 WINDOW = 128

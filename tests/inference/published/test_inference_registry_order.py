@@ -63,7 +63,7 @@ def test_a_refused_latest_is_reported_with_what_is_served_instead(local_store, t
 def test_a_broken_latest_never_falls_back_to_a_refused_candidate(local_store, tmp_path):
     """A refused candidate, published between two served versions, is not what the app
     falls back to when the newest breaks: the version it was refused against is."""
-    from trainer.contract.promotion import CANDIDATE, PROMOTED, Promotion
+    from trainer.contract.lifecycle.promotion import CANDIDATE, PROMOTED, Promotion
 
     def verdict(decision: str, against: str) -> Promotion:
         return Promotion(decision, "a test's verdict", against=against, candidate_acc=0.5,

@@ -16,8 +16,8 @@ from tests.inference.ui.test_inference_browser import (  # noqa: F401 (a fixture
     browser_page,
 )
 from trainer.contract.layout import ModelKeys
-from trainer.contract.promotion import CANDIDATE, PROMOTED, Promotion
-from trainer.contract.retrain import FINISHED, SKIPPED, RetrainRecord, RetrainTrigger
+from trainer.contract.lifecycle.promotion import CANDIDATE, PROMOTED, Promotion
+from trainer.contract.lifecycle.retrain import FINISHED, SKIPPED, RetrainRecord, RetrainTrigger
 from trainer.promote import promote
 
 pytestmark = [

@@ -12,8 +12,8 @@ from infra.workloads.retrain import BY_HAND_ONLY, CRONJOB, DRIFT_CHECKS, DRIFT_C
 from tests.infra.infra_helpers import PUSHED, env_of, one, pytorchjob
 from tests.infra.render import render
 from trainer.contract.env import NAMESPACE_ENV, RETRAIN_JOB_ENV
-from trainer.contract.promotion import GATE_ENV, TOLERANCE_ENV
-from trainer.contract.retrain import RetrainManifest
+from trainer.contract.lifecycle.promotion import GATE_ENV, TOLERANCE_ENV
+from trainer.contract.lifecycle.retrain import RetrainManifest
 
 SCHEDULED = {**PUSHED, "retrainSchedule": "0 3 * * 0"}
 ON_DRIFT = {**PUSHED, "monitoring": "prometheus-operator", "retrainOnDrift": "true",

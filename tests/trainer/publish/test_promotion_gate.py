@@ -17,7 +17,7 @@ import torch
 from tests.trainer.cifar_fixtures import make_batches, write_archive
 from tests.trainer.trainer_procs import events, run_trainer, trainer_env
 from trainer.contract.layout import MODEL_FILE, ModelKeys
-from trainer.contract.promotion import GATE_ENV, TOLERANCE_ENV, passes
+from trainer.contract.lifecycle.promotion import GATE_ENV, TOLERANCE_ENV, passes
 from trainer.contract.records import Latest
 from trainer.contract.schema import VersionMeta
 from trainer.data.augment import Normalizer
@@ -169,7 +169,7 @@ def test_a_version_judged_against_a_replaced_one_is_not_moved_to(local_store):
     published after C (a higher sequence), would have moved under the old rule; it was
     never compared with C, so latest.json stays on C and B waits for a person."""
     from tests.inference.modelkit import MODEL_NAME, publish_version
-    from trainer.contract.promotion import PROMOTED, Promotion
+    from trainer.contract.lifecycle.promotion import PROMOTED, Promotion
 
     def passed(against: str) -> Promotion:
         return Promotion(PROMOTED, "a test's verdict", against=against, candidate_acc=0.9,

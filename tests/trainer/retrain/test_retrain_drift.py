@@ -10,9 +10,9 @@ import pytest
 
 from trainer.contract.errors import ConfigError
 from trainer.contract.layout import ModelKeys
-from trainer.contract.monitoring import DriftReport
+from trainer.contract.lifecycle.monitoring import DriftReport
+from trainer.contract.lifecycle.retrain import RetrainRecord
 from trainer.contract.records import Latest
-from trainer.contract.retrain import RetrainRecord
 from trainer.retrain.drift import drift_trigger, parse_duration
 
 NAME, VERSION = "smallcnn-digits", "20261207T100000Z-c7f86644a2"

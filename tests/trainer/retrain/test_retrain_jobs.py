@@ -10,7 +10,12 @@ import pytest
 
 from tests.infra.infra_helpers import PUSHED, one, pytorchjob
 from tests.infra.render import render
-from trainer.contract.retrain import ID_LABEL, MODEL_LABEL, RetrainManifest, RetrainTrigger
+from trainer.contract.lifecycle.retrain import (
+    ID_LABEL,
+    MODEL_LABEL,
+    RetrainManifest,
+    RetrainTrigger,
+)
 from trainer.retrain.jobs import Owner, ended, job_name, training_job
 
 OWNER = Owner("batch/v1", "CronJob", "trainstack-retrain", "0d7e-uid")

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from trainer.contract.layout import ModelKeys
-from trainer.contract.retrain import RetrainSlot
+from trainer.contract.lifecycle.retrain import RetrainSlot
 from trainer.retrain.slot import Slot
 
 NAME = "smallcnn-digits"
@@ -87,7 +87,7 @@ def test_a_damaged_slot_holds_nobody(store):
 
 
 def test_a_restarted_retrain_pod_sees_its_retrain_ended_and_does_nothing_again(store):
-    from trainer.contract.retrain import FAILED, TRAINING, RetrainTrigger
+    from trainer.contract.lifecycle.retrain import FAILED, TRAINING, RetrainTrigger
     from trainer.retrain.slot import Records
 
     trigger = RetrainTrigger("20261207T120000Z-aaaaaa", "schedule")

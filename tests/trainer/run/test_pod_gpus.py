@@ -14,9 +14,8 @@ import torch
 
 from tests.testkit import WAIT_S
 from trainer.contract.config import ConfigError
-from trainer.contract.env import POD_GPUS_ENV
+from trainer.contract.env import GPU_TORCH_VARIANT, POD_GPUS_ENV
 from trainer.contract.errors import CONFIG_EXIT
-from trainer.contract.image import GPU_TORCH_VARIANT
 from trainer.run import distributed
 from trainer.store import LocalStore
 
