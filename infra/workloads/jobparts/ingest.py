@@ -4,7 +4,8 @@ training job starts. `pulumi up` waits for it (`ingestTimeout`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -13,11 +14,24 @@ from infra.workloads import pod
 from infra.workloads.catalog import INGEST
 from trainer.contract.env import DATASET_SOURCE_ENV
 
-if TYPE_CHECKING:
-    from infra.workloads.training import TrainingArgs
+
+class IngestArgs(Protocol):
+    """What the ingest Job is made of: the Training component's TrainingArgs has these
+    fields (a Protocol, so this part does not import the component that uses it)."""
+
+    dataset: str
+    ingest_source: str | None
+    ingest_source_secret: str | None
+    ingest_storage: str
+    ingest_timeout: str
+    image: pulumi.Input[str]
+    image_pull_policy: str
+    store: pod.StoreRef
+    namespace: pulumi.Input[str]
+    depends_on: Sequence[pulumi.Resource]
 
 
-def declare(args: TrainingArgs, parent: pulumi.Resource) -> k8s.batch.v1.Job:
+def declare(args: IngestArgs, parent: pulumi.Resource) -> k8s.batch.v1.Job:
     command = ["python", "-m", "trainer", "ingest", "--dataset", args.dataset]
     secret_env = []
     if args.ingest_source_secret:
