@@ -13,10 +13,12 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from infra.workloads.jobparts import progress
 from tests.e2e.cluster import LocalCluster
 from tests.e2e.netpol import Connection, Endpoint, Policies
 from tests.e2e.traffic import USER, Traffic, denied, idle, network_policies
 from tests.infra.render import render
+from trainer.contract.job_status import API_CREDENTIALS_ENV, PROGRESS_JOB_ENV
 
 log = logging.getLogger(__name__)
 MODES = ("ingress", "ingress-egress")
@@ -25,12 +27,31 @@ NAME = "app.kubernetes.io/name"
 
 
 def renderings(config: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """The objects of `config` in each policy mode; only the NetworkPolicies may differ."""
+    """The objects of `config` in each policy mode; only the NetworkPolicies may differ, and
+    the PyTorchJob's progress credentials, which ingress-egress leaves out (a NetworkPolicy
+    cannot name the API server: infra/workloads/jobparts/progress.py). Pods and labels,
+    what the traffic is checked by, are the same."""
     by_mode = {mode: render({**config, "networkPolicy": mode}).objects for mode in MODES}
-    workloads = [{k: v for k, v in objects.items() if not k.startswith("NetworkPolicy/")}
+    workloads = [{k: without_progress(v) for k, v in objects.items()
+                  if not k.startswith("NetworkPolicy/")
+                  and v["metadata"]["name"] != progress.ROLE}
                  for objects in by_mode.values()]
     assert all(w == workloads[0] for w in workloads), "the workloads differ between modes"
     return by_mode
+
+
+PROGRESS_ENV = {progress.JOB_NAME_ENV, PROGRESS_JOB_ENV, API_CREDENTIALS_ENV}
+
+
+def without_progress(value: Any) -> Any:
+    """`value` without the progress env, volume and mount (anywhere in it)."""
+    if isinstance(value, list):
+        return [without_progress(v) for v in value
+                if not (isinstance(v, dict) and (v.get("name") in PROGRESS_ENV
+                                                 or v.get("name") == progress.CREDENTIALS_VOLUME))]
+    if isinstance(value, dict):
+        return {k: without_progress(v) for k, v in value.items()}
+    return value
 
 
 def policies(objects: dict[str, Any]) -> Policies:
