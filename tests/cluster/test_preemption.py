@@ -73,6 +73,28 @@ def after_grace_period(procs, grace_s: float = GRACE_S) -> list[int]:
     return [proc.returncode for proc in procs]
 
 
+def checkpointed_at_the_signal(s3_store, rank0: str, codes: list[int], trace: Path,
+                               signalled_at: int, what: str) -> tuple[str, EpochPosition]:
+    """Every rank exited 143; rank 0 checkpointed at the step every rank stopped after, a
+    step or two after the signal, no rank trained past it, the lease is released; prints
+    the bench figure (seconds from SIGTERM to checkpoint written). Returns the run's id and
+    the checkpoint's position."""
+    assert codes == [143, 143], (codes, rank0[-3000:])
+    (stopped,) = events(rank0, "terminated")
+    run_id = events(rank0, "start")[0]["run_id"]
+    (done, trained), newest = all_checkpoints(s3_store, MODEL, run_id)[0]
+    assert newest == stopped["checkpoint"] and done == STOPPED_EPOCH - 1
+    position = EpochPosition.from_dict(load_checkpoint(s3_store, newest).position)
+    # The step in flight, then the one the vote took: at most two more.
+    assert position.step == stopped["step"] <= signalled_at + 2 and position.trained == trained
+    # No rank trained a step past the checkpoint: nothing is lost.
+    assert highest_step(trace, STOPPED_EPOCH) == position.step
+    print(f"{what}: SIGTERM at step {signalled_at}: checkpoint at step {position.step}, "
+          f"written {stopped['seconds_since_sigterm']} s after SIGTERM")
+    assert RunLeaseRecord.from_json(s3_store.get_bytes(ModelKeys(MODEL).lease(run_id))).released
+    return run_id, position
+
+
 @pytest.mark.parametrize("signalled", ["every pod", "one pod"])
 def test_sigterm_at_a_random_step_checkpoints_there_and_the_next_job_resumes_there(
         signalled, s3_store, s3_endpoint, tmp_path):
@@ -102,25 +124,9 @@ def test_sigterm_at_a_random_step_checkpoints_there_and_the_next_job_resumes_the
         codes = after_grace_period(procs)
     finally:
         stop(procs)
-    rank0 = log_of(logs, ranks[0])
-    assert codes == [143, 143], (codes, rank0[-3000:])
-
-    # Rank 0 checkpointed at the step every rank stopped after, a step or two after the
-    # signal, and reported when: the bench figure (seconds from SIGTERM to checkpoint).
-    (stopped,) = events(rank0, "terminated")
-    run_id = events(rank0, "start")[0]["run_id"]
-    (done, trained), newest = all_checkpoints(s3_store, MODEL, run_id)[0]
-    assert newest == stopped["checkpoint"] and done == STOPPED_EPOCH - 1
-    position = EpochPosition.from_dict(load_checkpoint(s3_store, newest).position)
-    assert position.step == stopped["step"] and position.trained == trained
-    # The step in flight, then the one the vote took: at most two more.
-    assert position.step <= signalled_at + 2
-    print(f"SIGTERM at step {signalled_at} ({signalled}): checkpoint at step "
-          f"{position.step}, written {stopped['seconds_since_sigterm']} s after SIGTERM")
-    # No rank trained a step past the checkpoint: nothing is lost.
-    assert highest_step(first_trace, STOPPED_EPOCH) == position.step
-    lease = RunLeaseRecord.from_json(s3_store.get_bytes(ModelKeys(MODEL).lease(run_id)))
-    assert lease.released
+    run_id, position = checkpointed_at_the_signal(
+        s3_store, log_of(logs, ranks[0]), codes, first_trace, signalled_at,
+        f"PyTorchJob, {signalled}")
 
     # The next job (the replaced one, once admitted again) resumes there and finishes.
     ranks = cluster.pytorchjob_processes(job)
@@ -133,7 +139,7 @@ def test_sigterm_at_a_random_step_checkpoints_there_and_the_next_job_resumes_the
         stop(procs)
     output = log_of(logs, ranks[0])
     resumed = [e for e in events(output, "resume") if e["run_id"] == run_id][-1]
-    assert resumed["samples_trained"] == trained and resumed["epoch"] == STOPPED_EPOCH - 1
+    assert resumed["samples_trained"] == position.trained and resumed["epoch"] == STOPPED_EPOCH - 1
     first = [ids for rows in traced_steps(first_trace, STOPPED_EPOCH).values()
              for _, _, ids in rows]
     second = [ids for rows in traced_steps(second_trace, STOPPED_EPOCH).values()
@@ -176,15 +182,5 @@ def test_a_trainjobs_torchrun_passes_sigterm_on_and_its_ranks_checkpoint_the_ste
         codes = after_grace_period(procs)
     finally:
         stop(procs)
-    rank0 = log_of(logs, ranks[0])
-    assert codes == [143, 143], (codes, rank0[-3000:])
-    (stopped,) = events(rank0, "terminated")
-    run_id = events(rank0, "start")[0]["run_id"]
-    (done, trained), newest = all_checkpoints(s3_store, MODEL, run_id)[0]
-    assert newest == stopped["checkpoint"] and done == STOPPED_EPOCH - 1
-    position = EpochPosition.from_dict(load_checkpoint(s3_store, newest).position)
-    assert position.step == stopped["step"] <= signalled_at + 2 and position.trained == trained
-    assert highest_step(trace, STOPPED_EPOCH) == position.step
-    print(f"TrainJob: SIGTERM at step {signalled_at}: checkpoint at step {position.step}, "
-          f"written {stopped['seconds_since_sigterm']} s after SIGTERM")
-    assert RunLeaseRecord.from_json(s3_store.get_bytes(ModelKeys(MODEL).lease(run_id))).released
+    checkpointed_at_the_signal(s3_store, log_of(logs, ranks[0]), codes, trace, signalled_at,
+                               "TrainJob")
