@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from trainer.contract.config import MODELS
+from trainer.contract.errors import CONFIG_EXIT
 
 MIB = 1 << 20
 log = logging.getLogger("stream_memory")
@@ -93,7 +94,7 @@ def run(args, store: str, root: Path, size: int, batch: int, env: dict[str, str]
                 f"{verdict} ({peak / limit:.0%} of it; trained and published in {seconds:.0f} s)")
     errors = [line.split(" trainer: ", 1)[-1] for line in output.splitlines()
               if " ERROR " in line]
-    if result.returncode == 1 and errors and not events(output, "progress"):
+    if result.returncode == CONFIG_EXIT and errors and not events(output, "progress"):
         return f"{head}  refused before training in {seconds:.0f} s: {errors[-1]}"
     return f"{head}  FAILED: exit {result.returncode}\n{output[-2000:]}"
 

@@ -1,7 +1,8 @@
 """The trainer in a real memory cgroup (issue 32): given a limit its streaming run fits but
 its dataset held in memory would not, it streams, trains and publishes without being
 OOM-killed, its peak within its plan; given less than it needs, it stops at once with the
-one line that names the memory it needs and memoryPerWorker, instead of an OOM kill.
+one line that names the memory it needs and memoryPerWorker (exit 78, a configuration
+error), instead of an OOM kill.
 
 The limit is the cgroup's own (no TRAINSTACK_MEMORY_LIMIT_BYTES): the trainer reads it from
 /proc/self/cgroup. 128 px images and tiny shards keep the run short; the limits are set
@@ -20,6 +21,7 @@ import pytest
 from tests.trainer.image_trees import image_tree
 from tests.trainer.limits.cgroups import CgroupUnavailable, memory_cgroup
 from tests.trainer.trainer_procs import REPO_ROOT, events, trainer_env
+from trainer.contract.errors import CONFIG_EXIT
 from trainer.data.ingest import ingest
 from trainer.data.streaming.source import open_sharded
 from trainer.limits.footprint import MIB, Footprint
@@ -109,7 +111,9 @@ def test_less_memory_than_the_run_needs_stops_at_once_with_one_line(run, dataset
     need = run.need(streamed)
     result, _ = train_in_cgroup(root, need * 3 // 4 // PAGE * PAGE, "short")
     output = result.stdout + result.stderr
-    assert result.returncode == 1, f"exit {result.returncode} (-9: OOM-killed)\n{output[-4000:]}"
+    # A configuration error's exit (EX_CONFIG): a TrainJob fails at once, no restart loop.
+    assert result.returncode == CONFIG_EXIT, \
+        f"exit {result.returncode} (-9: OOM-killed)\n{output[-4000:]}"
     errors = [line for line in output.splitlines() if " ERROR " in line]
     assert len(errors) == 1, output[-3000:]
     # What the trainer read of its own runtime may differ by a page or two from the fixture's.
