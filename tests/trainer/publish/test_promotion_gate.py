@@ -16,6 +16,7 @@ import torch
 
 from tests.trainer.cifar_fixtures import make_batches, write_archive
 from tests.trainer.trainer_procs import events, run_trainer, trainer_env
+from trainer.contract.errors import CONFIG_EXIT
 from trainer.contract.layout import MODEL_FILE, ModelKeys
 from trainer.contract.lifecycle.promotion import GATE_ENV, TOLERANCE_ENV, passes
 from trainer.contract.records import Latest
@@ -122,7 +123,7 @@ def test_gate_off_serves_what_was_published_last_exactly_as_before(local_store):
 def test_a_bad_tolerance_stops_the_run_before_it_trains(local_store):
     done = run_trainer(["train", "--store", str(local_store.root), *WORSE],
                        trainer_env({TOLERANCE_ENV: "-1"}))
-    assert done.returncode == 1
+    assert done.returncode == CONFIG_EXIT  # a configuration error: no restart helps
     errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and TOLERANCE_ENV in errors[0] and "0 to 100" in errors[0]
     assert not events(done.stdout + done.stderr, "epoch")
