@@ -11,8 +11,8 @@ from infra.config.keys import StackConfig
 from infra.workloads import pod
 from infra.workloads.catalog import APP
 from infra.workloads.jobparts import progress
-from infra.workloads.mlflow_server import MlflowServer
 from infra.workloads.retrain import CRONJOB, DRIFT_CRONJOB
+from infra.workloads.tracking.mlflow_server import MlflowServer
 from infra.workloads.trainjob import COMPLETION_INDEX_LABEL, JOBSET_NAME_LABEL
 from infra.workloads.webapp import Inference
 

@@ -27,13 +27,6 @@ from infra.operators.trainer_v2 import TRAINER_NAMESPACE, TrainerV2, TrainerV2Ar
 from infra.operators.training_operator import TrainingOperator, TrainingOperatorArgs
 from infra.security.fences import FencesArgs, Flow, NetworkFences, OutsideFlow, service_namespace
 from infra.workloads import pod, rotation
-from infra.workloads.buckets import (
-    STORE_SECRET,
-    Buckets,
-    BucketsArgs,
-    StoreCredentials,
-    StoreCredentialsArgs,
-)
 from infra.workloads.catalog import (
     APP,
     BUCKETS,
@@ -46,10 +39,17 @@ from infra.workloads.catalog import (
 )
 from infra.workloads.image import ImageRef, TrainerImage, TrainerImageArgs, prebuilt
 from infra.workloads.jobparts import progress
-from infra.workloads.minio_server import MinIO, MinIOArgs
-from infra.workloads.mlflow_server import DEFAULT_IMAGE as DEFAULT_MLFLOW_IMAGE
-from infra.workloads.mlflow_server import MlflowArgs, MlflowServer
 from infra.workloads.retrain import RetrainArgs, Retraining, promotion_env
+from infra.workloads.store.buckets import (
+    STORE_SECRET,
+    Buckets,
+    BucketsArgs,
+    StoreCredentials,
+    StoreCredentialsArgs,
+)
+from infra.workloads.store.minio_server import MinIO, MinIOArgs
+from infra.workloads.tracking.mlflow_server import DEFAULT_IMAGE as DEFAULT_MLFLOW_IMAGE
+from infra.workloads.tracking.mlflow_server import MlflowArgs, MlflowServer
 from infra.workloads.training import Training, TrainingArgs
 from infra.workloads.webapp import Inference, InferenceArgs
 

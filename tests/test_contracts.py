@@ -26,7 +26,7 @@ from trainer.contract.layout import (
     name_of_latest_key,
     name_of_progress_key,
 )
-from trainer.contract.progress import RunProgress, mlflow_run_page
+from trainer.contract.reporting.progress import RunProgress, mlflow_run_page
 from trainer.contract.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
 
 

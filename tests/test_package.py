@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # trainer.tracking.tracker too: the stack reads its env contract (MLFLOW_TRACKING_URI) from there;
 # trainer.contract.env: the data cache's (TRAINSTACK_DATA_CACHE_*).
 CONTRACT_MODULES = ("trainer.contract.errors", "trainer.contract.layout", "trainer.contract.schema", "trainer.limits.cpus",
-                    "trainer.contract.config", "trainer.tracking.tracker", "trainer.contract.mlflow_layout",
+                    "trainer.contract.config", "trainer.tracking.tracker", "trainer.contract.reporting.mlflow_layout",
                     "trainer.contract.env", "trainer.contract.urls")
 HEAVY = ("torch", "numpy", "PIL", "gradio", "pulumi", "minio", "matplotlib", "mlflow")
 

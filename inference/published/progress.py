@@ -1,6 +1,6 @@
 """Runs as the trainer reports them: progress records, without MLflow.
 
-Rank 0 rewrites ``models/<name>/progress/<run_id>.json`` (trainer.contract.progress.RunProgress,
+Rank 0 rewrites ``models/<name>/progress/<run_id>.json`` (trainer.contract.reporting.progress.RunProgress,
 key from trainer.contract.layout.ModelKeys.progress) at the start, after each epoch and once
 published. The app reads them for two things:
 
@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 from trainer.contract.errors import MetaError, ObjectNotFound, StoreError
 from trainer.contract.layout import ModelKeys
-from trainer.contract.progress import RunProgress
+from trainer.contract.reporting.progress import RunProgress
 
 log = logging.getLogger(__name__)
 

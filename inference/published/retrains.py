@@ -20,7 +20,7 @@ from typing import Any
 from trainer.contract.errors import MetaError, ObjectNotFound, StoreError
 from trainer.contract.layout import ModelKeys
 from trainer.contract.lifecycle.retrain import FAILED, SKIPPED, STARTING, RetrainRecord
-from trainer.contract.progress import RunProgress
+from trainer.contract.reporting.progress import RunProgress
 from trainer.contract.schema import VersionMeta
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from inference.published.retrains import RetrainBoard
 from inference.published.versions import ModelVersion
 from trainer.contract.layout import model_name
 from trainer.contract.lifecycle.promotion import BY_PERSON
-from trainer.contract.progress import RunProgress
 from trainer.contract.records import Latest
+from trainer.contract.reporting.progress import RunProgress
 from trainer.contract.schema import EpochRecord, VersionMeta, VersionMetrics
 
 EPOCH_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds",

@@ -29,7 +29,7 @@ DATASETS = tuple(d for d in TRAINER_DATASETS if d not in BENCHMARK_DATASETS)
 TRAINING_APIS = ("pytorchjob", "trainjob")
 # NetworkPolicies (infra/security/fences.py): ingress fences only, both ways, or none.
 NETWORK_POLICY_MODES = ("ingress", "ingress-egress", "none")
-# How users reach MLflow (infra/workloads/mlflow_auth.py).
+# How users reach MLflow (infra/workloads/tracking/mlflow_auth.py).
 MLFLOW_ACCESS_MODES = ("port-forward", "login")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 MONITORING_MODES = ("none", "prometheus-operator")

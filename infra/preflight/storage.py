@@ -26,7 +26,8 @@ from infra.config.cluster import ClusterAccess
 from infra.config.errors import StackConfigError
 from infra.config.stack_config import StackConfig
 from infra.preflight.cluster import TIMEOUT_S, UNANSWERED, connect, reason
-from infra.workloads import minio_server, mlflow_server
+from infra.workloads.store import minio_server
+from infra.workloads.tracking import mlflow_server
 
 DEFAULT_CLASS_ANNOTATIONS = ("storageclass.kubernetes.io/is-default-class",
                              "storageclass.beta.kubernetes.io/is-default-class")

@@ -22,10 +22,11 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config.values import quantity_bytes
-from infra.workloads import mlflow_auth, pod, trainjob
+from infra.workloads import pod, trainjob
 from infra.workloads.catalog import TRAINER
 from infra.workloads.jobparts import ingest, kueue, progress
-from infra.workloads.mlflow_server import TRACKING_CONFIG_MAP
+from infra.workloads.tracking import mlflow_auth
+from infra.workloads.tracking.mlflow_server import TRACKING_CONFIG_MAP
 from trainer.contract.env import CACHE_BYTES_ENV, CACHE_DIR_ENV, POD_GPUS_ENV
 
 CONFIG_DIR = "/etc/trainstack"

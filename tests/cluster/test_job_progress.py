@@ -23,7 +23,7 @@ from tests.cluster.test_pytorchjob_runs import local_ranks, operator_pods
 from tests.cluster.test_trainjob_runs import local_processes
 from tests.cluster.trainjob_kit import scheduled_pods
 from tests.testkit import WAIT_S, stop
-from trainer.contract import job_status as contract
+from trainer.contract.reporting import job_status as contract
 
 EPOCHS = "2"
 

@@ -18,7 +18,7 @@ from tests.e2e.cluster import LocalCluster
 from tests.e2e.netpol import Connection, Endpoint, Policies
 from tests.e2e.traffic import USER, Traffic, denied, idle, network_policies
 from tests.infra.render import render
-from trainer.contract.job_status import API_CREDENTIALS_ENV, PROGRESS_JOB_ENV
+from trainer.contract.reporting.job_status import API_CREDENTIALS_ENV, PROGRESS_JOB_ENV
 
 log = logging.getLogger(__name__)
 MODES = ("ingress", "ingress-egress")

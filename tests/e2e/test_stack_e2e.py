@@ -50,7 +50,12 @@ from tests.trainer.cifar_fixtures import make_batches, write_archive
 from tests.trainer.tracking_kit import client, runs_of, steps_logged
 from tests.trainer.trainer_procs import events
 from trainer.contract.layout import TRACKING_BUCKET
-from trainer.contract.mlflow_layout import ALIAS, METRIC_KEYS, VERSION_TAG, WORLD_SIZES_TAG
+from trainer.contract.reporting.mlflow_layout import (
+    ALIAS,
+    METRIC_KEYS,
+    VERSION_TAG,
+    WORLD_SIZES_TAG,
+)
 from trainer.store import S3Store
 
 EPOCHS = 4

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from trainer.contract.layout import METRICS_FILE, MODEL_FILE, REFERENCE_FILE, ModelKeys
-from trainer.contract.progress import RunProgress, mlflow_run_page
+from trainer.contract.reporting.progress import RunProgress, mlflow_run_page
 from trainer.contract.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
 from trainer.publish.publication import created_at, finish_publication, write_version
 
@@ -201,7 +201,7 @@ def write_progress(store, run_id: str, epoch: int, epochs: int = 5, *,
                    version: str | None = None, mlflow: tuple[str, str] | None = None,
                    mlflow_base: str = "http://mlflow.trainstack.svc:5000",
                    retrain=None) -> RunProgress:
-    """A run's progress record as rank 0 writes it (trainer.contract.progress.RunProgress at
+    """A run's progress record as rank 0 writes it (trainer.contract.reporting.progress.RunProgress at
     trainer.contract.layout.ModelKeys.progress); ``mlflow`` = (experiment id, run id)."""
     store.ensure_buckets()
     model_arch, _, dataset = name.partition("-")

@@ -15,7 +15,7 @@ from trainer.contract.layout import (
     ModelKeys,
     version_name,
 )
-from trainer.contract.mlflow_layout import METRIC_KEYS
+from trainer.contract.reporting.mlflow_layout import METRIC_KEYS
 from trainer.contract.schema import EpochRecord, MetricsSummary, VersionMeta, VersionMetrics
 from trainer.publish.publication import created_at, write_version
 from trainer.state.checkpoint import TrainingState

@@ -236,7 +236,7 @@ class ModelKeys:
         return f"models/{self.name}/progress/"
 
     def progress(self, run_id: str) -> str:
-        """The run's progress record (trainer.contract.progress.RunProgress), rewritten by rank 0."""
+        """The run's progress record (trainer.contract.reporting.progress.RunProgress), rewritten by rank 0."""
         return f"{self.progresses}{run_id}{PROGRESS_SUFFIX}"
 
     def run_of_progress_key(self, key: str) -> str | None:

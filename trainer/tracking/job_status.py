@@ -1,4 +1,4 @@
-"""Rank 0's progress on its own training job (trainer.contract.job_status), never in the way.
+"""Rank 0's progress on its own training job (trainer.contract.reporting.job_status), never in the way.
 
 The loop hands this the run's progress (a fraction of every epoch's samples) after each
 step and the last epoch's record after each epoch: an assignment under a lock, nothing
@@ -21,8 +21,8 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-from trainer.contract import job_status as contract
-from trainer.contract.job_status import JobProgress
+from trainer.contract.reporting import job_status as contract
+from trainer.contract.reporting.job_status import JobProgress
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The MLflow calls of trainer.tracking.tracker (the only module that imports mlflow).
 
-What they write is defined in trainer.contract.mlflow_layout.
+What they write is defined in trainer.contract.reporting.mlflow_layout.
 
 An MLflow run belongs to one trainstack run (tag ``trainstack.run_id``) in the experiment
 ``<model>-<dataset>`` (or ``MLFLOW_EXPERIMENT_NAME``). Its published versions are
@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 
 from trainer.contract.errors import MetaError
 from trainer.contract.layout import META_FILE, is_safe_relative
-from trainer.contract.mlflow_layout import (
+from trainer.contract.reporting.mlflow_layout import (
     ALIAS,
     ARTIFACT_DIR,
     EXPERIMENT_ENV,

@@ -1,7 +1,7 @@
 """What rank 0 tells the world about a run while it trains: the call points of the loop.
 
 Two readers: the progress record in the store (``models/<name>/progress/<run_id>.json``,
-trainer.contract.progress.RunProgress; always written, the app's Training tab reads it) and, with ``MLFLOW_TRACKING_URI`` set, an MLflow run (trainer.tracking.tracker). The loop calls
+trainer.contract.reporting.progress.RunProgress; always written, the app's Training tab reads it) and, with ``MLFLOW_TRACKING_URI`` set, an MLflow run (trainer.tracking.tracker). The loop calls
 :meth:`RunReporter.started` once the state is resumed, :meth:`RunReporter.epoch_ended`
 after each epoch's checkpoint and :meth:`RunReporter.published` once the version is
 published (latest.json moved or not). Where the pod says how, the training job itself
@@ -17,11 +17,11 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from trainer.contract import mlflow_layout
 from trainer.contract.config import RunIdentity, TrainConfig
 from trainer.contract.errors import MetaError, ObjectNotFound, TrainstackError
 from trainer.contract.layout import META_FILE, METRICS_FILE, ModelKeys
-from trainer.contract.progress import RunProgress
+from trainer.contract.reporting import mlflow_layout
+from trainer.contract.reporting.progress import RunProgress
 from trainer.contract.schema import EpochRecord, VersionMeta, VersionMetrics
 from trainer.limits.cpus import usable_cpus
 from trainer.limits.memlimit import memory_limit_bytes

@@ -25,8 +25,8 @@ from typing import Any
 
 from trainer.contract.env import TRACKING_URI_ENV
 from trainer.contract.errors import ConfigError
-from trainer.contract.mlflow_layout import METRIC_KEYS, RunInfo
-from trainer.contract.progress import mlflow_run_page
+from trainer.contract.reporting.mlflow_layout import METRIC_KEYS, RunInfo
+from trainer.contract.reporting.progress import mlflow_run_page
 from trainer.contract.schema import EpochRecord
 from trainer.contract.urls import display_url, redact_urls
 

@@ -1,4 +1,4 @@
-"""A run's progress where `kubectl` looks (trainer.contract.job_status names both sides).
+"""A run's progress where `kubectl` looks (trainer.contract.reporting.job_status names both sides).
 
 A TrainJob needs nothing of the stack: Trainer v2's `TrainJobStatus` gate puts its status
 server's URL, CA and a token bound to the job into the pods, and `kubectl get trainjob -o
@@ -18,7 +18,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_kubernetes as k8s
 
-from trainer.contract.job_status import (
+from trainer.contract.reporting.job_status import (
     API_CREDENTIALS_ENV,
     PROGRESS_ANNOTATION,
     PROGRESS_JOB_ENV,

@@ -135,7 +135,7 @@ def test_text_of_a_hostile_progress_record_is_shown_as_text(tmp_path):
     from markdown_it import MarkdownIt
 
     from inference.ui.training import run_line
-    from trainer.contract.progress import RunProgress
+    from trainer.contract.reporting.progress import RunProgress
 
     phish = "[Session expired: sign in again](https://evil.example/login)"
     record = RunProgress(

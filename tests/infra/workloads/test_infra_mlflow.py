@@ -14,7 +14,7 @@ import pytest
 
 from infra.config.keys import ConfigError
 from infra.workloads.catalog import labels
-from infra.workloads.mlflow_server import (
+from infra.workloads.tracking.mlflow_server import (
     AWS_CONFIG,
     CREDENTIALS_DIR_ENV,
     DEFAULT_IMAGE,

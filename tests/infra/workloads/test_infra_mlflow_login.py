@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from infra.workloads.mlflow_auth import CONFIG_PATH
 from infra.workloads.pod import TMP
+from infra.workloads.tracking.mlflow_auth import CONFIG_PATH
 from tests.infra.infra_helpers import PUSHED, env_of
 from tests.infra.render import render
 from tests.mlflow_server import MlflowServer, server_executable

@@ -13,7 +13,7 @@ from infra.workloads.jobparts import progress
 from infra.workloads.jobparts.kueue import QUEUE_LABEL
 from tests.infra.infra_helpers import PUSHED, one, pytorchjob
 from tests.infra.render import render
-from trainer.contract.job_status import API_CREDENTIALS_ENV, PROGRESS_JOB_ENV
+from trainer.contract.reporting.job_status import API_CREDENTIALS_ENV, PROGRESS_JOB_ENV
 
 QUOTA = json.dumps({"cpu": "8", "memory": "32Gi"})
 QUEUED = {**PUSHED, "queue": "team-a"}

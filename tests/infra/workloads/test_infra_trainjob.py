@@ -22,7 +22,7 @@ from tests.infra.infra_helpers import (
 )
 from tests.infra.render import Rendering, render
 from trainer.contract.errors import CONFIG_EXIT, USAGE_EXIT
-from trainer.contract.job_status import API_CREDENTIALS_ENV, PROGRESS_JOB_ENV
+from trainer.contract.reporting.job_status import API_CREDENTIALS_ENV, PROGRESS_JOB_ENV
 
 TRAINJOB = {**PUSHED, "trainingApi": "trainjob"}
 DIRECTORY = "kubernetes:kustomize/v2:Directory"

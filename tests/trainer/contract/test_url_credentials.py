@@ -11,7 +11,7 @@ import pytest
 from tests.testkit import free_port
 from tests.trainer.tracking_kit import a_run, fresh_state, publish_fake_version, train_epochs
 from trainer.contract.layout import ModelKeys
-from trainer.contract.progress import RunProgress, mlflow_run_page
+from trainer.contract.reporting.progress import RunProgress, mlflow_run_page
 from trainer.contract.urls import display_url, redact_urls
 from trainer.tracking.reporting import open_reporter
 from trainer.tracking.tracker import MLFLOW_HTTP_DEFAULTS

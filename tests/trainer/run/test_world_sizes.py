@@ -15,8 +15,8 @@ from tests.trainer.tracking_kit import (
     train_epochs,
 )
 from trainer.contract.layout import ModelKeys
-from trainer.contract.mlflow_layout import WORLD_SIZES_TAG
-from trainer.contract.progress import RunProgress
+from trainer.contract.reporting.mlflow_layout import WORLD_SIZES_TAG
+from trainer.contract.reporting.progress import RunProgress
 from trainer.run.distributed import DistEnv
 from trainer.run.train import finish_alone
 from trainer.tracking.reporting import open_reporter

@@ -13,7 +13,7 @@ from tests.trainer.runs import identity_of
 from tests.trainer.trainer_procs import run_trainer, trainer_env
 from trainer.contract.config import TrainConfig
 from trainer.contract.layout import ModelKeys
-from trainer.contract.progress import RunProgress
+from trainer.contract.reporting.progress import RunProgress
 
 ARGS = ["--dataset", "digits", "--model", "smallcnn", "--epochs", "2", "--batch-size", "64"]
 

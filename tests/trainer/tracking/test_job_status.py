@@ -16,8 +16,8 @@ import pytest
 from tests.cluster.certs import Authority
 from tests.testkit import free_port
 from tests.trainer.tracking_kit import record
-from trainer.contract import job_status as contract
 from trainer.contract.config import TrainConfig
+from trainer.contract.reporting import job_status as contract
 from trainer.run.train import run_training
 from trainer.tracking import job_status
 

@@ -10,7 +10,7 @@ import threading
 
 from tests.trainer.tracking_kit import a_run, fresh_state, publish_fake_version, record
 from trainer.contract.layout import ModelKeys
-from trainer.contract.progress import RunProgress
+from trainer.contract.reporting.progress import RunProgress
 from trainer.state.checkpoint import TrainingState
 from trainer.tracking.reporting import RunReporter, open_reporter
 

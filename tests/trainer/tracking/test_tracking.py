@@ -21,14 +21,14 @@ from tests.trainer.tracking_kit import (
     train_epochs,
 )
 from trainer.contract.layout import ModelKeys
-from trainer.contract.mlflow_layout import (
+from trainer.contract.reporting.mlflow_layout import (
     ALIAS,
     METRIC_KEYS,
     RUN_ID_TAG,
     VERSION_TAG,
     WORLD_SIZES_TAG,
 )
-from trainer.contract.progress import RunProgress
+from trainer.contract.reporting.progress import RunProgress
 from trainer.tracking.reporting import open_reporter
 from trainer.tracking.tracker import MLFLOW_HTTP_DEFAULTS
 
@@ -305,7 +305,7 @@ def test_a_bad_tracking_timeout_is_a_config_error_naming_it(value, monkeypatch):
 @pytest.mark.parametrize("given, expected", [(None, "true"), ("false", "false")])
 def test_the_client_sends_no_usage_report_unless_asked(given, expected, monkeypatch):
     """Set before mlflow is imported; a user's own choice stands."""
-    from trainer.contract.mlflow_layout import RunInfo
+    from trainer.contract.reporting.mlflow_layout import RunInfo
     from trainer.tracking.tracker import Tracker
 
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", given or "")  # restored after the test

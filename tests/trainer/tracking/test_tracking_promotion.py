@@ -11,8 +11,8 @@ from tests.trainer.publish.test_promotion_gate import GOOD, NAME, WORSE
 from tests.trainer.tracking_kit import client
 from tests.trainer.trainer_procs import events, run_trainer, trainer_env
 from trainer.contract.layout import ModelKeys
-from trainer.contract.mlflow_layout import ALIAS, VERSION_TAG
-from trainer.contract.progress import RunProgress
+from trainer.contract.reporting.mlflow_layout import ALIAS, VERSION_TAG
+from trainer.contract.reporting.progress import RunProgress
 from trainer.contract.schema import VersionMeta
 
 pytestmark = pytest.mark.slow

@@ -26,14 +26,14 @@ from tests.trainer.trainer_procs import (
 )
 from trainer.contract.config import TrainConfig
 from trainer.contract.layout import ModelKeys
-from trainer.contract.mlflow_layout import (
+from trainer.contract.reporting.mlflow_layout import (
     ALIAS,
     METRIC_KEYS,
     RUN_ID_TAG,
     VERSION_TAG,
     WORLD_SIZES_TAG,
 )
-from trainer.contract.progress import RunProgress
+from trainer.contract.reporting.progress import RunProgress
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from tests.trainer.tracking_kit import (
     train_epochs,
 )
 from trainer.contract.layout import MODEL_FILE, ModelKeys
-from trainer.contract.mlflow_layout import VERSION_TAG
+from trainer.contract.reporting.mlflow_layout import VERSION_TAG
 from trainer.tracking.reporting import open_reporter
 
 IDLE_S = 180

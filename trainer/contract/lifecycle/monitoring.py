@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.contract.errors import MetaError
-from trainer.contract.validate import is_number, known_fields, loads, require
+from trainer.contract.validate import is_number, known_fields, loads, record_from_json, require
 
 SCHEMA = 1
 CONFIDENCE, ENTROPY = "confidence", "entropy"
@@ -83,10 +83,7 @@ class Reference:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Reference:
-        try:
-            return cls(**known_fields(cls, loads(data, "reference.json"), "reference.json"))
-        except TypeError as e:
-            raise MetaError(f"reference.json: {e}") from None
+        return record_from_json(cls, data, "reference.json")
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()
@@ -125,10 +122,7 @@ class PredictionWindow:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> PredictionWindow:
-        try:
-            return cls(**known_fields(cls, loads(data, "window"), "window"))
-        except TypeError as e:
-            raise MetaError(f"window: {e}") from None
+        return record_from_json(cls, data, "window")
 
     def to_json(self) -> bytes:
         # Its fields are plain JSON values already: no deep copy (dataclasses.asdict).

@@ -29,7 +29,7 @@ import pulumi_kubernetes as k8s
 
 from infra.workloads import pod, rotation
 from infra.workloads.catalog import TRACKING
-from infra.workloads.mlflow_auth import MlflowLogin
+from infra.workloads.tracking.mlflow_auth import MlflowLogin
 from trainer.contract.env import TRACKING_URI_ENV
 
 # The release the trainer's client (mlflow-skinny) and the tests' server are pinned to
@@ -79,7 +79,7 @@ class MlflowArgs:
     storage_size: str = VOLUME_SIZE
     storage_class: str | None = None  # None: the cluster's default StorageClass
     depends_on: Sequence[pulumi.Resource] = field(default_factory=list)  # the bucket Job
-    login: bool = False  # MLflow's basic-auth app with a generated login (infra/workloads/mlflow_auth.py)
+    login: bool = False  # MLflow's basic-auth app with a generated login (infra/workloads/tracking/mlflow_auth.py)
 
 
 def allowed_hosts(namespace: str) -> list[str]:
@@ -254,7 +254,7 @@ class MlflowServer(pulumi.ComponentResource):
             PVC_NAME,
             metadata=k8s.meta.v1.ObjectMetaArgs(
                 name=PVC_NAME, namespace=args.namespace, labels=TRACKING.labels,
-                # WaitForFirstConsumer: bound only once the pod is scheduled (infra/workloads/minio_server.py).
+                # WaitForFirstConsumer: bound only once the pod is scheduled (infra/workloads/store/minio_server.py).
                 annotations={"pulumi.com/skipAwait": "true"}),
             spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
                 access_modes=["ReadWriteOnce"],
