@@ -34,6 +34,7 @@ from trainer.contract.lifecycle.retrain import (
     PERSON,
     SCHEDULE,
     SKIPPED,
+    TIME_FORMAT,
     TRAINING,
     RetrainManifest,
     RetrainSlot,
@@ -137,7 +138,7 @@ def _holder_running(cluster: Cluster):
 
 
 def retrain(args, store, cluster: Cluster, manifest: RetrainManifest, origin, trigger) -> None:
-    requested = origin.created.strftime("%Y-%m-%dT%H:%M:%SZ")
+    requested = origin.created.strftime(TIME_FORMAT)
     records = Records(store, manifest.name, trigger, origin.name, requested)
     before = records.ended()
     if before is not None:  # the pod restarted after its retrain ended: report it again

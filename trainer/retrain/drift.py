@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from trainer.contract.errors import ConfigError, MetaError, ObjectNotFound
 from trainer.contract.layout import ModelKeys
 from trainer.contract.lifecycle.monitoring import DriftReport
-from trainer.contract.lifecycle.retrain import DRIFT, RetrainRecord
+from trainer.contract.lifecycle.retrain import DRIFT, RetrainRecord, parse_utc_time
 from trainer.publish.latest import latest_version
 from trainer.retrain.slot import retrain_records
 from trainer.store import Store
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 DURATION = re.compile(r"(\d+)(s|m|h|d)")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DURATION_RULE = "a duration > 0 in s, m, h or d, such as 30m, 6h or 1d"
+CLOCK_SKEW = timedelta(minutes=5)  # between the pods that write and read the records
 
 
 def parse_duration(key: str, text: str) -> timedelta:
@@ -61,8 +62,12 @@ def newest_reports(store: Store, name: str, version: str, count: int
     return found
 
 
-def last_drift_retrain(store: Store, name: str) -> RetrainRecord | None:
-    return next((r for r in retrain_records(store, name) if r.reason == DRIFT), None)
+def last_drift_retrain(store: Store, name: str, now: datetime) -> RetrainRecord | None:
+    """The newest drift retrain requested by ``now`` (and a clock's skew): a record dated
+    later is damaged, and would hold every retrain back until then."""
+    latest = now + CLOCK_SKEW
+    return next((r for r in retrain_records(store, name)
+                 if r.reason == DRIFT and parse_utc_time(r.requested_at) <= latest), None)
 
 
 def drift_trigger(store: Store, name: str, windows: int, cooldown: timedelta,
@@ -79,13 +84,14 @@ def drift_trigger(store: Store, name: str, windows: int, cooldown: timedelta,
                  len(drifted), windows, name, version)
         return None
     newest = reports[0][0]
-    last = last_drift_retrain(store, name)
+    now = now or datetime.now(UTC)
+    last = last_drift_retrain(store, name, now)
     if last is not None:
         if last.report == newest:
             log.info("no retrain on drift: report %s started retrain %s already", newest,
                      last.id)
             return None
-        since = (now or datetime.now(UTC)) - _parsed_time(last.requested_at)
+        since = now - parse_utc_time(last.requested_at)
         if since < cooldown:
             log.info("no retrain on drift: the last one (%s) started %s ago, within the "
                      "cooldown of %s", last.id, since, cooldown)
@@ -93,10 +99,3 @@ def drift_trigger(store: Store, name: str, windows: int, cooldown: timedelta,
     log.info("retrain on drift: the newest %d drift checks of %s %s found drift (newest: %s)",
              windows, name, version, newest)
     return Trigger(version, newest)
-
-
-def _parsed_time(stamp: str) -> datetime:
-    try:
-        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:  # unreadable: counts as long ago, the cooldown does not hold
-        return datetime.min.replace(tzinfo=UTC)

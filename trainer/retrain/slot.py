@@ -23,6 +23,7 @@ from trainer.contract.layout import ModelKeys
 from trainer.contract.lifecycle.retrain import (
     ENDED,
     STARTING,
+    TIME_FORMAT,
     RetrainRecord,
     RetrainSlot,
     RetrainTrigger,
@@ -35,7 +36,7 @@ ATTEMPTS = 20
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime(TIME_FORMAT)
 
 
 class Slot:

@@ -4,6 +4,7 @@ its report did not start one already. Real stores, real records."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -78,3 +79,19 @@ def test_a_damaged_report_is_skipped_not_fatal(store):
 def test_a_bad_cooldown_names_the_flag(text):
     with pytest.raises(ConfigError, match="--cooldown.*a duration > 0"):
         parse_duration("--cooldown", text)
+
+
+@pytest.mark.parametrize("stamp", ["n/a", "2099-01-01T00:00:00Z"])
+def test_a_damaged_or_future_retrain_record_neither_lifts_nor_freezes_the_cooldown(store, stamp):
+    """A record whose time is not a time (it sorted first as a string and made the cooldown
+    count from year 1) or lies in the future (it held every retrain back until then) is not
+    the last drift retrain: the real one, 30 minutes old, still holds the cooldown; with
+    only the bad one, drift retrains as if none had run."""
+    for minute in (1, 2, 3):
+        report(store, minute, True)
+    bad = {"id": "20200101T000000Z-bbbbbb", "name": NAME, "reason": "drift",
+           "state": "finished", "requested_at": stamp, "updated_at": stamp, "report": ""}
+    store.put_bytes(KEYS.retrain(bad["id"]), json.dumps(bad).encode())
+    assert drift_trigger(store, NAME, 3, timedelta(hours=24), NOW) is not None
+    last_retrain(store, NOW - timedelta(minutes=30), report(store, 0, True))
+    assert drift_trigger(store, NAME, 3, timedelta(hours=24), NOW) is None

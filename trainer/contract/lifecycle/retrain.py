@@ -17,6 +17,7 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from trainer.contract.validate import known_fields, record_from_json, require
@@ -29,7 +30,21 @@ STATES = (STARTING, TRAINING, FINISHED, FAILED, SKIPPED)
 ENDED = (FINISHED, FAILED, SKIPPED)
 # A retrain's id: part of its run's identity and of store keys, so a plain name.
 RETRAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Every time in a retrain record: sorted as strings, they sort in time.
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 RETRAIN_ID_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def parse_utc_time(value: str) -> datetime:
+    """A record's time (``TIME_FORMAT``); ValueError when it is not one."""
+    return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=UTC)
+
+
+def is_utc_time(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and parse_utc_time(value) is not None
+    except ValueError:
+        return False
 
 
 def is_retrain_id(value: Any) -> bool:
@@ -102,7 +117,11 @@ class RetrainRecord:
         require(self.reason in REASONS, "retrain record reason", ", ".join(REASONS),
                 self.reason)
         require(self.state in STATES, "retrain record state", ", ".join(STATES), self.state)
-        for name in ("name", "requested_at", "updated_at", "job", "training_job", "report",
+        for name in ("requested_at", "updated_at"):
+            require(is_utc_time(getattr(self, name)), f"retrain record {name}",
+                    f"a UTC time such as 2026-12-07T12:00:00Z ({TIME_FORMAT})",
+                    getattr(self, name))
+        for name in ("name", "job", "training_job", "report",
                      "message"):
             require(isinstance(getattr(self, name), str), f"retrain record {name}",
                     "a string", getattr(self, name))
