@@ -167,9 +167,17 @@ def retrain(args, store, cluster: Cluster, manifest: RetrainManifest, origin, tr
     except (TrainstackError, cluster.ApiException) as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise
+    except SystemExit:
+        # SIGTERM (the pod deleted, drained, evicted) once the training job exists: that job
+        # is the CronJob's and trains on. The slot stays held by it (a successor waits
+        # until it ends; this retrain's restarted pod waits for it again), not released.
+        if records.record.training_job:
+            state, message = TRAINING, "its pod stopped; its training job trains on"
+        raise
     finally:
         records.write(state, message)
-        slot.release()
+        if state != TRAINING:
+            slot.release()
     deleted = cluster.prune(manifest.name, args.keep, records.record.training_job)
     if deleted:
         log.info("deleted ended retrain jobs %s (keeping the newest %d)", ", ".join(deleted),
@@ -189,8 +197,10 @@ def start_training(args, store, cluster: Cluster, manifest: RetrainManifest, ori
         ingest(store, args.dataset, source)
     body = jobs.training_job(manifest, trigger, origin.owner, cluster.namespace)
     name = body["metadata"]["name"]
-    created = cluster.create(body)
+    # Named in the slot before it exists: a pod stopped between the two still holds the
+    # slot for the job it may have created (its name is fixed by the retrain).
     slot.note_training_job(name)
+    created = cluster.create(body)
     records.write(TRAINING, f"{cluster.kind} {name} {'created' if created else 'running'}",
                   training_job=name)
     return name
